@@ -1,0 +1,9 @@
+.PHONY: build test demo bench
+build:
+	go build -o bin/vdisk ./cmd/vdisk
+test:
+	scripts/test.sh
+demo:
+	scripts/demo.sh
+bench:
+	bench/nbd.sh

@@ -1,0 +1,104 @@
+// Package cli is the vdisk command line: one file per subcommand, each a
+// constructor registered with register. Commands write only to the writers
+// in env, so tests run them in-process and capture what they print.
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+
+	"github.com/spf13/cobra"
+)
+
+// Version is the program's version, set at build time with
+// -ldflags "-X vdisk/internal/cli.Version=...".
+var Version = "0.1.0-dev"
+
+// env is what every command gets: its I/O streams and the logger.
+type env struct {
+	stdin          io.Reader
+	stdout, stderr io.Writer
+	log            *slog.Logger
+	logLevel       *slog.LevelVar
+}
+
+// constructors holds every subcommand's constructor, filled by register
+// from each command's file.
+var constructors []func(*env) *cobra.Command
+
+// register adds a subcommand constructor. It is called from init functions.
+func register(c func(*env) *cobra.Command) { constructors = append(constructors, c) }
+
+// exitError carries a specific exit status out of a command.
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e *exitError) Error() string { return e.err.Error() }
+func (e *exitError) Unwrap() error { return e.err }
+
+// newRoot builds the command tree.
+func newRoot(e *env) *cobra.Command {
+	var level string
+	root := &cobra.Command{
+		Use:           "vdisk",
+		Short:         "Turn files and disk images into disks",
+		Long:          "vdisk turns ordinary files and disk images into block devices and NBD exports.",
+		Version:       Version,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		Args:          cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return cmd.Help()
+		},
+		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
+			var l slog.Level
+			if err := l.UnmarshalText([]byte(level)); err != nil {
+				return fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
+			}
+			e.logLevel.Set(l)
+			return nil
+		},
+	}
+	root.SetIn(e.stdin)
+	root.SetOut(e.stdout)
+	root.SetErr(e.stderr)
+	root.PersistentFlags().StringVar(&level, "log-level", "info", "log level: debug, info, warn, error")
+	for _, c := range constructors {
+		root.AddCommand(c(e))
+	}
+	return root
+}
+
+// Main runs the command line args and returns the process exit status.
+func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	lv := new(slog.LevelVar)
+	e := &env{
+		stdin:    stdin,
+		stdout:   stdout,
+		stderr:   stderr,
+		logLevel: lv,
+		log:      slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lv})),
+	}
+	root := newRoot(e)
+	root.SetArgs(args)
+	err := root.ExecuteContext(ctx)
+	if err == nil {
+		return 0
+	}
+	msg := err.Error()
+	if !strings.HasPrefix(msg, "vdisk") {
+		msg = "vdisk: " + msg
+	}
+	fmt.Fprintln(stderr, msg)
+	var ee *exitError
+	if errors.As(err, &ee) {
+		return ee.code
+	}
+	return 1
+}
