@@ -44,10 +44,13 @@ func (f *File) check(off, n int64, write bool) error {
 	if f.closed.Load() {
 		return ErrClosed
 	}
+	if err := CheckRange(off, n, f.size); err != nil {
+		return err
+	}
 	if write && f.ro {
 		return ErrReadOnly
 	}
-	return CheckRange(off, n, f.size)
+	return nil
 }
 
 // ReadAt reads len(p) bytes at off with pread.
