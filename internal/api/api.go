@@ -1,0 +1,191 @@
+// Package api defines the vdisk control API: the JSON documents the daemon
+// and its clients exchange over HTTP on the daemon's unix socket, the paths
+// they are exchanged on, and the small pure functions both sides share
+// (disk ids, CHS geometry).
+//
+// The JSON is stable: fields are only ever added, never renamed or removed,
+// and `vdisk list --json`, `vdisk open --json` and `vdisk info --json` print
+// these documents unchanged. See doc.go for the wire contract.
+package api
+
+import "time"
+
+// Version is the API version, the first element of every path.
+const Version = "v1"
+
+// Paths of the control API. Disks are addressed by their id.
+const (
+	// PathVersion answers GET with a VersionInfo: a cheap liveness probe.
+	PathVersion = "/v1/version"
+	// PathDisks answers GET with a DiskList and POST (an OpenRequest) with
+	// the opened Disk.
+	PathDisks = "/v1/disks"
+	// PathDisk is the prefix of /v1/disks/{id}: GET returns the Disk,
+	// DELETE (with ?force=true for a lazy detach) closes it and returns the
+	// last record of the Disk.
+	PathDisk = "/v1/disks/"
+	// PathInspect answers POST (an InspectRequest) with an Image: the facts
+	// of an image file, open or not.
+	PathInspect = "/v1/inspect"
+)
+
+// Attach paths (Disk.Via, OpenRequest.Via).
+const (
+	// ViaLoop attaches a raw image file straight to a loop device.
+	ViaLoop = "loop"
+	// ViaFUSE exposes the device stack as one file in a FUSE mount and
+	// attaches a loop device to that file.
+	ViaFUSE = "fuse"
+)
+
+// Disk states (Disk.State).
+const (
+	// StateOpen is a disk attached and serving.
+	StateOpen = "open"
+	// StateLocked is a disk the daemon had open before a restart and could
+	// not reopen because another process holds the image's lock.
+	StateLocked = "locked"
+	// StateMissing is a disk whose image file disappeared while the daemon
+	// was down.
+	StateMissing = "missing"
+	// StateFailed is a disk the daemon could not restore for another
+	// reason, given in Disk.Error.
+	StateFailed = "failed"
+)
+
+// Media types (Disk.MediaType, Image.MediaType).
+const (
+	// MediaFixed is a fixed disk.
+	MediaFixed = "fixed"
+	// MediaCDROM is a CD-ROM (ISO images).
+	MediaCDROM = "cdrom"
+)
+
+// Geometry is a CHS geometry as Windows reports it for fixed disks: 255
+// heads, 63 sectors per track of 512 bytes, and as many whole cylinders as
+// fit in the size.
+type Geometry struct {
+	Cylinders       int64 `json:"cylinders"`
+	Heads           int   `json:"heads"`
+	SectorsPerTrack int   `json:"sectors_per_track"`
+	BytesPerSector  int   `json:"bytes_per_sector"`
+}
+
+// Image is what vdisk knows about an image file without attaching it.
+type Image struct {
+	// ID is the id the image has (or would have) as an open disk.
+	ID string `json:"id"`
+	// File is the image's canonical absolute path.
+	File string `json:"file"`
+	// Format is the image format ("raw", ...).
+	Format string `json:"format"`
+	// Size is the virtual size in bytes; Sectors is Size/512.
+	Size    int64 `json:"size"`
+	Sectors int64 `json:"sectors"`
+	// LogicalBlockSize and PhysicalBlockSize are in bytes.
+	LogicalBlockSize  uint32 `json:"logical_block_size"`
+	PhysicalBlockSize uint32 `json:"physical_block_size"`
+	// Geometry is the CHS geometry computed from Size.
+	Geometry Geometry `json:"geometry"`
+	// Writable reports whether the image file can be opened for writing.
+	Writable bool `json:"writable"`
+	// MediaType is MediaFixed or MediaCDROM.
+	MediaType string `json:"media_type"`
+	// UniqueID is the full hex SHA-256 of File: the disk's stable unique id.
+	UniqueID string `json:"unique_id"`
+	// Allocated is the storage the file uses, in bytes (st_blocks*512).
+	Allocated int64 `json:"allocated"`
+	// Open reports whether the image is open as a disk.
+	Open bool `json:"open"`
+}
+
+// Disk is an open disk: the image facts plus how it reaches the kernel.
+type Disk struct {
+	// ID is the first 12 hex digits of SHA-256 of File (see DiskID).
+	ID string `json:"id"`
+	// Device is the block device, e.g. "/dev/loop3"; empty unless the disk
+	// is in StateOpen.
+	Device string `json:"device"`
+	// File is the image's canonical absolute path.
+	File string `json:"file"`
+	// Format is the image format ("raw", ...).
+	Format string `json:"format"`
+	// Size is the disk size in bytes; Sectors is Size/512.
+	Size    int64 `json:"size"`
+	Sectors int64 `json:"sectors"`
+	// LogicalBlockSize and PhysicalBlockSize are in bytes.
+	LogicalBlockSize  uint32 `json:"logical_block_size"`
+	PhysicalBlockSize uint32 `json:"physical_block_size"`
+	// Geometry is the CHS geometry computed from Size.
+	Geometry Geometry `json:"geometry"`
+	// ReadOnly reports whether the disk refuses writes; Writable is its
+	// negation, spelled out as the original driver's IOCTL did.
+	ReadOnly bool `json:"read_only"`
+	Writable bool `json:"writable"`
+	// Via is the attach path: ViaLoop or ViaFUSE.
+	Via string `json:"via"`
+	// Major and Minor are the block device's numbers; DevNo is
+	// "major:minor".
+	Major uint32 `json:"major"`
+	Minor uint32 `json:"minor"`
+	DevNo string `json:"devno"`
+	// Removable is true for removable media (CD-ROM); Hotplug is always
+	// true: vdisk disks come and go while the system runs.
+	Removable bool `json:"removable"`
+	Hotplug   bool `json:"hotplug"`
+	// MediaType is MediaFixed or MediaCDROM.
+	MediaType string `json:"media_type"`
+	// UniqueID is the full hex SHA-256 of File.
+	UniqueID string `json:"unique_id"`
+	// OpenedAt is when the disk was first opened (kept across daemon
+	// restarts).
+	OpenedAt time.Time `json:"opened_at"`
+	// State is StateOpen, or why a disk the daemon had could not be
+	// restored (StateLocked, StateMissing, StateFailed).
+	State string `json:"state"`
+	// Error explains a State other than StateOpen.
+	Error string `json:"error,omitempty"`
+}
+
+// DiskList is the answer to GET /v1/disks, sorted by File.
+type DiskList struct {
+	Disks []Disk `json:"disks"`
+}
+
+// OpenRequest asks the daemon to open an image as a disk.
+type OpenRequest struct {
+	// File is the image's canonical absolute path (the client resolves it).
+	File string `json:"file"`
+	// Create allows creating File, sparse, of Size bytes when it does not
+	// exist.
+	Create bool `json:"create,omitempty"`
+	// Size is the size of a file to create; 0 means DefaultSize.
+	Size int64 `json:"size,omitempty"`
+	// ReadOnly opens the disk read-only.
+	ReadOnly bool `json:"read_only,omitempty"`
+	// Format is the image format; empty means detect.
+	Format string `json:"format,omitempty"`
+	// Via is the attach path; empty means ViaLoop for raw images and
+	// ViaFUSE for everything else.
+	Via string `json:"via,omitempty"`
+	// Reuse returns the disk already open on File instead of failing with
+	// CodeAlreadyOpen.
+	Reuse bool `json:"reuse,omitempty"`
+}
+
+// InspectRequest asks for the facts of an image file.
+type InspectRequest struct {
+	File   string `json:"file"`
+	Format string `json:"format,omitempty"`
+}
+
+// VersionInfo answers GET /v1/version.
+type VersionInfo struct {
+	API     string `json:"api"`
+	Version string `json:"version"`
+	PID     int    `json:"pid"`
+}
+
+// DefaultSize is the size of an image created without an explicit size:
+// 100 MiB, as the original demo.
+const DefaultSize = 100 << 20

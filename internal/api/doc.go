@@ -1,0 +1,48 @@
+package api
+
+// The wire contract
+//
+// The daemon listens on a unix socket (default /run/vdisk/vdisk.sock, mode
+// 0600, root only) and speaks HTTP/1.1 with JSON bodies:
+//
+//	GET    /v1/version             → 200 VersionInfo
+//	GET    /v1/disks               → 200 DiskList
+//	POST   /v1/disks   OpenRequest → 201 Disk (200 Disk when Reuse found it open)
+//	GET    /v1/disks/{id}          → 200 Disk
+//	DELETE /v1/disks/{id}[?force=true] → 200 Disk (the record as it was)
+//	POST   /v1/inspect InspectRequest → 200 Image
+//
+// Every other answer is an Error with a non-2xx status:
+//
+//	{"code": "already_open",
+//	 "message": "/srv/a.img is already open as /dev/loop3 (id 3f2a9c0d1b7e)",
+//	 "disk": {...}}
+//
+// A Disk as `vdisk open --json`, `vdisk info --json` and (in a DiskList)
+// `vdisk list --json` print it:
+//
+//	{
+//	  "id": "3f2a9c0d1b7e",
+//	  "device": "/dev/loop3",
+//	  "file": "/srv/a.img",
+//	  "format": "raw",
+//	  "size": 104857600,
+//	  "sectors": 204800,
+//	  "logical_block_size": 512,
+//	  "physical_block_size": 4096,
+//	  "geometry": {"cylinders": 12, "heads": 255, "sectors_per_track": 63, "bytes_per_sector": 512},
+//	  "read_only": false,
+//	  "writable": true,
+//	  "via": "loop",
+//	  "major": 7,
+//	  "minor": 3,
+//	  "devno": "7:3",
+//	  "removable": false,
+//	  "hotplug": true,
+//	  "media_type": "fixed",
+//	  "unique_id": "3f2a9c0d1b7e…(64 hex digits)",
+//	  "opened_at": "2026-11-25T22:10:00Z",
+//	  "state": "open"
+//	}
+//
+// Fields are only ever added. Clients ignore fields they do not know.

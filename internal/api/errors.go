@@ -1,0 +1,70 @@
+package api
+
+import "fmt"
+
+// Error codes (Error.Code): stable, machine-readable reasons a request
+// failed. A client branches on the code, never on the message.
+const (
+	// CodeBadRequest: the request is malformed (bad JSON, bad field).
+	CodeBadRequest = "bad_request"
+	// CodeNotFound: no open disk has the given id.
+	CodeNotFound = "not_found"
+	// CodeAlreadyOpen: the image is already open (the message names its
+	// device and id).
+	CodeAlreadyOpen = "already_open"
+	// CodeIsDirectory: the file is a directory.
+	CodeIsDirectory = "is_directory"
+	// CodeIsDevice: the file is a device, not an image file.
+	CodeIsDevice = "is_device"
+	// CodeNoParent: the file's parent directory does not exist.
+	CodeNoParent = "no_parent"
+	// CodeNoFile: the file does not exist and creating it was not asked.
+	CodeNoFile = "no_file"
+	// CodeInvalidSize: the size is not a positive multiple of 512.
+	CodeInvalidSize = "invalid_size"
+	// CodeNoSpace: the file system is full.
+	CodeNoSpace = "no_space"
+	// CodeLocked: another process holds the image's lock.
+	CodeLocked = "locked"
+	// CodeNoLoop: no free loop device.
+	CodeNoLoop = "no_loop"
+	// CodeBusy: the device is in use (mounted, open); close with force.
+	CodeBusy = "busy"
+	// CodeFUSEUnavailable: the kernel's FUSE is not available.
+	CodeFUSEUnavailable = "fuse_unavailable"
+	// CodeUnknownFormat: the format is not one vdisk knows.
+	CodeUnknownFormat = "unknown_format"
+	// CodeBadVia: the attach path is unknown or cannot carry the format.
+	CodeBadVia = "bad_via"
+	// CodePermission: the file cannot be opened with the needed access.
+	CodePermission = "permission"
+	// CodeShuttingDown: the daemon is stopping.
+	CodeShuttingDown = "shutting_down"
+	// CodeInternal: anything else; the message says what.
+	CodeInternal = "internal"
+)
+
+// Error is the body of every non-2xx answer, and the error the client
+// returns for it.
+type Error struct {
+	// Code is one of the Code constants.
+	Code string `json:"code"`
+	// Message is one line a person can act on.
+	Message string `json:"message"`
+	// Disk is the disk the error is about, when there is one (the open
+	// disk for CodeAlreadyOpen).
+	Disk *Disk `json:"disk,omitempty"`
+}
+
+func (e *Error) Error() string { return e.Message }
+
+// Errorf returns an *Error with the code and a formatted message.
+func Errorf(code, format string, args ...any) *Error {
+	return &Error{Code: code, Message: fmt.Sprintf(format, args...)}
+}
+
+// Is makes errors.Is(err, &Error{Code: c}) match any *Error with code c.
+func (e *Error) Is(target error) bool {
+	t, ok := target.(*Error)
+	return ok && t.Code == e.Code && t.Message == ""
+}
