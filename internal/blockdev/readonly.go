@@ -11,25 +11,22 @@ import "sync/atomic"
 // concurrent use as far as d is.
 func ReadOnly(d Device) Device {
 	r := &readOnly{d: d}
-	if e, ok := d.(Extenter); ok {
-		return &readOnlyExtenter{readOnly: r, e: e}
+	c := Caps{Describer: r}
+	if _, ok := d.(Extenter); ok {
+		c.Extenter = r
 	}
-	return r
+	return WithCaps(r, c)
 }
 
+// readOnly implements Extents; ReadOnly exposes it only when d has it.
 type readOnly struct {
 	d      Device
 	closed atomic.Bool
 }
 
-type readOnlyExtenter struct {
-	*readOnly
-	e Extenter
-}
-
 var (
 	_ Describer = (*readOnly)(nil)
-	_ Extenter  = (*readOnlyExtenter)(nil)
+	_ Extenter  = (*readOnly)(nil)
 )
 
 func (r *readOnly) Size() int64 { return r.d.Size() }
@@ -72,9 +69,10 @@ func (r *readOnly) Info() Info {
 	return in
 }
 
-func (r *readOnlyExtenter) Extents(off, n int64) ([]Extent, error) {
+// Extents forwards to d, which ReadOnly made sure is an Extenter.
+func (r *readOnly) Extents(off, n int64) ([]Extent, error) {
 	if r.closed.Load() {
 		return nil, ErrClosed
 	}
-	return r.e.Extents(off, n)
+	return r.d.(Extenter).Extents(off, n)
 }

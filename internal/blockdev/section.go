@@ -20,62 +20,34 @@ func Section(d Device, off, n int64) Device {
 		panic(fmt.Sprintf("blockdev.Section: %v", err))
 	}
 	s := &section{d: d, base: off, size: n}
-	t, tok := d.(Trimmer)
-	z, zok := d.(ZeroWriter)
-	e, eok := d.(Extenter)
-	st, sz, se := sectionTrimmer{s, t}, sectionZeroer{s, z}, sectionExtenter{s, e}
-	switch {
-	case tok && zok && eok:
-		return struct {
-			*section
-			sectionTrimmer
-			sectionZeroer
-			sectionExtenter
-		}{s, st, sz, se}
-	case tok && zok:
-		return struct {
-			*section
-			sectionTrimmer
-			sectionZeroer
-		}{s, st, sz}
-	case tok && eok:
-		return struct {
-			*section
-			sectionTrimmer
-			sectionExtenter
-		}{s, st, se}
-	case zok && eok:
-		return struct {
-			*section
-			sectionZeroer
-			sectionExtenter
-		}{s, sz, se}
-	case tok:
-		return struct {
-			*section
-			sectionTrimmer
-		}{s, st}
-	case zok:
-		return struct {
-			*section
-			sectionZeroer
-		}{s, sz}
-	case eok:
-		return struct {
-			*section
-			sectionExtenter
-		}{s, se}
+	var c Caps
+	c.Describer = s
+	if _, ok := d.(Trimmer); ok {
+		c.Trimmer = s
 	}
-	return s
+	if _, ok := d.(ZeroWriter); ok {
+		c.ZeroWriter = s
+	}
+	if _, ok := d.(Extenter); ok {
+		c.Extenter = s
+	}
+	return WithCaps(s, c)
 }
 
+// section implements every capability; Section exposes those of the inner
+// device only.
 type section struct {
 	d          Device
 	base, size int64
 	closed     atomic.Bool
 }
 
-var _ Describer = (*section)(nil)
+var (
+	_ Trimmer    = (*section)(nil)
+	_ ZeroWriter = (*section)(nil)
+	_ Extenter   = (*section)(nil)
+	_ Describer  = (*section)(nil)
+)
 
 func (s *section) Size() int64 { return s.size }
 
@@ -128,48 +100,36 @@ func (s *section) Info() Info {
 	return in
 }
 
-type sectionTrimmer struct {
-	s *section
-	t Trimmer
-}
-
-func (t sectionTrimmer) Trim(off, n int64) error {
-	if err := t.s.check(off, n); err != nil {
+// Trim forwards to the inner device, which Section made sure is a Trimmer.
+func (s *section) Trim(off, n int64) error {
+	if err := s.check(off, n); err != nil {
 		return err
 	}
-	return t.t.Trim(t.s.base+off, n)
+	return s.d.(Trimmer).Trim(s.base+off, n)
 }
 
-type sectionZeroer struct {
-	s *section
-	z ZeroWriter
-}
-
-func (z sectionZeroer) WriteZeroes(off, n int64, mayTrim bool) error {
-	if err := z.s.check(off, n); err != nil {
+// WriteZeroes forwards to the inner device, which is a ZeroWriter.
+func (s *section) WriteZeroes(off, n int64, mayTrim bool) error {
+	if err := s.check(off, n); err != nil {
 		return err
 	}
-	return z.z.WriteZeroes(z.s.base+off, n, mayTrim)
+	return s.d.(ZeroWriter).WriteZeroes(s.base+off, n, mayTrim)
 }
 
-type sectionExtenter struct {
-	s *section
-	e Extenter
-}
-
-func (e sectionExtenter) Extents(off, n int64) ([]Extent, error) {
-	if err := e.s.check(off, n); err != nil {
+// Extents forwards to the inner device, which is an Extenter.
+func (s *section) Extents(off, n int64) ([]Extent, error) {
+	if err := s.check(off, n); err != nil {
 		return nil, err
 	}
 	if n == 0 {
 		return nil, nil
 	}
-	ext, err := e.e.Extents(e.s.base+off, n)
+	ext, err := s.d.(Extenter).Extents(s.base+off, n)
 	if err != nil {
 		return nil, err
 	}
 	for i := range ext {
-		ext[i].Off -= e.s.base
+		ext[i].Off -= s.base
 	}
 	return ext, nil
 }
