@@ -1,0 +1,124 @@
+package vmtest
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestStatusError(t *testing.T) {
+	tests := []struct {
+		name string
+		code int
+		want string // substring of the error; "" means nil
+	}{
+		{name: "pass", code: 0},
+		{name: "script failure", code: 1, want: "exit status 1"},
+		{name: "timeout", code: 124, want: "timed out"},
+		{name: "no report", code: 125, want: "never reported"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := statusError(tt.code)
+			if tt.want == "" {
+				if err != nil {
+					t.Fatalf("statusError(%d) = %v, want nil", tt.code, err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("statusError(%d) = %v, want an error containing %q", tt.code, err, tt.want)
+			}
+		})
+	}
+}
+
+// fakeVM writes stand-ins for prepare.sh and run.sh into a directory.
+func fakeVM(t *testing.T, runScript string) *env {
+	t.Helper()
+	dir := t.TempDir()
+	write := func(name, body string) {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte("#!/bin/sh\n"+body), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("prepare.sh", "echo UBLK=0 >\"$1/vm.env\"\n")
+	write("run.sh", runScript)
+	return &env{cache: t.TempDir(), vmDir: dir, root: "."}
+}
+
+func TestRunGuestStatus(t *testing.T) {
+	tests := []struct {
+		name   string
+		script string
+		want   int
+	}{
+		{name: "pass", script: `test -f "$2/test.sh" && echo console-line && exit 0; exit 3`, want: 0},
+		{name: "timeout", script: "exit 124", want: 124},
+		{name: "no report", script: "exit 125", want: 125},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := fakeVM(t, tt.script)
+			share := t.TempDir()
+			if err := os.WriteFile(filepath.Join(share, "test.sh"), nil, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			var console bytes.Buffer
+			code, err := e.runGuest(context.Background(), share, 10*time.Second, nil, &console)
+			if err != nil || code != tt.want {
+				t.Fatalf("runGuest = %d, %v; want %d", code, err, tt.want)
+			}
+			if tt.want == 0 && !strings.Contains(console.String(), "console-line") {
+				t.Fatalf("console not captured: %q", console.String())
+			}
+		})
+	}
+}
+
+// TestRunGuestCancel checks that cancelling sends SIGTERM, which run.sh
+// traps to clean up, and that the caller gets an error, not a hang.
+func TestRunGuestCancel(t *testing.T) {
+	dir := t.TempDir()
+	ready, marker := filepath.Join(dir, "ready"), filepath.Join(dir, "terminated")
+	e := fakeVM(t, "trap 'echo term >"+marker+"; exit 143' TERM\n: >"+ready+"\nwhile :; do sleep 0.1; done\n")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { // cancel once the trap is installed
+		for {
+			if _, err := os.Stat(ready); err == nil {
+				cancel()
+				return
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(10 * time.Millisecond):
+			}
+		}
+	}()
+	var console bytes.Buffer
+	code, err := e.runGuest(ctx, t.TempDir(), 60*time.Second, nil, &console)
+	if err == nil && code == 0 {
+		t.Fatal("runGuest cancelled returned success")
+	}
+	if _, err := os.Stat(marker); err != nil {
+		t.Fatalf("run.sh did not get SIGTERM: %v", err)
+	}
+}
+
+func TestPrepareSkipsWithoutUblk(t *testing.T) {
+	e := fakeVM(t, "exit 0")
+	var skipped bool
+	t.Run("inner", func(t *testing.T) {
+		defer func() { skipped = t.Skipped() }()
+		e.prepare(t, true)
+	})
+	if !skipped {
+		t.Fatal("prepare with UBLK=0 did not skip")
+	}
+}
