@@ -1,0 +1,156 @@
+package fuseexport
+
+import (
+	"context"
+	"log/slog"
+	"syscall"
+	"time"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"vdisk/internal/blockdev"
+)
+
+// fileIno is the device file's inode number (the root is 1).
+const fileIno = 2
+
+// openFlags is what every open of the device file gets: direct I/O (the
+// kernel keeps no page cache of the file, so the loop device's cache is
+// the only one and nothing is written back through FUSE behind a flush's
+// back), and parallel direct writes (no per-inode lock around WRITEs).
+const openFlags = fuse.FOPEN_DIRECT_IO | fuse.FOPEN_PARALLEL_DIRECT_WRITES
+
+// diskFile is the exported file. Every operation goes straight to dev; the
+// node keeps no state that changes after Mount, so requests run in
+// parallel without locks of its own.
+type diskFile struct {
+	fs.Inode
+	dev      blockdev.Device
+	size     int64
+	readOnly bool
+	blksize  uint32
+	log      *slog.Logger
+	mtime    time.Time
+}
+
+var (
+	_ fs.NodeGetattrer = (*diskFile)(nil)
+	_ fs.NodeSetattrer = (*diskFile)(nil)
+	_ fs.NodeOpener    = (*diskFile)(nil)
+	_ fs.NodeReader    = (*diskFile)(nil)
+	_ fs.NodeWriter    = (*diskFile)(nil)
+	_ fs.NodeFsyncer   = (*diskFile)(nil)
+	_ fs.NodeFlusher   = (*diskFile)(nil)
+	_ fs.NodeAllocater = (*diskFile)(nil)
+	_ fs.NodeLseeker   = (*diskFile)(nil)
+)
+
+// errno logs a failed request at debug level and returns its errno.
+func (f *diskFile) errno(op string, off, n int64, err error) syscall.Errno {
+	e := blockdev.Errno(err)
+	f.log.Debug("fuse request failed", "op", op, "off", off, "len", n, "errno", e, "err", err)
+	return e
+}
+
+// Getattr reports a regular file of the device's size.
+func (f *diskFile) Getattr(ctx context.Context, _ fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	f.fillAttr(&out.Attr)
+	return 0
+}
+
+func (f *diskFile) fillAttr(a *fuse.Attr) {
+	a.Mode = syscall.S_IFREG | 0o600
+	if f.readOnly {
+		a.Mode = syscall.S_IFREG | 0o400
+	}
+	a.Nlink = 1
+	a.Size = uint64(f.size)
+	a.Blocks = uint64(f.allocated()) / 512
+	a.Blksize = f.blksize
+	t := f.mtime
+	a.SetTimes(&t, &t, &t)
+}
+
+// Setattr accepts only what leaves the file as it is: the same size,
+// modes and times (ignored; they are fixed). Changing the size fails with
+// EPERM: a disk does not grow or shrink while exported.
+func (f *diskFile) Setattr(ctx context.Context, _ fs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	if sz, ok := in.GetSize(); ok && int64(sz) != f.size {
+		f.log.Debug("fuse setattr refused: size is fixed", "size", sz)
+		return syscall.EPERM
+	}
+	f.fillAttr(&out.Attr)
+	return 0
+}
+
+// Open allows reading always and writing unless the export is read-only.
+func (f *diskFile) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
+	if f.readOnly && flags&syscall.O_ACCMODE != syscall.O_RDONLY {
+		return nil, 0, syscall.EROFS
+	}
+	if flags&syscall.O_TRUNC != 0 && f.size != 0 {
+		return nil, 0, syscall.EPERM
+	}
+	return nil, openFlags, 0
+}
+
+// Read reads from the device; a read at or past the end returns no bytes.
+func (f *diskFile) Read(ctx context.Context, _ fs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	if off < 0 {
+		return nil, syscall.EINVAL
+	}
+	if off >= f.size {
+		return fuse.ReadResultData(nil), 0
+	}
+	n := min(int64(len(dest)), f.size-off)
+	got, err := f.dev.ReadAt(dest[:n], off)
+	if err != nil {
+		return nil, f.errno("read", off, n, err)
+	}
+	return fuse.ReadResultData(dest[:got]), 0
+}
+
+// Write writes to the device. A write that starts at or past the end
+// fails with ENOSPC, as on a block device; one that crosses the end is
+// cut short there.
+func (f *diskFile) Write(ctx context.Context, _ fs.FileHandle, data []byte, off int64) (uint32, syscall.Errno) {
+	if f.readOnly {
+		return 0, syscall.EROFS
+	}
+	if off < 0 {
+		return 0, syscall.EINVAL
+	}
+	if len(data) == 0 {
+		return 0, 0
+	}
+	if off >= f.size {
+		return 0, syscall.ENOSPC
+	}
+	n := min(int64(len(data)), f.size-off)
+	got, err := f.dev.WriteAt(data[:n], off)
+	if err != nil {
+		return 0, f.errno("write", off, n, err)
+	}
+	return uint32(got), 0
+}
+
+// Fsync flushes the device: every write acknowledged before is durable.
+func (f *diskFile) Fsync(ctx context.Context, _ fs.FileHandle, flags uint32) syscall.Errno {
+	if err := f.dev.Flush(); err != nil {
+		return f.errno("fsync", 0, 0, err)
+	}
+	return 0
+}
+
+// Flush (every close of a descriptor) flushes the device, so that when a
+// loop device lets go of the file its writes are durable.
+func (f *diskFile) Flush(ctx context.Context, _ fs.FileHandle) syscall.Errno {
+	if f.readOnly {
+		return 0
+	}
+	if err := f.dev.Flush(); err != nil {
+		return f.errno("flush", 0, 0, err)
+	}
+	return 0
+}
