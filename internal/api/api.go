@@ -189,3 +189,19 @@ type VersionInfo struct {
 // DefaultSize is the size of an image created without an explicit size:
 // 100 MiB, as the original demo.
 const DefaultSize = 100 << 20
+
+// Where the daemon lives unless told otherwise.
+const (
+	// DefaultSocket is the daemon's socket when neither --socket nor
+	// $VDISK_SOCKET says otherwise.
+	DefaultSocket = "/run/vdisk/vdisk.sock"
+	// SocketEnv names the environment variable that overrides
+	// DefaultSocket.
+	SocketEnv = "VDISK_SOCKET"
+	// DefaultStateDir holds the daemon's state file unless --state-dir or
+	// $VDISK_STATE_DIR says otherwise.
+	DefaultStateDir = "/var/lib/vdisk"
+	// StateDirEnv names the environment variable that overrides
+	// DefaultStateDir.
+	StateDirEnv = "VDISK_STATE_DIR"
+)

@@ -1,0 +1,17 @@
+package daemon
+
+import "errors"
+
+// ErrRunning is returned by Run when another daemon answers on the socket
+// or holds its lock.
+var ErrRunning = errors.New("another vdisk daemon is running")
+
+// ErrFUSEUnavailable is returned (wrapped) by an open via FUSE when the
+// kernel's FUSE is missing (/dev/fuse absent or not the FUSE device).
+var ErrFUSEUnavailable = errors.New("FUSE is not available")
+
+// ErrUnknownFormat is returned (wrapped) for a format vdisk cannot open.
+var ErrUnknownFormat = errors.New("unknown image format")
+
+// ErrBadState is returned (wrapped) when the state file cannot be parsed.
+var ErrBadState = errors.New("state file is malformed")

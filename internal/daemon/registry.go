@@ -1,0 +1,265 @@
+package daemon
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"slices"
+	"syscall"
+	"time"
+
+	"vdisk/internal/api"
+	"vdisk/internal/blockdev"
+	"vdisk/internal/fuseexport"
+	"vdisk/internal/loop"
+)
+
+// disk is one entry of the registry: an open disk, or one the daemon had
+// and could not restore (rec.State says which).
+type disk struct {
+	rec api.Disk
+	// dev is the Device stack; for ViaLoop the *blockdev.File whose
+	// descriptor the loop device shares. nil for a disk not open.
+	dev blockdev.Device
+	// loop is the loop device; nil for a disk not open.
+	loop *loop.Device
+	// fuse is the FUSE export of ViaFUSE; nil otherwise.
+	fuse fuseExport
+}
+
+// List returns every disk, sorted by file.
+func (d *Daemon) List() []api.Disk {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := make([]api.Disk, 0, len(d.disks))
+	for _, dk := range d.disks {
+		out = append(out, dk.rec)
+	}
+	slices.SortFunc(out, func(a, b api.Disk) int { return cmp.Compare(a.File, b.File) })
+	return out
+}
+
+// Get returns the disk with the id.
+func (d *Daemon) Get(id string) (api.Disk, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	dk, ok := d.disks[id]
+	if !ok {
+		return api.Disk{}, api.Errorf(api.CodeNotFound, "no open disk has id %s", id)
+	}
+	return dk.rec, nil
+}
+
+// Open opens req.File as a disk. It returns the disk and whether it was
+// already open (only with req.Reuse).
+func (d *Daemon) Open(req api.OpenRequest) (api.Disk, bool, error) {
+	path, err := api.Canonical(req.File)
+	if err != nil {
+		return api.Disk{}, false, err
+	}
+	id := api.DiskID(path)
+	switch req.Via {
+	case "", api.ViaLoop, api.ViaFUSE:
+	default:
+		return api.Disk{}, false, api.Errorf(api.CodeBadVia, "unknown attach path %q: want loop or fuse", req.Via)
+	}
+	d.opMu.Lock()
+	defer d.opMu.Unlock()
+	d.mu.Lock()
+	closing := d.closing
+	old, open := d.disks[id]
+	d.mu.Unlock()
+	if closing {
+		return api.Disk{}, false, api.Errorf(api.CodeShuttingDown, "the vdisk daemon is shutting down")
+	}
+	if open && old.rec.State == api.StateOpen {
+		if req.Reuse {
+			return old.rec, true, nil
+		}
+		e := api.Errorf(api.CodeAlreadyOpen, "%s is already open as %s (id %s)", path, old.rec.Device, id)
+		rec := old.rec
+		e.Disk = &rec
+		return api.Disk{}, false, e
+	}
+	if err := checkFile(path, req); err != nil {
+		return api.Disk{}, false, err
+	}
+	created := false
+	if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
+		size := req.Size
+		if size == 0 {
+			size = api.DefaultSize
+		}
+		if err := createImage(path, req.Format, size); err != nil {
+			return api.Disk{}, false, err
+		}
+		created = true
+	}
+	sd := stateDisk{ID: id, File: path, Format: req.Format, ReadOnly: req.ReadOnly, Via: req.Via, OpenedAt: time.Now().UTC().Truncate(time.Second)}
+	dk, err := d.attach(sd, false)
+	if err != nil {
+		if created {
+			os.Remove(path)
+		}
+		return api.Disk{}, false, err
+	}
+	d.mu.Lock()
+	d.disks[id] = dk
+	d.mu.Unlock()
+	d.saveLocked()
+	d.log.Info("opened", "id", id, "file", path, "device", dk.rec.Device, "via", dk.rec.Via, "format", dk.rec.Format)
+	return dk.rec, false, nil
+}
+
+// checkFile refuses what cannot be an image: a directory, a device, a
+// special file, a missing file without Create, a bad size.
+func checkFile(path string, req api.OpenRequest) error {
+	fi, err := os.Stat(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		if !req.Create {
+			return api.Errorf(api.CodeNoFile, "%s does not exist", path)
+		}
+		if req.ReadOnly {
+			return api.Errorf(api.CodeNoFile, "%s does not exist, and a read-only disk cannot be created", path)
+		}
+		if req.Size < 0 || req.Size%512 != 0 {
+			return api.Errorf(api.CodeInvalidSize, "size %d is not a positive multiple of 512 bytes", req.Size)
+		}
+		return nil
+	case err != nil:
+		return fmt.Errorf("stat %s: %w", path, err)
+	case fi.IsDir():
+		return api.Errorf(api.CodeIsDirectory, "%s is a directory, not an image file", path)
+	case fi.Mode()&fs.ModeDevice != 0:
+		return api.Errorf(api.CodeIsDevice, "%s is a device, not an image file", path)
+	case !fi.Mode().IsRegular():
+		return api.Errorf(api.CodeBadRequest, "%s is not a regular file", path)
+	}
+	return nil
+}
+
+// Close closes the disk with the id and returns its last record. A busy
+// device fails with CodeBusy unless force, which detaches it lazily.
+func (d *Daemon) Close(id string, force bool) (api.Disk, error) {
+	d.opMu.Lock()
+	defer d.opMu.Unlock()
+	d.mu.Lock()
+	dk, ok := d.disks[id]
+	d.mu.Unlock()
+	if !ok {
+		return api.Disk{}, api.Errorf(api.CodeNotFound, "no open disk has id %s", id)
+	}
+	if err := d.closeDisk(dk, force); err != nil {
+		return api.Disk{}, err
+	}
+	d.saveLocked()
+	d.log.Info("closed", "id", id, "file", dk.rec.File, "device", dk.rec.Device, "force", force)
+	return dk.rec, nil
+}
+
+// closeDisk flushes and detaches dk and removes it from the registry. When
+// it returns nil, every write the kernel acknowledged is durable in the
+// image. With force a busy device is detached lazily: it goes away when its
+// last user lets go, and a FUSE export goes on serving it until then (see
+// linger). The caller holds opMu.
+func (d *Daemon) closeDisk(dk *disk, force bool) error {
+	lazy := false
+	if dk.loop != nil {
+		err := dk.loop.Detach()
+		if errors.Is(err, loop.ErrBusy) {
+			if !force {
+				return api.Errorf(api.CodeBusy, "%s (%s) is in use (mounted or open); unmount it, or close with --force to detach it when its last user lets go", dk.rec.Device, dk.rec.File)
+			}
+			err, lazy = dk.loop.DetachLazy(), true
+		}
+		if err != nil && !errors.Is(err, loop.ErrNotAttached) {
+			return fmt.Errorf("detach %s: %w", dk.rec.Device, err)
+		}
+		dk.loop = nil
+	}
+	if dk.dev != nil {
+		// Detaching wrote the loop device's dirty pages into the image
+		// (or the FUSE file); now make them durable.
+		if err := dk.dev.Flush(); err != nil {
+			return fmt.Errorf("flush %s: %w", dk.rec.File, err)
+		}
+	}
+	if dk.fuse != nil {
+		if !lazy {
+			err := dk.fuse.Close()
+			if errors.Is(err, fuseexport.ErrBusy) && force {
+				lazy = true
+			} else if errors.Is(err, fuseexport.ErrBusy) {
+				return api.Errorf(api.CodeBusy, "the FUSE file of %s is in use; close with --force", dk.rec.File)
+			} else if err != nil && !errors.Is(err, fuseexport.ErrClosed) {
+				return fmt.Errorf("unmount the FUSE export of %s: %w", dk.rec.File, err)
+			}
+		}
+		if lazy {
+			if err := dk.fuse.CloseForce(); err != nil && !errors.Is(err, fuseexport.ErrClosed) {
+				return fmt.Errorf("unmount the FUSE export of %s: %w", dk.rec.File, err)
+			}
+			d.linger(dk.rec, dk.fuse, dk.dev)
+			dk.dev = nil
+		}
+		os.Remove(d.mountDir(dk.rec.ID))
+		dk.fuse = nil
+	}
+	if dk.dev != nil {
+		if err := dk.dev.Close(); err != nil {
+			return fmt.Errorf("close %s: %w", dk.rec.File, err)
+		}
+		dk.dev = nil
+	}
+	d.mu.Lock()
+	delete(d.disks, dk.rec.ID)
+	d.mu.Unlock()
+	return nil
+}
+
+// linger keeps dev open while a lazily unmounted FUSE export still serves a
+// lazily detached loop device, and closes it when the kernel releases the
+// file, or at shutdown (the process is ending: serving ends with it). The
+// goroutine is owned by the daemon; Shutdown waits for it.
+func (d *Daemon) linger(rec api.Disk, exp fuseExport, dev blockdev.Device) {
+	d.lingering.Add(1)
+	go func() {
+		defer d.lingering.Done()
+		select {
+		case <-exp.Done():
+		case <-d.stop:
+		}
+		if err := dev.Close(); err != nil {
+			d.log.Error("close lazily detached disk", "id", rec.ID, "file", rec.File, "err", err)
+			return
+		}
+		d.log.Info("lazily detached disk released", "id", rec.ID, "file", rec.File)
+	}()
+}
+
+// saveLocked writes the state file from the registry. The caller holds
+// opMu. A failure is logged: the disks stay open, and the next change
+// tries again.
+func (d *Daemon) saveLocked() {
+	d.mu.Lock()
+	var sds []stateDisk
+	for _, dk := range d.disks {
+		sds = append(sds, stateDisk{
+			ID: dk.rec.ID, File: dk.rec.File, Format: dk.rec.Format, ReadOnly: dk.rec.ReadOnly,
+			Via: dk.rec.Via, Device: dk.rec.Device, OpenedAt: dk.rec.OpenedAt,
+		})
+	}
+	d.mu.Unlock()
+	slices.SortFunc(sds, func(a, b stateDisk) int { return cmp.Compare(a.File, b.File) })
+	if err := saveState(d.opt.StateDir, sds); err != nil {
+		d.log.Error("save state", "err", err)
+	}
+}
+
+// isNoSpace reports whether err means the file system is full.
+func isNoSpace(err error) bool {
+	return errors.Is(err, blockdev.ErrNoSpace) || errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT)
+}

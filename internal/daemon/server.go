@@ -1,0 +1,204 @@
+package daemon
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/http"
+	"os"
+	"syscall"
+
+	"vdisk/internal/api"
+	"vdisk/internal/blockdev"
+	"vdisk/internal/loop"
+)
+
+// maxRequest bounds a request body.
+const maxRequest = 1 << 20
+
+// Handler returns the control API's HTTP handler.
+func (d *Daemon) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET "+api.PathVersion, func(w http.ResponseWriter, r *http.Request) {
+		reply(w, http.StatusOK, api.VersionInfo{API: api.Version, Version: d.opt.Version, PID: os.Getpid()})
+	})
+	mux.HandleFunc("GET "+api.PathDisks, func(w http.ResponseWriter, r *http.Request) {
+		reply(w, http.StatusOK, api.DiskList{Disks: d.List()})
+	})
+	mux.HandleFunc("POST "+api.PathDisks, func(w http.ResponseWriter, r *http.Request) {
+		var req api.OpenRequest
+		if !decode(w, r, &req) {
+			return
+		}
+		if req.File == "" {
+			replyErr(w, api.Errorf(api.CodeBadRequest, "no file given"))
+			return
+		}
+		rec, reused, err := d.Open(req)
+		if err != nil {
+			replyErr(w, err)
+			return
+		}
+		status := http.StatusCreated
+		if reused {
+			status = http.StatusOK
+		}
+		reply(w, status, rec)
+	})
+	mux.HandleFunc("GET "+api.PathDisk+"{id}", func(w http.ResponseWriter, r *http.Request) {
+		rec, err := d.Get(r.PathValue("id"))
+		if err != nil {
+			replyErr(w, err)
+			return
+		}
+		reply(w, http.StatusOK, rec)
+	})
+	mux.HandleFunc("DELETE "+api.PathDisk+"{id}", func(w http.ResponseWriter, r *http.Request) {
+		force := false
+		switch r.URL.Query().Get("force") {
+		case "", "false", "0":
+		case "true", "1":
+			force = true
+		default:
+			replyErr(w, api.Errorf(api.CodeBadRequest, "force=%q: want true or false", r.URL.Query().Get("force")))
+			return
+		}
+		rec, err := d.Close(r.PathValue("id"), force)
+		if err != nil {
+			replyErr(w, err)
+			return
+		}
+		reply(w, http.StatusOK, rec)
+	})
+	mux.HandleFunc("POST "+api.PathInspect, func(w http.ResponseWriter, r *http.Request) {
+		var req api.InspectRequest
+		if !decode(w, r, &req) {
+			return
+		}
+		im, err := d.Inspect(req)
+		if err != nil {
+			replyErr(w, err)
+			return
+		}
+		reply(w, http.StatusOK, im)
+	})
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		replyErr(w, api.Errorf(api.CodeNotFound, "no API endpoint %s %s (this daemon speaks %s)", r.Method, r.URL.Path, api.Version))
+	})
+	return mux
+}
+
+// decode reads a JSON request body into v, answering the error itself.
+func decode(w http.ResponseWriter, r *http.Request, v any) bool {
+	r.Body = http.MaxBytesReader(w, r.Body, maxRequest)
+	if err := json.NewDecoder(r.Body).Decode(v); err != nil {
+		replyErr(w, api.Errorf(api.CodeBadRequest, "malformed request body: %v", err))
+		return false
+	}
+	return true
+}
+
+// reply writes v as JSON with status.
+func reply(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v) //nolint:errcheck // the client went away; nothing to do
+}
+
+// replyErr writes err as an api.Error with its status.
+func replyErr(w http.ResponseWriter, err error) {
+	e := toAPIError(err)
+	reply(w, statusOf(e.Code), e)
+}
+
+// toAPIError maps an error to the API's codes; its message becomes the
+// human message.
+func toAPIError(err error) *api.Error {
+	var ae *api.Error
+	if errors.As(err, &ae) {
+		return ae
+	}
+	code := api.CodeInternal
+	switch {
+	case errors.Is(err, blockdev.ErrLocked):
+		code = api.CodeLocked
+	case isNoSpace(err):
+		code = api.CodeNoSpace
+	case errors.Is(err, loop.ErrNoFreeDevice):
+		code = api.CodeNoLoop
+	case errors.Is(err, loop.ErrBusy):
+		code = api.CodeBusy
+	case errors.Is(err, ErrFUSEUnavailable):
+		code = api.CodeFUSEUnavailable
+	case errors.Is(err, ErrUnknownFormat):
+		code = api.CodeUnknownFormat
+	case errors.Is(err, fs.ErrPermission), errors.Is(err, syscall.EROFS):
+		code = api.CodePermission
+	case errors.Is(err, fs.ErrNotExist):
+		code = api.CodeNoFile
+	}
+	return &api.Error{Code: code, Message: err.Error()}
+}
+
+// statusOf is the HTTP status of an error code.
+func statusOf(code string) int {
+	switch code {
+	case api.CodeBadRequest, api.CodeInvalidSize, api.CodeIsDirectory, api.CodeIsDevice,
+		api.CodeNoParent, api.CodeUnknownFormat, api.CodeBadVia:
+		return http.StatusBadRequest
+	case api.CodeNotFound, api.CodeNoFile:
+		return http.StatusNotFound
+	case api.CodeAlreadyOpen, api.CodeLocked, api.CodeBusy:
+		return http.StatusConflict
+	case api.CodePermission:
+		return http.StatusForbidden
+	case api.CodeShuttingDown, api.CodeNoLoop, api.CodeFUSEUnavailable, api.CodeNoSpace:
+		return http.StatusServiceUnavailable
+	}
+	return http.StatusInternalServerError
+}
+
+// Inspect returns the facts of an image file: from the registry when it is
+// open, else by opening it read-only without taking its lock.
+func (d *Daemon) Inspect(req api.InspectRequest) (api.Image, error) {
+	path, err := api.Canonical(req.File)
+	if err != nil {
+		return api.Image{}, err
+	}
+	if err := checkFile(path, api.OpenRequest{File: path}); err != nil {
+		return api.Image{}, err
+	}
+	id := api.DiskID(path)
+	im := api.Image{ID: id, File: path, UniqueID: api.UniqueID(path)}
+	d.mu.Lock()
+	dk, open := d.disks[id]
+	d.mu.Unlock()
+	if open && dk.rec.State == api.StateOpen {
+		r := dk.rec
+		im.Format, im.Size, im.LogicalBlockSize, im.PhysicalBlockSize = r.Format, r.Size, r.LogicalBlockSize, r.PhysicalBlockSize
+		im.MediaType, im.Open = r.MediaType, true
+	} else {
+		dev, format, err := openImage(path, req.Format, true, true)
+		if err != nil {
+			return api.Image{}, fmt.Errorf("inspect %s: %w", path, err)
+		}
+		info := blockdev.InfoOf(dev)
+		im.Format, im.Size = format, dev.Size()
+		im.LogicalBlockSize, im.PhysicalBlockSize = info.LogicalBlockSize, info.PhysicalBlockSize
+		im.MediaType = api.MediaFixed
+		if format == "iso" {
+			im.MediaType = api.MediaCDROM
+		}
+		dev.Close()
+	}
+	im.Sectors, im.Geometry = api.Sectors(im.Size), api.CHS(im.Size)
+	im.Writable = syscall.Access(path, 2 /* W_OK */) == nil
+	var st syscall.Stat_t
+	if syscall.Stat(path, &st) == nil {
+		im.Allocated = st.Blocks * 512
+	}
+	return im, nil
+}

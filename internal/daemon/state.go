@@ -1,0 +1,120 @@
+package daemon
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// stateVersion is the version of the state file's layout.
+const stateVersion = 1
+
+// stateFileName is the state file's name inside the state directory.
+const stateFileName = "state.json"
+
+// maxStateSize bounds the state file the daemon is willing to read.
+const maxStateSize = 4 << 20
+
+// stateDisk is what the state file remembers of one open disk: enough to
+// open it again the same way.
+type stateDisk struct {
+	ID       string    `json:"id"`
+	File     string    `json:"file"`
+	Format   string    `json:"format"`
+	ReadOnly bool      `json:"read_only"`
+	Via      string    `json:"via"`
+	Device   string    `json:"device"`
+	OpenedAt time.Time `json:"opened_at"`
+}
+
+// stateDoc is the state file.
+type stateDoc struct {
+	Version int         `json:"version"`
+	Disks   []stateDisk `json:"disks"`
+}
+
+// loadState reads the state file in dir. A missing file is an empty state.
+func loadState(dir string) ([]stateDisk, error) {
+	name := filepath.Join(dir, stateFileName)
+	f, err := os.Open(name)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read state: %w", err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("read state: %w", err)
+	}
+	if fi.Size() > maxStateSize {
+		return nil, fmt.Errorf("%w: %s is %d bytes, more than %d", ErrBadState, name, fi.Size(), maxStateSize)
+	}
+	var doc stateDoc
+	dec := json.NewDecoder(f)
+	if err := dec.Decode(&doc); err != nil {
+		return nil, fmt.Errorf("%w: %s: %v", ErrBadState, name, err)
+	}
+	if doc.Version != stateVersion {
+		return nil, fmt.Errorf("%w: %s has version %d, want %d", ErrBadState, name, doc.Version, stateVersion)
+	}
+	for i, d := range doc.Disks {
+		if d.File == "" || !filepath.IsAbs(d.File) {
+			return nil, fmt.Errorf("%w: %s: disk %d has no absolute file", ErrBadState, name, i)
+		}
+	}
+	return doc.Disks, nil
+}
+
+// saveState writes the state file in dir atomically: a temporary file,
+// fsync, rename over the old one, fsync of the directory. A crash at any
+// point leaves either the old or the new state.
+func saveState(dir string, disks []stateDisk) error {
+	if disks == nil {
+		disks = []stateDisk{}
+	}
+	b, err := json.MarshalIndent(stateDoc{Version: stateVersion, Disks: disks}, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode state: %w", err)
+	}
+	b = append(b, '\n')
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("write state: %w", err)
+	}
+	tmp, err := os.CreateTemp(dir, stateFileName+".tmp*")
+	if err != nil {
+		return fmt.Errorf("write state: %w", err)
+	}
+	fail := func(err error) error {
+		tmp.Close()
+		os.Remove(tmp.Name())
+		return fmt.Errorf("write state %s: %w", tmp.Name(), err)
+	}
+	if _, err := tmp.Write(b); err != nil {
+		return fail(err)
+	}
+	if err := tmp.Sync(); err != nil {
+		return fail(err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fail(err)
+	}
+	if err := os.Rename(tmp.Name(), filepath.Join(dir, stateFileName)); err != nil {
+		os.Remove(tmp.Name())
+		return fmt.Errorf("write state: %w", err)
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("write state: sync %s: %w", dir, err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("write state: sync %s: %w", dir, err)
+	}
+	return nil
+}
