@@ -18,6 +18,10 @@ import (
 // partial one.
 const DefaultSize = 1<<20 + 12<<10
 
+// MinSize is the smallest size RunWith accepts: the suite's ranges reach
+// 500 KiB into the device.
+const MinSize = 512 << 10
+
 // verifyChunk is how much the suite reads at once when it compares a
 // device with its model.
 const verifyChunk = 256 << 10
@@ -25,7 +29,7 @@ const verifyChunk = 256 << 10
 // Options tune RunWith.
 type Options struct {
 	// Size of the devices the suite opens; zero means DefaultSize. It must
-	// be at least 256 KiB.
+	// be at least MinSize.
 	Size int64
 }
 
@@ -51,8 +55,8 @@ func RunWith(t *testing.T, opt Options, open Open) {
 	if size == 0 {
 		size = DefaultSize
 	}
-	if size < 256<<10 {
-		t.Fatalf("blockdevtest: size %d is below 256 KiB", size)
+	if size < MinSize {
+		t.Fatalf("blockdevtest: size %d is below MinSize %d", size, int64(MinSize))
 	}
 	probe := open(t, size)
 	ro := blockdev.InfoOf(probe).ReadOnly
@@ -109,6 +113,14 @@ func start(t *testing.T, open Open, size int64) *harness {
 	h.model = make([]byte, size)
 	h.read(h.model, 0)
 	return h
+}
+
+// sub returns h for the subtest t: failures are reported on t, and the
+// device and model are shared.
+func (h *harness) sub(t *testing.T) *harness {
+	c := *h
+	c.t = t
+	return &c
 }
 
 // read reads p at off and fails the test unless it is a full read.

@@ -47,6 +47,7 @@ func testTrim(t *testing.T, h *harness) {
 	h.fill()
 	for _, r := range zeroRanges(h.size) {
 		t.Run(r.name, func(t *testing.T) {
+			h := h.sub(t)
 			if err := tr.Trim(r.off, r.n); err != nil {
 				t.Fatalf("Trim(%d, %d): %v", r.off, r.n, err)
 			}
@@ -56,6 +57,7 @@ func testTrim(t *testing.T, h *harness) {
 	}
 	for _, r := range badRanges(h.size) {
 		t.Run(r.name, func(t *testing.T) {
+			h := h.sub(t)
 			wantErr(t, fmt.Sprintf("Trim(%d, %d)", r.off, r.n), tr.Trim(r.off, r.n), blockdev.ErrOutOfRange)
 			wantErr(t, fmt.Sprintf("blockdev.Trim(%d, %d)", r.off, r.n), blockdev.Trim(h.d, r.off, r.n), blockdev.ErrOutOfRange)
 		})
@@ -70,9 +72,11 @@ func testWriteZeroes(t *testing.T, h *harness) {
 	z, hasZ := h.d.(blockdev.ZeroWriter)
 	for _, mayTrim := range []bool{false, true} {
 		t.Run(fmt.Sprint("mayTrim=", mayTrim), func(t *testing.T) {
+			h := h.sub(t)
 			h.fill()
 			for _, r := range zeroRanges(h.size) {
 				t.Run(r.name, func(t *testing.T) {
+					h := h.sub(t)
 					if err := blockdev.WriteZeroes(h.d, r.off, r.n, mayTrim); err != nil {
 						t.Fatalf("blockdev.WriteZeroes(%d, %d, %v): %v", r.off, r.n, mayTrim, err)
 					}
@@ -91,6 +95,7 @@ func testWriteZeroes(t *testing.T, h *harness) {
 			}
 			for _, r := range badRanges(h.size) {
 				t.Run(r.name, func(t *testing.T) {
+					h := h.sub(t)
 					what := fmt.Sprintf("WriteZeroes(%d, %d, %v)", r.off, r.n, mayTrim)
 					wantErr(t, "blockdev."+what, blockdev.WriteZeroes(h.d, r.off, r.n, mayTrim), blockdev.ErrOutOfRange)
 					if hasZ {
@@ -177,6 +182,7 @@ func testExtents(t *testing.T, h *harness) {
 	e, ok := h.d.(blockdev.Extenter)
 	for _, r := range badRanges(h.size) {
 		t.Run(r.name, func(t *testing.T) {
+			h := h.sub(t)
 			what := fmt.Sprintf("Extents(%d, %d)", r.off, r.n)
 			_, err := blockdev.Extents(h.d, r.off, r.n)
 			wantErr(t, "blockdev."+what, err, blockdev.ErrOutOfRange)

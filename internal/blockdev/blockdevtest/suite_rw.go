@@ -35,6 +35,7 @@ func badRanges(size int64) []struct {
 func testBoundaries(t *testing.T, h *harness) {
 	for _, r := range badRanges(h.size) {
 		t.Run(r.name, func(t *testing.T) {
+			h := h.sub(t)
 			p := make([]byte, r.n)
 			n, err := h.d.ReadAt(p, r.off)
 			wantErr(t, fmt.Sprintf("ReadAt(%d bytes, %d)", r.n, r.off), err, blockdev.ErrOutOfRange)
@@ -87,6 +88,7 @@ func testReadWrite(t *testing.T, h *harness) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
+			h := h.sub(t)
 			p := h.pattern(int(tc.n))
 			h.write(p, tc.off)
 			got := make([]byte, tc.n)
@@ -104,6 +106,7 @@ func testWriteOutOfRange(t *testing.T, h *harness) {
 	h.write(h.pattern(8192), h.size-8192)
 	for _, r := range badRanges(h.size) {
 		t.Run(r.name, func(t *testing.T) {
+			h := h.sub(t)
 			n, err := h.d.WriteAt(h.pattern(int(r.n)), r.off)
 			wantErr(t, fmt.Sprintf("WriteAt(%d bytes, %d)", r.n, r.off), err, blockdev.ErrOutOfRange)
 			if n != 0 {
@@ -129,6 +132,7 @@ func testParallelDisjointWrites(t *testing.T, h *harness) {
 	// and pages: a device that read-modify-writes must still keep both.
 	for _, chunk := range []int64{4096, 1000, 100} {
 		t.Run(fmt.Sprint("chunk ", chunk), func(t *testing.T) {
+			h := h.sub(t)
 			span := min(h.size-64<<10, 256*chunk)
 			// The stable region after span is read while the writes run.
 			stable := h.model[span : span+64<<10]
