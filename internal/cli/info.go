@@ -1,0 +1,134 @@
+package cli
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"vdisk/internal/api"
+)
+
+func init() { register(newInfoCmd) }
+
+func newInfoCmd(e *env) *cobra.Command {
+	var (
+		f      daemonFlags
+		format string
+		asJSON bool
+	)
+	cmd := &cobra.Command{
+		Use:   "info FILE|ID|DEVICE",
+		Short: "Show what a disk or an image file is",
+		Long: "info prints everything the original driver answered through its storage IOCTLs:\n" +
+			"size in bytes and sectors, block sizes, CHS geometry, writable, device number,\n" +
+			"removable/hotplug, media type, device name, unique id, backing file, format and\n" +
+			"attach path. For a file that is not open it prints the image's facts.\n" +
+			"--json prints the disk record (api.Disk) of an open disk, or the image record\n" +
+			`(api.Image, with "open": false) of a file that is not open.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			c, err := f.connect(ctx, e)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			d, err := findDisk(ctx, c, args[0])
+			if err == nil {
+				if asJSON {
+					return printJSON(e.stdout, d)
+				}
+				return printDisk(e.stdout, d)
+			}
+			if !errors.Is(err, errNotOpen) || api.IsID(args[0]) {
+				return err
+			}
+			path, err := resolveFile(args[0])
+			if err != nil {
+				return err
+			}
+			im, err := c.Inspect(ctx, api.InspectRequest{File: path, Format: format})
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(e.stdout, im)
+			}
+			return printImage(e.stdout, im)
+		},
+	}
+	f.add(cmd)
+	cmd.Flags().StringVar(&format, "format", "", "image format of a file that is not open (default: detect)")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the record as JSON")
+	return cmd
+}
+
+// yesNo renders a bool for people.
+func yesNo(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "no"
+}
+
+// printDisk writes an open disk's facts, one per line.
+func printDisk(w io.Writer, d *api.Disk) error {
+	tw := tabwriter.NewWriter(w, 0, 8, 1, ' ', 0)
+	dev := d.Device
+	if d.State != api.StateOpen {
+		dev = "(" + d.State + ": " + d.Error + ")"
+	}
+	rows := [][2]string{
+		{"id", d.ID},
+		{"device", dev},
+		{"device number", d.DevNo},
+		{"file", d.File},
+		{"format", d.Format},
+		{"size", fmt.Sprintf("%d bytes (%s), %d sectors", d.Size, formatSize(d.Size), d.Sectors)},
+		{"block size", fmt.Sprintf("%d logical, %d physical", d.LogicalBlockSize, d.PhysicalBlockSize)},
+		{"geometry", geometry(d.Geometry)},
+		{"writable", yesNo(d.Writable)},
+		{"removable", yesNo(d.Removable)},
+		{"hotplug", yesNo(d.Hotplug)},
+		{"media type", d.MediaType},
+		{"unique id", d.UniqueID},
+		{"via", d.Via},
+		{"opened at", d.OpenedAt.Format(time.RFC3339)},
+		{"state", d.State},
+	}
+	for _, r := range rows {
+		fmt.Fprintf(tw, "%s:\t%s\n", r[0], r[1])
+	}
+	return tw.Flush()
+}
+
+// printImage writes the facts of an image that is not open.
+func printImage(w io.Writer, im *api.Image) error {
+	tw := tabwriter.NewWriter(w, 0, 8, 1, ' ', 0)
+	rows := [][2]string{
+		{"id", im.ID},
+		{"device", "(not open)"},
+		{"file", im.File},
+		{"format", im.Format},
+		{"size", fmt.Sprintf("%d bytes (%s), %d sectors", im.Size, formatSize(im.Size), im.Sectors)},
+		{"allocated", fmt.Sprintf("%d bytes (%s)", im.Allocated, formatSize(im.Allocated))},
+		{"block size", fmt.Sprintf("%d logical, %d physical", im.LogicalBlockSize, im.PhysicalBlockSize)},
+		{"geometry", geometry(im.Geometry)},
+		{"writable", yesNo(im.Writable)},
+		{"media type", im.MediaType},
+		{"unique id", im.UniqueID},
+	}
+	for _, r := range rows {
+		fmt.Fprintf(tw, "%s:\t%s\n", r[0], r[1])
+	}
+	return tw.Flush()
+}
+
+// geometry renders a CHS geometry.
+func geometry(g api.Geometry) string {
+	return fmt.Sprintf("%d cylinders, %d heads, %d sectors/track, %d bytes/sector", g.Cylinders, g.Heads, g.SectorsPerTrack, g.BytesPerSector)
+}
