@@ -1,0 +1,17 @@
+// Package ublk serves a blockdev.Device to the Linux kernel as /dev/ublkbN
+// through the ublk driver (ublk_drv, Linux 6.0 and later).
+//
+// Serve talks to /dev/ublk-control through an io_uring with 128-byte SQEs
+// (the control command does not fit a normal SQE): GET_FEATURES, ADD_DEV,
+// SET_PARAMS, START_DEV, and at Close STOP_DEV and DEL_DEV. Each hardware
+// queue gets its own io_uring, on its own locked OS thread, and the mmap'd
+// array of request descriptors; it issues one FETCH_REQ per tag and answers
+// each request with COMMIT_AND_FETCH_REQ. Request data moves through one
+// buffer per tag whose address the FETCH carries, which every ublk kernel
+// supports; read, write (FUA as write+flush), flush, discard and
+// write-zeroes map to the Device. Only features GET_FEATURES offers are
+// used (today: the ioctl-encoded opcodes).
+//
+// The io_uring code is written here over golang.org/x/sys/unix; its
+// structures are checked against the installed UAPI headers by a test.
+package ublk

@@ -1,0 +1,205 @@
+package ublk
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"runtime"
+	"syscall"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"vdisk/internal/blockdev"
+)
+
+// stopTag is the user data of a queue's stop poll; I/O commands use their tag.
+const stopTag = 1 << 32
+
+// queue serves one ublk hardware queue: an io_uring of its own, the mmap'd
+// descriptor array, and one data buffer per tag. Everything in it belongs to
+// the goroutine running serve, which locks its OS thread: the driver takes
+// a queue's commands only from the task that fetched first.
+type queue struct {
+	id      uint16
+	depth   int
+	bufSize int
+	cdev    *os.File
+	stopFD  int // eventfd that becomes readable when the queue must stop
+	dev     blockdev.Device
+	encoded bool
+	log     *slog.Logger
+
+	r     *ring
+	descs []byte // mmap'd ublksrv_io_desc array
+	bufs  []byte // depth * bufSize bytes
+	live  int    // tags the driver holds a command for
+}
+
+// setup maps the queue's memory and submits one FETCH_REQ per tag.
+func (q *queue) setup() error {
+	page := os.Getpagesize()
+	var err error
+	q.descs, err = unix.Mmap(int(q.cdev.Fd()), descArrayOffset(int(q.id), page), descArraySize(q.depth, page),
+		unix.PROT_READ, unix.MAP_SHARED|unix.MAP_POPULATE)
+	if err != nil {
+		return fmt.Errorf("ublk: queue %d: map descriptors: %w", q.id, err)
+	}
+	q.bufs, err = unix.Mmap(-1, 0, q.depth*q.bufSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		return fmt.Errorf("ublk: queue %d: allocate buffers: %w", q.id, err)
+	}
+	if q.r, err = newRing(uint32(q.depth + 1)); err != nil {
+		return fmt.Errorf("ublk: queue %d: %w", q.id, err)
+	}
+	s, err := q.r.getSQE()
+	if err != nil {
+		return err
+	}
+	s.opcode = iouringOpPollAdd
+	s.fd = int32(q.stopFD)
+	s.opFlags = unix.POLLIN
+	s.userData = stopTag
+	for tag := range q.depth {
+		if err := q.prep(ioFetchReq, uint16(tag), 0); err != nil {
+			return err
+		}
+	}
+	if err := q.r.submit(0); err != nil {
+		return fmt.Errorf("ublk: queue %d: fetch: %w", q.id, err)
+	}
+	q.live = q.depth
+	return nil
+}
+
+// prep queues an I/O command for tag: FETCH_REQ, or COMMIT_AND_FETCH_REQ
+// with result.
+func (q *queue) prep(nr uint32, tag uint16, result int32) error {
+	s, err := q.r.getSQE()
+	if errors.Is(err, errRingFull) {
+		if err := q.r.submit(0); err != nil {
+			return err
+		}
+		s, err = q.r.getSQE()
+	}
+	if err != nil {
+		return err
+	}
+	s.opcode = iouringOpURingCmd
+	s.fd = int32(q.cdev.Fd())
+	s.cmdOp = ioOp(nr, q.encoded)
+	s.userData = uint64(tag)
+	c := (*ioCmd)(unsafe.Pointer(&s.cmd[0]))
+	*c = ioCmd{qID: q.id, tag: tag, result: result, addr: uint64(uintptr(unsafe.Pointer(&q.bufs[int(tag)*q.bufSize])))}
+	return nil
+}
+
+// serve handles requests until the driver aborts every tag or the stop
+// eventfd fires. It runs on a locked OS thread that dies with it, so that
+// the driver's reference to the task ends with the queue.
+func (q *queue) serve() error {
+	stop := false
+	for !stop && q.live > 0 {
+		if err := q.r.submit(1); err != nil {
+			return fmt.Errorf("ublk: queue %d: %w", q.id, err)
+		}
+		var ferr error
+		q.r.reap(func(e cqe) {
+			if e.userData == stopTag {
+				stop = true
+				return
+			}
+			tag := uint16(e.userData)
+			switch e.res {
+			case ioResOK:
+				if err := q.prep(ioCommitAndFetch, tag, q.handle(tag)); err != nil && ferr == nil {
+					ferr = err
+				}
+			case ioResAbort:
+				q.live--
+			default:
+				q.live--
+				q.log.Error("ublk: io command failed", "queue", q.id, "tag", tag, "err", syscall.Errno(-e.res))
+			}
+		})
+		if ferr != nil {
+			return fmt.Errorf("ublk: queue %d: %w", q.id, ferr)
+		}
+	}
+	// Commit what was handled in the last batch before leaving.
+	if q.r.unsubmitted() > 0 {
+		if err := q.r.submit(0); err != nil {
+			return fmt.Errorf("ublk: queue %d: %w", q.id, err)
+		}
+	}
+	return nil
+}
+
+// handle performs the request in tag's descriptor on the Device and returns
+// the result to commit: bytes transferred, or a negative errno.
+func (q *queue) handle(tag uint16) int32 {
+	d := *(*ioDesc)(unsafe.Pointer(&q.descs[int(tag)*descSize]))
+	off := int64(d.startSector) << sectorShift
+	n := int64(d.nrSectors) << sectorShift
+	buf := q.bufs[int(tag)*q.bufSize : (int(tag)+1)*q.bufSize]
+	var err error
+	switch d.opFlags & 0xff {
+	case ioOpRead, ioOpWrite:
+		if n > int64(len(buf)) {
+			q.log.Error("ublk: request larger than its buffer", "queue", q.id, "tag", tag, "bytes", n)
+			return -int32(unix.EINVAL)
+		}
+		if d.opFlags&0xff == ioOpRead {
+			_, err = q.dev.ReadAt(buf[:n], off)
+		} else {
+			_, err = q.dev.WriteAt(buf[:n], off)
+			if err == nil && d.opFlags&ioFFUA != 0 {
+				err = q.dev.Flush()
+			}
+		}
+		if err == nil {
+			return int32(n)
+		}
+	case ioOpFlush:
+		err = q.dev.Flush()
+	case ioOpDiscard:
+		err = blockdev.Trim(q.dev, off, n)
+	case ioOpWriteZeroes:
+		err = blockdev.WriteZeroes(q.dev, off, n, d.opFlags&ioFNoUnmap == 0)
+	default:
+		return -int32(unix.EOPNOTSUPP)
+	}
+	if err != nil {
+		q.log.Debug("ublk: request failed", "queue", q.id, "op", d.opFlags&0xff, "off", off, "len", n, "err", err)
+		return -int32(blockdev.Errno(err))
+	}
+	return 0
+}
+
+// close releases the queue's ring and memory.
+func (q *queue) close() {
+	if q.r != nil {
+		q.r.close()
+	}
+	if q.descs != nil {
+		unix.Munmap(q.descs)
+	}
+	if q.bufs != nil {
+		unix.Munmap(q.bufs)
+	}
+	q.r, q.descs, q.bufs = nil, nil, nil
+}
+
+// run is the queue's goroutine: setup, report through ready, serve, clean
+// up. The OS thread stays locked and exits with the goroutine.
+func (q *queue) run(ready chan<- error) error {
+	runtime.LockOSThread()
+	defer q.close()
+	if err := q.setup(); err != nil {
+		ready <- err
+		return err
+	}
+	ready <- nil
+	return q.serve()
+}
