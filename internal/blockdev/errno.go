@@ -26,6 +26,8 @@ func Errno(err error) syscall.Errno {
 		return syscall.ENOSPC
 	case errors.Is(err, ErrClosed):
 		return syscall.ESHUTDOWN
+	case errors.Is(err, ErrLocked):
+		return syscall.EBUSY
 	case errors.Is(err, fs.ErrPermission):
 		return syscall.EPERM
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
