@@ -1,0 +1,180 @@
+package nbd
+
+import (
+	"fmt"
+
+	"vdisk/internal/blockdev"
+	"vdisk/internal/nbd/wire"
+)
+
+// Bounds of single commands.
+const (
+	// cacheChunk is the buffer CACHE reads through.
+	cacheChunk = 256 << 10
+	// maxDescriptors bounds the descriptors of one BLOCK_STATUS reply.
+	maxDescriptors = 1024
+)
+
+// allowedFlags returns the command flags t accepts (any other flag gets
+// EINVAL; DF is further limited to connections with structured replies)
+// and whether t is a command the server knows.
+func allowedFlags(t wire.Cmd) (wire.CmdFlags, bool) {
+	switch t {
+	case wire.CmdRead:
+		return wire.CmdFlagFUA | wire.CmdFlagDF, true
+	case wire.CmdWrite, wire.CmdFlush, wire.CmdTrim, wire.CmdCache:
+		return wire.CmdFlagFUA, true
+	case wire.CmdWriteZeroes:
+		return wire.CmdFlagFUA | wire.CmdFlagNoHole | wire.CmdFlagFastZero, true
+	case wire.CmdBlockStatus:
+		return wire.CmdFlagFUA | wire.CmdFlagReqOne, true
+	}
+	return 0, false
+}
+
+// handle runs one request and sends its reply.
+func (c *conn) handle(r *request) {
+	allowed, known := allowedFlags(r.Type)
+	if !known {
+		c.replyError(r, wire.EINVAL, fmt.Sprintf("unknown command %d", r.Type))
+		return
+	}
+	if !c.sr {
+		allowed &^= wire.CmdFlagDF
+	}
+	if r.Flags&^allowed != 0 {
+		c.replyError(r, wire.EINVAL, fmt.Sprintf("flags %#x are not valid for command %d", uint16(r.Flags&^allowed), r.Type))
+		return
+	}
+	x := c.exp
+	off, n := int64(r.Offset), int64(r.Length)
+	inside := r.Offset <= uint64(x.size) && uint64(r.Length) <= uint64(x.size)-r.Offset
+	writes := r.Type == wire.CmdWrite || r.Type == wire.CmdTrim || r.Type == wire.CmdWriteZeroes
+	switch {
+	case writes && x.readOnly:
+		c.replyError(r, wire.EPERM, "the export is read-only")
+		return
+	case writes && !inside:
+		c.replyError(r, wire.ENOSPC, fmt.Sprintf("range [%d, +%d) lies beyond the end of the export (%d bytes)", r.Offset, r.Length, x.size))
+		return
+	case !inside && r.Type != wire.CmdFlush:
+		c.replyError(r, wire.EINVAL, fmt.Sprintf("range [%d, +%d) lies beyond the end of the export (%d bytes)", r.Offset, r.Length, x.size))
+		return
+	}
+	fua := r.Flags&wire.CmdFlagFUA != 0 && writes
+	switch r.Type {
+	case wire.CmdRead:
+		c.cmdRead(r)
+	case wire.CmdWrite:
+		var err error
+		if n > 0 {
+			_, err = x.dev.WriteAt(*r.buf, off)
+		}
+		c.replyResult(r, c.fua(err, fua), "write")
+	case wire.CmdFlush:
+		c.replyResult(r, x.dev.Flush(), "flush")
+	case wire.CmdTrim:
+		if !x.trimmer {
+			c.replyError(r, wire.EINVAL, "trim is not supported by this export")
+			return
+		}
+		c.replyResult(r, c.fua(blockdev.Trim(x.dev, off, n), fua), "trim")
+	case wire.CmdWriteZeroes:
+		if r.Flags&wire.CmdFlagFastZero != 0 && !x.zeroWriter {
+			c.replyError(r, wire.ENOTSUP, "this export cannot write zeroes faster than writing data")
+			return
+		}
+		mayTrim := r.Flags&wire.CmdFlagNoHole == 0
+		c.replyResult(r, c.fua(blockdev.WriteZeroes(x.dev, off, n, mayTrim), fua), "write zeroes")
+	case wire.CmdCache:
+		c.replyResult(r, c.cache(off, n), "cache")
+	case wire.CmdBlockStatus:
+		c.cmdBlockStatus(r)
+	}
+}
+
+// fua flushes after a successful write when the request asked for it.
+func (c *conn) fua(err error, fua bool) error {
+	if err == nil && fua {
+		err = c.exp.dev.Flush()
+	}
+	return err
+}
+
+// cache reads [off, off+n) through a small buffer, so the layers below
+// (page cache, image caches) hold it.
+func (c *conn) cache(off, n int64) error {
+	if n == 0 {
+		return nil
+	}
+	b := getBuf(int(min(n, cacheChunk)))
+	defer putBuf(b)
+	for n > 0 {
+		k := min(n, int64(len(*b)))
+		if _, err := c.exp.dev.ReadAt((*b)[:k], off); err != nil {
+			return err
+		}
+		off += k
+		n -= k
+	}
+	return nil
+}
+
+// cmdBlockStatus answers with the base:allocation extents of the range.
+func (c *conn) cmdBlockStatus(r *request) {
+	if !c.baseOK {
+		c.replyError(r, wire.EINVAL, "no metadata context was negotiated (set base:allocation)")
+		return
+	}
+	if r.Length == 0 {
+		c.replyError(r, wire.EINVAL, "block status of an empty range")
+		return
+	}
+	one := r.Flags&wire.CmdFlagReqOne != 0
+	var descs []wire.BlockDescriptor
+	pos, end := int64(r.Offset), int64(r.Offset)+int64(r.Length)
+scan:
+	for pos < end && len(descs) < maxDescriptors {
+		exts, err := blockdev.Extents(c.exp.dev, pos, end-pos)
+		if err != nil {
+			if len(descs) > 0 {
+				break // report what is known; the client asks again
+			}
+			c.replyError(r, errnoOf(err), "block status: "+err.Error())
+			return
+		}
+		progress := false
+		for _, e := range exts {
+			if e.Off != pos || e.Len <= 0 {
+				break
+			}
+			l := min(e.Len, end-pos)
+			var f uint32
+			if e.Flags&blockdev.ExtentHole != 0 {
+				f |= wire.StateHole
+			}
+			if e.Flags&blockdev.ExtentZero != 0 {
+				f |= wire.StateZero
+			}
+			if k := len(descs) - 1; k >= 0 && descs[k].Flags == f {
+				descs[k].Length += uint32(l) // sum stays within the u32 request length
+			} else {
+				if (one && len(descs) == 1) || len(descs) == maxDescriptors {
+					break scan
+				}
+				descs = append(descs, wire.BlockDescriptor{Length: uint32(l), Flags: f})
+			}
+			pos += l
+			progress = true
+		}
+		if !progress {
+			break
+		}
+	}
+	if len(descs) == 0 {
+		c.replyError(r, wire.EIO, "block status: the device reported no extents")
+		return
+	}
+	r.ext = wire.AppendBlockStatus(r.ext[:0], wire.ReplyFlagDone, r.Cookie, baseAllocationID, descs)
+	c.send(r.ext)
+}
