@@ -319,3 +319,42 @@ func TestFileFd(t *testing.T) {
 		t.Errorf("pread on Fd() = %q, %v", b, err)
 	}
 }
+
+func TestFileExtentsBounded(t *testing.T) {
+	const blocks = 1100 // data blocks, each followed by a hole: 2200 extents
+	f := create(t, blocks*8192)
+	for i := range int64(blocks) {
+		if _, err := f.WriteAt([]byte{1}, i*8192); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := f.Extents(0, f.Size())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != maxFileExtents {
+		t.Fatalf("Extents returned %d extents, want the bound %d", len(got), maxFileExtents)
+	}
+	// Asking again from where each answer stopped covers the file.
+	pos, n := int64(0), 0
+	for pos < f.Size() {
+		ext, err := f.Extents(pos, f.Size()-pos)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range ext {
+			want := ExtentFlags(0)
+			if n%2 == 1 {
+				want = ExtentHole | ExtentZero
+			}
+			if e.Off != pos || e.Len != 4096 || e.Flags != want {
+				t.Fatalf("extent %d = %+v, want 4096 bytes at %d with flags %d", n, e, pos, want)
+			}
+			pos += e.Len
+			n++
+		}
+	}
+	if n != 2*blocks {
+		t.Errorf("walked %d extents, want %d", n, 2*blocks)
+	}
+}
