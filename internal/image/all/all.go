@@ -1,0 +1,8 @@
+// Package all registers every image format with the image registry; import
+// it for its side effect where images are opened (cli, daemon).
+package all
+
+import (
+	_ "vdisk/internal/image/qcow2" // registers qcow2
+	_ "vdisk/internal/image/raw"   // registers raw
+)

@@ -1,0 +1,252 @@
+// Package image is the format registry: it knows every disk image format
+// vdisk reads (raw, qcow2, ...), probes files for them by magic, and opens,
+// creates, describes and checks images by format name.
+//
+// Formats live in sub-packages (image/raw, image/qcow2) and register
+// themselves from init; import vdisk/internal/image/all to get every one.
+// Probing never guesses raw while another format matches, an explicit
+// format always wins, and an image opened as raw is never reinterpreted.
+//
+// Everything here is safe for concurrent use; the registry is written only
+// from init functions.
+package image
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"sort"
+
+	"vdisk/internal/blockdev"
+)
+
+// ProbeSize is how many bytes of a file Probe reads and hands to each
+// format's Probe function.
+const ProbeSize = 4096
+
+// DefaultMaxChainDepth bounds a backing chain when OpenOptions leaves
+// MaxChainDepth zero.
+const DefaultMaxChainDepth = 16
+
+// Raw is the name of the raw format, the fallback of probing.
+const Raw = "raw"
+
+// Format is one image format.
+type Format struct {
+	// Name is the format's name as users type it (--format qcow2).
+	Name string
+	// Probe reports whether header, the first ProbeSize bytes of a file
+	// (fewer if the file is shorter), looks like this format. nil never
+	// matches (raw).
+	Probe func(header []byte) bool
+	// Open opens the image at path.
+	Open func(path string, opt OpenOptions) (blockdev.Device, error)
+	// Create makes a new image at path; it fails if path exists.
+	Create func(path string, opt CreateOptions) error
+	// Info reads the image's facts without opening its backing chain.
+	Info func(path string) (*Facts, error)
+	// Check verifies the image's metadata and optionally repairs leaks.
+	// nil means the format has nothing to check.
+	Check func(path string, opt CheckOptions) (*CheckResult, error)
+}
+
+// OpenOptions say how Open opens an image.
+type OpenOptions struct {
+	// Format is the format's name; "" probes. An explicit format always
+	// wins, and raw is never reinterpreted.
+	Format string
+	// ReadOnly opens without write access; writes fail with
+	// blockdev.ErrReadOnly.
+	ReadOnly bool
+	// NoBacking serves the top layer alone: unallocated ranges read as
+	// zeroes instead of coming from the backing file.
+	NoBacking bool
+	// BackingDir, when set, is the safe mode for untrusted images: every
+	// backing file must resolve (after symlinks) to a path inside it.
+	BackingDir string
+	// MaxChainDepth bounds the number of backing files below this image;
+	// zero means DefaultMaxChainDepth.
+	MaxChainDepth int
+	// CacheSize is the metadata cache size in bytes a format may use;
+	// zero means the format's default.
+	CacheSize int64
+	// NoLock skips the advisory lock on the file.
+	NoLock bool
+	// Chain lists the canonical paths of the images above this one while a
+	// backing chain is being opened; formats use it to detect loops.
+	// Callers leave it nil.
+	Chain []string
+	// Log receives warnings (nil discards them).
+	Log *slog.Logger
+}
+
+// Validate fills defaults and checks the options.
+func (o *OpenOptions) Validate() error {
+	if o.MaxChainDepth == 0 {
+		o.MaxChainDepth = DefaultMaxChainDepth
+	}
+	if o.MaxChainDepth < 0 {
+		return fmt.Errorf("image: max chain depth %d is negative", o.MaxChainDepth)
+	}
+	if o.CacheSize < 0 {
+		return fmt.Errorf("image: cache size %d is negative", o.CacheSize)
+	}
+	if o.Log == nil {
+		o.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	return nil
+}
+
+// CreateOptions say how Create makes an image.
+type CreateOptions struct {
+	// Format is the format's name; it is required.
+	Format string
+	// Size is the virtual size in bytes.
+	Size int64
+	// BackingFile names the backing image (stored as given; a relative
+	// name is relative to the new image's directory).
+	BackingFile string
+	// BackingFormat is the backing image's format; "" probes it at create
+	// time and records the result.
+	BackingFormat string
+	// ClusterSize is the format's allocation unit; zero means its default.
+	ClusterSize int64
+	// Options holds format-specific settings (qcow2: compat, refcount_bits,
+	// lazy_refcounts, extended_l2).
+	Options map[string]string
+}
+
+// Validate checks the options.
+func (o *CreateOptions) Validate() error {
+	if o.Size < 0 {
+		return fmt.Errorf("image: size %d is negative", o.Size)
+	}
+	if o.ClusterSize < 0 {
+		return fmt.Errorf("image: cluster size %d is negative", o.ClusterSize)
+	}
+	return nil
+}
+
+var registry = map[string]*Format{}
+
+// Register adds a format. It is called from init functions and panics on a
+// duplicate name (programmer error).
+func Register(f Format) {
+	if f.Name == "" || f.Open == nil {
+		panic("image: Register of a format without a name or Open")
+	}
+	if _, ok := registry[f.Name]; ok {
+		panic("image: format " + f.Name + " registered twice")
+	}
+	registry[f.Name] = &f
+}
+
+// Lookup returns the format called name.
+func Lookup(name string) (*Format, error) {
+	f, ok := registry[name]
+	if !ok {
+		return nil, fmt.Errorf("image: %q: %w (known: %v)", name, ErrUnknownFormat, Formats())
+	}
+	return f, nil
+}
+
+// Formats lists the registered format names, sorted.
+func Formats() []string {
+	var names []string
+	for n := range registry {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// ProbeBytes returns the format whose magic header matches, or Raw when
+// none does.
+func ProbeBytes(header []byte) string {
+	for _, n := range Formats() {
+		f := registry[n]
+		if f.Probe != nil && f.Probe(header) {
+			return n
+		}
+	}
+	return Raw
+}
+
+// Probe reads the start of the file at path and returns the format it
+// holds; Raw when no format's magic matches.
+func Probe(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", fmt.Errorf("image: probe: %w", err)
+	}
+	defer f.Close()
+	buf := make([]byte, ProbeSize)
+	n, err := io.ReadFull(f, buf)
+	if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF) {
+		return "", fmt.Errorf("image: probe %s: %w", path, err)
+	}
+	return ProbeBytes(buf[:n]), nil
+}
+
+// resolve returns the format to use for path: the explicit one, or the
+// probed one.
+func resolve(path, format string) (*Format, error) {
+	if format == "" {
+		var err error
+		if format, err = Probe(path); err != nil {
+			return nil, err
+		}
+	}
+	return Lookup(format)
+}
+
+// Open opens the image at path as a Device.
+func Open(path string, opt OpenOptions) (blockdev.Device, error) {
+	if err := opt.Validate(); err != nil {
+		return nil, err
+	}
+	f, err := resolve(path, opt.Format)
+	if err != nil {
+		return nil, err
+	}
+	opt.Format = f.Name
+	return f.Open(path, opt)
+}
+
+// Create makes a new image.
+func Create(path string, opt CreateOptions) error {
+	if err := opt.Validate(); err != nil {
+		return err
+	}
+	f, err := Lookup(opt.Format)
+	if err != nil {
+		return err
+	}
+	if f.Create == nil {
+		return fmt.Errorf("image: create %s: %w", f.Name, ErrUnsupported)
+	}
+	return f.Create(path, opt)
+}
+
+// Info describes the image at path (format "" probes).
+func Info(path, format string) (*Facts, error) {
+	f, err := resolve(path, format)
+	if err != nil {
+		return nil, err
+	}
+	return f.Info(path)
+}
+
+// Check verifies the image at path (format "" probes).
+func Check(path, format string, opt CheckOptions) (*CheckResult, error) {
+	f, err := resolve(path, format)
+	if err != nil {
+		return nil, err
+	}
+	if f.Check == nil {
+		return nil, fmt.Errorf("image: check %s (%s): %w", path, f.Name, ErrNoCheck)
+	}
+	return f.Check(path, opt)
+}

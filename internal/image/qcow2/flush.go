@@ -1,0 +1,120 @@
+package qcow2
+
+import (
+	"fmt"
+
+	"golang.org/x/sys/unix"
+
+	"vdisk/internal/blockdev"
+)
+
+// Flush makes every completed write durable. Metadata goes out in the
+// order that keeps the image consistent after a crash: data and refcount
+// increments, then L2 tables, then the L1 table; clusters freed since the
+// last flush are released only after that.
+func (img *Image) Flush() error {
+	img.mu.Lock()
+	closed := img.closed
+	img.mu.Unlock()
+	if closed {
+		return blockdev.ErrClosed
+	}
+	if img.readOnly {
+		return nil
+	}
+	return img.flush(false)
+}
+
+// flush writes all metadata; final (from Close) also writes lazy refcounts
+// and clears the dirty bit.
+func (img *Image) flush(final bool) error {
+	img.mu.Lock()
+	err := img.writeMetadata(final || !img.lazy)
+	img.readyFree = append(img.readyFree, img.pendingFree...)
+	img.pendingFree = nil
+	ready := len(img.readyFree) > 0
+	img.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	if ready {
+		// Release freed clusters with no transfer in flight, so none reads
+		// or writes a cluster that is being reused.
+		img.ioMu.Lock()
+		img.mu.Lock()
+		err = img.applyFrees()
+		img.mu.Unlock()
+		img.ioMu.Unlock()
+		if err != nil {
+			return err
+		}
+	}
+	if !final {
+		return nil
+	}
+	img.mu.Lock()
+	defer img.mu.Unlock()
+	if err := img.syncRefcounts(true); err != nil {
+		return err
+	}
+	if img.markedDirty {
+		img.h.incompat &^= incDirty
+		if err := img.writeHeaderField(72, img.h.incompat); err != nil {
+			return err
+		}
+		img.markedDirty = false
+	}
+	return nil
+}
+
+// writeMetadata writes refcounts (unless lazy and !refcounts), L2 tables
+// and the L1 table, syncing between the stages. It runs with mu held.
+func (img *Image) writeMetadata(refcounts bool) error {
+	if err := img.syncRefcounts(refcounts); err != nil {
+		return err
+	}
+	dirty := img.l2c.dirtyTables()
+	for _, t := range dirty {
+		if err := img.writeTable(t); err != nil {
+			return err
+		}
+	}
+	if len(dirty) > 0 {
+		if err := img.sync(); err != nil {
+			return err
+		}
+	}
+	if img.l1Dirty {
+		if _, err := img.f.WriteAt(encodeTable(img.l1), int64(img.h.l1Off)); err != nil {
+			return fmt.Errorf("qcow2: write L1 table: %w", err)
+		}
+		if err := img.sync(); err != nil {
+			return err
+		}
+		img.l1Dirty = false
+	}
+	return nil
+}
+
+// applyFrees drops the references queued in readyFree. It runs with ioMu
+// held exclusively and mu held.
+func (img *Image) applyFrees() error {
+	for len(img.readyFree) > 0 {
+		cl := img.readyFree[0]
+		if err := img.unref(cl); err != nil {
+			return err
+		}
+		img.readyFree = img.readyFree[1:]
+	}
+	img.readyFree = nil
+	return nil
+}
+
+// punch releases the storage of [off, off+n) in the file. It is
+// best-effort: a file system without hole punching keeps the bytes, which
+// no table references any more.
+func (img *Image) punch(off, n int64) {
+	if err := unix.Fallocate(int(img.f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, n); err != nil {
+		img.log.Debug("qcow2: punch hole", "off", off, "len", n, "err", err)
+	}
+}

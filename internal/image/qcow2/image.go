@@ -1,0 +1,308 @@
+// Package qcow2 reads and writes qcow2 images (versions 2 and 3, as
+// docs/interop/qcow2.txt in the qemu repository describes them) as
+// blockdev Devices.
+//
+// An Image serves reads and writes from many goroutines at once. One mutex
+// (mu) guards the metadata: the L1 table, the L2 and refcount-block caches,
+// the refcount table and the allocator; data is read and written outside it,
+// so requests on different clusters proceed in parallel. A guest cluster that
+// is being allocated is marked in flight, and other writers of that cluster
+// wait for it.
+//
+// Metadata reaches the file in an order that keeps the image consistent:
+// data and refcount increments first, then L2 tables, then the L1 table, and
+// only then are freed clusters released. A crash at any point leaves at most
+// leaked clusters.
+package qcow2
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"sync"
+
+	"golang.org/x/sys/unix"
+
+	"vdisk/internal/blockdev"
+	"vdisk/internal/image"
+)
+
+// DefaultCacheSize is the metadata cache size (L2 tables plus refcount
+// blocks) when OpenOptions.CacheSize is zero.
+const DefaultCacheSize = 8 << 20
+
+// Entry bits of L1 and L2 tables.
+const (
+	flagCopied     = 1 << 63 // refcount is exactly one
+	flagCompressed = 1 << 62
+	flagZero       = 1 << 0
+	offsetMask     = 0x00fffffffffffe00 // bits 9-55
+)
+
+// Image is an open qcow2 image. See the package comment for its concurrency
+// contract.
+type Image struct {
+	f        *os.File
+	path     string
+	h        *header
+	cs       int64 // cluster size
+	l2n      int64 // entries per L2 table
+	size     int64
+	readOnly bool
+	lazy     bool
+	log      *slog.Logger
+
+	backing     blockdev.Device // nil without one (or with NoBacking)
+	backingSize int64
+
+	// ioMu is held shared by every data transfer and exclusively while
+	// freed clusters are released, so no transfer reads or writes a
+	// cluster that is being reused.
+	ioMu sync.RWMutex
+
+	mu            sync.Mutex
+	closed        bool
+	l1            []uint64
+	l1Dirty       bool
+	refTable      []uint64
+	refTableDirty bool
+	l2c, rbc      *cache
+	inflight      map[int64]chan struct{} // guest cluster → closed when its allocation is done
+	pendingFree   []int64                 // host clusters to unref once the L2/L1 that dropped them is on disk
+	readyFree     []int64                 // host clusters whose unref is safe now
+	freeHint      int64                   // first host cluster worth searching for free space
+	fileEnd       int64                   // bytes: max(file size, end of every allocated cluster)
+	markedDirty   bool                    // the header's dirty bit is set by us
+}
+
+var (
+	_ blockdev.Device     = (*Image)(nil)
+	_ blockdev.Trimmer    = (*Image)(nil)
+	_ blockdev.ZeroWriter = (*Image)(nil)
+	_ blockdev.Extenter   = (*Image)(nil)
+	_ blockdev.Describer  = (*Image)(nil)
+)
+
+func init() {
+	image.Register(image.Format{
+		Name:   "qcow2",
+		Probe:  probe,
+		Open:   func(path string, opt image.OpenOptions) (blockdev.Device, error) { return Open(path, opt) },
+		Create: Create,
+		Info:   Info,
+		Check:  Check,
+	})
+}
+
+// readHeader reads and parses the header of f.
+func readHeader(f *os.File) (*header, int64, error) {
+	st, err := f.Stat()
+	if err != nil {
+		return nil, 0, fmt.Errorf("qcow2: %w", err)
+	}
+	buf := make([]byte, min(st.Size(), 1<<maxClusterBits))
+	if _, err := f.ReadAt(buf, 0); err != nil && !errors.Is(err, io.EOF) {
+		return nil, 0, fmt.Errorf("qcow2: read header: %w", err)
+	}
+	h, err := parseHeader(buf, st.Size())
+	return h, st.Size(), err
+}
+
+// Open opens the qcow2 image at path. opt must have passed Validate (Open
+// fills defaults itself when called directly).
+func Open(path string, opt image.OpenOptions) (*Image, error) {
+	if err := opt.Validate(); err != nil {
+		return nil, err
+	}
+	flag := os.O_RDWR
+	if opt.ReadOnly {
+		flag = os.O_RDONLY
+	}
+	f, err := os.OpenFile(path, flag, 0)
+	if err != nil {
+		return nil, fmt.Errorf("qcow2: open: %w", err)
+	}
+	img, err := open(f, path, opt)
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("%w (in %s)", err, path)
+	}
+	return img, nil
+}
+
+func open(f *os.File, path string, opt image.OpenOptions) (*Image, error) {
+	if !opt.NoLock {
+		how := unix.LOCK_EX
+		if opt.ReadOnly {
+			how = unix.LOCK_SH
+		}
+		if err := unix.Flock(int(f.Fd()), how|unix.LOCK_NB); err != nil {
+			if errors.Is(err, unix.EWOULDBLOCK) {
+				return nil, fmt.Errorf("qcow2: %w", blockdev.ErrLocked)
+			}
+			return nil, fmt.Errorf("qcow2: lock: %w", err)
+		}
+	}
+	h, fsize, err := readHeader(f)
+	if err != nil {
+		return nil, err
+	}
+	if err := usable(h, opt.ReadOnly); err != nil {
+		return nil, err
+	}
+	img := &Image{
+		f: f, path: path, h: h,
+		cs:       h.clusterSize(),
+		l2n:      h.l2Entries(),
+		size:     int64(h.size),
+		readOnly: opt.ReadOnly,
+		lazy:     h.compat&compatLazyRefcounts != 0,
+		log:      opt.Log,
+		inflight: make(map[int64]chan struct{}),
+		fileEnd:  fsize,
+	}
+	cacheSize := opt.CacheSize
+	if cacheSize == 0 {
+		cacheSize = DefaultCacheSize
+	}
+	tables := int(cacheSize / img.cs)
+	img.l2c = newCache(tables * 3 / 4)
+	img.rbc = newCache(tables / 4)
+	if img.l1, err = readTable(f, int64(h.l1Off), int(h.l1Size)); err != nil {
+		return nil, fmt.Errorf("qcow2: read L1 table: %w", err)
+	}
+	n := int(int64(h.refTableClusters) * img.cs / 8)
+	if img.refTable, err = readTable(f, int64(h.refTableOff), n); err != nil {
+		return nil, fmt.Errorf("qcow2: read refcount table: %w", err)
+	}
+	for i, e := range img.refTable {
+		if e&0x1ff != 0 || int64(e)%img.cs != 0 || int64(e) >= fsize {
+			return nil, corruptf("refcount table entry %d (%#x) invalid", i, e)
+		}
+	}
+	if !opt.NoBacking && h.backingFile != "" {
+		if img.backing, err = openBacking(path, h, opt); err != nil {
+			return nil, err
+		}
+		img.backingSize = img.backing.Size()
+	}
+	if !opt.ReadOnly && h.autoclear != 0 {
+		// We maintain no bitmaps: clear the bits we would invalidate.
+		h.autoclear = 0
+		if err := img.writeHeaderField(88, 0); err != nil {
+			img.closeBacking()
+			return nil, err
+		}
+	}
+	return img, nil
+}
+
+// usable refuses images this package cannot serve.
+func usable(h *header, readOnly bool) error {
+	switch {
+	case h.cryptMethod == 1:
+		return unsupportedf("AES-encrypted image")
+	case h.cryptMethod == 2:
+		return unsupportedf("LUKS-encrypted image")
+	case h.cryptMethod != 0:
+		return unsupportedf("crypt_method %d", h.cryptMethod)
+	case h.incompat&incDataFile != 0:
+		return unsupportedf("external data file %q", h.dataFile)
+	case !readOnly && h.incompat&incCorrupt != 0:
+		return corruptf("image is marked corrupt; open it read-only or repair it with qemu-img check -r all")
+	case !readOnly && h.incompat&incDirty != 0:
+		return unsupportedf("image was not closed cleanly (dirty, lazy refcounts); repair it first with qemu-img check -r all, or open it read-only")
+	}
+	return nil
+}
+
+// readTable reads n big-endian 64-bit entries at off.
+func readTable(f *os.File, off int64, n int) ([]uint64, error) {
+	buf := make([]byte, n*8)
+	if _, err := f.ReadAt(buf, off); err != nil {
+		return nil, err
+	}
+	t := make([]uint64, n)
+	for i := range t {
+		t[i] = binary.BigEndian.Uint64(buf[i*8:])
+	}
+	return t, nil
+}
+
+// encodeTable returns t as big-endian bytes.
+func encodeTable(t []uint64) []byte {
+	buf := make([]byte, len(t)*8)
+	for i, e := range t {
+		binary.BigEndian.PutUint64(buf[i*8:], e)
+	}
+	return buf
+}
+
+// Size returns the virtual disk size.
+func (img *Image) Size() int64 { return img.size }
+
+// ClusterSize returns the image's cluster size.
+func (img *Image) ClusterSize() int64 { return img.cs }
+
+// Backing returns the backing device, nil without one.
+func (img *Image) Backing() blockdev.Device { return img.backing }
+
+// Info reports block sizes and whether the image is read-only.
+func (img *Image) Info() blockdev.Info {
+	return blockdev.Info{LogicalBlockSize: 512, PhysicalBlockSize: uint32(min(img.cs, 64<<10)), ReadOnly: img.readOnly}
+}
+
+// writeHeaderField writes a big-endian uint64 at off in the header and
+// syncs it.
+func (img *Image) writeHeaderField(off int64, v uint64) error {
+	var b [8]byte
+	binary.BigEndian.PutUint64(b[:], v)
+	if _, err := img.f.WriteAt(b[:], off); err != nil {
+		return fmt.Errorf("qcow2: write header: %w", err)
+	}
+	return img.sync()
+}
+
+// sync makes every write to the file durable.
+func (img *Image) sync() error {
+	if err := unix.Fdatasync(int(img.f.Fd())); err != nil {
+		return fmt.Errorf("qcow2: sync: %w", err)
+	}
+	return nil
+}
+
+func (img *Image) closeBacking() {
+	if img.backing != nil {
+		img.backing.Close()
+	}
+}
+
+// Close flushes every change, clears the dirty bit it set and releases the
+// file and the backing chain. It must not be called while I/O is in flight.
+func (img *Image) Close() error {
+	img.mu.Lock()
+	if img.closed {
+		img.mu.Unlock()
+		return blockdev.ErrClosed
+	}
+	if len(img.inflight) > 0 {
+		img.mu.Unlock()
+		return ErrBusy
+	}
+	img.mu.Unlock()
+	var err error
+	if !img.readOnly {
+		err = img.flush(true)
+	}
+	img.mu.Lock()
+	img.closed = true
+	img.mu.Unlock()
+	img.closeBacking()
+	if cerr := img.f.Close(); err == nil && cerr != nil {
+		err = fmt.Errorf("qcow2: close: %w", cerr)
+	}
+	return err
+}

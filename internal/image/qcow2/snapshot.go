@@ -1,0 +1,71 @@
+package qcow2
+
+import (
+	"encoding/binary"
+	"errors"
+	"io"
+	"os"
+
+	"vdisk/internal/image"
+)
+
+// snapshot is one entry of the snapshot table.
+type snapshot struct {
+	l1Off  uint64
+	l1Size uint32
+	extra  int // bytes of extra data
+	info   image.Snapshot
+}
+
+// readSnapshots reads the snapshot table. Every length is checked against
+// the table's bound before anything is allocated.
+func readSnapshots(f *os.File, h *header, fileSize int64) ([]snapshot, error) {
+	if h.nbSnapshots == 0 {
+		return nil, nil
+	}
+	n := min(fileSize-int64(h.snapshotsOff), maxSnapshotTableBytes)
+	buf := make([]byte, n)
+	if _, err := f.ReadAt(buf, int64(h.snapshotsOff)); err != nil && !errors.Is(err, io.EOF) {
+		return nil, corruptf("read snapshot table: %v", err)
+	}
+	return parseSnapshots(buf, h)
+}
+
+// parseSnapshots decodes h.nbSnapshots entries from buf.
+func parseSnapshots(buf []byte, h *header) ([]snapshot, error) {
+	be := binary.BigEndian
+	var out []snapshot
+	pos := 0
+	for i := range int(h.nbSnapshots) {
+		if len(buf)-pos < 40 {
+			return nil, corruptf("snapshot %d runs past the snapshot table", i)
+		}
+		b := buf[pos:]
+		s := snapshot{l1Off: be.Uint64(b), l1Size: be.Uint32(b[8:])}
+		s.extra = int(be.Uint32(b[36:]))
+		idLen, nameLen := int(be.Uint16(b[12:])), int(be.Uint16(b[14:]))
+		s.info.DateSec = int64(be.Uint32(b[16:]))
+		s.info.DateNsec = int64(be.Uint32(b[20:]))
+		s.info.VMClockNsec = int64(be.Uint64(b[24:]))
+		s.info.VMStateSize = uint64(be.Uint32(b[32:]))
+		extra := int(be.Uint32(b[36:]))
+		total := 40 + extra + idLen + nameLen
+		if extra > 1024 || total > len(b) {
+			return nil, corruptf("snapshot %d of %d bytes runs past the snapshot table", i, total)
+		}
+		if extra >= 8 {
+			s.info.VMStateSize = be.Uint64(b[40:])
+		}
+		if extra >= 16 {
+			s.info.VirtualSize = int64(be.Uint64(b[48:]))
+		}
+		s.info.ID = string(b[40+extra : 40+extra+idLen])
+		s.info.Name = string(b[40+extra+idLen : total])
+		if s.l1Off%uint64(h.clusterSize()) != 0 || uint64(s.l1Size)*8 > maxL1Bytes {
+			return nil, corruptf("snapshot %q L1 table at %#x (%d entries) invalid", s.info.Name, s.l1Off, s.l1Size)
+		}
+		out = append(out, s)
+		pos += (total + 7) &^ 7
+	}
+	return out, nil
+}

@@ -1,0 +1,171 @@
+package qcow2
+
+import (
+	"fmt"
+
+	"vdisk/internal/blockdev"
+)
+
+// allSubclusters is an extended-L2 bitmap with every subcluster allocated.
+const allSubclusters = 0xffffffff
+
+// WriteAt writes len(p) bytes at guest offset off. Writes to allocated
+// clusters go straight to the file; a write to an unallocated, shared,
+// zero or compressed cluster allocates a cluster, fills it (from the
+// backing file for a partial write) and then links it into the L2 table.
+func (img *Image) WriteAt(p []byte, off int64) (int, error) {
+	if img.readOnly {
+		return 0, blockdev.ErrReadOnly
+	}
+	if err := img.begin(off, int64(len(p))); err != nil {
+		return 0, err
+	}
+	defer img.ioMu.RUnlock()
+	end := off + int64(len(p))
+	for pos := off; pos < end; {
+		n := min(img.cs-pos%img.cs, end-pos)
+		if err := img.writeCluster(pos/img.cs, pos%img.cs, p[pos-off:pos-off+n]); err != nil {
+			return int(pos - off), err
+		}
+		pos += n
+	}
+	return len(p), nil
+}
+
+// waitCluster waits, with mu held, until no allocation of guest cluster vc
+// is in flight.
+func (img *Image) waitCluster(vc int64) {
+	for {
+		ch := img.inflight[vc]
+		if ch == nil {
+			return
+		}
+		img.mu.Unlock()
+		<-ch
+		img.mu.Lock()
+	}
+}
+
+// inPlace returns the host offset at which data for bytes [in, in+n) of a
+// cluster with entry e and bitmap bm can be written directly.
+func (img *Image) inPlace(vc int64, e, bm uint64, in, n int64) (int64, bool) {
+	off := int64(e & offsetMask)
+	if off == 0 || e&(flagCompressed) != 0 || e&flagCopied == 0 || img.l1[vc/img.l2n]&flagCopied == 0 {
+		return 0, false
+	}
+	if img.h.extL2() {
+		sc := img.cs / 32
+		for i := in / sc; i <= (in+n-1)/sc; i++ {
+			if bm&(1<<i) == 0 {
+				return 0, false
+			}
+		}
+	} else if img.h.version >= 3 && e&flagZero != 0 {
+		return 0, false
+	}
+	if img.checkData(off) != nil {
+		return 0, false
+	}
+	return off + in, true
+}
+
+// writeCluster writes data at byte in of guest cluster vc.
+func (img *Image) writeCluster(vc, in int64, data []byte) error {
+	img.mu.Lock()
+	img.waitCluster(vc)
+	e, bm, err := img.l2Entry(vc)
+	if err != nil {
+		img.mu.Unlock()
+		return err
+	}
+	if host, ok := img.inPlace(vc, e, bm, in, int64(len(data))); ok {
+		img.mu.Unlock()
+		if _, err := img.f.WriteAt(data, host); err != nil {
+			return fmt.Errorf("qcow2: write data at %#x: %w", host, err)
+		}
+		return nil
+	}
+	done := make(chan struct{})
+	img.inflight[vc] = done
+	defer func() {
+		delete(img.inflight, vc)
+		close(done)
+		img.mu.Unlock()
+	}()
+	t, err := img.l2Table(vc/img.l2n, true)
+	if err != nil {
+		return err
+	}
+	e, bm = img.entryAt(t, vc%img.l2n)
+	old := int64(e & offsetMask)
+	target, fresh := old, false
+	if e&flagCompressed != 0 || old == 0 {
+		fresh = true
+	} else if e&flagCopied == 0 {
+		rc, err := img.refcount(old / img.cs)
+		if err != nil {
+			return err
+		}
+		fresh = rc != 1
+	} else if err := img.checkData(old); err != nil {
+		return err
+	}
+	if fresh {
+		if target, err = img.alloc(1); err != nil {
+			return err
+		}
+	}
+	img.mu.Unlock()
+	err = img.fill(vc, e, bm, in, data, target)
+	img.mu.Lock()
+	if err != nil {
+		if fresh {
+			img.pendingFree = append(img.pendingFree, target/img.cs)
+		}
+		return err
+	}
+	if t, err = img.l2Table(vc/img.l2n, true); err != nil {
+		return err
+	}
+	nbm := uint64(0)
+	if img.h.extL2() {
+		nbm = allSubclusters
+	}
+	img.setEntry(t, vc%img.l2n, uint64(target)|flagCopied, nbm)
+	if fresh {
+		img.dropEntry(e)
+	}
+	return nil
+}
+
+// fill writes a whole cluster at host offset target: data at byte in, the
+// rest from the cluster's current content (entry e, bitmap bm).
+func (img *Image) fill(vc int64, e, bm uint64, in int64, data []byte, target int64) error {
+	buf := data
+	if int64(len(data)) != img.cs {
+		buf = make([]byte, img.cs)
+		if err := img.readCluster(vc, e, bm, buf); err != nil {
+			return err
+		}
+		copy(buf[in:], data)
+	}
+	if _, err := img.f.WriteAt(buf, target); err != nil {
+		return fmt.Errorf("qcow2: write data at %#x: %w", target, err)
+	}
+	return nil
+}
+
+// dropEntry queues the release of the host clusters an L2 entry that is
+// being replaced referenced. It runs with mu held.
+func (img *Image) dropEntry(e uint64) {
+	if e&flagCompressed != 0 {
+		off, n := img.compressed(e)
+		for c := off / img.cs; c <= (off+n-1)/img.cs; c++ {
+			img.pendingFree = append(img.pendingFree, c)
+		}
+		return
+	}
+	if off := int64(e & offsetMask); off != 0 {
+		img.pendingFree = append(img.pendingFree, off/img.cs)
+	}
+}

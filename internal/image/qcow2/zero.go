@@ -1,0 +1,160 @@
+package qcow2
+
+import "vdisk/internal/blockdev"
+
+// Trim discards [off, off+n): whole clusters are released (they read as
+// zeroes afterwards), partial ones are overwritten with zeroes.
+func (img *Image) Trim(off, n int64) error { return img.zero(off, n, true) }
+
+// WriteZeroes makes [off, off+n) read as zeroes: whole clusters become
+// zero clusters (keeping their storage unless mayTrim), partial clusters
+// are written.
+func (img *Image) WriteZeroes(off, n int64, mayTrim bool) error { return img.zero(off, n, mayTrim) }
+
+// zeroBlock is what partial-cluster zeroing writes.
+var zeroBlock = make([]byte, 1<<maxClusterBits)
+
+func (img *Image) zero(off, n int64, mayTrim bool) error {
+	if img.readOnly {
+		return blockdev.ErrReadOnly
+	}
+	if err := img.begin(off, n); err != nil {
+		return err
+	}
+	defer img.ioMu.RUnlock()
+	end := off + n
+	for pos := off; pos < end; {
+		c := min(img.cs-pos%img.cs, end-pos)
+		var err error
+		if c == img.cs && (img.h.version >= 3 || img.backing == nil) {
+			err = img.zeroCluster(pos/img.cs, mayTrim)
+		} else {
+			err = img.zeroPartial(pos, c)
+		}
+		if err != nil {
+			return err
+		}
+		pos += c
+	}
+	return nil
+}
+
+// zeroPartial zeroes part of a cluster by writing, unless it already reads
+// as zeroes.
+func (img *Image) zeroPartial(pos, n int64) error {
+	img.mu.Lock()
+	img.waitCluster(pos / img.cs)
+	r, err := img.mapRun(pos, pos+n)
+	img.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	if r.n == n && (r.kind == kZero || (r.kind == kUnalloc && (img.backing == nil || pos >= img.backingSize))) {
+		return nil
+	}
+	return img.writeCluster(pos/img.cs, pos%img.cs, zeroBlock[:n])
+}
+
+// zeroCluster turns guest cluster vc into a zero cluster (v3, extended L2)
+// or an unallocated one (v2 without a backing file).
+func (img *Image) zeroCluster(vc int64, mayTrim bool) error {
+	img.mu.Lock()
+	defer img.mu.Unlock()
+	img.waitCluster(vc)
+	if e, bm, err := img.l2Entry(vc); err != nil {
+		return err
+	} else if e == 0 && bm == 0 && img.backing == nil {
+		return nil // unallocated without a backing file reads as zeroes
+	}
+	t, err := img.l2Table(vc/img.l2n, true)
+	if err != nil {
+		return err
+	}
+	e, _ := img.entryAt(t, vc%img.l2n)
+	off := e & offsetMask
+	keep := !mayTrim && e&flagCompressed == 0 && off != 0 && e&flagCopied != 0
+	var ne, nbm uint64
+	switch {
+	case img.h.extL2():
+		nbm = allSubclusters << 32
+		if keep {
+			ne = off | flagCopied
+		}
+	case img.h.version >= 3:
+		ne = flagZero
+		if keep {
+			ne |= off | flagCopied
+		}
+	}
+	img.setEntry(t, vc%img.l2n, ne, nbm)
+	if !keep {
+		img.dropEntry(e)
+	}
+	return nil
+}
+
+// Extents describes [off, off+n): data, zero clusters, and holes, looking
+// through the backing chain for unallocated ranges.
+func (img *Image) Extents(off, n int64) ([]blockdev.Extent, error) {
+	if err := img.begin(off, n); err != nil {
+		return nil, err
+	}
+	defer img.ioMu.RUnlock()
+	var out []blockdev.Extent
+	add := func(o, l int64, f blockdev.ExtentFlags) {
+		if k := len(out) - 1; k >= 0 && out[k].Flags == f && out[k].Off+out[k].Len == o {
+			out[k].Len += l
+			return
+		}
+		out = append(out, blockdev.Extent{Off: o, Len: l, Flags: f})
+	}
+	end := off + n
+	for pos := off; pos < end && len(out) < maxExtents; {
+		img.mu.Lock()
+		r, err := img.mapRun(pos, end)
+		img.mu.Unlock()
+		if err != nil {
+			return nil, err
+		}
+		switch r.kind {
+		case kData, kCompressed:
+			add(pos, r.n, 0)
+		case kZero:
+			if r.entry&offsetMask != 0 {
+				add(pos, r.n, blockdev.ExtentZero)
+			} else {
+				add(pos, r.n, blockdev.ExtentZero|blockdev.ExtentHole)
+			}
+		case kUnalloc:
+			if err := img.backingExtents(pos, r.n, add); err != nil {
+				return nil, err
+			}
+		}
+		pos += r.n
+	}
+	return out, nil
+}
+
+// maxExtents bounds the extents one Extents call returns; the caller asks
+// again from where it stopped.
+const maxExtents = 1024
+
+// backingExtents reports [pos, pos+n), unallocated here, as the backing
+// file describes it.
+func (img *Image) backingExtents(pos, n int64, add func(o, l int64, f blockdev.ExtentFlags)) error {
+	end := pos + n
+	for pos < end && img.backing != nil && pos < img.backingSize {
+		be, err := blockdev.Extents(img.backing, pos, min(end, img.backingSize)-pos)
+		if err != nil {
+			return err
+		}
+		for _, x := range be {
+			add(x.Off, x.Len, x.Flags)
+			pos = x.Off + x.Len
+		}
+	}
+	if pos < end {
+		add(pos, end-pos, blockdev.ExtentZero|blockdev.ExtentHole)
+	}
+	return nil
+}
