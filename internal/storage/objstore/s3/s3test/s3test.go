@@ -1,0 +1,236 @@
+// Package s3test runs a real S3 server (versitygw on a posix directory) for
+// the tests of the packages on objstore/s3. Main, called from TestMain,
+// finds the versitygw binary (PATH, $GOBIN, ~/go/bin) or installs it with
+// `go install`, starts it on a free loopback port, runs the tests and stops
+// it. Without the binary the tests that Need the server skip, except under
+// CI=true where the whole run fails.
+package s3test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"vdisk/internal/storage/objstore/s3"
+)
+
+// Version is the versitygw release the tests install.
+const Version = "v1.8.0"
+
+const (
+	module     = "github.com/versity/versitygw/cmd/versitygw"
+	accessKey  = "vdisktestaccess"
+	secretKey  = "vdisktestsecretkey0123456789"
+	bucketName = "vdisk-test"
+	// startTimeout bounds how long the server may take to accept
+	// connections (it is up in well under a second).
+	startTimeout = 30 * time.Second
+	// stopTimeout bounds a graceful stop before SIGKILL.
+	stopTimeout = 10 * time.Second
+	// installTimeout bounds `go install` of the server.
+	installTimeout = 15 * time.Minute
+)
+
+// Server is a running versitygw. Its methods are not safe for concurrent
+// use; Stop and Start are meant for fault tests that restart it.
+type Server struct {
+	// Endpoint is the server's URL.
+	Endpoint string
+	// Bucket exists on the server.
+	Bucket string
+
+	bin  string
+	addr string
+	dir  string
+	cmd  *exec.Cmd
+	done chan error
+}
+
+// current is the server Main started, nil when there is none.
+var current *Server
+
+// missing says why there is no server.
+var missing string
+
+// Main starts the server, runs m and stops the server. Use it as
+// `func TestMain(m *testing.M) { os.Exit(s3test.Main(m)) }`.
+func Main(m *testing.M) int {
+	srv, err := start()
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			fmt.Fprintf(os.Stderr, "s3test: no S3 server under CI: %v\n", err)
+			return 1
+		}
+		missing = err.Error()
+	}
+	current = srv
+	code := m.Run()
+	if srv != nil {
+		if err := srv.Stop(); err != nil {
+			fmt.Fprintf(os.Stderr, "s3test: stop: %v\n", err)
+		}
+		os.RemoveAll(srv.dir)
+	}
+	return code
+}
+
+// Need returns the running server, or skips t when there is none.
+func Need(t testing.TB) *Server {
+	t.Helper()
+	if current == nil {
+		t.Skipf("no versitygw: %s", missing)
+	}
+	return current
+}
+
+// Config returns the s3.Config reaching the server's bucket.
+func (s *Server) Config() s3.Config {
+	return s3.Config{
+		Bucket: s.Bucket, Endpoint: s.Endpoint, Region: "us-east-1", PathStyle: true,
+		AccessKey: accessKey, SecretKey: secretKey,
+		MaxAttempts: 3, MaxBackoff: 200 * time.Millisecond,
+	}
+}
+
+// Store returns a new s3.Store on the server's bucket.
+func (s *Server) Store(t testing.TB) *s3.Store {
+	t.Helper()
+	st, err := s3.New(context.Background(), s.Config())
+	if err != nil {
+		t.Fatalf("s3.New: %v", err)
+	}
+	return st
+}
+
+func start() (*Server, error) {
+	bin, err := binary()
+	if err != nil {
+		return nil, err
+	}
+	dir, err := os.MkdirTemp("", "vdisk-versitygw-")
+	if err != nil {
+		return nil, err
+	}
+	addr, err := freeAddr()
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{Endpoint: "http://" + addr, Bucket: bucketName, bin: bin, addr: addr, dir: dir}
+	if err := s.Start(); err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
+	defer cancel()
+	st, err := s3.New(ctx, s.Config())
+	if err == nil {
+		err = st.CreateBucket(ctx)
+	}
+	if err != nil {
+		s.Stop()
+		os.RemoveAll(dir)
+		return nil, fmt.Errorf("create bucket: %w", err)
+	}
+	return s, nil
+}
+
+// Start starts the server (again) on its address and directory and waits
+// until it accepts connections.
+func (s *Server) Start() error {
+	if s.cmd != nil {
+		return errors.New("s3test: server already running")
+	}
+	cmd := exec.Command(s.bin, "--port", s.addr, "posix", s.dir)
+	cmd.Env = append(os.Environ(), "ROOT_ACCESS_KEY="+accessKey, "ROOT_SECRET_KEY="+secretKey)
+	log, err := os.OpenFile(filepath.Join(os.TempDir(), "vdisk-versitygw.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	defer log.Close()
+	cmd.Stdout, cmd.Stderr = log, log
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start %s: %w", s.bin, err)
+	}
+	s.cmd, s.done = cmd, make(chan error, 1)
+	go func() { s.done <- cmd.Wait() }()
+	deadline := time.Now().Add(startTimeout)
+	for {
+		c, err := net.DialTimeout("tcp", s.addr, time.Second)
+		if err == nil {
+			c.Close()
+			return nil
+		}
+		select {
+		case err := <-s.done:
+			s.cmd = nil
+			return fmt.Errorf("versitygw exited at start: %v (log in %s)", err, log.Name())
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			s.Stop()
+			return fmt.Errorf("versitygw not accepting connections on %s after %v", s.addr, startTimeout)
+		}
+	}
+}
+
+// Stop stops the server and waits for it to exit.
+func (s *Server) Stop() error {
+	if s.cmd == nil {
+		return nil
+	}
+	s.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-s.done:
+	case <-time.After(stopTimeout):
+		s.cmd.Process.Kill()
+		<-s.done
+	}
+	s.cmd = nil
+	return nil
+}
+
+func freeAddr() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer l.Close()
+	return l.Addr().String(), nil
+}
+
+// binary finds versitygw or installs it.
+func binary() (string, error) {
+	if p, err := exec.LookPath("versitygw"); err == nil {
+		return p, nil
+	}
+	gobin := os.Getenv("GOBIN")
+	if gobin == "" {
+		out, err := exec.Command("go", "env", "GOPATH").Output()
+		if err != nil {
+			return "", fmt.Errorf("go env GOPATH: %w", err)
+		}
+		gobin = filepath.Join(strings.SplitN(strings.TrimSpace(string(out)), string(os.PathListSeparator), 2)[0], "bin")
+	}
+	p := filepath.Join(gobin, "versitygw")
+	if _, err := os.Stat(p); err == nil {
+		return p, nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), installTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "go", "install", module+"@"+Version)
+	cmd.Dir = os.TempDir() // outside this module
+	cmd.Env = append(os.Environ(), "GOFLAGS=-mod=mod", "GOBIN="+gobin)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go install %s@%s: %v: %s", module, Version, err, out)
+	}
+	return p, nil
+}

@@ -1,0 +1,102 @@
+package s3
+
+import (
+	"errors"
+	"strings"
+	"testing"
+)
+
+func TestParseURL(t *testing.T) {
+	tests := []struct {
+		in             string
+		bucket, prefix string
+		ok             bool
+	}{
+		{in: "s3://bucket/prefix", bucket: "bucket", prefix: "prefix", ok: true},
+		{in: "s3://my-bucket.x/a/b/c/", bucket: "my-bucket.x", prefix: "a/b/c", ok: true},
+		{in: "s3://bkt", bucket: "bkt", prefix: "", ok: true},
+		{in: "s3://bkt/", bucket: "bkt", prefix: "", ok: true},
+		{in: "s3://bkt//x", ok: false},
+		{in: "s3://bkt/a//b", ok: false},
+		{in: "s3://Bucket/p", ok: false},
+		{in: "s3://ab/p", ok: false},
+		{in: "s3://-ab/p", ok: false},
+		{in: "s3://ab-/p", ok: false},
+		{in: "s3://" + strings.Repeat("a", 64), ok: false},
+		{in: "http://bucket/p", ok: false},
+		{in: "bucket/p", ok: false},
+		{in: "s3://bucket/p\x00q", ok: false},
+		{in: "", ok: false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.in, func(t *testing.T) {
+			b, p, err := ParseURL(tc.in)
+			if !tc.ok {
+				if !errors.Is(err, ErrBadURL) {
+					t.Fatalf("ParseURL(%q) = %q, %q, %v; want ErrBadURL", tc.in, b, p, err)
+				}
+				return
+			}
+			if err != nil || b != tc.bucket || p != tc.prefix {
+				t.Fatalf("ParseURL(%q) = %q, %q, %v; want %q, %q", tc.in, b, p, err, tc.bucket, tc.prefix)
+			}
+			if !IsURL(tc.in) {
+				t.Fatalf("IsURL(%q) = false", tc.in)
+			}
+		})
+	}
+}
+
+func FuzzParseURL(f *testing.F) {
+	for _, s := range []string{"s3://bucket/prefix", "s3://a.b-c/x/y/", "s3://", "s3://b//", "s3://bkt/\xff"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		b, p, err := ParseURL(s)
+		if err != nil {
+			if !errors.Is(err, ErrBadURL) {
+				t.Fatalf("ParseURL(%q): error %v is not ErrBadURL", s, err)
+			}
+			return
+		}
+		if validBucket(b) != nil || strings.HasPrefix(p, "/") || strings.HasSuffix(p, "/") {
+			t.Fatalf("ParseURL(%q) = %q, %q: invalid result", s, b, p)
+		}
+		if !strings.HasPrefix(s, Scheme+b) {
+			t.Fatalf("ParseURL(%q) = bucket %q not from the input", s, b)
+		}
+	})
+}
+
+func TestParseContentRangeTotal(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want int64
+		ok   bool
+	}{
+		{"bytes 0-9/100", 100, true},
+		{"bytes 0-9/*", 0, false},
+		{"0-9/100", 0, false},
+		{"bytes 0-9/-1", 0, false},
+	} {
+		got, err := parseContentRangeTotal(tc.in)
+		if (err == nil) != tc.ok || got != tc.want {
+			t.Errorf("parseContentRangeTotal(%q) = %d, %v", tc.in, got, err)
+		}
+	}
+}
+
+func TestConfigValidate(t *testing.T) {
+	c := Config{Bucket: "bkt", AccessKey: "a"}
+	if err := c.Validate(); !errors.Is(err, ErrPartialCredentials) {
+		t.Fatalf("validate with only an access key: %v", err)
+	}
+	c = Config{Bucket: "bkt"}
+	if err := c.Validate(); err != nil || c.MaxAttempts != DefaultMaxAttempts || c.MaxBackoff != DefaultMaxBackoff {
+		t.Fatalf("validate defaults: %+v, %v", c, err)
+	}
+	c = Config{Bucket: "B"}
+	if err := c.Validate(); !errors.Is(err, ErrBadURL) {
+		t.Fatalf("validate bad bucket: %v", err)
+	}
+}
