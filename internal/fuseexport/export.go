@@ -135,6 +135,7 @@ func Mount(dir string, dev blockdev.Device, opt Options) (*Export, error) {
 			MaxBackground:     maxBackground,
 			DirectMountStrict: true,
 			DisableXAttrs:     true,
+			ExtraCapabilities: extraCaps,
 			Logger:            slog.NewLogLogger(opt.Logger.Handler(), slog.LevelWarn),
 		},
 	}
