@@ -254,7 +254,6 @@ func (c *client) fill(data []byte, rep wire.Reply) {
 	copy(data[off-base:], p)
 }
 
-
 // do sends one request and waits for its reply.
 func (c *client) do(req wire.Request, payload []byte) result {
 	c.t.Helper()
@@ -314,3 +313,5 @@ func netPipe(t *testing.T) (net.Conn, net.Conn) {
 	}
 	return c1, c2
 }
+
+func bufioReader(nc net.Conn) *bufio.Reader { return bufio.NewReader(nc) }

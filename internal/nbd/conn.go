@@ -8,7 +8,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"os"
 	"sync"
 	"time"
 
@@ -219,11 +218,6 @@ func (c *conn) replyErr(opt wire.Opt, rep wire.Rep, format string, args ...any) 
 	}
 	c.log.Debug("nbd: option refused", "option", uint32(opt), "reply", uint32(rep), "msg", msg)
 	return c.reply(opt, rep, []byte(msg))
-}
-
-// isTimeout reports whether err is a deadline expiry.
-func isTimeout(err error) bool {
-	return errors.Is(err, os.ErrDeadlineExceeded)
 }
 
 // upgradeTLS starts TLS over raw after STARTTLS was acknowledged.

@@ -1,7 +1,6 @@
 package nbd
 
 import (
-	"bytes"
 	"errors"
 	"strings"
 	"testing"
@@ -231,5 +230,3 @@ func TestServerConfigErrors(t *testing.T) {
 		t.Fatal("MaxPayload 1000 accepted")
 	}
 }
-
-var _ = bytes.Equal
