@@ -9,6 +9,13 @@
 // the truth. The helpers Trim, WriteZeroes and Extents fall back honestly
 // when a device lacks the capability.
 //
+// Decorators wrap a Device and keep the interface: ReadOnly refuses
+// writes, Section is a window of a larger device. WithCaps lets a decorator
+// expose a capability only when the device it wraps has it. Errno maps any
+// error to the errno an export sends. Package blockdevtest holds the
+// conformance suite every Device passes, and the Faulty and Crashable
+// devices for fault and power-failure tests.
+//
 // blockdev imports only the standard library and golang.org/x/sys.
 package blockdev
 

@@ -107,15 +107,19 @@ func createFile(path string, opt FileOptions) (*File, error) {
 		}
 		return nil, fmt.Errorf("create %s: %w", path, mapNoSpace(err))
 	}
+	if !opt.NoLock {
+		if err := lockFd(fd, path, false); err != nil {
+			// Someone opened the new file between our create and lock:
+			// it is theirs now, so leave it.
+			syscall.Close(fd)
+			return nil, err
+		}
+	}
+	// From here on the file is ours alone, and a failure removes it.
 	fail := func(err error) (*File, error) {
 		syscall.Close(fd)
 		os.Remove(path)
 		return nil, err
-	}
-	if !opt.NoLock {
-		if err := lockFd(fd, path, false); err != nil {
-			return fail(err)
-		}
 	}
 	if err := syscall.Ftruncate(fd, opt.Size); err != nil {
 		if errors.Is(err, syscall.EFBIG) {
