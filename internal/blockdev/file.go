@@ -80,6 +80,9 @@ func OpenFile(path string, opt FileOptions) (*File, error) {
 			return nil, fmt.Errorf("open %s: cannot create an image read-only", path)
 		}
 		if opt.Size <= 0 || opt.Size%512 != 0 {
+			if _, err := os.Stat(path); err == nil {
+				return openFile(path, opt) // Size is ignored for an existing file
+			}
 			return nil, fmt.Errorf("create %s: size %d is not a positive multiple of 512 bytes", path, opt.Size)
 		}
 		f, err := createFile(path, opt)

@@ -267,10 +267,19 @@ func TestFileOpenErrors(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
 	if f.Size() != 4096 {
 		t.Errorf("existing image opened with Create has size %d, want 4096", f.Size())
 	}
+	f.Close()
+	// Even with no size at all.
+	f, err = OpenFile(existing, FileOptions{Create: true})
+	if err != nil {
+		t.Fatalf("open of an existing image with Create and no size: %v", err)
+	}
+	if f.Size() != 4096 {
+		t.Errorf("existing image opened with Create has size %d, want 4096", f.Size())
+	}
+	f.Close()
 }
 
 func TestFileReadOnly(t *testing.T) {
