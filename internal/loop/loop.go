@@ -32,8 +32,8 @@ type Options struct {
 	ReadOnly bool
 	// DirectIO asks the loop driver to do direct I/O on the backing file
 	// (LO_FLAGS_DIRECT_IO), bypassing its page cache. When the file system
-	// or the block size refuses, Attach falls back to buffered I/O and
-	// reports it in Device.DirectIO.
+	// or the block size does not allow it, the kernel attaches the file
+	// buffered; Device.DirectIO reports which one happened.
 	DirectIO bool
 	// PartScan makes the kernel scan the device for partitions
 	// (LO_FLAGS_PARTSCAN), creating /dev/loopNpM.
@@ -145,19 +145,11 @@ func configure(n int, f *os.File, flags uint32, opt Options) (*Device, error) {
 	if opt.DirectIO {
 		cfg.Info.Flags |= unix.LO_FLAGS_DIRECT_IO
 	}
-	err = unix.IoctlLoopConfigure(int(dev.Fd()), &cfg)
-	if err != nil && opt.DirectIO && errors.Is(err, unix.EINVAL) {
-		// The kernel refuses direct I/O on this file (no O_DIRECT support
-		// or a block size below the file system's alignment). Attach
-		// buffered; the DirectIO field tells the caller.
-		cfg.Info.Flags &^= unix.LO_FLAGS_DIRECT_IO
-		err = unix.IoctlLoopConfigure(int(dev.Fd()), &cfg)
-		if err == nil {
-			// Some kernels accept the flag later, once the block size is set.
-			_ = unix.IoctlSetInt(int(dev.Fd()), unix.LOOP_SET_DIRECT_IO, 1)
-		}
-	}
-	if err != nil {
+	// A kernel that cannot do direct I/O on this file (no O_DIRECT in its
+	// file system, or a block size below the file system's alignment)
+	// attaches it buffered and clears the flag; lookup reads back what it
+	// did.
+	if err := unix.IoctlLoopConfigure(int(dev.Fd()), &cfg); err != nil {
 		return nil, err
 	}
 	runtime.KeepAlive(f)

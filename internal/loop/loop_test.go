@@ -339,3 +339,61 @@ func TestFindByBackingFile(t *testing.T) {
 		t.Fatalf("FindByBackingFile of an unattached file = %v, %v; want none", none, err)
 	}
 }
+
+func TestAttachBlockSize(t *testing.T) {
+	requireLoop(t)
+	f := sparseFile(t, 4<<20)
+	d := attach(t, f, Options{BlockSize: 4096, DirectIO: true})
+	if d.BlockSize != 4096 {
+		t.Fatalf("BlockSize = %d, want 4096", d.BlockSize)
+	}
+	got, err := readSysfs(sysPath(d.Number) + "/queue/logical_block_size")
+	if err != nil || got != "4096" {
+		t.Fatalf("sysfs logical_block_size = %q, %v; want 4096", got, err)
+	}
+}
+
+func TestAttachDirectIOFallback(t *testing.T) {
+	requireLoop(t)
+	// ramfs has no direct I/O: the kernel must refuse LO_FLAGS_DIRECT_IO
+	// and Attach must fall back to buffered I/O and say so.
+	dir := t.TempDir()
+	if err := unix.Mount("ramfs", dir, "ramfs", 0, ""); err != nil {
+		t.Skipf("cannot mount ramfs: %v", err)
+	}
+	t.Cleanup(func() { unix.Unmount(dir, unix.MNT_DETACH) })
+	path := filepath.Join(dir, "disk.img")
+	if supportsODirect(t, dir) {
+		t.Skip("this kernel's ramfs allows O_DIRECT")
+	}
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := f.Truncate(1 << 20); err != nil {
+		t.Fatal(err)
+	}
+	if supportsODirect(t, path) {
+		t.Skip("this kernel's ramfs allows O_DIRECT")
+	}
+	d := attach(t, f, Options{DirectIO: true})
+	if d.DirectIO {
+		t.Fatalf("DirectIO = true on ramfs: %+v", d)
+	}
+	dev, err := os.OpenFile(d.Path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dev.Close()
+	if _, err := dev.WriteAt([]byte("buffered"), 512); err != nil {
+		t.Fatal(err)
+	}
+	if err := dev.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, 8)
+	if _, err := f.ReadAt(got, 512); err != nil || string(got) != "buffered" {
+		t.Fatalf("backing file holds %q, %v", got, err)
+	}
+}
