@@ -11,8 +11,6 @@ import (
 	"syscall"
 	"testing"
 
-	"golang.org/x/sys/unix"
-
 	"vdisk/internal/blockdev"
 )
 
@@ -150,24 +148,40 @@ func TestParallelWrites(t *testing.T) {
 
 func TestReadOnly(t *testing.T) {
 	requireFUSE(t)
-	dev := blockdev.NewMem(1 << 20)
-	if _, err := dev.WriteAt([]byte("hello"), 0); err != nil {
-		t.Fatal(err)
+	tests := []struct {
+		name string
+		dev  func(blockdev.Device) blockdev.Device
+		opt  Options
+	}{
+		{name: "export option", dev: func(d blockdev.Device) blockdev.Device { return d }, opt: Options{ReadOnly: true}},
+		{name: "read-only device", dev: blockdev.ReadOnly},
 	}
-	e := mount(t, dev, Options{ReadOnly: true})
-	if _, err := os.OpenFile(e.Path(), os.O_RDWR, 0); !errors.Is(err, syscall.EROFS) && !errors.Is(err, syscall.EACCES) {
-		t.Fatalf("open for writing = %v, want EROFS", err)
-	}
-	b := make([]byte, 5)
-	f, err := os.Open(e.Path())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	if _, err := f.ReadAt(b, 0); err != nil || string(b) != "hello" {
-		t.Fatalf("read = %q, %v", b, err)
-	}
-	if err := unix.Fallocate(int(f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, 0, 4096); err == nil {
-		t.Fatal("punch hole on a read-only export succeeded")
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			mem := blockdev.NewMem(1 << 20)
+			if _, err := mem.WriteAt([]byte("hello"), 0); err != nil {
+				t.Fatal(err)
+			}
+			e := mount(t, tt.dev(mem), tt.opt)
+			st, err := os.Stat(e.Path())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st.Mode().Perm() != 0o400 {
+				t.Errorf("read-only file has mode %v, want 0400", st.Mode())
+			}
+			if _, err := os.OpenFile(e.Path(), os.O_RDWR, 0); !errors.Is(err, syscall.EROFS) {
+				t.Fatalf("open for writing = %v, want EROFS", err)
+			}
+			b := make([]byte, 5)
+			f, err := os.Open(e.Path())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			if _, err := f.ReadAt(b, 0); err != nil || string(b) != "hello" {
+				t.Fatalf("read = %q, %v", b, err)
+			}
+		})
 	}
 }
