@@ -109,9 +109,9 @@ func TestBlockStatus(t *testing.T) {
 		req  wire.Request
 		want []wire.BlockDescriptor
 	}{
-		{"whole", wire.Request{Length: 1 << 20}, []wire.BlockDescriptor{desc(128 << 10, hz), desc(64 << 10, 0), desc(832 << 10, hz)}},
-		{"unaligned", wire.Request{Offset: 100, Length: 200 << 10}, []wire.BlockDescriptor{desc((128 << 10) - 100, hz), desc(64 << 10, 0), desc((8 << 10) + 100, hz)}},
-		{"req one", wire.Request{Flags: wire.CmdFlagReqOne, Offset: 0, Length: 1 << 20}, []wire.BlockDescriptor{desc(128 << 10, hz)}},
+		{"whole", wire.Request{Length: 1 << 20}, []wire.BlockDescriptor{desc(128<<10, hz), desc(64<<10, 0), desc(832<<10, hz)}},
+		{"unaligned", wire.Request{Offset: 100, Length: 200 << 10}, []wire.BlockDescriptor{desc((128<<10)-100, hz), desc(64<<10, 0), desc((8<<10)+100, hz)}},
+		{"req one", wire.Request{Flags: wire.CmdFlagReqOne, Offset: 0, Length: 1 << 20}, []wire.BlockDescriptor{desc(128<<10, hz)}},
 		{"data only", wire.Request{Offset: 130 << 10, Length: 4096}, []wire.BlockDescriptor{desc(4096, 0)}},
 	}
 	for _, tc := range tests {

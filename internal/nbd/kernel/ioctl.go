@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime"
 	"strings"
 	"sync"
 	"time"
@@ -91,7 +92,18 @@ func connectIoctl(socks []*os.File, c Config) (int, error) {
 
 // doIt runs NBD_DO_IT, which returns when the device is disconnected, then
 // clears the device and forgets it.
+//
+// The kernel waits interruptibly in NBD_DO_IT and tears the device down if
+// a signal arrives, so the call runs on a locked OS thread that blocks
+// every signal (the process's signals go to other threads); the thread
+// exits with the goroutine.
 func (ic *ioctlConn) doIt(idx int) {
+	runtime.LockOSThread()
+	all := unix.Sigset_t{}
+	for i := range all.Val {
+		all.Val[i] = ^uint64(0)
+	}
+	_ = unix.PthreadSigmask(unix.SIG_BLOCK, &all, nil) // SIGKILL and SIGSTOP stay deliverable
 	fd := int(ic.f.Fd())
 	_, err := unix.IoctlRetInt(fd, ioctlDoIt)
 	unix.IoctlSetInt(fd, ioctlClearQue, 0)

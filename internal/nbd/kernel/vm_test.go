@@ -1,0 +1,295 @@
+package kernel
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"vdisk/internal/blockdev"
+	"vdisk/internal/vmtest"
+)
+
+// guestEnv, when set, makes TestGuestConnect run: the directory through
+// which the guest script and the helper talk.
+const guestEnv = "VDISK_NBD_GUEST"
+
+// guestScript: netlink with two connections (raw O_DIRECT I/O, ext4,
+// a reconfigure with new sockets while mounted, disconnect, e2fsck of the
+// saved image), then the ioctl fallback, read-only, verifying the data.
+const guestScript = `#!/bin/sh
+set -u
+G=/tmp/g; MNT=/mnt/n; mkdir -p $G $MNT
+export VDISK_NBD_GUEST=$G
+hpid=
+fail() { echo "FAIL: $*"; cat $G/helper.log 2>/dev/null; umount $MNT 2>/dev/null; [ -n "$hpid" ] && kill $hpid; exit 1; }
+step() { echo "== $(cut -d' ' -f1 /proc/uptime)s $*"; }
+waitfile() {
+	i=0
+	until [ -s $1 ]; do
+		i=$((i + 1)); [ $i -le 1200 ] || fail "no $1 within 120 s"
+		kill -0 $hpid 2>/dev/null || fail "helper exited"
+		sleep 0.1
+	done
+}
+start() { # start MODE RO
+	rm -f $G/ready $G/reconfigured
+	VDISK_NBD_MODE=$1 VDISK_NBD_RO=$2 /share/kernel.test -test.run '^TestGuestConnect$' -test.v >$G/helper.log 2>&1 &
+	hpid=$!
+	waitfile $G/ready
+	DEV=$(cat $G/ready); N=${DEV#/dev/}
+	[ -b "$DEV" ] || fail "$DEV is not a block device"
+}
+stop() {
+	kill -TERM $hpid; wait $hpid; st=$?; hpid=
+	cat $G/helper.log
+	[ $st = 0 ] || fail "helper exit status $st"
+	[ "$(cat /sys/block/$N/size)" = 0 ] || fail "$DEV still has a size"
+}
+
+step "netlink connect, two sockets"
+start netlink 0
+echo "device $DEV: $(blockdev --getsize64 $DEV) bytes, logical $(blockdev --getss $DEV), ro $(blockdev --getro $DEV), backend $(cat /sys/block/$N/backend 2>/dev/null)"
+[ "$(blockdev --getsize64 $DEV)" = 67108864 ] || fail "size"
+[ "$(blockdev --getss $DEV)" = 4096 ] || fail "logical block size"
+[ "$(blockdev --getro $DEV)" = 0 ] || fail "read-only flag on a writable disk"
+
+step "O_DIRECT pattern write and read back"
+dd if=/dev/urandom of=/tmp/pattern bs=64k count=64 2>/dev/null
+dd if=/tmp/pattern of=$DEV bs=64k seek=500 oflag=direct conv=fsync 2>/dev/null || fail "raw write"
+want=$(md5sum </tmp/pattern)
+got=$(dd if=$DEV bs=64k skip=500 count=64 iflag=direct 2>/dev/null | md5sum)
+[ "$got" = "$want" ] || fail "read back differs"
+
+step "mkfs.ext4, mount, write, sync"
+mkfs.ext4 -q -F $DEV || fail "mkfs.ext4"
+mount -t ext4 $DEV $MNT || fail "mount"
+dd if=/dev/urandom of=$MNT/big bs=64k count=64 2>/dev/null || fail "write big"
+sync || fail "sync"
+
+step "server restart: drop the connections, reconfigure with new sockets, keep using the mount"
+kill -USR1 $hpid
+waitfile $G/reconfigured
+for i in 1 2 3 4 5; do echo "file $i" >$MNT/f$i; done
+sync || fail "sync after reconfigure"
+echo 3 >/proc/sys/vm/drop_caches
+sum1=$(cd $MNT && md5sum big f1 f2 f3 f4 f5) || fail "read after reconfigure"
+umount $MNT || fail "umount"
+
+step "disconnect, e2fsck the saved image"
+stop
+e2fsck -fn $G/image >$G/fsck.log 2>&1 || { cat $G/fsck.log; fail "e2fsck"; }
+tail -n1 $G/fsck.log
+got=$(dd if=$G/image bs=64k skip=500 count=64 2>/dev/null | md5sum)
+
+step "ioctl fallback, read-only, verify"
+start ioctl 1
+[ "$(blockdev --getro $DEV)" = 1 ] || fail "read-only flag not set"
+mount -t ext4 -o ro,noload $DEV $MNT || fail "mount ro"
+sum2=$(cd $MNT && md5sum big f1 f2 f3 f4 f5)
+umount $MNT
+[ "$sum1" = "$sum2" ] || fail "checksums differ after reconnect"
+stop
+step "done"
+echo PASS
+`
+
+// TestKernelNBDInVM runs guestScript in the test VM against TestGuestConnect.
+func TestKernelNBDInVM(t *testing.T) {
+	vmtest.Run(t, vmtest.Config{
+		Script:   guestScript,
+		Binaries: map[string]vmtest.Binary{"kernel.test": {Pkg: "vdisk/internal/nbd/kernel", Test: true}},
+		Timeout:  300 * time.Second,
+	})
+}
+
+// pairs makes n socketpairs: the kernel's ends as files, the server's as
+// net.Conns.
+func pairs(t *testing.T, n int) ([]*os.File, []net.Conn) {
+	var kern []*os.File
+	var srv []net.Conn
+	for i := range n {
+		fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		kern = append(kern, os.NewFile(uintptr(fds[0]), fmt.Sprintf("nbd-kernel-%d", i)))
+		f := os.NewFile(uintptr(fds[1]), fmt.Sprintf("nbd-server-%d", i))
+		c, err := net.FileConn(f)
+		f.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv = append(srv, c)
+	}
+	return kern, srv
+}
+
+// serveAll runs a responder per connection; wait returns their errors.
+func serveAll(conns []net.Conn, dev blockdev.Device) (wait func() error) {
+	var wg sync.WaitGroup
+	errs := make([]error, len(conns))
+	for i, c := range conns {
+		wg.Go(func() { errs[i] = serveTransmission(c, dev) })
+	}
+	return func() error { wg.Wait(); return errors.Join(errs...) }
+}
+
+// TestGuestConnect is the guest half of TestKernelNBDInVM: it serves a
+// memory device (loaded from $VDISK_NBD_GUEST/image) to the kernel client
+// through Connect, writes the device path to $VDISK_NBD_GUEST/ready; on
+// SIGUSR1 it drops its connections and reconfigures the device with new
+// ones; on SIGTERM it disconnects and saves the memory to .../image.
+func TestGuestConnect(t *testing.T) {
+	dir := os.Getenv(guestEnv)
+	if dir == "" {
+		t.Skip("guest helper: runs only inside the test VM (TestKernelNBDInVM)")
+	}
+	forceIoctl = os.Getenv("VDISK_NBD_MODE") == "ioctl"
+	const size = 64 << 20
+	mem := blockdev.NewMem(size)
+	img := filepath.Join(dir, "image")
+	if b, err := os.ReadFile(img); err == nil {
+		if _, err := mem.WriteAt(b, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGUSR1)
+	defer signal.Stop(sigs)
+
+	flags := FlagFlush | FlagFUA | FlagTrim | FlagMultiConn
+	if os.Getenv("VDISK_NBD_RO") == "1" {
+		flags |= FlagReadOnly
+	}
+	kern, srv := pairs(t, 2)
+	wait := serveAll(srv, mem)
+	start := time.Now()
+	idx, err := Connect(kern, Config{Index: -1, Size: size, BlockSize: 4096, Flags: flags,
+		Timeout: time.Minute, DeadConnTimeout: 2 * time.Minute, Backend: "vdisk-test"})
+	for _, f := range kern {
+		f.Close()
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("connected %s in %v (ioctl %v)", Path(idx), time.Since(start), forceIoctl)
+	if !forceIoctl {
+		st, err := Status(idx)
+		if err != nil || !st.Connected {
+			t.Fatalf("Status(%d) = %+v, %v; want connected", idx, st, err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(dir, "ready"), []byte(Path(idx)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for sig := range sigs {
+		if sig == syscall.SIGTERM {
+			break
+		}
+		// A restarted server: the old connections die, new ones replace them.
+		for _, c := range srv {
+			c.Close()
+		}
+		if err := wait(); err != nil {
+			t.Logf("old connections: %v", err)
+		}
+		kern, srv = pairs(t, 2)
+		wait = serveAll(srv, mem)
+		if err := reconfigure(idx, kern); err != nil {
+			t.Fatal(err)
+		}
+		for _, f := range kern {
+			f.Close()
+		}
+		t.Logf("reconfigured %s with new sockets", Path(idx))
+		if err := os.WriteFile(filepath.Join(dir, "reconfigured"), []byte("1"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := Disconnect(idx); err != nil {
+		t.Fatal(err)
+	}
+	if err := wait(); err != nil {
+		t.Fatalf("responders: %v", err)
+	}
+	if !forceIoctl {
+		if err := waitDisconnected(idx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := saveImage(mem, img); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// reconfigure retries while the kernel has not yet marked the old
+// connections dead.
+func reconfigure(idx int, socks []*os.File) error {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	for {
+		err := Reconfigure(idx, socks)
+		if !errors.Is(err, ErrBusy) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+func waitDisconnected(idx int) error {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	for {
+		st, err := Status(idx)
+		if err != nil {
+			return err
+		}
+		if !st.Connected {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%s still connected a minute after Disconnect", Path(idx))
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// saveImage writes dev's non-zero MiBs to a sparse file at path.
+func saveImage(dev blockdev.Device, path string) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := f.Truncate(dev.Size()); err != nil {
+		return err
+	}
+	buf := make([]byte, 1<<20)
+	for off := int64(0); off < dev.Size(); off += int64(len(buf)) {
+		if _, err := dev.ReadAt(buf, off); err != nil {
+			return err
+		}
+		if blockdev.IsZero(buf) {
+			continue
+		}
+		if _, err := f.WriteAt(buf, off); err != nil {
+			return fmt.Errorf("save image: %w", err)
+		}
+	}
+	return f.Close()
+}
