@@ -9,10 +9,14 @@
 // (WriteZeroes); SEEK_DATA and SEEK_HOLE follow the Device's extents. The
 // file cannot change size.
 //
-// A process that serves the export must not itself do blocking I/O on a
-// loop device attached to the export's file from a goroutine it depends on
-// for serving, and must keep serving until the kernel has released the
-// file: see Export.Done.
+// Deadlock freedom, when the same process serves the file and a loop device
+// sits on it: the file is opened with FOPEN_DIRECT_IO, so there is no FUSE
+// page cache whose writeback could need the server; requests are served on
+// their own goroutines, so a thread blocked on the loop device never stops
+// the serving; the serving process should call SetIOFlusher once, so that
+// memory reclaim and dirty throttling never make it wait for the loop
+// device's own dirty pages; and the export keeps serving after a lazy
+// unmount until the kernel has released the file (Export.Done).
 package fuseexport
 
 import (
