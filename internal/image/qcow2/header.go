@@ -30,7 +30,8 @@ const (
 	maxFeatureNames = 192
 )
 
-// Incompatible, compatible and autoclear feature bits.
+// Incompatible and compatible feature bits. vdisk knows no autoclear
+// feature: it clears them all before writing.
 const (
 	incDirty       = 1 << 0
 	incCorrupt     = 1 << 1
@@ -40,9 +41,6 @@ const (
 	incKnown       = incDirty | incCorrupt | incDataFile | incCompression | incExtL2
 
 	compatLazyRefcounts = 1 << 0
-
-	autoclearBitmaps = 1 << 0
-	autoclearRawData = 1 << 1
 )
 
 // Header extension types.

@@ -116,7 +116,7 @@ func (img *Image) writeCluster(vc, in int64, data []byte) error {
 		}
 	}
 	img.mu.Unlock()
-	err = img.fill(vc, e, bm, in, data, target)
+	err = img.fill(vc, e, bm, in, data, target, !fresh)
 	img.mu.Lock()
 	if err != nil {
 		if fresh {
@@ -139,18 +139,47 @@ func (img *Image) writeCluster(vc, in int64, data []byte) error {
 }
 
 // fill writes a whole cluster at host offset target: data at byte in, the
-// rest from the cluster's current content (entry e, bitmap bm).
-func (img *Image) fill(vc int64, e, bm uint64, in int64, data []byte, target int64) error {
-	buf := data
-	if int64(len(data)) != img.cs {
-		buf = make([]byte, img.cs)
-		if err := img.readCluster(vc, e, bm, buf); err != nil {
-			return err
-		}
-		copy(buf[in:], data)
+// rest from the cluster's current content (entry e, bitmap bm). When the
+// cluster is reused in place (extended L2), subclusters that are already
+// allocated keep their bytes except where data lands: other writers may be
+// writing into them right now.
+func (img *Image) fill(vc int64, e, bm uint64, in int64, data []byte, target int64, reuse bool) error {
+	if int64(len(data)) == img.cs {
+		return img.writeHost(data, target)
 	}
-	if _, err := img.f.WriteAt(buf, target); err != nil {
-		return fmt.Errorf("qcow2: write data at %#x: %w", target, err)
+	buf := make([]byte, img.cs)
+	if err := img.readCluster(vc, e, bm, buf); err != nil {
+		return err
+	}
+	copy(buf[in:], data)
+	if !reuse || !img.h.extL2() {
+		return img.writeHost(buf, target)
+	}
+	sc := img.cs / 32
+	dEnd := in + int64(len(data))
+	start := int64(-1)
+	for pos := int64(0); pos <= img.cs; pos++ {
+		need := false
+		if pos < img.cs {
+			need = (pos >= in && pos < dEnd) || bm&(1<<(pos/sc)) == 0
+		}
+		switch {
+		case need && start < 0:
+			start = pos
+		case !need && start >= 0:
+			if err := img.writeHost(buf[start:pos], target+start); err != nil {
+				return err
+			}
+			start = -1
+		}
+	}
+	return nil
+}
+
+// writeHost writes b at host offset off.
+func (img *Image) writeHost(b []byte, off int64) error {
+	if _, err := img.f.WriteAt(b, off); err != nil {
+		return fmt.Errorf("qcow2: write data at %#x: %w", off, err)
 	}
 	return nil
 }

@@ -72,7 +72,7 @@ func (img *Image) zeroCluster(vc int64, mayTrim bool) error {
 	}
 	e, _ := img.entryAt(t, vc%img.l2n)
 	off := e & offsetMask
-	keep := !mayTrim && e&flagCompressed == 0 && off != 0 && e&flagCopied != 0
+	keep := img.h.version >= 3 && !mayTrim && e&flagCompressed == 0 && off != 0 && e&flagCopied != 0
 	var ne, nbm uint64
 	switch {
 	case img.h.extL2():
