@@ -173,8 +173,9 @@ func (e *Export) Done() <-chan struct{} { return e.done }
 
 // Close unmounts the file system and returns when serving has ended. While
 // the file is in use (a loop device attached to it) Close leaves the mount
-// alone and returns an error wrapping ErrBusy. Close does not close the
-// device; the last release of the file has already flushed it.
+// alone and returns an error wrapping ErrBusy. Close neither flushes nor
+// closes the device: a loop device letting go of the file sends no FLUSH,
+// so the caller flushes (or closes) the device after Close.
 func (e *Export) Close() error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
