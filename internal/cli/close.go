@@ -15,8 +15,10 @@ import (
 
 func init() { register(newCloseCmd) }
 
-// errNotOpen is returned by findDisk when no disk matches the argument.
-var errNotOpen = errors.New("not open")
+// notOpenError is returned by findDisk when no disk matches the argument.
+type notOpenError struct{ msg string }
+
+func (e *notOpenError) Error() string { return e.msg }
 
 func newCloseCmd(e *env) *cobra.Command {
 	var (
@@ -97,7 +99,7 @@ func findDisk(ctx context.Context, c *client.Client, arg string) (*api.Disk, err
 	}
 	abs, _ := filepath.Abs(arg)
 	if api.IsID(arg) {
-		return nil, fmt.Errorf("unknown disk id %s: no open disk has it (see vdisk list): %w", arg, errNotOpen)
+		return nil, &notOpenError{fmt.Sprintf("unknown disk id %s: no open disk has it (see vdisk list)", arg)}
 	}
-	return nil, fmt.Errorf("%s is not an open disk's file, id or device (see vdisk list): %w", abs, errNotOpen)
+	return nil, &notOpenError{fmt.Sprintf("%s is not an open disk's file, id or device (see vdisk list)", abs)}
 }

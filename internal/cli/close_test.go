@@ -60,8 +60,8 @@ func TestCloseErrors(t *testing.T) {
 		args []string
 		want string
 	}{
-		{name: "unknown id", args: []string{"close", "0123456789ab"}, want: "vdisk: unknown disk id 0123456789ab: no open disk has it (see vdisk list)"},
-		{name: "not open", args: []string{"close", filepath.Join(dir, "none.img")}, want: "vdisk: " + filepath.Join(dir, "none.img") + " is not an open disk's file, id or device"},
+		{name: "unknown id", args: []string{"close", "0123456789ab"}, want: "vdisk: unknown disk id 0123456789ab: no open disk has it (see vdisk list)\n"},
+		{name: "not open", args: []string{"close", filepath.Join(dir, "none.img")}, want: "vdisk: " + filepath.Join(dir, "none.img") + " is not an open disk's file, id or device (see vdisk list)\n"},
 		{name: "no argument", args: []string{"close"}, want: "give one FILE, ID or DEVICE (or --all)"},
 		{name: "argument and all", args: []string{"close", "x", "--all"}, want: "not both"},
 		{name: "info unknown id", args: []string{"info", "0123456789ab"}, want: "unknown disk id 0123456789ab"},

@@ -20,7 +20,7 @@ func init() { register(newDaemonCmd) }
 const daemonLogName = "vdisk-daemon.log"
 
 // errNotRoot is the one-line answer to a command run without root.
-var errNotRoot = errors.New("vdisk needs root to manage disks: run it with sudo")
+var errNotRoot = errors.New("must run as root to manage disks (try sudo)")
 
 // needRoot fails unless the process is root.
 func needRoot() error {

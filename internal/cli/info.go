@@ -44,7 +44,8 @@ func newInfoCmd(e *env) *cobra.Command {
 				}
 				return printDisk(e.stdout, d)
 			}
-			if !errors.Is(err, errNotOpen) || api.IsID(args[0]) {
+			var notOpen *notOpenError
+			if !errors.As(err, &notOpen) || api.IsID(args[0]) {
 				return err
 			}
 			path, err := resolveFile(args[0])

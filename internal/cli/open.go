@@ -31,6 +31,9 @@ func newOpenCmd(e *env) *cobra.Command {
 		Example: "  vdisk open disk.img --size 10G\n  vdisk open disk.img --via fuse --json",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := needRoot(); err != nil {
+				return err
+			}
 			req := api.OpenRequest{Create: true, ReadOnly: readOnly, Format: format, Via: via, Reuse: reuse}
 			if cmd.Flags().Changed("size") {
 				n, err := parseSize(size)

@@ -113,4 +113,3 @@ func readAllAt(t *testing.T, name string, off int64, n int) []byte {
 	}
 	return b
 }
-
