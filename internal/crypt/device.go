@@ -23,7 +23,8 @@ type Config struct {
 	// Cipher encrypts the sectors. The Device owns it from New on and wipes
 	// it on Close.
 	Cipher *Cipher
-	// SectorSize is the encryption sector size, 512 or 4096; 0 means 512.
+	// SectorSize is the encryption sector size: a power of two from 512 to
+	// 4096 (LUKS uses 512 and 4096); 0 means 512.
 	SectorSize int
 	// Offset is where the payload starts on the inner device, in bytes. It
 	// must be a multiple of 512.
@@ -96,8 +97,8 @@ func newDevice(inner blockdev.Device, cfg Config) (*device, error) {
 	if ss == 0 {
 		ss = 512
 	}
-	if ss != 512 && ss != 4096 {
-		return nil, fmt.Errorf("crypt: sector size %d, want 512 or 4096: %w", ss, ErrConfig)
+	if ss < 512 || ss > 4096 || ss&(ss-1) != 0 {
+		return nil, fmt.Errorf("crypt: sector size %d, want 512, 1024, 2048 or 4096: %w", ss, ErrConfig)
 	}
 	isz := inner.Size()
 	if cfg.Offset < 0 || cfg.Offset%ivSector != 0 || cfg.Offset > isz {

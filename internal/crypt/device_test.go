@@ -285,7 +285,8 @@ func TestNewRefuses(t *testing.T) {
 		cfg  Config
 	}{
 		{"no cipher", Config{}},
-		{"sector size", Config{Cipher: c, SectorSize: 1024}},
+		{"sector size", Config{Cipher: c, SectorSize: 8192}},
+		{"odd sector size", Config{Cipher: c, SectorSize: 1536}},
 		{"negative offset", Config{Cipher: c, Offset: -512}},
 		{"misaligned offset", Config{Cipher: c, Offset: 100}},
 		{"offset past end", Config{Cipher: c, Offset: 2 << 20}},

@@ -1,0 +1,359 @@
+package luks
+
+import (
+	"bytes"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"strconv"
+
+	"vdisk/internal/blockdev"
+	"vdisk/internal/crypt"
+)
+
+// Volume is a LUKS volume's header as read from a device: enough to dump
+// it, unlock it and manage its keyslots. It holds no secrets.
+//
+// A Volume is not safe for concurrent use, and two Volumes (or processes)
+// must not change the same header at once: the device's own lock (the
+// daemon's open) is what keeps that from happening.
+type Volume struct {
+	dev blockdev.Device
+
+	v1 *luks1Header
+
+	v2        *luks2Bin
+	meta      *luks2Meta
+	secondary bool // v2 was read from the secondary copy
+}
+
+// Load reads the LUKS header at the start of dev. A LUKS2 header whose
+// primary copy is damaged is read from its secondary copy (and both are
+// written again on the next change). It returns ErrNotLUKS when dev holds
+// no LUKS header, and ErrCorrupt naming the problem when it holds a broken
+// one.
+func Load(dev blockdev.Device) (*Volume, error) {
+	size := dev.Size()
+	var hdr [luks1HeaderSize]byte
+	if size >= int64(len(hdr)) {
+		if _, err := dev.ReadAt(hdr[:], 0); err != nil {
+			return nil, fmt.Errorf("luks: read header: %w", err)
+		}
+	}
+	v := &Volume{dev: dev}
+	if bytes.Equal(hdr[:6], luksMagic) && hdr[l1Version] == 0 && hdr[l1Version+1] == 1 {
+		h, err := parseLUKS1(hdr[:], size)
+		if err != nil {
+			return nil, err
+		}
+		v.v1 = h
+		return v, nil
+	}
+	bin, meta, secondary, err := readLUKS2(dev, size)
+	if err != nil {
+		if !bytes.Equal(hdr[:6], luksMagic) && !hasSecondaryMagic(dev, size) {
+			return nil, ErrNotLUKS
+		}
+		return nil, err
+	}
+	v.v2, v.meta, v.secondary = bin, meta, secondary
+	return v, nil
+}
+
+// hasSecondaryMagic reports whether a LUKS2 secondary header's magic is at
+// any offset LUKS2 allows.
+func hasSecondaryMagic(r io.ReaderAt, size int64) bool {
+	var m [6]byte
+	for _, off := range luks2HdrSizes {
+		if off+int64(len(m)) <= size {
+			if _, err := r.ReadAt(m[:], off); err == nil && bytes.Equal(m[:], luks2SecondaryMagic) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// Version returns 1 or 2.
+func (v *Volume) Version() int {
+	if v.v1 != nil {
+		return 1
+	}
+	return 2
+}
+
+// UsedSecondary reports whether a LUKS2 header was read from its secondary
+// copy because the primary is damaged or older.
+func (v *Volume) UsedSecondary() bool { return v.secondary }
+
+// segment is the data segment of a usable volume.
+type segment struct {
+	cipher     string
+	offset     int64
+	size       int64 // 0: to the end of the device
+	sectorSize int
+	ivTweak    uint64
+}
+
+// usable checks that v is a volume this package can unlock and returns its
+// data segment, or ErrUnsupported naming what it lacks.
+func (v *Volume) usable() (segment, error) {
+	if h := v.v1; h != nil {
+		if h.payloadOffset == 0 {
+			return segment{}, fmt.Errorf("luks: detached LUKS1 header (payload offset 0): %w", ErrUnsupported)
+		}
+		if _, err := hashFunc(h.hashSpec); err != nil {
+			return segment{}, err
+		}
+		return segment{cipher: h.cipherSpec(), offset: int64(h.payloadOffset) * sectorSize, sectorSize: sectorSize}, nil
+	}
+	m := v.meta
+	if r := m.config.Requirements; r != nil && len(r.Mandatory) > 0 {
+		return segment{}, fmt.Errorf("luks: mandatory requirements %q: %w", r.Mandatory, ErrUnsupported)
+	}
+	for _, id := range ids(m.keyslots) {
+		if t := m.keyslots[id].Type; t != "luks2" {
+			return segment{}, fmt.Errorf("luks: keyslot %d of type %q: %w", id, t, ErrUnsupported)
+		}
+	}
+	if len(m.segments) != 1 || m.segments[0] == nil {
+		return segment{}, fmt.Errorf("luks: %d data segments (reencryption?): %w", len(m.segments), ErrUnsupported)
+	}
+	s := m.segments[0]
+	if s.Type != "crypt" {
+		return segment{}, fmt.Errorf("luks: segment of type %q: %w", s.Type, ErrUnsupported)
+	}
+	if len(s.Integrity) > 0 && string(s.Integrity) != "null" {
+		return segment{}, fmt.Errorf("luks: integrity profile %s (dm-integrity): %w", truncate(s.Integrity), ErrUnsupported)
+	}
+	seg := segment{cipher: s.Encryption, offset: int64(s.Offset), sectorSize: s.SectorSize, ivTweak: uint64(s.IVTweak)}
+	if s.Size != "dynamic" {
+		seg.size, _ = strconv.ParseInt(s.Size, 10, 64) // validated at parse
+		if seg.size == 0 {
+			return segment{}, fmt.Errorf("luks: empty data segment: %w", ErrCorrupt)
+		}
+	}
+	if d := v.segmentDigest(); d < 0 {
+		return segment{}, fmt.Errorf("luks: no digest for the data segment: %w", ErrCorrupt)
+	}
+	return seg, nil
+}
+
+// segmentDigest returns the id of the digest of segment 0, or -1.
+func (v *Volume) segmentDigest() int {
+	for _, id := range ids(v.meta.digests) {
+		if slices.Contains(v.meta.digests[id].Segments, "0") {
+			return id
+		}
+	}
+	return -1
+}
+
+// keySize returns the volume key's length in bytes.
+func (v *Volume) keySize() int {
+	if v.v1 != nil {
+		return int(v.v1.keyBytes)
+	}
+	for _, id := range ids(v.meta.keyslots) {
+		if ks := v.meta.keyslots[id]; ks.Type == "luks2" {
+			return ks.KeySize
+		}
+	}
+	return 0
+}
+
+// slot describes an active keyslot in the terms unlocking needs.
+type slot struct {
+	id          int
+	kdf         KDF
+	salt        []byte
+	keySize     int    // volume key
+	areaOffset  int64  // key material
+	areaCipher  string // cipher of the key material
+	areaKeySize int
+	stripes     int
+	afHash      string
+}
+
+// slots returns the active keyslots in the order unlocking tries them:
+// LUKS2 high priority first, ignored (priority 0) ones left out.
+func (v *Volume) slots() []slot {
+	var out []slot
+	if h := v.v1; h != nil {
+		for i, s := range h.slots {
+			if s.active != luks1SlotActive {
+				continue
+			}
+			out = append(out, slot{
+				id: i, kdf: KDF{Type: "pbkdf2", Hash: h.hashSpec, Iterations: s.iterations},
+				salt: s.salt[:], keySize: int(h.keyBytes), areaOffset: int64(s.keyMaterialOffset) * sectorSize,
+				areaCipher: h.cipherSpec(), areaKeySize: int(h.keyBytes), stripes: int(s.stripes), afHash: h.hashSpec,
+			})
+		}
+		return out
+	}
+	var high []slot
+	for _, id := range ids(v.meta.keyslots) {
+		ks := v.meta.keyslots[id]
+		s := slot{
+			id: id, kdf: ks.KDF.kdf(), salt: ks.KDF.Salt, keySize: ks.KeySize, areaOffset: int64(ks.Area.Offset),
+			areaCipher: ks.Area.Encryption, areaKeySize: ks.Area.KeySize, stripes: ks.AF.Stripes, afHash: ks.AF.Hash,
+		}
+		switch {
+		case ks.Priority != nil && *ks.Priority == 0:
+		case ks.Priority != nil && *ks.Priority == 2:
+			high = append(high, s)
+		default:
+			out = append(out, s)
+		}
+	}
+	return append(high, out...)
+}
+
+// keyFromSlot derives the key of slot s from pass and recovers the volume
+// key from its material. The caller checks it against the digest and wipes
+// it.
+func (v *Volume) keyFromSlot(s slot, pass []byte) ([]byte, error) {
+	if s.afHash == "" {
+		return nil, fmt.Errorf("luks: keyslot %d: no AF hash: %w", s.id, ErrCorrupt)
+	}
+	newHash, err := hashFunc(s.afHash)
+	if err != nil {
+		return nil, fmt.Errorf("luks: keyslot %d: %w", s.id, err)
+	}
+	k, err := s.kdf.derive(pass, s.salt, s.areaKeySize)
+	if err != nil {
+		return nil, fmt.Errorf("luks: keyslot %d: %w", s.id, err)
+	}
+	defer clear(k)
+	c, err := crypt.NewCipher(s.areaCipher, k)
+	if err != nil {
+		return nil, fmt.Errorf("luks: keyslot %d: %w (%w)", s.id, err, ErrUnsupported)
+	}
+	defer c.Wipe()
+	mat := make([]byte, afSize(s.keySize, s.stripes))
+	defer clear(mat)
+	if _, err := v.dev.ReadAt(mat, s.areaOffset); err != nil {
+		return nil, fmt.Errorf("luks: read keyslot %d material at %d: %w", s.id, s.areaOffset, err)
+	}
+	for i := 0; i < len(mat); i += sectorSize {
+		c.Decrypt(mat[i:i+sectorSize], uint64(i/sectorSize))
+	}
+	key := make([]byte, s.keySize)
+	afMerge(key, mat[:s.keySize*s.stripes], s.stripes, newHash)
+	return key, nil
+}
+
+// checkKey reports whether key is the volume key that keyslot id's digest
+// (the phdr's for LUKS1) describes.
+func (v *Volume) checkKey(id int, key []byte) (bool, error) {
+	if h := v.v1; h != nil {
+		d, err := pbkdf2Key(h.hashSpec, key, h.mkDigestSalt[:], int(h.mkDigestIter), luks1DigestSize)
+		if err != nil {
+			return false, err
+		}
+		return subtle.ConstantTimeCompare(d, h.mkDigest[:]) == 1, nil
+	}
+	sid := strconv.Itoa(id)
+	for _, did := range ids(v.meta.digests) {
+		dg := v.meta.digests[did]
+		if !slices.Contains(dg.Keyslots, sid) {
+			continue
+		}
+		if dg.Type != "pbkdf2" {
+			return false, fmt.Errorf("luks: digest %d of type %q: %w", did, dg.Type, ErrUnsupported)
+		}
+		d, err := pbkdf2Key(dg.Hash, key, dg.Salt, int(dg.Iterations), len(dg.Digest))
+		if err != nil {
+			return false, fmt.Errorf("luks: digest %d: %w", did, err)
+		}
+		return subtle.ConstantTimeCompare(d, dg.Digest) == 1, nil
+	}
+	return false, fmt.Errorf("luks: keyslot %d has no digest: %w", id, ErrCorrupt)
+}
+
+// UnlockKey returns the volume key that pass opens, and the keyslot that
+// opened it. It tries every active keyslot (the time a wrong passphrase
+// takes is the sum of their KDFs) and returns ErrWrongPassphrase when none
+// opens. The caller must wipe the key (clear) when done with it.
+func (v *Volume) UnlockKey(pass []byte) (key []byte, keyslot int, err error) {
+	if _, err := v.usable(); err != nil {
+		return nil, -1, err
+	}
+	var errs []error
+	for _, s := range v.slots() {
+		key, err := v.keyFromSlot(s, pass)
+		if err != nil {
+			errs = append(errs, err) // an unusable slot must not hide a usable one
+			continue
+		}
+		ok, err := v.checkKey(s.id, key)
+		if ok && err == nil {
+			return key, s.id, nil
+		}
+		clear(key)
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if len(errs) > 0 {
+		return nil, -1, fmt.Errorf("%w (and: %w)", ErrWrongPassphrase, errors.Join(errs...))
+	}
+	return nil, -1, ErrWrongPassphrase
+}
+
+// OpenOptions tune Open.
+type OpenOptions struct {
+	// AllowDiscards passes discards to the device (see crypt.Config).
+	AllowDiscards bool
+}
+
+// Open unlocks the volume with pass and returns the plaintext Device of its
+// data segment, and the keyslot that opened. The Device owns v's device
+// from then on (closing it closes the device); v must not be used after.
+func (v *Volume) Open(pass []byte, opt OpenOptions) (blockdev.Device, int, error) {
+	key, slot, err := v.UnlockKey(pass)
+	if err != nil {
+		return nil, -1, err
+	}
+	defer clear(key)
+	d, err := v.OpenWithKey(key, opt)
+	return d, slot, err
+}
+
+// OpenWithKey returns the plaintext Device of the data segment, encrypted
+// with key (which is not checked against the digest: UnlockKey returns a
+// checked one). The key is copied.
+func (v *Volume) OpenWithKey(key []byte, opt OpenOptions) (blockdev.Device, error) {
+	seg, err := v.usable()
+	if err != nil {
+		return nil, err
+	}
+	c, err := crypt.NewCipher(seg.cipher, key)
+	if err != nil {
+		return nil, fmt.Errorf("luks: data segment: %w (%w)", err, ErrUnsupported)
+	}
+	d, err := crypt.New(v.dev, crypt.Config{
+		Cipher: c, SectorSize: seg.sectorSize, Offset: seg.offset, Size: seg.size,
+		IVOffset: seg.ivTweak, AllowDiscards: opt.AllowDiscards,
+	})
+	if err != nil {
+		c.Wipe()
+		return nil, fmt.Errorf("luks: data segment: %w", err)
+	}
+	return d, nil
+}
+
+// Open reads the LUKS header of dev and unlocks it with pass (a passphrase,
+// or the bytes of a key file): a shortcut for Load and Volume.Open. The
+// returned Device owns dev.
+func Open(dev blockdev.Device, pass []byte, opt OpenOptions) (blockdev.Device, error) {
+	v, err := Load(dev)
+	if err != nil {
+		return nil, err
+	}
+	d, _, err := v.Open(pass, opt)
+	return d, err
+}
