@@ -1,0 +1,251 @@
+package cli
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/coreos/go-systemd/v22/activation"
+	sddaemon "github.com/coreos/go-systemd/v22/daemon"
+	"github.com/spf13/cobra"
+
+	"vdisk/internal/blockdev"
+	"vdisk/internal/nbd"
+	"vdisk/internal/stack"
+)
+
+// shutdownGrace bounds how long serve waits for in-flight requests after
+// SIGINT/SIGTERM before it closes connections.
+const shutdownGrace = 30 * time.Second
+
+type serveOptions struct {
+	unix        string
+	listen      string
+	exportNames []string
+	description string
+	readOnly    bool
+	format      string
+	create      bool
+	size        string
+	tlsCert     string
+	tlsKey      string
+	tlsCA       string
+	maxInFlight int
+	noBacking   bool
+	backingDir  string
+}
+
+func init() { register(newServeCmd) }
+
+func newServeCmd(e *env) *cobra.Command {
+	var o serveOptions
+	c := &cobra.Command{
+		Use:   "serve IMAGE...",
+		Short: "Export images over NBD in the foreground",
+		Long: `Serve exports each IMAGE over the NBD protocol until interrupted.
+
+Images may be in any format vdisk reads (probed, or --format).
+The first image is also the default export "". Export names default to the
+images' base names. Listens on --unix PATH, or --listen HOST:PORT (default
+localhost:10809), or on the sockets systemd passes (LISTEN_FDS), so that
+'nbdinfo -- [ vdisk serve disk.img ]' works. Tells systemd READY=1 once it
+serves.`,
+		Example: `  vdisk serve disk.img
+  vdisk serve --unix /tmp/nbd.sock --read-only disk.img
+  vdisk serve --create --size 1G --listen 127.0.0.1:10809 new.img`,
+		Args: cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runServe(cmd.Context(), e, o, args)
+		},
+	}
+	f := c.Flags()
+	f.StringVar(&o.unix, "unix", "", "listen on this unix socket path")
+	f.StringVar(&o.listen, "listen", "", "listen on HOST:PORT (default localhost:10809)")
+	f.StringArrayVar(&o.exportNames, "export-name", nil, "export name for each IMAGE, in order (default: its base name)")
+	f.StringVar(&o.description, "description", "", "export description sent to clients")
+	f.BoolVarP(&o.readOnly, "read-only", "r", false, "export read-only")
+	f.StringVarP(&o.format, "format", "f", "", "image format (default: probe)")
+	f.BoolVar(&o.noBacking, "no-backing", false, "serve the top image of a backing chain alone")
+	f.StringVar(&o.backingDir, "backing-dir", "", "refuse backing files outside this directory (for untrusted images)")
+	f.BoolVar(&o.create, "create", false, "create a missing image of --size")
+	f.StringVar(&o.size, "size", "100M", "size for --create (K, M, G, T; bare number = MiB)")
+	f.StringVar(&o.tlsCert, "tls-cert", "", "TLS certificate (PEM); enables and requires TLS")
+	f.StringVar(&o.tlsKey, "tls-key", "", "TLS private key (PEM)")
+	f.StringVar(&o.tlsCA, "tls-ca", "", "CA bundle (PEM) to verify client certificates; clients must present one")
+	f.IntVar(&o.maxInFlight, "max-in-flight", 0, "requests served at once per connection (0: server default)")
+	return c
+}
+
+func runServe(ctx context.Context, e *env, o serveOptions, images []string) error {
+	if o.unix != "" && o.listen != "" {
+		return errors.New("serve: --unix and --listen exclude each other")
+	}
+	if len(o.exportNames) > len(images) {
+		return fmt.Errorf("serve: %d --export-name flags for %d images", len(o.exportNames), len(images))
+	}
+	tlsConf, err := serverTLS(o)
+	if err != nil {
+		return err
+	}
+	var size int64
+	if o.create {
+		if size, err = parseSize(o.size); err != nil {
+			return fmt.Errorf("serve: --size: %w", err)
+		}
+	}
+
+	srv := &nbd.Server{TLSConfig: tlsConf, Logger: e.log, MaxInFlight: o.maxInFlight}
+	seen := map[string]bool{}
+	defer func() {
+		for _, ex := range srv.Exports {
+			if err := ex.Device.Close(); err != nil {
+				e.log.Error("close image", "export", ex.Name, "err", err)
+			}
+		}
+	}()
+	for i, img := range images {
+		name := filepath.Base(img)
+		if i < len(o.exportNames) {
+			name = o.exportNames[i]
+		}
+		if seen[name] {
+			return fmt.Errorf("serve: two exports named %q; set --export-name for each image", name)
+		}
+		seen[name] = true
+		dev, err := openServeImage(e, img, o, size)
+		if err != nil {
+			return fmt.Errorf("serve: %w", err)
+		}
+		srv.Exports = append(srv.Exports, nbd.Export{
+			Name:        name,
+			Description: o.description,
+			Device:      dev,
+			ReadOnly:    o.readOnly,
+		})
+	}
+
+	lns, err := serveListeners(o)
+	if err != nil {
+		return err
+	}
+	errc := make(chan error, len(lns))
+	for _, ln := range lns {
+		go func() { errc <- srv.Serve(ctx, ln) }()
+		e.log.Info("serving", "addr", ln.Addr().String(), "exports", len(srv.Exports))
+	}
+	if _, err := sddaemon.SdNotify(false, sddaemon.SdNotifyReady); err != nil {
+		e.log.Debug("sd_notify", "err", err)
+	}
+
+	var serveErr error
+	select {
+	case <-ctx.Done():
+	case serveErr = <-errc:
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		e.log.Warn("shutdown", "err", err)
+	}
+	if serveErr != nil && !errors.Is(serveErr, nbd.ErrServerClosed) {
+		return fmt.Errorf("serve: %w", serveErr)
+	}
+	return nil
+}
+
+// openServeImage opens one image for export.
+func openServeImage(e *env, path string, o serveOptions, createSize int64) (blockdev.Device, error) {
+	d, err := stack.Open(path, stack.Options{
+		Format:     o.format,
+		ReadOnly:   o.readOnly,
+		Create:     o.create,
+		Size:       createSize,
+		NoBacking:  o.noBacking,
+		BackingDir: o.backingDir,
+		Log:        e.log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	if d.Created {
+		e.log.Info("created image", "path", path, "format", d.Format, "size", createSize)
+	}
+	return d.Device, nil
+}
+
+// serveListeners returns the sockets systemd passed, or the one --unix or
+// --listen asks for.
+func serveListeners(o serveOptions) ([]net.Listener, error) {
+	if files := activation.Files(true); len(files) > 0 {
+		var lns []net.Listener
+		for _, f := range files {
+			ln, err := net.FileListener(f)
+			f.Close()
+			if err != nil {
+				return nil, fmt.Errorf("serve: socket from systemd (%s): %w", f.Name(), err)
+			}
+			lns = append(lns, ln)
+		}
+		return lns, nil
+	}
+	if o.unix != "" {
+		if fi, err := os.Lstat(o.unix); err == nil && fi.Mode()&os.ModeSocket != 0 {
+			if c, err := net.Dial("unix", o.unix); err == nil {
+				c.Close()
+				return nil, fmt.Errorf("serve: %s: another server is listening there", o.unix)
+			}
+			os.Remove(o.unix) // stale socket of a dead server
+		}
+		ln, err := net.Listen("unix", o.unix)
+		if err != nil {
+			return nil, fmt.Errorf("serve: %w", err)
+		}
+		return []net.Listener{ln}, nil
+	}
+	addr := o.listen
+	if addr == "" {
+		addr = "localhost:10809"
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("serve: %w", err)
+	}
+	return []net.Listener{ln}, nil
+}
+
+// serverTLS builds the TLS configuration from the flags, or nil without TLS.
+func serverTLS(o serveOptions) (*tls.Config, error) {
+	if o.tlsCert == "" && o.tlsKey == "" {
+		if o.tlsCA != "" {
+			return nil, errors.New("serve: --tls-ca needs --tls-cert and --tls-key")
+		}
+		return nil, nil
+	}
+	if o.tlsCert == "" || o.tlsKey == "" {
+		return nil, errors.New("serve: --tls-cert and --tls-key go together")
+	}
+	cert, err := tls.LoadX509KeyPair(o.tlsCert, o.tlsKey)
+	if err != nil {
+		return nil, fmt.Errorf("serve: TLS key pair: %w", err)
+	}
+	conf := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS13}
+	if o.tlsCA != "" {
+		pem, err := os.ReadFile(o.tlsCA)
+		if err != nil {
+			return nil, fmt.Errorf("serve: --tls-ca: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("serve: --tls-ca %s: no PEM certificates in it", o.tlsCA)
+		}
+		conf.ClientCAs = pool
+		conf.ClientAuth = tls.RequireAndVerifyClientCert
+	}
+	return conf, nil
+}
