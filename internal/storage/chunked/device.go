@@ -1,0 +1,406 @@
+// Package chunked is a block store over an object store: a Device whose
+// bytes live in fixed-size chunk objects <prefix>/<chunk number as 16 hex
+// digits>, described by <prefix>/manifest.json, with one writer at a time
+// enforced by a lease object <prefix>/lease.json.
+//
+// A chunk that was never written, or was trimmed or written all zeros, has
+// no object and reads as zeros. Writes land in a bounded write-back cache
+// in memory (Options.MaxDirty) and are uploaded by a bounded set of
+// workers (Options.Parallel), one PUT at a time per chunk; Flush returns
+// when every write before it is stored. Reads fetch only the byte ranges
+// they need, with read-ahead for sequential access. If the store stays
+// unreachable beyond its retry bound, uploads fail, the Device is degraded
+// (Degraded), writes and Flush fail with an I/O error and every write not
+// yet stored stays in memory for the next attempt.
+//
+// Layering: the lead wires `s3://bucket/prefix` as
+//
+//	st, _ := s3.New(ctx, s3.Config{Bucket: b, Endpoint: e, PathStyle: true})
+//	chunked.Create(ctx, st, prefix, size, chunked.CreateOptions{})
+//	d, _ := chunked.Open(ctx, st, prefix, chunked.Options{LeaseHolder: "host:pid"})
+package chunked
+
+import (
+	"container/list"
+	"errors"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"sync"
+	"time"
+
+	"vdisk/internal/blockdev"
+	"vdisk/internal/storage/objstore"
+)
+
+// Defaults for Options.
+const (
+	// DefaultMaxDirty caps the memory of chunks not yet stored.
+	DefaultMaxDirty = 64 << 20
+	// DefaultCacheSize caps the memory of clean cached data.
+	DefaultCacheSize = 64 << 20
+	// DefaultParallel bounds uploads (and prefetches) in flight.
+	DefaultParallel = 8
+	// DefaultReadAhead is the largest read-ahead for sequential reads.
+	DefaultReadAhead = 4 << 20
+	// DefaultWriteBackDelay is how long a dirty chunk waits for more writes
+	// before it is uploaded without a Flush.
+	DefaultWriteBackDelay = time.Second
+	// DefaultLeaseTTL is how long a lease lasts without renewal; it is
+	// renewed every third of it.
+	DefaultLeaseTTL = 30 * time.Second
+	// DefaultRequestTimeout bounds one store request with its retries.
+	DefaultRequestTimeout = 2 * time.Minute
+	// minReadAhead is the first read-ahead of a sequential run.
+	minReadAhead = 128 << 10
+	// zeroEntryCost is what a pending delete counts against MaxDirty.
+	zeroEntryCost = 4 << 10
+	// minTick bounds how often the write-back goroutine wakes.
+	minTick = 10 * time.Millisecond
+)
+
+// Options tune an open Device. The zero value is valid.
+type Options struct {
+	// ReadOnly opens without a lease; writes fail with
+	// blockdev.ErrReadOnly.
+	ReadOnly bool
+	// MaxDirty caps the bytes of written data not yet stored; writers
+	// block while it is full. 0 means DefaultMaxDirty; at least one chunk.
+	MaxDirty int64
+	// CacheSize caps clean cached data; 0 means DefaultCacheSize.
+	CacheSize int64
+	// Parallel bounds uploads in flight; 0 means DefaultParallel.
+	Parallel int
+	// ReadAhead is the largest read-ahead; 0 means DefaultReadAhead, < 0
+	// turns it off.
+	ReadAhead int64
+	// WriteBackDelay; 0 means DefaultWriteBackDelay.
+	WriteBackDelay time.Duration
+	// LeaseHolder names this writer in the lease (shown to a refused
+	// second writer); empty means "hostname:pid".
+	LeaseHolder string
+	// LeaseTTL; 0 means DefaultLeaseTTL.
+	LeaseTTL time.Duration
+	// ForceTakeover takes a lease whose holder let it expire.
+	ForceTakeover bool
+	// RequestTimeout; 0 means DefaultRequestTimeout.
+	RequestTimeout time.Duration
+	// Logger receives warnings (failed uploads, lease trouble); nil
+	// discards.
+	Logger *slog.Logger
+
+	// now is the wall clock for lease expiry (tests move it).
+	now func() time.Time
+}
+
+func (o *Options) validate(chunkSize int64) error {
+	if o.MaxDirty < 0 || o.CacheSize < 0 || o.Parallel < 0 || o.WriteBackDelay < 0 || o.LeaseTTL < 0 || o.RequestTimeout < 0 {
+		return fmt.Errorf("chunked: negative option in %+v: %w", *o, ErrBadOptions)
+	}
+	if o.MaxDirty == 0 {
+		o.MaxDirty = DefaultMaxDirty
+	}
+	o.MaxDirty = max(o.MaxDirty, chunkSize)
+	if o.CacheSize == 0 {
+		o.CacheSize = DefaultCacheSize
+	}
+	if o.Parallel == 0 {
+		o.Parallel = DefaultParallel
+	}
+	if o.ReadAhead == 0 {
+		o.ReadAhead = DefaultReadAhead
+	}
+	if o.WriteBackDelay == 0 {
+		o.WriteBackDelay = DefaultWriteBackDelay
+	}
+	if o.LeaseTTL == 0 {
+		o.LeaseTTL = DefaultLeaseTTL
+	}
+	if o.RequestTimeout == 0 {
+		o.RequestTimeout = DefaultRequestTimeout
+	}
+	if o.LeaseHolder == "" {
+		host, _ := os.Hostname()
+		o.LeaseHolder = fmt.Sprintf("%s:%d", host, os.Getpid())
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if o.now == nil {
+		o.now = time.Now
+	}
+	return nil
+}
+
+// Device is a blockdev.Device stored in chunks in an object store. All
+// methods are safe for concurrent use. One mutex (mu) guards the cache's
+// metadata and the copies in and out of cached chunks; store requests run
+// without it. The Device owns its goroutines (upload workers, the
+// write-back ticker, the lease renewer) and Close waits for them.
+type Device struct {
+	store     objstore.Store
+	kp        string // key prefix: "" or "prefix/"
+	man       Manifest
+	chunkSize int64
+	nchunks   int64
+	opts      Options
+	log       *slog.Logger
+
+	ctx    context.Context // lifetime, cancelled by Close
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	pool   sync.Pool // *[]byte of chunkSize: upload snapshots
+	sem    chan struct{}
+	// renewMu serialises lease renewals.
+	renewMu sync.Mutex
+
+	mu   sync.Mutex
+	cond *sync.Cond // broadcast on every state change writers, Flush and workers wait for
+	// chunks holds every cached or dirty chunk.
+	chunks map[int64]*chunk
+	// dirty holds the chunks that are dirty or uploading.
+	dirty map[int64]*chunk
+	// exists has a bit per chunk object present in the store.
+	exists     []uint64
+	dirtyBytes int64
+	cleanBytes int64
+	lru        list.List // clean chunks with data, most recently used first
+	queue      []*chunk  // chunks for the upload workers
+	failSeq    uint64    // counts failed uploads
+	degraded   error     // last upload failure; nil when the last upload worked
+	fenced     error     // ErrLeaseLost once the lease is gone
+	lease      *lease    // nil when read-only
+	closed     bool
+	seqEnd     int64 // end of the last read, for the read-ahead detector
+	raSize     int64 // current read-ahead
+}
+
+var (
+	_ blockdev.Device     = (*Device)(nil)
+	_ blockdev.Trimmer    = (*Device)(nil)
+	_ blockdev.ZeroWriter = (*Device)(nil)
+	_ blockdev.Extenter   = (*Device)(nil)
+	_ blockdev.Describer  = (*Device)(nil)
+)
+
+// Open opens the image under prefix. Unless opts.ReadOnly, it takes the
+// image's lease first: a second writer gets a *LeaseError naming the
+// holder. It lists the chunk objects once to know which exist.
+func Open(ctx context.Context, store objstore.Store, prefix string, opts Options) (*Device, error) {
+	m, err := Stat(ctx, store, prefix)
+	if err != nil {
+		return nil, err
+	}
+	if err := opts.validate(m.ChunkSize); err != nil {
+		return nil, err
+	}
+	kp := keyPrefix(prefix)
+	d := &Device{
+		store: store, kp: kp, man: m, chunkSize: m.ChunkSize,
+		nchunks: (m.Size + m.ChunkSize - 1) / m.ChunkSize,
+		opts:    opts, log: opts.Logger,
+		chunks: make(map[int64]*chunk), dirty: make(map[int64]*chunk),
+		sem: make(chan struct{}, opts.Parallel),
+	}
+	d.cond = sync.NewCond(&d.mu)
+	d.exists = make([]uint64, (d.nchunks+63)/64)
+	d.pool.New = func() any { b := make([]byte, d.chunkSize); return &b }
+	if !opts.ReadOnly {
+		l, err := acquireLease(ctx, store, kp+leaseName, opts.LeaseHolder, opts.LeaseTTL, opts.ForceTakeover, opts.now)
+		if err != nil {
+			return nil, fmt.Errorf("chunked: open %s: %w", prefix, err)
+		}
+		d.lease = l
+	}
+	err = store.List(ctx, kp, func(in objstore.Info) error {
+		idx, ok := parseChunkKey(kp, in.Key)
+		if !ok {
+			return nil
+		}
+		if idx >= d.nchunks {
+			d.log.Warn("chunked: ignoring a chunk past the end of the image", "key", in.Key)
+			return nil
+		}
+		d.setExists(idx, true)
+		return nil
+	})
+	if err != nil {
+		if d.lease != nil {
+			d.releaseLease(ctx)
+		}
+		return nil, fmt.Errorf("chunked: open %s: list chunks: %w", prefix, err)
+	}
+	d.ctx, d.cancel = context.WithCancel(context.Background())
+	for range opts.Parallel {
+		d.wg.Go(d.uploader)
+	}
+	if !opts.ReadOnly {
+		d.wg.Go(d.writeBackLoop)
+		d.wg.Go(d.leaseLoop)
+	}
+	return d, nil
+}
+
+// Manifest returns the image's manifest.
+func (d *Device) Manifest() Manifest { return d.man }
+
+// Size returns the image's size.
+func (d *Device) Size() int64 { return d.man.Size }
+
+// Info implements blockdev.Describer.
+func (d *Device) Info() blockdev.Info {
+	return blockdev.Info{LogicalBlockSize: 512, PhysicalBlockSize: 4096, ReadOnly: d.opts.ReadOnly}
+}
+
+// Degraded returns why the Device cannot store writes right now: the last
+// failed upload's error, or ErrLeaseLost; nil when healthy. A degraded
+// Device keeps retrying in the background and recovers by itself when the
+// store answers again (except after ErrLeaseLost).
+func (d *Device) Degraded() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.fenced != nil {
+		return d.fenced
+	}
+	return d.degraded
+}
+
+// chunkLen is the length of chunk idx (the last one may be short).
+func (d *Device) chunkLen(idx int64) int64 {
+	return min(d.chunkSize, d.man.Size-idx*d.chunkSize)
+}
+
+func (d *Device) hasObject(idx int64) bool { return d.exists[idx/64]&(1<<(idx%64)) != 0 }
+
+func (d *Device) setExists(idx int64, v bool) {
+	if v {
+		d.exists[idx/64] |= 1 << (idx % 64)
+	} else {
+		d.exists[idx/64] &^= 1 << (idx % 64)
+	}
+}
+
+// reqCtx is the context of one store request.
+func (d *Device) reqCtx() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(d.ctx, d.opts.RequestTimeout)
+}
+
+// Close flushes, stops the Device's goroutines and releases the lease. It
+// returns the flush's error, if any, after releasing everything.
+func (d *Device) Close() error {
+	ferr := d.Flush()
+	d.mu.Lock()
+	if d.closed {
+		d.mu.Unlock()
+		return blockdev.ErrClosed
+	}
+	d.closed = true
+	d.cond.Broadcast()
+	fenced := d.fenced
+	d.mu.Unlock()
+	if d.lease != nil && fenced == nil {
+		ctx, cancel := d.reqCtx()
+		if err := d.releaseLease(ctx); err != nil && ferr == nil {
+			ferr = err
+		}
+		cancel()
+	}
+	d.cancel()
+	d.wg.Wait()
+	if ferr != nil {
+		return fmt.Errorf("chunked: close: %w", ferr)
+	}
+	return nil
+}
+
+// crash stops the Device like a killed process: no flush, no lease release,
+// unstored writes lost. For tests.
+func (d *Device) crash() {
+	d.mu.Lock()
+	d.closed = true
+	d.cond.Broadcast()
+	d.mu.Unlock()
+	d.cancel()
+	d.wg.Wait()
+}
+
+func (d *Device) releaseLease(ctx context.Context) error {
+	d.mu.Lock()
+	etag := d.lease.etag
+	d.mu.Unlock()
+	if _, _, err := d.lease.renew(ctx, d.store, etag, d.opts.now, true); err != nil {
+		return fmt.Errorf("release lease: %w", err)
+	}
+	return nil
+}
+
+// renewLease renews the lease. It marks the Device fenced when the
+// lease is lost.
+// Renewals are serialised (each is conditional on the previous one's
+// ETag); a caller that asked at since is content with any renewal started
+// after it.
+func (d *Device) renewLease(ctx context.Context, since time.Time) error {
+	d.renewMu.Lock()
+	defer d.renewMu.Unlock()
+	d.mu.Lock()
+	if d.fenced != nil {
+		d.mu.Unlock()
+		return d.fenced
+	}
+	if d.lease.renewedAt.After(since) {
+		d.mu.Unlock()
+		return nil
+	}
+	etag := d.lease.etag
+	d.mu.Unlock()
+	start := time.Now()
+	newTag, valid, err := d.lease.renew(ctx, d.store, etag, d.opts.now, false)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	switch {
+	case err == nil:
+		d.lease.etag, d.lease.validUntil, d.lease.renewedAt = newTag, valid, start
+	case errors.Is(err, ErrLeaseLost):
+		d.fenced = err
+		d.cond.Broadcast()
+		d.log.Error("chunked: lease lost; refusing further writes", "lease", d.lease.key, "err", err)
+	default:
+		d.log.Warn("chunked: lease renewal failed", "lease", d.lease.key, "err", err)
+	}
+	return err
+}
+
+// leaseLoop renews the lease every third of its TTL until Close.
+func (d *Device) leaseLoop() {
+	t := time.NewTicker(d.opts.LeaseTTL / 3)
+	defer t.Stop()
+	for {
+		select {
+		case <-d.ctx.Done():
+			return
+		case <-t.C:
+			ctx, cancel := d.reqCtx()
+			err := d.renewLease(ctx, time.Now())
+			cancel()
+			if errors.Is(err, ErrLeaseLost) {
+				return
+			}
+		}
+	}
+}
+
+// leaseErrLocked says why uploads must not happen now, or nil.
+func (d *Device) leaseErrLocked() error {
+	if d.lease == nil {
+		return nil
+	}
+	if d.fenced != nil {
+		return d.fenced
+	}
+	if time.Now().After(d.lease.validUntil) {
+		return fmt.Errorf("chunked: lease %s not renewed in time: %w", d.lease.key, ErrLeaseLost)
+	}
+	return nil
+}

@@ -1,0 +1,113 @@
+package chunked
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"vdisk/internal/blockdev"
+	"vdisk/internal/storage/objstore"
+)
+
+// maxLeaseBytes bounds the lease object read at open.
+const maxLeaseBytes = 16 << 10
+
+// leaseAcquireAttempts bounds the rounds of read-then-conditional-put when
+// other writers race for the lease.
+const leaseAcquireAttempts = 3
+
+// leaseRecord is the content of <prefix>/lease.json.
+type leaseRecord struct {
+	Holder   string    `json:"holder"`
+	Acquired time.Time `json:"acquired"`
+	Expires  time.Time `json:"expires"`
+	Released bool      `json:"released"`
+}
+
+func parseLease(b []byte) (leaseRecord, error) {
+	var r leaseRecord
+	if len(b) > maxLeaseBytes {
+		return r, fmt.Errorf("lease of %d bytes exceeds %d: %w", len(b), maxLeaseBytes, blockdev.ErrCorrupt)
+	}
+	if err := json.Unmarshal(b, &r); err != nil {
+		return r, fmt.Errorf("lease: %v: %w", err, blockdev.ErrCorrupt)
+	}
+	return r, nil
+}
+
+// lease is a held lease. Its fields are guarded by the Device's mu, except
+// key, holder and ttl which never change.
+type lease struct {
+	key    string
+	holder string
+	ttl    time.Duration
+	// etag is the ETag of our current lease object; renewals are
+	// conditional on it.
+	etag string
+	// validUntil is, by the monotonic clock, when our lease runs out
+	// unless renewed: the renewal's start plus the TTL.
+	validUntil time.Time
+	// renewedAt is when the last successful renewal started.
+	renewedAt time.Time
+}
+
+// acquireLease takes the lease at key for holder, or says who holds it.
+func acquireLease(ctx context.Context, store objstore.Store, key, holder string, ttl time.Duration, force bool, now func() time.Time) (*lease, error) {
+	for range leaseAcquireAttempts {
+		start := time.Now()
+		rec := leaseRecord{Holder: holder, Acquired: now().UTC(), Expires: now().Add(ttl).UTC()}
+		b, err := json.Marshal(rec)
+		if err != nil {
+			return nil, err
+		}
+		cur, info, err := store.Get(ctx, key, 0, maxLeaseBytes+1)
+		var opts objstore.PutOptions
+		switch {
+		case errors.Is(err, objstore.ErrNotFound):
+			opts.IfNoneMatch = true
+		case err != nil:
+			return nil, fmt.Errorf("read lease %s: %w", key, err)
+		default:
+			old, err := parseLease(cur)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", key, err)
+			}
+			expired := !now().Before(old.Expires)
+			if !old.Released && (!expired || !force) {
+				return nil, &LeaseError{Holder: old.Holder, Expires: old.Expires, Expired: expired}
+			}
+			opts.IfMatch = info.ETag
+		}
+		pin, err := store.Put(ctx, key, b, opts)
+		if errors.Is(err, objstore.ErrPreconditionFailed) || errors.Is(err, objstore.ErrNotFound) {
+			continue // another writer moved first: look again
+		}
+		if err != nil {
+			return nil, fmt.Errorf("write lease %s: %w", key, err)
+		}
+		return &lease{key: key, holder: holder, ttl: ttl, etag: pin.ETag, validUntil: start.Add(ttl)}, nil
+	}
+	return nil, fmt.Errorf("lease %s: other writers keep changing it: %w", key, ErrLeaseHeld)
+}
+
+// renew writes a fresh expiry, conditional on the lease still being ours.
+// It returns the new ETag and validity; ErrLeaseLost when someone else
+// holds it now.
+func (l *lease) renew(ctx context.Context, store objstore.Store, etag string, now func() time.Time, released bool) (string, time.Time, error) {
+	start := time.Now()
+	rec := leaseRecord{Holder: l.holder, Acquired: now().UTC(), Expires: now().Add(l.ttl).UTC(), Released: released}
+	b, err := json.Marshal(rec)
+	if err != nil {
+		return "", time.Time{}, err
+	}
+	in, err := store.Put(ctx, l.key, b, objstore.PutOptions{IfMatch: etag})
+	if errors.Is(err, objstore.ErrPreconditionFailed) || errors.Is(err, objstore.ErrNotFound) {
+		return "", time.Time{}, fmt.Errorf("renew lease %s: %w", l.key, ErrLeaseLost)
+	}
+	if err != nil {
+		return "", time.Time{}, fmt.Errorf("renew lease %s: %w", l.key, err)
+	}
+	return in.ETag, start.Add(l.ttl), nil
+}

@@ -1,0 +1,160 @@
+package chunked
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"vdisk/internal/blockdev"
+	"vdisk/internal/storage/objstore"
+)
+
+// Format identifies a chunked image's manifest; Version is the layout this
+// package writes and reads.
+const (
+	Format  = "vdisk-chunked"
+	Version = 1
+)
+
+// Chunk size bounds and the default.
+const (
+	// DefaultChunkSize is the chunk size Create uses when none is given.
+	DefaultChunkSize = 4 << 20
+	// MinChunkSize and MaxChunkSize bound a chunk size, a power of two.
+	MinChunkSize = 4 << 10
+	MaxChunkSize = 256 << 20
+	// MaxSize bounds an image's size (1 PiB).
+	MaxSize = 1 << 50
+	// maxManifestBytes bounds the manifest object read at open.
+	maxManifestBytes = 64 << 10
+	// chunkKeyLen is the length of a chunk's key suffix: 16 hex digits.
+	chunkKeyLen = 16
+)
+
+const (
+	manifestName = "manifest.json"
+	leaseName    = "lease.json"
+)
+
+// Manifest describes an image: it is stored once, at Create, as
+// <prefix>/manifest.json and never changes.
+type Manifest struct {
+	Format    string    `json:"format"`
+	Version   int       `json:"version"`
+	Size      int64     `json:"size"`
+	ChunkSize int64     `json:"chunk_size"`
+	Created   time.Time `json:"created"`
+}
+
+func (m Manifest) validate() error {
+	switch {
+	case m.Format != Format:
+		return fmt.Errorf("format %q is not %q", m.Format, Format)
+	case m.Version != Version:
+		return fmt.Errorf("version %d is not supported (only %d)", m.Version, Version)
+	case m.Size <= 0 || m.Size > MaxSize:
+		return fmt.Errorf("size %d outside (0, %d]", m.Size, int64(MaxSize))
+	case m.ChunkSize < MinChunkSize || m.ChunkSize > MaxChunkSize || m.ChunkSize&(m.ChunkSize-1) != 0:
+		return fmt.Errorf("chunk size %d is not a power of two in [%d, %d]", m.ChunkSize, MinChunkSize, MaxChunkSize)
+	}
+	return nil
+}
+
+// parseManifest decodes and checks a manifest object's bytes.
+func parseManifest(b []byte) (Manifest, error) {
+	var m Manifest
+	if len(b) > maxManifestBytes {
+		return m, fmt.Errorf("manifest of %d bytes exceeds %d: %w", len(b), maxManifestBytes, blockdev.ErrCorrupt)
+	}
+	if err := json.Unmarshal(b, &m); err != nil {
+		return m, fmt.Errorf("manifest: %v: %w", err, blockdev.ErrCorrupt)
+	}
+	if err := m.validate(); err != nil {
+		return m, fmt.Errorf("manifest: %v: %w", err, blockdev.ErrCorrupt)
+	}
+	return m, nil
+}
+
+// keyPrefix turns a user's prefix ("disks/a", "" for the bucket's top) into
+// the string every key of the image starts with.
+func keyPrefix(prefix string) string {
+	prefix = strings.Trim(prefix, "/")
+	if prefix == "" {
+		return ""
+	}
+	return prefix + "/"
+}
+
+func chunkKey(kp string, idx int64) string { return fmt.Sprintf("%s%016x", kp, idx) }
+
+// parseChunkKey returns the chunk number of a listed key, or false for keys
+// that are not chunks (manifest, lease, strangers).
+func parseChunkKey(kp, key string) (int64, bool) {
+	s, ok := strings.CutPrefix(key, kp)
+	if !ok || len(s) != chunkKeyLen {
+		return 0, false
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
+			return 0, false
+		}
+	}
+	v, err := strconv.ParseUint(s, 16, 64)
+	if err != nil || v > MaxSize/MinChunkSize {
+		return 0, false
+	}
+	return int64(v), true
+}
+
+// CreateOptions are the fixed properties of a new image.
+type CreateOptions struct {
+	// ChunkSize is the size of one object; 0 means DefaultChunkSize.
+	ChunkSize int64
+}
+
+// Create writes the manifest of a new all-zero image of size bytes under
+// prefix. It fails with ErrExists when the prefix already holds one (the
+// manifest is put with If-None-Match: *, so two racing creators cannot
+// both succeed).
+func Create(ctx context.Context, store objstore.Store, prefix string, size int64, opts CreateOptions) (Manifest, error) {
+	if opts.ChunkSize == 0 {
+		opts.ChunkSize = DefaultChunkSize
+	}
+	m := Manifest{Format: Format, Version: Version, Size: size, ChunkSize: opts.ChunkSize, Created: time.Now().UTC().Truncate(time.Second)}
+	if err := m.validate(); err != nil {
+		return Manifest{}, fmt.Errorf("chunked: create %s: %v: %w", prefix, err, ErrBadOptions)
+	}
+	b, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		return Manifest{}, err
+	}
+	key := keyPrefix(prefix) + manifestName
+	if _, err := store.Put(ctx, key, append(b, '\n'), objstore.PutOptions{IfNoneMatch: true}); err != nil {
+		if errors.Is(err, objstore.ErrPreconditionFailed) {
+			return Manifest{}, fmt.Errorf("chunked: create %s: %w", prefix, ErrExists)
+		}
+		return Manifest{}, fmt.Errorf("chunked: create %s: %w", prefix, err)
+	}
+	return m, nil
+}
+
+// Stat reads the manifest of the image under prefix.
+func Stat(ctx context.Context, store objstore.Store, prefix string) (Manifest, error) {
+	key := keyPrefix(prefix) + manifestName
+	b, _, err := store.Get(ctx, key, 0, maxManifestBytes+1)
+	if errors.Is(err, objstore.ErrNotFound) {
+		return Manifest{}, fmt.Errorf("chunked: %s: %w", prefix, ErrNoImage)
+	}
+	if err != nil {
+		return Manifest{}, fmt.Errorf("chunked: read manifest %s: %w", key, err)
+	}
+	m, err := parseManifest(b)
+	if err != nil {
+		return Manifest{}, fmt.Errorf("chunked: %s: %w", key, err)
+	}
+	return m, nil
+}

@@ -1,0 +1,262 @@
+package chunked
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"vdisk/internal/blockdev"
+	"vdisk/internal/storage/objstore"
+)
+
+// enqueueLocked hands c to the upload workers unless it is clean, queued
+// or being uploaded (one PUT at a time per chunk: a chunk modified during
+// its upload is queued again when that upload ends, if someone wants it).
+func (d *Device) enqueueLocked(c *chunk) {
+	if !c.dirty || c.queued || c.uploading {
+		return
+	}
+	c.queued = true
+	d.queue = append(d.queue, c)
+	d.cond.Broadcast()
+}
+
+// uploader is an upload worker; Open starts Options.Parallel of them.
+func (d *Device) uploader() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for {
+		for len(d.queue) == 0 && !d.closed {
+			d.cond.Wait()
+		}
+		if d.closed {
+			return
+		}
+		c := d.queue[0]
+		d.queue[0] = nil
+		d.queue = d.queue[1:]
+		c.queued = false
+		if !c.dirty || c.uploading {
+			continue
+		}
+		d.uploadLocked(c)
+	}
+}
+
+// uploadLocked stores c's content: a PUT of the whole chunk, or a DELETE
+// when it is all zeros. It unlocks mu around store requests.
+func (d *Device) uploadLocked(c *chunk) {
+	d.account(c, -1)
+	c.uploading = true
+	d.account(c, 1)
+	err := d.leaseErrLocked()
+	if err == nil && c.buf != nil && !c.loaded {
+		err = d.loadLocked(c)
+	}
+	if err != nil {
+		d.uploadDoneLocked(c, 0, false, err)
+		return
+	}
+	// Snapshot under the lock; later writes make c dirty again.
+	gen := c.gen
+	d.account(c, -1)
+	c.dirty = false
+	d.account(c, 1)
+	var snap *[]byte
+	data := []byte(nil)
+	if !c.zero {
+		snap = d.pool.Get().(*[]byte)
+		data = (*snap)[:len(c.buf)]
+		copy(data, c.buf)
+	}
+	exists := d.hasObject(c.idx)
+	d.mu.Unlock()
+
+	del := data == nil || blockdev.IsZero(data)
+	err = nil
+	if !del || exists {
+		ctx, cancel := d.reqCtx()
+		key := chunkKey(d.kp, c.idx)
+		if del {
+			err = d.store.Delete(ctx, key)
+		} else {
+			_, err = d.store.Put(ctx, key, data, objstore.PutOptions{})
+		}
+		cancel()
+	}
+	if snap != nil {
+		d.pool.Put(snap)
+	}
+
+	d.mu.Lock()
+	d.uploadDoneLocked(c, gen, del, err)
+}
+
+// uploadDoneLocked records the end of c's upload of generation gen.
+func (d *Device) uploadDoneLocked(c *chunk, gen uint64, deleted bool, err error) {
+	d.account(c, -1)
+	c.uploading = false
+	if err != nil {
+		c.dirty = true
+		d.failSeq++
+		c.failSeq, c.lastErr = d.failSeq, err
+		if d.degraded == nil {
+			d.log.Warn("chunked: upload failed; keeping the data and retrying", "chunk", c.idx, "err", err)
+		}
+		d.degraded = err
+		d.account(c, 1)
+		d.cond.Broadcast()
+		return
+	}
+	d.setExists(c.idx, !deleted)
+	c.storedGen, c.lastErr = gen, nil
+	if d.degraded != nil {
+		d.log.Info("chunked: object store reachable again", "chunk", c.idx)
+	}
+	d.degraded = nil
+	if !c.dirty {
+		delete(d.dirty, c.idx)
+		if deleted {
+			c.buf, c.win, c.zero, c.loaded, c.written = nil, nil, false, false, nil
+			if c.fetching == nil {
+				delete(d.chunks, c.idx)
+			}
+		}
+	}
+	d.account(c, 1)
+	d.evictLocked()
+	d.cond.Broadcast()
+}
+
+// loadLocked completes c's buf from the stored object where writes did
+// not cover it. It unlocks mu around the GET; another goroutine loading
+// the same chunk is waited for instead.
+func (d *Device) loadLocked(c *chunk) error {
+	for c.buf != nil && !c.loaded {
+		if c.fetching != nil {
+			ch := c.fetching
+			d.mu.Unlock()
+			<-ch
+			d.mu.Lock()
+			continue
+		}
+		ch := make(chan struct{})
+		c.fetching = ch
+		d.mu.Unlock()
+		data, err := d.getChunk(c.idx, 0, d.chunkLen(c.idx))
+		d.mu.Lock()
+		c.fetching = nil
+		close(ch)
+		if err != nil {
+			return err
+		}
+		if c.buf != nil && !c.loaded {
+			d.account(c, -1)
+			c.written.gaps(int64(len(c.buf)), func(s, e int64) { copy(c.buf[s:e], data[s:e]) })
+			c.loaded, c.written = true, nil
+			d.account(c, 1)
+		}
+	}
+	return nil
+}
+
+// getChunk reads [off, off+n) of chunk idx's object, checking its size.
+func (d *Device) getChunk(idx, off, n int64) ([]byte, error) {
+	ctx, cancel := d.reqCtx()
+	defer cancel()
+	key := chunkKey(d.kp, idx)
+	data, info, err := d.store.Get(ctx, key, off, n)
+	if errors.Is(err, objstore.ErrNotFound) {
+		// Deleted by the writer since we listed: zeros.
+		return make([]byte, n), nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("chunked: read chunk %d: %w", idx, err)
+	}
+	if info.Size != d.chunkLen(idx) || int64(len(data)) != n {
+		return nil, fmt.Errorf("chunked: chunk object %s has %d bytes (got %d at %d), want %d: %w",
+			key, info.Size, len(data), off, d.chunkLen(idx), blockdev.ErrCorrupt)
+	}
+	return data, nil
+}
+
+// Flush returns when every write, trim and zeroing that completed before
+// the call is stored, or with an error when an upload failed (the data
+// stays cached and is retried).
+func (d *Device) Flush() error {
+	d.mu.Lock()
+	if d.closed {
+		d.mu.Unlock()
+		return blockdev.ErrClosed
+	}
+	if d.opts.ReadOnly || len(d.dirty) == 0 {
+		fenced := d.fenced
+		d.mu.Unlock()
+		return fenced
+	}
+	type target struct {
+		c   *chunk
+		gen uint64
+	}
+	targets := make([]target, 0, len(d.dirty))
+	for _, c := range d.dirty {
+		targets = append(targets, target{c, c.gen})
+	}
+	start := d.failSeq
+	d.mu.Unlock()
+	asked := time.Now()
+
+	// Confirm the lease before storing: a writer that lost it stops here.
+	ctx, cancel := d.reqCtx()
+	err := d.renewLease(ctx, asked)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("chunked: flush: %w", err)
+	}
+
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for {
+		pending := 0
+		for _, t := range targets {
+			c := t.c
+			if c.storedGen >= t.gen {
+				continue
+			}
+			if c.failSeq > start && !c.uploading {
+				return fmt.Errorf("chunked: flush: chunk %d: %w", c.idx, c.lastErr)
+			}
+			d.enqueueLocked(c)
+			pending++
+		}
+		if pending == 0 {
+			return nil
+		}
+		if d.closed {
+			return blockdev.ErrClosed
+		}
+		d.cond.Wait()
+	}
+}
+
+// writeBackLoop uploads chunks left dirty longer than WriteBackDelay, and
+// retries failed uploads, until Close.
+func (d *Device) writeBackLoop() {
+	t := time.NewTicker(max(d.opts.WriteBackDelay/2, minTick))
+	defer t.Stop()
+	for {
+		select {
+		case <-d.ctx.Done():
+			return
+		case <-t.C:
+		}
+		d.mu.Lock()
+		now := time.Now()
+		for _, c := range d.dirty {
+			if c.lastErr != nil || now.Sub(c.since) >= d.opts.WriteBackDelay {
+				d.enqueueLocked(c)
+			}
+		}
+		d.mu.Unlock()
+	}
+}

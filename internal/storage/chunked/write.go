@@ -1,0 +1,220 @@
+package chunked
+
+import (
+	"fmt"
+	"time"
+
+	"vdisk/internal/blockdev"
+)
+
+// account adds (sign 1) or removes (sign -1) c's memory from the Device's
+// totals and keeps the clean LRU in step. Call account(c, -1) before
+// changing c's state and account(c, 1) after.
+func (d *Device) account(c *chunk, sign int64) {
+	if c.busy() {
+		d.dirtyBytes += sign * c.cost()
+		if c.elem != nil {
+			d.lru.Remove(c.elem)
+			c.elem = nil
+		}
+		return
+	}
+	d.cleanBytes += sign * c.cost()
+	if sign > 0 && c.cost() > 0 && c.elem == nil {
+		c.elem = d.lru.PushFront(c)
+	}
+	if sign < 0 && c.elem != nil {
+		d.lru.Remove(c.elem)
+		c.elem = nil
+	}
+}
+
+// evictLocked drops clean data beyond CacheSize, least recently used first.
+func (d *Device) evictLocked() {
+	for d.cleanBytes > d.opts.CacheSize {
+		e := d.lru.Back()
+		if e == nil {
+			return
+		}
+		c := e.Value.(*chunk)
+		d.account(c, -1)
+		c.buf, c.win, c.loaded, c.written = nil, nil, false, nil
+		if c.fetching == nil {
+			delete(d.chunks, c.idx)
+		}
+	}
+}
+
+func (d *Device) touch(c *chunk) {
+	if c.elem != nil {
+		d.lru.MoveToFront(c.elem)
+	}
+}
+
+// writableLocked says why writes must fail now, or nil.
+func (d *Device) writableLocked() error {
+	switch {
+	case d.closed:
+		return blockdev.ErrClosed
+	case d.opts.ReadOnly:
+		return blockdev.ErrReadOnly
+	case d.fenced != nil:
+		return d.fenced
+	case d.degraded != nil:
+		return fmt.Errorf("chunked: object store unavailable: %w", d.degraded)
+	}
+	return nil
+}
+
+// getChunkLocked returns chunk idx, ready to be modified: dirty or
+// uploading already, or with room for it under MaxDirty. It waits for
+// uploads while the dirty cache is full.
+func (d *Device) getChunkLocked(idx int64, need int64) (*chunk, error) {
+	for {
+		if err := d.writableLocked(); err != nil {
+			return nil, err
+		}
+		c := d.chunks[idx]
+		if c != nil && c.busy() {
+			return c, nil
+		}
+		if d.dirtyBytes == 0 || d.dirtyBytes+need <= d.opts.MaxDirty {
+			if c == nil {
+				c = &chunk{idx: idx}
+				d.chunks[idx] = c
+			}
+			return c, nil
+		}
+		// Full: push every waiting dirty chunk to the uploaders.
+		for _, dc := range d.dirty {
+			d.enqueueLocked(dc)
+		}
+		d.cond.Wait()
+	}
+}
+
+// markDirtyLocked records a modification of c (account(c, -1) was called
+// before the change).
+func (d *Device) markDirtyLocked(c *chunk) {
+	c.gen++
+	if !c.dirty {
+		c.dirty = true
+		if !c.uploading {
+			c.since = time.Now()
+		}
+	}
+	d.dirty[c.idx] = c
+	d.account(c, 1)
+}
+
+// WriteAt writes p at off into the cache. It blocks while the dirty cache
+// is full, and fails with an I/O error while the Device is degraded.
+func (d *Device) WriteAt(p []byte, off int64) (int, error) {
+	if err := blockdev.CheckRange(off, int64(len(p)), d.man.Size); err != nil {
+		return 0, err
+	}
+	done := 0
+	for done < len(p) {
+		pos := off + int64(done)
+		idx, co := pos/d.chunkSize, pos%d.chunkSize
+		n := int(min(int64(len(p)-done), d.chunkLen(idx)-co))
+		if err := d.writeChunk(idx, co, p[done:done+n]); err != nil {
+			return done, err
+		}
+		done += n
+	}
+	return done, nil
+}
+
+func (d *Device) writeChunk(idx, co int64, p []byte) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	cl := d.chunkLen(idx)
+	c, err := d.getChunkLocked(idx, cl)
+	if err != nil {
+		return err
+	}
+	d.account(c, -1)
+	if c.buf == nil {
+		c.buf = make([]byte, cl)
+		c.win = nil
+		// A zero chunk, or one with no object, is known in full.
+		c.loaded = c.zero || !d.hasObject(idx)
+		c.zero = false
+		c.written = nil
+	}
+	copy(c.buf[co:], p)
+	end := co + int64(len(p))
+	if !c.loaded {
+		c.written = c.written.add(co, end)
+		if c.written.covers(0, cl) {
+			c.loaded, c.written = true, nil
+		}
+	}
+	d.markDirtyLocked(c)
+	if end == cl {
+		// A writer reached the chunk's end: likely done with it.
+		d.enqueueLocked(c)
+	}
+	return nil
+}
+
+// zeroChunkLocked makes chunk idx read as zeros, to be deleted from the
+// store.
+func (d *Device) zeroChunk(idx int64) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if c := d.chunks[idx]; !d.hasObject(idx) && (c == nil || !c.busy()) {
+		if err := d.writableLocked(); err != nil {
+			return err
+		}
+		// Nothing stored, nothing pending: it reads as zeros already.
+		if c != nil {
+			d.account(c, -1)
+			c.buf, c.win, c.loaded, c.written = nil, nil, false, nil
+			if c.fetching == nil {
+				delete(d.chunks, idx)
+			}
+		}
+		return nil
+	}
+	c, err := d.getChunkLocked(idx, zeroEntryCost)
+	if err != nil {
+		return err
+	}
+	d.account(c, -1)
+	c.buf, c.win, c.loaded, c.written, c.zero = nil, nil, true, nil, true
+	d.markDirtyLocked(c)
+	return nil
+}
+
+// Trim discards [off, off+n): whole chunks are deleted from the store,
+// partial ones get zeros written over the range.
+func (d *Device) Trim(off, n int64) error {
+	if err := blockdev.CheckRange(off, n, d.man.Size); err != nil {
+		return err
+	}
+	for n > 0 {
+		idx, co := off/d.chunkSize, off%d.chunkSize
+		c := min(n, d.chunkLen(idx)-co)
+		var err error
+		if co == 0 && c == d.chunkLen(idx) {
+			err = d.zeroChunk(idx)
+		} else {
+			err = d.writeChunk(idx, co, make([]byte, c))
+		}
+		if err != nil {
+			return err
+		}
+		off += c
+		n -= c
+	}
+	return nil
+}
+
+// WriteZeroes makes [off, off+n) read as zeros. Chunks that end up all
+// zeros are deleted from the store whether or not mayTrim allows it: an
+// object store has no allocated-but-zero state worth keeping.
+func (d *Device) WriteZeroes(off, n int64, mayTrim bool) error {
+	return d.Trim(off, n)
+}
