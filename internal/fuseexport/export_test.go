@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -183,5 +184,34 @@ func TestReadOnly(t *testing.T) {
 				t.Fatalf("read = %q, %v", b, err)
 			}
 		})
+	}
+}
+
+func TestMountShape(t *testing.T) {
+	requireFUSE(t)
+	e := mount(t, blockdev.NewMem(1<<20), Options{Name: "vol"})
+	entries, err := os.ReadDir(e.Dir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(entries) != 1 || entries[0].Name() != "vol" {
+		t.Fatalf("mount holds %v, want just vol", entries)
+	}
+	if _, err := os.Stat(filepath.Join(e.Dir(), "other")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("stat of another name = %v, want ErrNotExist", err)
+	}
+	mounts, err := os.ReadFile("/proc/self/mounts")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var line string
+	for l := range strings.Lines(string(mounts)) {
+		if f := strings.Fields(l); len(f) > 3 && f[1] == e.Dir() {
+			line = l
+		}
+	}
+	f := strings.Fields(line)
+	if len(f) < 4 || f[0] != "vdisk" || f[2] != "fuse.vdisk" || !strings.Contains(f[3], "max_read=1048576") {
+		t.Fatalf("mount entry %q: want source vdisk, type fuse.vdisk, max_read=1048576", line)
 	}
 }

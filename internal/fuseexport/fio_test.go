@@ -37,7 +37,7 @@ func TestFioVerifyLoopOnFUSE(t *testing.T) {
 	cmd := exec.Command("fio", "--name=verify", "--filename="+ld.Path,
 		"--rw=randwrite", "--bs=4k", "--iodepth=16", "--ioengine=libaio", "--direct=1",
 		"--size=16M", "--verify=crc32c", "--do_verify=1", "--verify_fatal=1",
-		"--output-format=terse")
+		"--verify_state_save=0", "--output-format=terse")
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("fio verify on %s over %s: %v\n%s", ld.Path, e.Path(), err, out)
