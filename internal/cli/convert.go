@@ -1,0 +1,155 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"time"
+
+	"github.com/schollz/progressbar/v3"
+	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
+
+	"vdisk/internal/convert"
+	"vdisk/internal/image"
+	"vdisk/internal/stack"
+)
+
+type convertOptions struct {
+	srcFormat   string
+	dstFormat   string
+	sparse      bool
+	progress    bool
+	noCreate    bool
+	workers     int
+	clusterSize string
+	backingDir  string
+}
+
+func init() { register(newConvertCmd) }
+
+func newConvertCmd(e *env) *cobra.Command {
+	var o convertOptions
+	c := &cobra.Command{
+		Use:   "convert SRC DST",
+		Short: "Copy an image into another, in any format",
+		Long: `Convert copies the disk in SRC into a new image DST.
+
+SRC's format is probed unless -f names it; DST's is -O (default raw). Holes
+and zero ranges of the source are skipped, so DST stays sparse (--sparse=false
+allocates every byte). Copies run in parallel (-W). A progress bar shows on a
+terminal, or with -p. DST must not exist, unless -n says to write into an
+existing image of the same size.`,
+		Example: `  vdisk convert disk.qcow2 disk.img
+  vdisk convert -O qcow2 -p disk.img disk.qcow2`,
+		Args: cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runConvert(cmd.Context(), e, o, args[0], args[1])
+		},
+	}
+	f := c.Flags()
+	f.StringVarP(&o.srcFormat, "format", "f", "", "source format (default: probe)")
+	f.StringVarP(&o.dstFormat, "output-format", "O", image.Raw, "destination format")
+	f.BoolVar(&o.sparse, "sparse", true, "leave zero ranges unallocated in the destination")
+	f.BoolVarP(&o.progress, "progress", "p", false, "show a progress bar even when not on a terminal")
+	f.BoolVarP(&o.noCreate, "no-create", "n", false, "write into an existing DST instead of creating it")
+	f.IntVarP(&o.workers, "workers", "W", convert.DefaultWorkers, "copies in flight")
+	f.StringVar(&o.clusterSize, "cluster-size", "", "destination cluster size (formats that have one)")
+	f.StringVar(&o.backingDir, "backing-dir", "", "refuse source backing files outside this directory")
+	return c
+}
+
+func runConvert(ctx context.Context, e *env, o convertOptions, srcPath, dstPath string) (err error) {
+	if o.workers < 1 {
+		return fmt.Errorf("convert: -W %d: want at least 1", o.workers)
+	}
+	var cluster int64
+	if o.clusterSize != "" {
+		if cluster, err = parseBytes(o.clusterSize); err != nil {
+			return fmt.Errorf("convert: --cluster-size: %w", err)
+		}
+	}
+	src, err := stack.Open(srcPath, stack.Options{Format: o.srcFormat, ReadOnly: true, BackingDir: o.backingDir, Log: e.log})
+	if err != nil {
+		return fmt.Errorf("convert: source: %w", err)
+	}
+	defer src.Device.Close()
+	size := src.Device.Size()
+
+	created := false
+	if !o.noCreate {
+		if _, err := os.Lstat(dstPath); err == nil {
+			return fmt.Errorf("convert: %s exists; remove it, or pass -n to write into it", dstPath)
+		} else if !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("convert: %w", err)
+		}
+		if err := image.Create(dstPath, image.CreateOptions{Format: o.dstFormat, Size: size, ClusterSize: cluster}); err != nil {
+			return fmt.Errorf("convert: create destination: %w", err)
+		}
+		created = true
+		defer func() {
+			if err != nil {
+				os.Remove(dstPath)
+			}
+		}()
+	}
+	dst, err := stack.Open(dstPath, stack.Options{Format: o.dstFormat, Log: e.log})
+	if err != nil {
+		return fmt.Errorf("convert: destination: %w", err)
+	}
+	defer func() {
+		if cerr := dst.Device.Close(); cerr != nil && err == nil {
+			err = fmt.Errorf("convert: close destination: %w", cerr)
+		}
+	}()
+
+	opt := convert.Options{Workers: o.workers, Sparse: o.sparse, DstZeroed: created}
+	var bar *progressbar.ProgressBar
+	if o.progress || isTerminal(e.stderr) {
+		bar = progressbar.NewOptions64(size,
+			progressbar.OptionSetWriter(e.stderr),
+			progressbar.OptionSetDescription(fmt.Sprintf("%s → %s", srcPath, dstPath)),
+			progressbar.OptionShowBytes(true),
+			progressbar.OptionUseIECUnits(true),
+			progressbar.OptionSetPredictTime(true),
+			progressbar.OptionThrottle(100*time.Millisecond),
+			progressbar.OptionOnCompletion(func() { fmt.Fprintln(e.stderr) }),
+		)
+		opt.Progress = func(n int64) { _ = bar.Add64(n) }
+	}
+	start := time.Now()
+	st, err := convert.Copy(ctx, dst.Device, src.Device, opt)
+	if err != nil {
+		return err
+	}
+	if bar != nil {
+		_ = bar.Finish()
+	}
+	took := time.Since(start)
+	fmt.Fprintf(e.stdout, "converted %s (%s, %s) to %s (%s): %s data, %s zero, in %s (%s/s)\n",
+		srcPath, src.Format, formatSize(size), dstPath, dst.Format,
+		formatSize(st.Data), formatSize(st.Zero), took.Round(time.Millisecond),
+		formatSize(int64(float64(size)/max(took.Seconds(), 1e-9))))
+	return nil
+}
+
+// parseBytes parses a byte count with an optional binary suffix; unlike
+// parseSize a bare number means bytes.
+func parseBytes(s string) (int64, error) {
+	if s != "" && s[len(s)-1] >= '0' && s[len(s)-1] <= '9' {
+		s += "B"
+	}
+	return parseSize(s)
+}
+
+// isTerminal reports whether w is a terminal.
+func isTerminal(w any) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
+	return err == nil
+}

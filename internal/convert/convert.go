@@ -1,0 +1,161 @@
+// Package convert copies one Device to another the way `qemu-img convert`
+// does: sparse-aware (holes and zero extents of the source are skipped, or
+// written as zeroes when the destination may hold data), in parallel with a
+// bounded number of workers, and flushed at the end.
+package convert
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+
+	"golang.org/x/sync/errgroup"
+
+	"vdisk/internal/blockdev"
+)
+
+// DefaultWorkers is the number of copies in flight when Options leaves
+// Workers zero.
+const DefaultWorkers = 8
+
+// DefaultChunk is the unit of work when Options leaves Chunk zero: large
+// enough to amortise per-request costs, small enough to spread work.
+const DefaultChunk = 2 << 20
+
+// Options say how Copy copies.
+type Options struct {
+	// Workers bounds the chunks copied at once; 0 means DefaultWorkers.
+	Workers int
+	// Chunk is the largest piece one worker copies; 0 means DefaultChunk.
+	Chunk int64
+	// DstZeroed tells Copy the destination already reads as zeroes
+	// everywhere (a freshly created image), so zero ranges need no write.
+	DstZeroed bool
+	// Sparse lets Copy leave zero ranges unallocated: data that is all zero
+	// is not written (or is written as a hole). Without it every byte of
+	// the destination is allocated.
+	Sparse bool
+	// Progress, when set, is called with the number of bytes just done
+	// (from any worker goroutine; it must be safe for concurrent use).
+	Progress func(n int64)
+}
+
+// Stats says what Copy did.
+type Stats struct {
+	// Size is the device size; Data the bytes copied as data; Zero the
+	// bytes found to be zero (holes, zero extents and zero data).
+	Size, Data, Zero int64
+}
+
+// piece is one unit of work: a range and whether the source says it is zero.
+type piece struct {
+	off, n int64
+	zero   bool
+}
+
+// Copy copies src to dst, which must have the same size, then flushes dst.
+// It is safe to call only when nothing else writes dst.
+func Copy(ctx context.Context, dst, src blockdev.Device, opt Options) (Stats, error) {
+	size := src.Size()
+	if dst.Size() != size {
+		return Stats{}, fmt.Errorf("convert: destination is %d bytes, source %d", dst.Size(), size)
+	}
+	if opt.Workers <= 0 {
+		opt.Workers = DefaultWorkers
+	}
+	if opt.Chunk <= 0 {
+		opt.Chunk = DefaultChunk
+	}
+	st := Stats{Size: size}
+	var data, zero atomic.Int64
+	pieces := make(chan piece, opt.Workers)
+	bufs := sync.Pool{New: func() any { b := make([]byte, opt.Chunk); return &b }}
+	g, gctx := errgroup.WithContext(ctx)
+
+	g.Go(func() error {
+		defer close(pieces)
+		for off := int64(0); off < size; {
+			ext, err := blockdev.Extents(src, off, min(size-off, 1<<30))
+			if err != nil {
+				return fmt.Errorf("convert: source extents at %d: %w", off, err)
+			}
+			if len(ext) == 0 {
+				return fmt.Errorf("convert: source reported no extents at %d", off)
+			}
+			for _, e := range ext {
+				isZero := e.Flags&blockdev.ExtentZero != 0
+				for o := e.Off; o < e.Off+e.Len; {
+					n := min(e.Off+e.Len-o, opt.Chunk)
+					if isZero {
+						n = e.Off + e.Len - o // zero ranges need no buffer: one piece
+					}
+					select {
+					case pieces <- piece{o, n, isZero}:
+					case <-gctx.Done():
+						return gctx.Err()
+					}
+					o += n
+				}
+				off = e.Off + e.Len
+			}
+		}
+		return nil
+	})
+	for range opt.Workers {
+		g.Go(func() error {
+			for p := range pieces {
+				if err := copyPiece(dst, src, p, opt, &bufs, &data, &zero); err != nil {
+					return err
+				}
+				if opt.Progress != nil {
+					opt.Progress(p.n)
+				}
+			}
+			return nil
+		})
+	}
+	err := g.Wait()
+	st.Data, st.Zero = data.Load(), zero.Load()
+	if err != nil {
+		return st, err
+	}
+	if err := dst.Flush(); err != nil {
+		return st, fmt.Errorf("convert: flush destination: %w", err)
+	}
+	return st, nil
+}
+
+func copyPiece(dst, src blockdev.Device, p piece, opt Options, bufs *sync.Pool, data, zero *atomic.Int64) error {
+	if p.zero {
+		zero.Add(p.n)
+		return writeZero(dst, p.off, p.n, opt)
+	}
+	bp := bufs.Get().(*[]byte)
+	defer bufs.Put(bp)
+	b := (*bp)[:p.n]
+	if _, err := src.ReadAt(b, p.off); err != nil {
+		return fmt.Errorf("convert: read source at %d: %w", p.off, err)
+	}
+	if opt.Sparse && blockdev.IsZero(b) {
+		zero.Add(p.n)
+		return writeZero(dst, p.off, p.n, opt)
+	}
+	data.Add(p.n)
+	if _, err := dst.WriteAt(b, p.off); err != nil {
+		return fmt.Errorf("convert: write destination at %d: %w", p.off, err)
+	}
+	return nil
+}
+
+// writeZero makes [off, off+n) of dst read as zeroes, doing nothing when it
+// already does.
+func writeZero(dst blockdev.Device, off, n int64, opt Options) error {
+	if opt.DstZeroed && opt.Sparse {
+		return nil
+	}
+	if err := blockdev.WriteZeroes(dst, off, n, opt.Sparse); err != nil {
+		return fmt.Errorf("convert: zero destination at %d: %w", off, err)
+	}
+	return nil
+}
