@@ -40,7 +40,9 @@ func under(prefixes ...string) func(string) bool {
 	}
 }
 
-func isStd(p string) bool { return !strings.Contains(strings.Split(p, "/")[0], ".") && !strings.HasPrefix(p, mod) }
+func isStd(p string) bool {
+	return !strings.Contains(strings.Split(p, "/")[0], ".") && !strings.HasPrefix(p, mod)
+}
 
 func TestImportGraph(t *testing.T) {
 	out, err := exec.Command("go", "list", "-e", "-json", "vdisk/...").Output()
