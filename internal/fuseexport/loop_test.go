@@ -81,7 +81,7 @@ func mountFS(t *testing.T, dev string, opts ...string) (dir string, umount func(
 		}
 	}
 	t.Cleanup(func() {
-		if mounted {
+		if mounted && exec.Command("umount", dir).Run() != nil {
 			exec.Command("umount", "-l", dir).Run()
 		}
 	})
