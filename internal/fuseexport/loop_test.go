@@ -157,6 +157,10 @@ func TestCloseBusy(t *testing.T) {
 	requireFUSE(t)
 	e := mount(t, blockdev.NewMem(1<<20), Options{})
 	ld := attachLoop(t, e, loop.Options{})
+	found, err := loop.FindByBackingFile(e.Path())
+	if err != nil || len(found) != 1 || found[0].Path != ld.Path {
+		t.Fatalf("FindByBackingFile(%s) = %v, %v; want [%s]", e.Path(), found, err, ld.Path)
+	}
 	if err := e.Close(); !errors.Is(err, ErrBusy) {
 		t.Fatalf("Close with a loop device attached = %v, want ErrBusy", err)
 	}
