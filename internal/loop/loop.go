@@ -105,6 +105,9 @@ func Attach(f *os.File, opt Options) (*Device, error) {
 	if opt.PartScan {
 		flags |= unix.LO_FLAGS_PARTSCAN
 	}
+	if opt.DirectIO {
+		flags |= unix.LO_FLAGS_DIRECT_IO
+	}
 	for range maxAttachAttempts {
 		n, err := unix.IoctlRetInt(int(ctl.Fd()), unix.LOOP_CTL_GET_FREE)
 		if err != nil {
@@ -142,9 +145,6 @@ func configure(n int, f *os.File, flags uint32, opt Options) (*Device, error) {
 	cfg := unix.LoopConfig{Fd: uint32(f.Fd()), Size: opt.BlockSize}
 	cfg.Info.Flags = flags
 	copy(cfg.Info.File_name[:len(cfg.Info.File_name)-1], f.Name())
-	if opt.DirectIO {
-		cfg.Info.Flags |= unix.LO_FLAGS_DIRECT_IO
-	}
 	// A kernel that cannot do direct I/O on this file (no O_DIRECT in its
 	// file system, or a block size below the file system's alignment)
 	// attaches it buffered and clears the flag; lookup reads back what it
@@ -153,5 +153,13 @@ func configure(n int, f *os.File, flags uint32, opt Options) (*Device, error) {
 		return nil, err
 	}
 	runtime.KeepAlive(f)
-	return lookup(n, dev)
+	d, err := lookup(n, dev)
+	if err != nil {
+		// Do not leave a device attached that the caller cannot know of.
+		if cerr := clearFD(dev); cerr != nil {
+			return nil, fmt.Errorf("%w (and detaching it again: %w)", err, cerr)
+		}
+		return nil, err
+	}
+	return d, nil
 }
