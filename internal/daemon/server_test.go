@@ -11,6 +11,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"vdisk/internal/api"
 )
@@ -227,6 +228,30 @@ func TestOpenReadOnlyAndLocked(t *testing.T) {
 	wantCode(t, err, api.CodeLocked)
 }
 
+// waitUnlocked waits, at most lockWait, until nobody holds file's lock.
+func waitUnlocked(t *testing.T, file string) {
+	t.Helper()
+	deadline := time.Now().Add(lockWait)
+	for {
+		f, err := os.Open(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		f.Close()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s still locked after %v: %v", file, lockWait, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// lockWait bounds the wait for a lazily detached image to be released.
+const lockWait = 20 * time.Second
+
 func TestCloseBusy(t *testing.T) {
 	needKernel(t)
 	for _, via := range []string{api.ViaLoop, api.ViaFUSE} {
@@ -277,6 +302,9 @@ func TestCloseBusy(t *testing.T) {
 			if l, _ := td.c.List(ctx); len(l) != 0 {
 				t.Fatalf("list after forced close: %+v", l)
 			}
+			// Once its user lets go, the device goes away and the image
+			// is released (its lock is free).
+			waitUnlocked(t, file)
 		})
 	}
 }

@@ -1,0 +1,43 @@
+package daemon
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/http"
+	"syscall"
+	"testing"
+
+	"vdisk/internal/api"
+	"vdisk/internal/blockdev"
+	"vdisk/internal/loop"
+)
+
+func TestToAPIError(t *testing.T) {
+	tests := []struct {
+		name   string
+		err    error
+		code   string
+		status int
+	}{
+		{name: "locked", err: fmt.Errorf("open x: %w", blockdev.ErrLocked), code: api.CodeLocked, status: http.StatusConflict},
+		{name: "no space", err: fmt.Errorf("create x: %w: %w", blockdev.ErrNoSpace, syscall.ENOSPC), code: api.CodeNoSpace, status: http.StatusServiceUnavailable},
+		{name: "quota", err: fmt.Errorf("create x: %w", syscall.EDQUOT), code: api.CodeNoSpace, status: http.StatusServiceUnavailable},
+		{name: "no loop", err: fmt.Errorf("loop: %w", loop.ErrNoFreeDevice), code: api.CodeNoLoop, status: http.StatusServiceUnavailable},
+		{name: "busy", err: fmt.Errorf("detach: %w", loop.ErrBusy), code: api.CodeBusy, status: http.StatusConflict},
+		{name: "fuse", err: fmt.Errorf("%w: /dev/fuse", ErrFUSEUnavailable), code: api.CodeFUSEUnavailable, status: http.StatusServiceUnavailable},
+		{name: "format", err: fmt.Errorf("%w \"x\"", ErrUnknownFormat), code: api.CodeUnknownFormat, status: http.StatusBadRequest},
+		{name: "permission", err: fmt.Errorf("open: %w", fs.ErrPermission), code: api.CodePermission, status: http.StatusForbidden},
+		{name: "read-only fs", err: fmt.Errorf("open: %w", syscall.EROFS), code: api.CodePermission, status: http.StatusForbidden},
+		{name: "api error kept", err: api.Errorf(api.CodeAlreadyOpen, "x is open"), code: api.CodeAlreadyOpen, status: http.StatusConflict},
+		{name: "anything else", err: errors.New("boom"), code: api.CodeInternal, status: http.StatusInternalServerError},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := toAPIError(tt.err)
+			if e.Code != tt.code || e.Message != tt.err.Error() || statusOf(e.Code) != tt.status {
+				t.Fatalf("toAPIError(%v) = %+v (status %d), want %s/%d", tt.err, e, statusOf(e.Code), tt.code, tt.status)
+			}
+		})
+	}
+}
