@@ -86,6 +86,11 @@ func (d *Daemon) Open(req api.OpenRequest) (api.Disk, bool, error) {
 	if err := checkFile(path, req); err != nil {
 		return api.Disk{}, false, err
 	}
+	// A loop device attached outside vdisk (losetup) writes the file
+	// behind our back: refuse rather than serve the same image twice.
+	if devs, err := loop.FindByBackingFile(path); err == nil && len(devs) > 0 {
+		return api.Disk{}, false, api.Errorf(api.CodeBusy, "%s is already attached to %s outside vdisk; detach it first (losetup -d %s)", path, devs[0].Path, devs[0].Path)
+	}
 	created := false
 	if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
 		size := req.Size

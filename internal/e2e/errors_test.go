@@ -73,6 +73,16 @@ func TestBadInput(t *testing.T) {
 		e.wantFail(nil, "locked by another process", "open", locked)
 	})
 
+	t.Run("attached by losetup", func(t *testing.T) {
+		other := filepath.Join(e.dir, "other.img")
+		if err := os.WriteFile(other, make([]byte, 1<<20), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		dev := strings.TrimSpace(sh(t, "losetup", "-f", "--show", other))
+		defer exec.Command("losetup", "-d", dev).Run()
+		e.wantFail(nil, "is already attached to "+dev+" outside vdisk", "open", other)
+	})
+
 	t.Run("disk full on create", func(t *testing.T) {
 		full := filepath.Join(e.dir, "full")
 		if err := os.Mkdir(full, 0o700); err != nil {
