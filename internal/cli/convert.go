@@ -24,6 +24,7 @@ type convertOptions struct {
 	progress    bool
 	noCreate    bool
 	workers     int
+	writers     int
 	clusterSize string
 	backingDir  string
 }
@@ -55,15 +56,16 @@ existing image of the same size.`,
 	f.BoolVar(&o.sparse, "sparse", true, "leave zero ranges unallocated in the destination")
 	f.BoolVarP(&o.progress, "progress", "p", false, "show a progress bar even when not on a terminal")
 	f.BoolVarP(&o.noCreate, "no-create", "n", false, "write into an existing DST instead of creating it")
-	f.IntVarP(&o.workers, "workers", "W", convert.DefaultWorkers, "copies in flight")
+	f.IntVarP(&o.workers, "workers", "W", convert.DefaultWorkers, "reads in flight")
+	f.IntVar(&o.writers, "writers", convert.DefaultWriters, "writes in flight")
 	f.StringVar(&o.clusterSize, "cluster-size", "", "destination cluster size (formats that have one)")
 	f.StringVar(&o.backingDir, "backing-dir", "", "refuse source backing files outside this directory")
 	return c
 }
 
 func runConvert(ctx context.Context, e *env, o convertOptions, srcPath, dstPath string) (err error) {
-	if o.workers < 1 {
-		return fmt.Errorf("convert: -W %d: want at least 1", o.workers)
+	if o.workers < 1 || o.writers < 1 {
+		return fmt.Errorf("convert: -W %d --writers %d: want at least 1 of each", o.workers, o.writers)
 	}
 	var cluster int64
 	if o.clusterSize != "" {
@@ -105,7 +107,7 @@ func runConvert(ctx context.Context, e *env, o convertOptions, srcPath, dstPath 
 		}
 	}()
 
-	opt := convert.Options{Workers: o.workers, Sparse: o.sparse, DstZeroed: created}
+	opt := convert.Options{Workers: o.workers, Writers: o.writers, Sparse: o.sparse, DstZeroed: created}
 	var bar *progressbar.ProgressBar
 	if o.progress || isTerminal(e.stderr) {
 		bar = progressbar.NewOptions64(size,

@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
+	"runtime/pprof"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -44,7 +46,8 @@ func (e *exitError) Unwrap() error { return e.err }
 
 // newRoot builds the command tree.
 func newRoot(e *env) *cobra.Command {
-	var level string
+	var level, cpuProfile string
+	var stopProfile func()
 	root := &cobra.Command{
 		Use:           "vdisk",
 		Short:         "Turn files and disk images into disks",
@@ -62,13 +65,31 @@ func newRoot(e *env) *cobra.Command {
 				return fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
 			}
 			e.logLevel.Set(l)
+			if cpuProfile != "" {
+				f, err := os.Create(cpuProfile)
+				if err != nil {
+					return fmt.Errorf("--cpuprofile: %w", err)
+				}
+				if err := pprof.StartCPUProfile(f); err != nil {
+					f.Close()
+					return fmt.Errorf("--cpuprofile: %w", err)
+				}
+				stopProfile = func() { pprof.StopCPUProfile(); f.Close() }
+			}
 			return nil
+		},
+		PersistentPostRun: func(*cobra.Command, []string) {
+			if stopProfile != nil {
+				stopProfile()
+			}
 		},
 	}
 	root.SetIn(e.stdin)
 	root.SetOut(e.stdout)
 	root.SetErr(e.stderr)
 	root.PersistentFlags().StringVar(&level, "log-level", "info", "log level: debug, info, warn, error")
+	root.PersistentFlags().StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile (pprof) of the command to this file")
+	_ = root.PersistentFlags().MarkHidden("cpuprofile")
 	for _, c := range constructors {
 		root.AddCommand(c(e))
 	}
