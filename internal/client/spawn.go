@@ -20,6 +20,11 @@ const StartTimeout = 15 * time.Second
 // startPoll is how often Ensure probes a starting daemon.
 const startPoll = 50 * time.Millisecond
 
+// exitGrace is how long Ensure keeps probing after the daemon it started
+// exited: a daemon started at the same moment by another command may have
+// taken the socket and be about to answer.
+const exitGrace = time.Second
+
 // logTail bounds how much of the daemon's log Ensure quotes in an error.
 const logTail = 2048
 
@@ -67,19 +72,20 @@ func (c *Client) Ensure(ctx context.Context, sp Spawn) error {
 	defer cancel()
 	t := time.NewTicker(startPoll)
 	defer t.Stop()
-	exited := false
+	var exitedAt time.Time
 	for {
 		_, err := c.Version(ctx)
 		if err == nil {
 			return nil
 		}
-		if !exited {
+		if exitedAt.IsZero() {
 			var ws syscall.WaitStatus
 			if p, _ := syscall.Wait4(pid, &ws, syscall.WNOHANG, nil); p == pid {
-				exited = true
+				exitedAt = time.Now()
 			}
-		} else {
-			// Another daemon may have won the race; give it one more probe.
+		} else if time.Since(exitedAt) > exitGrace {
+			// It exited, and no other daemon (one that won a race to
+			// start) came up meanwhile.
 			return fmt.Errorf("%w: it exited: %s (log: %s)", ErrDaemonStart, tail(sp.LogFile, logStart), sp.LogFile)
 		}
 		select {
