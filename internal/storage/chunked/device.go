@@ -22,8 +22,8 @@ package chunked
 
 import (
 	"container/list"
-	"errors"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -230,7 +230,7 @@ func Open(ctx context.Context, store objstore.Store, prefix string, opts Options
 		if d.lease != nil {
 			d.releaseLease(ctx)
 		}
-		return nil, fmt.Errorf("chunked: open %s: list chunks: %w", prefix, err)
+		return nil, fmt.Errorf("chunked: open %s: list chunks: %w", prefix, unavailable(err))
 	}
 	d.ctx, d.cancel = context.WithCancel(context.Background())
 	for range opts.Parallel {

@@ -3,6 +3,7 @@ package chunked
 import (
 	"errors"
 	"fmt"
+	"syscall"
 	"time"
 
 	"vdisk/internal/blockdev"
@@ -22,6 +23,19 @@ var ErrLeaseHeld = errors.New("image is in use by another writer")
 // the lease over (or it expired without renewal): this Device may no longer
 // store anything.
 var ErrLeaseLost = errors.New("lease on the image lost to another writer")
+
+// ErrUnavailable wraps every failed request to the object store (after the
+// store's own retries): it carries syscall.EIO, so blockdev.Errno maps it to
+// EIO whatever the network error underneath says.
+var ErrUnavailable = fmt.Errorf("object store unavailable: %w", syscall.EIO)
+
+// unavailable wraps a store error err with ErrUnavailable.
+func unavailable(err error) error {
+	if err == nil || errors.Is(err, ErrUnavailable) {
+		return err
+	}
+	return fmt.Errorf("%w: %w", ErrUnavailable, err)
+}
 
 // ErrBadOptions is returned by Create and Open for options out of range.
 var ErrBadOptions = errors.New("invalid options")

@@ -68,7 +68,7 @@ func acquireLease(ctx context.Context, store objstore.Store, key, holder string,
 		case errors.Is(err, objstore.ErrNotFound):
 			opts.IfNoneMatch = true
 		case err != nil:
-			return nil, fmt.Errorf("read lease %s: %w", key, err)
+			return nil, fmt.Errorf("read lease %s: %w", key, unavailable(err))
 		default:
 			old, err := parseLease(cur)
 			if err != nil {
@@ -85,7 +85,7 @@ func acquireLease(ctx context.Context, store objstore.Store, key, holder string,
 			continue // another writer moved first: look again
 		}
 		if err != nil {
-			return nil, fmt.Errorf("write lease %s: %w", key, err)
+			return nil, fmt.Errorf("write lease %s: %w", key, unavailable(err))
 		}
 		return &lease{key: key, holder: holder, ttl: ttl, etag: pin.ETag, validUntil: start.Add(ttl)}, nil
 	}
@@ -107,7 +107,7 @@ func (l *lease) renew(ctx context.Context, store objstore.Store, etag string, no
 		return "", time.Time{}, fmt.Errorf("renew lease %s: %w", l.key, ErrLeaseLost)
 	}
 	if err != nil {
-		return "", time.Time{}, fmt.Errorf("renew lease %s: %w", l.key, err)
+		return "", time.Time{}, fmt.Errorf("renew lease %s: %w", l.key, unavailable(err))
 	}
 	return in.ETag, start.Add(l.ttl), nil
 }

@@ -137,7 +137,7 @@ func Create(ctx context.Context, store objstore.Store, prefix string, size int64
 		if errors.Is(err, objstore.ErrPreconditionFailed) {
 			return Manifest{}, fmt.Errorf("chunked: create %s: %w", prefix, ErrExists)
 		}
-		return Manifest{}, fmt.Errorf("chunked: create %s: %w", prefix, err)
+		return Manifest{}, fmt.Errorf("chunked: create %s: %w", prefix, unavailable(err))
 	}
 	return m, nil
 }
@@ -150,7 +150,7 @@ func Stat(ctx context.Context, store objstore.Store, prefix string) (Manifest, e
 		return Manifest{}, fmt.Errorf("chunked: %s: %w", prefix, ErrNoImage)
 	}
 	if err != nil {
-		return Manifest{}, fmt.Errorf("chunked: read manifest %s: %w", key, err)
+		return Manifest{}, fmt.Errorf("chunked: read manifest %s: %w", key, unavailable(err))
 	}
 	m, err := parseManifest(b)
 	if err != nil {

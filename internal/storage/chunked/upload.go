@@ -83,6 +83,7 @@ func (d *Device) uploadLocked(c *chunk) {
 			_, err = d.store.Put(ctx, key, data, objstore.PutOptions{})
 		}
 		cancel()
+		err = unavailable(err)
 	}
 	if snap != nil {
 		d.pool.Put(snap)
@@ -171,7 +172,7 @@ func (d *Device) getChunk(idx, off, n int64) ([]byte, error) {
 		return make([]byte, n), nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("chunked: read chunk %d: %w", idx, err)
+		return nil, fmt.Errorf("chunked: read chunk %d: %w", idx, unavailable(err))
 	}
 	if info.Size != d.chunkLen(idx) || int64(len(data)) != n {
 		return nil, fmt.Errorf("chunked: chunk object %s has %d bytes (got %d at %d), want %d: %w",
@@ -210,9 +211,12 @@ func (d *Device) Flush() error {
 	ctx, cancel := d.reqCtx()
 	err := d.renewLease(ctx, asked)
 	cancel()
-	if err != nil {
+	if errors.Is(err, ErrLeaseLost) {
 		return fmt.Errorf("chunked: flush: %w", err)
 	}
+	// Any other failure: the uploads go ahead while the lease is still
+	// valid by our clock, and fail (degrading the Device) if the store is
+	// really down.
 
 	d.mu.Lock()
 	defer d.mu.Unlock()

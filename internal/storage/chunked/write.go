@@ -61,7 +61,7 @@ func (d *Device) writableLocked() error {
 	case d.fenced != nil:
 		return d.fenced
 	case d.degraded != nil:
-		return fmt.Errorf("chunked: object store unavailable: %w", d.degraded)
+		return fmt.Errorf("chunked: degraded: %w", d.degraded)
 	}
 	return nil
 }

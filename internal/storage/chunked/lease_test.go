@@ -1,0 +1,119 @@
+package chunked
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+
+	"vdisk/internal/blockdev"
+)
+
+func TestLease(t *testing.T) {
+	for _, b := range backends() {
+		t.Run(b.name, func(t *testing.T) {
+			st := b.store(t)
+			ctx := context.Background()
+			p := newPrefix(t)
+			oa := testOpts()
+			oa.LeaseHolder = "host-a:1"
+			a := create(t, st, p, 4*testChunk, oa)
+
+			ob := testOpts()
+			ob.LeaseHolder = "host-b:2"
+			_, err := Open(ctx, st, p, ob)
+			var le *LeaseError
+			if !errors.As(err, &le) || le.Holder != "host-a:1" || le.Expired {
+				t.Fatalf("second writer: %v, want a LeaseError naming host-a:1, not expired", err)
+			}
+			if !errors.Is(err, ErrLeaseHeld) || !errors.Is(err, blockdev.ErrLocked) || !strings.Contains(err.Error(), "host-a:1") {
+				t.Fatalf("second writer's error %q does not match ErrLeaseHeld/ErrLocked or name the holder", err)
+			}
+
+			ob.ForceTakeover = true
+			if _, err := Open(ctx, st, p, ob); !errors.As(err, &le) || le.Expired {
+				t.Fatalf("force takeover of a live lease: %v, want refused", err)
+			}
+
+			ro := testOpts()
+			ro.ReadOnly = true
+			r := open(t, st, p, ro)
+			if err := r.Close(); err != nil {
+				t.Fatalf("read-only open beside a writer: %v", err)
+			}
+
+			// The holder dies without releasing.
+			mustWrite(t, a, pattern(100, 1), 0)
+			if err := a.Flush(); err != nil {
+				t.Fatal(err)
+			}
+			mustWrite(t, a, pattern(100, 2), testChunk)
+			a.crash()
+
+			ob.ForceTakeover = false
+			ob.now = later(DefaultLeaseTTL)
+			if _, err := Open(ctx, st, p, ob); !errors.As(err, &le) || !le.Expired || le.Holder != "host-a:1" {
+				t.Fatalf("open after expiry without force: %v, want refused as expired", err)
+			}
+			ob.ForceTakeover = true
+			bd := open(t, st, p, ob)
+			got := make([]byte, 100)
+			if _, err := bd.ReadAt(got, 0); err != nil || string(got) != string(pattern(100, 1)) {
+				t.Fatalf("taker reads %v, %v; want the flushed write", got[:4], err)
+			}
+			if err := bd.Close(); err != nil {
+				t.Fatalf("close taker: %v", err)
+			}
+			// Released on Close: the next writer needs no force.
+			oc := testOpts()
+			oc.LeaseHolder = "host-c:3"
+			c := open(t, st, p, oc)
+			if err := c.Close(); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+// TestLeaseLost proves a writer whose lease was taken over stops storing.
+func TestLeaseLost(t *testing.T) {
+	for _, b := range backends() {
+		t.Run(b.name, func(t *testing.T) {
+			st := b.store(t)
+			p := newPrefix(t)
+			oa := testOpts()
+			oa.LeaseHolder = "old"
+			oa.WriteBackDelay = 1 << 40 // only Flush uploads
+			a := create(t, st, p, 4*testChunk, oa)
+			mustWrite(t, a, pattern(100, 1), 0)
+
+			ob := testOpts()
+			ob.LeaseHolder = "new"
+			ob.ForceTakeover = true
+			ob.now = later(DefaultLeaseTTL)
+			bd := open(t, st, p, ob)
+
+			if err := a.Flush(); !errors.Is(err, ErrLeaseLost) {
+				t.Fatalf("flush of the old writer: %v, want ErrLeaseLost", err)
+			}
+			if got := blockdev.Errno(a.Flush()); got == 0 {
+				t.Fatal("flush of the old writer has no errno")
+			}
+			if err := a.Degraded(); !errors.Is(err, ErrLeaseLost) {
+				t.Fatalf("Degraded() = %v, want ErrLeaseLost", err)
+			}
+			if _, err := a.WriteAt([]byte{1}, 0); !errors.Is(err, ErrLeaseLost) {
+				t.Fatalf("write of the old writer: %v, want ErrLeaseLost", err)
+			}
+			if keys := chunkKeys(t, st, p); len(keys) != 0 {
+				t.Fatalf("the fenced writer stored chunks %v", keys)
+			}
+			a.Close()
+			// The old writer's Close must not release the new one's lease.
+			if _, err := Open(context.Background(), st, p, testOpts()); !errors.Is(err, ErrLeaseHeld) {
+				t.Fatalf("open after the old writer closed: %v, want the new writer's lease to hold", err)
+			}
+			bd.Close()
+		})
+	}
+}
