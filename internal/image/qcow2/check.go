@@ -37,6 +37,10 @@ func (c *checker) ref(what string, off, n int64) {
 	if n <= 0 {
 		return
 	}
+	if off < 0 || off >= c.fileSize || n > c.fileSize-off {
+		c.corrupt("%s at %#x+%d is past the end of the file", what, off, n)
+		return
+	}
 	for cl := off / c.cs; cl <= (off+n-1)/c.cs; cl++ {
 		if cl >= int64(len(c.refs)) {
 			c.corrupt("%s at %#x is past the end of the file", what, cl*c.cs)

@@ -198,6 +198,16 @@ func parseHeader(buf []byte, fileSize int64) (*header, error) {
 	if h.refcountOrder > 6 {
 		return nil, corruptf("refcount_order %d above 6", h.refcountOrder)
 	}
+	if h.backingOff != 0 {
+		if h.backingLen > maxBackingName {
+			return nil, corruptf("backing file name of %d bytes (limit %d)", h.backingLen, maxBackingName)
+		}
+		end := h.backingOff + uint64(h.backingLen)
+		if h.backingOff < uint64(h.headerLen) || end > uint64(len(buf)) {
+			return nil, corruptf("backing file name at %#x+%d outside the first cluster", h.backingOff, h.backingLen)
+		}
+		h.backingFile = string(buf[h.backingOff:end])
+	}
 	if unknown := h.incompat &^ incKnown; unknown != 0 {
 		// Feature names come from the extensions; parse them first.
 		_ = h.parseExtensions(buf)
@@ -247,16 +257,6 @@ func parseHeader(buf []byte, fileSize int64) (*header, error) {
 		if err := checkTable("snapshot table", h.snapshotsOff, uint64(h.nbSnapshots)*40, cs, fileSize); err != nil {
 			return nil, err
 		}
-	}
-	if h.backingOff != 0 {
-		if h.backingLen > maxBackingName {
-			return nil, corruptf("backing file name of %d bytes (limit %d)", h.backingLen, maxBackingName)
-		}
-		end := h.backingOff + uint64(h.backingLen)
-		if h.backingOff < uint64(h.headerLen) || end > uint64(len(buf)) {
-			return nil, corruptf("backing file name at %#x+%d outside the first cluster", h.backingOff, h.backingLen)
-		}
-		h.backingFile = string(buf[h.backingOff:end])
 	}
 	return h, nil
 }

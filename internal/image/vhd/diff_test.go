@@ -1,0 +1,128 @@
+package vhd
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"vdisk/internal/image"
+)
+
+// TestDifferencing makes a dynamic parent with qemu-img and qemu-io, a
+// differencing child with vdisk, writes into the child (unaligned, across
+// sectors and blocks) and checks that it reads as the parent overlaid with
+// the writes, that the parent is unchanged, and that the child's own layer
+// (NoBacking) is what qemu-img, which ignores parents, reads from it.
+func TestDifferencing(t *testing.T) {
+	needTool(t, "qemu-img")
+	needTool(t, "qemu-io")
+	dir := t.TempDir()
+	base := filepath.Join(dir, "base.vhd")
+	runCmd(t, "qemu-img", "create", "-q", "-f", "vpc", base, "8M")
+	for _, c := range scattered {
+		runCmd(t, "qemu-io", "-f", "vpc", "-c", c, base)
+	}
+	baseRaw := qemuRaw(t, base, "vpc")
+	sub := filepath.Join(dir, "sub")
+	if err := os.Mkdir(sub, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	child := filepath.Join(sub, "child.vhd")
+	if err := Create(child, image.CreateOptions{Format: Name, BackingFile: "../base.vhd"}); err != nil {
+		t.Fatal(err)
+	}
+	d, err := Open(child, image.OpenOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.Size() != int64(len(baseRaw)) {
+		t.Fatalf("child size %d, parent %d", d.Size(), len(baseRaw))
+	}
+	ref := bytes.Clone(baseRaw)
+	mustEqual(t, "fresh child", readAll(t, d), ref)
+	layer := make([]byte, len(ref)) // the child's own sectors, as qemu sees them
+	for _, w := range []struct {
+		off int64
+		n   int
+		b   byte
+	}{{1000, 100, 0xa1}, {4095, 2, 0xa2}, {2<<20 - 700, 1500, 0xa3}, {5<<20 + 100, 64 << 10, 0xa4}, {1030, 10, 0xa5}} {
+		p := bytes.Repeat([]byte{w.b}, w.n)
+		if _, err := d.WriteAt(p, w.off); err != nil {
+			t.Fatal(err)
+		}
+		copy(ref[w.off:], p)
+		lo, hi := w.off&^511, (w.off+int64(w.n)+511)&^511
+		copy(layer[lo:hi], ref[lo:hi])
+	}
+	randomWrites(t, d, ref, 5, 10, 100<<10)
+	mustEqual(t, "written child", readAll(t, d), ref)
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	mustEqual(t, "parent after child writes", qemuRaw(t, base, "vpc"), baseRaw)
+	d, err = Open(child, image.OpenOptions{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustEqual(t, "reopened child", readAll(t, d), ref)
+	d.Close()
+	fa, err := Info(child)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fa.BackingFile != "../base.vhd" || fa.BackingFormat != Name {
+		t.Errorf("Info backing %q (%q)", fa.BackingFile, fa.BackingFormat)
+	}
+
+	t.Run("no-backing-matches-qemu", func(t *testing.T) {
+		// Only the fixed pieces: the random writes are in ref but not in
+		// layer, so compare the layer where qemu sees the child alone.
+		d, err := Open(child, image.OpenOptions{ReadOnly: true, NoBacking: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer d.Close()
+		mustEqual(t, "child layer", readAll(t, d), qemuRaw(t, child, "vpc"))
+	})
+	t.Run("backing-dir-refuses", func(t *testing.T) {
+		_, err := Open(child, image.OpenOptions{ReadOnly: true, BackingDir: sub})
+		if !errors.Is(err, image.ErrBackingRefused) {
+			t.Fatalf("open with parent outside BackingDir: %v", err)
+		}
+	})
+	t.Run("missing-parent", func(t *testing.T) {
+		dir2 := t.TempDir()
+		c2 := filepath.Join(dir2, "child.vhd")
+		data, _ := os.ReadFile(child)
+		os.WriteFile(c2, data, 0o644)
+		_, err := Open(c2, image.OpenOptions{ReadOnly: true})
+		if !errors.Is(err, image.ErrBackingRefused) {
+			t.Fatalf("open with a missing parent: %v", err)
+		}
+	})
+	t.Run("loop", func(t *testing.T) {
+		dir2 := t.TempDir()
+		a := filepath.Join(dir2, "a.vhd")
+		runCmd(t, "qemu-img", "create", "-q", "-f", "vpc", a, "1M")
+		b := filepath.Join(dir2, "b.vhd")
+		if err := Create(b, image.CreateOptions{Format: Name, BackingFile: "a.vhd"}); err != nil {
+			t.Fatal(err)
+		}
+		// Make a's parent b: copy b's differencing header over a.
+		bb, _ := os.ReadFile(b)
+		os.Remove(a)
+		os.WriteFile(a, bb, 0o644)
+		if err := os.Remove(b); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink("a.vhd", b); err != nil {
+			t.Fatal(err)
+		}
+		_, err := Open(a, image.OpenOptions{ReadOnly: true})
+		if !errors.Is(err, image.ErrBackingRefused) {
+			t.Fatalf("open of a self-referencing chain: %v", err)
+		}
+	})
+}

@@ -1,0 +1,102 @@
+package vhd
+
+import (
+	"fmt"
+	"path/filepath"
+	"testing"
+
+	"vdisk/internal/image"
+)
+
+// scattered are qemu-io writes at scattered offsets, some unaligned, some
+// across block boundaries.
+var scattered = []string{
+	"write -P 0x11 0 4k",
+	"write -P 0x22 1000 3000",
+	"write -P 0x33 2047k 2k",
+	"write -P 0x44 5M 300k",
+	"write -P 0x55 7340031 1",
+	"write -z 5200k 8k",
+}
+
+// TestReadQemuImages reads VHDs qemu-img made (fixed, dynamic, force_size,
+// sizes that are and are not whole geometries) with data written by
+// qemu-io, and compares them byte for byte with qemu-img convert -O raw.
+func TestReadQemuImages(t *testing.T) {
+	needTool(t, "qemu-img")
+	needTool(t, "qemu-io")
+	tests := []struct {
+		name string
+		opts string
+		size string
+	}{
+		{"dynamic", "subformat=dynamic", "8M"},
+		{"dynamic-odd", "subformat=dynamic", "7777k"},
+		{"dynamic-force-size", "subformat=dynamic,force_size=on", "7777k"},
+		{"fixed", "subformat=fixed", "8M"},
+		{"fixed-force-size", "subformat=fixed,force_size=on", "7777k"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			p := filepath.Join(t.TempDir(), "img.vhd")
+			runCmd(t, "qemu-img", "create", "-q", "-f", "vpc", "-o", tc.opts, p, tc.size)
+			for _, c := range scattered {
+				runCmd(t, "qemu-io", "-f", "vpc", "-c", c, p)
+			}
+			want := qemuRaw(t, p, "vpc")
+			d, err := Open(p, image.OpenOptions{ReadOnly: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer d.Close()
+			mustEqual(t, "read", readAll(t, d), want)
+			fa, err := Info(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if fa.VirtualSize != int64(len(want)) {
+				t.Errorf("Info virtual size %d, qemu %d", fa.VirtualSize, len(want))
+			}
+		})
+	}
+}
+
+// TestProbe checks that dynamic disks probe as vhd and fixed ones (whose
+// only footer is at the end, as in qemu) as raw.
+func TestProbe(t *testing.T) {
+	needTool(t, "qemu-img")
+	dir := t.TempDir()
+	for _, tc := range []struct{ sub, want string }{{"dynamic", Name}, {"fixed", image.Raw}} {
+		p := filepath.Join(dir, tc.sub+".vhd")
+		runCmd(t, "qemu-img", "create", "-q", "-f", "vpc", "-o", "subformat="+tc.sub, p, "1M")
+		got, err := image.Probe(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got != tc.want {
+			t.Errorf("%s: probed %q, want %q", tc.sub, got, tc.want)
+		}
+	}
+}
+
+// TestGeometry checks the CHS geometry against values qemu-img computes.
+func TestGeometry(t *testing.T) {
+	tests := []struct {
+		sectors int64
+		c       uint16
+		h, s    uint8
+	}{
+		{20480, 301, 4, 17},
+		{2097152, 2080, 16, 63},
+		{65535 * 16 * 255, 65535, 16, 255},
+		{1 << 40, 65535, 16, 255},
+	}
+	for _, tc := range tests {
+		t.Run(fmt.Sprint(tc.sectors), func(t *testing.T) {
+			c, h, s := geometry(tc.sectors)
+			if c != tc.c || h != tc.h || s != tc.s {
+				t.Errorf("geometry(%d) = %d/%d/%d, want %d/%d/%d", tc.sectors, c, h, s, tc.c, tc.h, tc.s)
+			}
+		})
+	}
+}

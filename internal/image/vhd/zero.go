@@ -1,0 +1,132 @@
+package vhd
+
+import (
+	"errors"
+
+	"golang.org/x/sys/unix"
+
+	"vdisk/internal/blockdev"
+)
+
+// maxExtents bounds the extents one Extents call returns.
+const maxExtents = 4096
+
+// Trim makes [off, off+n) read as zeroes and releases the storage of the
+// allocated part (see WriteZeroes).
+func (img *Image) Trim(off, n int64) error { return img.WriteZeroes(off, n, true) }
+
+// WriteZeroes makes [off, off+n) read as zeroes. In a dynamic disk an
+// unallocated block already does; an allocated range is punched (mayTrim)
+// or zeroed in place with fallocate, or written with zeroes where the file
+// system cannot. A differencing disk writes zeroes through WriteAt, since a
+// hole there would show the parent.
+func (img *Image) WriteZeroes(off, n int64, mayTrim bool) error {
+	if err := img.check(off, n); err != nil {
+		return err
+	}
+	if img.readOnly {
+		return blockdev.ErrReadOnly
+	}
+	if img.diff {
+		return blockdev.WriteZeroesByWriting(img, off, n)
+	}
+	for end := off + n; off < end; {
+		blk := off / img.blockSize
+		c := min(end-off, (blk+1)*img.blockSize-off)
+		img.mu.Lock()
+		segs, err := img.segments(blk, off, c)
+		img.mu.Unlock()
+		if err != nil {
+			return err
+		}
+		if s := segs[0]; s.file >= 0 {
+			if err := img.zeroFile(s.file, s.n, mayTrim); err != nil {
+				return err
+			}
+		}
+		off += c
+	}
+	return nil
+}
+
+// zeroFile zeroes n bytes of the file at off.
+func (img *Image) zeroFile(off, n int64, mayTrim bool) error {
+	mode := uint32(unix.FALLOC_FL_ZERO_RANGE | unix.FALLOC_FL_KEEP_SIZE)
+	if mayTrim {
+		mode = unix.FALLOC_FL_PUNCH_HOLE | unix.FALLOC_FL_KEEP_SIZE
+	}
+	err := unix.Fallocate(int(img.f.Fd()), mode, off, n)
+	if err == nil {
+		return nil
+	}
+	if !errors.Is(err, unix.EOPNOTSUPP) && !errors.Is(err, unix.ENOSYS) && !errors.Is(err, unix.EINVAL) {
+		return err
+	}
+	zero := make([]byte, min(n, 1<<20))
+	for n > 0 {
+		c := min(n, int64(len(zero)))
+		if err := img.pwrite(zero[:c], off); err != nil {
+			return err
+		}
+		off += c
+		n -= c
+	}
+	return nil
+}
+
+// Extents describes [off, off+n): an unallocated block of a dynamic disk
+// is a hole that reads as zeroes; in a differencing disk it has the
+// parent's extents (holes past the parent's end); allocated blocks are
+// data.
+func (img *Image) Extents(off, n int64) ([]blockdev.Extent, error) {
+	if err := img.check(off, n); err != nil {
+		return nil, err
+	}
+	var out []blockdev.Extent
+	add := func(o, l int64, f blockdev.ExtentFlags) {
+		if k := len(out); k > 0 && out[k-1].Flags == f && out[k-1].Off+out[k-1].Len == o {
+			out[k-1].Len += l
+			return
+		}
+		out = append(out, blockdev.Extent{Off: o, Len: l, Flags: f})
+	}
+	for end := off + n; off < end && len(out) < maxExtents; {
+		blk := off / img.blockSize
+		c := min(end-off, (blk+1)*img.blockSize-off)
+		img.mu.Lock()
+		allocated := img.bat[blk] != batUnused
+		img.mu.Unlock()
+		switch {
+		case allocated:
+			add(off, c, 0)
+		case img.parent == nil:
+			add(off, c, blockdev.ExtentHole|blockdev.ExtentZero)
+		default:
+			if err := img.parentExtents(off, c, add); err != nil {
+				return nil, err
+			}
+		}
+		off += c
+	}
+	return out, nil
+}
+
+// parentExtents adds the parent's extents of [off, off+n), marked as holes
+// of this image.
+func (img *Image) parentExtents(off, n int64, add func(o, l int64, f blockdev.ExtentFlags)) error {
+	end := off + n
+	for pend := min(end, img.parent.Size()); off < pend; {
+		ext, err := blockdev.Extents(img.parent, off, pend-off)
+		if err != nil {
+			return err
+		}
+		for _, e := range ext {
+			add(e.Off, e.Len, e.Flags|blockdev.ExtentHole)
+			off = e.Off + e.Len
+		}
+	}
+	if off < end {
+		add(off, end-off, blockdev.ExtentHole|blockdev.ExtentZero)
+	}
+	return nil
+}
