@@ -1,11 +1,3 @@
-// Package api defines the vdisk control API: the JSON documents the daemon
-// and its clients exchange over HTTP on the daemon's unix socket, the paths
-// they are exchanged on, and the small pure functions both sides share
-// (disk ids, CHS geometry).
-//
-// The JSON is stable: fields are only ever added, never renamed or removed,
-// and `vdisk list --json`, `vdisk open --json` and `vdisk info --json` print
-// these documents unchanged. See doc.go for the wire contract.
 package api
 
 import "time"

@@ -1,6 +1,13 @@
-package api
-
-// The wire contract
+// Package api defines the vdisk control API: the JSON documents the daemon
+// and its clients exchange over HTTP on the daemon's unix socket, the paths
+// they are exchanged on, and the small pure functions both sides share
+// (disk ids, CHS geometry).
+//
+// The JSON is stable: fields are only ever added, never renamed or removed,
+// and `vdisk list --json`, `vdisk open --json` and `vdisk info --json` print
+// these documents unchanged.
+//
+// # The wire contract
 //
 // The daemon listens on a unix socket (default /run/vdisk/vdisk.sock, mode
 // 0600, root only) and speaks HTTP/1.1 with JSON bodies:
@@ -45,4 +52,11 @@ package api
 //	  "state": "open"
 //	}
 //
+// `vdisk info --json` of a file that is not open prints an Image instead
+// (with "open": false). A disk the daemon had before a restart and could not
+// re-open is listed with "state" locked, missing or failed, an empty
+// "device" and the reason in "error"; closing it forgets it. The error codes
+// are the Code constants.
+//
 // Fields are only ever added. Clients ignore fields they do not know.
+package api
