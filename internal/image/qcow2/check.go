@@ -37,7 +37,9 @@ func (c *checker) ref(what string, off, n int64) {
 	if n <= 0 {
 		return
 	}
-	if off < 0 || off >= c.fileSize || n > c.fileSize-off {
+	// A cluster may end past the end of the file (qemu writes only the
+	// subclusters it needs), but it must start inside it.
+	if off < 0 || off >= c.fileSize || n > int64(len(c.refs))*c.cs-off {
 		c.corrupt("%s at %#x+%d is past the end of the file", what, off, n)
 		return
 	}

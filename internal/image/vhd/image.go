@@ -294,6 +294,11 @@ func (img *Image) checkBAT(fsize, batEnd int64) (int64, error) {
 		{int64(img.ft.dataOffset), int64(img.ft.dataOffset) + dynHeaderSize},
 		{int64(img.dh.tableOffset), batEnd},
 	}
+	for _, l := range img.dh.locators {
+		if l.platform != 0 && l.length > 0 && l.offset < uint64(fsize) {
+			meta = append(meta, span{int64(l.offset), int64(l.offset) + (int64(l.length)+sectorSize-1)&^(sectorSize-1)})
+		}
+	}
 	var blocks []span
 	free := batEnd
 	for _, s := range meta {
