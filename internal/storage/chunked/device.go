@@ -57,6 +57,8 @@ const (
 	minReadAhead = 128 << 10
 	// zeroEntryCost is what a pending delete counts against MaxDirty.
 	zeroEntryCost = 4 << 10
+	// minLeaseTTL bounds LeaseTTL from below.
+	minLeaseTTL = time.Second
 	// minTick bounds how often the write-back goroutine wakes.
 	minTick = 10 * time.Millisecond
 )
@@ -117,6 +119,9 @@ func (o *Options) validate(chunkSize int64) error {
 	}
 	if o.LeaseTTL == 0 {
 		o.LeaseTTL = DefaultLeaseTTL
+	}
+	if o.LeaseTTL < minLeaseTTL {
+		return fmt.Errorf("chunked: lease TTL %v below %v: %w", o.LeaseTTL, minLeaseTTL, ErrBadOptions)
 	}
 	if o.RequestTimeout == 0 {
 		o.RequestTimeout = DefaultRequestTimeout
@@ -298,17 +303,21 @@ func (d *Device) Close() error {
 	}
 	d.closed = true
 	d.cond.Broadcast()
+	d.mu.Unlock()
+	// Stop every goroutine (an upload still running after a failed flush
+	// is cancelled) before giving the lease away.
+	d.cancel()
+	d.wg.Wait()
+	d.mu.Lock()
 	fenced := d.fenced
 	d.mu.Unlock()
 	if d.lease != nil && fenced == nil {
-		ctx, cancel := d.reqCtx()
+		ctx, cancel := context.WithTimeout(context.Background(), d.opts.RequestTimeout)
 		if err := d.releaseLease(ctx); err != nil && ferr == nil {
 			ferr = err
 		}
 		cancel()
 	}
-	d.cancel()
-	d.wg.Wait()
 	if ferr != nil {
 		return fmt.Errorf("chunked: close: %w", ferr)
 	}

@@ -17,6 +17,14 @@ func (d *Device) ReadAt(p []byte, off int64) (int, error) {
 		return 0, blockdev.ErrClosed
 	}
 	ra := d.readAheadLocked(off, int64(len(p)))
+	if end := off + int64(len(p)); ra > 0 && end < d.man.Size {
+		// A sequential reader nearing the end of a chunk will want the
+		// next one: fetch it in the background.
+		next := (end-1)/d.chunkSize + 1
+		if end+ra >= next*d.chunkSize {
+			d.prefetchLocked(next)
+		}
+	}
 	d.mu.Unlock()
 	done := 0
 	for done < len(p) {
@@ -105,12 +113,16 @@ func (d *Device) readChunk(idx, co int64, p []byte, ra int64) error {
 // fetchWindowLocked GETs [start, end) of c's object into c.win, unless c
 // changed meanwhile. It unlocks mu around the GET.
 func (d *Device) fetchWindowLocked(c *chunk, start, end int64) error {
-	ch := make(chan struct{})
+	ch, gen := make(chan struct{}), c.gen
 	c.fetching = ch
-	gen := c.gen
 	d.mu.Unlock()
 	data, err := d.getChunk(c.idx, start, end-start)
 	d.mu.Lock()
+	return d.fetchDoneLocked(c, ch, gen, start, data, err)
+}
+
+// fetchDoneLocked ends a window fetch begun at generation gen.
+func (d *Device) fetchDoneLocked(c *chunk, ch chan struct{}, gen uint64, start int64, data []byte, err error) error {
 	c.fetching = nil
 	close(ch)
 	if err != nil {
@@ -120,12 +132,7 @@ func (d *Device) fetchWindowLocked(c *chunk, start, end int64) error {
 		return err
 	}
 	if d.chunks[c.idx] != c {
-		// Evicted while fetching; a fresh chunk takes its place.
-		if d.chunks[c.idx] == nil {
-			d.chunks[c.idx] = c
-		} else {
-			return nil
-		}
+		return nil // replaced meanwhile; its data is newer
 	}
 	if c.gen == gen && c.buf == nil && !c.zero {
 		d.account(c, -1)
@@ -134,6 +141,40 @@ func (d *Device) fetchWindowLocked(c *chunk, start, end int64) error {
 		d.evictLocked()
 	}
 	return nil
+}
+
+// prefetchLocked starts a background fetch of the first ReadAhead bytes of
+// chunk idx for a sequential reader, when one of Parallel slots is free.
+// Failures are dropped: the reader fetches for itself.
+func (d *Device) prefetchLocked(idx int64) {
+	if idx >= d.nchunks || d.closed || !d.hasObject(idx) {
+		return
+	}
+	c := d.chunks[idx]
+	if c != nil && (c.buf != nil || c.zero || c.win != nil || c.fetching != nil) {
+		return
+	}
+	select {
+	case d.sem <- struct{}{}:
+	default:
+		return
+	}
+	if c == nil {
+		c = &chunk{idx: idx}
+		d.chunks[idx] = c
+	}
+	ch, gen := make(chan struct{}), c.gen
+	c.fetching = ch
+	n := min(d.opts.ReadAhead, d.chunkLen(idx))
+	d.wg.Go(func() {
+		defer func() { <-d.sem }()
+		data, err := d.getChunk(idx, 0, n)
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		if err := d.fetchDoneLocked(c, ch, gen, 0, data, err); err != nil {
+			d.log.Debug("chunked: prefetch failed", "chunk", idx, "err", err)
+		}
+	})
 }
 
 // maxExtents bounds the extents one Extents call returns.

@@ -1,6 +1,7 @@
 package chunked
 
 import (
+	"bytes"
 	"context"
 	"testing"
 	"time"
@@ -23,7 +24,7 @@ func (s sinkStore) Put(ctx context.Context, key string, data []byte, opts objsto
 // requestsPerGiB writes total bytes sequentially in 1 MiB writes to a
 // fresh image with 4 MiB chunks, flushes, and returns the requests made
 // per GiB written.
-func requestsPerGiB(t *testing.T, st objstore.Store, total int64) (objstore.Counts, float64) {
+func requestsPerGiB(t *testing.T, st objstore.Store, total int64) (string, *objstore.Counter) {
 	t.Helper()
 	const chunk, write = 4 << 20, 1 << 20
 	c := objstore.NewCounter(st)
@@ -50,14 +51,40 @@ func requestsPerGiB(t *testing.T, st objstore.Store, total int64) (objstore.Coun
 	if delta.Put != wantPuts+1 || delta.Get != 0 || delta.Delete != 0 { // +1: the lease check of the Flush
 		t.Fatalf("requests %+v, want %d chunk PUTs, one lease PUT and nothing else", delta, wantPuts)
 	}
-	return delta, perGiB
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return p, c
 }
 
 func TestRequestsPerGiB(t *testing.T) {
 	requestsPerGiB(t, sinkStore{objstore.NewMem()}, 1<<30)
 }
 
-func TestRequestsPerGiBVersitygw(t *testing.T) {
+// TestSequentialVersitygw writes and reads back an image on versitygw
+// sequentially in 1 MiB requests and logs the requests and throughput.
+func TestSequentialVersitygw(t *testing.T) {
 	srv := s3test.Need(t)
-	requestsPerGiB(t, srv.Store(t), 128<<20)
+	const total = 128 << 20
+	p, c := requestsPerGiB(t, srv.Store(t), total)
+	d := open(t, c, p, Options{ReadOnly: true})
+	before := c.Counts()
+	want := pattern(1<<20, 5)
+	got := make([]byte, 1<<20)
+	start := time.Now()
+	for off := int64(0); off < total; off += int64(len(got)) {
+		if _, err := d.ReadAt(got, off); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Fatalf("read at %d returned wrong data", off)
+		}
+	}
+	took := time.Since(start)
+	delta := c.Counts().Sub(before)
+	t.Logf("read %d MiB in 1 MiB reads: %+v; %.1f GETs per GiB; %.0f MiB/s",
+		total>>20, delta, float64(delta.Get)*float64(1<<30)/total, float64(total)/float64(1<<20)/took.Seconds())
+	if delta.BytesRead > total+8<<20 {
+		t.Fatalf("read %d bytes from the store for %d bytes of reads", delta.BytesRead, total)
+	}
 }
