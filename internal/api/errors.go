@@ -34,6 +34,11 @@ const (
 	CodeFUSEUnavailable = "fuse_unavailable"
 	// CodeUnknownFormat: the format is not one vdisk knows.
 	CodeUnknownFormat = "unknown_format"
+	// CodeUnsupported: the image uses a feature vdisk does not implement,
+	// or a backing file that is refused.
+	CodeUnsupported = "unsupported"
+	// CodeCorrupt: the image's metadata is malformed.
+	CodeCorrupt = "corrupt"
 	// CodeBadVia: the attach path is unknown or cannot carry the format.
 	CodeBadVia = "bad_via"
 	// CodePermission: the file cannot be opened with the needed access.

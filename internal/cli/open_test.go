@@ -131,7 +131,7 @@ func TestOpenErrors(t *testing.T) {
 		{name: "invalid size", args: []string{"open", filepath.Join(dir, "a.img"), "--size", "1.5G"}, want: `vdisk: invalid size "1.5G"`},
 		{name: "zero size", args: []string{"open", filepath.Join(dir, "a.img"), "--size", "0"}, want: "must be more than zero"},
 		{name: "bad via", args: []string{"open", filepath.Join(dir, "a.img"), "--via", "ublk"}, want: `vdisk: --via "ublk": want loop or fuse` + "\n"},
-		{name: "unknown format", args: []string{"open", filepath.Join(dir, "x.img"), "--format", "vhd9"}, want: `unknown image format "vhd9"`},
+		{name: "unknown format", args: []string{"open", filepath.Join(dir, "x.img"), "--format", "vhd9"}, want: `"vhd9": unknown image format`},
 		{name: "no file", args: []string{"open"}, want: "accepts 1 arg(s), received 0"},
 	}
 	for _, tt := range tests {

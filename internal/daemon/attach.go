@@ -34,7 +34,7 @@ func (d *Daemon) attach(sd stateDisk, adopt bool) (*disk, error) {
 	}
 	// An adopted loop device keeps the previous daemon's locked open file:
 	// the lock is ours already.
-	dev, format, err := openImage(sd.File, sd.Format, sd.ReadOnly, adopted != nil)
+	dev, format, err := openImage(sd.File, sd.Format, sd.ReadOnly, adopted != nil, d.log)
 	if err != nil {
 		return nil, err
 	}
@@ -89,7 +89,7 @@ func record(sd stateDisk, dev blockdev.Device, format, via string, l *loop.Devic
 	ro := sd.ReadOnly || info.ReadOnly || (l != nil && l.ReadOnly)
 	size := dev.Size()
 	media := api.MediaFixed
-	if format == "iso" {
+	if format == formatISO {
 		media = api.MediaCDROM
 	}
 	r := api.Disk{

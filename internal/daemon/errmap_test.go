@@ -10,6 +10,7 @@ import (
 
 	"vdisk/internal/api"
 	"vdisk/internal/blockdev"
+	"vdisk/internal/image"
 	"vdisk/internal/loop"
 )
 
@@ -26,7 +27,10 @@ func TestToAPIError(t *testing.T) {
 		{name: "no loop", err: fmt.Errorf("loop: %w", loop.ErrNoFreeDevice), code: api.CodeNoLoop, status: http.StatusServiceUnavailable},
 		{name: "busy", err: fmt.Errorf("detach: %w", loop.ErrBusy), code: api.CodeBusy, status: http.StatusConflict},
 		{name: "fuse", err: fmt.Errorf("%w: /dev/fuse", ErrFUSEUnavailable), code: api.CodeFUSEUnavailable, status: http.StatusServiceUnavailable},
-		{name: "format", err: fmt.Errorf("%w \"x\"", ErrUnknownFormat), code: api.CodeUnknownFormat, status: http.StatusBadRequest},
+		{name: "format", err: fmt.Errorf("image: \"x\": %w", image.ErrUnknownFormat), code: api.CodeUnknownFormat, status: http.StatusBadRequest},
+		{name: "unsupported", err: fmt.Errorf("qcow2: %w", image.ErrUnsupported), code: api.CodeUnsupported, status: http.StatusBadRequest},
+		{name: "backing refused", err: fmt.Errorf("qcow2: %w", image.ErrBackingRefused), code: api.CodeUnsupported, status: http.StatusBadRequest},
+		{name: "corrupt", err: fmt.Errorf("qcow2: L1 table: %w", blockdev.ErrCorrupt), code: api.CodeCorrupt, status: http.StatusBadRequest},
 		{name: "permission", err: fmt.Errorf("open: %w", fs.ErrPermission), code: api.CodePermission, status: http.StatusForbidden},
 		{name: "read-only fs", err: fmt.Errorf("open: %w", syscall.EROFS), code: api.CodePermission, status: http.StatusForbidden},
 		{name: "api error kept", err: api.Errorf(api.CodeAlreadyOpen, "x is open"), code: api.CodeAlreadyOpen, status: http.StatusConflict},

@@ -10,8 +10,5 @@ var ErrRunning = errors.New("another vdisk daemon is running")
 // kernel's FUSE is missing (/dev/fuse absent or not the FUSE device).
 var ErrFUSEUnavailable = errors.New("FUSE is not available")
 
-// ErrUnknownFormat is returned (wrapped) for a format vdisk cannot open.
-var ErrUnknownFormat = errors.New("unknown image format")
-
 // ErrBadState is returned (wrapped) when the state file cannot be parsed.
 var ErrBadState = errors.New("state file is malformed")

@@ -11,6 +11,7 @@ import (
 
 	"vdisk/internal/api"
 	"vdisk/internal/blockdev"
+	"vdisk/internal/image"
 	"vdisk/internal/loop"
 )
 
@@ -133,8 +134,12 @@ func toAPIError(err error) *api.Error {
 		code = api.CodeBusy
 	case errors.Is(err, ErrFUSEUnavailable):
 		code = api.CodeFUSEUnavailable
-	case errors.Is(err, ErrUnknownFormat):
+	case errors.Is(err, image.ErrUnknownFormat):
 		code = api.CodeUnknownFormat
+	case errors.Is(err, image.ErrUnsupported), errors.Is(err, image.ErrBackingRefused), errors.Is(err, image.ErrChainTooDeep):
+		code = api.CodeUnsupported
+	case errors.Is(err, blockdev.ErrCorrupt):
+		code = api.CodeCorrupt
 	case errors.Is(err, fs.ErrPermission), errors.Is(err, syscall.EROFS):
 		code = api.CodePermission
 	case errors.Is(err, fs.ErrNotExist):
@@ -147,7 +152,7 @@ func toAPIError(err error) *api.Error {
 func statusOf(code string) int {
 	switch code {
 	case api.CodeBadRequest, api.CodeInvalidSize, api.CodeIsDirectory, api.CodeIsDevice,
-		api.CodeNoParent, api.CodeUnknownFormat, api.CodeBadVia:
+		api.CodeNoParent, api.CodeUnknownFormat, api.CodeBadVia, api.CodeUnsupported, api.CodeCorrupt:
 		return http.StatusBadRequest
 	case api.CodeNotFound, api.CodeNoFile:
 		return http.StatusNotFound
@@ -181,7 +186,7 @@ func (d *Daemon) Inspect(req api.InspectRequest) (api.Image, error) {
 		im.Format, im.Size, im.LogicalBlockSize, im.PhysicalBlockSize = r.Format, r.Size, r.LogicalBlockSize, r.PhysicalBlockSize
 		im.MediaType, im.Open = r.MediaType, true
 	} else {
-		dev, format, err := openImage(path, req.Format, true, true)
+		dev, format, err := openImage(path, req.Format, true, true, d.log)
 		if err != nil {
 			return api.Image{}, fmt.Errorf("inspect %s: %w", path, err)
 		}
@@ -189,7 +194,7 @@ func (d *Daemon) Inspect(req api.InspectRequest) (api.Image, error) {
 		im.Format, im.Size = format, dev.Size()
 		im.LogicalBlockSize, im.PhysicalBlockSize = info.LogicalBlockSize, info.PhysicalBlockSize
 		im.MediaType = api.MediaFixed
-		if format == "iso" {
+		if format == formatISO {
 			im.MediaType = api.MediaCDROM
 		}
 		dev.Close()

@@ -1,53 +1,47 @@
 package daemon
 
 import (
-	"fmt"
+	"log/slog"
 
 	"vdisk/internal/blockdev"
+	"vdisk/internal/image"
+	"vdisk/internal/stack"
 )
 
-// formatRaw is the raw image format: the file's bytes are the disk's.
-const formatRaw = "raw"
-
 // openImage opens the image at path as a Device stack and returns it with
-// the image's format name. An empty format means detect. This is the one
-// place where image formats plug into the daemon.
+// the image's format name. An empty format means probe (raw when no other
+// format's magic matches). This is the one place where the daemon asks for
+// a stack; internal/stack wires the layers.
 //
 // noLock skips the image lock: for an image whose lock is already held on
 // our behalf (a loop device the previous daemon attached keeps the locked
 // file open), and for inspecting.
-func openImage(path, format string, readOnly, noLock bool) (blockdev.Device, string, error) {
-	switch format {
-	case "", formatRaw:
-		f, err := blockdev.OpenFile(path, blockdev.FileOptions{ReadOnly: readOnly, NoLock: noLock})
-		if err != nil {
-			return nil, "", err
-		}
-		return f, formatRaw, nil
-	default:
-		return nil, "", fmt.Errorf("%w %q (known: %s)", ErrUnknownFormat, format, formatRaw)
+func openImage(path, format string, readOnly, noLock bool, log *slog.Logger) (blockdev.Device, string, error) {
+	d, err := stack.Open(path, stack.Options{Format: format, ReadOnly: readOnly, NoLock: noLock, Log: log})
+	if err != nil {
+		return nil, "", err
 	}
+	return d.Device, d.Format, nil
 }
 
 // createImage creates a new image of size bytes at path, in format (empty
 // means raw). It fails if path exists.
 func createImage(path, format string, size int64) error {
-	switch format {
-	case "", formatRaw:
-		f, err := blockdev.OpenFile(path, blockdev.FileOptions{Create: true, Size: size})
-		if err != nil {
-			return err
-		}
-		return f.Close()
-	default:
-		return fmt.Errorf("create %s: %w %q (known: %s)", path, ErrUnknownFormat, format, formatRaw)
+	if format == "" {
+		format = image.Raw
 	}
+	return image.Create(path, image.CreateOptions{Format: format, Size: size})
 }
 
-// defaultVia is the attach path of a format when the request names none.
+// defaultVia is the attach path of a format when the request names none:
+// a loop device straight on the file for raw, FUSE for everything else.
 func defaultVia(format string) string {
-	if format == formatRaw {
+	if format == image.Raw {
 		return "loop"
 	}
 	return "fuse"
 }
+
+// formatISO is the registry name of ISO 9660 images, shown to the kernel
+// and in the record as CD-ROM media.
+const formatISO = "iso"
