@@ -1,0 +1,90 @@
+package cli
+
+import (
+	"encoding/json"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// qemuInfo returns qemu-img info --output json for path.
+func qemuInfo(t *testing.T, path string) map[string]any {
+	t.Helper()
+	var m map[string]any
+	if err := json.Unmarshal([]byte(runTool(t, "qemu-img", "info", "--output", "json", path)), &m); err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+func TestCreate(t *testing.T) {
+	needTools(t, "qemu-img")
+	dir := t.TempDir()
+	base := filepath.Join(dir, "base.qcow2")
+	tests := []struct {
+		name  string
+		args  []string
+		check func(t *testing.T, info map[string]any)
+	}{
+		{"raw", []string{"create", filepath.Join(dir, "a.img"), "--size", "10M"}, func(t *testing.T, m map[string]any) {
+			if m["format"] != "raw" || m["virtual-size"] != float64(10<<20) {
+				t.Errorf("info %v", m)
+			}
+		}},
+		{"qcow2", []string{"create", "-f", "qcow2", base, "--size", "1G", "--cluster-size", "128K", "-o", "refcount_bits=8,lazy_refcounts=on"}, func(t *testing.T, m map[string]any) {
+			spec := m["format-specific"].(map[string]any)["data"].(map[string]any)
+			if m["format"] != "qcow2" || m["virtual-size"] != float64(1<<30) || m["cluster-size"] != float64(128<<10) ||
+				spec["compat"] != "1.1" || spec["refcount-bits"] != float64(8) || spec["lazy-refcounts"] != true {
+				t.Errorf("info %v", m)
+			}
+		}},
+		{"v2", []string{"create", "-f", "qcow2", filepath.Join(dir, "v2.qcow2"), "--size", "5G", "-o", "compat=0.10"}, func(t *testing.T, m map[string]any) {
+			spec := m["format-specific"].(map[string]any)["data"].(map[string]any)
+			if spec["compat"] != "0.10" {
+				t.Errorf("info %v", m)
+			}
+		}},
+		{"backing", []string{"create", "-f", "qcow2", filepath.Join(dir, "top.qcow2"), "--backing", "base.qcow2", "--backing-format", "qcow2"}, func(t *testing.T, m map[string]any) {
+			if m["backing-filename"] != "base.qcow2" || m["backing-filename-format"] != "qcow2" || m["virtual-size"] != float64(1<<30) {
+				t.Errorf("info %v", m)
+			}
+		}},
+		{"backing probed", []string{"create", "-f", "qcow2", filepath.Join(dir, "top2.qcow2"), "-b", base, "--size", "2G"}, func(t *testing.T, m map[string]any) {
+			if m["backing-filename-format"] != "qcow2" || m["virtual-size"] != float64(2<<30) {
+				t.Errorf("info %v", m)
+			}
+		}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			code, out, errs := run(t, tc.args...)
+			if code != 0 || !strings.Contains(out, "created") {
+				t.Fatalf("code %d, out %q, err %q", code, out, errs)
+			}
+			path := tc.args[len(tc.args)-1]
+			for i, a := range tc.args {
+				if strings.HasSuffix(a, ".img") || strings.HasSuffix(a, ".qcow2") {
+					if i > 0 && tc.args[i-1] != "--backing" && tc.args[i-1] != "-b" {
+						path = a
+						break
+					}
+				}
+			}
+			if strings.HasSuffix(path, ".qcow2") {
+				runTool(t, "qemu-img", "check", path)
+			}
+			tc.check(t, qemuInfo(t, path))
+		})
+	}
+	for _, bad := range [][]string{
+		{"create", base, "--size", "1M"},                                  // exists
+		{"create", "-f", "qcow2", filepath.Join(dir, "x.qcow2")},          // no size
+		{"create", "-f", "vhd9", filepath.Join(dir, "y"), "--size", "1M"}, // unknown format
+		{"create", "-f", "qcow2", filepath.Join(dir, "z"), "--size", "1M", "--cluster-size", "3000"},
+		{"create", "-f", "qcow2", filepath.Join(dir, "w"), "--size", "1M", "-o", "compat=2"},
+	} {
+		if code, _, errs := run(t, bad...); code == 0 || errs == "" {
+			t.Errorf("%q: code %d, stderr %q: want a failure with a message", bad, code, errs)
+		}
+	}
+}
