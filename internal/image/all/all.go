@@ -5,4 +5,5 @@ package all
 import (
 	_ "vdisk/internal/image/qcow2" // registers qcow2
 	_ "vdisk/internal/image/raw"   // registers raw
+	_ "vdisk/internal/image/vhd"   // registers vhd
 )

@@ -8,8 +8,12 @@ import (
 	"vdisk/internal/blockdev"
 )
 
-// maxExtents bounds the extents one Extents call returns.
-const maxExtents = 4096
+// Bounds of one Extents call: the extents it returns and the blocks it
+// looks at.
+const (
+	maxExtents      = 4096
+	maxExtentBlocks = 1 << 16
+)
 
 // Trim makes [off, off+n) read as zeroes and releases the storage of the
 // allocated part (see WriteZeroes).
@@ -90,7 +94,7 @@ func (img *Image) Extents(off, n int64) ([]blockdev.Extent, error) {
 		}
 		out = append(out, blockdev.Extent{Off: o, Len: l, Flags: f})
 	}
-	for end := off + n; off < end && len(out) < maxExtents; {
+	for end, seen := off+n, 0; off < end && len(out) < maxExtents && seen < maxExtentBlocks; seen++ {
 		blk := off / img.blockSize
 		c := min(end-off, (blk+1)*img.blockSize-off)
 		img.mu.Lock()
