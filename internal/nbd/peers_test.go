@@ -227,3 +227,14 @@ func TestNbdsh(t *testing.T) {
 		t.Fatalf("nbdsh:\n%s", out)
 	}
 }
+
+// runErr runs a command and returns its output and error.
+func runErr(name string, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	var out bytes.Buffer
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err := cmd.Run()
+	return out.String(), err
+}

@@ -43,7 +43,7 @@ func serveTransmission(c net.Conn, dev blockdev.Device) error {
 		}
 		flags, typ := binary.BigEndian.Uint16(hdr[4:]), binary.BigEndian.Uint16(hdr[6:])
 		off, n := int64(binary.BigEndian.Uint64(hdr[16:])), int64(binary.BigEndian.Uint32(hdr[24:]))
-		if n > maxRequest {
+		if (typ == cmdRead || typ == cmdWrite) && n > maxRequest {
 			return fmt.Errorf("request of %d bytes", n)
 		}
 		var err error
