@@ -101,7 +101,7 @@ func TestFio(t *testing.T) {
 			args := append([]string{
 				"--name=" + j.name, "--ioengine=nbd", "--uri=" + uri(sock, "disk"),
 				"--size=32M", "--verify=crc32c", "--do_verify=1", "--verify_fatal=1",
-				"--output-format=json",
+				"--output-format=json", "--verify_state_save=0",
 			}, j.args...)
 			out := run(t, "fio", args...)
 			var res struct {
