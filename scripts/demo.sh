@@ -25,8 +25,9 @@ v=$bin/vdisk
 mkdir -p "$mnt"
 
 step "open a new 100 MiB disk (the file is created, sparse)"
-show "$v" open "$img"
-dev=$("$v" list --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["device"])')
+printf '$ %s\n' "$v open $img"
+read -r dev id < <("$v" open "$img")
+echo "$dev $id"
 show "$v" list
 step "make a filesystem on $dev, mount it, write a file"
 show mkfs.ext4 -q -F "$dev"
@@ -40,8 +41,9 @@ show "$v" close "$img"
 ls -ls "$img"
 
 step "open it again and read the file back"
-show "$v" open --json "$img" >/dev/null
-dev=$("$v" list --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["device"])')
+printf '$ %s\n' "$v open $img"
+read -r dev id2 < <("$v" open "$img")
+echo "$dev $id2 (the same id: $([ "$id" = "$id2" ] && echo yes || echo NO))"
 show mount "$dev" "$mnt"
 got=$(sha256sum <"$mnt/data.bin" | cut -d' ' -f1)
 show umount "$mnt"
