@@ -5,5 +5,6 @@ package all
 import (
 	_ "vdisk/internal/image/qcow2" // registers qcow2
 	_ "vdisk/internal/image/raw"   // registers raw
+	_ "vdisk/internal/image/vdi"   // registers vdi
 	_ "vdisk/internal/image/vhd"   // registers vhd
 )

@@ -1,0 +1,97 @@
+package vdi
+
+import (
+	"errors"
+
+	"golang.org/x/sys/unix"
+
+	"vdisk/internal/blockdev"
+)
+
+// Bounds of one Extents call: the extents it returns and the blocks it
+// looks at.
+const (
+	maxExtents      = 4096
+	maxExtentBlocks = 1 << 16
+)
+
+// Trim makes [off, off+n) read as zeroes and releases the storage of the
+// allocated part (see WriteZeroes).
+func (img *Image) Trim(off, n int64) error { return img.WriteZeroes(off, n, true) }
+
+// WriteZeroes makes [off, off+n) read as zeroes. Unallocated blocks
+// already do; allocated ranges are punched (mayTrim) or zeroed in place
+// with fallocate, or written with zeroes where the file system cannot.
+// Blocks stay allocated, so the block map never changes here.
+func (img *Image) WriteZeroes(off, n int64, mayTrim bool) error {
+	if err := img.check(off, n); err != nil {
+		return err
+	}
+	if img.readOnly {
+		return blockdev.ErrReadOnly
+	}
+	for end := off + n; off < end; {
+		c := min(end-off, img.bs-off%img.bs)
+		img.mu.Lock()
+		fo := img.fileOffset(off)
+		img.mu.Unlock()
+		if fo >= 0 {
+			if err := img.zeroFile(fo, c, mayTrim); err != nil {
+				return err
+			}
+		}
+		off += c
+	}
+	return nil
+}
+
+// zeroFile zeroes n bytes of the file at off.
+func (img *Image) zeroFile(off, n int64, mayTrim bool) error {
+	mode := uint32(unix.FALLOC_FL_ZERO_RANGE | unix.FALLOC_FL_KEEP_SIZE)
+	if mayTrim {
+		mode = unix.FALLOC_FL_PUNCH_HOLE | unix.FALLOC_FL_KEEP_SIZE
+	}
+	err := unix.Fallocate(int(img.f.Fd()), mode, off, n)
+	if err == nil {
+		return nil
+	}
+	if !errors.Is(err, unix.EOPNOTSUPP) && !errors.Is(err, unix.ENOSYS) && !errors.Is(err, unix.EINVAL) {
+		return err
+	}
+	zero := make([]byte, min(n, 1<<20))
+	for n > 0 {
+		c := min(n, int64(len(zero)))
+		if err := img.pwrite(zero[:c], off); err != nil {
+			return err
+		}
+		off += c
+		n -= c
+	}
+	return nil
+}
+
+// Extents describes [off, off+n): unallocated and discarded blocks are
+// holes that read as zeroes, allocated blocks are data.
+func (img *Image) Extents(off, n int64) ([]blockdev.Extent, error) {
+	if err := img.check(off, n); err != nil {
+		return nil, err
+	}
+	var out []blockdev.Extent
+	for end, seen := off+n, 0; off < end && len(out) < maxExtents && seen < maxExtentBlocks; seen++ {
+		c := min(end-off, img.bs-off%img.bs)
+		img.mu.Lock()
+		fo := img.fileOffset(off)
+		img.mu.Unlock()
+		var f blockdev.ExtentFlags
+		if fo < 0 {
+			f = blockdev.ExtentHole | blockdev.ExtentZero
+		}
+		if k := len(out); k > 0 && out[k-1].Flags == f {
+			out[k-1].Len += c
+		} else {
+			out = append(out, blockdev.Extent{Off: off, Len: c, Flags: f})
+		}
+		off += c
+	}
+	return out, nil
+}
