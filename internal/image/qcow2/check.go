@@ -89,7 +89,12 @@ func Check(path string, opt image.CheckOptions) (*image.CheckResult, error) {
 	if err := unix.Flock(int(f.Fd()), how|unix.LOCK_NB); err != nil {
 		return nil, fmt.Errorf("qcow2: check %s: %w", path, blockdev.ErrLocked)
 	}
-	h, fsize, err := readHeader(f)
+	st, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("qcow2: %w", err)
+	}
+	fsize := st.Size()
+	h, err := readHeader(f, fsize)
 	if err != nil {
 		return nil, fmt.Errorf("%w (in %s)", err, path)
 	}

@@ -3,8 +3,6 @@ package qcow2
 import (
 	"fmt"
 
-	"golang.org/x/sys/unix"
-
 	"vdisk/internal/blockdev"
 )
 
@@ -114,7 +112,7 @@ func (img *Image) applyFrees() error {
 // best-effort: a file system without hole punching keeps the bytes, which
 // no table references any more.
 func (img *Image) punch(off, n int64) {
-	if err := unix.Fallocate(int(img.f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, n); err != nil {
+	if err := img.f.Punch(off, n); err != nil {
 		img.log.Debug("qcow2: punch hole", "off", off, "len", n, "err", err)
 	}
 }

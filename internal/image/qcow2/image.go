@@ -45,7 +45,7 @@ const (
 // Image is an open qcow2 image. See the package comment for its concurrency
 // contract.
 type Image struct {
-	f        *os.File
+	f        store
 	path     string
 	h        *header
 	cs       int64 // cluster size
@@ -97,18 +97,13 @@ func init() {
 	})
 }
 
-// readHeader reads and parses the header of f.
-func readHeader(f *os.File) (*header, int64, error) {
-	st, err := f.Stat()
-	if err != nil {
-		return nil, 0, fmt.Errorf("qcow2: %w", err)
+// readHeader reads and parses the header of a file of size bytes.
+func readHeader(r io.ReaderAt, size int64) (*header, error) {
+	buf := make([]byte, min(size, 1<<maxClusterBits))
+	if _, err := r.ReadAt(buf, 0); err != nil && !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("qcow2: read header: %w", err)
 	}
-	buf := make([]byte, min(st.Size(), 1<<maxClusterBits))
-	if _, err := f.ReadAt(buf, 0); err != nil && !errors.Is(err, io.EOF) {
-		return nil, 0, fmt.Errorf("qcow2: read header: %w", err)
-	}
-	h, err := parseHeader(buf, st.Size())
-	return h, st.Size(), err
+	return parseHeader(buf, size)
 }
 
 // Open opens the qcow2 image at path. opt must have passed Validate (Open
@@ -125,7 +120,11 @@ func Open(path string, opt image.OpenOptions) (*Image, error) {
 	if err != nil {
 		return nil, fmt.Errorf("qcow2: open: %w", err)
 	}
-	img, err := open(f, path, opt)
+	if err := lock(f, opt); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("%w (in %s)", err, path)
+	}
+	img, err := openStore(fileStore{f}, path, opt)
 	if err != nil {
 		f.Close()
 		return nil, fmt.Errorf("%w (in %s)", err, path)
@@ -133,7 +132,9 @@ func Open(path string, opt image.OpenOptions) (*Image, error) {
 	return img, nil
 }
 
-func open(f *os.File, path string, opt image.OpenOptions) (*Image, error) {
+// lock takes the advisory lock on an image file: exclusive for writing,
+// shared for reading.
+func lock(f *os.File, opt image.OpenOptions) error {
 	if !opt.NoLock {
 		how := unix.LOCK_EX
 		if opt.ReadOnly {
@@ -141,12 +142,25 @@ func open(f *os.File, path string, opt image.OpenOptions) (*Image, error) {
 		}
 		if err := unix.Flock(int(f.Fd()), how|unix.LOCK_NB); err != nil {
 			if errors.Is(err, unix.EWOULDBLOCK) {
-				return nil, fmt.Errorf("qcow2: %w", blockdev.ErrLocked)
+				return fmt.Errorf("qcow2: %w", blockdev.ErrLocked)
 			}
-			return nil, fmt.Errorf("qcow2: lock: %w", err)
+			return fmt.Errorf("qcow2: lock: %w", err)
 		}
 	}
-	h, fsize, err := readHeader(f)
+	return nil
+}
+
+// openStore opens the image in f; path names it (backing files resolve
+// against its directory). On error the caller closes f.
+func openStore(f store, path string, opt image.OpenOptions) (*Image, error) {
+	if err := opt.Validate(); err != nil {
+		return nil, err
+	}
+	fsize, err := f.Size()
+	if err != nil {
+		return nil, err
+	}
+	h, err := readHeader(f, fsize)
 	if err != nil {
 		return nil, err
 	}
@@ -220,7 +234,7 @@ func usable(h *header, readOnly bool) error {
 }
 
 // readTable reads n big-endian 64-bit entries at off.
-func readTable(f *os.File, off int64, n int) ([]uint64, error) {
+func readTable(f io.ReaderAt, off int64, n int) ([]uint64, error) {
 	buf := make([]byte, n*8)
 	if _, err := f.ReadAt(buf, off); err != nil {
 		return nil, err
@@ -268,7 +282,7 @@ func (img *Image) writeHeaderField(off int64, v uint64) error {
 
 // sync makes every write to the file durable.
 func (img *Image) sync() error {
-	if err := unix.Fdatasync(int(img.f.Fd())); err != nil {
+	if err := img.f.Sync(); err != nil {
 		return fmt.Errorf("qcow2: sync: %w", err)
 	}
 	return nil

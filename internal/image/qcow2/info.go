@@ -16,7 +16,12 @@ func Info(path string) (*image.Facts, error) {
 		return nil, fmt.Errorf("qcow2: %w", err)
 	}
 	defer f.Close()
-	h, fsize, err := readHeader(f)
+	st, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("qcow2: %w", err)
+	}
+	fsize := st.Size()
+	h, err := readHeader(f, fsize)
 	if err != nil {
 		return nil, fmt.Errorf("%w (in %s)", err, path)
 	}
@@ -61,8 +66,8 @@ func facts(path string, h *header, snaps []snapshot) *image.Facts {
 // Facts describes the open image (the same facts Info reads from a file).
 func (img *Image) Facts() *image.Facts {
 	img.mu.Lock()
-	h := *img.h
+	h, end := *img.h, img.fileEnd
 	img.mu.Unlock()
-	snaps, _ := readSnapshots(img.f, &h, img.fileEnd)
+	snaps, _ := readSnapshots(img.f, &h, end)
 	return facts(img.path, &h, snaps)
 }

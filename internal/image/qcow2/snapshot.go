@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"io"
-	"os"
 
 	"vdisk/internal/image"
 )
@@ -19,7 +18,7 @@ type snapshot struct {
 
 // readSnapshots reads the snapshot table. Every length is checked against
 // the table's bound before anything is allocated.
-func readSnapshots(f *os.File, h *header, fileSize int64) ([]snapshot, error) {
+func readSnapshots(f io.ReaderAt, h *header, fileSize int64) ([]snapshot, error) {
 	if h.nbSnapshots == 0 {
 		return nil, nil
 	}
