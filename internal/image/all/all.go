@@ -3,6 +3,7 @@
 package all
 
 import (
+	_ "vdisk/internal/image/iso"   // registers iso
 	_ "vdisk/internal/image/qcow2" // registers qcow2
 	_ "vdisk/internal/image/raw"   // registers raw
 	_ "vdisk/internal/image/vdi"   // registers vdi

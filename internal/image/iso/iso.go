@@ -1,0 +1,180 @@
+// Package iso serves ISO 9660 images (CD-ROM and DVD images) as read-only
+// blockdev Devices with 2048-byte blocks. It registers itself with the
+// image registry as "iso".
+//
+// An ISO image is detected by "CD001" in its first volume descriptor, 32 KiB
+// into the file; the registry's probe must read that far (see
+// MagicOffset). The device is the file itself, its size rounded up to whole
+// 2048-byte blocks (the tail reads as zeroes). It has no Trimmer or
+// ZeroWriter: it cannot be written. All methods are safe for concurrent
+// use; Close must not race with I/O still in flight.
+package iso
+
+import (
+	"fmt"
+	"os"
+	"sync/atomic"
+	"syscall"
+
+	"vdisk/internal/blockdev"
+	"vdisk/internal/image"
+)
+
+// Name is the format's name in the image registry.
+const Name = "iso"
+
+func init() {
+	image.Register(image.Format{
+		Name:  Name,
+		Probe: probe,
+		Open:  func(path string, opt image.OpenOptions) (blockdev.Device, error) { return Open(path, opt) },
+		Info:  Info,
+		Check: Check,
+	})
+}
+
+// Image is an open ISO image.
+type Image struct {
+	f        *blockdev.File
+	fileSize int64
+	size     int64
+	vol      *Volume
+	closed   atomic.Bool
+}
+
+var (
+	_ blockdev.Device    = (*Image)(nil)
+	_ blockdev.Extenter  = (*Image)(nil)
+	_ blockdev.Describer = (*Image)(nil)
+)
+
+// Open opens the ISO image at path, read-only whatever opt.ReadOnly says.
+func Open(path string, opt image.OpenOptions) (*Image, error) {
+	f, err := blockdev.OpenFile(path, blockdev.FileOptions{ReadOnly: true, NoLock: opt.NoLock})
+	if err != nil {
+		return nil, fmt.Errorf("iso: %w", err)
+	}
+	vol, err := readVolume(f, f.Size())
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("%w (in %s)", err, path)
+	}
+	return &Image{f: f, fileSize: f.Size(), size: (f.Size() + BlockSize - 1) &^ (BlockSize - 1), vol: vol}, nil
+}
+
+// Volume returns what the primary volume descriptor says.
+func (img *Image) Volume() Volume { return *img.vol }
+
+// Size returns the device size: the file's, rounded up to whole blocks.
+func (img *Image) Size() int64 { return img.size }
+
+// Info reports 2048-byte blocks and a read-only device.
+func (img *Image) Info() blockdev.Info {
+	return blockdev.Info{LogicalBlockSize: BlockSize, PhysicalBlockSize: BlockSize, ReadOnly: true}
+}
+
+// ReadAt reads len(p) bytes at off; the padding past the file reads as
+// zeroes.
+func (img *Image) ReadAt(p []byte, off int64) (int, error) {
+	if img.closed.Load() {
+		return 0, blockdev.ErrClosed
+	}
+	if err := blockdev.CheckRange(off, int64(len(p)), img.size); err != nil {
+		return 0, err
+	}
+	n := max(0, min(int64(len(p)), img.fileSize-off))
+	if n > 0 {
+		if _, err := img.f.ReadAt(p[:n], off); err != nil {
+			return 0, fmt.Errorf("iso: read at %d: %w", off, err)
+		}
+	}
+	clear(p[n:])
+	return len(p), nil
+}
+
+// WriteAt refuses: an ISO image is read-only.
+func (img *Image) WriteAt(p []byte, off int64) (int, error) {
+	if img.closed.Load() {
+		return 0, blockdev.ErrClosed
+	}
+	if err := blockdev.CheckRange(off, int64(len(p)), img.size); err != nil {
+		return 0, err
+	}
+	return 0, blockdev.ErrReadOnly
+}
+
+// Flush has nothing to do.
+func (img *Image) Flush() error {
+	if img.closed.Load() {
+		return blockdev.ErrClosed
+	}
+	return nil
+}
+
+// Close releases the file.
+func (img *Image) Close() error {
+	if !img.closed.CompareAndSwap(false, true) {
+		return blockdev.ErrClosed
+	}
+	return img.f.Close()
+}
+
+// Extents reports the file's holes and data; the padding is a hole.
+func (img *Image) Extents(off, n int64) ([]blockdev.Extent, error) {
+	if img.closed.Load() {
+		return nil, blockdev.ErrClosed
+	}
+	if err := blockdev.CheckRange(off, n, img.size); err != nil {
+		return nil, err
+	}
+	if off >= img.fileSize {
+		return []blockdev.Extent{{Off: off, Len: n, Flags: blockdev.ExtentHole | blockdev.ExtentZero}}, nil
+	}
+	return img.f.Extents(off, min(n, img.fileSize-off))
+}
+
+// Info reads the facts `vdisk info` shows. Facts has no media or block
+// size field: ClusterSize carries the 2048-byte block size; Media and
+// BlockSize name the rest.
+func Info(path string) (*image.Facts, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("iso: %w", err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("iso: %w", err)
+	}
+	if _, err := readVolume(f, st.Size()); err != nil {
+		return nil, fmt.Errorf("%w (in %s)", err, path)
+	}
+	fa := &image.Facts{Filename: path, Format: Name, VirtualSize: (st.Size() + BlockSize - 1) &^ (BlockSize - 1), ClusterSize: BlockSize, DiskSize: st.Size()}
+	if s, ok := st.Sys().(*syscall.Stat_t); ok {
+		fa.DiskSize = s.Blocks * 512
+	}
+	return fa, nil
+}
+
+// Check verifies the volume descriptor set: a primary descriptor whose
+// volume fits the file, and a terminator.
+func Check(path string, opt image.CheckOptions) (*image.CheckResult, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("iso: %w", err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("iso: %w", err)
+	}
+	r := &image.CheckResult{Filename: path, Format: Name, ImageEndOffset: st.Size()}
+	vol, err := readVolume(f, st.Size())
+	if err != nil {
+		r.Corruptions++
+		r.Messages = append(r.Messages, err.Error())
+		return r, nil
+	}
+	r.TotalClusters, r.AllocatedClusters = vol.Blocks, vol.Blocks
+	return r, nil
+}
