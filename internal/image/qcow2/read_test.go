@@ -60,6 +60,9 @@ func TestReadQemuImages(t *testing.T) {
 			want := qemuRaw(t, p)
 			img := openImage(t, p, image.OpenOptions{ReadOnly: true})
 			mustEqual(t, "read", readAll(t, img), want)
+			if res, err := Check(p, image.CheckOptions{}); err != nil || !res.Clean() {
+				t.Fatalf("vdisk check of a clean qemu image: %v %v", res.Messages, err)
+			}
 		})
 	}
 }

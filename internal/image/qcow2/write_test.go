@@ -150,6 +150,9 @@ func TestWriteMatchesQemu(t *testing.T) {
 				t.Fatal(err)
 			}
 			qemuCheck(t, p)
+			if res, err := Check(p, image.CheckOptions{}); err != nil || !res.Clean() {
+				t.Fatalf("vdisk check: %v %v", res.Messages, err)
+			}
 			mustEqual(t, "qemu-img read", qemuRaw(t, p), m.ref)
 		})
 	}
@@ -247,6 +250,9 @@ func TestWriteOverSnapshot(t *testing.T) {
 		t.Fatal(err)
 	}
 	qemuCheck(t, p)
+	if res, err := Check(p, image.CheckOptions{}); err != nil || !res.Clean() {
+		t.Fatalf("vdisk check: %v %v", res.Messages, err)
+	}
 	mustEqual(t, "active layer", qemuRaw(t, p), ref)
 	runCmd(t, "qemu-img", "snapshot", "-a", "snap1", p)
 	qemuCheck(t, p)

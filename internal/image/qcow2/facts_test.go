@@ -1,0 +1,162 @@
+package qcow2
+
+import (
+	"encoding/json"
+	"errors"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"vdisk/internal/blockdev"
+	"vdisk/internal/image"
+)
+
+// qemuInfo returns qemu-img info --output json for path.
+func qemuInfo(t *testing.T, path string) map[string]any {
+	t.Helper()
+	out, err := exec.Command("qemu-img", "info", "-U", "--output", "json", path).Output()
+	if err != nil {
+		t.Fatalf("qemu-img info: %v", err)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(out, &m); err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// TestInfoMatchesQemu compares Info with qemu-img info on images with
+// every option, a backing file and snapshots.
+func TestInfoMatchesQemu(t *testing.T) {
+	needTool(t, "qemu-img")
+	dir := t.TempDir()
+	base := filepath.Join(dir, "base.raw")
+	writeFile(t, dir, "base.raw", pattern(1<<20, 5))
+	for _, args := range [][]string{
+		{"-o", "compat=0.10"},
+		{"-o", "cluster_size=4k,refcount_bits=8,lazy_refcounts=on"},
+		{"-o", "extended_l2=on,compression_type=zstd"},
+		{"-b", base, "-F", "raw"},
+	} {
+		t.Run(strings.Join(args, " "), func(t *testing.T) {
+			p := filepath.Join(t.TempDir(), "img.qcow2")
+			runCmd(t, "qemu-img", append(append([]string{"create", "-q", "-f", "qcow2"}, args...), p, "3M")...)
+			runCmd(t, "qemu-img", "snapshot", "-c", "first", p)
+			fa, err := Info(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			m := qemuInfo(t, p)
+			spec := m["format-specific"].(map[string]any)["data"].(map[string]any)
+			if float64(fa.VirtualSize) != m["virtual-size"] || float64(fa.ClusterSize) != m["cluster-size"] ||
+				fa.Compat != spec["compat"] || fa.BackingFile != strOr(m["backing-filename"]) ||
+				fa.BackingFormat != strOr(m["backing-filename-format"]) || fa.Dirty != m["dirty-flag"] {
+				t.Errorf("facts %+v\nqemu %v", fa, m)
+			}
+			if fa.Compat == "1.1" && (float64(fa.RefcountBits) != spec["refcount-bits"] || fa.LazyRefcounts != spec["lazy-refcounts"] ||
+				fa.ExtendedL2 != spec["extended-l2"] || fa.CompressionType != spec["compression-type"]) {
+				t.Errorf("facts %+v\nqemu %v", fa, spec)
+			}
+			snaps := m["snapshots"].([]any)
+			if len(fa.Snapshots) != 1 || fa.Snapshots[0].Name != snaps[0].(map[string]any)["name"] ||
+				float64(fa.Snapshots[0].DateSec) != snaps[0].(map[string]any)["date-sec"] {
+				t.Errorf("snapshots %+v, qemu %v", fa.Snapshots, snaps)
+			}
+		})
+	}
+}
+
+func strOr(v any) string {
+	s, _ := v.(string)
+	return s
+}
+
+// TestLazyRefcounts checks that an image with lazy refcounts is marked
+// dirty while written and clean after Close, and that an image left dirty
+// is refused for writing but readable.
+func TestLazyRefcounts(t *testing.T) {
+	needTool(t, "qemu-img")
+	p := filepath.Join(t.TempDir(), "img.qcow2")
+	create(t, p, 4<<20, 0, map[string]string{"lazy_refcounts": "on"}, "", "")
+	img, err := Open(p, image.OpenOptions{NoLock: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := pattern(1<<20, 6)
+	if _, err := img.WriteAt(data, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := img.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if m := qemuInfo(t, p); m["dirty-flag"] != true {
+		t.Fatalf("dirty flag not set while writing: %v", m["dirty-flag"])
+	}
+	// Left dirty (as after a crash): refused for writing, readable.
+	if _, err := Open(p, image.OpenOptions{NoLock: true}); err == nil || !errors.Is(err, image.ErrUnsupported) || !strings.Contains(err.Error(), "dirty") {
+		t.Fatalf("writable open of a dirty image: %v", err)
+	}
+	ro := openImage(t, p, image.OpenOptions{ReadOnly: true, NoLock: true})
+	mustEqual(t, "dirty image read", readAll(t, ro)[:1<<20], data)
+	if err := img.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if m := qemuInfo(t, p); m["dirty-flag"] != false {
+		t.Fatalf("dirty flag still set after close")
+	}
+	qemuCheck(t, p)
+	mustEqual(t, "qemu-img read", qemuRaw(t, p)[:1<<20], data)
+}
+
+// TestExtentsMatchQemuMap compares Extents with qemu-img map over a chain
+// with data, zero clusters, discarded ranges and a short backing file.
+func TestExtentsMatchQemuMap(t *testing.T) {
+	needTool(t, "qemu-img")
+	needTool(t, "qemu-io")
+	dir := t.TempDir()
+	base := filepath.Join(dir, "base.qcow2")
+	runCmd(t, "qemu-img", "create", "-q", "-f", "qcow2", base, "2M")
+	runCmd(t, "qemu-io", "-c", "write -P 1 0 256k", "-c", "write -z 512k 128k", base)
+	top := filepath.Join(dir, "top.qcow2")
+	runCmd(t, "qemu-img", "create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", top, "4M")
+	runCmd(t, "qemu-io", "-c", "write -P 2 128k 256k", "-c", "write -z 1M 64k", "-c", "write -P 3 3M 64k", "-c", "discard 3M 64k", top)
+	img := openImage(t, top, image.OpenOptions{ReadOnly: true})
+	out, err := exec.Command("qemu-img", "map", "--output", "json", top).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var qm []struct {
+		Start, Length int64
+		Data, Zero    bool
+	}
+	if err := json.Unmarshal(out, &qm); err != nil {
+		t.Fatal(err)
+	}
+	var ours []blockdev.Extent
+	for off := int64(0); off < img.Size(); {
+		ex, err := img.Extents(off, img.Size()-off)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ours = append(ours, ex...)
+		off = ex[len(ex)-1].Off + ex[len(ex)-1].Len
+	}
+	flagsAt := func(pos int64) blockdev.ExtentFlags {
+		for _, e := range ours {
+			if pos >= e.Off && pos < e.Off+e.Len {
+				return e.Flags
+			}
+		}
+		t.Fatalf("no extent at %d", pos)
+		return 0
+	}
+	for _, q := range qm {
+		for pos := q.Start; pos < q.Start+q.Length; pos += 64 << 10 {
+			f := flagsAt(pos)
+			if (f&blockdev.ExtentZero != 0) != q.Zero || (f == 0) != q.Data {
+				t.Errorf("at %d: our flags %b, qemu data=%v zero=%v", pos, f, q.Data, q.Zero)
+			}
+		}
+	}
+}
