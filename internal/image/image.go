@@ -52,6 +52,12 @@ type Format struct {
 	Check func(path string, opt CheckOptions) (*CheckResult, error)
 }
 
+// Inspector is a Device, opened by a format, that reports the facts Info
+// reads from a file (qcow2.Image implements it).
+type Inspector interface {
+	Facts() *Facts
+}
+
 // OpenOptions say how Open opens an image.
 type OpenOptions struct {
 	// Format is the format's name; "" probes. An explicit format always

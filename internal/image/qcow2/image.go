@@ -84,6 +84,7 @@ var (
 	_ blockdev.ZeroWriter = (*Image)(nil)
 	_ blockdev.Extenter   = (*Image)(nil)
 	_ blockdev.Describer  = (*Image)(nil)
+	_ image.Inspector     = (*Image)(nil)
 )
 
 func init() {

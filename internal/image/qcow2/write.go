@@ -110,13 +110,22 @@ func (img *Image) writeCluster(vc, in int64, data []byte) error {
 	} else if err := img.checkData(old); err != nil {
 		return err
 	}
+	// A new cluster past the end of the file reads as zeroes already: when
+	// the cluster's content is zeroes too, only the data needs writing.
+	onlyData := false
 	if fresh {
+		end := img.fileEnd
 		if target, err = img.alloc(1); err != nil {
 			return err
 		}
+		onlyData = target >= end && img.readsZero(vc, e, bm)
 	}
 	img.mu.Unlock()
-	err = img.fill(vc, e, bm, in, data, target, !fresh)
+	if onlyData {
+		err = img.writeHost(data, target+in)
+	} else {
+		err = img.fill(vc, e, bm, in, data, target, !fresh)
+	}
 	img.mu.Lock()
 	if err != nil {
 		if fresh {
@@ -182,6 +191,21 @@ func (img *Image) writeHost(b []byte, off int64) error {
 		return fmt.Errorf("qcow2: write data at %#x: %w", off, err)
 	}
 	return nil
+}
+
+// readsZero reports whether guest cluster vc, with entry e and bitmap bm,
+// reads as zeroes without looking at data.
+func (img *Image) readsZero(vc int64, e, bm uint64) bool {
+	noBacking := img.backing == nil || vc*img.cs >= img.backingSize
+	switch {
+	case e&flagCompressed != 0:
+		return false
+	case img.h.extL2():
+		return bm&allSubclusters == 0 && (noBacking || ^(bm>>32)&allSubclusters == 0)
+	case img.h.version >= 3 && e&flagZero != 0:
+		return true
+	}
+	return e&offsetMask == 0 && noBacking
 }
 
 // dropEntry queues the release of the host clusters an L2 entry that is
