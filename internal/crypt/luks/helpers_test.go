@@ -2,6 +2,7 @@ package luks
 
 import (
 	"bytes"
+	"context"
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/sha256"
@@ -12,11 +13,15 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/crypto/xts"
 
 	"vdisk/internal/blockdev"
 )
+
+// toolTimeout bounds each run of an external tool.
+const toolTimeout = 2 * time.Minute
 
 // fastKDF is a cheap argon2id for tests.
 var fastKDF = PBKDFOptions{Type: "argon2id", Iterations: 4, MemoryKiB: 32, Parallel: 1}
@@ -45,7 +50,9 @@ func run(t *testing.T, name string, args ...string) string {
 }
 
 func runErr(name string, args ...string) (string, error) {
-	cmd := exec.Command(name, args...)
+	ctx, cancel := context.WithTimeout(context.Background(), toolTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, name, args...)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	err := cmd.Run()
@@ -77,10 +84,12 @@ func keyFile(t *testing.T, name string, pass []byte) string {
 	return p
 }
 
-// openFile opens an image as a Device, closed at the end of the test.
+// openFile opens an image as a Device, closed at the end of the test. It
+// takes no flock: the tests run cryptsetup (which locks the image too) while
+// it is open, and cryptsetup waits for locks.
 func openFile(t *testing.T, path string) blockdev.Device {
 	t.Helper()
-	f, err := blockdev.OpenFile(path, blockdev.FileOptions{})
+	f, err := blockdev.OpenFile(path, blockdev.FileOptions{NoLock: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -151,3 +160,6 @@ func refCrypt(t *testing.T, spec string, key, b []byte, iv uint64, encrypt bool)
 		t.Fatalf("no reference for %s", spec)
 	}
 }
+
+// memDev is a memory device for tests that need no cryptsetup.
+func memDev(size int64) blockdev.Device { return blockdev.NewMem(size) }
