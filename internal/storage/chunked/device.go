@@ -27,6 +27,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/bits"
 	"os"
 	"sync"
 	"time"
@@ -59,6 +60,9 @@ const (
 	zeroEntryCost = 4 << 10
 	// minLeaseTTL bounds LeaseTTL from below.
 	minLeaseTTL = time.Second
+	// retryTick is the longest wait before failed uploads are retried in
+	// the background.
+	retryTick = 500 * time.Millisecond
 	// minTick bounds how often the write-back goroutine wakes.
 	minTick = 10 * time.Millisecond
 )
@@ -270,6 +274,29 @@ func (d *Device) Degraded() error {
 		return d.fenced
 	}
 	return d.degraded
+}
+
+// Stats are a snapshot of a Device's cache.
+type Stats struct {
+	// DirtyBytes is the memory of chunks not yet stored (at most
+	// Options.MaxDirty); DirtyChunks counts them.
+	DirtyBytes  int64
+	DirtyChunks int
+	// CachedBytes is the memory of clean cached data.
+	CachedBytes int64
+	// StoredChunks counts the chunk objects in the store.
+	StoredChunks int64
+}
+
+// Stats returns a snapshot of the cache's state.
+func (d *Device) Stats() Stats {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var stored int64
+	for _, w := range d.exists {
+		stored += int64(bits.OnesCount64(w))
+	}
+	return Stats{DirtyBytes: d.dirtyBytes, DirtyChunks: len(d.dirty), CachedBytes: d.cleanBytes, StoredChunks: stored}
 }
 
 // chunkLen is the length of chunk idx (the last one may be short).

@@ -65,7 +65,21 @@ func TestFaults(t *testing.T) {
 				t.Fatalf("read of cached data while degraded: %v", err)
 			}
 
+			// Chunk 6 (partly written) waits for a Flush; 4 and 5 (written
+			// to their ends) may have been stored before the fault.
+			if st := d.Stats(); st.DirtyChunks == 0 || st.DirtyBytes == 0 {
+				t.Fatalf("stats while degraded: %+v, want the unstored chunks", st)
+			}
 			f.SetFault(nil)
+			// The Device retries the failed uploads by itself and
+			// recovers without a Flush.
+			deadline := time.Now().Add(recoveryTimeout)
+			for d.Degraded() != nil {
+				if time.Now().After(deadline) {
+					t.Fatalf("still degraded (%v, %+v) %v after the store came back", d.Degraded(), d.Stats(), recoveryTimeout)
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
 			if err := d.Flush(); err != nil {
 				t.Fatalf("flush after the store came back: %v", err)
 			}
@@ -81,6 +95,9 @@ func TestFaults(t *testing.T) {
 		})
 	}
 }
+
+// recoveryTimeout bounds the wait for background retries to succeed.
+const recoveryTimeout = 30 * time.Second
 
 func firstDiff(a, b []byte) int {
 	for i := range min(len(a), len(b)) {

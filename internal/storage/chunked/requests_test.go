@@ -48,8 +48,10 @@ func requestsPerGiB(t *testing.T, st objstore.Store, total int64) (string, *objs
 	t.Logf("%d MiB in 1 MiB writes, 4 MiB chunks: %+v; %.1f requests per GiB; %.0f MiB/s",
 		total>>20, delta, perGiB, float64(total)/float64(1<<20)/took.Seconds())
 	wantPuts := total / chunk
-	if delta.Put != wantPuts+1 || delta.Get != 0 || delta.Delete != 0 { // +1: the lease check of the Flush
-		t.Fatalf("requests %+v, want %d chunk PUTs, one lease PUT and nothing else", delta, wantPuts)
+	// The Flush confirms the lease with one PUT unless every chunk was
+	// already stored when it was called.
+	if delta.Put < wantPuts || delta.Put > wantPuts+1 || delta.Get != 0 || delta.Delete != 0 {
+		t.Fatalf("requests %+v, want %d chunk PUTs, at most one lease PUT and nothing else", delta, wantPuts)
 	}
 	if err := d.Close(); err != nil {
 		t.Fatal(err)

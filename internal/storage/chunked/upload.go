@@ -222,16 +222,22 @@ func (d *Device) Flush() error {
 	defer d.mu.Unlock()
 	for {
 		pending := 0
+		var failed *chunk
 		for _, t := range targets {
 			c := t.c
 			if c.storedGen >= t.gen {
 				continue
 			}
-			if c.failSeq > start && !c.uploading {
-				return fmt.Errorf("chunked: flush: chunk %d: %w", c.idx, c.lastErr)
-			}
+			// Every target gets queued, even after a failure: the ones
+			// that work are stored now, not at the next Flush.
 			d.enqueueLocked(c)
 			pending++
+			if c.failSeq > start && !c.uploading && failed == nil {
+				failed = c
+			}
+		}
+		if failed != nil {
+			return fmt.Errorf("chunked: flush: chunk %d: %w", failed.idx, failed.lastErr)
 		}
 		if pending == 0 {
 			return nil
@@ -246,7 +252,7 @@ func (d *Device) Flush() error {
 // writeBackLoop uploads chunks left dirty longer than WriteBackDelay, and
 // retries failed uploads, until Close.
 func (d *Device) writeBackLoop() {
-	t := time.NewTicker(max(d.opts.WriteBackDelay/2, minTick))
+	t := time.NewTicker(max(min(d.opts.WriteBackDelay/2, retryTick), minTick))
 	defer t.Stop()
 	for {
 		select {

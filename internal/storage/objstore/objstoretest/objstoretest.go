@@ -43,7 +43,8 @@ func Run(t *testing.T, newStore func(t *testing.T) objstore.Store) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			s := newStore(t)
-			prefix := "conformance/" + strings.ReplaceAll(t.Name(), "/", "_") + "/"
+			// Unique per run: a shared bucket keeps objects across runs.
+			prefix := fmt.Sprintf("conformance/%d/%s/", time.Now().UnixNano(), strings.ReplaceAll(t.Name(), "/", "_"))
 			tc.fn(t, s, prefix)
 		})
 	}
@@ -320,7 +321,7 @@ func testConcurrentCreate(t *testing.T, s objstore.Store, p string) {
 		}
 	}
 	if winner < 0 {
-		t.Fatal("no creator won")
+		t.Fatalf("no creator won: %v", results)
 	}
 	got, _, err := s.Get(ctx, p+"race", 0, -1)
 	if err != nil || string(got) != fmt.Sprintf("creator %d", winner) {
