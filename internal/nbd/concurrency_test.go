@@ -64,7 +64,7 @@ func (d *gateDev) Flush() error {
 
 func TestOutOfOrderReplies(t *testing.T) {
 	d := newGateDev(1<<20, 0)
-	sock := startServer(t, &Server{Exports: []Export{{Name: "disk", Device: d}}})
+	sock := startServer(t, &Server{Exports: []Export{{Name: "disk", Device: d}}, noInline: true})
 	c := dial(t, sock)
 	c.open("disk", true)
 	c.reqOff[1], c.reqOff[2] = 0, 4096

@@ -38,6 +38,8 @@ type conn struct {
 	baseOK   bool // BLOCK_STATUS allowed: base:allocation set for exp
 
 	// Transmission phase.
+	held    bool // the reader holds replies back (reader goroutine only)
+	lat     latency
 	rw      replyWriter
 	budget  budget
 	workers sync.WaitGroup

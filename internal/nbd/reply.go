@@ -22,8 +22,10 @@ const (
 // message. Small messages are coalesced: a sender that knows another is
 // already waiting for the mutex leaves its message in buf for that one to
 // write, so a burst of completions costs one write system call. The last
-// sender of a burst always writes, so no message waits for an unrelated
-// future event.
+// sender of a burst always writes. The request reader also holds the
+// buffer (hold/release) while it works through requests it has already
+// received, so replies to a batch of requests go out together when it is
+// about to wait for the network again.
 type replyWriter struct {
 	waiting atomic.Int32 // senders between announcing themselves and finishing
 
@@ -64,9 +66,26 @@ func (rw *replyWriter) send(parts ...[]byte) error {
 		_, rw.err = rw.bufs.WriteTo(rw.w)
 		rw.buf = rw.buf[:0]
 	}
+	rw.flushIfLast()
+	return rw.err
+}
+
+// flushIfLast writes buf out unless another sender or a hold will.
+// rw.mu is held.
+func (rw *replyWriter) flushIfLast() {
 	if rw.waiting.Add(-1) == 0 && len(rw.buf) > 0 && rw.err == nil {
 		_, rw.err = rw.w.Write(rw.buf)
 		rw.buf = rw.buf[:0]
 	}
+}
+
+// hold keeps small replies in the buffer until release.
+func (rw *replyWriter) hold() { rw.waiting.Add(1) }
+
+// release ends a hold, writing out what waited for it.
+func (rw *replyWriter) release() error {
+	rw.mu.Lock()
+	defer rw.mu.Unlock()
+	rw.flushIfLast()
 	return rw.err
 }

@@ -76,6 +76,10 @@ type Server struct {
 	// maximum block size; 0 means DefaultMaxPayload. At least 64 KiB.
 	MaxPayload int
 
+	// noInline makes every request run on its own goroutine (tests that
+	// need a blocked request not to hold up the reader set it).
+	noInline bool
+
 	initOnce    sync.Once
 	initErr     error
 	exports     []*export

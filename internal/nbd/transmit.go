@@ -6,6 +6,7 @@ import (
 	"io"
 	"sync"
 	"syscall"
+	"time"
 
 	"vdisk/internal/blockdev"
 	"vdisk/internal/nbd/wire"
@@ -38,8 +39,10 @@ func (c *conn) transmit() error {
 }
 
 func (c *conn) readRequests() error {
+	defer c.unhold()
 	var hb [wire.RequestSize]byte
 	for {
+		c.mayBlock(wire.RequestSize)
 		req, err := wire.ReadRequest(c.br, &hb)
 		if err != nil {
 			switch {
@@ -54,6 +57,10 @@ func (c *conn) readRequests() error {
 		}
 		if req.Type == wire.CmdDisc {
 			return nil
+		}
+		if !c.held {
+			c.rw.hold()
+			c.held = true
 		}
 		if err := c.dispatch(req); err != nil {
 			if c.isClosing() {
@@ -94,21 +101,52 @@ func (c *conn) dispatch(req wire.Request) error {
 	r.acquired = true
 	if req.Type == wire.CmdWrite && req.Length > 0 {
 		r.buf = getBuf(int(req.Length))
+		c.mayBlock(int(req.Length))
 		if _, err := io.ReadFull(c.br, *r.buf); err != nil {
 			r.finish()
 			return fmt.Errorf("nbd: read write payload: %w", err)
 		}
 	}
+	if c.inline(req) {
+		r.run()
+		return nil
+	}
 	c.workers.Add(1)
-	go r.run()
+	go func() {
+		defer c.workers.Done()
+		r.run()
+	}()
 	return nil
 }
 
+// run executes the request, sends its reply and releases it.
 func (r *request) run() {
 	c := r.c
-	defer c.workers.Done()
-	c.handle(r)
+	if r.Type == wire.CmdRead || r.Type == wire.CmdWrite {
+		start := time.Now()
+		c.handle(r)
+		c.lat.observe(time.Since(start))
+	} else {
+		c.handle(r)
+	}
 	r.finish()
+}
+
+// mayBlock releases the hold on replies before a read of n bytes that may
+// wait for the network: the client may be waiting for those replies.
+func (c *conn) mayBlock(n int) {
+	if c.held && c.br.Buffered() < n {
+		c.unhold()
+	}
+}
+
+func (c *conn) unhold() {
+	if c.held {
+		c.held = false
+		if err := c.rw.release(); err != nil {
+			c.abort()
+		}
+	}
 }
 
 // finish returns the request's buffers and budget.
