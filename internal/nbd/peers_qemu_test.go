@@ -107,8 +107,12 @@ func TestFio(t *testing.T) {
 			var res struct {
 				Jobs []struct {
 					Error int
-					Read  struct{ IOBytes int64 `json:"io_bytes"` }
-					Write struct{ IOBytes int64 `json:"io_bytes"` }
+					Read  struct {
+						IOBytes int64 `json:"io_bytes"`
+					}
+					Write struct {
+						IOBytes int64 `json:"io_bytes"`
+					}
 				}
 			}
 			if err := json.Unmarshal([]byte(out[strings.Index(out, "{"):]), &res); err != nil || len(res.Jobs) != 1 {
