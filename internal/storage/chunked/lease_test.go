@@ -5,8 +5,10 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
 
 	"vdisk/internal/blockdev"
+	"vdisk/internal/storage/objstore"
 )
 
 func TestLease(t *testing.T) {
@@ -115,5 +117,53 @@ func TestLeaseLost(t *testing.T) {
 			}
 			bd.Close()
 		})
+	}
+}
+
+// TestLeaseRenewed proves the Device renews its lease while open.
+func TestLeaseRenewed(t *testing.T) {
+	st := objstore.NewMem()
+	p := newPrefix(t)
+	o := testOpts()
+	o.LeaseTTL = minLeaseTTL
+	d := create(t, st, p, 4*testChunk, o)
+	ctx := context.Background()
+	first, err := st.Head(ctx, keyPrefix(p)+leaseName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		b, in, err := st.Get(ctx, keyPrefix(p)+leaseName, 0, -1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rec, err := parseLease(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if in.ETag != first.ETag {
+			if rec.Holder != o.LeaseHolder || rec.Released {
+				t.Fatalf("renewed lease %+v, want held by %s", rec, o.LeaseHolder)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("lease not renewed within 30s with a TTL of 1s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	b, _, err := st.Get(ctx, keyPrefix(p)+leaseName, 0, -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec, err := parseLease(b); err != nil || !rec.Released {
+		t.Fatalf("lease after Close: %+v, %v; want released", rec, err)
+	}
+	if _, err := Open(ctx, st, p, Options{LeaseTTL: time.Millisecond}); !errors.Is(err, ErrBadOptions) {
+		t.Fatalf("open with a 1ms lease TTL: %v, want ErrBadOptions", err)
 	}
 }
