@@ -8,4 +8,5 @@ import (
 	_ "vdisk/internal/image/raw"   // registers raw
 	_ "vdisk/internal/image/vdi"   // registers vdi
 	_ "vdisk/internal/image/vhd"   // registers vhd
+	_ "vdisk/internal/image/vmdk"  // registers vmdk
 )

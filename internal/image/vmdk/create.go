@@ -1,0 +1,233 @@
+package vmdk
+
+import (
+	"crypto/rand"
+	"encoding/binary"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"vdisk/internal/image"
+)
+
+// Create defaults and limits.
+const (
+	// DefaultGrainSize is the grain size Create uses (64 KiB, as qemu).
+	DefaultGrainSize = 64 << 10
+	// splitSize is the extent size of twoGbMaxExtent disks.
+	splitSize = 2 << 30
+	// embeddedDescSectors is the room for a monolithic sparse disk's
+	// descriptor.
+	embeddedDescSectors = 20
+)
+
+// Subformats Create makes.
+const (
+	MonolithicSparse     = "monolithicSparse"
+	MonolithicFlat       = "monolithicFlat"
+	TwoGbMaxExtentSparse = "twoGbMaxExtentSparse"
+	TwoGbMaxExtentFlat   = "twoGbMaxExtentFlat"
+)
+
+// Create makes a new VMDK at path (it must not exist). opt.Options may set
+// subformat (monolithicSparse, the default, monolithicFlat,
+// twoGbMaxExtentSparse or twoGbMaxExtentFlat). opt.ClusterSize sets the
+// grain size of sparse extents (a power of two from 4 KiB to 1 MiB; default
+// 64 KiB). opt.BackingFile names a VMDK parent (its size is used when
+// opt.Size is zero).
+func Create(path string, opt image.CreateOptions) error {
+	if err := opt.Validate(); err != nil {
+		return err
+	}
+	sub := MonolithicSparse
+	for k, v := range opt.Options {
+		switch {
+		case k == "subformat" && (v == MonolithicSparse || v == MonolithicFlat || v == TwoGbMaxExtentSparse || v == TwoGbMaxExtentFlat):
+			sub = v
+		case k == "subformat":
+			return fmt.Errorf("vmdk: subformat %q: want %s, %s, %s or %s", v, MonolithicSparse, MonolithicFlat, TwoGbMaxExtentSparse, TwoGbMaxExtentFlat)
+		default:
+			return fmt.Errorf("vmdk: unknown option %q (known: subformat)", k)
+		}
+	}
+	grain := opt.ClusterSize
+	if grain == 0 {
+		grain = DefaultGrainSize
+	}
+	if grain < 4096 || grain > 1<<20 || grain&(grain-1) != 0 {
+		return fmt.Errorf("vmdk: grain size %d: want a power of two from 4 KiB to 1 MiB", grain)
+	}
+	d := &descriptor{version: 1, parentCID: noParent, createType: sub, cid: newCID()}
+	size := opt.Size
+	if opt.BackingFile != "" {
+		if opt.BackingFormat != "" && opt.BackingFormat != Name {
+			return fmt.Errorf("vmdk: parent format %q: a VMDK's parent must be a VMDK: %w", opt.BackingFormat, errUnsupported)
+		}
+		pp, err := resolveParent(path, opt.BackingFile, "")
+		if err != nil {
+			return err
+		}
+		parent, err := Open(pp, image.OpenOptions{ReadOnly: true, NoBacking: true, NoLock: true})
+		if err != nil {
+			return fmt.Errorf("vmdk: parent: %w", err)
+		}
+		d.parentCID, d.parentHint = parent.desc.cid, opt.BackingFile
+		if size == 0 {
+			size = parent.Size()
+		}
+		parent.Close()
+	}
+	size = (size + sectorSize - 1) &^ (sectorSize - 1)
+	if size/sectorSize > maxSectors {
+		return fmt.Errorf("vmdk: size %d is larger than 64 TiB", size)
+	}
+	sectors := size / sectorSize
+	if sectors == 0 {
+		return fmt.Errorf("vmdk: size must be positive")
+	}
+	cyl := min(sectors/(16*63), 16383)
+	d.ddb = []string{`ddb.virtualHWVersion = "4"`, fmt.Sprintf(`ddb.geometry.cylinders = "%d"`, cyl),
+		`ddb.geometry.heads = "16"`, `ddb.geometry.sectors = "63"`, `ddb.adapterType = "ide"`}
+
+	base := strings.TrimSuffix(filepath.Base(path), ".vmdk")
+	dir := filepath.Dir(path)
+	var made []string
+	fail := func(err error) error {
+		for _, p := range made {
+			os.Remove(p)
+		}
+		return err
+	}
+	write := func(p string, buf []byte, size int64) error {
+		err := writeNew(p, buf, size)
+		if err == nil {
+			made = append(made, p)
+		}
+		return err
+	}
+	if sub == MonolithicSparse {
+		d.extents = []extentLine{{access: "RW", sectors: sectors, kind: kindSparse, file: filepath.Base(path)}}
+		buf, fsize, err := sparseLayout(sectors, grain/sectorSize, d.encode())
+		if err != nil {
+			return err
+		}
+		if err := write(path, buf, fsize); err != nil {
+			return fail(err)
+		}
+		return nil
+	}
+	for i, left := 0, sectors; left > 0; i++ {
+		n := left
+		if sub != MonolithicFlat {
+			n = min(left, splitSize/sectorSize)
+		}
+		var name string
+		var buf []byte
+		fsize := n * sectorSize
+		switch sub {
+		case MonolithicFlat:
+			name = base + "-flat.vmdk"
+		case TwoGbMaxExtentFlat:
+			name = fmt.Sprintf("%s-f%03d.vmdk", base, i+1)
+		case TwoGbMaxExtentSparse:
+			name = fmt.Sprintf("%s-s%03d.vmdk", base, i+1)
+			var err error
+			if buf, fsize, err = sparseLayout(n, grain/sectorSize, ""); err != nil {
+				return fail(err)
+			}
+		}
+		kind := kindFlat
+		if sub == TwoGbMaxExtentSparse {
+			kind = kindSparse
+		}
+		d.extents = append(d.extents, extentLine{access: "RW", sectors: n, kind: kind, file: name})
+		if err := write(filepath.Join(dir, name), buf, fsize); err != nil {
+			return fail(err)
+		}
+		left -= n
+	}
+	if err := write(path, []byte(d.encode()), -1); err != nil {
+		return fail(err)
+	}
+	return nil
+}
+
+// newCID returns a random content id.
+func newCID() string {
+	var b [4]byte
+	rand.Read(b[:])
+	if b == [4]byte{0xff, 0xff, 0xff, 0xff} {
+		b[0] = 0
+	}
+	return hex.EncodeToString(b[:])
+}
+
+// sparseLayout returns the metadata of an empty sparse extent of sectors
+// sectors with grain-sector grains (qemu's layout: header, descriptor,
+// redundant directory and tables, directory and tables) and the file size
+// (its overhead).
+func sparseLayout(sectors, grain int64, desc string) ([]byte, int64, error) {
+	const gtes = 512
+	descOff, descSize := int64(0), int64(0)
+	next := int64(1)
+	if desc != "" {
+		descOff, descSize = 1, embeddedDescSectors
+		if int64(len(desc)) > descSize*sectorSize {
+			return nil, 0, fmt.Errorf("vmdk: descriptor of %d bytes does not fit %d sectors", len(desc), descSize)
+		}
+		next = descOff + descSize
+	}
+	gtCount := (sectors + gtes*grain - 1) / (gtes * grain)
+	gdSectors := (gtCount*4 + sectorSize - 1) / sectorSize
+	gtSectors := int64(gtes * 4 / sectorSize)
+	rgd := next
+	gd := rgd + gdSectors + gtCount*gtSectors
+	end := gd + gdSectors + gtCount*gtSectors
+	overhead := (end + grain - 1) / grain * grain
+	buf := make([]byte, end*sectorSize)
+	le := binary.LittleEndian
+	le.PutUint32(buf, magicKDMV)
+	le.PutUint32(buf[4:], 1)
+	le.PutUint32(buf[8:], flagNLDetect|flagRGD)
+	le.PutUint64(buf[12:], uint64(sectors))
+	le.PutUint64(buf[20:], uint64(grain))
+	le.PutUint64(buf[28:], uint64(descOff))
+	le.PutUint64(buf[36:], uint64(descSize))
+	le.PutUint32(buf[44:], gtes)
+	le.PutUint64(buf[48:], uint64(rgd))
+	le.PutUint64(buf[56:], uint64(gd))
+	le.PutUint64(buf[64:], uint64(overhead))
+	copy(buf[73:], "\n \r\n")
+	copy(buf[descOff*sectorSize:], desc)
+	for i := range gtCount {
+		le.PutUint32(buf[rgd*sectorSize+4*i:], uint32(rgd+gdSectors+i*gtSectors))
+		le.PutUint32(buf[gd*sectorSize+4*i:], uint32(gd+gdSectors+i*gtSectors))
+	}
+	return buf, overhead * sectorSize, nil
+}
+
+// writeNew creates path exclusively with buf at its start, sized size
+// (len(buf) when size is negative).
+func writeNew(path string, buf []byte, size int64) error {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return fmt.Errorf("vmdk: create: %w", err)
+	}
+	_, err = f.WriteAt(buf, 0)
+	if err == nil && size >= 0 {
+		err = f.Truncate(size)
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(path)
+		return fmt.Errorf("vmdk: create %s: %w", path, err)
+	}
+	return nil
+}

@@ -1,0 +1,272 @@
+package vmdk
+
+import (
+	"errors"
+	"fmt"
+
+	"golang.org/x/sys/unix"
+
+	"vdisk/internal/blockdev"
+)
+
+// Bounds of one Extents call: the extents it returns and the grains it
+// looks at.
+const (
+	maxReportExtents = 4096
+	maxExtentGrains  = 1 << 16
+)
+
+// check refuses calls after Close and ranges outside the disk.
+func (img *Image) check(off, n int64) error {
+	if img.closed.Load() {
+		return blockdev.ErrClosed
+	}
+	return blockdev.CheckRange(off, n, img.size)
+}
+
+// pieces calls fn for each part of [off, off+n) inside one extent and, for
+// sparse extents, one grain.
+func (img *Image) pieces(off, n int64, fn func(e *extent, pos, c int64) error) error {
+	for end := off + n; off < end; {
+		e := img.extents[img.find(off)]
+		c := min(end, (e.start+e.sectors)*sectorSize) - off
+		if e.sp != nil {
+			gb := e.sp.grainBytes
+			in := off - e.start*sectorSize
+			c = min(c, gb-in%gb)
+		}
+		if err := fn(e, off, c); err != nil {
+			return err
+		}
+		off += c
+	}
+	return nil
+}
+
+// ReadAt reads len(p) bytes at off.
+func (img *Image) ReadAt(p []byte, off int64) (int, error) {
+	if err := img.check(off, int64(len(p))); err != nil {
+		return 0, err
+	}
+	err := img.pieces(off, int64(len(p)), func(e *extent, pos, c int64) error {
+		return img.read(p[pos-off:pos-off+c], e, pos)
+	})
+	if err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+// read fills b from guest offset pos inside extent e (and one grain).
+func (img *Image) read(b []byte, e *extent, pos int64) error {
+	in := pos - e.start*sectorSize
+	switch {
+	case e.kind == kindZero:
+		clear(b)
+		return nil
+	case e.sp == nil:
+		if _, err := e.file.ReadAt(b, e.fileOff+in); err != nil {
+			return fmt.Errorf("vmdk: read %s at %#x: %w", e.file.Name(), e.fileOff+in, err)
+		}
+		return nil
+	}
+	s := e.sp
+	g := in / s.grainBytes
+	s.mu.Lock()
+	state, fo, err := s.lookup(g)
+	if err == nil && state == grainCompressed {
+		var data []byte
+		if data, err = s.readCompressed(g, fo); err == nil {
+			copy(b, data[in%s.grainBytes:])
+		}
+	}
+	s.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	switch state {
+	case grainUnallocated:
+		return img.readParent(b, pos)
+	case grainZero:
+		clear(b)
+	case grainData:
+		if _, err := s.f.ReadAt(b, fo+in%s.grainBytes); err != nil {
+			return fmt.Errorf("vmdk: read %s at %#x: %w", s.path, fo+in%s.grainBytes, err)
+		}
+	}
+	return nil
+}
+
+// readParent fills b with the parent's bytes at off (zeroes without a
+// parent, and beyond its end).
+func (img *Image) readParent(b []byte, off int64) error {
+	clear(b)
+	if img.parent == nil {
+		return nil
+	}
+	if n := min(int64(len(b)), img.parent.Size()-off); n > 0 {
+		if _, err := img.parent.ReadAt(b[:n], off); err != nil {
+			return fmt.Errorf("vmdk: read parent: %w", err)
+		}
+	}
+	return nil
+}
+
+// WriteAt writes len(p) bytes at off, allocating grains as needed.
+func (img *Image) WriteAt(p []byte, off int64) (int, error) {
+	if err := img.check(off, int64(len(p))); err != nil {
+		return 0, err
+	}
+	if img.readOnly {
+		return 0, blockdev.ErrReadOnly
+	}
+	err := img.pieces(off, int64(len(p)), func(e *extent, pos, c int64) error {
+		return img.write(p[pos-off:pos-off+c], e, pos)
+	})
+	if err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+// write stores b at guest offset pos inside extent e (and one grain).
+func (img *Image) write(b []byte, e *extent, pos int64) error {
+	in := pos - e.start*sectorSize
+	switch {
+	case e.readOnly:
+		return fmt.Errorf("vmdk: extent is RDONLY: %w", blockdev.ErrReadOnly)
+	case e.kind == kindZero:
+		return fmt.Errorf("vmdk: a ZERO extent cannot store data: %w", blockdev.ErrReadOnly)
+	case e.sp == nil:
+		return pwrite(e.file, b, e.fileOff+in)
+	}
+	s := e.sp
+	g := in / s.grainBytes
+	s.mu.Lock()
+	state, fo, err := s.lookup(g)
+	if err != nil {
+		s.mu.Unlock()
+		return err
+	}
+	if state == grainData {
+		s.mu.Unlock()
+		return pwrite(s.f, b, fo+in%s.grainBytes)
+	}
+	defer s.mu.Unlock()
+	gi := g / s.h.gtes
+	t, err := s.table(gi)
+	if err == nil && t == nil {
+		t, err = s.allocTable(gi)
+	}
+	if err != nil {
+		return err
+	}
+	if err := s.grow(s.grainBytes); err != nil {
+		return err
+	}
+	fo = s.fileEnd - s.grainBytes
+	if state == grainUnallocated && img.parent != nil && int64(len(b)) < s.grainBytes {
+		// Fill the new grain from the parent before it becomes visible.
+		buf := make([]byte, s.grainBytes)
+		gstart := pos - in%s.grainBytes
+		if err := img.readParent(buf, gstart); err != nil {
+			return err
+		}
+		copy(buf[in%s.grainBytes:], b)
+		b, in = buf, g*s.grainBytes
+	}
+	if err := pwrite(s.f, b, fo+in%s.grainBytes); err != nil {
+		return err
+	}
+	t.e[g%s.h.gtes] = uint32(fo / sectorSize)
+	t.dirty = true
+	return nil
+}
+
+// pwrite writes b at off in f.
+func pwrite(f interface {
+	WriteAt([]byte, int64) (int, error)
+	Name() string
+}, b []byte, off int64) error {
+	if _, err := f.WriteAt(b, off); err != nil {
+		if errors.Is(err, unix.ENOSPC) {
+			return fmt.Errorf("vmdk: write %s at %#x: %w", f.Name(), off, blockdev.ErrNoSpace)
+		}
+		return fmt.Errorf("vmdk: write %s at %#x: %w", f.Name(), off, err)
+	}
+	return nil
+}
+
+// Extents describes [off, off+n): ZERO extents, zeroed grains and
+// unallocated grains without a parent are holes that read as zeroes;
+// unallocated grains with a parent have the parent's extents; the rest is
+// data.
+func (img *Image) Extents(off, n int64) ([]blockdev.Extent, error) {
+	if err := img.check(off, n); err != nil {
+		return nil, err
+	}
+	var out []blockdev.Extent
+	add := func(o, l int64, f blockdev.ExtentFlags) {
+		if k := len(out); k > 0 && out[k-1].Flags == f && out[k-1].Off+out[k-1].Len == o {
+			out[k-1].Len += l
+			return
+		}
+		out = append(out, blockdev.Extent{Off: o, Len: l, Flags: f})
+	}
+	seen := 0
+	errStop := errors.New("stop")
+	err := img.pieces(off, n, func(e *extent, pos, c int64) error {
+		if len(out) >= maxReportExtents || seen >= maxExtentGrains {
+			return errStop
+		}
+		seen++
+		switch {
+		case e.kind == kindZero:
+			add(pos, c, blockdev.ExtentHole|blockdev.ExtentZero)
+			return nil
+		case e.sp == nil:
+			add(pos, c, 0)
+			return nil
+		}
+		s := e.sp
+		s.mu.Lock()
+		state, _, err := s.lookup((pos - e.start*sectorSize) / s.grainBytes)
+		s.mu.Unlock()
+		if err != nil {
+			return err
+		}
+		switch {
+		case state == grainData || state == grainCompressed:
+			add(pos, c, 0)
+		case state == grainZero || img.parent == nil:
+			add(pos, c, blockdev.ExtentHole|blockdev.ExtentZero)
+		default:
+			return img.parentExtents(pos, c, add)
+		}
+		return nil
+	})
+	if err != nil && err != errStop {
+		return nil, err
+	}
+	return out, nil
+}
+
+// parentExtents adds the parent's extents of [off, off+n), marked as holes
+// of this image.
+func (img *Image) parentExtents(off, n int64, add func(o, l int64, f blockdev.ExtentFlags)) error {
+	end := off + n
+	for pend := min(end, img.parent.Size()); off < pend; {
+		ext, err := blockdev.Extents(img.parent, off, pend-off)
+		if err != nil {
+			return err
+		}
+		for _, e := range ext {
+			add(e.Off, e.Len, e.Flags|blockdev.ExtentHole)
+			off = e.Off + e.Len
+		}
+	}
+	if off < end {
+		add(off, end-off, blockdev.ExtentHole|blockdev.ExtentZero)
+	}
+	return nil
+}

@@ -1,0 +1,206 @@
+package vmdk
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+
+	"vdisk/internal/blockdev"
+	"vdisk/internal/blockdev/blockdevtest"
+	"vdisk/internal/image"
+)
+
+// nopClose keeps a Section from closing the device under it.
+type nopClose struct{ blockdev.Device }
+
+func (nopClose) Close() error { return nil }
+
+// TestWriteMatchesQemu creates VMDKs of each subformat with vdisk, writes
+// at random from four goroutines on disjoint quarters, and checks with
+// qemu-img check and compare, and by reopening.
+func TestWriteMatchesQemu(t *testing.T) {
+	needTool(t, "qemu-img")
+	for _, tc := range []struct {
+		sub   string
+		grain int64
+	}{
+		{MonolithicSparse, 0}, {MonolithicSparse, 4096}, {MonolithicFlat, 0}, {TwoGbMaxExtentSparse, 0}, {TwoGbMaxExtentFlat, 0},
+	} {
+		t.Run(tc.sub, func(t *testing.T) {
+			p := filepath.Join(t.TempDir(), "img.vmdk")
+			const size = 9<<20 + 512
+			if err := Create(p, image.CreateOptions{Format: Name, Size: size, ClusterSize: tc.grain, Options: map[string]string{"subformat": tc.sub}}); err != nil {
+				t.Fatal(err)
+			}
+			runCmd(t, "qemu-img", "check", p)
+			d, err := Open(p, image.OpenOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d.Size() != size || d.CreateType() != tc.sub {
+				t.Fatalf("size %d, type %s", d.Size(), d.CreateType())
+			}
+			ref := make([]byte, size)
+			q := int64(size) / 4 &^ 511
+			var wg sync.WaitGroup
+			for i := range int64(4) {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					randomWrites(t, blockdev.Section(nopClose{d}, i*q, q), ref[i*q:(i+1)*q], uint64(i+1), 40, 300<<10)
+				}()
+			}
+			wg.Wait()
+			if err := d.Close(); err != nil {
+				t.Fatal(err)
+			}
+			runCmd(t, "qemu-img", "check", p)
+			mustEqual(t, "qemu read", qemuRaw(t, p, "vmdk"), ref)
+			refPath := filepath.Join(t.TempDir(), "ref.raw")
+			if err := os.WriteFile(refPath, ref, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			runCmd(t, "qemu-img", "compare", "-f", "vmdk", "-F", "raw", p, refPath)
+			if r, err := Check(p, image.CheckOptions{}); err != nil || !r.Clean() {
+				t.Fatalf("Check: %+v, %v", r, err)
+			}
+			d2, err := Open(p, image.OpenOptions{ReadOnly: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer d2.Close()
+			mustEqual(t, "reopened", readAll(t, d2), ref)
+		})
+	}
+}
+
+// TestWriteTwoGbExtents creates 4.5 GiB split images with vdisk, writes
+// across the extent boundaries, and compares windows with qemu's view.
+func TestWriteTwoGbExtents(t *testing.T) {
+	needTool(t, "qemu-img")
+	for _, sub := range []string{TwoGbMaxExtentSparse, TwoGbMaxExtentFlat} {
+		t.Run(sub, func(t *testing.T) {
+			p := filepath.Join(t.TempDir(), "big.vmdk")
+			if err := Create(p, image.CreateOptions{Format: Name, Size: 4608 << 20, Options: map[string]string{"subformat": sub}}); err != nil {
+				t.Fatal(err)
+			}
+			d, err := Open(p, image.OpenOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i, off := range []int64{2<<30 - 1<<20 + 3, 4<<30 - 5000, 3 << 30, 4<<30 + 300<<20} {
+				b := bytes.Repeat([]byte{byte(0x70 + i)}, 1<<20+777)
+				if _, err := d.WriteAt(b, off); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := d.Close(); err != nil {
+				t.Fatal(err)
+			}
+			runCmd(t, "qemu-img", "check", p)
+			d, err = Open(p, image.OpenOptions{ReadOnly: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer d.Close()
+			if len(d.extents) != 3 {
+				t.Fatalf("%d extents", len(d.extents))
+			}
+			compareWindows(t, p, d)
+		})
+	}
+}
+
+// TestWriteChild writes into a child vdisk created over a parent qemu
+// wrote: partial grains are filled from the parent, the parent is
+// untouched, and qemu reads the chain as vdisk does.
+func TestWriteChild(t *testing.T) {
+	needTool(t, "qemu-img")
+	needTool(t, "qemu-io")
+	dir := t.TempDir()
+	base := filepath.Join(dir, "base.vmdk")
+	runCmd(t, "qemu-img", "create", "-q", "-f", "vmdk", base, "8M")
+	for _, c := range scattered {
+		runCmd(t, "qemu-io", "-f", "vmdk", "-c", c, base)
+	}
+	baseRaw := qemuRaw(t, base, "vmdk")
+	child := filepath.Join(dir, "child.vmdk")
+	if err := Create(child, image.CreateOptions{Format: Name, BackingFile: "base.vmdk"}); err != nil {
+		t.Fatal(err)
+	}
+	d, err := Open(child, image.OpenOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := bytes.Clone(baseRaw)
+	mustEqual(t, "fresh child", readAll(t, d), ref)
+	randomWrites(t, d, ref, 11, 30, 200<<10)
+	mustEqual(t, "written child", readAll(t, d), ref)
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	runCmd(t, "qemu-img", "check", child)
+	mustEqual(t, "qemu reads the child", qemuRaw(t, child, "vmdk"), ref)
+	mustEqual(t, "parent untouched", qemuRaw(t, base, "vmdk"), baseRaw)
+}
+
+// TestConformance runs the blockdev conformance suite on each writable
+// subformat, on a child over a parent, and read-only.
+func TestConformance(t *testing.T) {
+	for _, sub := range []string{MonolithicSparse, MonolithicFlat, TwoGbMaxExtentSparse} {
+		t.Run(sub, func(t *testing.T) {
+			blockdevtest.Run(t, func(t *testing.T, size int64) blockdev.Device {
+				p := filepath.Join(t.TempDir(), "img.vmdk")
+				if err := Create(p, image.CreateOptions{Format: Name, Size: size, ClusterSize: 4096, Options: map[string]string{"subformat": sub}}); err != nil {
+					t.Fatal(err)
+				}
+				d, err := Open(p, image.OpenOptions{})
+				if err != nil {
+					t.Fatal(err)
+				}
+				return d
+			})
+		})
+	}
+	t.Run("child", func(t *testing.T) {
+		blockdevtest.Run(t, func(t *testing.T, size int64) blockdev.Device {
+			dir := t.TempDir()
+			base := filepath.Join(dir, "base.vmdk")
+			if err := Create(base, image.CreateOptions{Format: Name, Size: size}); err != nil {
+				t.Fatal(err)
+			}
+			bd, err := Open(base, image.OpenOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			randomWrites(t, bd, make([]byte, size), 4, 20, 64<<10)
+			if err := bd.Close(); err != nil {
+				t.Fatal(err)
+			}
+			p := filepath.Join(dir, "child.vmdk")
+			if err := Create(p, image.CreateOptions{Format: Name, BackingFile: "base.vmdk"}); err != nil {
+				t.Fatal(err)
+			}
+			d, err := Open(p, image.OpenOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return d
+		})
+	})
+	t.Run("read-only", func(t *testing.T) {
+		blockdevtest.Run(t, func(t *testing.T, size int64) blockdev.Device {
+			p := filepath.Join(t.TempDir(), "img.vmdk")
+			if err := Create(p, image.CreateOptions{Format: Name, Size: size}); err != nil {
+				t.Fatal(err)
+			}
+			d, err := Open(p, image.OpenOptions{ReadOnly: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return d
+		})
+	})
+}
