@@ -19,7 +19,7 @@ const maxCheckClusters = 1 << 28
 
 // checker holds the state of one Check.
 type checker struct {
-	f        *os.File
+	f        store
 	h        *header
 	cs       int64
 	fileSize int64
@@ -98,15 +98,8 @@ func Check(path string, opt image.CheckOptions) (*image.CheckResult, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w (in %s)", err, path)
 	}
-	c := &checker{f: f, h: h, cs: h.clusterSize(), fileSize: fsize,
-		res: &image.CheckResult{Filename: path, Format: "qcow2"}}
-	n := (fsize + c.cs - 1) / c.cs
-	if n > maxCheckClusters {
-		return nil, fmt.Errorf("qcow2: check %s: %d clusters is more than %d", path, n, maxCheckClusters)
-	}
-	c.refs = make([]uint32, n)
-	c.res.TotalClusters = int64((h.size + uint64(c.cs) - 1) / uint64(c.cs))
-	if err := c.walk(); err != nil {
+	c, err := newChecker(fileStore{f}, h, fsize, path)
+	if err != nil {
 		return nil, err
 	}
 	stored, err := c.compare(opt.RepairLeaks)
@@ -117,8 +110,22 @@ func Check(path string, opt image.CheckOptions) (*image.CheckResult, error) {
 	return c.res, nil
 }
 
+// newChecker counts the references of the image in f.
+func newChecker(f store, h *header, fsize int64, path string) (*checker, error) {
+	c := &checker{f: f, h: h, cs: h.clusterSize(), fileSize: fsize,
+		res: &image.CheckResult{Filename: path, Format: "qcow2"}}
+	n := (fsize + c.cs - 1) / c.cs
+	if n > maxCheckClusters {
+		return nil, fmt.Errorf("qcow2: check %s: %d clusters is more than %d", path, n, maxCheckClusters)
+	}
+	c.refs = make([]uint32, n)
+	c.res.TotalClusters = int64((h.size + uint64(c.cs) - 1) / uint64(c.cs))
+	c.walk()
+	return c, nil
+}
+
 // walk counts every reference the image's metadata makes.
-func (c *checker) walk() error {
+func (c *checker) walk() {
 	h := c.h
 	c.ref("header", 0, c.cs)
 	c.ref("L1 table", int64(h.l1Off), int64(h.l1Size)*8)
@@ -157,7 +164,6 @@ func (c *checker) walk() error {
 		}
 		c.ref("refcount block", off, c.cs)
 	}
-	return nil
 }
 
 // extraLen recovers a snapshot entry's extra-data length for the table
@@ -315,7 +321,7 @@ func (c *checker) compare(repair bool) ([]uint64, error) {
 		}
 	}
 	if repair && c.res.LeaksFixed > 0 {
-		if err := unix.Fdatasync(int(c.f.Fd())); err != nil {
+		if err := c.f.Sync(); err != nil {
 			return nil, fmt.Errorf("qcow2: repair: %w", err)
 		}
 		c.res.Leaks -= c.res.LeaksFixed

@@ -2,7 +2,7 @@ package qcow2
 
 import (
 	"encoding/json"
-	"errors"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -74,39 +74,74 @@ func strOr(v any) string {
 
 // TestLazyRefcounts checks that an image with lazy refcounts is marked
 // dirty while written and clean after Close, and that an image left dirty
-// is refused for writing but readable.
+// (a copy taken while it was open, as after a crash) is readable, and is
+// repaired when opened for writing: qemu-img check finds it clean after.
 func TestLazyRefcounts(t *testing.T) {
 	needTool(t, "qemu-img")
-	p := filepath.Join(t.TempDir(), "img.qcow2")
-	create(t, p, 4<<20, 0, map[string]string{"lazy_refcounts": "on"}, "", "")
-	img, err := Open(p, image.OpenOptions{NoLock: true})
-	if err != nil {
-		t.Fatal(err)
+	for _, tc := range []struct {
+		name string
+		cs   int64
+		opts map[string]string
+	}{
+		{"64k", 0, map[string]string{"lazy_refcounts": "on"}},
+		{"512-refcount64", 512, map[string]string{"lazy_refcounts": "on", "refcount_bits": "64"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			p := filepath.Join(dir, "img.qcow2")
+			create(t, p, 4<<20, tc.cs, tc.opts, "", "")
+			img, err := Open(p, image.OpenOptions{CacheSize: 16 << 10})
+			if err != nil {
+				t.Fatal(err)
+			}
+			data := pattern(1<<20, 6)
+			for i := range data {
+				data[i] |= 1
+			}
+			if _, err := img.WriteAt(data, 0); err != nil {
+				t.Fatal(err)
+			}
+			if err := img.Flush(); err != nil {
+				t.Fatal(err)
+			}
+			if m := qemuInfo(t, p); m["dirty-flag"] != true {
+				t.Fatalf("dirty flag not set while writing: %v", m["dirty-flag"])
+			}
+			b, err := os.ReadFile(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			crashed := writeFile(t, dir, "crashed.qcow2", b)
+			if err := img.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if m := qemuInfo(t, p); m["dirty-flag"] != false {
+				t.Fatalf("dirty flag still set after close")
+			}
+			qemuCheck(t, p)
+
+			ro := openImage(t, crashed, image.OpenOptions{ReadOnly: true})
+			mustEqual(t, "dirty image read", readAll(t, ro)[:1<<20], data)
+			ro.Close()
+			rw, err := Open(crashed, image.OpenOptions{})
+			if err != nil {
+				t.Fatalf("writable open of a dirty image: %v", err)
+			}
+			if _, err := rw.WriteAt(data[:300<<10], 2<<20); err != nil {
+				t.Fatal(err)
+			}
+			if err := rw.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if m := qemuInfo(t, crashed); m["dirty-flag"] != false {
+				t.Fatalf("dirty flag still set after repair and close")
+			}
+			qemuCheck(t, crashed)
+			got := qemuRaw(t, crashed)
+			mustEqual(t, "repaired image", got[:1<<20], data)
+			mustEqual(t, "written after repair", got[2<<20:2<<20+300<<10], data[:300<<10])
+		})
 	}
-	data := pattern(1<<20, 6)
-	if _, err := img.WriteAt(data, 0); err != nil {
-		t.Fatal(err)
-	}
-	if err := img.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	if m := qemuInfo(t, p); m["dirty-flag"] != true {
-		t.Fatalf("dirty flag not set while writing: %v", m["dirty-flag"])
-	}
-	// Left dirty (as after a crash): refused for writing, readable.
-	if _, err := Open(p, image.OpenOptions{NoLock: true}); err == nil || !errors.Is(err, image.ErrUnsupported) || !strings.Contains(err.Error(), "dirty") {
-		t.Fatalf("writable open of a dirty image: %v", err)
-	}
-	ro := openImage(t, p, image.OpenOptions{ReadOnly: true, NoLock: true})
-	mustEqual(t, "dirty image read", readAll(t, ro)[:1<<20], data)
-	if err := img.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if m := qemuInfo(t, p); m["dirty-flag"] != false {
-		t.Fatalf("dirty flag still set after close")
-	}
-	qemuCheck(t, p)
-	mustEqual(t, "qemu-img read", qemuRaw(t, p)[:1<<20], data)
 }
 
 // TestExtentsMatchQemuMap compares Extents with qemu-img map over a chain

@@ -168,6 +168,17 @@ func openStore(f store, path string, opt image.OpenOptions) (*Image, error) {
 	if err := usable(h, opt.ReadOnly); err != nil {
 		return nil, err
 	}
+	if !opt.ReadOnly && h.incompat&incDirty != 0 {
+		// Left dirty by an unclean shutdown with lazy refcounts: rebuild
+		// the refcounts before anything is allocated.
+		opt.Log.Warn("qcow2: image was not closed cleanly; repairing refcounts", "image", path)
+		if err := repairRefcounts(f, h, fsize, path); err != nil {
+			return nil, fmt.Errorf("qcow2: repair dirty image: %w", err)
+		}
+		if fsize, err = f.Size(); err != nil {
+			return nil, err
+		}
+	}
 	img := &Image{
 		f: f, path: path, h: h,
 		cs:       h.clusterSize(),
@@ -228,8 +239,6 @@ func usable(h *header, readOnly bool) error {
 		return unsupportedf("external data file %q", h.dataFile)
 	case !readOnly && h.incompat&incCorrupt != 0:
 		return corruptf("image is marked corrupt; open it read-only or repair it with qemu-img check -r all")
-	case !readOnly && h.incompat&incDirty != 0:
-		return unsupportedf("image was not closed cleanly (dirty, lazy refcounts); repair it first with qemu-img check -r all, or open it read-only")
 	}
 	return nil
 }
