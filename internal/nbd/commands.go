@@ -2,6 +2,7 @@ package nbd
 
 import (
 	"fmt"
+	"time"
 
 	"vdisk/internal/blockdev"
 	"vdisk/internal/nbd/wire"
@@ -68,7 +69,9 @@ func (c *conn) handle(r *request) {
 	case wire.CmdWrite:
 		var err error
 		if n > 0 {
+			start := time.Now()
 			_, err = x.dev.WriteAt(*r.buf, off)
+			c.lat.observe(time.Since(start))
 		}
 		c.replyResult(r, c.fua(err, fua), "write")
 	case wire.CmdFlush:

@@ -11,7 +11,8 @@ import (
 // than a read or write that the page cache answers in a microsecond or
 // two, so while the device answers quickly the request reader runs small
 // READs and WRITEs itself and only hands off the rest. The decision
-// follows a moving average of how long READs and WRITEs took: one slow
+// follows a moving average of how long the Device took for READs and
+// WRITEs (the device call alone, not the reply): one slow
 // operation (a cache miss, a remote backend) turns inline execution off
 // until fast operations bring the average down again. Flush, trim, zero,
 // cache and block status always run on their own goroutine.

@@ -1,6 +1,8 @@
 package nbd
 
 import (
+	"time"
+
 	"vdisk/internal/blockdev"
 	"vdisk/internal/nbd/wire"
 )
@@ -32,7 +34,9 @@ func (c *conn) cmdRead(r *request) {
 	}
 	r.buf = getBuf(int(r.Length))
 	data := *r.buf
+	start := time.Now()
 	n, err := c.exp.dev.ReadAt(data, int64(r.Offset))
+	c.lat.observe(time.Since(start))
 	if err != nil {
 		c.readFailed(r, n, err)
 		return

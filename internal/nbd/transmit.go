@@ -6,7 +6,6 @@ import (
 	"io"
 	"sync"
 	"syscall"
-	"time"
 
 	"vdisk/internal/blockdev"
 	"vdisk/internal/nbd/wire"
@@ -121,14 +120,7 @@ func (c *conn) dispatch(req wire.Request) error {
 
 // run executes the request, sends its reply and releases it.
 func (r *request) run() {
-	c := r.c
-	if r.Type == wire.CmdRead || r.Type == wire.CmdWrite {
-		start := time.Now()
-		c.handle(r)
-		c.lat.observe(time.Since(start))
-	} else {
-		c.handle(r)
-	}
+	r.c.handle(r)
 	r.finish()
 }
 

@@ -1,0 +1,62 @@
+package nbd
+
+import (
+	"context"
+	"io"
+	"net"
+	"testing"
+
+	"vdisk/internal/blockdev"
+	"vdisk/internal/nbd/wire"
+)
+
+// FuzzServeConn feeds arbitrary client bytes to a server: whatever comes,
+// it must neither panic nor hang, and must end when the client hangs up.
+func FuzzServeConn(f *testing.F) {
+	hello := be32(uint32(wire.ClientFixedNewstyle | wire.ClientNoZeroes))
+	goDisk := wire.AppendOption(nil, wire.OptGo, wire.AppendInfoRequest(nil, wire.InfoRequest{Name: "disk"}))
+	sr := wire.AppendOption(nil, wire.OptStructuredReply, nil)
+	meta := wire.AppendOption(nil, wire.OptSetMetaContext, wire.AppendMetaContextRequest(nil, wire.MetaContextRequest{Name: "disk", Queries: []string{"base:allocation"}}))
+	req := func(r wire.Request, payload ...byte) []byte {
+		var b [wire.RequestSize]byte
+		wire.PutRequest(&b, r)
+		return append(b[:], payload...)
+	}
+	cat := func(parts ...[]byte) []byte {
+		var b []byte
+		for _, p := range parts {
+			b = append(b, p...)
+		}
+		return b
+	}
+	f.Add(cat(hello, goDisk, req(wire.Request{Type: wire.CmdRead, Length: 4096})))
+	f.Add(cat(hello, sr, meta, goDisk,
+		req(wire.Request{Type: wire.CmdWrite, Cookie: 1, Offset: 10, Length: 3}, 1, 2, 3),
+		req(wire.Request{Type: wire.CmdBlockStatus, Cookie: 2, Length: 1 << 20}),
+		req(wire.Request{Type: wire.CmdRead, Cookie: 3, Flags: wire.CmdFlagDF, Length: 100}),
+		req(wire.Request{Type: wire.CmdWriteZeroes, Cookie: 4, Flags: wire.CmdFlagFastZero, Length: 512}),
+		req(wire.Request{Type: wire.CmdTrim, Cookie: 5, Length: 512}),
+		req(wire.Request{Type: wire.CmdDisc})))
+	f.Add(cat(hello, wire.AppendOption(nil, wire.OptList, nil), wire.AppendOption(nil, wire.OptExportName, []byte("disk")),
+		req(wire.Request{Type: wire.CmdWrite, Length: 1 << 30})))
+	f.Add(cat(hello, wire.AppendOption(nil, 77, []byte("x")), wire.AppendOption(nil, wire.OptAbort, nil)))
+	m := blockdev.NewMem(1 << 20)
+	srv := &Server{Exports: []Export{{Name: "disk", Device: m}}, MaxPayload: 1 << 20}
+	f.Fuzz(func(t *testing.T, in []byte) {
+		server, client := net.Pipe()
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			srv.ServeConn(context.Background(), server)
+		}()
+		drained := make(chan struct{})
+		go func() {
+			defer close(drained)
+			io.Copy(io.Discard, client)
+		}()
+		client.Write(in) // fails once the server has closed; that is fine
+		client.Close()
+		<-done
+		<-drained
+	})
+}
