@@ -262,7 +262,8 @@ func TestShutdownDeadline(t *testing.T) {
 }
 
 func TestServeContextCancel(t *testing.T) {
-	srv := &Server{Exports: []Export{{Name: "disk", Device: blockdev.NewMem(1 << 20)}}}
+	d := newGateDev(1<<20, 8192)
+	srv := &Server{Exports: []Export{{Name: "disk", Device: d}}}
 	sock := filepath.Join(t.TempDir(), "nbd.sock")
 	ln, err := net.Listen("unix", sock)
 	if err != nil {
@@ -273,9 +274,19 @@ func TestServeContextCancel(t *testing.T) {
 	go func() { served <- srv.Serve(ctx, ln) }()
 	c := dial(t, sock)
 	c.open("disk", false)
+	c.send(wire.Request{Type: wire.CmdRead, Cookie: 3, Offset: 8192, Length: 512}, nil)
+	<-d.entered
 	cancel()
+	close(d.gate)
+	// The request in flight is still answered, then the connection ends.
+	if r := c.recv(map[uint64]uint32{3: 512}); r.cookie != 3 || r.errno != 0 || len(r.data) != 512 {
+		t.Fatalf("in-flight reply %+v", r)
+	}
 	c.expectClosed()
 	if err := <-served; !errors.Is(err, context.Canceled) {
 		t.Fatalf("Serve = %v, want context.Canceled", err)
+	}
+	if _, err := net.Dial("unix", sock); err == nil {
+		t.Fatal("listener still accepts")
 	}
 }

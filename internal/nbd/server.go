@@ -203,9 +203,10 @@ func (s *Server) blockSize(x *export) wire.BlockSize {
 
 // Serve accepts connections on ln and serves each in its own goroutine
 // until Shutdown (then it returns ErrServerClosed) or until ctx is done
-// (then every connection is closed at once and it returns ctx.Err()).
-// Serve closes ln. Before returning it waits for the connections it
-// accepted to end.
+// (then it returns ctx.Err()). Either way it closes ln, and before
+// returning it waits for the connections it accepted to end; when ctx is
+// done they end gracefully, as in Shutdown: requests in flight are
+// finished and answered first. Devices are flushed only by Shutdown.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	if err := s.init(); err != nil {
 		ln.Close()
@@ -268,7 +269,8 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 // the session properly (NBD_OPT_ABORT, NBD_CMD_DISC, or closing between
 // requests) or the server shut down, ErrServerClosed if Shutdown had
 // already been called, and otherwise the error that ended it. When ctx is
-// done the connection is closed at once.
+// done the connection ends gracefully: no new requests are read, those in
+// flight are finished and answered, then it closes.
 func (s *Server) ServeConn(ctx context.Context, nc net.Conn) error {
 	if err := s.init(); err != nil {
 		nc.Close()
@@ -290,13 +292,10 @@ func (s *Server) ServeConn(ctx context.Context, nc net.Conn) error {
 		s.mu.Unlock()
 		s.connWG.Done()
 	}()
-	stop := context.AfterFunc(ctx, c.abort)
+	stop := context.AfterFunc(ctx, c.beginShutdown)
 	defer stop()
 	err := c.serve()
 	c.close()
-	if err != nil && ctx.Err() != nil {
-		return ctx.Err()
-	}
 	return err
 }
 
