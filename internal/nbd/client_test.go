@@ -18,7 +18,7 @@ const testTimeout = 60 * time.Second
 
 // startServer serves srv on a unix socket in a temporary directory and
 // shuts it down when the test ends.
-func startServer(t *testing.T, srv *Server) string {
+func startServer(t testing.TB, srv *Server) string {
 	t.Helper()
 	sock := filepath.Join(t.TempDir(), "nbd.sock")
 	ln, err := net.Listen("unix", sock)
@@ -49,14 +49,14 @@ func memServer(t *testing.T, size int64) (string, *blockdev.Mem) {
 
 // client is a minimal NBD client for wire-level tests.
 type client struct {
-	t  *testing.T
+	t  testing.TB
 	nc net.Conn
 	br *bufio.Reader
 	// reqOff records the offset of each READ cookie, for fill.
 	reqOff map[uint64]uint64
 }
 
-func dial(t *testing.T, sock string) *client {
+func dial(t testing.TB, sock string) *client {
 	t.Helper()
 	nc, err := net.Dial("unix", sock)
 	if err != nil {
