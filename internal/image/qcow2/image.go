@@ -216,14 +216,50 @@ func openStore(f store, path string, opt image.OpenOptions) (*Image, error) {
 		img.backingSize = img.backing.Size()
 	}
 	if !opt.ReadOnly && h.autoclear != 0 {
-		// We maintain no bitmaps: clear the bits we would invalidate.
-		h.autoclear = 0
-		if err := img.writeHeaderField(88, 0); err != nil {
+		if err := img.invalidateBitmaps(); err != nil {
 			img.closeBacking()
 			return nil, err
 		}
 	}
 	return img, nil
+}
+
+// autoclearBitmaps is the autoclear bit saying the bitmaps extension is
+// consistent.
+const autoclearBitmaps = 1 << 0
+
+// invalidateBitmaps prepares an image with autoclear features for writing.
+// vdisk does not track dirty bitmaps, so it marks every persistent bitmap
+// in use (qemu then treats it as inconsistent, as it is once we write) and
+// keeps the bitmaps bit; every other autoclear bit is cleared, as the spec
+// requires of a writer that does not know them.
+func (img *Image) invalidateBitmaps() error {
+	h := img.h
+	keep := uint64(0)
+	if h.autoclear&autoclearBitmaps != 0 && h.hasBitmaps {
+		if h.bitmapDirSize > 64<<20 || h.bitmapDirOff%uint64(img.cs) != 0 ||
+			h.bitmapDirOff+h.bitmapDirSize > uint64(img.fileEnd) {
+			return corruptf("bitmap directory at %#x+%d invalid", h.bitmapDirOff, h.bitmapDirSize)
+		}
+		dir := make([]byte, h.bitmapDirSize)
+		if _, err := img.f.ReadAt(dir, int64(h.bitmapDirOff)); err != nil {
+			return fmt.Errorf("qcow2: read bitmap directory: %w", err)
+		}
+		be := binary.BigEndian
+		for pos := 0; pos+24 <= len(dir); {
+			be.PutUint32(dir[pos+12:], be.Uint32(dir[pos+12:])|1) // in_use
+			pos += (24 + int(be.Uint16(dir[pos+18:])) + int(be.Uint32(dir[pos+20:])) + 7) &^ 7
+		}
+		if _, err := img.f.WriteAt(dir, int64(h.bitmapDirOff)); err != nil {
+			return fmt.Errorf("qcow2: write bitmap directory: %w", err)
+		}
+		keep = autoclearBitmaps
+	}
+	if h.autoclear == keep {
+		return img.sync()
+	}
+	h.autoclear = keep
+	return img.writeHeaderField(88, keep)
 }
 
 // usable refuses images this package cannot serve.
