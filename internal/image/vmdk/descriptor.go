@@ -119,6 +119,9 @@ func parseExtent(line string) (extentLine, error) {
 			return e, corruptf("extent file name has no closing quote")
 		}
 		head, e.file, tail = line[:q1], line[q1+1:q1+1+q2], strings.TrimSpace(line[q1+2+q2:])
+		if strings.ContainsFunc(e.file, func(r rune) bool { return r < ' ' || r == 0x7f }) {
+			return e, corruptf("extent file name %q has control characters", e.file)
+		}
 	}
 	f := strings.Fields(head)
 	if len(f) != 3 {
@@ -149,9 +152,9 @@ func parseExtent(line string) (extentLine, error) {
 // encode writes the descriptor as qemu and VMware do.
 func (d *descriptor) encode() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "# Disk DescriptorFile\nversion=%d\nCID=%s\nparentCID=%s\ncreateType=%q\n", max(d.version, 1), d.cid, d.parentCID, d.createType)
+	fmt.Fprintf(&b, "# Disk DescriptorFile\nversion=%d\nCID=%s\nparentCID=%s\ncreateType=\"%s\"\n", max(d.version, 1), d.cid, d.parentCID, d.createType)
 	if d.parentHint != "" {
-		fmt.Fprintf(&b, "parentFileNameHint=%q\n", d.parentHint)
+		fmt.Fprintf(&b, "parentFileNameHint=\"%s\"\n", d.parentHint)
 	}
 	b.WriteString("\n# Extent description\n")
 	for _, e := range d.extents {
@@ -159,9 +162,9 @@ func (d *descriptor) encode() string {
 		case kindZero:
 			fmt.Fprintf(&b, "%s %d %s\n", e.access, e.sectors, e.kind)
 		case kindFlat, kindVMFS:
-			fmt.Fprintf(&b, "%s %d %s %q %d\n", e.access, e.sectors, e.kind, e.file, e.offset)
+			fmt.Fprintf(&b, "%s %d %s \"%s\" %d\n", e.access, e.sectors, e.kind, e.file, e.offset)
 		default:
-			fmt.Fprintf(&b, "%s %d %s %q\n", e.access, e.sectors, e.kind, e.file)
+			fmt.Fprintf(&b, "%s %d %s \"%s\"\n", e.access, e.sectors, e.kind, e.file)
 		}
 	}
 	b.WriteString("\n# The Disk Data Base\n#DDB\n\n")

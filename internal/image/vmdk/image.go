@@ -175,6 +175,9 @@ func (img *Image) open(opt image.OpenOptions) error {
 		if _, err := f.ReadAt(text, 0); err != nil {
 			return fmt.Errorf("vmdk: read descriptor: %w", err)
 		}
+		if !probe(text) && !strings.Contains(string(text), "createType") {
+			return ErrNotVMDK
+		}
 		if img.desc, err = parseDescriptor(string(text)); err != nil {
 			return err
 		}

@@ -90,4 +90,3 @@ func Check(path string, opt image.CheckOptions) (*image.CheckResult, error) {
 	}
 	return r, nil
 }
-
