@@ -196,9 +196,11 @@ func disconnectIoctl(idx int) error {
 		return err
 	}
 	fd := int(f.Fd())
+	// NBD_DISCONNECT sends NBD_CMD_DISC; NBD_CLEAR_SOCK shuts the sockets
+	// down, so NBD_DO_IT returns without waiting for the server to hang up.
 	err = unix.IoctlSetInt(fd, ioctlDisconnect, 0)
-	if ic == nil { // configured by another process: clear what we can
-		unix.IoctlSetInt(fd, ioctlClearSock, 0)
+	if cerr := unix.IoctlSetInt(fd, ioctlClearSock, 0); err == nil && cerr != nil {
+		err = cerr
 	}
 	f.Close()
 	if err != nil {

@@ -90,11 +90,14 @@ func Disconnect(index int) error {
 }
 
 // Reconfigure gives /dev/nbd<index> new sockets in place of dead ones (a
-// server that restarted), through NBD_CMD_RECONFIGURE. Each socket replaces
-// one connection the kernel has marked dead; ErrBusy means none was dead
-// yet (the kernel notices a closed peer asynchronously: try again).
-// Netlink only: the ioctl interface cannot reconnect.
-func Reconfigure(index int, socks []*os.File) error {
+// server that restarted), through NBD_CMD_RECONFIGURE. backend must be the
+// Config.Backend the device was connected with: the kernel refuses a
+// mismatch, which keeps a restarted daemon from attaching the wrong image.
+// Each socket replaces one connection the kernel has marked dead; ErrBusy
+// means none was dead yet (the kernel notices a closed peer
+// asynchronously: try again). Netlink only: the ioctl interface cannot
+// reconnect.
+func Reconfigure(index int, backend string, socks []*os.File) error {
 	if index < 0 || len(socks) == 0 || len(socks) > MaxSockets {
 		return fmt.Errorf("nbd: reconfigure %d with %d sockets", index, len(socks))
 	}
@@ -110,7 +113,7 @@ func Reconfigure(index int, socks []*os.File) error {
 	for i, s := range socks {
 		fds[i] = int(s.Fd())
 	}
-	attrs, err := reconfigureAttrs(index, fds)
+	attrs, err := reconfigureAttrs(index, backend, fds)
 	if err != nil {
 		return err
 	}

@@ -102,9 +102,12 @@ func connectAttrs(fds []int, c Config) ([]byte, error) {
 }
 
 // reconfigureAttrs encodes NBD_CMD_RECONFIGURE's attributes.
-func reconfigureAttrs(index int, fds []int) ([]byte, error) {
+func reconfigureAttrs(index int, backend string, fds []int) ([]byte, error) {
 	ae := netlink.NewAttributeEncoder()
 	ae.Uint32(attrIndex, uint32(index))
+	if backend != "" {
+		ae.String(attrBackend, backend)
+	}
 	encodeSockets(ae, fds)
 	return ae.Encode()
 }

@@ -123,7 +123,7 @@ func TestConnectAttrs(t *testing.T) {
 }
 
 func TestReconfigureAttrs(t *testing.T) {
-	b, err := reconfigureAttrs(2, []int{11})
+	b, err := reconfigureAttrs(2, "", []int{11})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -133,6 +133,14 @@ func TestReconfigureAttrs(t *testing.T) {
 	}
 	if len(m[attrSockets]) != 1 || len(m) != 2 {
 		t.Fatalf("attributes %v, want index and sockets", m)
+	}
+	// The kernel refuses a reconfigure without the device's backend name.
+	b, err = reconfigureAttrs(2, "vdisk:x", []int{11})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a := attrMap(t, b)[attrBackend]; len(a) != 1 || string(a[0].Data) != "vdisk:x\x00" {
+		t.Fatalf("backend %v", a)
 	}
 }
 

@@ -27,8 +27,9 @@ const (
 )
 
 // serveTransmission answers the kernel's requests on c from dev, one at a
-// time, until NBD_CMD_DISC or the connection closes.
+// time, until NBD_CMD_DISC or the connection closes; then it closes c.
 func serveTransmission(c net.Conn, dev blockdev.Device) error {
+	defer c.Close()
 	var hdr [28]byte
 	buf := make([]byte, 0, 1<<20)
 	for {
@@ -50,16 +51,10 @@ func serveTransmission(c net.Conn, dev blockdev.Device) error {
 		var data []byte
 		switch typ {
 		case cmdRead:
-			data = buf[:n:n]
-			if int64(cap(buf)) < n {
-				data = make([]byte, n)
-			}
+			data = payload(&buf, n)
 			_, err = dev.ReadAt(data, off)
 		case cmdWrite:
-			data = buf[:n:n]
-			if int64(cap(buf)) < n {
-				data = make([]byte, n)
-			}
+			data = payload(&buf, n)
 			if _, err := io.ReadFull(c, data); err != nil {
 				return err
 			}
@@ -92,4 +87,12 @@ func serveTransmission(c net.Conn, dev blockdev.Device) error {
 			}
 		}
 	}
+}
+
+// payload returns *buf resized to n bytes, growing it when needed.
+func payload(buf *[]byte, n int64) []byte {
+	if int64(cap(*buf)) < n {
+		*buf = make([]byte, n)
+	}
+	return (*buf)[:n]
 }

@@ -171,11 +171,12 @@ func TestGuestConnect(t *testing.T) {
 	if os.Getenv("VDISK_NBD_RO") == "1" {
 		flags |= FlagReadOnly
 	}
+	const backend = "vdisk-test"
 	kern, srv := pairs(t, 2)
 	wait := serveAll(srv, mem)
 	start := time.Now()
 	idx, err := Connect(kern, Config{Index: -1, Size: size, BlockSize: 4096, Flags: flags,
-		Timeout: time.Minute, DeadConnTimeout: 2 * time.Minute, Backend: "vdisk-test"})
+		Timeout: time.Minute, DeadConnTimeout: 2 * time.Minute, Backend: backend})
 	for _, f := range kern {
 		f.Close()
 	}
@@ -205,7 +206,7 @@ func TestGuestConnect(t *testing.T) {
 		}
 		kern, srv = pairs(t, 2)
 		wait = serveAll(srv, mem)
-		if err := reconfigure(idx, kern); err != nil {
+		if err := reconfigure(idx, backend, kern); err != nil {
 			t.Fatal(err)
 		}
 		for _, f := range kern {
@@ -234,11 +235,11 @@ func TestGuestConnect(t *testing.T) {
 
 // reconfigure retries while the kernel has not yet marked the old
 // connections dead.
-func reconfigure(idx int, socks []*os.File) error {
+func reconfigure(idx int, backend string, socks []*os.File) error {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	for {
-		err := Reconfigure(idx, socks)
+		err := Reconfigure(idx, backend, socks)
 		if !errors.Is(err, ErrBusy) {
 			return err
 		}
