@@ -23,7 +23,15 @@
 //
 // Requests of one connection run concurrently, at most MaxInFlight at a
 // time and at most maxInFlightBytes of payload buffers, and are answered
-// out of order, each reply only after its operation finished. Replies are
-// written under a per-connection mutex; small ones are coalesced into one
-// write, large ones go out with one writev of header and data.
+// out of order, each reply only after its operation finished. While the
+// Device answers in microseconds (the page cache), the request reader runs
+// small READs and WRITEs itself instead of paying for a goroutine handoff;
+// one slow operation turns that off (see inline.go). Replies are written
+// under a per-connection mutex; small ones are batched into one write per
+// burst of requests, large ones go out with one writev of header and data.
+// Buffers come from size-classed pools, so steady-state serving does not
+// allocate.
+//
+// All connections to an export share its Device and call it concurrently;
+// the Server never closes a Device, and Shutdown flushes each one.
 package nbd

@@ -27,8 +27,9 @@ type request struct {
 
 var reqPool = sync.Pool{New: func() any { return new(request) }}
 
-// transmit runs the transmission phase: a loop reading requests that hands
-// each to a worker goroutine, then waits for every worker.
+// transmit runs the transmission phase: a loop reading requests that runs
+// each itself (see inline) or hands it to a worker goroutine, then waits
+// for every worker.
 func (c *conn) transmit() error {
 	c.rw.init(c.nc)
 	c.budget.init(c.srv.maxInFlight, max(maxInFlightBytes, int64(c.srv.maxPayload)))
@@ -70,27 +71,27 @@ func (c *conn) readRequests() error {
 	}
 }
 
-// dispatch reads what belongs to req (a WRITE's payload) and starts a
-// worker for it.
+// dispatch reads what belongs to req (a WRITE's payload), then runs it
+// inline or starts a worker for it. Oversized requests are answered here.
 func (c *conn) dispatch(req wire.Request) error {
 	r := reqPool.Get().(*request)
 	r.c, r.Request = c, req
-	max := int64(c.srv.maxPayload)
+	maxPayload := int64(c.srv.maxPayload)
 	switch req.Type {
 	case wire.CmdWrite:
-		if int64(req.Length) > max {
+		if int64(req.Length) > maxPayload {
 			if err := discard(c.br, int64(req.Length)); err != nil {
 				r.finish()
 				return fmt.Errorf("nbd: skip oversized write payload: %w", err)
 			}
-			c.replyError(r, wire.EINVAL, fmt.Sprintf("write of %d bytes exceeds the maximum payload of %d", req.Length, max))
+			c.replyError(r, wire.EINVAL, fmt.Sprintf("write of %d bytes exceeds the maximum payload of %d", req.Length, maxPayload))
 			r.finish()
 			return nil
 		}
 		r.size = int64(req.Length)
 	case wire.CmdRead:
-		if int64(req.Length) > max {
-			c.replyError(r, wire.EOVERFLOW, fmt.Sprintf("read of %d bytes exceeds the maximum payload of %d", req.Length, max))
+		if int64(req.Length) > maxPayload {
+			c.replyError(r, wire.EOVERFLOW, fmt.Sprintf("read of %d bytes exceeds the maximum payload of %d", req.Length, maxPayload))
 			r.finish()
 			return nil
 		}
