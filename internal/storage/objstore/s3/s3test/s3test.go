@@ -1,9 +1,10 @@
 // Package s3test runs a real S3 server (versitygw on a posix directory) for
-// the tests of the packages on objstore/s3. Main, called from TestMain,
+// the tests of the packages on objstore/s3. The first test that calls Need
 // finds the versitygw binary (PATH, $GOBIN, ~/go/bin) or installs it with
-// `go install`, starts it on a free loopback port, runs the tests and stops
-// it. Without the binary the tests that Need the server skip, except under
-// CI=true where the whole run fails.
+// `go install`, starts it on a free loopback port and creates the bucket;
+// Main, called from TestMain, stops it after the tests. Without the binary
+// the tests that Need the server skip, except under CI=true where they
+// fail.
 package s3test
 
 import (
@@ -15,6 +16,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -54,39 +56,38 @@ type Server struct {
 	done chan error
 }
 
-// current is the server Main started, nil when there is none.
-var current *Server
+var (
+	once sync.Once
+	// current is the running server, nil when there is none.
+	current *Server
+	// missing says why there is no server.
+	missing error
+)
 
-// missing says why there is no server.
-var missing string
-
-// Main starts the server, runs m and stops the server. Use it as
+// Main runs m and stops the server if a test started one. Use it as
 // `func TestMain(m *testing.M) { os.Exit(s3test.Main(m)) }`.
 func Main(m *testing.M) int {
-	srv, err := start()
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			fmt.Fprintf(os.Stderr, "s3test: no S3 server under CI: %v\n", err)
-			return 1
-		}
-		missing = err.Error()
-	}
-	current = srv
 	code := m.Run()
-	if srv != nil {
-		if err := srv.Stop(); err != nil {
+	if current != nil {
+		if err := current.Stop(); err != nil {
 			fmt.Fprintf(os.Stderr, "s3test: stop: %v\n", err)
 		}
-		os.RemoveAll(srv.dir)
+		os.RemoveAll(current.dir)
 	}
 	return code
 }
 
-// Need returns the running server, or skips t when there is none.
+// Need returns the running server, starting it on first use (so fuzz
+// workers and tests without S3 start none). Without versitygw it skips t,
+// or fails it under CI=true.
 func Need(t testing.TB) *Server {
 	t.Helper()
+	once.Do(func() { current, missing = start() })
 	if current == nil {
-		t.Skipf("no versitygw: %s", missing)
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("no versitygw under CI: %v", missing)
+		}
+		t.Skipf("no versitygw: %v", missing)
 	}
 	return current
 }
