@@ -280,3 +280,29 @@ func TestDisconnect(t *testing.T) {
 		t.Fatalf("device holds %v", got)
 	}
 }
+
+func TestMetaContextFollowsExport(t *testing.T) {
+	m := blockdev.NewMem(1 << 20)
+	sock := startServer(t, &Server{Exports: []Export{{Name: "a", Device: m}, {Name: "b", Device: m}}})
+	tests := []struct {
+		setFor, goTo string
+		want         wire.Errno
+	}{
+		{"a", "a", 0},
+		{"a", "", 0}, // "" is the first export, a
+		{"a", "b", wire.EINVAL},
+		{"b", "a", wire.EINVAL},
+	}
+	for _, tc := range tests {
+		t.Run(tc.setFor+"->"+tc.goTo, func(t *testing.T) {
+			c := dial(t, sock)
+			c.greet(wire.ClientFixedNewstyle)
+			c.expectRep(wire.OptStructuredReply, nil, wire.RepAck)
+			c.optAll(wire.OptSetMetaContext, wire.AppendMetaContextRequest(nil, wire.MetaContextRequest{Name: tc.setFor, Queries: []string{wire.MetaContextBaseAllocation}}))
+			c.goExport(tc.goTo)
+			if r := c.do(wire.Request{Type: wire.CmdBlockStatus, Length: 4096}, nil); r.errno != tc.want {
+				t.Fatalf("block status errno %d, want %d", r.errno, tc.want)
+			}
+		})
+	}
+}
