@@ -326,4 +326,3 @@ func hashSize(name string) int {
 	}
 	return h().Size()
 }
-

@@ -196,10 +196,16 @@ func readLUKS2(r io.ReaderAt, devSize int64) (bin *luks2Bin, meta *luks2Meta, se
 	if p.err == nil {
 		offs = []int64{p.bin.hdrSize}
 	}
-	var s luks2Copy
+	s := luks2Copy{err: fmt.Errorf("luks: no LUKS2 secondary header: %w", ErrCorrupt)}
+	damaged := false
 	for _, off := range offs {
-		if s = readLUKS2Copy(r, devSize, off, off); s.err == nil {
+		c := readLUKS2Copy(r, devSize, off, off)
+		if c.err == nil || len(offs) == 1 {
+			s = c
 			break
+		}
+		if !damaged && hasMagicAt(r, devSize, off, luks2SecondaryMagic) {
+			s, damaged = c, true // a damaged copy: its error says more than "none found"
 		}
 	}
 	switch {
@@ -209,4 +215,14 @@ func readLUKS2(r io.ReaderAt, devSize int64) (bin *luks2Bin, meta *luks2Meta, se
 		return s.bin, s.meta, true, nil
 	}
 	return nil, nil, false, fmt.Errorf("%w; secondary: %w", p.err, s.err)
+}
+
+// hasMagicAt reports whether magic is at off.
+func hasMagicAt(r io.ReaderAt, devSize, off int64, magic []byte) bool {
+	m := make([]byte, len(magic))
+	if off+int64(len(m)) > devSize {
+		return false
+	}
+	_, err := r.ReadAt(m, off)
+	return err == nil && bytes.Equal(m, magic)
 }

@@ -65,12 +65,9 @@ func Load(dev blockdev.Device) (*Volume, error) {
 // hasSecondaryMagic reports whether a LUKS2 secondary header's magic is at
 // any offset LUKS2 allows.
 func hasSecondaryMagic(r io.ReaderAt, size int64) bool {
-	var m [6]byte
 	for _, off := range luks2HdrSizes {
-		if off+int64(len(m)) <= size {
-			if _, err := r.ReadAt(m[:], off); err == nil && bytes.Equal(m[:], luks2SecondaryMagic) {
-				return true
-			}
+		if hasMagicAt(r, size, off, luks2SecondaryMagic) {
+			return true
 		}
 	}
 	return false
@@ -149,19 +146,6 @@ func (v *Volume) segmentDigest() int {
 		}
 	}
 	return -1
-}
-
-// keySize returns the volume key's length in bytes.
-func (v *Volume) keySize() int {
-	if v.v1 != nil {
-		return int(v.v1.keyBytes)
-	}
-	for _, id := range ids(v.meta.keyslots) {
-		if ks := v.meta.keyslots[id]; ks.Type == "luks2" {
-			return ks.KeySize
-		}
-	}
-	return 0
 }
 
 // slot describes an active keyslot in the terms unlocking needs.
