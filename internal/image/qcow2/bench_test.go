@@ -125,3 +125,20 @@ func BenchmarkSeq4kQD32(b *testing.B) {
 	b.Run("write-full", func(b *testing.B) { benchQDAt(b, benchImage(b, 1), 4096, 32, true, true) })
 	b.Run("write-empty", func(b *testing.B) { benchQDAt(b, benchImage(b, 0), 4096, 32, true, true) })
 }
+
+// BenchmarkSeqWrite1M writes an empty image sequentially, 1 MiB at a time
+// (the allocation path, as convert drives it).
+func BenchmarkSeqWrite1M(b *testing.B) {
+	img := benchImage(b, 0)
+	buf := make([]byte, 1<<20)
+	for i := range buf {
+		buf[i] = byte(i | 1)
+	}
+	b.SetBytes(int64(len(buf)))
+	b.ResetTimer()
+	for i := range b.N {
+		if _, err := img.WriteAt(buf, int64(i%(benchSize>>20))<<20); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -11,10 +11,7 @@ import (
 // increments, then L2 tables, then the L1 table; clusters freed since the
 // last flush are released only after that.
 func (img *Image) Flush() error {
-	img.mu.Lock()
-	closed := img.closed
-	img.mu.Unlock()
-	if closed {
+	if img.closed.Load() {
 		return blockdev.ErrClosed
 	}
 	if img.readOnly {

@@ -23,6 +23,7 @@ import (
 	"log/slog"
 	"os"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 
@@ -63,8 +64,9 @@ type Image struct {
 	// cluster that is being reused.
 	ioMu sync.RWMutex
 
+	closed atomic.Bool
+
 	mu            sync.Mutex
-	closed        bool
 	l1            []uint64
 	l1Dirty       bool
 	refTable      []uint64
@@ -343,23 +345,20 @@ func (img *Image) closeBacking() {
 // Close flushes every change, clears the dirty bit it set and releases the
 // file and the backing chain. It must not be called while I/O is in flight.
 func (img *Image) Close() error {
-	img.mu.Lock()
-	if img.closed {
-		img.mu.Unlock()
+	if !img.closed.CompareAndSwap(false, true) {
 		return blockdev.ErrClosed
 	}
-	if len(img.inflight) > 0 {
-		img.mu.Unlock()
+	img.mu.Lock()
+	busy := len(img.inflight) > 0
+	img.mu.Unlock()
+	if busy {
+		img.closed.Store(false)
 		return ErrBusy
 	}
-	img.mu.Unlock()
 	var err error
 	if !img.readOnly {
 		err = img.flush(true)
 	}
-	img.mu.Lock()
-	img.closed = true
-	img.mu.Unlock()
 	img.closeBacking()
 	if cerr := img.f.Close(); err == nil && cerr != nil {
 		err = fmt.Errorf("qcow2: close: %w", cerr)

@@ -138,10 +138,7 @@ func (img *Image) ReadAt(p []byte, off int64) (int, error) {
 // releases it.
 func (img *Image) begin(off, n int64) error {
 	img.ioMu.RLock()
-	img.mu.Lock()
-	closed := img.closed
-	img.mu.Unlock()
-	if closed {
+	if img.closed.Load() {
 		img.ioMu.RUnlock()
 		return blockdev.ErrClosed
 	}

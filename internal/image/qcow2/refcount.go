@@ -271,7 +271,9 @@ func (img *Image) alloc(n int64) (int64, error) {
 				return 0, err
 			}
 		}
-		if start == img.freeHint {
+		// Every cluster from the hint to start is in use (for n == 1), or
+		// in a run too short for n.
+		if n == 1 || start == img.freeHint {
 			img.freeHint = start + n
 		}
 		img.fileEnd = max(img.fileEnd, (start+n)*img.cs)
