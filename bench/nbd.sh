@@ -32,10 +32,10 @@ dd if=/dev/urandom of="$img" bs=1M count=$(( $(stat -c %s "$img") >> 20 )) conv=
 servers=(vdisk qemu-wb qemu-none nbdkit)
 start_server() { # name sock
 	case $1 in
-	vdisk) "$work/vdisk" serve --log-level warn --unix "$2" "$img" ;;
-	qemu-wb) qemu-nbd -f raw --cache=writeback -t -e 16 -k "$2" "$img" ;;
-	qemu-none) qemu-nbd -f raw --cache=none -t -e 16 -k "$2" "$img" ;;
-	nbdkit) nbdkit -f -U "$2" file "$img" ;;
+	vdisk) exec "$work/vdisk" serve --log-level warn --unix "$2" "$img" ;;
+	qemu-wb) exec qemu-nbd -f raw --cache=writeback -t -e 16 -k "$2" "$img" ;;
+	qemu-none) exec qemu-nbd -f raw --cache=none -t -e 16 -k "$2" "$img" ;;
+	nbdkit) exec nbdkit -f -U "$2" file "$img" ;;
 	esac
 }
 # name rw bs iodepth
