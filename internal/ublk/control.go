@@ -123,12 +123,6 @@ func (c *control) delDev(id uint32) error {
 	return wrapCmd("DEL_DEV", err)
 }
 
-func (c *control) devInfo(id uint32) (devInfo, error) {
-	var info devInfo
-	_, err := c.cmd(cmdGetDevInfo, id, unsafe.Pointer(&info), unsafe.Sizeof(info), 0)
-	return info, wrapCmd("GET_DEV_INFO", err)
-}
-
 func wrapCmd(name string, err error) error {
 	if err == nil {
 		return nil

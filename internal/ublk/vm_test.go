@@ -63,6 +63,15 @@ want=$(md5sum </tmp/pattern)
 got=$(dd if=$DEV bs=64k skip=500 count=64 iflag=direct 2>/dev/null | md5sum)
 [ "$got" = "$want" ] || fail "read back differs"
 
+step "blkdiscard: the range reads as zeroes, the rest of the pattern stays"
+blkdiscard -o $((500 * 65536)) -l 1048576 $DEV || fail "blkdiscard"
+zero=$(dd if=/dev/zero bs=64k count=16 2>/dev/null | md5sum)
+got=$(dd if=$DEV bs=64k skip=500 count=16 iflag=direct 2>/dev/null | md5sum)
+[ "$got" = "$zero" ] || fail "discarded range does not read as zeroes"
+want=$(dd if=/tmp/pattern bs=64k skip=16 count=48 2>/dev/null | md5sum)
+got=$(dd if=$DEV bs=64k skip=516 count=48 iflag=direct 2>/dev/null | md5sum)
+[ "$got" = "$want" ] || fail "data after the discarded range changed"
+
 step "mkfs.ext4, mount, write, sync, umount"
 mkfs.ext4 -q -F -E nodiscard $DEV || fail "mkfs.ext4"
 mount -t ext4 $DEV $MNT || fail "mount"
