@@ -306,3 +306,34 @@ func TestMetaContextFollowsExport(t *testing.T) {
 		})
 	}
 }
+
+func TestFUAFlushes(t *testing.T) {
+	d := newGateDev(1<<20, -1)
+	sock := startServer(t, &Server{Exports: []Export{{Name: "disk", Device: d}}})
+	c := dial(t, sock)
+	c.open("disk", true)
+	tests := []struct {
+		name        string
+		req         wire.Request
+		payload     []byte
+		wantFlushes int32
+	}{
+		{"write", wire.Request{Type: wire.CmdWrite, Length: 4}, []byte("abcd"), 0},
+		{"write fua", wire.Request{Type: wire.CmdWrite, Flags: wire.CmdFlagFUA, Length: 4}, []byte("abcd"), 1},
+		{"zero fua", wire.Request{Type: wire.CmdWriteZeroes, Flags: wire.CmdFlagFUA, Length: 512}, nil, 1},
+		{"trim fua", wire.Request{Type: wire.CmdTrim, Flags: wire.CmdFlagFUA, Length: 512}, nil, 1},
+		{"read fua", wire.Request{Type: wire.CmdRead, Flags: wire.CmdFlagFUA, Length: 512}, nil, 0},
+		{"flush", wire.Request{Type: wire.CmdFlush}, nil, 1},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			before := d.flushes.Load()
+			if r := c.do(tc.req, tc.payload); r.errno != 0 {
+				t.Fatalf("errno %d %s", r.errno, r.msg)
+			}
+			if got := d.flushes.Load() - before; got != tc.wantFlushes {
+				t.Fatalf("%d flushes, want %d", got, tc.wantFlushes)
+			}
+		})
+	}
+}
