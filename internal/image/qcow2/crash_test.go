@@ -98,17 +98,17 @@ func TestCrash(t *testing.T) {
 	for round := range rounds {
 		seed := uint64(round + 1)
 		cs := []int64{4096, 512, 65536}[round%3]
+		opts := map[string]string(nil)
+		if round%4 == 3 {
+			opts = map[string]string{"extended_l2": "on"}
+			cs = 16384
+		}
 		t.Run(fmt.Sprintf("round%d-cluster%d", round, cs), func(t *testing.T) {
 			dir := t.TempDir()
 			const size = 2 << 20
 			base := pattern(size, seed)
 			writeFile(t, dir, "base.raw", base)
 			p := filepath.Join(dir, "img.qcow2")
-			opts := map[string]string(nil)
-			if round%4 == 3 {
-				opts = map[string]string{"extended_l2": "on"}
-				cs = 16384
-			}
 			create(t, p, size, cs, opts, "base.raw", "raw")
 			cmd := exec.Command(os.Args[0], "-test.run=^$")
 			cmd.Env = append(os.Environ(), crashEnv+"="+p, crashEnv+"_SEED="+strconv.FormatUint(seed, 10))
