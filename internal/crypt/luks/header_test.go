@@ -1,6 +1,7 @@
 package luks
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"os"
@@ -199,5 +200,21 @@ func TestTokenKeptAndUpdated(t *testing.T) {
 	raw := string(v.meta.rawTokens["3"])
 	if !strings.Contains(raw, `"key_description":"kd"`) || !strings.Contains(raw, `"keyslots":["0"]`) {
 		t.Fatalf("token after removing keyslot 1: %s", raw)
+	}
+}
+
+func TestIsLUKS(t *testing.T) {
+	for name, b := range fixtures(t) {
+		if !IsLUKS(memOf(b)) {
+			t.Errorf("%s: not recognised", name)
+		}
+		c := bytes.Clone(b)
+		copy(c, make([]byte, 6))
+		if want := strings.HasPrefix(name, "luks2"); IsLUKS(memOf(c)) != want {
+			t.Errorf("%s without its primary magic: IsLUKS %v, want %v (secondary)", name, !want, want)
+		}
+	}
+	if IsLUKS(blockdev.NewMem(1 << 20)) {
+		t.Error("zeroes recognised as LUKS")
 	}
 }

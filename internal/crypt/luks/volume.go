@@ -341,3 +341,11 @@ func Open(dev blockdev.Device, pass []byte, opt OpenOptions) (blockdev.Device, e
 	d, _, err := v.Open(pass, opt)
 	return d, err
 }
+
+// IsLUKS reports whether dev starts with a LUKS1 or LUKS2 header magic, or
+// holds a LUKS2 secondary header (whose primary copy may be damaged). It
+// checks magics only: Load says whether the header is usable.
+func IsLUKS(dev blockdev.Device) bool {
+	size := dev.Size()
+	return hasMagicAt(dev, size, 0, luksMagic) || hasSecondaryMagic(dev, size)
+}
