@@ -14,8 +14,8 @@ import (
 )
 
 // maxCheckClusters bounds the host clusters Check counts references for
-// (one 32-bit counter each).
-const maxCheckClusters = 1 << 28
+// (one 32-bit counter each: 256 MiB; 4 TiB of file at 64 KiB clusters).
+const maxCheckClusters = 1 << 26
 
 // checker holds the state of one Check.
 type checker struct {

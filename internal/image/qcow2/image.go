@@ -1,18 +1,3 @@
-// Package qcow2 reads and writes qcow2 images (versions 2 and 3, as
-// docs/interop/qcow2.txt in the qemu repository describes them) as
-// blockdev Devices.
-//
-// An Image serves reads and writes from many goroutines at once. One mutex
-// (mu) guards the metadata: the L1 table, the L2 and refcount-block caches,
-// the refcount table and the allocator; data is read and written outside it,
-// so requests on different clusters proceed in parallel. A guest cluster that
-// is being allocated is marked in flight, and other writers of that cluster
-// wait for it.
-//
-// Metadata reaches the file in an order that keeps the image consistent:
-// data and refcount increments first, then L2 tables, then the L1 table, and
-// only then are freed clusters released. A crash at any point leaves at most
-// leaked clusters.
 package qcow2
 
 import (
