@@ -255,8 +255,7 @@ func formatLUKS1(dev blockdev.Device, pass, vk []byte, kdf KDF, digestIter uint3
 	for i := range h.slots {
 		h.slots[i] = luks1Slot{active: luks1SlotFree, keyMaterialOffset: uint32(first + int64(i)*stride), stripes: afStripes}
 	}
-	end := (first + luks1Slots*stride) * sectorSize
-	payload := (end + luks1DataAlign - 1) / luks1DataAlign * luks1DataAlign
+	payload, _ := luks1Layout(o.KeySize)
 	h.payloadOffset = uint32(payload / sectorSize)
 	if err := checkFits(dev, payload, sectorSize); err != nil {
 		return nil, err
@@ -325,4 +324,27 @@ func hashSize(name string) int {
 		return 0
 	}
 	return h().Size()
+}
+
+// PayloadOffset returns where the data segment of a volume Format makes
+// with opt starts: the bytes of header an image needs on top of the
+// payload size a user asks for (16 MiB for LUKS2, 2 MiB for LUKS1 with the
+// defaults).
+func PayloadOffset(opt FormatOptions) (int64, error) {
+	o, err := opt.withDefaults()
+	if err != nil {
+		return 0, err
+	}
+	if o.Type == "luks1" {
+		return luks1Layout(o.KeySize)
+	}
+	return 2*o.MetadataSize + o.KeyslotsSize, nil
+}
+
+// luks1Layout returns the payload offset of cryptsetup's LUKS1 layout for a
+// key of keySize bytes.
+func luks1Layout(keySize int) (int64, error) {
+	stride := (afSize(keySize, afStripes) + luks1Align - 1) / luks1Align * luks1Align
+	end := luks1Align + luks1Slots*stride
+	return (end + luks1DataAlign - 1) / luks1DataAlign * luks1DataAlign, nil
 }

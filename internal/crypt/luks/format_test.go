@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"vdisk/internal/blockdev"
+	"vdisk/internal/blockdev/blockdevtest"
 )
 
 // ourVolumes are volumes Format makes for the tests.
@@ -146,4 +147,53 @@ func TestFormatBenchmarked(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestPayloadOffset checks PayloadOffset against where Format puts the data.
+func TestPayloadOffset(t *testing.T) {
+	for _, tt := range ourVolumes {
+		t.Run(tt.name, func(t *testing.T) {
+			want, err := PayloadOffset(tt.opt)
+			if err != nil {
+				t.Fatal(err)
+			}
+			v, err := Format(blockdev.NewMem(20<<20), []byte("p"), tt.opt)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := v.Info().Segments[0].Offset; got != want {
+				t.Fatalf("data at %d, PayloadOffset says %d", got, want)
+			}
+		})
+	}
+	if off, _ := PayloadOffset(FormatOptions{}); off != 16<<20 {
+		t.Fatalf("default LUKS2 payload offset %d", off)
+	}
+	if off, _ := PayloadOffset(FormatOptions{Type: "luks1"}); off != 2<<20 {
+		t.Fatalf("default LUKS1 payload offset %d", off)
+	}
+}
+
+// TestConformance runs the blockdev conformance suite on an opened LUKS2
+// volume.
+func TestConformance(t *testing.T) {
+	blockdevtest.Run(t, func(t *testing.T, size int64) blockdev.Device {
+		opt := FormatOptions{PBKDF: fastKDF, DigestIterations: 1000, KeyslotsSize: 256 << 10}
+		off, err := PayloadOffset(opt)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dev := blockdev.NewMem(off + size)
+		if _, err := Format(dev, []byte("p"), opt); err != nil {
+			t.Fatal(err)
+		}
+		d, err := Open(dev, []byte("p"), OpenOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d.Size() != size {
+			t.Fatalf("payload %d bytes, want %d", d.Size(), size)
+		}
+		return d
+	})
 }
