@@ -23,7 +23,6 @@ package chunked
 import (
 	"container/list"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -82,6 +81,15 @@ type Options struct {
 	// ReadAhead is the largest read-ahead; 0 means DefaultReadAhead, < 0
 	// turns it off.
 	ReadAhead int64
+	// CacheDir, when set, keeps clean chunks in files under this
+	// directory (a subdirectory per image, so images may share it), so a
+	// reopened image reads them locally. Entries are checked against the
+	// chunk objects' ETags at open. Dirty data is never kept there: a
+	// write is durable only once Flush stored it in the object store.
+	CacheDir string
+	// CacheDirSize caps the bytes of the image's cache directory; 0 means
+	// DefaultCacheDirSize.
+	CacheDirSize int64
 	// WriteBackDelay; 0 means DefaultWriteBackDelay.
 	WriteBackDelay time.Duration
 	// LeaseHolder names this writer in the lease (shown to a refused
@@ -111,6 +119,12 @@ func (o *Options) validate(chunkSize int64) error {
 	o.MaxDirty = max(o.MaxDirty, chunkSize)
 	if o.CacheSize == 0 {
 		o.CacheSize = DefaultCacheSize
+	}
+	if o.CacheDirSize < 0 {
+		return fmt.Errorf("chunked: negative CacheDirSize %d: %w", o.CacheDirSize, ErrBadOptions)
+	}
+	if o.CacheDirSize == 0 {
+		o.CacheDirSize = DefaultCacheDirSize
 	}
 	if o.Parallel == 0 {
 		o.Parallel = DefaultParallel
@@ -172,7 +186,10 @@ type Device struct {
 	// dirty holds the chunks that are dirty or uploading.
 	dirty map[int64]*chunk
 	// exists has a bit per chunk object present in the store.
-	exists     []uint64
+	exists []uint64
+	// etags holds the ETag of each stored chunk object when disk is set.
+	etags      map[int64]string
+	disk       *diskCache // nil without Options.CacheDir
 	dirtyBytes int64
 	cleanBytes int64
 	lru        list.List // clean chunks with data, most recently used first
@@ -214,6 +231,9 @@ func Open(ctx context.Context, store objstore.Store, prefix string, opts Options
 		sem: make(chan struct{}, opts.Parallel),
 	}
 	d.cond = sync.NewCond(&d.mu)
+	if opts.CacheDir != "" {
+		d.etags = make(map[int64]string)
+	}
 	d.exists = make([]uint64, (d.nchunks+63)/64)
 	d.pool.New = func() any { b := make([]byte, d.chunkSize); return &b }
 	if !opts.ReadOnly {
@@ -233,6 +253,9 @@ func Open(ctx context.Context, store objstore.Store, prefix string, opts Options
 			return nil
 		}
 		d.setExists(idx, true)
+		if opts.CacheDir != "" {
+			d.etags[idx] = in.ETag
+		}
 		return nil
 	})
 	if err != nil {
@@ -240,6 +263,15 @@ func Open(ctx context.Context, store objstore.Store, prefix string, opts Options
 			d.releaseLease(ctx)
 		}
 		return nil, fmt.Errorf("chunked: open %s: list chunks: %w", prefix, unavailable(err))
+	}
+	if opts.CacheDir != "" {
+		d.disk, err = openDiskCache(imageCacheDir(opts.CacheDir, kp, m), opts.CacheDirSize, d.etags, d.log)
+		if err != nil {
+			if d.lease != nil {
+				d.releaseLease(ctx)
+			}
+			return nil, err
+		}
 	}
 	d.ctx, d.cancel = context.WithCancel(context.Background())
 	for range opts.Parallel {
@@ -360,83 +392,4 @@ func (d *Device) crash() {
 	d.mu.Unlock()
 	d.cancel()
 	d.wg.Wait()
-}
-
-func (d *Device) releaseLease(ctx context.Context) error {
-	d.mu.Lock()
-	etag := d.lease.etag
-	d.mu.Unlock()
-	if _, _, err := d.lease.renew(ctx, d.store, etag, d.opts.now, true); err != nil {
-		return fmt.Errorf("release lease: %w", err)
-	}
-	return nil
-}
-
-// renewLease renews the lease. It marks the Device fenced when the
-// lease is lost.
-// Renewals are serialised (each is conditional on the previous one's
-// ETag); a caller that asked at since is content with any renewal started
-// after it.
-func (d *Device) renewLease(ctx context.Context, since time.Time) error {
-	d.renewMu.Lock()
-	defer d.renewMu.Unlock()
-	d.mu.Lock()
-	if d.fenced != nil {
-		d.mu.Unlock()
-		return d.fenced
-	}
-	if d.lease.renewedAt.After(since) {
-		d.mu.Unlock()
-		return nil
-	}
-	etag := d.lease.etag
-	d.mu.Unlock()
-	start := time.Now()
-	newTag, valid, err := d.lease.renew(ctx, d.store, etag, d.opts.now, false)
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	switch {
-	case err == nil:
-		d.lease.etag, d.lease.validUntil, d.lease.renewedAt = newTag, valid, start
-	case errors.Is(err, ErrLeaseLost):
-		d.fenced = err
-		d.cond.Broadcast()
-		d.log.Error("chunked: lease lost; refusing further writes", "lease", d.lease.key, "err", err)
-	default:
-		d.log.Warn("chunked: lease renewal failed", "lease", d.lease.key, "err", err)
-	}
-	return err
-}
-
-// leaseLoop renews the lease every third of its TTL until Close.
-func (d *Device) leaseLoop() {
-	t := time.NewTicker(d.opts.LeaseTTL / 3)
-	defer t.Stop()
-	for {
-		select {
-		case <-d.ctx.Done():
-			return
-		case <-t.C:
-			ctx, cancel := d.reqCtx()
-			err := d.renewLease(ctx, time.Now())
-			cancel()
-			if errors.Is(err, ErrLeaseLost) {
-				return
-			}
-		}
-	}
-}
-
-// leaseErrLocked says why uploads must not happen now, or nil.
-func (d *Device) leaseErrLocked() error {
-	if d.lease == nil {
-		return nil
-	}
-	if d.fenced != nil {
-		return d.fenced
-	}
-	if time.Now().After(d.lease.validUntil) {
-		return fmt.Errorf("chunked: lease %s not renewed in time: %w", d.lease.key, ErrLeaseLost)
-	}
-	return nil
 }

@@ -111,3 +111,82 @@ func (l *lease) renew(ctx context.Context, store objstore.Store, etag string, no
 	}
 	return in.ETag, start.Add(l.ttl), nil
 }
+
+func (d *Device) releaseLease(ctx context.Context) error {
+	d.mu.Lock()
+	etag := d.lease.etag
+	d.mu.Unlock()
+	if _, _, err := d.lease.renew(ctx, d.store, etag, d.opts.now, true); err != nil {
+		return fmt.Errorf("release lease: %w", err)
+	}
+	return nil
+}
+
+// renewLease renews the lease. It marks the Device fenced when the
+// lease is lost.
+// Renewals are serialised (each is conditional on the previous one's
+// ETag); a caller that asked at since is content with any renewal started
+// after it.
+func (d *Device) renewLease(ctx context.Context, since time.Time) error {
+	d.renewMu.Lock()
+	defer d.renewMu.Unlock()
+	d.mu.Lock()
+	if d.fenced != nil {
+		d.mu.Unlock()
+		return d.fenced
+	}
+	if d.lease.renewedAt.After(since) {
+		d.mu.Unlock()
+		return nil
+	}
+	etag := d.lease.etag
+	d.mu.Unlock()
+	start := time.Now()
+	newTag, valid, err := d.lease.renew(ctx, d.store, etag, d.opts.now, false)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	switch {
+	case err == nil:
+		d.lease.etag, d.lease.validUntil, d.lease.renewedAt = newTag, valid, start
+	case errors.Is(err, ErrLeaseLost):
+		d.fenced = err
+		d.cond.Broadcast()
+		d.log.Error("chunked: lease lost; refusing further writes", "lease", d.lease.key, "err", err)
+	default:
+		d.log.Warn("chunked: lease renewal failed", "lease", d.lease.key, "err", err)
+	}
+	return err
+}
+
+// leaseLoop renews the lease every third of its TTL until Close.
+func (d *Device) leaseLoop() {
+	t := time.NewTicker(d.opts.LeaseTTL / 3)
+	defer t.Stop()
+	for {
+		select {
+		case <-d.ctx.Done():
+			return
+		case <-t.C:
+			ctx, cancel := d.reqCtx()
+			err := d.renewLease(ctx, time.Now())
+			cancel()
+			if errors.Is(err, ErrLeaseLost) {
+				return
+			}
+		}
+	}
+}
+
+// leaseErrLocked says why uploads must not happen now, or nil.
+func (d *Device) leaseErrLocked() error {
+	if d.lease == nil {
+		return nil
+	}
+	if d.fenced != nil {
+		return d.fenced
+	}
+	if time.Now().After(d.lease.validUntil) {
+		return fmt.Errorf("chunked: lease %s not renewed in time: %w", d.lease.key, ErrLeaseLost)
+	}
+	return nil
+}

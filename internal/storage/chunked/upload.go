@@ -74,22 +74,41 @@ func (d *Device) uploadLocked(c *chunk) {
 
 	del := data == nil || blockdev.IsZero(data)
 	err = nil
+	var etag string
 	if !del || exists {
 		ctx, cancel := d.reqCtx()
 		key := chunkKey(d.kp, c.idx)
 		if del {
 			err = d.store.Delete(ctx, key)
 		} else {
-			_, err = d.store.Put(ctx, key, data, objstore.PutOptions{})
+			var in objstore.Info
+			in, err = d.store.Put(ctx, key, data, objstore.PutOptions{})
+			etag = in.ETag
 		}
 		cancel()
 		err = unavailable(err)
+	}
+	if d.disk != nil {
+		// Before the new ETag is known to readers: they miss until then.
+		switch {
+		case err == nil && del:
+			d.disk.remove(c.idx)
+		case err == nil:
+			d.disk.put(c.idx, etag, data)
+		}
 	}
 	if snap != nil {
 		d.pool.Put(snap)
 	}
 
 	d.mu.Lock()
+	if d.etags != nil && err == nil {
+		if del {
+			delete(d.etags, c.idx)
+		} else {
+			d.etags[c.idx] = etag
+		}
+	}
 	d.uploadDoneLocked(c, gen, del, err)
 }
 
@@ -163,6 +182,16 @@ func (d *Device) loadLocked(c *chunk) error {
 
 // getChunk reads [off, off+n) of chunk idx's object, checking its size.
 func (d *Device) getChunk(idx, off, n int64) ([]byte, error) {
+	if d.disk != nil {
+		d.mu.Lock()
+		etag := d.etags[idx]
+		d.mu.Unlock()
+		if etag != "" {
+			if b, ok := d.disk.get(idx, etag, off, n); ok {
+				return b, nil
+			}
+		}
+	}
 	ctx, cancel := d.reqCtx()
 	defer cancel()
 	key := chunkKey(d.kp, idx)
@@ -177,6 +206,9 @@ func (d *Device) getChunk(idx, off, n int64) ([]byte, error) {
 	if info.Size != d.chunkLen(idx) || int64(len(data)) != n {
 		return nil, fmt.Errorf("chunked: chunk object %s has %d bytes (got %d at %d), want %d: %w",
 			key, info.Size, len(data), off, d.chunkLen(idx), blockdev.ErrCorrupt)
+	}
+	if d.disk != nil && off == 0 && n == info.Size {
+		d.disk.put(idx, info.ETag, data)
 	}
 	return data, nil
 }
