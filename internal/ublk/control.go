@@ -123,6 +123,28 @@ func (c *control) delDev(id uint32) error {
 	return wrapCmd("DEL_DEV", err)
 }
 
+func (c *control) devInfo(id uint32) (devInfo, error) {
+	var info devInfo
+	_, err := c.cmd(cmdGetDevInfo, id, unsafe.Pointer(&info), unsafe.Sizeof(info), 0)
+	return info, wrapCmd("GET_DEV_INFO", err)
+}
+
+func (c *control) getParams(id uint32) (params, error) {
+	p := params{len: uint32(sizeofParams)}
+	_, err := c.cmd(cmdGetParams, id, unsafe.Pointer(&p), unsafe.Sizeof(p), 0)
+	return p, wrapCmd("GET_PARAMS", err)
+}
+
+func (c *control) startRecovery(id uint32) error {
+	_, err := c.cmd(cmdStartRecov, id, nil, 0, 0)
+	return wrapCmd("START_USER_RECOVERY", err)
+}
+
+func (c *control) endRecovery(id uint32, pid int) error {
+	_, err := c.cmd(cmdEndRecov, id, nil, 0, uint64(pid))
+	return wrapCmd("END_USER_RECOVERY", err)
+}
+
 func wrapCmd(name string, err error) error {
 	if err == nil {
 		return nil

@@ -42,6 +42,12 @@ type Options struct {
 	MaxIO int
 	// ReadOnly exposes the device read-only even if it is writable.
 	ReadOnly bool
+	// Recoverable asks for user recovery when the kernel offers it
+	// (UBLK_F_USER_RECOVERY with REISSUE): if the server dies, the block
+	// device stays, its I/O waits, and Recover attaches a new server that
+	// gets the unfinished requests again. Disk.Recoverable tells whether
+	// the kernel agreed.
+	Recoverable bool
 	// Logger receives errors the I/O path cannot return to a caller; nil
 	// discards them.
 	Logger *slog.Logger
@@ -122,22 +128,30 @@ func Serve(ctx context.Context, dev blockdev.Device, opt Options) (*Disk, error)
 		ublksrvPID:    int32(os.Getpid()),
 		flags:         d.features & featCmdIoctlEncode,
 	}
+	if opt.Recoverable && d.features&(featUserRecovery|featRecovReissue) == featUserRecovery|featRecovReissue {
+		d.info.flags |= featUserRecovery | featRecovReissue
+	}
 	if err := ctrl.addDev(&d.info); err != nil {
 		ctrl.close()
 		return nil, err
 	}
 	d.id = d.info.devID
-	if err := d.start(ctx, size, info, opt); err != nil {
+	err = d.ctrl.setParams(d.id, d.params(size, info, opt.ReadOnly))
+	if err == nil {
+		err = d.startQueues(ctx)
+	}
+	if err == nil {
+		err = d.ctrl.startDev(d.id, os.Getpid())
+	}
+	if err != nil {
 		return nil, errors.Join(err, d.teardown(false))
 	}
 	return d, nil
 }
 
-// start sets the parameters, starts the queues and then the device.
-func (d *Disk) start(ctx context.Context, size int64, info blockdev.Info, opt Options) error {
-	if err := d.ctrl.setParams(d.id, d.params(size, info, opt.ReadOnly)); err != nil {
-		return err
-	}
+// startQueues opens the character device and starts one goroutine per
+// queue; it returns once every queue has fetched all its tags.
+func (d *Disk) startQueues(ctx context.Context) error {
 	var err error
 	if d.cdev, err = openCharDev(ctx, d.id); err != nil {
 		return err
@@ -164,10 +178,7 @@ func (d *Disk) start(ctx context.Context, size int64, info blockdev.Info, opt Op
 	for range n {
 		errs = append(errs, <-ready)
 	}
-	if err := errors.Join(errs...); err != nil {
-		return err
-	}
-	return d.ctrl.startDev(d.id, os.Getpid())
+	return errors.Join(errs...)
 }
 
 // params builds SET_PARAMS's argument from the device's size and facts.
@@ -235,6 +246,10 @@ func (d *Disk) Path() string { return fmt.Sprintf("/dev/ublkb%d", d.id) }
 
 // Features are the UBLK_F_* flags the kernel offered.
 func (d *Disk) Features() uint64 { return d.features }
+
+// Recoverable reports whether the device survives its server (see
+// Options.Recoverable and Recover).
+func (d *Disk) Recoverable() bool { return d.info.flags&featUserRecovery != 0 }
 
 // Close stops the block device (the kernel flushes it and completes every
 // request first), stops the queues, deletes the device and flushes the

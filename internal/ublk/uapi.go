@@ -12,6 +12,8 @@ const (
 	cmdStopDev     = 0x07 // UBLK_CMD_STOP_DEV
 	cmdSetParams   = 0x08 // UBLK_CMD_SET_PARAMS
 	cmdGetParams   = 0x09 // UBLK_CMD_GET_PARAMS
+	cmdStartRecov  = 0x10 // UBLK_CMD_START_USER_RECOVERY
+	cmdEndRecov    = 0x11 // UBLK_CMD_END_USER_RECOVERY
 	cmdGetFeatures = 0x13 // the number in UBLK_U_CMD_GET_FEATURES (ioctl-encoded only)
 
 	ioFetchReq       = 0x20 // UBLK_IO_FETCH_REQ
@@ -27,8 +29,13 @@ const (
 	devIDAny      = 0xffffffff // ADD_DEV: let the driver choose the device number
 	queueIDNone   = 0xffff     // queue_id of a command for no queue
 
+	featUserRecovery   = 1 << 3 // UBLK_F_USER_RECOVERY: the device outlives its server
+	featRecovReissue   = 1 << 4 // UBLK_F_USER_RECOVERY_REISSUE: in-flight I/O is reissued to the new server
 	featCmdIoctlEncode = 1 << 6 // UBLK_F_CMD_IOCTL_ENCODE
 	featUserCopy       = 1 << 7 // UBLK_F_USER_COPY
+
+	devStateLive     = 1 // UBLK_S_DEV_LIVE
+	devStateQuiesced = 2 // UBLK_S_DEV_QUIESCED: the server died, I/O waits for recovery
 
 	ioOpRead        = 0 // UBLK_IO_OP_READ
 	ioOpWrite       = 1 // UBLK_IO_OP_WRITE

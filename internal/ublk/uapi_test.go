@@ -49,6 +49,8 @@ int main(void) {
 	C(UBLK_IO_F_FUA) C(UBLK_IO_F_NOUNMAP)
 	C(UBLK_ATTR_READ_ONLY) C(UBLK_ATTR_ROTATIONAL) C(UBLK_ATTR_VOLATILE_CACHE) C(UBLK_ATTR_FUA)
 	C(UBLK_PARAM_TYPE_BASIC) C(UBLK_PARAM_TYPE_DISCARD)
+	C(UBLK_CMD_START_USER_RECOVERY) C(UBLK_CMD_END_USER_RECOVERY) C(UBLK_F_USER_RECOVERY) C(UBLK_F_USER_RECOVERY_REISSUE)
+	C(UBLK_S_DEV_LIVE) C(UBLK_S_DEV_QUIESCED)
 	/* The ioctl-encoded opcodes, from the header when it has them, else built
 	   with the kernel's own macros from the definitions above. */
 #ifndef UBLK_U_CMD_GET_FEATURES
@@ -122,6 +124,9 @@ func goLayout() map[string]int64 {
 		"UBLK_IO_OP_WRITE_ZEROES": ioOpWriteZeroes, "UBLK_IO_F_FUA": ioFFUA, "UBLK_IO_F_NOUNMAP": ioFNoUnmap,
 		"UBLK_ATTR_READ_ONLY": attrReadOnly, "UBLK_ATTR_ROTATIONAL": attrRotational, "UBLK_ATTR_VOLATILE_CACHE": attrVolatileCache, "UBLK_ATTR_FUA": attrFUA,
 		"UBLK_PARAM_TYPE_BASIC": paramTypeBasic, "UBLK_PARAM_TYPE_DISCARD": paramTypeDiscard,
+		"UBLK_CMD_START_USER_RECOVERY": cmdStartRecov, "UBLK_CMD_END_USER_RECOVERY": cmdEndRecov,
+		"UBLK_F_USER_RECOVERY": featUserRecovery, "UBLK_F_USER_RECOVERY_REISSUE": featRecovReissue,
+		"UBLK_S_DEV_LIVE": devStateLive, "UBLK_S_DEV_QUIESCED": devStateQuiesced,
 		"UBLK_U_CMD_GET_FEATURES": int64(ctrlOp(cmdGetFeatures, true)), "UBLK_U_CMD_ADD_DEV": int64(ctrlOp(cmdAddDev, true)),
 		"UBLK_U_CMD_GET_PARAMS": int64(ctrlOp(cmdGetParams, true)), "UBLK_U_CMD_STOP_DEV": int64(ctrlOp(cmdStopDev, true)),
 		"UBLK_U_IO_FETCH_REQ": int64(ioOp(ioFetchReq, true)), "UBLK_U_IO_COMMIT_AND_FETCH_REQ": int64(ioOp(ioCommitAndFetch, true)),

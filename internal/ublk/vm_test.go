@@ -110,32 +110,59 @@ func TestUblkInVM(t *testing.T) {
 	})
 }
 
-// TestGuestServe is the guest half of TestUblkInVM. It serves a memory
-// device (loaded from $VDISK_UBLK_GUEST/image when present) through ublk,
-// writes the device path to $VDISK_UBLK_GUEST/ready, and on SIGTERM closes
-// the disk and saves the memory to $VDISK_UBLK_GUEST/image.
+// TestGuestServe is the guest half of the VM tests. It serves a device
+// through ublk, writes the device path to $VDISK_UBLK_GUEST/ready, and on
+// SIGTERM closes the disk. The device is a file when VDISK_UBLK_BACKING
+// names one, else memory loaded from and saved to $VDISK_UBLK_GUEST/image.
+// VDISK_UBLK_RO=1 serves read-only, VDISK_UBLK_RECOVERABLE=1 asks for user
+// recovery, VDISK_UBLK_RECOVER=N recovers /dev/ublkbN instead of adding a
+// device.
 func TestGuestServe(t *testing.T) {
 	dir := os.Getenv(guestEnv)
 	if dir == "" {
 		t.Skip("guest helper: runs only inside the test VM (TestUblkInVM)")
 	}
 	const size = 64 << 20
-	mem := blockdev.NewMem(size)
+	var dev blockdev.Device
+	var mem *blockdev.Mem
 	img := filepath.Join(dir, "image")
-	if b, err := os.ReadFile(img); err == nil {
-		if _, err := mem.WriteAt(b, 0); err != nil {
+	if backing := os.Getenv("VDISK_UBLK_BACKING"); backing != "" {
+		f, err := blockdev.OpenFile(backing, blockdev.FileOptions{Create: true, Size: size})
+		if err != nil {
 			t.Fatal(err)
 		}
+		defer f.Close()
+		dev = f
+	} else {
+		mem = blockdev.NewMem(size)
+		if b, err := os.ReadFile(img); err == nil {
+			if _, err := mem.WriteAt(b, 0); err != nil {
+				t.Fatal(err)
+			}
+		}
+		dev = mem
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
 	defer stop()
-	ro, _ := strconv.ParseBool(os.Getenv("VDISK_UBLK_RO"))
+	opt := Options{Queues: 2, Depth: 32, MaxIO: 256 << 10}
+	opt.ReadOnly, _ = strconv.ParseBool(os.Getenv("VDISK_UBLK_RO"))
+	opt.Recoverable, _ = strconv.ParseBool(os.Getenv("VDISK_UBLK_RECOVERABLE"))
 	start := time.Now()
-	disk, err := Serve(ctx, mem, Options{Queues: 2, Depth: 32, MaxIO: 256 << 10, ReadOnly: ro})
+	var disk *Disk
+	var err error
+	if id := os.Getenv("VDISK_UBLK_RECOVER"); id != "" {
+		n, _ := strconv.Atoi(id)
+		disk, err = Recover(ctx, n, dev, opt)
+	} else {
+		disk, err = Serve(ctx, dev, opt)
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("serving %s in %v, features %#x", disk.Path(), time.Since(start), disk.Features())
+	t.Logf("serving %s in %v, features %#x, recoverable %v", disk.Path(), time.Since(start), disk.Features(), disk.Recoverable())
+	if opt.Recoverable && !disk.Recoverable() {
+		t.Fatal("the kernel offers user recovery, but the disk is not recoverable")
+	}
 	if err := os.WriteFile(filepath.Join(dir, "ready"), []byte(disk.Path()), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -148,8 +175,10 @@ func TestGuestServe(t *testing.T) {
 	if err := disk.Close(); err != ErrClosed {
 		t.Errorf("second Close = %v, want ErrClosed", err)
 	}
-	if err := saveImage(mem, img); err != nil {
-		t.Fatal(err)
+	if mem != nil {
+		if err := saveImage(mem, img); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
 
