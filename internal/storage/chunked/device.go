@@ -13,11 +13,20 @@
 // (Degraded), writes and Flush fail with an I/O error and every write not
 // yet stored stays in memory for the next attempt.
 //
-// Layering: the lead wires `s3://bucket/prefix` as
+// Wiring an s3:// image (what vdisk create/open/serve/info/convert do):
 //
-//	st, _ := s3.New(ctx, s3.Config{Bucket: b, Endpoint: e, PathStyle: true})
-//	chunked.Create(ctx, st, prefix, size, chunked.CreateOptions{})
-//	d, _ := chunked.Open(ctx, st, prefix, chunked.Options{LeaseHolder: "host:pid"})
+//	cfg, prefix, err := s3.FromURL("s3://bucket/disks/a", endpointFlag)
+//	st, err := s3.New(ctx, cfg)                      // no request yet
+//	_, err = chunked.Create(ctx, st, prefix, size, chunked.CreateOptions{}) // ErrExists if present
+//	m, err := chunked.Stat(ctx, st, prefix)          // for info: size, chunk size, created
+//	d, err := chunked.Open(ctx, st, prefix, chunked.Options{LeaseHolder: "host:pid"})
+//	// a *LeaseError (errors.Is ErrLeaseHeld, blockdev.ErrLocked) names the
+//	// holder; retry with ForceTakeover once it has expired.
+//	defer d.Close()
+//
+// The daemon reports d.Degraded() (nil when healthy) and d.Stats(); every
+// store failure reaching a caller wraps ErrUnavailable, which
+// blockdev.Errno maps to EIO.
 package chunked
 
 import (

@@ -57,3 +57,16 @@ func validBucket(b string) error {
 	}
 	return nil
 }
+
+// FromURL returns the Config for an image at "s3://bucket/prefix" and its
+// prefix. endpoint is the service's URL (empty: AWS, or AWS_ENDPOINT_URL);
+// with an endpoint, path-style addressing is on, as self-hosted servers
+// need. Region and credentials come from the standard AWS environment and
+// configuration files unless the caller sets them in the Config.
+func FromURL(u, endpoint string) (Config, string, error) {
+	bucket, prefix, err := ParseURL(u)
+	if err != nil {
+		return Config{}, "", err
+	}
+	return Config{Bucket: bucket, Endpoint: endpoint, PathStyle: endpoint != ""}, prefix, nil
+}

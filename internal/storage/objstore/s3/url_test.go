@@ -100,3 +100,17 @@ func TestConfigValidate(t *testing.T) {
 		t.Fatalf("validate bad bucket: %v", err)
 	}
 }
+
+func TestFromURL(t *testing.T) {
+	c, p, err := FromURL("s3://bkt/disks/a", "http://127.0.0.1:7070")
+	if err != nil || c.Bucket != "bkt" || p != "disks/a" || !c.PathStyle || c.Endpoint != "http://127.0.0.1:7070" {
+		t.Fatalf("FromURL = %+v, %q, %v", c, p, err)
+	}
+	c, _, err = FromURL("s3://bkt", "")
+	if err != nil || c.PathStyle {
+		t.Fatalf("FromURL without endpoint = %+v, %v; want virtual-host style", c, err)
+	}
+	if _, _, err := FromURL("/tmp/disk.img", ""); !errors.Is(err, ErrBadURL) {
+		t.Fatalf("FromURL of a path: %v, want ErrBadURL", err)
+	}
+}
