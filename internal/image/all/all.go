@@ -8,5 +8,6 @@ import (
 	_ "vdisk/internal/image/raw"   // registers raw
 	_ "vdisk/internal/image/vdi"   // registers vdi
 	_ "vdisk/internal/image/vhd"   // registers vhd
+	_ "vdisk/internal/image/vhdx"  // registers vhdx
 	_ "vdisk/internal/image/vmdk"  // registers vmdk
 )

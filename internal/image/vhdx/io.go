@@ -1,0 +1,348 @@
+package vhdx
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+
+	"golang.org/x/sys/unix"
+
+	"vdisk/internal/blockdev"
+)
+
+// Bounds of one Extents call: the extents it returns and the blocks it
+// looks at.
+const (
+	maxExtents      = 4096
+	maxExtentBlocks = 1 << 16
+)
+
+// check refuses calls after Close and ranges outside the disk.
+func (img *Image) check(off, n int64) error {
+	img.mu.Lock()
+	closed := img.closed
+	img.mu.Unlock()
+	if closed {
+		return blockdev.ErrClosed
+	}
+	return blockdev.CheckRange(off, n, img.m.size)
+}
+
+// entry returns the BAT entry of the payload block holding guest offset
+// off.
+func (img *Image) entry(off int64) uint64 {
+	img.mu.Lock()
+	defer img.mu.Unlock()
+	return img.bat[img.payloadIndex(off/img.m.blockSize)]
+}
+
+// fromParent reports whether a payload block in state st reads from the
+// parent (in a differencing disk) rather than as zeroes.
+func (img *Image) fromParent(st uint64) bool {
+	return img.m.hasParent && st != stateZero
+}
+
+// ReadAt reads len(p) bytes at off.
+func (img *Image) ReadAt(p []byte, off int64) (int, error) {
+	if err := img.check(off, int64(len(p))); err != nil {
+		return 0, err
+	}
+	bs := img.m.blockSize
+	for done := int64(0); done < int64(len(p)); {
+		pos := off + done
+		n := min(int64(len(p))-done, bs-pos%bs)
+		b := p[done : done+n]
+		e := img.entry(pos)
+		fo := int64(e>>batOffsetShift)*mib + pos%bs
+		var err error
+		switch st := e & 7; {
+		case st == stateFullPresent:
+			_, err = img.f.ReadAt(b, fo)
+		case st == statePartPresent:
+			err = img.readPartial(b, pos, fo)
+		case img.fromParent(st):
+			err = img.readParent(b, pos)
+		default:
+			clear(b)
+		}
+		if err != nil {
+			return int(done), fmt.Errorf("vhdx: read at %d: %w", pos, err)
+		}
+		done += n
+	}
+	return len(p), nil
+}
+
+// readPartial reads b at guest offset pos from a partially present block
+// whose data for pos is at file offset fo: sectors whose bit is set in the
+// chunk's sector bitmap come from the file, the others from the parent.
+func (img *Image) readPartial(b []byte, pos, fo int64) error {
+	lss := img.m.lss
+	chunkBytes := img.cr * img.m.blockSize
+	chunk := pos / chunkBytes
+	img.mu.Lock()
+	be := img.bat[chunk*(img.cr+1)+img.cr]
+	img.mu.Unlock()
+	if be&7 != stateBitmapHere {
+		return corruptf("partially present block at %d has no sector bitmap", pos)
+	}
+	first := (pos % chunkBytes) / lss
+	last := ((pos+int64(len(b))-1)%chunkBytes)/lss + 1
+	bm := make([]byte, (last+7)/8-first/8)
+	if _, err := img.f.ReadAt(bm, int64(be>>batOffsetShift)*mib+first/8); err != nil {
+		return fmt.Errorf("vhdx: read sector bitmap: %w", err)
+	}
+	has := func(s int64) bool { s -= first / 8 * 8; return bm[s/8]&(1<<(s%8)) != 0 }
+	for i := int64(0); i < int64(len(b)); {
+		s := (pos%chunkBytes + i) / lss
+		in := has(s)
+		j := min(int64(len(b)), (s+1)*lss-pos%chunkBytes)
+		for j < int64(len(b)) && has((pos%chunkBytes+j)/lss) == in {
+			j = min(int64(len(b)), j+lss)
+		}
+		var err error
+		if in {
+			_, err = img.f.ReadAt(b[i:j], fo+i)
+		} else {
+			err = img.readParent(b[i:j], pos+i)
+		}
+		if err != nil {
+			return err
+		}
+		i = j
+	}
+	return nil
+}
+
+// readParent fills b with the parent's bytes at off (zeroes without a
+// parent, and beyond its end).
+func (img *Image) readParent(b []byte, off int64) error {
+	clear(b)
+	if img.parent == nil {
+		return nil
+	}
+	if n := min(int64(len(b)), img.parent.Size()-off); n > 0 {
+		if _, err := img.parent.ReadAt(b[:n], off); err != nil {
+			return fmt.Errorf("vhdx: read parent: %w", err)
+		}
+	}
+	return nil
+}
+
+// WriteAt writes len(p) bytes at off, allocating blocks as needed.
+func (img *Image) WriteAt(p []byte, off int64) (int, error) {
+	if err := img.check(off, int64(len(p))); err != nil {
+		return 0, err
+	}
+	if img.readOnly {
+		return 0, blockdev.ErrReadOnly
+	}
+	bs := img.m.blockSize
+	for done := int64(0); done < int64(len(p)); {
+		pos := off + done
+		n := min(int64(len(p))-done, bs-pos%bs)
+		fo, err := img.mapForWrite(pos)
+		if err != nil {
+			return int(done), err
+		}
+		if _, err := img.f.WriteAt(p[done:done+n], fo); err != nil {
+			if errors.Is(err, unix.ENOSPC) {
+				err = blockdev.ErrNoSpace
+			}
+			return int(done), fmt.Errorf("vhdx: write at %d: %w", pos, err)
+		}
+		done += n
+	}
+	return len(p), nil
+}
+
+// touch gives the headers this session's write GUIDs before the first
+// change. Called with mu held.
+func (img *Image) touch() error {
+	if img.touched {
+		return nil
+	}
+	if err := img.updateHeaders(guid{}, true); err != nil {
+		return err
+	}
+	img.touched = true
+	return nil
+}
+
+// mapForWrite returns the file offset of guest offset pos, allocating its
+// block at the end of the file when it has none.
+func (img *Image) mapForWrite(pos int64) (int64, error) {
+	img.mu.Lock()
+	defer img.mu.Unlock()
+	if err := img.touch(); err != nil {
+		return 0, err
+	}
+	bs := img.m.blockSize
+	i := img.payloadIndex(pos / bs)
+	if e := img.bat[i]; e&7 == stateFullPresent {
+		return int64(e>>batOffsetShift)*mib + pos%bs, nil
+	}
+	start := img.fileEnd
+	if err := img.f.Truncate(start + bs); err != nil {
+		if errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EFBIG) {
+			return 0, fmt.Errorf("vhdx: allocate block: %w", blockdev.ErrNoSpace)
+		}
+		return 0, fmt.Errorf("vhdx: allocate block: %w", err)
+	}
+	img.fileEnd = start + bs
+	img.bat[i] = uint64(start/mib)<<batOffsetShift | stateFullPresent
+	img.batDirty[i*8/4096] = true
+	return start + pos%bs, nil
+}
+
+// Flush makes every completed write durable: the data first, then the
+// BAT entries that reach new blocks.
+func (img *Image) Flush() error {
+	img.mu.Lock()
+	defer img.mu.Unlock()
+	if img.closed {
+		return blockdev.ErrClosed
+	}
+	if img.readOnly {
+		return nil
+	}
+	if err := img.sync(); err != nil {
+		return err
+	}
+	if len(img.batDirty) == 0 {
+		return nil
+	}
+	for sec := range img.batDirty {
+		first := sec * 4096 / 8
+		last := min(first+4096/8, int64(len(img.bat)))
+		buf := make([]byte, 8*(last-first))
+		for i := first; i < last; i++ {
+			binary.LittleEndian.PutUint64(buf[8*(i-first):], img.bat[i])
+		}
+		if _, err := img.f.WriteAt(buf, img.batReg.off+sec*4096); err != nil {
+			return fmt.Errorf("vhdx: write BAT: %w", err)
+		}
+		delete(img.batDirty, sec)
+	}
+	return img.sync()
+}
+
+// sync makes every write to the file durable.
+func (img *Image) sync() error {
+	if err := unix.Fdatasync(int(img.f.Fd())); err != nil {
+		return fmt.Errorf("vhdx: sync: %w", err)
+	}
+	return nil
+}
+
+// Trim makes [off, off+n) read as zeroes, releasing the storage of the
+// allocated part (see WriteZeroes).
+func (img *Image) Trim(off, n int64) error { return img.WriteZeroes(off, n, true) }
+
+// WriteZeroes makes [off, off+n) read as zeroes: blocks without data
+// already do; in allocated blocks the range is punched (mayTrim) or zeroed
+// with fallocate, or written with zeroes where the file system cannot.
+func (img *Image) WriteZeroes(off, n int64, mayTrim bool) error {
+	if err := img.check(off, n); err != nil {
+		return err
+	}
+	if img.readOnly {
+		return blockdev.ErrReadOnly
+	}
+	bs := img.m.blockSize
+	for end := off + n; off < end; {
+		c := min(end-off, bs-off%bs)
+		e := img.entry(off)
+		if e&7 == stateFullPresent {
+			img.mu.Lock()
+			err := img.touch()
+			img.mu.Unlock()
+			if err != nil {
+				return err
+			}
+			if err := img.zeroFile(int64(e>>batOffsetShift)*mib+off%bs, c, mayTrim); err != nil {
+				return err
+			}
+		}
+		off += c
+	}
+	return nil
+}
+
+// zeroFile zeroes n bytes of the file at off.
+func (img *Image) zeroFile(off, n int64, mayTrim bool) error {
+	mode := uint32(unix.FALLOC_FL_ZERO_RANGE | unix.FALLOC_FL_KEEP_SIZE)
+	if mayTrim {
+		mode = unix.FALLOC_FL_PUNCH_HOLE | unix.FALLOC_FL_KEEP_SIZE
+	}
+	err := unix.Fallocate(int(img.f.Fd()), mode, off, n)
+	if err == nil {
+		return nil
+	}
+	if !errors.Is(err, unix.EOPNOTSUPP) && !errors.Is(err, unix.ENOSYS) && !errors.Is(err, unix.EINVAL) {
+		return fmt.Errorf("vhdx: zero at %#x: %w", off, err)
+	}
+	zero := make([]byte, min(n, 1<<20))
+	for n > 0 {
+		c := min(n, int64(len(zero)))
+		if _, err := img.f.WriteAt(zero[:c], off); err != nil {
+			return fmt.Errorf("vhdx: zero at %#x: %w", off, err)
+		}
+		off += c
+		n -= c
+	}
+	return nil
+}
+
+// Extents describes [off, off+n): blocks with data (fully or partially
+// present) are data; a differencing disk's blocks without data have the
+// parent's extents; the rest are holes that read as zeroes.
+func (img *Image) Extents(off, n int64) ([]blockdev.Extent, error) {
+	if err := img.check(off, n); err != nil {
+		return nil, err
+	}
+	var out []blockdev.Extent
+	add := func(o, l int64, f blockdev.ExtentFlags) {
+		if k := len(out); k > 0 && out[k-1].Flags == f && out[k-1].Off+out[k-1].Len == o {
+			out[k-1].Len += l
+			return
+		}
+		out = append(out, blockdev.Extent{Off: o, Len: l, Flags: f})
+	}
+	bs := img.m.blockSize
+	for end, seen := off+n, 0; off < end && len(out) < maxExtents && seen < maxExtentBlocks; seen++ {
+		c := min(end-off, bs-off%bs)
+		switch st := img.entry(off) & 7; {
+		case st == stateFullPresent || st == statePartPresent:
+			add(off, c, 0)
+		case img.fromParent(st) && img.parent != nil:
+			if err := img.parentExtents(off, c, add); err != nil {
+				return nil, err
+			}
+		default:
+			add(off, c, blockdev.ExtentHole|blockdev.ExtentZero)
+		}
+		off += c
+	}
+	return out, nil
+}
+
+// parentExtents adds the parent's extents of [off, off+n), marked as holes
+// of this image.
+func (img *Image) parentExtents(off, n int64, add func(o, l int64, f blockdev.ExtentFlags)) error {
+	end := off + n
+	for pend := min(end, img.parent.Size()); off < pend; {
+		ext, err := blockdev.Extents(img.parent, off, pend-off)
+		if err != nil {
+			return err
+		}
+		for _, e := range ext {
+			add(e.Off, e.Len, e.Flags|blockdev.ExtentHole)
+			off = e.Off + e.Len
+		}
+	}
+	if off < end {
+		add(off, end-off, blockdev.ExtentHole|blockdev.ExtentZero)
+	}
+	return nil
+}
