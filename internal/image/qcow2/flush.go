@@ -24,6 +24,12 @@ func (img *Image) Flush() error {
 // and clears the dirty bit.
 func (img *Image) flush(final bool) error {
 	img.mu.Lock()
+	if !final && img.metadataClean() {
+		// Only data changed (overwrites of allocated clusters): one
+		// fdatasync, without holding up other requests' lookups.
+		img.mu.Unlock()
+		return img.sync()
+	}
 	err := img.writeMetadata(final || !img.lazy)
 	img.readyFree = append(img.readyFree, img.pendingFree...)
 	img.pendingFree = nil
@@ -60,6 +66,13 @@ func (img *Image) flush(final bool) error {
 		img.markedDirty = false
 	}
 	return nil
+}
+
+// metadataClean reports, with mu held, whether no metadata waits to be
+// written and no freed cluster waits to be released.
+func (img *Image) metadataClean() bool {
+	return !img.l1Dirty && !img.refTableDirty && len(img.pendingFree) == 0 && len(img.readyFree) == 0 &&
+		len(img.l2c.dirtyTables()) == 0 && (img.lazy || len(img.rbc.dirtyTables()) == 0)
 }
 
 // writeMetadata writes refcounts (unless lazy and !refcounts), L2 tables

@@ -23,13 +23,53 @@ func (img *Image) WriteAt(p []byte, off int64) (int, error) {
 	defer img.ioMu.RUnlock()
 	end := off + int64(len(p))
 	for pos := off; pos < end; {
-		n := min(img.cs-pos%img.cs, end-pos)
+		host, n, err := img.inPlaceRun(pos, end)
+		if err != nil {
+			return int(pos - off), err
+		}
+		if n > 0 {
+			if err := img.writeHost(p[pos-off:pos-off+n], host); err != nil {
+				return int(pos - off), err
+			}
+			pos += n
+			continue
+		}
+		n = min(img.cs-pos%img.cs, end-pos)
 		if err := img.writeCluster(pos/img.cs, pos%img.cs, p[pos-off:pos-off+n]); err != nil {
 			return int(pos - off), err
 		}
 		pos += n
 	}
 	return len(p), nil
+}
+
+// inPlaceRun returns the longest run of guest bytes from pos (up to end)
+// that can be written straight to contiguous host bytes at host; n is 0
+// when the first cluster needs the slow path.
+func (img *Image) inPlaceRun(pos, end int64) (host, n int64, err error) {
+	img.mu.Lock()
+	defer img.mu.Unlock()
+	for pos+n < end {
+		p := pos + n
+		vc := p / img.cs
+		if img.inflight[vc] != nil {
+			break
+		}
+		e, bm, err := img.l2Entry(vc)
+		if err != nil {
+			return 0, 0, err
+		}
+		c := min(img.cs-p%img.cs, end-p)
+		h, ok := img.inPlace(vc, e, bm, p%img.cs, c)
+		if !ok || (n > 0 && h != host+n) {
+			break
+		}
+		if n == 0 {
+			host = h
+		}
+		n += c
+	}
+	return host, n, nil
 }
 
 // waitCluster waits, with mu held, until no allocation of guest cluster vc
