@@ -153,8 +153,8 @@ func TestWriteMatchesQemu(t *testing.T) {
 			if res, err := Check(p, image.CheckOptions{}); err != nil || !res.Clean() {
 				t.Fatalf("vdisk check: %v %v", res.Messages, err)
 			}
-			ref := writeFile(t, dir, "ref.raw", m.ref)
-			runCmd(t, "qemu-img", "compare", "-f", "qcow2", "-F", "raw", p, ref)
+			refPath := writeFile(t, dir, "ref.raw", m.ref)
+			runCmd(t, "qemu-img", "compare", "-f", "qcow2", "-F", "raw", p, refPath)
 			mustEqual(t, "qemu-img read", qemuRaw(t, p), m.ref)
 		})
 	}
