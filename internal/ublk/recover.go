@@ -91,3 +91,23 @@ func (d *Disk) startRecovery(ctx context.Context) error {
 		}
 	}
 }
+
+// Delete stops and deletes /dev/ublkb<id> whose server is gone: a device
+// left behind by a crashed server that was not recoverable (its I/O fails)
+// or that will not be recovered. A device that is already stopped is
+// just deleted.
+func Delete(id int) error {
+	if id < 0 {
+		return fmt.Errorf("ublk: bad device id %d", id)
+	}
+	ctrl, err := openControl()
+	if err != nil {
+		return err
+	}
+	ctrl.encoded = ctrl.features()&featCmdIoctlEncode != 0
+	err = ctrl.stopDev(uint32(id))
+	if err == nil {
+		err = ctrl.delDev(uint32(id))
+	}
+	return errors.Join(err, ctrl.close())
+}

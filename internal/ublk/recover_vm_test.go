@@ -10,7 +10,8 @@ import (
 // recoveryScript: a file-backed recoverable disk, a write acknowledged by
 // fsync, kill -9 of the server, a read issued while no server runs, Recover
 // in a new process; the read completes with the data, I/O goes on, and the
-// file holds every acknowledged write.
+// file holds every acknowledged write. Then a disk that is not recoverable:
+// kill -9 fails its I/O, and Delete removes it.
 const recoveryScript = `#!/bin/sh
 set -u
 G=/tmp/g; mkdir -p $G
@@ -58,6 +59,13 @@ cat $G/helper.log
 [ $st = 0 ] || fail "helper exit status $st"
 [ ! -e $DEV ] || fail "$DEV still exists after Close"
 [ "$(dd if=$G/disk.img bs=64k skip=100 count=16 2>/dev/null | md5sum)" = "$(md5sum </tmp/a)" ] || fail "A lost"
+[ "$(dd if=$G/disk.img bs=64k skip=300 count=16 2>/dev/null | md5sum)" = "$(md5sum </tmp/b)" ] || fail "B lost"
+step "not recoverable: kill -9 fails the I/O instead of hanging, Delete removes the device"
+start
+kill -9 $hpid; wait $hpid; hpid=
+dd if=$DEV of=/dev/null bs=64k count=16 iflag=direct 2>/dev/null && fail "read without a server succeeded"
+VDISK_UBLK_DELETE=${DEV#/dev/ublkb} /share/ublk.test -test.run '^TestGuestServe$' >$G/helper.log 2>&1 || fail "Delete"
+[ ! -e $DEV ] || fail "$DEV still exists after Delete"
 [ "$(dd if=$G/disk.img bs=64k skip=300 count=16 2>/dev/null | md5sum)" = "$(md5sum </tmp/b)" ] || fail "B lost"
 step "done"
 echo PASS

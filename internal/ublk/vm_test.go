@@ -116,7 +116,7 @@ func TestUblkInVM(t *testing.T) {
 // names one, else memory loaded from and saved to $VDISK_UBLK_GUEST/image.
 // VDISK_UBLK_RO=1 serves read-only, VDISK_UBLK_RECOVERABLE=1 asks for user
 // recovery, VDISK_UBLK_RECOVER=N recovers /dev/ublkbN instead of adding a
-// device.
+// device, VDISK_UBLK_DELETE=N deletes /dev/ublkbN and returns.
 func TestGuestServe(t *testing.T) {
 	dir := os.Getenv(guestEnv)
 	if dir == "" {
@@ -141,6 +141,13 @@ func TestGuestServe(t *testing.T) {
 			}
 		}
 		dev = mem
+	}
+	if id := os.Getenv("VDISK_UBLK_DELETE"); id != "" {
+		n, _ := strconv.Atoi(id)
+		if err := Delete(n); err != nil {
+			t.Fatal(err)
+		}
+		return
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
 	defer stop()
