@@ -7,8 +7,6 @@ import (
 	"encoding/binary"
 	"fmt"
 	"strings"
-
-	"golang.org/x/crypto/xts"
 )
 
 // Cipher encrypts and decrypts whole encryption sectors in place. It is
@@ -19,7 +17,7 @@ type Cipher struct {
 	keySize int
 	key     []byte // a copy of the key, zeroed by Wipe
 
-	xts  *xts.Cipher  // xts modes
+	xts  *xtsCipher   // xts modes
 	cbc  cipher.Block // cbc modes
 	iv   ivMode
 	ivBC cipher.Block // essiv: AES keyed with the hash of the key
@@ -68,7 +66,7 @@ func NewCipher(spec string, key []byte) (*Cipher, error) {
 		if c.iv == ivESSIV {
 			return nil, fmt.Errorf("crypt: cipher %q: essiv with xts: %w", spec, ErrUnsupportedCipher)
 		}
-		c.xts, err = xts.NewCipher(aes.NewCipher, c.key)
+		c.xts, err = newXTS(c.key)
 	case "cbc":
 		if len(key) != 16 && len(key) != 24 && len(key) != 32 {
 			return nil, fmt.Errorf("crypt: cipher %q: %d-byte key: %w", spec, len(key), ErrKeySize)
@@ -103,7 +101,7 @@ func (c *Cipher) Wipe() { clear(c.key) }
 // must be a positive multiple of 16.
 func (c *Cipher) Encrypt(b []byte, iv uint64) {
 	if c.xts != nil {
-		c.xts.Encrypt(b, b, c.tweak(iv))
+		c.xts.crypt(b, c.tweak(iv), true)
 		return
 	}
 	var ivb [aes.BlockSize]byte
@@ -114,7 +112,7 @@ func (c *Cipher) Encrypt(b []byte, iv uint64) {
 // Decrypt decrypts one sector b in place (see Encrypt).
 func (c *Cipher) Decrypt(b []byte, iv uint64) {
 	if c.xts != nil {
-		c.xts.Decrypt(b, b, c.tweak(iv))
+		c.xts.crypt(b, c.tweak(iv), false)
 		return
 	}
 	var ivb [aes.BlockSize]byte
@@ -122,8 +120,8 @@ func (c *Cipher) Decrypt(b []byte, iv uint64) {
 	cipher.NewCBCDecrypter(c.cbc, ivb[:]).CryptBlocks(b, b)
 }
 
-// tweak is the XTS tweak for sector iv: x/crypto/xts encodes it as a
-// little-endian 128-bit number, exactly plain64 (plain truncates to 32 bits).
+// tweak is the XTS tweak for sector iv: encoded as a little-endian 128-bit
+// number it is exactly plain64 (plain truncates to 32 bits).
 func (c *Cipher) tweak(iv uint64) uint64 {
 	if c.iv == ivPlain {
 		return iv & 0xffffffff
