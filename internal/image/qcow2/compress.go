@@ -31,9 +31,56 @@ var zstdPool = sync.Pool{New: func() any {
 	return d
 }}
 
+// zcacheSlots is how many decompressed clusters an Image keeps, so that
+// small sequential reads of a compressed cluster inflate it once.
+const zcacheSlots = 4
+
+// zcache holds recently decompressed clusters, keyed by their L2 entry. An
+// entry names its compressed bytes for as long as any table references
+// it, and vdisk never writes compressed clusters, so a key never comes
+// back with other bytes.
+type zcache struct {
+	mu   sync.Mutex
+	keys [zcacheSlots]uint64
+	data [zcacheSlots][]byte
+	next int
+}
+
+func (z *zcache) get(e uint64, dst []byte) bool {
+	z.mu.Lock()
+	defer z.mu.Unlock()
+	for i, k := range z.keys {
+		if k == e && z.data[i] != nil {
+			copy(dst, z.data[i])
+			return true
+		}
+	}
+	return false
+}
+
+func (z *zcache) put(e uint64, src []byte) {
+	z.mu.Lock()
+	defer z.mu.Unlock()
+	z.keys[z.next] = e
+	z.data[z.next] = append(z.data[z.next][:0], src...)
+	z.next = (z.next + 1) % zcacheSlots
+}
+
 // readCompressed decompresses the cluster described by e into dst (one
 // cluster).
 func (img *Image) readCompressed(e uint64, dst []byte) error {
+	if img.zc.get(e, dst) {
+		return nil
+	}
+	if err := img.inflate(e, dst); err != nil {
+		return err
+	}
+	img.zc.put(e, dst)
+	return nil
+}
+
+// inflate reads and decompresses the cluster described by e.
+func (img *Image) inflate(e uint64, dst []byte) error {
 	off, n := img.compressed(e)
 	img.mu.Lock()
 	end := img.fileEnd

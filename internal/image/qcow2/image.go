@@ -44,6 +44,8 @@ type Image struct {
 	backing     blockdev.Device // nil without one (or with NoBacking)
 	backingSize int64
 
+	zc zcache // recently decompressed clusters
+
 	// ioMu is held shared by every data transfer and exclusively while
 	// freed clusters are released, so no transfer reads or writes a
 	// cluster that is being reused.
