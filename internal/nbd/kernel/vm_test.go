@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"syscall"
 	"testing"
@@ -158,6 +159,9 @@ func serveAll(conns []net.Conn, dev blockdev.Device) (wait func() error) {
 // through Connect, writes the device path to $VDISK_NBD_GUEST/ready; on
 // SIGUSR1 it drops its connections and reconfigures the device with new
 // ones; on SIGTERM it disconnects and saves the memory to .../image.
+// VDISK_NBD_BACKING names a file to serve instead of memory;
+// VDISK_NBD_REATTACH=N reconfigures /dev/nbdN, whose server died, instead
+// of connecting a new device.
 func TestGuestConnect(t *testing.T) {
 	dir := os.Getenv(guestEnv)
 	if dir == "" {
@@ -165,12 +169,24 @@ func TestGuestConnect(t *testing.T) {
 	}
 	forceIoctl = os.Getenv("VDISK_NBD_MODE") == "ioctl"
 	const size = 64 << 20
-	mem := blockdev.NewMem(size)
+	var mem *blockdev.Mem
+	var dev blockdev.Device
 	img := filepath.Join(dir, "image")
-	if b, err := os.ReadFile(img); err == nil {
-		if _, err := mem.WriteAt(b, 0); err != nil {
+	if backing := os.Getenv("VDISK_NBD_BACKING"); backing != "" {
+		f, err := blockdev.OpenFile(backing, blockdev.FileOptions{Create: true, Size: size})
+		if err != nil {
 			t.Fatal(err)
 		}
+		defer f.Close()
+		dev = f
+	} else {
+		mem = blockdev.NewMem(size)
+		if b, err := os.ReadFile(img); err == nil {
+			if _, err := mem.WriteAt(b, 0); err != nil {
+				t.Fatal(err)
+			}
+		}
+		dev = mem
 	}
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGUSR1)
@@ -182,10 +198,18 @@ func TestGuestConnect(t *testing.T) {
 	}
 	const backend = "vdisk-test"
 	kern, srv := pairs(t, 2)
-	wait := serveAll(srv, mem)
+	wait := serveAll(srv, dev)
 	start := time.Now()
-	idx, err := Connect(kern, Config{Index: -1, Size: size, BlockSize: 4096, Flags: flags,
-		Timeout: time.Minute, DeadConnTimeout: 2 * time.Minute, Backend: backend})
+	var idx int
+	var err error
+	if re := os.Getenv("VDISK_NBD_REATTACH"); re != "" {
+		// A restarted server: the old process died, its device waits.
+		idx, _ = strconv.Atoi(re)
+		err = reconfigure(idx, backend, kern)
+	} else {
+		idx, err = Connect(kern, Config{Index: -1, Size: size, BlockSize: 4096, Flags: flags,
+			Timeout: time.Minute, DeadConnTimeout: 2 * time.Minute, Backend: backend})
+	}
 	for _, f := range kern {
 		f.Close()
 	}
@@ -214,7 +238,7 @@ func TestGuestConnect(t *testing.T) {
 			t.Logf("old connections: %v", err)
 		}
 		kern, srv = pairs(t, 2)
-		wait = serveAll(srv, mem)
+		wait = serveAll(srv, dev)
 		if err := reconfigure(idx, backend, kern); err != nil {
 			t.Fatal(err)
 		}
@@ -237,8 +261,10 @@ func TestGuestConnect(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if err := saveImage(mem, img); err != nil {
-		t.Fatal(err)
+	if mem != nil {
+		if err := saveImage(mem, img); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
 
