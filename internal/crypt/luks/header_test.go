@@ -133,6 +133,7 @@ func TestUnsupportedRefusedByName(t *testing.T) {
 		{"requirement", func(top map[string]any) {
 			obj(top, "config")["requirements"] = map[string]any{"mandatory": []string{"online-reencrypt-v2"}}
 		}, "online-reencrypt-v2"},
+		{"detached header", func(top map[string]any) { obj(obj(top, "segments"), "0")["offset"] = "0" }, "detached header"},
 		{"segment type", func(top map[string]any) { obj(obj(top, "segments"), "0")["type"] = "linear" }, `"linear"`},
 		{"keyslot kdf", func(top map[string]any) { obj(obj(obj(top, "keyslots"), "0"), "kdf")["type"] = "scrypt" }, `"scrypt"`},
 		{"af hash", func(top map[string]any) { obj(obj(obj(top, "keyslots"), "0"), "af")["hash"] = "whirlpool" }, `"whirlpool"`},

@@ -125,6 +125,10 @@ func (v *Volume) usable() (segment, error) {
 	if len(s.Integrity) > 0 && string(s.Integrity) != "null" {
 		return segment{}, fmt.Errorf("luks: integrity profile %s (dm-integrity): %w", truncate(s.Integrity), ErrUnsupported)
 	}
+	if hdrEnd := 2*v.v2.hdrSize + int64(m.config.KeyslotsSize); int64(s.Offset) < hdrEnd {
+		return segment{}, fmt.Errorf("luks: data segment at %d inside the %d-byte header area (a detached header?): %w",
+			s.Offset, hdrEnd, ErrUnsupported)
+	}
 	seg := segment{cipher: s.Encryption, offset: int64(s.Offset), sectorSize: s.SectorSize, ivTweak: uint64(s.IVTweak)}
 	if s.Size != "dynamic" {
 		seg.size, _ = strconv.ParseInt(s.Size, 10, 64) // validated at parse
