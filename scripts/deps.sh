@@ -28,3 +28,5 @@ command -v go >/dev/null || { echo "deps: Go 1.26 or later is needed (https://go
 go mod download
 gobin="$(go env GOPATH)/bin"
 [ -x "$gobin/staticcheck" ] || go install honnef.co/go/tools/cmd/staticcheck@v0.8.2
+# versitygw: the S3 server the object-store tests run against.
+[ -x "$gobin/versitygw" ] || go install github.com/versity/versitygw/cmd/versitygw@v1.8.0
