@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
-	"math/bits"
 
 	"vdisk/internal/blockdev"
 	"vdisk/internal/image"
@@ -297,6 +296,3 @@ func (m *metadata) batEntries() int64 {
 	}
 	return blocks + (blocks-1)/cr
 }
-
-// log2 is the base-2 logarithm of a power of two.
-func log2(v int64) int { return bits.TrailingZeros64(uint64(v)) }

@@ -94,3 +94,6 @@ func randomWrites(t *testing.T, d blockdev.Device, ref []byte, seed uint64, coun
 		copy(ref[off:], b)
 	}
 }
+
+// blockdev0 returns d as a blockdev.Device (for helpers that take one).
+func blockdev0(d *Image) blockdev.Device { return d }

@@ -156,7 +156,12 @@ func replay(f *os.File, fsize int64, h *header) (int64, error) {
 	if head.lastFile > maxReplayEnd || head.flushed > maxReplayEnd {
 		return 0, corruptf("log entry %d claims a file of %d bytes", head.seq, max(head.lastFile, head.flushed))
 	}
-	limit := max(fsize, head.lastFile, head.flushed)
+	for _, e := range seq {
+		if e.flushed > fsize {
+			return 0, corruptf("log entry %d was written when the file had %d bytes, it has %d: truncated", e.seq, e.flushed, fsize)
+		}
+	}
+	limit := max(fsize, head.lastFile)
 	for _, e := range seq {
 		for _, d := range e.descs {
 			n := d.zeroLen
@@ -166,8 +171,8 @@ func replay(f *os.File, fsize int64, h *header) (int64, error) {
 			if d.fileOff > limit || n > limit-d.fileOff {
 				return 0, corruptf("log entry %d writes [%#x, +%d) beyond the file's %d bytes", e.seq, d.fileOff, n, limit)
 			}
-			if d.fileOff < 2*mib && d.fileOff+n > header1Off {
-				return 0, corruptf("log entry %d writes over the headers or region tables at %#x", e.seq, d.fileOff)
+			if d.fileOff < mib {
+				return 0, corruptf("log entry %d writes over the file identifier, headers or region tables at %#x", e.seq, d.fileOff)
 			}
 			if d.fileOff < h.logOff+h.logLen && h.logOff < d.fileOff+n {
 				return 0, corruptf("log entry %d writes into the log itself at %#x", e.seq, d.fileOff)
@@ -192,11 +197,12 @@ func replay(f *os.File, fsize int64, h *header) (int64, error) {
 			}
 		}
 	}
-	if head.flushed > fsize {
-		if err := f.Truncate(head.flushed); err != nil {
+	if head.lastFile > fsize {
+		end := (head.lastFile + mib - 1) / mib * mib
+		if err := f.Truncate(end); err != nil {
 			return 0, fmt.Errorf("vhdx: replay log: %w", err)
 		}
-		fsize = head.flushed
+		fsize = end
 	}
 	if err := unix.Fdatasync(int(f.Fd())); err != nil {
 		return 0, fmt.Errorf("vhdx: sync after log replay: %w", err)

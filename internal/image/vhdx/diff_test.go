@@ -1,0 +1,169 @@
+package vhdx
+
+import (
+	"encoding/binary"
+	"errors"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"vdisk/internal/blockdev"
+	"vdisk/internal/image"
+)
+
+// makeDiff turns the dynamic VHDX at child (1 MiB blocks, 512-byte
+// sectors, same size as parent) into a differencing disk of parent, as
+// Hyper-V would write one: block 0 partially present (some sectors in the
+// child, marked in the chunk's sector bitmap), block 2 fully present,
+// block 3 zero, the rest from the parent. It returns what the child reads
+// as, given the parent's content.
+func makeDiff(t *testing.T, child, parent string, parentRaw []byte) []byte {
+	t.Helper()
+	le := binary.LittleEndian
+	f, err := os.OpenFile(child, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	img, err := load(f, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pf, _ := os.Open(parent)
+	pimg, err := load(pf, true)
+	pf.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	meta := img.metaReg.off
+	var flags [4]byte
+	le.PutUint32(flags[:], 2) // has parent
+	f.WriteAt(flags[:], meta+metaTabSize+4)
+	abs, _ := filepath.Abs(parent)
+	loc := encodeLocator([][2]string{
+		{"parent_linkage", pimg.hdrs[pimg.cur].dataWrite.String()},
+		{"relative_path", `.\` + filepath.Base(parent)},
+		{"absolute_win32_path", abs},
+	})
+	locOff := int64(metaTabSize + 4096)
+	f.WriteAt(loc, meta+locOff)
+	e := make([]byte, 32)
+	copy(e, metaParentLoc[:])
+	le.PutUint32(e[16:], uint32(locOff))
+	le.PutUint32(e[20:], uint32(len(loc)))
+	le.PutUint32(e[24:], 6)
+	f.WriteAt(e, meta+32+32*5)
+	var cnt [2]byte
+	le.PutUint16(cnt[:], 6)
+	f.WriteAt(cnt[:], meta+10)
+
+	want := append([]byte(nil), parentRaw...)
+	r := rand.New(rand.NewPCG(77, 78))
+	st, _ := f.Stat()
+	a := (st.Size() + mib - 1) / mib * mib // block 0, partially present
+	b := a + mib                           // chunk 0's sector bitmap
+	c := b + mib                           // block 2, fully present
+	block0 := make([]byte, mib)
+	block2 := make([]byte, mib)
+	for i := range block0 {
+		block0[i], block2[i] = byte(r.Uint32()), byte(r.Uint32())
+	}
+	bitmap := make([]byte, mib)
+	for _, run := range [][2]int64{{2, 10}, {100, 101}, {1000, 1100}, {2040, 2048}} {
+		for s := run[0]; s < run[1]; s++ {
+			bitmap[s/8] |= 1 << (s % 8)
+			copy(want[s*512:(s+1)*512], block0[s*512:])
+		}
+	}
+	copy(want[2*mib:3*mib], block2)
+	clear(want[3*mib : 4*mib])
+	f.WriteAt(block0, a)
+	f.WriteAt(bitmap, b)
+	f.WriteAt(block2, c)
+	bat := make([]byte, 8*(img.cr+1))
+	le.PutUint64(bat[0:], uint64(a/mib)<<batOffsetShift|statePartPresent)
+	le.PutUint64(bat[16:], uint64(c/mib)<<batOffsetShift|stateFullPresent)
+	le.PutUint64(bat[24:], stateZero)
+	le.PutUint64(bat[8*img.cr:], uint64(b/mib)<<batOffsetShift|stateBitmapHere)
+	f.WriteAt(bat, img.batReg.off)
+	return want
+}
+
+// TestDifferencingRead reads a crafted differencing disk over a parent
+// vdisk wrote: sector bitmaps, fully present, zero and absent blocks, the
+// parent found through relative_path, and --no-backing.
+func TestDifferencingRead(t *testing.T) {
+	dir := t.TempDir()
+	parent := filepath.Join(dir, "parent.vhdx")
+	child := filepath.Join(dir, "child.vhdx")
+	const size = 9 << 20
+	for _, p := range []string{parent, child} {
+		if err := Create(p, image.CreateOptions{Format: Name, Size: size, ClusterSize: mib}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pd, err := Open(parent, image.OpenOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	parentRaw := make([]byte, size)
+	randomWrites(t, pd, parentRaw, 31, 30, 400<<10)
+	if err := pd.Close(); err != nil {
+		t.Fatal(err)
+	}
+	want := makeDiff(t, child, parent, parentRaw)
+
+	d, err := Open(child, image.OpenOptions{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustEqual(t, "child", readAll(t, d), want)
+	ext, err := d.Extents(0, size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := func(off int64) blockdev.ExtentFlags {
+		for _, x := range ext {
+			if x.Off <= off && off < x.Off+x.Len {
+				return x.Flags
+			}
+		}
+		t.Fatalf("no extent covers %d: %v", off, ext)
+		return 0
+	}
+	if f := at(3*mib + 1); f&blockdev.ExtentZero == 0 {
+		t.Errorf("zero block reported with flags %v", f)
+	}
+	if f := at(2*mib + 1); f != 0 {
+		t.Errorf("present block reported with flags %v", f)
+	}
+	if f := at(5*mib + 1); f&blockdev.ExtentHole == 0 {
+		t.Errorf("block from the parent reported with flags %v", f)
+	}
+	d.Close()
+
+	nb, err := Open(child, image.OpenOptions{ReadOnly: true, NoBacking: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := readAll(t, nb)
+	nb.Close()
+	mustEqual(t, "child block 2 without its parent", got[2*mib:3*mib], want[2*mib:3*mib])
+	if !blockdev.IsZero(got[5*mib:]) || !blockdev.IsZero(got[:1024]) {
+		t.Error("unallocated sectors read non-zero without the parent")
+	}
+	if _, err := Open(child, image.OpenOptions{}); !errors.Is(err, image.ErrUnsupported) {
+		t.Fatalf("read-write open of a differencing disk: %v", err)
+	}
+	fa, err := Info(child)
+	if err != nil || fa.BackingFile != `.\parent.vhdx` || fa.BackingFormat != Name {
+		t.Fatalf("Info %+v, %v", fa, err)
+	}
+	if r, err := Check(child, image.CheckOptions{}); err != nil || !r.Clean() || r.AllocatedClusters != 2 {
+		t.Fatalf("Check %+v, %v", r, err)
+	}
+	if _, err := Open(child, image.OpenOptions{ReadOnly: true, BackingDir: t.TempDir()}); !errors.Is(err, image.ErrBackingRefused) {
+		t.Fatalf("parent outside BackingDir: %v", err)
+	}
+}
