@@ -56,8 +56,9 @@ type FormatOptions struct {
 	KeyslotsSize int64
 }
 
-// withDefaults fills o's defaults and checks it.
-func (o FormatOptions) withDefaults() (FormatOptions, error) {
+// Validate fills o's defaults and checks it; Format and PayloadOffset call
+// it.
+func (o *FormatOptions) Validate() error {
 	if o.Type == "" {
 		o.Type = "luks2"
 	}
@@ -74,24 +75,24 @@ func (o FormatOptions) withDefaults() (FormatOptions, error) {
 		o.Hash = "sha256"
 	}
 	if _, err := hashFunc(o.Hash); err != nil {
-		return o, err
+		return err
 	}
 	c, err := crypt.NewCipher(o.Cipher, make([]byte, o.KeySize))
 	if err != nil {
-		return o, fmt.Errorf("luks: %w (%w)", err, ErrOptions)
+		return fmt.Errorf("luks: %w (%w)", err, ErrOptions)
 	}
 	c.Wipe()
 	switch o.Type {
 	case "luks1":
 		if o.SectorSize != 0 && o.SectorSize != sectorSize {
-			return o, fmt.Errorf("luks: LUKS1 with %d-byte sectors: %w", o.SectorSize, ErrOptions)
+			return fmt.Errorf("luks: LUKS1 with %d-byte sectors: %w", o.SectorSize, ErrOptions)
 		}
 		o.SectorSize = sectorSize
 		if o.PBKDF.Type != "" && o.PBKDF.Type != "pbkdf2" {
-			return o, fmt.Errorf("luks: LUKS1 with kdf %q: %w (LUKS1 has only pbkdf2)", o.PBKDF.Type, ErrOptions)
+			return fmt.Errorf("luks: LUKS1 with kdf %q: %w (LUKS1 has only pbkdf2)", o.PBKDF.Type, ErrOptions)
 		}
 		if o.PBKDF.Hash != "" && o.PBKDF.Hash != o.Hash {
-			return o, fmt.Errorf("luks: LUKS1 uses one hash for everything (%q, not %q): %w", o.Hash, o.PBKDF.Hash, ErrOptions)
+			return fmt.Errorf("luks: LUKS1 uses one hash for everything (%q, not %q): %w", o.Hash, o.PBKDF.Hash, ErrOptions)
 		}
 		o.PBKDF.Type, o.PBKDF.Hash = "pbkdf2", o.Hash
 	case "luks2":
@@ -99,31 +100,31 @@ func (o FormatOptions) withDefaults() (FormatOptions, error) {
 			o.SectorSize = 4096
 		}
 		if o.SectorSize < 512 || o.SectorSize > 4096 || o.SectorSize&(o.SectorSize-1) != 0 {
-			return o, fmt.Errorf("luks: sector size %d: %w", o.SectorSize, ErrOptions)
+			return fmt.Errorf("luks: sector size %d: %w", o.SectorSize, ErrOptions)
 		}
 		if o.MetadataSize == 0 {
 			o.MetadataSize = defaultMetadataSize
 		}
 		if !slices.Contains(luks2HdrSizes, o.MetadataSize) {
-			return o, fmt.Errorf("luks: metadata size %d (16 KiB to 4 MiB, a power of two): %w", o.MetadataSize, ErrOptions)
+			return fmt.Errorf("luks: metadata size %d (16 KiB to 4 MiB, a power of two): %w", o.MetadataSize, ErrOptions)
 		}
 		if o.KeyslotsSize == 0 {
 			o.KeyslotsSize = defaultDataOffset - 2*o.MetadataSize
 		}
 		if o.KeyslotsSize%luks2AreaAlign != 0 || o.KeyslotsSize < keyslotAreaSize(o.KeySize) {
-			return o, fmt.Errorf("luks: keyslots area of %d bytes (a multiple of 4096 holding at least one %d-byte keyslot): %w",
+			return fmt.Errorf("luks: keyslots area of %d bytes (a multiple of 4096 holding at least one %d-byte keyslot): %w",
 				o.KeyslotsSize, keyslotAreaSize(o.KeySize), ErrOptions)
 		}
 	default:
-		return o, fmt.Errorf("luks: type %q (luks1 or luks2): %w", o.Type, ErrOptions)
+		return fmt.Errorf("luks: type %q (luks1 or luks2): %w", o.Type, ErrOptions)
 	}
 	if len(o.Label) > 47 || len(o.Subsystem) > 47 || len(o.UUID) > 39 {
-		return o, fmt.Errorf("luks: label, subsystem or uuid too long: %w", ErrOptions)
+		return fmt.Errorf("luks: label, subsystem or uuid too long: %w", ErrOptions)
 	}
 	if o.UUID == "" {
 		o.UUID = newUUID()
 	}
-	return o, nil
+	return nil
 }
 
 // keyslotAreaSize is the LUKS2 area a keyslot of keySize bytes takes.
@@ -144,8 +145,8 @@ func newUUID() string {
 // pass, and returns it. Everything before the data segment is overwritten;
 // the data area is left as it is (it reads as garbage until written).
 func Format(dev blockdev.Device, pass []byte, opt FormatOptions) (*Volume, error) {
-	o, err := opt.withDefaults()
-	if err != nil {
+	o := opt
+	if err := o.Validate(); err != nil {
 		return nil, err
 	}
 	kdf, err := o.PBKDF.resolve(map[string]string{"luks1": "pbkdf2", "luks2": "argon2id"}[o.Type])
@@ -331,8 +332,8 @@ func hashSize(name string) int {
 // payload size a user asks for (16 MiB for LUKS2, 2 MiB for LUKS1 with the
 // defaults).
 func PayloadOffset(opt FormatOptions) (int64, error) {
-	o, err := opt.withDefaults()
-	if err != nil {
+	o := opt
+	if err := o.Validate(); err != nil {
 		return 0, err
 	}
 	if o.Type == "luks1" {
