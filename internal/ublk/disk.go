@@ -17,12 +17,14 @@ import (
 
 // Bounds and defaults of Options.
 const (
-	DefaultQueues = 1
-	MaxQueues     = 16 // the most queues (and locked OS threads) a Disk uses
-	DefaultDepth  = 64
-	MaxDepth      = maxQueueDepth
-	DefaultMaxIO  = 512 << 10 // bytes: the largest request, and each tag's buffer
-	MaxMaxIO      = 1 << 20   // bytes: with Depth, bounds a queue's buffer memory
+	DefaultQueues  = 1
+	MaxQueues      = 16 // the most queues (and locked OS threads) a Disk uses
+	DefaultDepth   = 64
+	MaxDepth       = maxQueueDepth
+	DefaultWorkers = 4
+	MaxWorkers     = 64        // goroutines per queue
+	DefaultMaxIO   = 512 << 10 // bytes: the largest request, and each tag's buffer
+	MaxMaxIO       = 1 << 20   // bytes: with Depth, bounds a queue's buffer memory
 	// charDevWait bounds the wait for /dev/ublkcN to appear after ADD_DEV
 	// (devtmpfs creates it at once; udev may rename or re-create it).
 	charDevWait = 10 * time.Second
@@ -31,12 +33,16 @@ const (
 // Options configure Serve.
 type Options struct {
 	// Queues is the number of hardware queues, each served by its own
-	// io_uring on its own OS thread; requests of one queue are handled one
-	// after the other. Zero means DefaultQueues; at most MaxQueues.
+	// io_uring on its own OS thread and its own Workers. Zero means
+	// DefaultQueues; at most MaxQueues.
 	Queues int
 	// Depth is the number of requests each queue may have in flight.
 	// Zero means DefaultDepth; at most MaxDepth.
 	Depth int
+	// Workers is the number of goroutines per queue that run requests on
+	// the Device, so that requests of one queue overlap. Zero means
+	// DefaultWorkers; at most MaxWorkers.
+	Workers int
 	// MaxIO is the largest request in bytes, a multiple of the page size.
 	// Zero means DefaultMaxIO; at most MaxMaxIO.
 	MaxIO int
@@ -64,12 +70,17 @@ func (o *Options) Validate() error {
 	if o.MaxIO == 0 {
 		o.MaxIO = DefaultMaxIO
 	}
+	if o.Workers == 0 {
+		o.Workers = DefaultWorkers
+	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
 	switch {
 	case o.Queues < 1 || o.Queues > MaxQueues:
 		return fmt.Errorf("ublk: %d queues is outside [1, %d]", o.Queues, MaxQueues)
+	case o.Workers < 1 || o.Workers > MaxWorkers:
+		return fmt.Errorf("ublk: %d workers per queue is outside [1, %d]", o.Workers, MaxWorkers)
 	case o.Depth < 1 || o.Depth > MaxDepth:
 		return fmt.Errorf("ublk: queue depth %d is outside [1, %d]", o.Depth, MaxDepth)
 	case o.MaxIO < os.Getpagesize() || o.MaxIO > MaxMaxIO || o.MaxIO%os.Getpagesize() != 0:
@@ -92,6 +103,7 @@ type Disk struct {
 	features uint64
 	info     devInfo
 	log      *slog.Logger
+	workers  int
 
 	wg   sync.WaitGroup // the queue goroutines
 	errs []error        // one per queue, written by its goroutine before wg.Done
@@ -117,7 +129,7 @@ func Serve(ctx context.Context, dev blockdev.Device, opt Options) (*Disk, error)
 	if err != nil {
 		return nil, err
 	}
-	d := &Disk{ctrl: ctrl, dev: dev, stopFD: -1, log: opt.Logger}
+	d := &Disk{ctrl: ctrl, dev: dev, stopFD: -1, log: opt.Logger, workers: opt.Workers}
 	d.features = ctrl.features()
 	ctrl.encoded = d.features&featCmdIoctlEncode != 0
 	d.info = devInfo{
@@ -166,7 +178,7 @@ func (d *Disk) startQueues(ctx context.Context) error {
 		q := &queue{
 			id: uint16(i), depth: int(d.info.queueDepth), bufSize: int(d.info.maxIOBufBytes),
 			cdev: d.cdev, stopFD: d.stopFD, dev: d.dev, log: d.log,
-			encoded: d.info.flags&featCmdIoctlEncode != 0,
+			encoded: d.info.flags&featCmdIoctlEncode != 0, workers: d.workers,
 		}
 		d.wg.Add(1)
 		go func() {

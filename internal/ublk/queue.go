@@ -14,8 +14,11 @@ import (
 	"vdisk/internal/blockdev"
 )
 
-// stopTag is the user data of a queue's stop poll; I/O commands use their tag.
-const stopTag = 1 << 32
+// User data of a queue's polls; I/O commands use their tag.
+const (
+	stopTag = 1 << 32   // the stop eventfd is readable
+	doneTag = 1<<32 + 1 // the completion eventfd is readable
+)
 
 // queue serves one ublk hardware queue: an io_uring of its own, the mmap'd
 // descriptor array, and one data buffer per tag. Everything in it belongs to
@@ -29,12 +32,15 @@ type queue struct {
 	stopFD  int // eventfd that becomes readable when the queue must stop
 	dev     blockdev.Device
 	encoded bool
+	workers int // goroutines handling this queue's requests
 	log     *slog.Logger
 
 	r     *ring
 	descs []byte // mmap'd ublksrv_io_desc array
 	bufs  []byte // depth * bufSize bytes
 	live  int    // tags the driver holds a command for
+
+	pool *pool // the workers, from setup to the end of serve
 }
 
 // setup maps the queue's memory and submits one FETCH_REQ per tag.
@@ -50,17 +56,18 @@ func (q *queue) setup() error {
 	if err != nil {
 		return fmt.Errorf("ublk: queue %d: allocate buffers: %w", q.id, err)
 	}
-	if q.r, err = newRing(uint32(q.depth + 1)); err != nil {
+	if q.r, err = newRing(uint32(q.depth + 2)); err != nil {
 		return fmt.Errorf("ublk: queue %d: %w", q.id, err)
 	}
-	s, err := q.r.getSQE()
-	if err != nil {
+	if q.pool, err = newPool(q.workers, q.depth, q.handle); err != nil {
+		return fmt.Errorf("ublk: queue %d: %w", q.id, err)
+	}
+	if err := q.poll(q.stopFD, stopTag); err != nil {
 		return err
 	}
-	s.opcode = iouringOpPollAdd
-	s.fd = int32(q.stopFD)
-	s.opFlags = unix.POLLIN
-	s.userData = stopTag
+	if err := q.poll(q.pool.doneFD, doneTag); err != nil {
+		return err
+	}
 	for tag := range q.depth {
 		if err := q.prep(ioFetchReq, uint16(tag), 0); err != nil {
 			return err
@@ -70,6 +77,19 @@ func (q *queue) setup() error {
 		return fmt.Errorf("ublk: queue %d: fetch: %w", q.id, err)
 	}
 	q.live = q.depth
+	return nil
+}
+
+// poll queues a one-shot POLL_ADD for fd becoming readable.
+func (q *queue) poll(fd int, tag uint64) error {
+	s, err := q.r.getSQE()
+	if err != nil {
+		return err
+	}
+	s.opcode = iouringOpPollAdd
+	s.fd = int32(fd)
+	s.opFlags = unix.POLLIN
+	s.userData = tag
 	return nil
 }
 
@@ -95,27 +115,40 @@ func (q *queue) prep(nr uint32, tag uint16, result int32) error {
 	return nil
 }
 
-// serve handles requests until the driver aborts every tag or the stop
-// eventfd fires. It runs on a locked OS thread that dies with it, so that
-// the driver's reference to the task ends with the queue.
+// serve hands each request to the worker pool and commits the results the
+// pool reports, until the driver aborts every tag or the stop eventfd
+// fires. It runs on a locked OS thread that dies with it, so that the
+// driver's reference to the task ends with the queue; only this thread
+// touches the ring.
 func (q *queue) serve() error {
+	defer q.pool.close()
 	stop := false
 	for !stop && q.live > 0 {
 		if err := q.r.submit(1); err != nil {
 			return fmt.Errorf("ublk: queue %d: %w", q.id, err)
 		}
 		var ferr error
+		keep := func(err error) {
+			if ferr == nil {
+				ferr = err
+			}
+		}
 		q.r.reap(func(e cqe) {
-			if e.userData == stopTag {
+			switch e.userData {
+			case stopTag:
 				stop = true
+				return
+			case doneTag:
+				for _, c := range q.pool.completed() {
+					keep(q.prep(ioCommitAndFetch, c.tag, c.result))
+				}
+				keep(q.poll(q.pool.doneFD, doneTag))
 				return
 			}
 			tag := uint16(e.userData)
 			switch e.res {
 			case ioResOK:
-				if err := q.prep(ioCommitAndFetch, tag, q.handle(tag)); err != nil && ferr == nil {
-					ferr = err
-				}
+				q.pool.submit(tag)
 			case ioResAbort:
 				q.live--
 			default:
@@ -179,6 +212,9 @@ func (q *queue) handle(tag uint16) int32 {
 
 // close releases the queue's ring and memory.
 func (q *queue) close() {
+	if q.pool != nil {
+		q.pool.close()
+	}
 	if q.r != nil {
 		q.r.close()
 	}

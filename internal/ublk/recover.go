@@ -19,7 +19,8 @@ const recoverWait = 30 * time.Second
 // Recover attaches dev as the new server of /dev/ublkb<id>, a device served
 // with Options.Recoverable whose server died (its I/O is queued meanwhile).
 // dev must have the size the device was created with. The queues, depth
-// and request size are the device's own; opt gives only the logger. The
+// and request size are the device's own; opt gives the workers and the
+// logger. The
 // requests the old server had not completed are reissued to dev.
 func Recover(ctx context.Context, id int, dev blockdev.Device, opt Options) (*Disk, error) {
 	if err := opt.Validate(); err != nil {
@@ -32,7 +33,7 @@ func Recover(ctx context.Context, id int, dev blockdev.Device, opt Options) (*Di
 	if err != nil {
 		return nil, err
 	}
-	d := &Disk{ctrl: ctrl, dev: dev, stopFD: -1, log: opt.Logger, id: uint32(id)}
+	d := &Disk{ctrl: ctrl, dev: dev, stopFD: -1, log: opt.Logger, workers: opt.Workers, id: uint32(id)}
 	d.features = ctrl.features()
 	ctrl.encoded = d.features&featCmdIoctlEncode != 0
 	if err := d.recover(ctx); err != nil {
