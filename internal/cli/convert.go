@@ -27,6 +27,7 @@ type convertOptions struct {
 	writers     int
 	clusterSize string
 	backingDir  string
+	s3          stack.S3Options
 }
 
 func init() { register(newConvertCmd) }
@@ -41,7 +42,8 @@ func newConvertCmd(e *env) *cobra.Command {
 SRC's format is probed unless -f names it; DST's is -O (default raw). Holes
 and zero ranges of the source are skipped, so DST stays sparse (--sparse=false
 allocates every byte). Copies run in parallel (-W). A progress bar shows on a
-terminal, or with -p. DST must not exist, unless -n says to write into an
+terminal, or with -p. SRC or DST may be raw images in an object store
+(s3://bucket/prefix, with --s3-endpoint): convert uploads and downloads. DST must not exist, unless -n says to write into an
 existing image of the same size.`,
 		Example: `  vdisk convert disk.qcow2 disk.img
   vdisk convert -O qcow2 -p disk.img disk.qcow2`,
@@ -59,6 +61,7 @@ existing image of the same size.`,
 	f.IntVarP(&o.workers, "workers", "W", convert.DefaultWorkers, "reads in flight")
 	f.IntVar(&o.writers, "writers", convert.DefaultWriters, "writes in flight")
 	f.StringVar(&o.clusterSize, "cluster-size", "", "destination cluster size (formats that have one)")
+	addS3Flags(f, &o.s3)
 	f.StringVar(&o.backingDir, "backing-dir", "", "refuse source backing files outside this directory")
 	return c
 }
@@ -73,7 +76,7 @@ func runConvert(ctx context.Context, e *env, o convertOptions, srcPath, dstPath 
 			return fmt.Errorf("convert: --cluster-size: %w", err)
 		}
 	}
-	src, err := stack.Open(srcPath, stack.Options{Format: o.srcFormat, ReadOnly: true, BackingDir: o.backingDir, Log: e.log})
+	src, err := stack.Open(ctx, srcPath, stack.Options{Format: o.srcFormat, ReadOnly: true, BackingDir: o.backingDir, S3: o.s3, Log: e.log})
 	if err != nil {
 		return fmt.Errorf("convert: source: %w", err)
 	}
@@ -87,7 +90,7 @@ func runConvert(ctx context.Context, e *env, o convertOptions, srcPath, dstPath 
 		} else if !errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("convert: %w", err)
 		}
-		if err := image.Create(dstPath, image.CreateOptions{Format: o.dstFormat, Size: size, ClusterSize: cluster}); err != nil {
+		if err := stack.Create(ctx, dstPath, stack.CreateOptions{Format: o.dstFormat, Size: size, ClusterSize: cluster, S3: o.s3}); err != nil {
 			return fmt.Errorf("convert: create destination: %w", err)
 		}
 		created = true
@@ -97,7 +100,7 @@ func runConvert(ctx context.Context, e *env, o convertOptions, srcPath, dstPath 
 			}
 		}()
 	}
-	dst, err := stack.Open(dstPath, stack.Options{Format: o.dstFormat, Log: e.log})
+	dst, err := stack.Open(ctx, dstPath, stack.Options{Format: o.dstFormat, S3: o.s3, Log: e.log})
 	if err != nil {
 		return fmt.Errorf("convert: destination: %w", err)
 	}

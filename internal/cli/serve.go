@@ -39,6 +39,7 @@ type serveOptions struct {
 	maxInFlight int
 	noBacking   bool
 	backingDir  string
+	s3          stack.S3Options
 }
 
 func init() { register(newServeCmd) }
@@ -50,7 +51,8 @@ func newServeCmd(e *env) *cobra.Command {
 		Short: "Export images over NBD in the foreground",
 		Long: `Serve exports each IMAGE over the NBD protocol until interrupted.
 
-Images may be in any format vdisk reads (probed, or --format).
+Images may be in any format vdisk reads (probed, or --format), or raw
+images in an object store (s3://bucket/prefix, with --s3-endpoint).
 The first image is also the default export "". Export names default to the
 images' base names. Listens on --unix PATH, or --listen HOST:PORT (default
 localhost:10809), or on the sockets systemd passes (LISTEN_FDS), so that
@@ -71,6 +73,7 @@ serves.`,
 	f.StringVar(&o.description, "description", "", "export description sent to clients")
 	f.BoolVarP(&o.readOnly, "read-only", "r", false, "export read-only")
 	f.StringVarP(&o.format, "format", "f", "", "image format (default: probe)")
+	addS3Flags(f, &o.s3)
 	f.BoolVar(&o.noBacking, "no-backing", false, "serve the top image of a backing chain alone")
 	f.StringVar(&o.backingDir, "backing-dir", "", "refuse backing files outside this directory (for untrusted images)")
 	f.BoolVar(&o.create, "create", false, "create a missing image of --size")
@@ -118,7 +121,7 @@ func runServe(ctx context.Context, e *env, o serveOptions, images []string) erro
 			return fmt.Errorf("serve: two exports named %q; set --export-name for each image", name)
 		}
 		seen[name] = true
-		dev, err := openServeImage(e, img, o, size)
+		dev, err := openServeImage(ctx, e, img, o, size)
 		if err != nil {
 			return fmt.Errorf("serve: %w", err)
 		}
@@ -160,14 +163,15 @@ func runServe(ctx context.Context, e *env, o serveOptions, images []string) erro
 }
 
 // openServeImage opens one image for export.
-func openServeImage(e *env, path string, o serveOptions, createSize int64) (blockdev.Device, error) {
-	d, err := stack.Open(path, stack.Options{
+func openServeImage(ctx context.Context, e *env, path string, o serveOptions, createSize int64) (blockdev.Device, error) {
+	d, err := stack.Open(ctx, path, stack.Options{
 		Format:     o.format,
 		ReadOnly:   o.readOnly,
 		Create:     o.create,
 		Size:       createSize,
 		NoBacking:  o.noBacking,
 		BackingDir: o.backingDir,
+		S3:         o.s3,
 		Log:        e.log,
 	})
 	if err != nil {

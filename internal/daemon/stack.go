@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"context"
 	"log/slog"
 
 	"vdisk/internal/blockdev"
@@ -17,7 +18,7 @@ import (
 // our behalf (a loop device the previous daemon attached keeps the locked
 // file open), and for inspecting.
 func openImage(path, format string, readOnly, noLock bool, log *slog.Logger) (blockdev.Device, string, error) {
-	d, err := stack.Open(path, stack.Options{Format: format, ReadOnly: readOnly, NoLock: noLock, Log: log})
+	d, err := stack.Open(context.Background(), path, stack.Options{Format: format, ReadOnly: readOnly, NoLock: noLock, Log: log})
 	if err != nil {
 		return nil, "", err
 	}
@@ -27,10 +28,7 @@ func openImage(path, format string, readOnly, noLock bool, log *slog.Logger) (bl
 // createImage creates a new image of size bytes at path, in format (empty
 // means raw). It fails if path exists.
 func createImage(path, format string, size int64) error {
-	if format == "" {
-		format = image.Raw
-	}
-	return image.Create(path, image.CreateOptions{Format: format, Size: size})
+	return stack.Create(context.Background(), path, stack.CreateOptions{Format: format, Size: size})
 }
 
 // defaultVia is the attach path of a format when the request names none:

@@ -1,11 +1,13 @@
 // Package stack composes the layers of one disk: it opens an image's format
-// (probed or named) over its backend and returns the Device an export
-// serves. It is the one place where layers are wired together; the daemon
-// and `vdisk serve` both call it, so a disk looks the same whichever way it
-// reaches a client.
+// (probed or named) over its backend (a local file, or an object store for
+// s3:// names) and returns the Device an export serves. It is the one place
+// where layers are wired together; the daemon, `vdisk serve` and `vdisk
+// convert` all call it, so a disk looks the same whichever way it reaches a
+// client.
 package stack
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -15,6 +17,7 @@ import (
 	"vdisk/internal/blockdev"
 	"vdisk/internal/image"
 	_ "vdisk/internal/image/all" // every format
+	"vdisk/internal/storage/objstore/s3"
 )
 
 // Options say how to open (and, when missing, create) a disk.
@@ -24,7 +27,7 @@ type Options struct {
 	Format string
 	// ReadOnly opens every layer read-only.
 	ReadOnly bool
-	// Create makes the image when path does not exist, of Size bytes, in
+	// Create makes the image when it does not exist, of Size bytes, in
 	// Format (raw when Format is "").
 	Create bool
 	Size   int64
@@ -36,6 +39,8 @@ type Options struct {
 	// BackingDir confines backing files to this directory (safe mode for
 	// untrusted images).
 	BackingDir string
+	// S3 says how to reach an object store for s3:// names.
+	S3 S3Options
 	// Log receives warnings; nil discards them.
 	Log *slog.Logger
 }
@@ -50,21 +55,21 @@ type Disk struct {
 	Created bool
 }
 
-// Open opens the image at path as a Device stack.
-func Open(path string, o Options) (*Disk, error) {
+// Open opens the image named by name (a file path, or s3://bucket/prefix)
+// as a Device stack. ctx bounds the opening only, not the Device's life.
+func Open(ctx context.Context, name string, o Options) (*Disk, error) {
+	if s3.IsURL(name) {
+		return openS3(ctx, name, o)
+	}
 	created := false
 	if o.Create {
-		_, err := os.Stat(path)
+		_, err := os.Stat(name)
 		switch {
 		case errors.Is(err, fs.ErrNotExist):
 			if o.ReadOnly {
-				return nil, fmt.Errorf("%s does not exist, and a read-only open cannot create it", path)
+				return nil, fmt.Errorf("%s does not exist, and a read-only open cannot create it", name)
 			}
-			format := o.Format
-			if format == "" {
-				format = image.Raw
-			}
-			if err := image.Create(path, image.CreateOptions{Format: format, Size: o.Size}); err != nil {
+			if err := Create(ctx, name, CreateOptions{Format: o.Format, Size: o.Size, S3: o.S3}); err != nil {
 				return nil, err
 			}
 			created = true
@@ -75,11 +80,11 @@ func Open(path string, o Options) (*Disk, error) {
 	format := o.Format
 	if format == "" {
 		var err error
-		if format, err = image.Probe(path); err != nil {
+		if format, err = image.Probe(name); err != nil {
 			return nil, err
 		}
 	}
-	dev, err := image.Open(path, image.OpenOptions{
+	dev, err := image.Open(name, image.OpenOptions{
 		Format:     format,
 		ReadOnly:   o.ReadOnly,
 		NoLock:     o.NoLock,
@@ -89,12 +94,54 @@ func Open(path string, o Options) (*Disk, error) {
 	})
 	if err != nil {
 		if created {
-			os.Remove(path)
+			os.Remove(name)
 		}
 		return nil, err
 	}
-	if o.ReadOnly && !blockdev.InfoOf(dev).ReadOnly {
-		dev = blockdev.ReadOnly(dev)
+	return &Disk{Device: readOnly(dev, o.ReadOnly), Format: format, Created: created}, nil
+}
+
+// readOnly makes sure a device opened read-only refuses writes, whatever
+// its layer does.
+func readOnly(dev blockdev.Device, ro bool) blockdev.Device {
+	if ro && !blockdev.InfoOf(dev).ReadOnly {
+		return blockdev.ReadOnly(dev)
 	}
-	return &Disk{Device: dev, Format: format, Created: created}, nil
+	return dev
+}
+
+// CreateOptions say how Create makes a new image.
+type CreateOptions struct {
+	// Format is the image format; "" means raw.
+	Format string
+	// Size is the virtual size in bytes.
+	Size int64
+	// BackingFile and BackingFormat name a backing image (formats that
+	// have them).
+	BackingFile, BackingFormat string
+	// ClusterSize is the format's allocation unit (0: its default); for
+	// s3:// images, the chunk size.
+	ClusterSize int64
+	// Options holds format-specific settings.
+	Options map[string]string
+	// S3 says how to reach an object store for s3:// names.
+	S3 S3Options
+}
+
+// Create makes a new image named name; it fails if one exists.
+func Create(ctx context.Context, name string, o CreateOptions) error {
+	if o.Format == "" {
+		o.Format = image.Raw
+	}
+	if s3.IsURL(name) {
+		return createS3(ctx, name, o)
+	}
+	return image.Create(name, image.CreateOptions{
+		Format:        o.Format,
+		Size:          o.Size,
+		BackingFile:   o.BackingFile,
+		BackingFormat: o.BackingFormat,
+		ClusterSize:   o.ClusterSize,
+		Options:       o.Options,
+	})
 }
