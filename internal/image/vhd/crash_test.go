@@ -1,0 +1,54 @@
+package vhd
+
+import (
+	"bytes"
+	"path/filepath"
+	"testing"
+
+	"vdisk/internal/image"
+)
+
+// TestUnflushedAllocation loses everything after the last Flush, as a
+// crash would (the file is released without the final Flush, so the BAT
+// entries, bitmaps and footer of new blocks never reach it): the image
+// stays consistent, the flushed data survives, and the lost block reads as
+// zeroes.
+func TestUnflushedAllocation(t *testing.T) {
+	needTool(t, "qemu-img")
+	p := filepath.Join(t.TempDir(), "img.vhd")
+	if err := Create(p, image.CreateOptions{Format: Name, Size: 8 << 20, ClusterSize: 1 << 20, Options: map[string]string{"force_size": "on"}}); err != nil {
+		t.Fatal(err)
+	}
+	d, err := OpenDynamic(p, image.OpenOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	kept := bytes.Repeat([]byte("kept"), 1024)
+	if _, err := d.WriteAt(kept, 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.WriteAt([]byte("lost"), 5<<20); err != nil {
+		t.Fatal(err)
+	}
+	d.f.Close() // the crash: no Flush
+	ref := make([]byte, 8<<20)
+	copy(ref[1<<20:], kept)
+	mustEqual(t, "qemu after the crash", qemuRaw(t, p, "vpc"), ref)
+	d2, err := Open(p, image.OpenOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustEqual(t, "vdisk after the crash", readAll(t, d2), ref)
+	if _, err := d2.WriteAt([]byte("again"), 6<<20); err != nil {
+		t.Fatal(err)
+	}
+	copy(ref[6<<20:], "again")
+	if err := d2.Close(); err != nil {
+		t.Fatal(err)
+	}
+	mustEqual(t, "qemu after more writes", qemuRaw(t, p, "vpc"), ref)
+	checkClean(t, p)
+}
