@@ -1,0 +1,78 @@
+package vmdk
+
+import (
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"vdisk/internal/blockdev"
+	"vdisk/internal/image"
+	_ "vdisk/internal/image/raw"
+)
+
+// TestWriteStreamOptimized writes stream-optimized images from a raw
+// source with data, zero runs and holes, and checks them with qemu-img
+// check and compare, and with Open.
+func TestWriteStreamOptimized(t *testing.T) {
+	needTool(t, "qemu-img")
+	for _, tc := range []struct {
+		name  string
+		size  int64
+		grain int64
+	}{{"64k", 9<<20 + 512 + 100, 0}, {"4k", 3 << 20, 4096}} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			src := filepath.Join(dir, "src.raw")
+			ref := make([]byte, tc.size)
+			r := rand.New(rand.NewPCG(5, 6))
+			for off := int64(0); off < tc.size; off += 48 << 10 {
+				if r.IntN(3) == 0 {
+					continue
+				}
+				for i := off; i < min(off+int64(r.IntN(48<<10)), tc.size); i++ {
+					ref[i] = byte(r.Uint32())
+				}
+			}
+			if err := os.WriteFile(src, ref, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			sd, err := image.Open(src, image.OpenOptions{Format: image.Raw, ReadOnly: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer sd.Close()
+			p := filepath.Join(dir, "out.vmdk")
+			if err := WriteStreamOptimized(p, sd, tc.grain); err != nil {
+				t.Fatal(err)
+			}
+			runCmd(t, "qemu-img", "check", p)
+			padded := make([]byte, (tc.size+511)/512*512)
+			copy(padded, ref)
+			mustEqual(t, "qemu read", qemuRaw(t, p, "vmdk"), padded)
+			d, err := Open(p, image.OpenOptions{ReadOnly: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer d.Close()
+			if d.CreateType() != StreamOptimized {
+				t.Errorf("create type %q", d.CreateType())
+			}
+			mustEqual(t, "vdisk read", readAll(t, d), padded)
+			if err := WriteStreamOptimized(p, sd, 0); err == nil {
+				t.Error("overwrote an existing file")
+			}
+		})
+	}
+	t.Run("empty-source", func(t *testing.T) {
+		p := filepath.Join(t.TempDir(), "empty.vmdk")
+		if err := WriteStreamOptimized(p, blockdev.NewMem(4<<20), 0); err != nil {
+			t.Fatal(err)
+		}
+		runCmd(t, "qemu-img", "check", p)
+		if st, _ := os.Stat(p); st.Size() > 128<<10 {
+			t.Errorf("empty disk took %d bytes", st.Size())
+		}
+		mustEqual(t, "qemu read", qemuRaw(t, p, "vmdk"), make([]byte, 4<<20))
+	})
+}
