@@ -7,9 +7,6 @@ import (
 	"io"
 	"os"
 
-	"golang.org/x/sys/unix"
-
-	"vdisk/internal/blockdev"
 	"vdisk/internal/image"
 )
 
@@ -82,12 +79,8 @@ func Check(path string, opt image.CheckOptions) (*image.CheckResult, error) {
 		return nil, fmt.Errorf("qcow2: check: %w", err)
 	}
 	defer f.Close()
-	how := unix.LOCK_SH
-	if opt.RepairLeaks {
-		how = unix.LOCK_EX
-	}
-	if err := unix.Flock(int(f.Fd()), how|unix.LOCK_NB); err != nil {
-		return nil, fmt.Errorf("qcow2: check %s: %w", path, blockdev.ErrLocked)
+	if err := lock(f, image.OpenOptions{ReadOnly: !opt.RepairLeaks}); err != nil {
+		return nil, fmt.Errorf("%w (checking %s)", err, path)
 	}
 	st, err := f.Stat()
 	if err != nil {

@@ -10,8 +10,6 @@ import (
 	"sync"
 	"sync/atomic"
 
-	"golang.org/x/sys/unix"
-
 	"vdisk/internal/blockdev"
 	"vdisk/internal/image"
 )
@@ -120,24 +118,6 @@ func Open(path string, opt image.OpenOptions) (*Image, error) {
 		return nil, fmt.Errorf("%w (in %s)", err, path)
 	}
 	return img, nil
-}
-
-// lock takes the advisory lock on an image file: exclusive for writing,
-// shared for reading.
-func lock(f *os.File, opt image.OpenOptions) error {
-	if !opt.NoLock {
-		how := unix.LOCK_EX
-		if opt.ReadOnly {
-			how = unix.LOCK_SH
-		}
-		if err := unix.Flock(int(f.Fd()), how|unix.LOCK_NB); err != nil {
-			if errors.Is(err, unix.EWOULDBLOCK) {
-				return fmt.Errorf("qcow2: %w", blockdev.ErrLocked)
-			}
-			return fmt.Errorf("qcow2: lock: %w", err)
-		}
-	}
-	return nil
 }
 
 // openStore opens the image in f; path names it (backing files resolve
