@@ -26,8 +26,10 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strings"
+	"sync"
 	"sync/atomic"
 
 	"golang.org/x/sys/unix"
@@ -88,6 +90,46 @@ type Image struct {
 	parent   blockdev.Device
 	log      *slog.Logger
 	closed   atomic.Bool
+
+	// The descriptor's CID changes before the first write, as VMware
+	// and qemu do, so children made before it no longer match.
+	cidFile *os.File // where the descriptor is; nil when there is none
+	cidAt   int64    // file offset of the CID's eight hex digits
+	cidMu   sync.Mutex
+	cidDone atomic.Bool
+}
+
+// cidLine finds the descriptor's CID value.
+var cidLine = regexp.MustCompile(`(?m)^CID=([0-9a-fA-F]{8})[ \t\r]*$`)
+
+// noteCID remembers where the CID of the descriptor text at file offset
+// base of f is.
+func (img *Image) noteCID(f *os.File, text []byte, base int64) {
+	if m := cidLine.FindSubmatchIndex(text); m != nil {
+		img.cidFile, img.cidAt = f, base+int64(m[2])
+	}
+}
+
+// changeCID gives the descriptor a new CID before the first write.
+func (img *Image) changeCID() error {
+	if img.cidDone.Load() || img.cidFile == nil {
+		return nil
+	}
+	img.cidMu.Lock()
+	defer img.cidMu.Unlock()
+	if img.cidDone.Load() {
+		return nil
+	}
+	cid := newCID()
+	if _, err := img.cidFile.WriteAt([]byte(cid), img.cidAt); err != nil {
+		return fmt.Errorf("vmdk: update the descriptor's CID: %w", err)
+	}
+	if err := unix.Fdatasync(int(img.cidFile.Fd())); err != nil {
+		return fmt.Errorf("vmdk: sync the descriptor: %w", err)
+	}
+	img.desc.cid = cid
+	img.cidDone.Store(true)
+	return nil
 }
 
 var (
@@ -166,6 +208,7 @@ func (img *Image) open(opt image.OpenOptions) error {
 			if img.desc, err = parseDescriptor(string(text)); err != nil {
 				return err
 			}
+			img.noteCID(f, text, self.descOff*sectorSize)
 			if len(img.desc.extents) != 1 || img.desc.extents[0].kind != kindSparse {
 				return corruptf("embedded descriptor must name one sparse extent, the file itself")
 			}
@@ -181,6 +224,7 @@ func (img *Image) open(opt image.OpenOptions) error {
 		if img.desc, err = parseDescriptor(string(text)); err != nil {
 			return err
 		}
+		img.noteCID(f, text, 0)
 	}
 	if err := img.openExtents(f, self, opt); err != nil {
 		return err

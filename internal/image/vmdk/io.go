@@ -120,6 +120,9 @@ func (img *Image) WriteAt(p []byte, off int64) (int, error) {
 	if img.readOnly {
 		return 0, blockdev.ErrReadOnly
 	}
+	if err := img.changeCID(); err != nil {
+		return 0, err
+	}
 	err := img.pieces(off, int64(len(p)), func(e *extent, pos, c int64) error {
 		return img.write(p[pos-off:pos-off+c], e, pos)
 	})

@@ -204,3 +204,44 @@ func TestConformance(t *testing.T) {
 		})
 	})
 }
+
+// TestCIDChanges checks that the first write gives the descriptor a new
+// CID (embedded and in a descriptor file), and that qemu still reads the
+// image.
+func TestCIDChanges(t *testing.T) {
+	needTool(t, "qemu-img")
+	for _, sub := range []string{MonolithicSparse, MonolithicFlat} {
+		t.Run(sub, func(t *testing.T) {
+			p := filepath.Join(t.TempDir(), "img.vmdk")
+			if err := Create(p, image.CreateOptions{Format: Name, Size: 1 << 20, Options: map[string]string{"subformat": sub}}); err != nil {
+				t.Fatal(err)
+			}
+			cid := func() string {
+				d, err := Open(p, image.OpenOptions{ReadOnly: true})
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer d.Close()
+				return d.desc.cid
+			}
+			before := cid()
+			d, err := Open(p, image.OpenOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := d.WriteAt([]byte("x"), 0); err != nil {
+				t.Fatal(err)
+			}
+			if err := d.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if after := cid(); after == before || len(after) != 8 {
+				t.Fatalf("CID %s before the write, %s after", before, after)
+			}
+			runCmd(t, "qemu-img", "check", p)
+			if got := qemuRaw(t, p, "vmdk"); got[0] != 'x' {
+				t.Fatal("qemu does not read the write")
+			}
+		})
+	}
+}
