@@ -131,6 +131,9 @@ func TestServeUnavailable(t *testing.T) {
 	if !errors.Is(err, ErrUnavailable) {
 		t.Fatalf("Serve = %v, want ErrUnavailable", err)
 	}
+	if _, err := Available(); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("Available = %v, want ErrUnavailable", err)
+	}
 }
 
 func TestServeBadSize(t *testing.T) {

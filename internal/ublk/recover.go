@@ -112,3 +112,15 @@ func Delete(id int) error {
 	}
 	return errors.Join(err, ctrl.close())
 }
+
+// Available reports whether the kernel can serve ublk devices, and with
+// which UBLK_F_* features; the error wraps ErrUnavailable when the driver
+// is missing. It lets a caller choose an attach path without trying one.
+func Available() (features uint64, err error) {
+	ctrl, err := openControl()
+	if err != nil {
+		return 0, err
+	}
+	defer ctrl.close()
+	return ctrl.features(), nil
+}

@@ -149,6 +149,10 @@ func TestGuestServe(t *testing.T) {
 		}
 		return
 	}
+	feat, err := Available()
+	if err != nil || feat&featCmdIoctlEncode == 0 {
+		t.Fatalf("Available = %#x, %v; want the 6.12 features", feat, err)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
 	defer stop()
 	opt := Options{Queues: 2, Depth: 32, MaxIO: 256 << 10}
@@ -156,7 +160,6 @@ func TestGuestServe(t *testing.T) {
 	opt.Recoverable, _ = strconv.ParseBool(os.Getenv("VDISK_UBLK_RECOVERABLE"))
 	start := time.Now()
 	var disk *Disk
-	var err error
 	if id := os.Getenv("VDISK_UBLK_RECOVER"); id != "" {
 		n, _ := strconv.Atoi(id)
 		disk, err = Recover(ctx, n, dev, opt)

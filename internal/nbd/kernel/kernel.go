@@ -170,3 +170,21 @@ func status(index int) ([]DeviceStatus, error) {
 	}
 	return parseStatus(msgs)
 }
+
+// Available reports whether the kernel has an NBD client: nil when the
+// netlink family or /dev/nbd0 exists, else an error wrapping
+// ErrUnavailable. viaNetlink tells which interface Connect will use.
+func Available() (viaNetlink bool, err error) {
+	f, err := dialFamily()
+	if err == nil {
+		f.close()
+		return true, nil
+	}
+	if !errors.Is(err, errNoFamily) {
+		return false, err
+	}
+	if _, err := os.Stat(Path(0)); err != nil {
+		return false, fmt.Errorf("%w: no netlink family and no %s (modprobe nbd)", ErrUnavailable, Path(0))
+	}
+	return false, nil
+}

@@ -283,4 +283,7 @@ func TestConnectUnavailable(t *testing.T) {
 	if !errors.Is(err, ErrUnavailable) {
 		t.Fatalf("Connect = %v, want ErrUnavailable", err)
 	}
+	if _, err := Available(); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("Available = %v, want ErrUnavailable", err)
+	}
 }

@@ -168,6 +168,9 @@ func TestGuestConnect(t *testing.T) {
 		t.Skip("guest helper: runs only inside the test VM (TestKernelNBDInVM)")
 	}
 	forceIoctl = os.Getenv("VDISK_NBD_MODE") == "ioctl"
+	if nl, err := Available(); err != nil || !nl {
+		t.Fatalf("Available = %v, %v; want netlink", nl, err)
+	}
 	const size = 64 << 20
 	var mem *blockdev.Mem
 	var dev blockdev.Device
