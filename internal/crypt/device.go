@@ -147,13 +147,18 @@ func (d *device) begin(off, n int64) (start, end int64, err error) {
 }
 
 // crypt encrypts or decrypts b, the sectors starting at payload offset pos.
+// Decrypting leaves an all-zero sector as it is: that is what the inner
+// device holds where it was discarded or never written, and it reads as
+// zeroes (see the package documentation).
 func (d *device) crypt(b []byte, pos int64, encrypt bool) {
 	for i := int64(0); i < int64(len(b)); i += d.ss {
 		iv := uint64(pos+i)/ivSector + d.ivOffset
-		if encrypt {
-			d.c.Encrypt(b[i:i+d.ss], iv)
-		} else {
-			d.c.Decrypt(b[i:i+d.ss], iv)
+		sec := b[i : i+d.ss]
+		switch {
+		case encrypt:
+			d.c.Encrypt(sec, iv)
+		case !blockdev.IsZero(sec):
+			d.c.Decrypt(sec, iv)
 		}
 	}
 }
@@ -278,19 +283,32 @@ func (d *device) Close() error {
 type discarder struct{ *device }
 
 // Trim discards the whole encryption sectors inside [off, off+n) on the
-// inner device. Partial sectors at either end are left alone. Afterwards
-// the discarded sectors read as unspecified data, not zeroes (see the
-// package documentation).
+// inner device, after which they read as zeroes (an all-zero inner sector
+// decrypts to zeroes); partial sectors at either end are zeroed by writing
+// encrypted zeroes.
 func (d discarder) Trim(off, n int64) error {
-	_, _, err := d.begin(off, n)
-	if err != nil {
+	if _, _, err := d.begin(off, n); err != nil {
+		return err
+	}
+	d.closeMu.RUnlock() // the writes below take it again
+	start, end := (off+d.ss-1)/d.ss*d.ss, (off+n)/d.ss*d.ss
+	if start >= end {
+		return blockdev.WriteZeroesByWriting(d.device, off, n)
+	}
+	if start > off {
+		if err := blockdev.WriteZeroesByWriting(d.device, off, start-off); err != nil {
+			return err
+		}
+	}
+	if off+n > end {
+		if err := blockdev.WriteZeroesByWriting(d.device, end, off+n-end); err != nil {
+			return err
+		}
+	}
+	if _, _, err := d.begin(start, end-start); err != nil {
 		return err
 	}
 	defer d.closeMu.RUnlock()
-	start, end := (off+d.ss-1)/d.ss*d.ss, (off+n)/d.ss*d.ss
-	if start >= end {
-		return nil
-	}
 	lk := d.locks.lock(start, end, true)
 	defer d.locks.unlock(lk)
 	if err := d.inner.(blockdev.Trimmer).Trim(d.off+start, end-start); err != nil {

@@ -41,16 +41,26 @@
 //   - Discards. With Config.AllowDiscards a Trim reaches the inner device,
 //     which may release the storage or zero it: the inner storage then shows
 //     which ranges are unused, which can reveal the filesystem type, its
-//     layout and how full it is. A trimmed range reads back as unspecified
-//     data (the decryption of whatever the inner device now holds), never
-//     as guaranteed zeroes. Without AllowDiscards (the default, as in
+//     layout and how full it is. Without AllowDiscards (the default, as in
 //     cryptsetup) a Device is not a blockdev.Trimmer.
-//   - Holes. Because every written sector looks random, the Device never
-//     reports a range as zero or a hole (it is not a blockdev.Extenter):
-//     asking would mean decrypting, and reporting the inner device's holes
-//     would be wrong (a hole decrypts to garbage, not zeroes).
+//   - Allocation. Which ranges of the inner storage were never written
+//     (holes of a sparse file, unallocated clusters of an image) stays
+//     visible to whoever holds it, as with dm-crypt. The Device itself never
+//     reports a range as zero or a hole (it is not a blockdev.Extenter).
 //   - A live system. Keys are in process memory while a Device is open.
 //     Config keys are copied and the copies are zeroed by Close, but the
 //     expanded AES key schedules live inside crypto/aes, which Go gives no
 //     way to wipe; a core dump or swap may contain them.
+//
+// # Zero sectors
+//
+// A sector whose ciphertext on the inner device is all zeroes reads as
+// zeroes, not as its decryption (which is what dm-crypt returns). The inner
+// device holds zeroes exactly where it was discarded or never written, so a
+// discarded range reads back as zeroes, as blockdev.Trimmer promises, and a
+// fresh sparse volume reads as zeroes. Real data encrypts to an all-zero
+// sector with probability 2^-4096; someone who can write the inner storage
+// can zero a sector, and then reads see zeroes instead of garbage, which
+// the lack of integrity above already allows. Writes always store the
+// encryption, so a volume stays readable by cryptsetup.
 package crypt
