@@ -70,26 +70,30 @@ func (img *Image) zeroFile(off, n int64, mayTrim bool) error {
 	return nil
 }
 
-// Extents describes [off, off+n): unallocated and discarded blocks are
-// holes that read as zeroes, allocated blocks are data.
+// Extents describes [off, off+n): unallocated and discarded blocks, and
+// holes of the file inside allocated blocks, read as zeroes; the rest is
+// data.
 func (img *Image) Extents(off, n int64) ([]blockdev.Extent, error) {
 	if err := img.check(off, n); err != nil {
 		return nil, err
 	}
 	var out []blockdev.Extent
+	add := func(o, l int64, f blockdev.ExtentFlags) {
+		if k := len(out); k > 0 && out[k-1].Flags == f && out[k-1].Off+out[k-1].Len == o {
+			out[k-1].Len += l
+			return
+		}
+		out = append(out, blockdev.Extent{Off: o, Len: l, Flags: f})
+	}
 	for end, seen := off+n, 0; off < end && len(out) < maxExtents && seen < maxExtentBlocks; seen++ {
 		c := min(end-off, img.bs-off%img.bs)
 		img.mu.Lock()
 		fo := img.fileOffset(off)
 		img.mu.Unlock()
-		var f blockdev.ExtentFlags
 		if fo < 0 {
-			f = blockdev.ExtentHole | blockdev.ExtentZero
-		}
-		if k := len(out); k > 0 && out[k-1].Flags == f {
-			out[k-1].Len += c
+			add(off, c, blockdev.ExtentHole|blockdev.ExtentZero)
 		} else {
-			out = append(out, blockdev.Extent{Off: off, Len: c, Flags: f})
+			fileExtents(img.f, fo, c, off, add)
 		}
 		off += c
 	}

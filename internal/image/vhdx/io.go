@@ -295,7 +295,8 @@ func (img *Image) zeroFile(off, n int64, mayTrim bool) error {
 }
 
 // Extents describes [off, off+n): blocks with data (fully or partially
-// present) are data; a differencing disk's blocks without data have the
+// present) are data, except holes of the file inside fully present ones,
+// which read as zeroes; a differencing disk's blocks without data have the
 // parent's extents; the rest are holes that read as zeroes.
 func (img *Image) Extents(off, n int64) ([]blockdev.Extent, error) {
 	if err := img.check(off, n); err != nil {
@@ -312,8 +313,11 @@ func (img *Image) Extents(off, n int64) ([]blockdev.Extent, error) {
 	bs := img.m.blockSize
 	for end, seen := off+n, 0; off < end && len(out) < maxExtents && seen < maxExtentBlocks; seen++ {
 		c := min(end-off, bs-off%bs)
-		switch st := img.entry(off) & 7; {
-		case st == stateFullPresent || st == statePartPresent:
+		e := img.entry(off)
+		switch st := e & 7; {
+		case st == stateFullPresent:
+			fileExtents(img.f, int64(e>>batOffsetShift)*mib+off%bs, c, off, add)
+		case st == statePartPresent:
 			add(off, c, 0)
 		case img.fromParent(st) && img.parent != nil:
 			if err := img.parentExtents(off, c, add); err != nil {

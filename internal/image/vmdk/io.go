@@ -200,8 +200,9 @@ func pwrite(f interface {
 	return nil
 }
 
-// Extents describes [off, off+n): ZERO extents, zeroed grains and
-// unallocated grains without a parent are holes that read as zeroes;
+// Extents describes [off, off+n): ZERO extents, zeroed grains,
+// unallocated grains without a parent and holes of flat extent files are
+// holes that read as zeroes;
 // unallocated grains with a parent have the parent's extents; the rest is
 // data.
 func (img *Image) Extents(off, n int64) ([]blockdev.Extent, error) {
@@ -228,7 +229,7 @@ func (img *Image) Extents(off, n int64) ([]blockdev.Extent, error) {
 			add(pos, c, blockdev.ExtentHole|blockdev.ExtentZero)
 			return nil
 		case e.sp == nil:
-			add(pos, c, 0)
+			fileExtents(e.file, e.fileOff+pos-e.start*sectorSize, c, pos, add)
 			return nil
 		}
 		s := e.sp
