@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"vdisk/internal/blockdev"
+	"vdisk/internal/blockdev/blockdevtest"
 	"vdisk/internal/vmtest"
 )
 
@@ -50,11 +51,17 @@ stop() {
 	[ -f $G/image ] || fail "no image saved"
 }
 
-step "serve a 64 MiB memory device"
-start
+step "serve a 64 MiB memory device (with two one-shot faults)"
+VDISK_UBLK_FAULTS=1 start
 echo "device $DEV: $(blockdev --getsize64 $DEV) bytes, logical $(blockdev --getss $DEV), ro $(blockdev --getro $DEV)"
 [ "$(blockdev --getsize64 $DEV)" = 67108864 ] || fail "size"
 [ "$(blockdev --getro $DEV)" = 0 ] || fail "read-only flag set on a writable disk"
+
+step "device errors reach the reader and the writer, and pass"
+dd if=$DEV of=/dev/null bs=4k skip=12288 count=1 iflag=direct 2>/dev/null && fail "read of a failing range succeeded"
+dd if=$DEV of=/dev/null bs=4k skip=12288 count=1 iflag=direct 2>/dev/null || fail "read after a one-shot fault failed"
+dd if=/dev/zero of=$DEV bs=4k seek=12544 count=1 oflag=direct 2>/dev/null && fail "write of a failing range succeeded"
+dd if=/dev/zero of=$DEV bs=4k seek=12544 count=1 oflag=direct 2>/dev/null || fail "write after a one-shot fault failed"
 
 step "O_DIRECT pattern write and read back"
 dd if=/dev/urandom of=/tmp/pattern bs=64k count=64 2>/dev/null
@@ -114,6 +121,7 @@ func TestUblkInVM(t *testing.T) {
 // through ublk, writes the device path to $VDISK_UBLK_GUEST/ready, and on
 // SIGTERM closes the disk. The device is a file when VDISK_UBLK_BACKING
 // names one, else memory loaded from and saved to $VDISK_UBLK_GUEST/image.
+// VDISK_UBLK_FAULTS=1 makes one read and one write fail (memory only),
 // VDISK_UBLK_RO=1 serves read-only, VDISK_UBLK_RECOVERABLE=1 asks for user
 // recovery, VDISK_UBLK_RECOVER=N recovers /dev/ublkbN instead of adding a
 // device, VDISK_UBLK_DELETE=N deletes /dev/ublkbN and returns.
@@ -141,6 +149,13 @@ func TestGuestServe(t *testing.T) {
 			}
 		}
 		dev = mem
+		if os.Getenv("VDISK_UBLK_FAULTS") == "1" {
+			// One failing read at 48 MiB and one failing write at 49 MiB.
+			dev = blockdevtest.NewFaulty(mem,
+				blockdevtest.Rule{Ops: blockdevtest.OpRead, Off: 48 << 20, Len: 4096, Times: 1},
+				blockdevtest.Rule{Ops: blockdevtest.OpWrite, Off: 49 << 20, Len: 4096, Times: 1},
+			).Device()
+		}
 	}
 	if id := os.Getenv("VDISK_UBLK_DELETE"); id != "" {
 		n, _ := strconv.Atoi(id)
