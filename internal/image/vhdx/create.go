@@ -4,7 +4,9 @@ import (
 	"encoding/binary"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
+	"strings"
 	"unicode/utf16"
 
 	"vdisk/internal/image"
@@ -22,13 +24,13 @@ const (
 // Create makes a new VHDX at path (it must not exist). opt.Options may set
 // subformat (dynamic, the default, or fixed) and logical_sector_size (512,
 // the default, or 4096). opt.ClusterSize sets the block size (a power of
-// two from 1 MiB to 256 MiB). Differencing disks are not created.
+// two from 1 MiB to 256 MiB). With opt.BackingFile a differencing disk of
+// its VHDX parent is made: the parent's size and sector size, and a parent
+// locator with the parent's data-write GUID, its path relative to the new
+// disk and its absolute path.
 func Create(path string, opt image.CreateOptions) error {
 	if err := opt.Validate(); err != nil {
 		return err
-	}
-	if opt.BackingFile != "" {
-		return fmt.Errorf("vhdx: creating differencing disks is not supported: %w", errUnsupported)
 	}
 	fixed, lss := false, int64(512)
 	for k, v := range opt.Options {
@@ -50,10 +52,20 @@ func Create(path string, opt image.CreateOptions) error {
 		return fmt.Errorf("vhdx: block size %d: want a power of two from 1 MiB to 256 MiB", bs)
 	}
 	size := (opt.Size + lss - 1) / lss * lss
+	var locator []byte
+	if opt.BackingFile != "" {
+		if fixed {
+			return fmt.Errorf("vhdx: a fixed disk cannot have a parent: %w", errUnsupported)
+		}
+		var err error
+		if locator, size, lss, err = parentFor(path, opt); err != nil {
+			return err
+		}
+	}
 	if size <= 0 || size > maxSize {
 		return fmt.Errorf("vhdx: size %d: want 1 byte to 64 TiB", opt.Size)
 	}
-	m := &metadata{blockSize: bs, size: size, lss: lss, pss: 4096, leaveAlloc: fixed, diskID: newGUID()}
+	m := &metadata{blockSize: bs, size: size, lss: lss, pss: 4096, leaveAlloc: fixed, diskID: newGUID(), hasParent: locator != nil}
 	entries := m.batEntries()
 	logOff := int64(mib)
 	batOff := logOff + logLength
@@ -93,11 +105,19 @@ func Create(path string, opt image.CreateOptions) error {
 		data  []byte
 		flags uint32
 	}{
-		{metaFileParams, le.AppendUint32(le.AppendUint32(nil, uint32(bs)), map[bool]uint32{true: 1}[fixed]), 4},
+		{metaFileParams, le.AppendUint32(le.AppendUint32(nil, uint32(bs)), leaveAllocated(fixed)), 4},
 		{metaDiskSize, le.AppendUint64(nil, uint64(size)), 6},
 		{metaPage83, m.diskID[:], 6},
 		{metaLogicalSS, le.AppendUint32(nil, uint32(lss)), 6},
 		{metaPhysicalSS, le.AppendUint32(nil, uint32(m.pss)), 6},
+	}
+	if locator != nil {
+		le.PutUint32(items[0].data[4:], 2) // has parent
+		items = append(items, struct {
+			g     guid
+			data  []byte
+			flags uint32
+		}{metaParentLoc, locator, 6})
 	}
 	le.PutUint16(mt[10:], uint16(len(items)))
 	at := int64(metaTabSize)
@@ -138,4 +158,46 @@ func Create(path string, opt image.CreateOptions) error {
 		return fmt.Errorf("vhdx: create %s: %w", path, err)
 	}
 	return nil
+}
+
+// leaveAllocated is the file parameters' flags of a fixed or dynamic disk.
+func leaveAllocated(fixed bool) uint32 {
+	if fixed {
+		return 1
+	}
+	return 0
+}
+
+// parentFor opens the parent a differencing disk at path names and returns
+// the parent locator, its size and logical sector size.
+func parentFor(path string, opt image.CreateOptions) ([]byte, int64, int64, error) {
+	if opt.BackingFormat != "" && opt.BackingFormat != Name {
+		return nil, 0, 0, fmt.Errorf("vhdx: parent format %q: a differencing disk's parent must be a VHDX: %w", opt.BackingFormat, errUnsupported)
+	}
+	pp := opt.BackingFile
+	if !filepath.IsAbs(pp) {
+		pp = filepath.Join(filepath.Dir(path), pp)
+	}
+	p, err := Open(pp, image.OpenOptions{ReadOnly: true, NoBacking: true, NoLock: true})
+	if err != nil {
+		return nil, 0, 0, fmt.Errorf("vhdx: parent: %w", err)
+	}
+	defer p.Close()
+	if opt.Size != 0 && opt.Size != p.m.size {
+		return nil, 0, 0, fmt.Errorf("vhdx: a differencing disk has its parent's size %d, not %d: %w", p.m.size, opt.Size, errUnsupported)
+	}
+	abs, err := filepath.Abs(pp)
+	if err != nil {
+		return nil, 0, 0, fmt.Errorf("vhdx: parent: %w", err)
+	}
+	rel, err := filepath.Rel(filepath.Dir(path), pp)
+	if err != nil {
+		rel = opt.BackingFile
+	}
+	loc := encodeLocator([][2]string{
+		{"parent_linkage", p.hdrs[p.cur].dataWrite.String()},
+		{"relative_path", `.\` + strings.ReplaceAll(rel, "/", `\`)},
+		{"absolute_win32_path", abs},
+	})
+	return loc, p.m.size, p.m.lss, nil
 }

@@ -6,9 +6,11 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 
 	"vdisk/internal/blockdev"
+	"vdisk/internal/blockdev/blockdevtest"
 	"vdisk/internal/image"
 )
 
@@ -153,9 +155,6 @@ func TestDifferencingRead(t *testing.T) {
 	if !blockdev.IsZero(got[5*mib:]) || !blockdev.IsZero(got[:1024]) {
 		t.Error("unallocated sectors read non-zero without the parent")
 	}
-	if _, err := Open(child, image.OpenOptions{}); !errors.Is(err, image.ErrUnsupported) {
-		t.Fatalf("read-write open of a differencing disk: %v", err)
-	}
 	fa, err := Info(child)
 	if err != nil || fa.BackingFile != `.\parent.vhdx` || fa.BackingFormat != Name {
 		t.Fatalf("Info %+v, %v", fa, err)
@@ -166,4 +165,134 @@ func TestDifferencingRead(t *testing.T) {
 	if _, err := Open(child, image.OpenOptions{ReadOnly: true, BackingDir: t.TempDir()}); !errors.Is(err, image.ErrBackingRefused) {
 		t.Fatalf("parent outside BackingDir: %v", err)
 	}
+}
+
+// TestDifferencingWrite creates a differencing disk over a parent with
+// vdisk, writes into it at random (unaligned, across sectors and blocks,
+// four goroutines), zeroes and trims, and checks that it reads as the
+// parent overlaid with the writes, before and after a reopen, that the
+// parent is unchanged, and that a crash before Flush keeps what was
+// flushed.
+func TestDifferencingWrite(t *testing.T) {
+	needTool(t, "qemu-img")
+	dir := t.TempDir()
+	parent := filepath.Join(dir, "parent.vhdx")
+	const size = 9 << 20
+	if err := Create(parent, image.CreateOptions{Format: Name, Size: size, ClusterSize: mib}); err != nil {
+		t.Fatal(err)
+	}
+	pd, err := Open(parent, image.OpenOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	parentRaw := make([]byte, size)
+	randomWrites(t, pd, parentRaw, 41, 30, 400<<10)
+	if err := pd.Close(); err != nil {
+		t.Fatal(err)
+	}
+	sub := filepath.Join(dir, "sub")
+	os.Mkdir(sub, 0o755)
+	child := filepath.Join(sub, "child.vhdx")
+	if err := Create(child, image.CreateOptions{Format: Name, BackingFile: "../parent.vhdx", ClusterSize: mib}); err != nil {
+		t.Fatal(err)
+	}
+	fa, err := Info(child)
+	if err != nil || fa.BackingFile != `.\..\parent.vhdx` || fa.VirtualSize != size {
+		t.Fatalf("Info %+v, %v", fa, err)
+	}
+	d, err := Open(child, image.OpenOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := append([]byte(nil), parentRaw...)
+	mustEqual(t, "fresh child", readAll(t, d), ref)
+	q := int64(size) / 4
+	var wg sync.WaitGroup
+	for i := range int64(4) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			randomWrites(t, blockdev.Section(nopClose{d}, i*q, q), ref[i*q:(i+1)*q], uint64(50+i), 30, 200<<10)
+		}()
+	}
+	wg.Wait()
+	if err := blockdev.Trim(d, 3<<20+1000, 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	clear(ref[3<<20+1000 : 4<<20+1000])
+	mustEqual(t, "written child", readAll(t, d), ref)
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	d, err = Open(child, image.OpenOptions{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustEqual(t, "reopened child", readAll(t, d), ref)
+	d.Close()
+	mustEqual(t, "parent untouched", qemuRaw(t, parent, "vhdx"), parentRaw)
+	if r, err := Check(child, image.CheckOptions{}); err != nil || !r.Clean() {
+		t.Fatalf("Check %+v, %v", r, err)
+	}
+
+	// A crash on a fresh child: flushed writes stay; the block allocated
+	// after the last Flush is not referenced, so the parent shows again.
+	crash := filepath.Join(sub, "crash.vhdx")
+	if err := Create(crash, image.CreateOptions{Format: Name, BackingFile: "../parent.vhdx", ClusterSize: mib}); err != nil {
+		t.Fatal(err)
+	}
+	d, err = Open(crash, image.OpenOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := append([]byte(nil), parentRaw...)
+	if _, err := d.WriteAt([]byte("flushed"), 8<<20+3); err != nil {
+		t.Fatal(err)
+	}
+	copy(want[8<<20+3:], "flushed")
+	if err := d.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.WriteAt([]byte("lost"), 7<<20+5); err != nil {
+		t.Fatal(err)
+	}
+	d.f.Close() // no Flush
+	d, err = Open(crash, image.OpenOptions{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	mustEqual(t, "after the crash", readAll(t, d), want)
+	if r, err := Check(crash, image.CheckOptions{}); err != nil || !r.Clean() {
+		t.Fatalf("Check after the crash %+v, %v", r, err)
+	}
+}
+
+// TestDifferencingConformance runs the blockdev conformance suite on a
+// differencing disk over a written parent.
+func TestDifferencingConformance(t *testing.T) {
+	blockdevtest.Run(t, func(t *testing.T, size int64) blockdev.Device {
+		dir := t.TempDir()
+		parent := filepath.Join(dir, "parent.vhdx")
+		if err := Create(parent, image.CreateOptions{Format: Name, Size: size, ClusterSize: mib}); err != nil {
+			t.Fatal(err)
+		}
+		pd, err := Open(parent, image.OpenOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		randomWrites(t, pd, make([]byte, size), 61, 20, 64<<10)
+		if err := pd.Close(); err != nil {
+			t.Fatal(err)
+		}
+		child := filepath.Join(dir, "child.vhdx")
+		if err := Create(child, image.CreateOptions{Format: Name, BackingFile: "parent.vhdx", ClusterSize: mib}); err != nil {
+			t.Fatal(err)
+		}
+		d, err := Open(child, image.OpenOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d
+	})
 }

@@ -1,7 +1,7 @@
 // Package vhdx reads and writes VHDX images (Microsoft's MS-VHDX format)
-// as blockdev Devices: fixed and dynamic disks read and write, differencing
-// disks read (their parent opened through the registry, sector bitmaps
-// honoured). It registers itself with the image registry as "vhdx".
+// as blockdev Devices: fixed, dynamic and differencing disks (the parent
+// opened through the registry, sector bitmaps honoured). It registers
+// itself with the image registry as "vhdx".
 //
 // Opening an image whose log is dirty (a writer crashed with updates only
 // in the log) replays the log's active sequence and clears the log GUID,
@@ -11,7 +11,8 @@
 // vdisk does not write through the log: it orders its updates instead. A
 // new payload block is taken from the end of the file (extended sparse, so
 // it reads as zeroes), the data is written there, and only Flush, after
-// syncing the data, writes the BAT entries that point at it (each an
+// syncing the data, writes the sector bitmaps of a differencing disk,
+// syncs, writes the BAT entries that point at the new blocks (each an
 // aligned 8-byte update inside one 4 KiB sector) and syncs again. A crash
 // at any point leaves the BAT pointing only at durable data; at worst a
 // block at the end of the file is unreferenced. Before the first change
@@ -19,8 +20,10 @@
 // asks, written one header at a time so one valid header always remains.
 //
 // An Image serves reads and writes from many goroutines at once. One mutex
-// (mu) guards the BAT, the headers and the allocator; data moves outside
-// it.
+// (mu) guards the BAT, the sector bitmaps, the headers and the allocator;
+// data moves outside it, except writes to a differencing disk that must
+// change its sector bitmap (copying partial sectors up from the parent),
+// which run under mu.
 package vhdx
 
 import (
@@ -77,7 +80,8 @@ type Image struct {
 	hdrs     [2]*header
 	cur      int
 	bat      []uint64
-	batDirty map[int64]bool // BAT sectors (4 KiB) to write
+	batDirty map[int64]bool         // BAT sectors (4 KiB) to write
+	sbm      map[int64]*bitmapSlice // payload block → its part of the chunk's sector bitmap
 	fileEnd  int64
 	touched  bool // the headers have this session's write GUIDs
 }
@@ -91,7 +95,7 @@ var (
 )
 
 // Open opens the VHDX at path. A dirty log is replayed (read-write opens
-// only); differencing disks open read-only.
+// only).
 func Open(path string, opt image.OpenOptions) (*Image, error) {
 	if err := opt.Validate(); err != nil {
 		return nil, err
@@ -120,9 +124,7 @@ func Open(path string, opt image.OpenOptions) (*Image, error) {
 	img, err := load(f, opt.ReadOnly)
 	if err == nil {
 		img.path, img.log = path, opt.Log
-		if img.m.hasParent && !opt.ReadOnly {
-			err = fmt.Errorf("vhdx: writing differencing disks is not supported; open read-only: %w", errUnsupported)
-		} else if img.m.hasParent && !opt.NoBacking {
+		if img.m.hasParent && !opt.NoBacking {
 			img.parent, err = openParent(img, opt)
 		}
 	}
@@ -148,7 +150,7 @@ func load(f *os.File, readOnly bool) (*Image, error) {
 	if _, err := f.ReadAt(id, 0); err != nil || !probe(id) {
 		return nil, ErrNotVHDX
 	}
-	img := &Image{f: f, readOnly: readOnly, batDirty: map[int64]bool{}}
+	img := &Image{f: f, readOnly: readOnly, batDirty: map[int64]bool{}, sbm: map[int64]*bitmapSlice{}}
 	if img.hdrs, img.cur, err = readHeaders(f, fsize); err != nil {
 		return nil, err
 	}

@@ -75,29 +75,26 @@ func (img *Image) ReadAt(p []byte, off int64) (int, error) {
 
 // readPartial reads b at guest offset pos from a partially present block
 // whose data for pos is at file offset fo: sectors whose bit is set in the
-// chunk's sector bitmap come from the file, the others from the parent.
+// block's sector bitmap come from the file, the others from the parent.
 func (img *Image) readPartial(b []byte, pos, fo int64) error {
-	lss := img.m.lss
-	chunkBytes := img.cr * img.m.blockSize
-	chunk := pos / chunkBytes
+	lss, bs := img.m.lss, img.m.blockSize
 	img.mu.Lock()
-	be := img.bat[chunk*(img.cr+1)+img.cr]
+	sl, err := img.bitmap(pos / bs)
+	var bm []byte
+	if err == nil {
+		bm = append([]byte(nil), sl.b...)
+	}
 	img.mu.Unlock()
-	if be&7 != stateBitmapHere {
-		return corruptf("partially present block at %d has no sector bitmap", pos)
+	if err != nil {
+		return err
 	}
-	first := (pos % chunkBytes) / lss
-	last := ((pos+int64(len(b))-1)%chunkBytes)/lss + 1
-	bm := make([]byte, (last+7)/8-first/8)
-	if _, err := img.f.ReadAt(bm, int64(be>>batOffsetShift)*mib+first/8); err != nil {
-		return fmt.Errorf("vhdx: read sector bitmap: %w", err)
-	}
-	has := func(s int64) bool { s -= first / 8 * 8; return bm[s/8]&(1<<(s%8)) != 0 }
+	has := func(s int64) bool { return bm[s/8]&(1<<(s%8)) != 0 }
+	in0 := pos % bs
 	for i := int64(0); i < int64(len(b)); {
-		s := (pos%chunkBytes + i) / lss
+		s := (in0 + i) / lss
 		in := has(s)
-		j := min(int64(len(b)), (s+1)*lss-pos%chunkBytes)
-		for j < int64(len(b)) && has((pos%chunkBytes+j)/lss) == in {
+		j := min(int64(len(b)), (s+1)*lss-in0)
+		for j < int64(len(b)) && has((in0+j)/lss) == in {
 			j = min(int64(len(b)), j+lss)
 		}
 		var err error
@@ -141,6 +138,13 @@ func (img *Image) WriteAt(p []byte, off int64) (int, error) {
 	for done := int64(0); done < int64(len(p)); {
 		pos := off + done
 		n := min(int64(len(p))-done, bs-pos%bs)
+		if img.m.hasParent {
+			if err := img.writeDiff(p[done:done+n], pos); err != nil {
+				return int(done), err
+			}
+			done += n
+			continue
+		}
 		fo, err := img.mapForWrite(pos)
 		if err != nil {
 			return int(done), err
@@ -196,7 +200,7 @@ func (img *Image) mapForWrite(pos int64) (int64, error) {
 }
 
 // Flush makes every completed write durable: the data first, then the
-// BAT entries that reach new blocks.
+// sector bitmaps, then the BAT entries that reach new blocks.
 func (img *Image) Flush() error {
 	img.mu.Lock()
 	defer img.mu.Unlock()
@@ -208,6 +212,13 @@ func (img *Image) Flush() error {
 	}
 	if err := img.sync(); err != nil {
 		return err
+	}
+	if n, err := img.writeBitmaps(); err != nil {
+		return err
+	} else if n > 0 {
+		if err := img.sync(); err != nil {
+			return err
+		}
 	}
 	if len(img.batDirty) == 0 {
 		return nil
@@ -241,13 +252,18 @@ func (img *Image) Trim(off, n int64) error { return img.WriteZeroes(off, n, true
 
 // WriteZeroes makes [off, off+n) read as zeroes: blocks without data
 // already do; in allocated blocks the range is punched (mayTrim) or zeroed
-// with fallocate, or written with zeroes where the file system cannot.
+// with fallocate, or written with zeroes where the file system cannot. A
+// differencing disk writes zeroes through WriteAt.
 func (img *Image) WriteZeroes(off, n int64, mayTrim bool) error {
 	if err := img.check(off, n); err != nil {
 		return err
 	}
 	if img.readOnly {
 		return blockdev.ErrReadOnly
+	}
+	if img.m.hasParent {
+		// A block without data shows the parent: zeroes must be written.
+		return blockdev.WriteZeroesByWriting(img, off, n)
 	}
 	bs := img.m.blockSize
 	for end := off + n; off < end; {

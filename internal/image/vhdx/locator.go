@@ -45,3 +45,29 @@ func parseLocator(b []byte) (map[string]string, error) {
 	}
 	return out, nil
 }
+
+// encodeLocator builds a parent locator item from key/value pairs.
+func encodeLocator(kv [][2]string) []byte {
+	le := binary.LittleEndian
+	head := make([]byte, 20+12*len(kv))
+	copy(head, parentTypeVHDX[:])
+	le.PutUint16(head[18:], uint16(len(kv)))
+	var data []byte
+	enc := func(s string) (uint32, uint16) {
+		off := uint32(len(head) + len(data))
+		for _, c := range utf16.Encode([]rune(s)) {
+			data = le.AppendUint16(data, c)
+		}
+		return off, uint16(uint32(len(head)+len(data)) - off)
+	}
+	for i, p := range kv {
+		ko, kl := enc(p[0])
+		vo, vl := enc(p[1])
+		e := head[20+12*i:]
+		le.PutUint32(e, ko)
+		le.PutUint32(e[4:], vo)
+		le.PutUint16(e[8:], kl)
+		le.PutUint16(e[10:], vl)
+	}
+	return append(head, data...)
+}
