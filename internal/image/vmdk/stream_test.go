@@ -1,9 +1,12 @@
 package vmdk
 
 import (
+	"encoding/binary"
+	"errors"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"vdisk/internal/blockdev"
@@ -75,4 +78,48 @@ func TestWriteStreamOptimized(t *testing.T) {
 		}
 		mustEqual(t, "qemu read", qemuRaw(t, p, "vmdk"), make([]byte, 4<<20))
 	})
+}
+
+// TestHostileStream damages the compressed grains of a stream-optimized
+// image: reading them fails with an error naming the problem.
+func TestHostileStream(t *testing.T) {
+	dir := t.TempDir()
+	src := blockdev.NewMem(1 << 20)
+	if _, err := src.WriteAt([]byte("some data to compress"), 0); err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(dir, "s.vmdk")
+	if err := WriteStreamOptimized(p, src, 0); err != nil {
+		t.Fatal(err)
+	}
+	orig, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const grain0 = 128 * sectorSize // the first grain marker, after the overhead
+	for _, tc := range []struct {
+		name   string
+		mutate func(b []byte)
+		want   string
+	}{
+		{"size", func(b []byte) { binary.LittleEndian.PutUint32(b[grain0+8:], 1<<30) }, "claims"},
+		{"zero-size", func(b []byte) { binary.LittleEndian.PutUint32(b[grain0+8:], 0) }, "claims"},
+		{"garbage", func(b []byte) { copy(b[grain0+12:], "not zlib at all") }, "compressed grain"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b := append([]byte(nil), orig...)
+			tc.mutate(b)
+			bad := filepath.Join(t.TempDir(), "bad.vmdk")
+			os.WriteFile(bad, b, 0o644)
+			d, err := Open(bad, image.OpenOptions{ReadOnly: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer d.Close()
+			_, err = d.ReadAt(make([]byte, 4096), 0)
+			if !errors.Is(err, blockdev.ErrCorrupt) || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("read: %v (want %q)", err, tc.want)
+			}
+		})
+	}
 }
