@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"vdisk/internal/blockdev"
+	"vdisk/internal/nbd"
 	"vdisk/internal/vmtest"
 )
 
@@ -144,19 +145,29 @@ func pairs(t *testing.T, n int) ([]*os.File, []net.Conn) {
 	return kern, srv
 }
 
-// serveAll runs a responder per connection; wait returns their errors.
-func serveAll(conns []net.Conn, dev blockdev.Device) (wait func() error) {
+// serveAll serves each connection with the project's NBD server and does
+// the client handshake on the kernel's ends, leaving them in the
+// transmission phase; wait returns when every connection has ended.
+func serveAll(t *testing.T, srv *nbd.Server, kern []*os.File, conns []net.Conn) (ex Export, wait func() error) {
 	var wg sync.WaitGroup
 	errs := make([]error, len(conns))
 	for i, c := range conns {
-		wg.Go(func() { errs[i] = serveTransmission(c, dev) })
+		wg.Go(func() { errs[i] = srv.ServeConn(context.Background(), c) })
 	}
-	return func() error { wg.Wait(); return errors.Join(errs...) }
+	for _, k := range kern {
+		e, err := Handshake(k, "disk")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ex = e
+	}
+	return ex, func() error { wg.Wait(); return errors.Join(errs...) }
 }
 
 // TestGuestConnect is the guest half of TestKernelNBDInVM: it serves a
-// memory device (loaded from $VDISK_NBD_GUEST/image) to the kernel client
-// through Connect, writes the device path to $VDISK_NBD_GUEST/ready; on
+// memory device (loaded from $VDISK_NBD_GUEST/image) with the project's NBD
+// server over socketpairs, does the client handshake (Handshake) and gives
+// the kernel client the sockets through Connect, writes the device path to $VDISK_NBD_GUEST/ready; on
 // SIGUSR1 it drops its connections and reconfigures the device with new
 // ones; on SIGTERM it disconnects and saves the memory to .../image.
 // VDISK_NBD_BACKING names a file to serve instead of memory;
@@ -195,13 +206,12 @@ func TestGuestConnect(t *testing.T) {
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGUSR1)
 	defer signal.Stop(sigs)
 
-	flags := FlagFlush | FlagFUA | FlagTrim | FlagMultiConn
-	if os.Getenv("VDISK_NBD_RO") == "1" {
-		flags |= FlagReadOnly
-	}
+	ro := os.Getenv("VDISK_NBD_RO") == "1"
+	srv := &nbd.Server{Exports: []nbd.Export{{Name: "disk", Device: dev, ReadOnly: ro}}}
 	const backend = "vdisk-test"
-	kern, srv := pairs(t, 2)
-	wait := serveAll(srv, dev)
+	kern, conns := pairs(t, 2)
+	ex, wait := serveAll(t, srv, kern, conns)
+	t.Logf("handshake: %+v", ex)
 	start := time.Now()
 	var idx int
 	var err error
@@ -210,7 +220,7 @@ func TestGuestConnect(t *testing.T) {
 		idx, _ = strconv.Atoi(re)
 		err = reconfigure(idx, backend, kern)
 	} else {
-		idx, err = Connect(kern, Config{Index: -1, Size: size, BlockSize: 4096, Flags: flags,
+		idx, err = Connect(kern, Config{Index: -1, Size: ex.Size, BlockSize: ex.BlockSize(os.Getpagesize()), Flags: ex.Flags,
 			Timeout: time.Minute, DeadConnTimeout: 2 * time.Minute, Backend: backend})
 	}
 	for _, f := range kern {
@@ -234,14 +244,14 @@ func TestGuestConnect(t *testing.T) {
 			break
 		}
 		// A restarted server: the old connections die, new ones replace them.
-		for _, c := range srv {
+		for _, c := range conns {
 			c.Close()
 		}
 		if err := wait(); err != nil {
 			t.Logf("old connections: %v", err)
 		}
-		kern, srv = pairs(t, 2)
-		wait = serveAll(srv, dev)
+		kern, conns = pairs(t, 2)
+		_, wait = serveAll(t, srv, kern, conns)
 		if err := reconfigure(idx, backend, kern); err != nil {
 			t.Fatal(err)
 		}
@@ -257,7 +267,10 @@ func TestGuestConnect(t *testing.T) {
 		t.Fatal(err)
 	}
 	if err := wait(); err != nil {
-		t.Fatalf("responders: %v", err)
+		t.Logf("server connections after disconnect: %v", err)
+	}
+	if err := srv.Shutdown(context.Background()); err != nil {
+		t.Fatalf("server shutdown: %v", err)
 	}
 	if !forceIoctl {
 		if err := waitDisconnected(idx); err != nil {
