@@ -100,3 +100,36 @@ func TestGeometry(t *testing.T) {
 		})
 	}
 }
+
+// TestVirtualSize checks which size each creator's footer gives, as qemu
+// decides: the CHS geometry for Virtual PC and qemu without force_size,
+// the footer's current size for Hyper-V, disk2vhd, XenServer, XenConverter
+// and qemu's force_size, and for any image with the maximum geometry.
+func TestVirtualSize(t *testing.T) {
+	const current = 10 << 20
+	tests := []struct {
+		creator string
+		c       uint16
+		h, s    uint8
+		want    int64
+	}{
+		{"vpc ", 302, 4, 17, 302 * 4 * 17 * 512},
+		{"qemu", 302, 4, 17, 302 * 4 * 17 * 512},
+		{"vdsk", 302, 4, 17, 302 * 4 * 17 * 512},
+		{"win ", 302, 4, 17, current},
+		{"qem2", 302, 4, 17, current},
+		{"d2v ", 302, 4, 17, current},
+		{"CTXS", 302, 4, 17, current},
+		{"tap\x00", 302, 4, 17, current},
+		{"vpc ", 65535, 16, 255, current},
+	}
+	for _, tc := range tests {
+		t.Run(fmt.Sprintf("%q", tc.creator), func(t *testing.T) {
+			ft := &footer{creatorApp: tc.creator, cyls: tc.c, heads: tc.h, spt: tc.s, currentSize: current}
+			got, err := ft.virtualSize()
+			if err != nil || got != tc.want {
+				t.Fatalf("virtual size %d, %v; want %d", got, err, tc.want)
+			}
+		})
+	}
+}
