@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"errors"
 	"io"
 	"net"
 	"strings"
@@ -192,4 +193,28 @@ func FuzzHandshake(f *testing.F) {
 			t.Fatalf("accepted size %d", ex.Size)
 		}
 	})
+}
+
+// TestAttachWithoutKernel runs Attach where the kernel has no NBD client
+// (this host): the handshakes over real socketpairs succeed, Connect says
+// ErrUnavailable, and everything Attach started is stopped. An unknown
+// export fails in the handshake.
+func TestAttachWithoutKernel(t *testing.T) {
+	if _, err := Available(); err == nil {
+		t.Skip("this kernel has an NBD client")
+	}
+	srv := &nbd.Server{Exports: []nbd.Export{{Name: "disk", Device: blockdev.NewMem(1 << 20)}}}
+	ctx := context.Background()
+	if _, err := Attach(ctx, srv, AttachOptions{Export: "disk", Connections: 2, Index: -1}); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("Attach = %v, want ErrUnavailable", err)
+	}
+	if _, err := Attach(ctx, srv, AttachOptions{Export: "nope", Index: -1}); err == nil || !strings.Contains(err.Error(), "refused") {
+		t.Fatalf("Attach(unknown export) = %v, want refused", err)
+	}
+	if _, err := Attach(ctx, srv, AttachOptions{Export: "disk", Connections: MaxSockets + 1}); err == nil {
+		t.Fatal("Attach with too many connections succeeded")
+	}
+	if err := srv.Shutdown(ctx); err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
 }

@@ -2,19 +2,14 @@ package kernel
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
 	"strconv"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"vdisk/internal/blockdev"
 	"vdisk/internal/nbd"
@@ -123,53 +118,10 @@ func TestKernelNBDInVM(t *testing.T) {
 	})
 }
 
-// pairs makes n socketpairs: the kernel's ends as files, the server's as
-// net.Conns.
-func pairs(t *testing.T, n int) ([]*os.File, []net.Conn) {
-	var kern []*os.File
-	var srv []net.Conn
-	for i := range n {
-		fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		kern = append(kern, os.NewFile(uintptr(fds[0]), fmt.Sprintf("nbd-kernel-%d", i)))
-		f := os.NewFile(uintptr(fds[1]), fmt.Sprintf("nbd-server-%d", i))
-		c, err := net.FileConn(f)
-		f.Close()
-		if err != nil {
-			t.Fatal(err)
-		}
-		srv = append(srv, c)
-	}
-	return kern, srv
-}
-
-// serveAll serves each connection with the project's NBD server and does
-// the client handshake on the kernel's ends, leaving them in the
-// transmission phase; wait returns when every connection has ended.
-func serveAll(t *testing.T, srv *nbd.Server, kern []*os.File, conns []net.Conn) (ex Export, wait func() error) {
-	var wg sync.WaitGroup
-	errs := make([]error, len(conns))
-	for i, c := range conns {
-		wg.Go(func() { errs[i] = srv.ServeConn(context.Background(), c) })
-	}
-	for _, k := range kern {
-		e, err := Handshake(k, "disk")
-		if err != nil {
-			t.Fatal(err)
-		}
-		ex = e
-	}
-	return ex, func() error { wg.Wait(); return errors.Join(errs...) }
-}
-
 // TestGuestConnect is the guest half of TestKernelNBDInVM: it serves a
 // memory device (loaded from $VDISK_NBD_GUEST/image) with the project's NBD
-// server over socketpairs, does the client handshake (Handshake) and gives
-// the kernel client the sockets through Connect, writes the device path to $VDISK_NBD_GUEST/ready; on
-// SIGUSR1 it drops its connections and reconfigures the device with new
-// ones; on SIGTERM it disconnects and saves the memory to .../image.
+// server to the kernel client through Attach (two connections), writes the device path to $VDISK_NBD_GUEST/ready; on
+// SIGUSR1 it drops its connections and attaches new ones (Reattach); on SIGTERM it disconnects and saves the memory to .../image.
 // VDISK_NBD_BACKING names a file to serve instead of memory;
 // VDISK_NBD_REATTACH=N reconfigures /dev/nbdN, whose server died, instead
 // of connecting a new device.
@@ -208,96 +160,59 @@ func TestGuestConnect(t *testing.T) {
 
 	ro := os.Getenv("VDISK_NBD_RO") == "1"
 	srv := &nbd.Server{Exports: []nbd.Export{{Name: "disk", Device: dev, ReadOnly: ro}}}
-	const backend = "vdisk-test"
-	kern, conns := pairs(t, 2)
-	ex, wait := serveAll(t, srv, kern, conns)
-	t.Logf("handshake: %+v", ex)
-	start := time.Now()
-	var idx int
-	var err error
+	opt := AttachOptions{Export: "disk", Connections: 2, Index: -1, Timeout: time.Minute,
+		DeadConnTimeout: 2 * time.Minute, Backend: "vdisk-test"}
 	if re := os.Getenv("VDISK_NBD_REATTACH"); re != "" {
 		// A restarted server: the old process died, its device waits.
-		idx, _ = strconv.Atoi(re)
-		err = reconfigure(idx, backend, kern)
-	} else {
-		idx, err = Connect(kern, Config{Index: -1, Size: ex.Size, BlockSize: ex.BlockSize(os.Getpagesize()), Flags: ex.Flags,
-			Timeout: time.Minute, DeadConnTimeout: 2 * time.Minute, Backend: backend})
+		opt.Index, _ = strconv.Atoi(re)
+		opt.Reattach = true
 	}
-	for _, f := range kern {
-		f.Close()
-	}
+	ctx := context.Background()
+	start := time.Now()
+	a, err := Attach(ctx, srv, opt)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("connected %s in %v (ioctl %v)", Path(idx), time.Since(start), forceIoctl)
+	idx := a.Index()
+	t.Logf("attached %s in %v (ioctl %v, reattach %v)", a.Path(), time.Since(start), forceIoctl, opt.Reattach)
 	if !forceIoctl {
 		st, err := Status(idx)
 		if err != nil || !st.Connected {
 			t.Fatalf("Status(%d) = %+v, %v; want connected", idx, st, err)
 		}
 	}
-	if err := os.WriteFile(filepath.Join(dir, "ready"), []byte(Path(idx)), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, "ready"), []byte(a.Path()), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	for sig := range sigs {
 		if sig == syscall.SIGTERM {
 			break
 		}
-		// A restarted server: the old connections die, new ones replace them.
-		for _, c := range conns {
-			c.Close()
-		}
-		if err := wait(); err != nil {
-			t.Logf("old connections: %v", err)
-		}
-		kern, conns = pairs(t, 2)
-		_, wait = serveAll(t, srv, kern, conns)
-		if err := reconfigure(idx, backend, kern); err != nil {
+		// A restarted server: the old connections die, new ones take over.
+		a.stop()
+		opt.Index, opt.Reattach = idx, true
+		if a, err = Attach(ctx, srv, opt); err != nil {
 			t.Fatal(err)
 		}
-		for _, f := range kern {
-			f.Close()
-		}
-		t.Logf("reconfigured %s with new sockets", Path(idx))
+		t.Logf("reattached %s with new connections", a.Path())
 		if err := os.WriteFile(filepath.Join(dir, "reconfigured"), []byte("1"), 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := Disconnect(idx); err != nil {
+	if err := a.Close(); err != nil {
 		t.Fatal(err)
-	}
-	if err := wait(); err != nil {
-		t.Logf("server connections after disconnect: %v", err)
-	}
-	if err := srv.Shutdown(context.Background()); err != nil {
-		t.Fatalf("server shutdown: %v", err)
 	}
 	if !forceIoctl {
 		if err := waitDisconnected(idx); err != nil {
 			t.Fatal(err)
 		}
 	}
+	if err := srv.Shutdown(ctx); err != nil {
+		t.Fatalf("server shutdown: %v", err)
+	}
 	if mem != nil {
 		if err := saveImage(mem, img); err != nil {
 			t.Fatal(err)
-		}
-	}
-}
-
-// reconfigure retries while the kernel has not yet marked the old
-// connections dead.
-func reconfigure(idx int, backend string, socks []*os.File) error {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	for {
-		err := Reconfigure(idx, backend, socks)
-		if !errors.Is(err, ErrBusy) {
-			return err
-		}
-		select {
-		case <-ctx.Done():
-			return err
-		case <-time.After(50 * time.Millisecond):
 		}
 	}
 }
