@@ -3,6 +3,7 @@ package vmtest
 import (
 	"bytes"
 	"context"
+	"debug/elf"
 	"os"
 	"path/filepath"
 	"strings"
@@ -120,5 +121,56 @@ func TestPrepareSkipsWithoutUblk(t *testing.T) {
 	})
 	if !skipped {
 		t.Fatal("prepare with UBLK=0 did not skip")
+	}
+}
+
+// TestRunPlumbing drives Run against stand-in scripts (VMTEST_DIR): the
+// binary is built statically into the share, the files and test.sh are
+// there, run.sh gets the cache, the share and a timeout, and the share
+// comes back with what "the guest" wrote.
+func TestRunPlumbing(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("Run skips unless root")
+	}
+	vm := t.TempDir()
+	cache := filepath.Join(t.TempDir(), "cache")
+	scripts := map[string]string{
+		"prepare.sh": "mkdir -p \"$1\" && echo UBLK=1 >\"$1/vm.env\" && : >\"$1/stamp\"\n",
+		// The stand-in guest: run the binary, check the files, answer.
+		"run.sh": `[ "$1" = "` + cache + `" ] || exit 3
+[ "$3" -gt 0 ] || exit 4
+cd "$2" && [ -x test.sh ] && [ "$(cat data.txt)" = payload ] || exit 5
+./hello >out.txt && sh test.sh
+`,
+	}
+	for name, body := range scripts {
+		if err := os.WriteFile(filepath.Join(vm, name), []byte("#!/bin/sh\n"+body), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Setenv("VMTEST_DIR", vm)
+	t.Setenv("VMTEST_CACHE", cache)
+	share := Run(t, Config{
+		Script:   "echo done >result.txt\n",
+		Binaries: map[string]Binary{"hello": {Pkg: "vdisk/internal/vmtest/testdata/hello"}},
+		Files:    map[string][]byte{"data.txt": []byte("payload")},
+		NeedUblk: true,
+		Timeout:  time.Minute,
+	})
+	f, err := elf.Open(filepath.Join(share, "hello"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_INTERP {
+			t.Error("the built binary is dynamically linked")
+		}
+	}
+	for name, want := range map[string]string{"out.txt": "hello from the guest\n", "result.txt": "done\n"} {
+		b, err := os.ReadFile(filepath.Join(share, name))
+		if err != nil || string(b) != want {
+			t.Errorf("%s = %q, %v; want %q", name, b, err, want)
+		}
 	}
 }
