@@ -4,11 +4,15 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
 
 	"vdisk/internal/crypt/luks"
 )
@@ -135,5 +139,100 @@ func TestLUKSInsideQcow2(t *testing.T) {
 	}
 	if !luksTestPass(t, raw, "in qcow2") {
 		t.Fatal("cryptsetup does not accept the volume inside the qcow2 image")
+	}
+}
+
+// openPTY returns the master and the slave of a new pseudo-terminal.
+func openPTY(t *testing.T) (master, slave *os.File) {
+	t.Helper()
+	m, err := os.OpenFile("/dev/ptmx", os.O_RDWR, 0)
+	if err != nil {
+		t.Skipf("no pseudo-terminals: %v", err)
+	}
+	t.Cleanup(func() { m.Close() })
+	if err := unix.IoctlSetPointerInt(int(m.Fd()), unix.TIOCSPTLCK, 0); err != nil {
+		t.Fatal(err)
+	}
+	n, err := unix.IoctlGetInt(int(m.Fd()), unix.TIOCGPTN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := os.OpenFile(fmt.Sprintf("/dev/pts/%d", n), os.O_RDWR|unix.O_NOCTTY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return m, s
+}
+
+// TestLUKSPrompt types the passphrase at a terminal: it is read with echo
+// off, asked twice for a new volume, and opens the volume.
+func TestLUKSPrompt(t *testing.T) {
+	if _, err := exec.LookPath("cryptsetup"); err != nil {
+		t.Skip("cryptsetup is not installed")
+	}
+	master, slave := openPTY(t)
+	img := filepath.Join(t.TempDir(), "p.img")
+	if err := os.WriteFile(img, make([]byte, 20<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	type result struct {
+		code         int
+		stdout, errs string
+	}
+	done := make(chan result, 1)
+	go func() {
+		var o, e bytes.Buffer
+		args := append([]string{"luks", "format", img, "--digest-iterations", "1000"}, fastLUKS...)
+		code := Main(context.Background(), args, slave, &o, &e)
+		done <- result{code, o.String(), e.String()}
+	}()
+	// Type only once echo is off, so that what is typed is never echoed.
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(time.Millisecond) {
+		tio, err := unix.IoctlGetTermios(int(slave.Fd()), unix.TCGETS)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tio.Lflag&unix.ECHO == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the prompt never turned echo off")
+		}
+	}
+	if _, err := master.Write([]byte("typed secret\ntyped secret\n")); err != nil {
+		t.Fatal(err)
+	}
+	var r result
+	select {
+	case r = <-done:
+	case <-time.After(60 * time.Second):
+		t.Fatal("format did not finish")
+	}
+	if r.code != 0 || !strings.Contains(r.errs, "Enter passphrase") || !strings.Contains(r.errs, "Verify passphrase") {
+		t.Fatalf("format at a terminal: %d %q %q", r.code, r.stdout, r.errs)
+	}
+	// Whatever the terminal echoed is in the master's buffer by now.
+	rc, err := master.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var echo []byte
+	rc.Control(func(fd uintptr) {
+		buf := make([]byte, 4096)
+		unix.SetNonblock(int(fd), true)
+		for {
+			n, err := unix.Read(int(fd), buf)
+			if n <= 0 || err != nil {
+				return
+			}
+			echo = append(echo, buf[:n]...)
+		}
+	})
+	if bytes.Contains(echo, []byte("typed")) {
+		t.Fatalf("the passphrase was echoed: %q", echo)
+	}
+	if !luksTestPass(t, img, "typed secret") {
+		t.Fatal("cryptsetup does not accept the typed passphrase")
 	}
 }
