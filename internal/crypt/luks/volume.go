@@ -301,6 +301,7 @@ type OpenOptions struct {
 // Open unlocks the volume with pass and returns the plaintext Device of its
 // data segment, and the keyslot that opened. The Device owns v's device
 // from then on (closing it closes the device); v must not be used after.
+// On error the device stays the caller's.
 func (v *Volume) Open(pass []byte, opt OpenOptions) (blockdev.Device, int, error) {
 	key, slot, err := v.UnlockKey(pass)
 	if err != nil {
@@ -336,7 +337,7 @@ func (v *Volume) OpenWithKey(key []byte, opt OpenOptions) (blockdev.Device, erro
 
 // Open reads the LUKS header of dev and unlocks it with pass (a passphrase,
 // or the bytes of a key file): a shortcut for Load and Volume.Open. The
-// returned Device owns dev.
+// returned Device owns dev; on error dev stays the caller's to close.
 func Open(dev blockdev.Device, pass []byte, opt OpenOptions) (blockdev.Device, error) {
 	v, err := Load(dev)
 	if err != nil {
