@@ -243,8 +243,9 @@ func (d *device) WriteAt(p []byte, off int64) (int, error) {
 }
 
 // WriteZeroes makes [off, off+n) read as zeroes by encrypting and writing
-// zeroes: an encrypted device cannot leave holes that decrypt to zeroes, so
-// mayTrim is ignored and the storage stays allocated.
+// zeroes. mayTrim is ignored and the storage stays allocated: a discard
+// passed down would show whoever holds the storage which ranges are empty,
+// which only Config.AllowDiscards permits (and then Trim does it).
 func (d *device) WriteZeroes(off, n int64, _ bool) error {
 	if _, _, err := d.begin(off, n); err != nil {
 		return err
