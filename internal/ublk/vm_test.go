@@ -79,6 +79,24 @@ want=$(dd if=/tmp/pattern bs=64k skip=16 count=48 2>/dev/null | md5sum)
 got=$(dd if=$DEV bs=64k skip=516 count=48 iflag=direct 2>/dev/null | md5sum)
 [ "$got" = "$want" ] || fail "data after the discarded range changed"
 
+step "parallel O_DIRECT writers and readers on disjoint ranges"
+pids=
+for i in 1 2 3 4 5 6; do
+	dd if=/dev/urandom of=/tmp/par$i bs=64k count=8 2>/dev/null
+	dd if=/tmp/par$i of=$DEV bs=64k seek=$((600 + i * 8)) oflag=direct 2>/dev/null &
+	pids="$pids $!"
+done
+for p in $pids; do wait $p || fail "parallel write"; done
+pids=
+for i in 1 2 3 4 5 6; do
+	(dd if=$DEV bs=64k skip=$((600 + i * 8)) count=8 iflag=direct 2>/dev/null | md5sum >/tmp/got$i) &
+	pids="$pids $!"
+done
+for p in $pids; do wait $p || fail "parallel read"; done
+for i in 1 2 3 4 5 6; do
+	[ "$(cat /tmp/got$i)" = "$(md5sum </tmp/par$i)" ] || fail "parallel range $i differs"
+done
+
 step "mkfs.ext4, mount, write, sync, umount"
 mkfs.ext4 -q -F -E nodiscard $DEV || fail "mkfs.ext4"
 mount -t ext4 $DEV $MNT || fail "mount"
