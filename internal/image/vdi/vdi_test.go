@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"vdisk/internal/image/imagetest"
 
 	"vdisk/internal/blockdev"
 	"vdisk/internal/blockdev/blockdevtest"
@@ -28,8 +29,8 @@ var scattered = []string{
 // TestReadQemuImages reads VDIs qemu-img made (dynamic, static) with data
 // written by qemu-io, and compares them with qemu-img convert -O raw.
 func TestReadQemuImages(t *testing.T) {
-	needTool(t, "qemu-img")
-	needTool(t, "qemu-io")
+	imagetest.NeedTool(t, "qemu-img")
+	imagetest.NeedTool(t, "qemu-io")
 	for _, tc := range []struct{ name, opts, size string }{
 		{"dynamic", "static=off", "8M"},
 		{"dynamic-odd", "static=off", "7777k"},
@@ -37,11 +38,11 @@ func TestReadQemuImages(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := filepath.Join(t.TempDir(), "img.vdi")
-			runCmd(t, "qemu-img", "create", "-q", "-f", "vdi", "-o", tc.opts, p, tc.size)
+			imagetest.Run(t, "qemu-img", "create", "-q", "-f", "vdi", "-o", tc.opts, p, tc.size)
 			for _, c := range scattered {
-				runCmd(t, "qemu-io", "-f", "vdi", "-c", c, p)
+				imagetest.Run(t, "qemu-io", "-f", "vdi", "-c", c, p)
 			}
-			want := qemuRaw(t, p, "vdi")
+			want := imagetest.QemuRaw(t, p, "vdi")
 			if got, err := image.Probe(p); err != nil || got != Name {
 				t.Fatalf("probe: %q, %v", got, err)
 			}
@@ -50,7 +51,7 @@ func TestReadQemuImages(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer d.Close()
-			mustEqual(t, "read", readAll(t, d), want)
+			imagetest.MustEqual(t, "read", imagetest.ReadAll(t, d), want)
 			fa, err := Info(p)
 			if err != nil || fa.VirtualSize != int64(len(want)) || fa.ClusterSize != DefaultBlockSize {
 				t.Errorf("Info: %+v, %v", fa, err)
@@ -63,7 +64,7 @@ func TestReadQemuImages(t *testing.T) {
 // goroutines, zeroes a range, and checks with qemu-img check and compare,
 // and by reopening.
 func TestWriteMatchesQemu(t *testing.T) {
-	needTool(t, "qemu-img")
+	imagetest.NeedTool(t, "qemu-img")
 	for _, tc := range []struct {
 		name string
 		size int64
@@ -77,7 +78,7 @@ func TestWriteMatchesQemu(t *testing.T) {
 			if err := Create(p, image.CreateOptions{Format: Name, Size: tc.size, Options: tc.opts}); err != nil {
 				t.Fatal(err)
 			}
-			runCmd(t, "qemu-img", "check", p)
+			imagetest.Run(t, "qemu-img", "check", p)
 			d, err := Open(p, image.OpenOptions{})
 			if err != nil {
 				t.Fatal(err)
@@ -93,7 +94,7 @@ func TestWriteMatchesQemu(t *testing.T) {
 				go func() {
 					defer wg.Done()
 					sec := blockdev.Section(nopClose{d}, i*q, q)
-					randomWrites(t, sec, ref[i*q:(i+1)*q], uint64(i+1), 40, 300<<10)
+					imagetest.RandomWrites(t, sec, ref[i*q:(i+1)*q], uint64(i+1), 40, 300<<10)
 				}()
 			}
 			wg.Wait()
@@ -104,13 +105,13 @@ func TestWriteMatchesQemu(t *testing.T) {
 			if err := d.Close(); err != nil {
 				t.Fatal(err)
 			}
-			runCmd(t, "qemu-img", "check", p)
-			mustEqual(t, "qemu read", qemuRaw(t, p, "vdi"), ref)
+			imagetest.Run(t, "qemu-img", "check", p)
+			imagetest.MustEqual(t, "qemu read", imagetest.QemuRaw(t, p, "vdi"), ref)
 			refPath := filepath.Join(t.TempDir(), "ref.raw")
 			if err := os.WriteFile(refPath, ref, 0o644); err != nil {
 				t.Fatal(err)
 			}
-			runCmd(t, "qemu-img", "compare", "-f", "vdi", "-F", "raw", p, refPath)
+			imagetest.Run(t, "qemu-img", "compare", "-f", "vdi", "-F", "raw", p, refPath)
 			r, err := Check(p, image.CheckOptions{})
 			if err != nil || !r.Clean() || r.AllocatedClusters == 0 {
 				t.Fatalf("check: %+v, %v", r, err)
@@ -120,7 +121,7 @@ func TestWriteMatchesQemu(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer d2.Close()
-			mustEqual(t, "reopened", readAll(t, d2), ref)
+			imagetest.MustEqual(t, "reopened", imagetest.ReadAll(t, d2), ref)
 		})
 	}
 }
@@ -134,7 +135,7 @@ func (nopClose) Close() error { return nil }
 // never flushed (as a crash would): the image stays consistent, reads the
 // flushed data, and the next allocation reuses the unreferenced space.
 func TestUnflushedAllocation(t *testing.T) {
-	needTool(t, "qemu-img")
+	imagetest.NeedTool(t, "qemu-img")
 	p := filepath.Join(t.TempDir(), "img.vdi")
 	if err := Create(p, image.CreateOptions{Format: Name, Size: 4 << 20}); err != nil {
 		t.Fatal(err)
@@ -154,7 +155,7 @@ func TestUnflushedAllocation(t *testing.T) {
 	}
 	// Simulate the crash: release the file without the final Flush.
 	d.f.Close()
-	runCmd(t, "qemu-img", "check", p)
+	imagetest.Run(t, "qemu-img", "check", p)
 	d, err = Open(p, image.OpenOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -172,7 +173,7 @@ func TestUnflushedAllocation(t *testing.T) {
 	if err := d.Close(); err != nil {
 		t.Fatal(err)
 	}
-	runCmd(t, "qemu-img", "check", p)
+	imagetest.Run(t, "qemu-img", "check", p)
 	if st, _ := os.Stat(p); st.Size() != 0x400+2<<20 {
 		t.Errorf("file of %d bytes: the unreferenced block was not reused", st.Size())
 	}

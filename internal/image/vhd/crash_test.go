@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"path/filepath"
 	"testing"
+	"vdisk/internal/image/imagetest"
 
 	"vdisk/internal/image"
 )
@@ -14,7 +15,7 @@ import (
 // stays consistent, the flushed data survives, and the lost block reads as
 // zeroes.
 func TestUnflushedAllocation(t *testing.T) {
-	needTool(t, "qemu-img")
+	imagetest.NeedTool(t, "qemu-img")
 	p := filepath.Join(t.TempDir(), "img.vhd")
 	if err := Create(p, image.CreateOptions{Format: Name, Size: 8 << 20, ClusterSize: 1 << 20, Options: map[string]string{"force_size": "on"}}); err != nil {
 		t.Fatal(err)
@@ -36,12 +37,12 @@ func TestUnflushedAllocation(t *testing.T) {
 	d.f.Close() // the crash: no Flush
 	ref := make([]byte, 8<<20)
 	copy(ref[1<<20:], kept)
-	mustEqual(t, "qemu after the crash", qemuRaw(t, p, "vpc"), ref)
+	imagetest.MustEqual(t, "qemu after the crash", imagetest.QemuRaw(t, p, "vpc"), ref)
 	d2, err := Open(p, image.OpenOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	mustEqual(t, "vdisk after the crash", readAll(t, d2), ref)
+	imagetest.MustEqual(t, "vdisk after the crash", imagetest.ReadAll(t, d2), ref)
 	if _, err := d2.WriteAt([]byte("again"), 6<<20); err != nil {
 		t.Fatal(err)
 	}
@@ -49,6 +50,6 @@ func TestUnflushedAllocation(t *testing.T) {
 	if err := d2.Close(); err != nil {
 		t.Fatal(err)
 	}
-	mustEqual(t, "qemu after more writes", qemuRaw(t, p, "vpc"), ref)
+	imagetest.MustEqual(t, "qemu after more writes", imagetest.QemuRaw(t, p, "vpc"), ref)
 	checkClean(t, p)
 }

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"vdisk/internal/image/imagetest"
 
 	"vdisk/internal/image"
 )
@@ -16,15 +17,15 @@ import (
 // the writes, that the parent is unchanged, and that the child's own layer
 // (NoBacking) is what qemu-img, which ignores parents, reads from it.
 func TestDifferencing(t *testing.T) {
-	needTool(t, "qemu-img")
-	needTool(t, "qemu-io")
+	imagetest.NeedTool(t, "qemu-img")
+	imagetest.NeedTool(t, "qemu-io")
 	dir := t.TempDir()
 	base := filepath.Join(dir, "base.vhd")
-	runCmd(t, "qemu-img", "create", "-q", "-f", "vpc", base, "8M")
+	imagetest.Run(t, "qemu-img", "create", "-q", "-f", "vpc", base, "8M")
 	for _, c := range scattered {
-		runCmd(t, "qemu-io", "-f", "vpc", "-c", c, base)
+		imagetest.Run(t, "qemu-io", "-f", "vpc", "-c", c, base)
 	}
-	baseRaw := qemuRaw(t, base, "vpc")
+	baseRaw := imagetest.QemuRaw(t, base, "vpc")
 	sub := filepath.Join(dir, "sub")
 	if err := os.Mkdir(sub, 0o755); err != nil {
 		t.Fatal(err)
@@ -41,7 +42,7 @@ func TestDifferencing(t *testing.T) {
 		t.Fatalf("child size %d, parent %d", d.Size(), len(baseRaw))
 	}
 	ref := bytes.Clone(baseRaw)
-	mustEqual(t, "fresh child", readAll(t, d), ref)
+	imagetest.MustEqual(t, "fresh child", imagetest.ReadAll(t, d), ref)
 	layer := make([]byte, len(ref)) // the child's own sectors, as qemu sees them
 	for _, w := range []struct {
 		off int64
@@ -56,17 +57,17 @@ func TestDifferencing(t *testing.T) {
 		lo, hi := w.off&^511, (w.off+int64(w.n)+511)&^511
 		copy(layer[lo:hi], ref[lo:hi])
 	}
-	randomWrites(t, d, ref, 5, 10, 100<<10)
-	mustEqual(t, "written child", readAll(t, d), ref)
+	imagetest.RandomWrites(t, d, ref, 5, 10, 100<<10)
+	imagetest.MustEqual(t, "written child", imagetest.ReadAll(t, d), ref)
 	if err := d.Close(); err != nil {
 		t.Fatal(err)
 	}
-	mustEqual(t, "parent after child writes", qemuRaw(t, base, "vpc"), baseRaw)
+	imagetest.MustEqual(t, "parent after child writes", imagetest.QemuRaw(t, base, "vpc"), baseRaw)
 	d, err = Open(child, image.OpenOptions{ReadOnly: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	mustEqual(t, "reopened child", readAll(t, d), ref)
+	imagetest.MustEqual(t, "reopened child", imagetest.ReadAll(t, d), ref)
 	d.Close()
 	fa, err := Info(child)
 	if err != nil {
@@ -84,7 +85,7 @@ func TestDifferencing(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer d.Close()
-		mustEqual(t, "child layer", readAll(t, d), qemuRaw(t, child, "vpc"))
+		imagetest.MustEqual(t, "child layer", imagetest.ReadAll(t, d), imagetest.QemuRaw(t, child, "vpc"))
 	})
 	t.Run("backing-dir-refuses", func(t *testing.T) {
 		_, err := Open(child, image.OpenOptions{ReadOnly: true, BackingDir: sub})
@@ -105,7 +106,7 @@ func TestDifferencing(t *testing.T) {
 	t.Run("loop", func(t *testing.T) {
 		dir2 := t.TempDir()
 		a := filepath.Join(dir2, "a.vhd")
-		runCmd(t, "qemu-img", "create", "-q", "-f", "vpc", a, "1M")
+		imagetest.Run(t, "qemu-img", "create", "-q", "-f", "vpc", a, "1M")
 		b := filepath.Join(dir2, "b.vhd")
 		if err := Create(b, image.CreateOptions{Format: Name, BackingFile: "a.vhd"}); err != nil {
 			t.Fatal(err)

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"testing"
+	"vdisk/internal/image/imagetest"
 
 	"vdisk/internal/image"
 )
@@ -23,8 +24,8 @@ var scattered = []string{
 // sizes that are and are not whole geometries) with data written by
 // qemu-io, and compares them byte for byte with qemu-img convert -O raw.
 func TestReadQemuImages(t *testing.T) {
-	needTool(t, "qemu-img")
-	needTool(t, "qemu-io")
+	imagetest.NeedTool(t, "qemu-img")
+	imagetest.NeedTool(t, "qemu-io")
 	tests := []struct {
 		name string
 		opts string
@@ -39,17 +40,17 @@ func TestReadQemuImages(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			p := filepath.Join(t.TempDir(), "img.vhd")
-			runCmd(t, "qemu-img", "create", "-q", "-f", "vpc", "-o", tc.opts, p, tc.size)
+			imagetest.Run(t, "qemu-img", "create", "-q", "-f", "vpc", "-o", tc.opts, p, tc.size)
 			for _, c := range scattered {
-				runCmd(t, "qemu-io", "-f", "vpc", "-c", c, p)
+				imagetest.Run(t, "qemu-io", "-f", "vpc", "-c", c, p)
 			}
-			want := qemuRaw(t, p, "vpc")
+			want := imagetest.QemuRaw(t, p, "vpc")
 			d, err := Open(p, image.OpenOptions{ReadOnly: true})
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer d.Close()
-			mustEqual(t, "read", readAll(t, d), want)
+			imagetest.MustEqual(t, "read", imagetest.ReadAll(t, d), want)
 			fa, err := Info(p)
 			if err != nil {
 				t.Fatal(err)
@@ -64,11 +65,11 @@ func TestReadQemuImages(t *testing.T) {
 // TestProbe checks that dynamic disks probe as vhd and fixed ones (whose
 // only footer is at the end, as in qemu) as raw.
 func TestProbe(t *testing.T) {
-	needTool(t, "qemu-img")
+	imagetest.NeedTool(t, "qemu-img")
 	dir := t.TempDir()
 	for _, tc := range []struct{ sub, want string }{{"dynamic", Name}, {"fixed", image.Raw}} {
 		p := filepath.Join(dir, tc.sub+".vhd")
-		runCmd(t, "qemu-img", "create", "-q", "-f", "vpc", "-o", "subformat="+tc.sub, p, "1M")
+		imagetest.Run(t, "qemu-img", "create", "-q", "-f", "vpc", "-o", "subformat="+tc.sub, p, "1M")
 		got, err := image.Probe(p)
 		if err != nil {
 			t.Fatal(err)

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"vdisk/internal/image/imagetest"
 
 	"vdisk/internal/blockdev"
 	"vdisk/internal/blockdev/blockdevtest"
@@ -17,7 +18,7 @@ import (
 // disjoint quarters, zeroes and trims, and checks that qemu-img reads
 // exactly what was written, before and after a reopen.
 func TestWriteMatchesQemu(t *testing.T) {
-	needTool(t, "qemu-img")
+	imagetest.NeedTool(t, "qemu-img")
 	tests := []struct {
 		name string
 		size int64
@@ -53,7 +54,7 @@ func TestWriteMatchesQemu(t *testing.T) {
 				go func() {
 					defer wg.Done()
 					sec := blockdev.Section(nopClose{d}, i*q, q)
-					randomWrites(t, sec, ref[i*q:(i+1)*q], uint64(i+1), 40, 300<<10)
+					imagetest.RandomWrites(t, sec, ref[i*q:(i+1)*q], uint64(i+1), 40, 300<<10)
 				}()
 			}
 			wg.Wait()
@@ -64,12 +65,12 @@ func TestWriteMatchesQemu(t *testing.T) {
 			if err := d.Close(); err != nil {
 				t.Fatal(err)
 			}
-			mustEqual(t, "qemu read", qemuRaw(t, p, "vpc"), ref)
+			imagetest.MustEqual(t, "qemu read", imagetest.QemuRaw(t, p, "vpc"), ref)
 			refPath := filepath.Join(t.TempDir(), "ref.raw")
 			if err := os.WriteFile(refPath, ref, 0o644); err != nil {
 				t.Fatal(err)
 			}
-			runCmd(t, "qemu-img", "compare", "-f", "vpc", "-F", "raw", p, refPath)
+			imagetest.Run(t, "qemu-img", "compare", "-f", "vpc", "-F", "raw", p, refPath)
 			r := checkClean(t, p)
 			if tc.opts["subformat"] != "fixed" && r.AllocatedClusters == 0 {
 				t.Errorf("check found no allocated blocks")
@@ -79,7 +80,7 @@ func TestWriteMatchesQemu(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer d2.Close()
-			mustEqual(t, "reopened", readAll(t, d2), ref)
+			imagetest.MustEqual(t, "reopened", imagetest.ReadAll(t, d2), ref)
 		})
 	}
 }
@@ -105,14 +106,14 @@ func (nopClose) Close() error { return nil }
 // TestCreateReadByQemu checks what qemu-img info says about images vdisk
 // created, and that it reads data vdisk wrote in them.
 func TestCreateReadByQemu(t *testing.T) {
-	needTool(t, "qemu-img")
+	imagetest.NeedTool(t, "qemu-img")
 	for _, sub := range []string{"dynamic", "fixed"} {
 		t.Run(sub, func(t *testing.T) {
 			p := filepath.Join(t.TempDir(), "img.vhd")
 			if err := Create(p, image.CreateOptions{Format: Name, Size: 10 << 20, Options: map[string]string{"subformat": sub}}); err != nil {
 				t.Fatal(err)
 			}
-			out := runCmd(t, "qemu-img", "info", "-f", "vpc", p)
+			out := imagetest.Run(t, "qemu-img", "info", "-f", "vpc", p)
 			// qemu rounds 10 MiB up to the geometry 302/4/17.
 			if !strings.Contains(out, "(10514432 bytes)") {
 				t.Fatalf("qemu-img info:\n%s", out)
@@ -125,11 +126,11 @@ func TestCreateReadByQemu(t *testing.T) {
 				t.Fatal(err)
 			}
 			ref := make([]byte, d.Size())
-			randomWrites(t, d, ref, 3, 30, 1<<20)
+			imagetest.RandomWrites(t, d, ref, 3, 30, 1<<20)
 			if err := d.Close(); err != nil {
 				t.Fatal(err)
 			}
-			mustEqual(t, "qemu read", qemuRaw(t, p, "vpc"), ref)
+			imagetest.MustEqual(t, "qemu read", imagetest.QemuRaw(t, p, "vpc"), ref)
 		})
 	}
 }
@@ -168,7 +169,7 @@ func TestConformance(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			randomWrites(t, bd, make([]byte, size), 9, 20, 64<<10)
+			imagetest.RandomWrites(t, bd, make([]byte, size), 9, 20, 64<<10)
 			if err := bd.Close(); err != nil {
 				t.Fatal(err)
 			}

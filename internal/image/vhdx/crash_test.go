@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"path/filepath"
 	"testing"
+	"vdisk/internal/image/imagetest"
 
 	"vdisk/internal/image"
 )
@@ -14,7 +15,7 @@ import (
 // consistent, the flushed data survives, and the lost block reads as
 // zeroes.
 func TestUnflushedAllocation(t *testing.T) {
-	needTool(t, "qemu-img")
+	imagetest.NeedTool(t, "qemu-img")
 	p := filepath.Join(t.TempDir(), "img.vhdx")
 	if err := Create(p, image.CreateOptions{Format: Name, Size: 8 << 20, ClusterSize: mib}); err != nil {
 		t.Fatal(err)
@@ -34,15 +35,15 @@ func TestUnflushedAllocation(t *testing.T) {
 		t.Fatal(err)
 	}
 	d.f.Close() // the crash: no Flush
-	runCmd(t, "qemu-img", "check", p)
+	imagetest.Run(t, "qemu-img", "check", p)
 	ref := make([]byte, 8<<20)
 	copy(ref[mib:], kept)
-	mustEqual(t, "qemu after the crash", qemuRaw(t, p, "vhdx"), ref)
+	imagetest.MustEqual(t, "qemu after the crash", imagetest.QemuRaw(t, p, "vhdx"), ref)
 	d2, err := Open(p, image.OpenOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	mustEqual(t, "vdisk after the crash", readAll(t, d2), ref)
+	imagetest.MustEqual(t, "vdisk after the crash", imagetest.ReadAll(t, d2), ref)
 	if _, err := d2.WriteAt([]byte("again"), 6*mib); err != nil {
 		t.Fatal(err)
 	}
@@ -50,6 +51,6 @@ func TestUnflushedAllocation(t *testing.T) {
 	if err := d2.Close(); err != nil {
 		t.Fatal(err)
 	}
-	runCmd(t, "qemu-img", "check", p)
-	mustEqual(t, "qemu after more writes", qemuRaw(t, p, "vhdx"), ref)
+	imagetest.Run(t, "qemu-img", "check", p)
+	imagetest.MustEqual(t, "qemu after more writes", imagetest.QemuRaw(t, p, "vhdx"), ref)
 }

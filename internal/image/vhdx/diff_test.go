@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+	"vdisk/internal/image/imagetest"
 
 	"vdisk/internal/blockdev"
 	"vdisk/internal/blockdev/blockdevtest"
@@ -110,7 +111,7 @@ func TestDifferencingRead(t *testing.T) {
 		t.Fatal(err)
 	}
 	parentRaw := make([]byte, size)
-	randomWrites(t, pd, parentRaw, 31, 30, 400<<10)
+	imagetest.RandomWrites(t, pd, parentRaw, 31, 30, 400<<10)
 	if err := pd.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -120,7 +121,7 @@ func TestDifferencingRead(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	mustEqual(t, "child", readAll(t, d), want)
+	imagetest.MustEqual(t, "child", imagetest.ReadAll(t, d), want)
 	ext, err := d.Extents(0, size)
 	if err != nil {
 		t.Fatal(err)
@@ -149,9 +150,9 @@ func TestDifferencingRead(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got := readAll(t, nb)
+	got := imagetest.ReadAll(t, nb)
 	nb.Close()
-	mustEqual(t, "child block 2 without its parent", got[2*mib:3*mib], want[2*mib:3*mib])
+	imagetest.MustEqual(t, "child block 2 without its parent", got[2*mib:3*mib], want[2*mib:3*mib])
 	if !blockdev.IsZero(got[5*mib:]) || !blockdev.IsZero(got[:1024]) {
 		t.Error("unallocated sectors read non-zero without the parent")
 	}
@@ -174,7 +175,7 @@ func TestDifferencingRead(t *testing.T) {
 // parent is unchanged, and that a crash before Flush keeps what was
 // flushed.
 func TestDifferencingWrite(t *testing.T) {
-	needTool(t, "qemu-img")
+	imagetest.NeedTool(t, "qemu-img")
 	dir := t.TempDir()
 	parent := filepath.Join(dir, "parent.vhdx")
 	const size = 9 << 20
@@ -186,7 +187,7 @@ func TestDifferencingWrite(t *testing.T) {
 		t.Fatal(err)
 	}
 	parentRaw := make([]byte, size)
-	randomWrites(t, pd, parentRaw, 41, 30, 400<<10)
+	imagetest.RandomWrites(t, pd, parentRaw, 41, 30, 400<<10)
 	if err := pd.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -205,14 +206,14 @@ func TestDifferencingWrite(t *testing.T) {
 		t.Fatal(err)
 	}
 	ref := append([]byte(nil), parentRaw...)
-	mustEqual(t, "fresh child", readAll(t, d), ref)
+	imagetest.MustEqual(t, "fresh child", imagetest.ReadAll(t, d), ref)
 	q := int64(size) / 4
 	var wg sync.WaitGroup
 	for i := range int64(4) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			randomWrites(t, blockdev.Section(nopClose{d}, i*q, q), ref[i*q:(i+1)*q], uint64(50+i), 30, 200<<10)
+			imagetest.RandomWrites(t, blockdev.Section(nopClose{d}, i*q, q), ref[i*q:(i+1)*q], uint64(50+i), 30, 200<<10)
 		}()
 	}
 	wg.Wait()
@@ -220,7 +221,7 @@ func TestDifferencingWrite(t *testing.T) {
 		t.Fatal(err)
 	}
 	clear(ref[3<<20+1000 : 4<<20+1000])
-	mustEqual(t, "written child", readAll(t, d), ref)
+	imagetest.MustEqual(t, "written child", imagetest.ReadAll(t, d), ref)
 	if err := d.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -228,9 +229,9 @@ func TestDifferencingWrite(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	mustEqual(t, "reopened child", readAll(t, d), ref)
+	imagetest.MustEqual(t, "reopened child", imagetest.ReadAll(t, d), ref)
 	d.Close()
-	mustEqual(t, "parent untouched", qemuRaw(t, parent, "vhdx"), parentRaw)
+	imagetest.MustEqual(t, "parent untouched", imagetest.QemuRaw(t, parent, "vhdx"), parentRaw)
 	if r, err := Check(child, image.CheckOptions{}); err != nil || !r.Clean() {
 		t.Fatalf("Check %+v, %v", r, err)
 	}
@@ -262,7 +263,7 @@ func TestDifferencingWrite(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer d.Close()
-	mustEqual(t, "after the crash", readAll(t, d), want)
+	imagetest.MustEqual(t, "after the crash", imagetest.ReadAll(t, d), want)
 	if r, err := Check(crash, image.CheckOptions{}); err != nil || !r.Clean() {
 		t.Fatalf("Check after the crash %+v, %v", r, err)
 	}
@@ -281,7 +282,7 @@ func TestDifferencingConformance(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		randomWrites(t, pd, make([]byte, size), 61, 20, 64<<10)
+		imagetest.RandomWrites(t, pd, make([]byte, size), 61, 20, 64<<10)
 		if err := pd.Close(); err != nil {
 			t.Fatal(err)
 		}

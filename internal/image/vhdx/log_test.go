@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"vdisk/internal/image/imagetest"
 
 	"vdisk/internal/image"
 )
@@ -19,7 +20,7 @@ import (
 // is what the log says. A torn second entry (bad checksum) leaves only the
 // first applied.
 func TestLogReplay(t *testing.T) {
-	needTool(t, "qemu-img")
+	imagetest.NeedTool(t, "qemu-img")
 	for _, tc := range []struct {
 		name string
 		torn bool
@@ -36,7 +37,7 @@ func TestLogReplay(t *testing.T) {
 				t.Fatal(err)
 			}
 			ref := make([]byte, 9<<20)
-			randomWrites(t, blockdev0(d), ref, 21, 10, 200<<10)
+			imagetest.RandomWrites(t, blockdev0(d), ref, 21, 10, 200<<10)
 			for _, off := range []int64{0, 3 << 20} { // make sure blocks 0 and 3 exist
 				if _, err := d.WriteAt([]byte{0x5a}, off+7); err != nil {
 					t.Fatal(err)
@@ -105,23 +106,23 @@ func TestLogReplay(t *testing.T) {
 			cp := filepath.Join(dir, "copy.vhdx")
 			data, _ := os.ReadFile(p)
 			os.WriteFile(cp, data, 0o644)
-			runCmd(t, "qemu-img", "check", "-r", "all", cp)
-			qemu := qemuRaw(t, cp, "vhdx")
-			mustEqual(t, "qemu's replay", qemu, want)
+			imagetest.Run(t, "qemu-img", "check", "-r", "all", cp)
+			qemu := imagetest.QemuRaw(t, cp, "vhdx")
+			imagetest.MustEqual(t, "qemu's replay", qemu, want)
 
 			d, err = Open(p, image.OpenOptions{})
 			if err != nil {
 				t.Fatal(err)
 			}
-			mustEqual(t, "vdisk's replay", readAll(t, d), want)
+			imagetest.MustEqual(t, "vdisk's replay", imagetest.ReadAll(t, d), want)
 			if err := d.Close(); err != nil {
 				t.Fatal(err)
 			}
 			if fa, err := Info(p); err != nil || fa.Dirty {
 				t.Fatalf("Info after replay: %+v, %v", fa, err)
 			}
-			runCmd(t, "qemu-img", "check", p)
-			mustEqual(t, "qemu after vdisk's replay", qemuRaw(t, p, "vhdx"), want)
+			imagetest.Run(t, "qemu-img", "check", p)
+			imagetest.MustEqual(t, "qemu after vdisk's replay", imagetest.QemuRaw(t, p, "vhdx"), want)
 		})
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+	"vdisk/internal/image/imagetest"
 
 	"vdisk/internal/blockdev"
 	"vdisk/internal/blockdev/blockdevtest"
@@ -26,8 +27,8 @@ var scattered = []string{
 // sizes, fixed, 4 KiB logical sectors) with data written by qemu-io, and
 // compares them with qemu-img convert -O raw.
 func TestReadQemuImages(t *testing.T) {
-	needTool(t, "qemu-img")
-	needTool(t, "qemu-io")
+	imagetest.NeedTool(t, "qemu-img")
+	imagetest.NeedTool(t, "qemu-io")
 	for _, tc := range []struct{ name, opts string }{
 		{"dynamic-1M", "subformat=dynamic,block_size=1M"},
 		{"dynamic-8M", "subformat=dynamic,block_size=8M"},
@@ -37,11 +38,11 @@ func TestReadQemuImages(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := filepath.Join(t.TempDir(), "img.vhdx")
-			runCmd(t, "qemu-img", "create", "-q", "-f", "vhdx", "-o", tc.opts, p, "9M")
+			imagetest.Run(t, "qemu-img", "create", "-q", "-f", "vhdx", "-o", tc.opts, p, "9M")
 			for _, c := range scattered {
-				runCmd(t, "qemu-io", "-f", "vhdx", "-c", c, p)
+				imagetest.Run(t, "qemu-io", "-f", "vhdx", "-c", c, p)
 			}
-			want := qemuRaw(t, p, "vhdx")
+			want := imagetest.QemuRaw(t, p, "vhdx")
 			if got, err := image.Probe(p); err != nil || got != Name {
 				t.Fatalf("probe: %q, %v", got, err)
 			}
@@ -50,7 +51,7 @@ func TestReadQemuImages(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer d.Close()
-			mustEqual(t, "read", readAll(t, d), want)
+			imagetest.MustEqual(t, "read", imagetest.ReadAll(t, d), want)
 			fa, err := Info(p)
 			if err != nil || fa.VirtualSize != int64(len(want)) || fa.Dirty {
 				t.Fatalf("Info: %+v, %v", fa, err)
@@ -72,7 +73,7 @@ func (nopClose) Close() error { return nil }
 // goroutines, zeroes a range, and checks with qemu-img check and compare,
 // and by reopening.
 func TestWriteMatchesQemu(t *testing.T) {
-	needTool(t, "qemu-img")
+	imagetest.NeedTool(t, "qemu-img")
 	for _, tc := range []struct {
 		name    string
 		cs      int64
@@ -89,11 +90,11 @@ func TestWriteMatchesQemu(t *testing.T) {
 			p := filepath.Join(t.TempDir(), "img.vhdx")
 			const size = 9 << 20
 			if tc.qemuOpt != "" {
-				runCmd(t, "qemu-img", "create", "-q", "-f", "vhdx", "-o", tc.qemuOpt, p, "9M")
+				imagetest.Run(t, "qemu-img", "create", "-q", "-f", "vhdx", "-o", tc.qemuOpt, p, "9M")
 			} else if err := Create(p, image.CreateOptions{Format: Name, Size: size, ClusterSize: tc.cs, Options: tc.opts}); err != nil {
 				t.Fatal(err)
 			}
-			runCmd(t, "qemu-img", "check", p)
+			imagetest.Run(t, "qemu-img", "check", p)
 			d, err := Open(p, image.OpenOptions{})
 			if err != nil {
 				t.Fatal(err)
@@ -108,7 +109,7 @@ func TestWriteMatchesQemu(t *testing.T) {
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
-					randomWrites(t, blockdev.Section(nopClose{d}, i*q, q), ref[i*q:(i+1)*q], uint64(i+1), 40, 300<<10)
+					imagetest.RandomWrites(t, blockdev.Section(nopClose{d}, i*q, q), ref[i*q:(i+1)*q], uint64(i+1), 40, 300<<10)
 				}()
 			}
 			wg.Wait()
@@ -119,19 +120,19 @@ func TestWriteMatchesQemu(t *testing.T) {
 			if err := d.Close(); err != nil {
 				t.Fatal(err)
 			}
-			runCmd(t, "qemu-img", "check", p)
-			mustEqual(t, "qemu read", qemuRaw(t, p, "vhdx"), ref)
+			imagetest.Run(t, "qemu-img", "check", p)
+			imagetest.MustEqual(t, "qemu read", imagetest.QemuRaw(t, p, "vhdx"), ref)
 			refPath := filepath.Join(t.TempDir(), "ref.raw")
 			if err := os.WriteFile(refPath, ref, 0o644); err != nil {
 				t.Fatal(err)
 			}
-			runCmd(t, "qemu-img", "compare", "-f", "vhdx", "-F", "raw", p, refPath)
+			imagetest.Run(t, "qemu-img", "compare", "-f", "vhdx", "-F", "raw", p, refPath)
 			d2, err := Open(p, image.OpenOptions{ReadOnly: true})
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer d2.Close()
-			mustEqual(t, "reopened", readAll(t, d2), ref)
+			imagetest.MustEqual(t, "reopened", imagetest.ReadAll(t, d2), ref)
 		})
 	}
 }

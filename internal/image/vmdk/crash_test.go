@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"path/filepath"
 	"testing"
+	"vdisk/internal/image/imagetest"
 
 	"vdisk/internal/image"
 )
@@ -14,7 +15,7 @@ import (
 // qemu-img check finds the image consistent, the flushed data survives,
 // and the lost grain reads as zeroes.
 func TestUnflushedAllocation(t *testing.T) {
-	needTool(t, "qemu-img")
+	imagetest.NeedTool(t, "qemu-img")
 	for _, sub := range []string{MonolithicSparse, TwoGbMaxExtentSparse} {
 		t.Run(sub, func(t *testing.T) {
 			p := filepath.Join(t.TempDir(), "img.vmdk")
@@ -36,15 +37,15 @@ func TestUnflushedAllocation(t *testing.T) {
 				t.Fatal(err)
 			}
 			d.release() // the crash: no Flush
-			runCmd(t, "qemu-img", "check", p)
+			imagetest.Run(t, "qemu-img", "check", p)
 			ref := make([]byte, 8<<20)
 			copy(ref[1<<20:], kept)
-			mustEqual(t, "qemu after the crash", qemuRaw(t, p, "vmdk"), ref)
+			imagetest.MustEqual(t, "qemu after the crash", imagetest.QemuRaw(t, p, "vmdk"), ref)
 			d2, err := Open(p, image.OpenOptions{})
 			if err != nil {
 				t.Fatal(err)
 			}
-			mustEqual(t, "vdisk after the crash", readAll(t, d2), ref)
+			imagetest.MustEqual(t, "vdisk after the crash", imagetest.ReadAll(t, d2), ref)
 			if _, err := d2.WriteAt([]byte("again"), 6<<20); err != nil {
 				t.Fatal(err)
 			}
@@ -52,8 +53,8 @@ func TestUnflushedAllocation(t *testing.T) {
 			if err := d2.Close(); err != nil {
 				t.Fatal(err)
 			}
-			runCmd(t, "qemu-img", "check", p)
-			mustEqual(t, "qemu after more writes", qemuRaw(t, p, "vmdk"), ref)
+			imagetest.Run(t, "qemu-img", "check", p)
+			imagetest.MustEqual(t, "qemu after more writes", imagetest.QemuRaw(t, p, "vmdk"), ref)
 		})
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"vdisk/internal/image/imagetest"
 
 	"vdisk/internal/blockdev"
 	"vdisk/internal/image"
@@ -25,8 +26,8 @@ var scattered = []string{
 // data written by qemu-io, and compares them byte for byte with qemu-img
 // convert -O raw.
 func TestReadQemuImages(t *testing.T) {
-	needTool(t, "qemu-img")
-	needTool(t, "qemu-io")
+	imagetest.NeedTool(t, "qemu-img")
+	imagetest.NeedTool(t, "qemu-io")
 	tests := []struct{ name, opts string }{
 		{"monolithicSparse", "subformat=monolithicSparse"},
 		{"monolithicSparse-zeroed-grain", "subformat=monolithicSparse,zeroed_grain=on"},
@@ -37,9 +38,9 @@ func TestReadQemuImages(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			p := filepath.Join(t.TempDir(), "img.vmdk")
-			runCmd(t, "qemu-img", "create", "-q", "-f", "vmdk", "-o", tc.opts, p, "8M")
+			imagetest.Run(t, "qemu-img", "create", "-q", "-f", "vmdk", "-o", tc.opts, p, "8M")
 			for _, c := range scattered {
-				runCmd(t, "qemu-io", "-f", "vmdk", "-c", c, p)
+				imagetest.Run(t, "qemu-io", "-f", "vmdk", "-c", c, p)
 			}
 			compareWithQemu(t, p)
 		})
@@ -47,12 +48,12 @@ func TestReadQemuImages(t *testing.T) {
 	t.Run("streamOptimized", func(t *testing.T) {
 		dir := t.TempDir()
 		src := filepath.Join(dir, "src.vmdk")
-		runCmd(t, "qemu-img", "create", "-q", "-f", "vmdk", src, "8M")
+		imagetest.Run(t, "qemu-img", "create", "-q", "-f", "vmdk", src, "8M")
 		for _, c := range scattered {
-			runCmd(t, "qemu-io", "-f", "vmdk", "-c", c, src)
+			imagetest.Run(t, "qemu-io", "-f", "vmdk", "-c", c, src)
 		}
 		p := filepath.Join(dir, "img.vmdk")
-		runCmd(t, "qemu-img", "convert", "-O", "vmdk", "-o", "subformat=streamOptimized", src, p)
+		imagetest.Run(t, "qemu-img", "convert", "-O", "vmdk", "-o", "subformat=streamOptimized", src, p)
 		compareWithQemu(t, p)
 		if _, err := Open(p, image.OpenOptions{}); err == nil {
 			t.Fatal("a stream-optimized image opened read-write")
@@ -64,7 +65,7 @@ func TestReadQemuImages(t *testing.T) {
 // view, and checks Info and Check.
 func compareWithQemu(t *testing.T, p string) {
 	t.Helper()
-	want := qemuRaw(t, p, "vmdk")
+	want := imagetest.QemuRaw(t, p, "vmdk")
 	if got, err := image.Probe(p); err != nil || got != Name {
 		t.Fatalf("probe: %q, %v", got, err)
 	}
@@ -73,7 +74,7 @@ func compareWithQemu(t *testing.T, p string) {
 		t.Fatal(err)
 	}
 	defer d.Close()
-	mustEqual(t, "read", readAll(t, d), want)
+	imagetest.MustEqual(t, "read", imagetest.ReadAll(t, d), want)
 	fa, err := Info(p)
 	if err != nil || fa.VirtualSize != int64(len(want)) {
 		t.Fatalf("Info: %+v, %v", fa, err)
@@ -102,7 +103,7 @@ var bigWrites = []string{
 func compareWindows(t *testing.T, p string, d blockdev.Device) {
 	t.Helper()
 	raw := filepath.Join(t.TempDir(), "ref.raw")
-	runCmd(t, "qemu-img", "convert", "-f", "vmdk", "-O", "raw", p, raw)
+	imagetest.Run(t, "qemu-img", "convert", "-f", "vmdk", "-O", "raw", p, raw)
 	rf, err := os.Open(raw)
 	if err != nil {
 		t.Fatal(err)
@@ -116,21 +117,21 @@ func compareWindows(t *testing.T, p string, d blockdev.Device) {
 		if _, err := rf.ReadAt(want, w.off); err != nil {
 			t.Fatal(err)
 		}
-		mustEqual(t, fmt.Sprintf("window at %d", w.off), got, want)
+		imagetest.MustEqual(t, fmt.Sprintf("window at %d", w.off), got, want)
 	}
 }
 
 // TestReadTwoGbExtents reads 4.5 GiB split images (three extents) qemu
 // made, with writes across the extent boundaries.
 func TestReadTwoGbExtents(t *testing.T) {
-	needTool(t, "qemu-img")
-	needTool(t, "qemu-io")
+	imagetest.NeedTool(t, "qemu-img")
+	imagetest.NeedTool(t, "qemu-io")
 	for _, sub := range []string{"twoGbMaxExtentSparse", "twoGbMaxExtentFlat"} {
 		t.Run(sub, func(t *testing.T) {
 			p := filepath.Join(t.TempDir(), "big.vmdk")
-			runCmd(t, "qemu-img", "create", "-q", "-f", "vmdk", "-o", "subformat="+sub, p, "4608M")
+			imagetest.Run(t, "qemu-img", "create", "-q", "-f", "vmdk", "-o", "subformat="+sub, p, "4608M")
 			for _, c := range bigWrites {
-				runCmd(t, "qemu-io", "-f", "vmdk", "-c", c, p)
+				imagetest.Run(t, "qemu-io", "-f", "vmdk", "-c", c, p)
 			}
 			d, err := Open(p, image.OpenOptions{ReadOnly: true})
 			if err != nil {
@@ -148,17 +149,17 @@ func TestReadTwoGbExtents(t *testing.T) {
 // TestReadBacking reads a chain qemu made: a monolithicSparse parent and
 // a child naming it with parentFileNameHint.
 func TestReadBacking(t *testing.T) {
-	needTool(t, "qemu-img")
-	needTool(t, "qemu-io")
+	imagetest.NeedTool(t, "qemu-img")
+	imagetest.NeedTool(t, "qemu-io")
 	dir := t.TempDir()
 	base := filepath.Join(dir, "base.vmdk")
-	runCmd(t, "qemu-img", "create", "-q", "-f", "vmdk", base, "8M")
+	imagetest.Run(t, "qemu-img", "create", "-q", "-f", "vmdk", base, "8M")
 	for _, c := range scattered {
-		runCmd(t, "qemu-io", "-f", "vmdk", "-c", c, base)
+		imagetest.Run(t, "qemu-io", "-f", "vmdk", "-c", c, base)
 	}
 	child := filepath.Join(dir, "child.vmdk")
-	runCmd(t, "qemu-img", "create", "-q", "-f", "vmdk", "-b", "base.vmdk", "-F", "vmdk", child)
-	runCmd(t, "qemu-io", "-f", "vmdk", "-c", "write -P 0x77 1000 100", "-c", "write -P 0x78 5100k 200k", child)
+	imagetest.Run(t, "qemu-img", "create", "-q", "-f", "vmdk", "-b", "base.vmdk", "-F", "vmdk", child)
+	imagetest.Run(t, "qemu-io", "-f", "vmdk", "-c", "write -P 0x77 1000 100", "-c", "write -P 0x78 5100k 200k", child)
 	compareWithQemu(t, child)
 	fa, err := Info(child)
 	if err != nil || fa.BackingFile != "base.vmdk" {

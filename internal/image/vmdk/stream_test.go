@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"vdisk/internal/image/imagetest"
 
 	"vdisk/internal/blockdev"
 	"vdisk/internal/image"
@@ -18,7 +19,7 @@ import (
 // source with data, zero runs and holes, and checks them with qemu-img
 // check and compare, and with Open.
 func TestWriteStreamOptimized(t *testing.T) {
-	needTool(t, "qemu-img")
+	imagetest.NeedTool(t, "qemu-img")
 	for _, tc := range []struct {
 		name  string
 		size  int64
@@ -49,10 +50,10 @@ func TestWriteStreamOptimized(t *testing.T) {
 			if err := WriteStreamOptimized(p, sd, tc.grain); err != nil {
 				t.Fatal(err)
 			}
-			runCmd(t, "qemu-img", "check", p)
+			imagetest.Run(t, "qemu-img", "check", p)
 			padded := make([]byte, (tc.size+511)/512*512)
 			copy(padded, ref)
-			mustEqual(t, "qemu read", qemuRaw(t, p, "vmdk"), padded)
+			imagetest.MustEqual(t, "qemu read", imagetest.QemuRaw(t, p, "vmdk"), padded)
 			d, err := Open(p, image.OpenOptions{ReadOnly: true})
 			if err != nil {
 				t.Fatal(err)
@@ -61,7 +62,7 @@ func TestWriteStreamOptimized(t *testing.T) {
 			if d.CreateType() != StreamOptimized {
 				t.Errorf("create type %q", d.CreateType())
 			}
-			mustEqual(t, "vdisk read", readAll(t, d), padded)
+			imagetest.MustEqual(t, "vdisk read", imagetest.ReadAll(t, d), padded)
 			if err := WriteStreamOptimized(p, sd, 0); err == nil {
 				t.Error("overwrote an existing file")
 			}
@@ -72,11 +73,11 @@ func TestWriteStreamOptimized(t *testing.T) {
 		if err := WriteStreamOptimized(p, blockdev.NewMem(4<<20), 0); err != nil {
 			t.Fatal(err)
 		}
-		runCmd(t, "qemu-img", "check", p)
+		imagetest.Run(t, "qemu-img", "check", p)
 		if st, _ := os.Stat(p); st.Size() > 128<<10 {
 			t.Errorf("empty disk took %d bytes", st.Size())
 		}
-		mustEqual(t, "qemu read", qemuRaw(t, p, "vmdk"), make([]byte, 4<<20))
+		imagetest.MustEqual(t, "qemu read", imagetest.QemuRaw(t, p, "vmdk"), make([]byte, 4<<20))
 	})
 }
 

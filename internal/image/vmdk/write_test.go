@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+	"vdisk/internal/image/imagetest"
 
 	"vdisk/internal/blockdev"
 	"vdisk/internal/blockdev/blockdevtest"
@@ -21,7 +22,7 @@ func (nopClose) Close() error { return nil }
 // at random from four goroutines on disjoint quarters, and checks with
 // qemu-img check and compare, and by reopening.
 func TestWriteMatchesQemu(t *testing.T) {
-	needTool(t, "qemu-img")
+	imagetest.NeedTool(t, "qemu-img")
 	for _, tc := range []struct {
 		sub   string
 		grain int64
@@ -34,7 +35,7 @@ func TestWriteMatchesQemu(t *testing.T) {
 			if err := Create(p, image.CreateOptions{Format: Name, Size: size, ClusterSize: tc.grain, Options: map[string]string{"subformat": tc.sub}}); err != nil {
 				t.Fatal(err)
 			}
-			runCmd(t, "qemu-img", "check", p)
+			imagetest.Run(t, "qemu-img", "check", p)
 			d, err := Open(p, image.OpenOptions{})
 			if err != nil {
 				t.Fatal(err)
@@ -49,20 +50,20 @@ func TestWriteMatchesQemu(t *testing.T) {
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
-					randomWrites(t, blockdev.Section(nopClose{d}, i*q, q), ref[i*q:(i+1)*q], uint64(i+1), 40, 300<<10)
+					imagetest.RandomWrites(t, blockdev.Section(nopClose{d}, i*q, q), ref[i*q:(i+1)*q], uint64(i+1), 40, 300<<10)
 				}()
 			}
 			wg.Wait()
 			if err := d.Close(); err != nil {
 				t.Fatal(err)
 			}
-			runCmd(t, "qemu-img", "check", p)
-			mustEqual(t, "qemu read", qemuRaw(t, p, "vmdk"), ref)
+			imagetest.Run(t, "qemu-img", "check", p)
+			imagetest.MustEqual(t, "qemu read", imagetest.QemuRaw(t, p, "vmdk"), ref)
 			refPath := filepath.Join(t.TempDir(), "ref.raw")
 			if err := os.WriteFile(refPath, ref, 0o644); err != nil {
 				t.Fatal(err)
 			}
-			runCmd(t, "qemu-img", "compare", "-f", "vmdk", "-F", "raw", p, refPath)
+			imagetest.Run(t, "qemu-img", "compare", "-f", "vmdk", "-F", "raw", p, refPath)
 			if r, err := Check(p, image.CheckOptions{}); err != nil || !r.Clean() {
 				t.Fatalf("Check: %+v, %v", r, err)
 			}
@@ -71,7 +72,7 @@ func TestWriteMatchesQemu(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer d2.Close()
-			mustEqual(t, "reopened", readAll(t, d2), ref)
+			imagetest.MustEqual(t, "reopened", imagetest.ReadAll(t, d2), ref)
 		})
 	}
 }
@@ -79,7 +80,7 @@ func TestWriteMatchesQemu(t *testing.T) {
 // TestWriteTwoGbExtents creates 4.5 GiB split images with vdisk, writes
 // across the extent boundaries, and compares windows with qemu's view.
 func TestWriteTwoGbExtents(t *testing.T) {
-	needTool(t, "qemu-img")
+	imagetest.NeedTool(t, "qemu-img")
 	for _, sub := range []string{TwoGbMaxExtentSparse, TwoGbMaxExtentFlat} {
 		t.Run(sub, func(t *testing.T) {
 			p := filepath.Join(t.TempDir(), "big.vmdk")
@@ -99,7 +100,7 @@ func TestWriteTwoGbExtents(t *testing.T) {
 			if err := d.Close(); err != nil {
 				t.Fatal(err)
 			}
-			runCmd(t, "qemu-img", "check", p)
+			imagetest.Run(t, "qemu-img", "check", p)
 			d, err = Open(p, image.OpenOptions{ReadOnly: true})
 			if err != nil {
 				t.Fatal(err)
@@ -117,15 +118,15 @@ func TestWriteTwoGbExtents(t *testing.T) {
 // wrote: partial grains are filled from the parent, the parent is
 // untouched, and qemu reads the chain as vdisk does.
 func TestWriteChild(t *testing.T) {
-	needTool(t, "qemu-img")
-	needTool(t, "qemu-io")
+	imagetest.NeedTool(t, "qemu-img")
+	imagetest.NeedTool(t, "qemu-io")
 	dir := t.TempDir()
 	base := filepath.Join(dir, "base.vmdk")
-	runCmd(t, "qemu-img", "create", "-q", "-f", "vmdk", base, "8M")
+	imagetest.Run(t, "qemu-img", "create", "-q", "-f", "vmdk", base, "8M")
 	for _, c := range scattered {
-		runCmd(t, "qemu-io", "-f", "vmdk", "-c", c, base)
+		imagetest.Run(t, "qemu-io", "-f", "vmdk", "-c", c, base)
 	}
-	baseRaw := qemuRaw(t, base, "vmdk")
+	baseRaw := imagetest.QemuRaw(t, base, "vmdk")
 	child := filepath.Join(dir, "child.vmdk")
 	if err := Create(child, image.CreateOptions{Format: Name, BackingFile: "base.vmdk"}); err != nil {
 		t.Fatal(err)
@@ -135,15 +136,15 @@ func TestWriteChild(t *testing.T) {
 		t.Fatal(err)
 	}
 	ref := bytes.Clone(baseRaw)
-	mustEqual(t, "fresh child", readAll(t, d), ref)
-	randomWrites(t, d, ref, 11, 30, 200<<10)
-	mustEqual(t, "written child", readAll(t, d), ref)
+	imagetest.MustEqual(t, "fresh child", imagetest.ReadAll(t, d), ref)
+	imagetest.RandomWrites(t, d, ref, 11, 30, 200<<10)
+	imagetest.MustEqual(t, "written child", imagetest.ReadAll(t, d), ref)
 	if err := d.Close(); err != nil {
 		t.Fatal(err)
 	}
-	runCmd(t, "qemu-img", "check", child)
-	mustEqual(t, "qemu reads the child", qemuRaw(t, child, "vmdk"), ref)
-	mustEqual(t, "parent untouched", qemuRaw(t, base, "vmdk"), baseRaw)
+	imagetest.Run(t, "qemu-img", "check", child)
+	imagetest.MustEqual(t, "qemu reads the child", imagetest.QemuRaw(t, child, "vmdk"), ref)
+	imagetest.MustEqual(t, "parent untouched", imagetest.QemuRaw(t, base, "vmdk"), baseRaw)
 }
 
 // TestConformance runs the blockdev conformance suite on each writable
@@ -175,7 +176,7 @@ func TestConformance(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			randomWrites(t, bd, make([]byte, size), 4, 20, 64<<10)
+			imagetest.RandomWrites(t, bd, make([]byte, size), 4, 20, 64<<10)
 			if err := bd.Close(); err != nil {
 				t.Fatal(err)
 			}
@@ -209,7 +210,7 @@ func TestConformance(t *testing.T) {
 // CID (embedded and in a descriptor file), and that qemu still reads the
 // image.
 func TestCIDChanges(t *testing.T) {
-	needTool(t, "qemu-img")
+	imagetest.NeedTool(t, "qemu-img")
 	for _, sub := range []string{MonolithicSparse, MonolithicFlat} {
 		t.Run(sub, func(t *testing.T) {
 			p := filepath.Join(t.TempDir(), "img.vmdk")
@@ -238,8 +239,8 @@ func TestCIDChanges(t *testing.T) {
 			if after := cid(); after == before || len(after) != 8 {
 				t.Fatalf("CID %s before the write, %s after", before, after)
 			}
-			runCmd(t, "qemu-img", "check", p)
-			if got := qemuRaw(t, p, "vmdk"); got[0] != 'x' {
+			imagetest.Run(t, "qemu-img", "check", p)
+			if got := imagetest.QemuRaw(t, p, "vmdk"); got[0] != 'x' {
 				t.Fatal("qemu does not read the write")
 			}
 		})

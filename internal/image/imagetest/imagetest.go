@@ -1,4 +1,7 @@
-package vmdk
+// Package imagetest holds the helpers the format packages' tests share:
+// running qemu-img as the oracle, reading a whole device, comparing
+// contents and writing random data into a device and a reference alike.
+package imagetest
 
 import (
 	"bytes"
@@ -11,16 +14,21 @@ import (
 	"vdisk/internal/blockdev"
 )
 
-// needTool skips the test when a qemu tool is missing.
-func needTool(t *testing.T, name string) {
+// NeedTool skips the test when a peer tool is missing; under CI=true, where
+// scripts/deps.sh installs every tool, it fails instead.
+func NeedTool(t testing.TB, name string) {
 	t.Helper()
 	if _, err := exec.LookPath(name); err != nil {
-		t.Skipf("%s not installed (apt-get install qemu-utils)", name)
+		if os.Getenv("CI") != "" {
+			t.Fatalf("%s is missing; scripts/deps.sh installs it", name)
+		}
+		t.Skipf("%s not installed (scripts/deps.sh installs it)", name)
 	}
 }
 
-// runCmd runs a command and fails the test on error.
-func runCmd(t *testing.T, name string, args ...string) string {
+// Run runs a command and fails the test on error; it returns the combined
+// output.
+func Run(t testing.TB, name string, args ...string) string {
 	t.Helper()
 	out, err := exec.Command(name, args...).CombinedOutput()
 	if err != nil {
@@ -29,12 +37,12 @@ func runCmd(t *testing.T, name string, args ...string) string {
 	return string(out)
 }
 
-// qemuRaw returns the guest content of img (qemu format fmt) as qemu-img
-// sees it.
-func qemuRaw(t *testing.T, img, format string) []byte {
+// QemuRaw returns the guest content of img (in qemu's format name format)
+// as qemu-img sees it.
+func QemuRaw(t testing.TB, img, format string) []byte {
 	t.Helper()
 	out := filepath.Join(t.TempDir(), "ref.raw")
-	runCmd(t, "qemu-img", "convert", "-f", format, "-O", "raw", img, out)
+	Run(t, "qemu-img", "convert", "-f", format, "-O", "raw", img, out)
 	b, err := os.ReadFile(out)
 	if err != nil {
 		t.Fatal(err)
@@ -42,8 +50,8 @@ func qemuRaw(t *testing.T, img, format string) []byte {
 	return b
 }
 
-// readAll reads the whole device in pieces of odd sizes.
-func readAll(t *testing.T, d blockdev.Device) []byte {
+// ReadAll reads the whole device in pieces of odd sizes.
+func ReadAll(t testing.TB, d blockdev.Device) []byte {
 	t.Helper()
 	b := make([]byte, d.Size())
 	step := int64(192<<10 + 512 + 3)
@@ -56,8 +64,8 @@ func readAll(t *testing.T, d blockdev.Device) []byte {
 	return b
 }
 
-// mustEqual fails when a and b differ, naming the first difference.
-func mustEqual(t *testing.T, what string, got, want []byte) {
+// MustEqual fails when got and want differ, naming the first difference.
+func MustEqual(t testing.TB, what string, got, want []byte) {
 	t.Helper()
 	if len(got) != len(want) {
 		t.Fatalf("%s: %d bytes, want %d", what, len(got), len(want))
@@ -71,9 +79,9 @@ func mustEqual(t *testing.T, what string, got, want []byte) {
 	}
 }
 
-// randomWrites writes count random pieces of up to maxLen bytes into d and
-// ref alike, and returns ref.
-func randomWrites(t *testing.T, d blockdev.Device, ref []byte, seed uint64, count int, maxLen int64) {
+// RandomWrites writes count random pieces of up to maxLen bytes into d and
+// ref alike (half of them 512-aligned).
+func RandomWrites(t testing.TB, d blockdev.Device, ref []byte, seed uint64, count int, maxLen int64) {
 	t.Helper()
 	r := rand.New(rand.NewPCG(seed, 7))
 	size := int64(len(ref))
