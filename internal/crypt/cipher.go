@@ -4,6 +4,7 @@ import (
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/sha256"
+	"crypto/subtle"
 	"encoding/binary"
 	"fmt"
 	"strings"
@@ -104,9 +105,14 @@ func (c *Cipher) Encrypt(b []byte, iv uint64) {
 		c.xts.crypt(b, c.tweak(iv), true)
 		return
 	}
-	var ivb [aes.BlockSize]byte
-	c.cbcIV(&ivb, iv)
-	cipher.NewCBCEncrypter(c.cbc, ivb[:]).CryptBlocks(b, b)
+	var prev [aes.BlockSize]byte
+	c.cbcIV(&prev, iv)
+	for i := 0; i+aes.BlockSize <= len(b); i += aes.BlockSize {
+		blk := b[i : i+aes.BlockSize : i+aes.BlockSize]
+		subtle.XORBytes(blk, blk, prev[:])
+		c.cbc.Encrypt(blk, blk)
+		copy(prev[:], blk)
+	}
 }
 
 // Decrypt decrypts one sector b in place (see Encrypt).
@@ -115,9 +121,15 @@ func (c *Cipher) Decrypt(b []byte, iv uint64) {
 		c.xts.crypt(b, c.tweak(iv), false)
 		return
 	}
-	var ivb [aes.BlockSize]byte
-	c.cbcIV(&ivb, iv)
-	cipher.NewCBCDecrypter(c.cbc, ivb[:]).CryptBlocks(b, b)
+	var prev, cur [aes.BlockSize]byte
+	c.cbcIV(&prev, iv)
+	for i := 0; i+aes.BlockSize <= len(b); i += aes.BlockSize {
+		blk := b[i : i+aes.BlockSize : i+aes.BlockSize]
+		copy(cur[:], blk)
+		c.cbc.Decrypt(blk, blk)
+		subtle.XORBytes(blk, blk, prev[:])
+		prev = cur
+	}
 }
 
 // tweak is the XTS tweak for sector iv: encoded as a little-endian 128-bit
