@@ -29,6 +29,14 @@ const (
 	digestIterTimeDivisor  = 16 // volume key digests take 1/16 of the keyslot time (125 ms of 2 s)
 )
 
+// Benchmark bounds.
+const (
+	benchProbeTime     = 50 * time.Millisecond // a pbkdf2 probe runs at least this long
+	maxBenchIterations = 1 << 30               // pbkdf2 probes stop growing here
+	argonProbeMemKiB   = 64 << 10              // argon2 is probed with at most this memory
+	maxArgonTime       = 1 << 20               // the largest argon2 time cost chosen
+)
+
 // KDF is a key derivation function with its cost, as a keyslot stores it.
 type KDF struct {
 	// Type is "pbkdf2", "argon2i" or "argon2id".
@@ -179,14 +187,13 @@ func defaultArgonMemory() uint32 {
 
 // benchPBKDF2 returns the iterations that take about target on this machine.
 func benchPBKDF2(hashName string, target time.Duration) (uint32, error) {
-	const probe = 50 * time.Millisecond
 	salt := make([]byte, saltSize)
 	for it := 1000; ; it *= 2 {
 		t0 := time.Now()
 		if _, err := pbkdf2Key(hashName, []byte("benchmark"), salt, it, 32); err != nil {
 			return 0, err
 		}
-		if el := time.Since(t0); el >= probe || it >= 1<<30 {
+		if el := time.Since(t0); el >= benchProbeTime || it >= maxBenchIterations {
 			n := float64(it) * float64(target) / float64(max(el, 1))
 			return uint32(min(max(n, minPBKDF2Iter), float64(^uint32(0)))), nil
 		}
@@ -197,7 +204,7 @@ func benchPBKDF2(hashName string, target time.Duration) (uint32, error) {
 // k's parallelism, using at most k.MemoryKiB: the memory is lowered (and the
 // time kept at its minimum of 4) when even 4 passes over it take longer.
 func benchArgon2(k KDF, target time.Duration) (timeCost, memKiB uint32) {
-	probeMem := min(k.MemoryKiB, 64<<10)
+	probeMem := min(k.MemoryKiB, argonProbeMemKiB)
 	t0 := time.Now()
 	clear(argon2.IDKey([]byte("benchmark"), make([]byte, saltSize), 1, probeMem, uint8(k.Parallel), 32))
 	perKiBPass := float64(max(time.Since(t0), 1)) / float64(probeMem)
@@ -206,5 +213,5 @@ func benchArgon2(k KDF, target time.Duration) (timeCost, memKiB uint32) {
 		mem = max(float64(target)/(minArgonTime*perKiBPass), minArgonMemoryKiB)
 	}
 	tc := max(float64(target)/(mem*perKiBPass), minArgonTime)
-	return uint32(min(tc, 1<<20)), uint32(mem)
+	return uint32(min(tc, maxArgonTime)), uint32(mem)
 }
