@@ -40,6 +40,7 @@ type serveOptions struct {
 	noBacking   bool
 	backingDir  string
 	s3          stack.S3Options
+	crypt       cryptFlags
 }
 
 func init() { register(newServeCmd) }
@@ -74,6 +75,7 @@ serves.`,
 	f.BoolVarP(&o.readOnly, "read-only", "r", false, "export read-only")
 	f.StringVarP(&o.format, "format", "f", "", "image format (default: probe)")
 	addS3Flags(f, &o.s3)
+	o.crypt.add(f)
 	f.BoolVar(&o.noBacking, "no-backing", false, "serve the top image of a backing chain alone")
 	f.StringVar(&o.backingDir, "backing-dir", "", "refuse backing files outside this directory (for untrusted images)")
 	f.BoolVar(&o.create, "create", false, "create a missing image of --size")
@@ -173,9 +175,16 @@ func openServeImage(ctx context.Context, e *env, path string, o serveOptions, cr
 		BackingDir: o.backingDir,
 		S3:         o.s3,
 		Log:        e.log,
+
+		Passphrase:    o.crypt.passphrase(e),
+		KeepEncrypted: o.crypt.noDecrypt,
+		AllowDiscards: o.crypt.allowDiscards,
 	})
 	if err != nil {
 		return nil, err
+	}
+	if d.Encrypted {
+		e.log.Info("unlocked encrypted image", "path", path)
 	}
 	if d.Created {
 		e.log.Info("created image", "path", path, "format", d.Format, "size", createSize)

@@ -76,7 +76,7 @@ func openS3(ctx context.Context, name string, o Options) (*Disk, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
-	return &Disk{Device: readOnly(dev, o.ReadOnly), Format: image.Raw, Created: created}, nil
+	return finish(name, dev, image.Raw, created, o)
 }
 
 func createS3(ctx context.Context, name string, o CreateOptions) error {

@@ -15,6 +15,7 @@ import (
 	"os"
 
 	"vdisk/internal/blockdev"
+	"vdisk/internal/crypt/luks"
 	"vdisk/internal/image"
 	_ "vdisk/internal/image/all" // every format
 	"vdisk/internal/storage/objstore/s3"
@@ -41,6 +42,17 @@ type Options struct {
 	BackingDir string
 	// S3 says how to reach an object store for s3:// names.
 	S3 S3Options
+	// Passphrase unlocks an encrypted (LUKS) image; without it such an
+	// image fails to open with ErrNeedPassphrase.
+	Passphrase Passphrase
+	// KeepEncrypted serves a LUKS volume as it is stored (the ciphertext and
+	// its header), without unlocking it.
+	KeepEncrypted bool
+	// AllowDiscards passes trims through the encryption layer; they reveal
+	// which blocks are unused.
+	AllowDiscards bool
+	// Encrypt, with Create, encrypts a new image.
+	Encrypt EncryptOptions
 	// Log receives warnings; nil discards them.
 	Log *slog.Logger
 }
@@ -53,6 +65,9 @@ type Disk struct {
 	Format string
 	// Created reports that Open made the image.
 	Created bool
+	// Encrypted reports that the image holds a LUKS volume that Open
+	// unlocked.
+	Encrypted bool
 }
 
 // Open opens the image named by name (a file path, or s3://bucket/prefix)
@@ -69,7 +84,7 @@ func Open(ctx context.Context, name string, o Options) (*Disk, error) {
 			if o.ReadOnly {
 				return nil, fmt.Errorf("%s does not exist, and a read-only open cannot create it", name)
 			}
-			if err := Create(ctx, name, CreateOptions{Format: o.Format, Size: o.Size, S3: o.S3}); err != nil {
+			if err := Create(ctx, name, CreateOptions{Format: o.Format, Size: o.Size, S3: o.S3, Encrypt: o.Encrypt}); err != nil {
 				return nil, err
 			}
 			created = true
@@ -98,7 +113,18 @@ func Open(ctx context.Context, name string, o Options) (*Disk, error) {
 		}
 		return nil, err
 	}
-	return &Disk{Device: readOnly(dev, o.ReadOnly), Format: format, Created: created}, nil
+	return finish(name, dev, format, created, o)
+}
+
+// finish puts the layers above the format on dev: decryption, then the
+// read-only guard. On error it closes dev.
+func finish(name string, dev blockdev.Device, format string, created bool, o Options) (*Disk, error) {
+	top, encrypted, err := unlock(name, dev, o)
+	if err != nil {
+		dev.Close()
+		return nil, err
+	}
+	return &Disk{Device: readOnly(top, o.ReadOnly), Format: format, Created: created, Encrypted: encrypted}, nil
 }
 
 // readOnly makes sure a device opened read-only refuses writes, whatever
@@ -126,6 +152,9 @@ type CreateOptions struct {
 	Options map[string]string
 	// S3 says how to reach an object store for s3:// names.
 	S3 S3Options
+	// Encrypt encrypts the new image: Size is then the decrypted size, and
+	// the image is larger by the LUKS header.
+	Encrypt EncryptOptions
 }
 
 // Create makes a new image named name; it fails if one exists.
@@ -133,6 +162,36 @@ func Create(ctx context.Context, name string, o CreateOptions) error {
 	if o.Format == "" {
 		o.Format = image.Raw
 	}
+	if o.Encrypt.Type == "" {
+		return create(ctx, name, o)
+	}
+	defer clear(o.Encrypt.Passphrase)
+	hdr, err := luks.PayloadOffset(luksOptions(o.Encrypt))
+	if err != nil {
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	o.Size += hdr
+	if err := create(ctx, name, o); err != nil {
+		return err
+	}
+	d, err := Open(ctx, name, Options{Format: o.Format, S3: o.S3, KeepEncrypted: true})
+	if err == nil {
+		err = formatLUKS(d.Device, o.Encrypt)
+		if cerr := d.Device.Close(); err == nil {
+			err = cerr
+		}
+	}
+	if err != nil {
+		if !s3.IsURL(name) {
+			os.Remove(name)
+		}
+		return fmt.Errorf("%s: encrypt: %w", name, err)
+	}
+	return nil
+}
+
+// create makes a new image without encryption.
+func create(ctx context.Context, name string, o CreateOptions) error {
 	if s3.IsURL(name) {
 		return createS3(ctx, name, o)
 	}
