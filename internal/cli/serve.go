@@ -149,14 +149,19 @@ func runServe(ctx context.Context, e *env, o serveOptions, images []string) erro
 	}
 
 	var serveErr error
+	pending := len(lns)
 	select {
 	case <-ctx.Done():
 	case serveErr = <-errc:
+		pending--
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
 	defer cancel()
 	if err := srv.Shutdown(sctx); err != nil {
 		e.log.Warn("shutdown", "err", err)
+	}
+	for ; pending > 0; pending-- { // every Serve has returned before the devices close
+		<-errc
 	}
 	if serveErr != nil && !errors.Is(serveErr, nbd.ErrServerClosed) {
 		return fmt.Errorf("serve: %w", serveErr)
