@@ -28,7 +28,24 @@ const (
 	// ViaFUSE exposes the device stack as one file in a FUSE mount and
 	// attaches a loop device to that file.
 	ViaFUSE = "fuse"
+	// ViaNBD serves the device stack to the kernel's NBD client over
+	// socketpairs (several connections): /dev/nbdN. A restarted daemon
+	// takes the same device back (NBD_CMD_RECONFIGURE).
+	ViaNBD = "nbd"
+	// ViaUblk serves the device stack through the ublk driver:
+	// /dev/ublkbN. A restarted daemon recovers the same device where the
+	// kernel offers user recovery.
+	ViaUblk = "ublk"
 )
+
+// IsVia reports whether v names an attach path.
+func IsVia(v string) bool {
+	switch v {
+	case ViaLoop, ViaFUSE, ViaNBD, ViaUblk:
+		return true
+	}
+	return false
+}
 
 // Disk states (Disk.State).
 const (
@@ -114,8 +131,12 @@ type Disk struct {
 	// negation, spelled out as the original driver's IOCTL did.
 	ReadOnly bool `json:"read_only"`
 	Writable bool `json:"writable"`
-	// Via is the attach path: ViaLoop or ViaFUSE.
+	// Via is the attach path: ViaLoop, ViaFUSE, ViaNBD or ViaUblk.
 	Via string `json:"via"`
+	// ViaReason says why Via was chosen: asked for, or what the kernel
+	// has, e.g. "ublk: /dev/ublk-control present" or "loop: raw image, no
+	// ublk or nbd module on this kernel".
+	ViaReason string `json:"via_reason,omitempty"`
 	// Major and Minor are the block device's numbers; DevNo is
 	// "major:minor".
 	Major uint32 `json:"major"`
@@ -157,8 +178,8 @@ type OpenRequest struct {
 	ReadOnly bool `json:"read_only,omitempty"`
 	// Format is the image format; empty means detect.
 	Format string `json:"format,omitempty"`
-	// Via is the attach path; empty means ViaLoop for raw images and
-	// ViaFUSE for everything else.
+	// Via is the attach path; empty means the best the kernel has: ViaUblk,
+	// else ViaNBD, else ViaLoop for raw images and ViaFUSE for the rest.
 	Via string `json:"via,omitempty"`
 	// Reuse returns the disk already open on File instead of failing with
 	// CodeAlreadyOpen.

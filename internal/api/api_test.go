@@ -122,3 +122,14 @@ func TestErrorIs(t *testing.T) {
 		t.Fatal(err.Error())
 	}
 }
+
+func TestIsVia(t *testing.T) {
+	for v, want := range map[string]bool{
+		ViaLoop: true, ViaFUSE: true, ViaNBD: true, ViaUblk: true,
+		"": false, "NBD": false, "iscsi": false,
+	} {
+		if got := IsVia(v); got != want {
+			t.Errorf("IsVia(%q) = %v, want %v", v, got, want)
+		}
+	}
+}

@@ -41,6 +41,9 @@ const (
 	CodeCorrupt = "corrupt"
 	// CodeBadVia: the attach path is unknown or cannot carry the format.
 	CodeBadVia = "bad_via"
+	// CodeViaUnavailable: the kernel lacks what the attach path needs (the
+	// nbd or ublk_drv module); the message names it.
+	CodeViaUnavailable = "via_unavailable"
 	// CodePermission: the file cannot be opened with the needed access.
 	CodePermission = "permission"
 	// CodeShuttingDown: the daemon is stopping.

@@ -98,6 +98,7 @@ func printDisk(w io.Writer, d *api.Disk) error {
 		{"media type", d.MediaType},
 		{"unique id", d.UniqueID},
 		{"via", d.Via},
+		{"via reason", d.ViaReason},
 		{"opened at", d.OpenedAt.Format(time.RFC3339)},
 		{"state", d.State},
 	}

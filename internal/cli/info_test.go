@@ -28,6 +28,7 @@ func TestInfoText(t *testing.T) {
 			"media type:    fixed\n",
 			"unique id:     " + api.UniqueID(file) + "\n",
 			"via:           loop\n",
+			"via reason:    loop: raw image, no ublk or nbd module on this kernel\n",
 			"state:         open\n",
 		} {
 			if !strings.Contains(out, want) {

@@ -26,9 +26,11 @@ func newOpenCmd(e *env) *cobra.Command {
 		Short: "Open an image file as a block device (creating it when missing)",
 		Long: "open attaches FILE to a block device and prints the device and the disk's id.\n" +
 			"A missing FILE is created, sparse, of --size bytes (default 100M).\n" +
-			"Raw images go straight to a loop device; other formats, or --via fuse,\n" +
-			"through a FUSE file with a loop device on top.",
-		Example: "  vdisk open disk.img --size 10G\n  vdisk open disk.img --via fuse --json",
+			"Without --via, the best path the kernel has: ublk (/dev/ublkbN, ublk_drv),\n" +
+			"else the kernel nbd client (/dev/nbdN, nbd), both served by the daemon; else\n" +
+			"raw images go straight to a loop device, and other formats through a FUSE\n" +
+			"file with a loop device on top. vdisk info shows the path and why.",
+		Example: "  vdisk open disk.img --size 10G\n  vdisk open disk.qcow2 --via nbd\n  vdisk open disk.img --via fuse --json",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := needRoot(); err != nil {
@@ -42,10 +44,8 @@ func newOpenCmd(e *env) *cobra.Command {
 				}
 				req.Size = n
 			}
-			switch via {
-			case "", api.ViaLoop, api.ViaFUSE:
-			default:
-				return fmt.Errorf("--via %q: want loop or fuse", via)
+			if via != "" && !api.IsVia(via) {
+				return fmt.Errorf("--via %q: want ublk, nbd, loop or fuse", via)
 			}
 			path, err := resolveFile(args[0])
 			if err != nil {
@@ -75,7 +75,7 @@ func newOpenCmd(e *env) *cobra.Command {
 	cmd.Flags().StringVar(&size, "size", "100M", "size of a file to create: K, M, G, T (binary); a bare number is MiB")
 	cmd.Flags().BoolVar(&readOnly, "read-only", false, "attach read-only")
 	cmd.Flags().StringVar(&format, "format", "", "image format (default: detect; raw)")
-	cmd.Flags().StringVar(&via, "via", "", "attach path: loop or fuse (default loop for raw, fuse otherwise)")
+	cmd.Flags().StringVar(&via, "via", "", "attach path: ublk, nbd, loop or fuse (default: ublk, else nbd, else loop for raw and fuse otherwise)")
 	cmd.Flags().BoolVar(&reuse, "reuse", false, "if FILE is already open, print its disk instead of failing")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the disk record as JSON")
 	return cmd

@@ -130,7 +130,7 @@ func TestOpenErrors(t *testing.T) {
 		{name: "parent missing", args: []string{"open", filepath.Join(dir, "no", "a.img")}, want: "parent directory " + filepath.Join(dir, "no") + " does not exist\n"},
 		{name: "invalid size", args: []string{"open", filepath.Join(dir, "a.img"), "--size", "1.5G"}, want: `vdisk: invalid size "1.5G"`},
 		{name: "zero size", args: []string{"open", filepath.Join(dir, "a.img"), "--size", "0"}, want: "must be more than zero"},
-		{name: "bad via", args: []string{"open", filepath.Join(dir, "a.img"), "--via", "ublk"}, want: `vdisk: --via "ublk": want loop or fuse` + "\n"},
+		{name: "bad via", args: []string{"open", filepath.Join(dir, "a.img"), "--via", "iscsi"}, want: `vdisk: --via "iscsi": want ublk, nbd, loop or fuse` + "\n"},
 		{name: "unknown format", args: []string{"open", filepath.Join(dir, "x.img"), "--format", "vhd9"}, want: `"vhd9": unknown image format`},
 		{name: "no file", args: []string{"open"}, want: "accepts 1 arg(s), received 0"},
 	}
@@ -144,5 +144,29 @@ func TestOpenErrors(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, "a.img")); !os.IsNotExist(err) {
 		t.Fatalf("a refused open created the file: %v", err)
+	}
+}
+
+// TestOpenViaMissingModule: --via nbd or ublk on a kernel without the
+// module is one line naming it, and creates no file.
+func TestOpenViaMissingModule(t *testing.T) {
+	socket, dir := inProcessDaemon(t)
+	for _, tt := range []struct{ via, dev, want string }{
+		{"nbd", "/dev/nbd0", "vdisk: --via nbd: the kernel nbd client is not available: no netlink family and no /dev/nbd0 (modprobe nbd)\n"},
+		{"ublk", "/dev/ublk-control", "vdisk: --via ublk: ublk is not available: /dev/ublk-control is missing (modprobe ublk_drv)\n"},
+	} {
+		t.Run(tt.via, func(t *testing.T) {
+			if _, err := os.Stat(tt.dev); err == nil {
+				t.Skipf("this kernel has %s: the VM tests (internal/e2e) cover --via %s", tt.dev, tt.via)
+			}
+			file := filepath.Join(dir, tt.via+".img")
+			code, out, errs := run(t, "open", "--socket", socket, "--via", tt.via, file)
+			if code == 0 || out != "" || errs != tt.want {
+				t.Fatalf("exit %d, stdout %q, stderr %q; want %q", code, out, errs, tt.want)
+			}
+			if _, err := os.Stat(file); !os.IsNotExist(err) {
+				t.Fatalf("a refused open created %s: %v", file, err)
+			}
+		})
 	}
 }

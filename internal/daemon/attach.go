@@ -12,11 +12,22 @@ import (
 )
 
 // attach opens the image of sd as a Device stack and attaches it to the
-// kernel the way sd says (sd.Via empty: the format's default). With adopt
-// (a restart), a raw image still attached to a loop device is taken over
-// as it is, and a FUSE disk's stale mount and loop device are cleared
-// first. The caller holds opMu.
+// kernel the way sd says (sd.Via empty: the best path the kernel has, see
+// chooseVia). With adopt (a restart), a raw image still attached to a loop
+// device is taken over as it is, a FUSE disk's stale mount and loop device
+// are cleared first, and an nbd or ublk disk takes back the device the
+// previous daemon left waiting. The caller holds opMu.
 func (d *Daemon) attach(sd stateDisk, adopt bool) (*disk, error) {
+	var paths kernelPaths
+	switch sd.Via {
+	case "":
+		paths = d.probe()
+	case api.ViaNBD, api.ViaUblk:
+		// Fail before opening (and locking) the image.
+		if err := checkVia(sd.Via, d.probe()); err != nil {
+			return nil, err
+		}
+	}
 	var adopted *loop.Device
 	if adopt && (sd.Via == api.ViaLoop || sd.Via == "") {
 		devs, err := loop.FindByBackingFile(sd.File)
@@ -38,9 +49,14 @@ func (d *Daemon) attach(sd stateDisk, adopt bool) (*disk, error) {
 	if err != nil {
 		return nil, err
 	}
-	via := sd.Via
-	if via == "" {
-		via = defaultVia(format)
+	via, reason := sd.Via, sd.ViaReason
+	switch {
+	case via == "" && adopted != nil:
+		via, reason = api.ViaLoop, "loop: adopted the loop device left attached"
+	case via == "":
+		via, reason = chooseVia(format, paths)
+	case reason == "":
+		reason = askedReason(via)
 	}
 	dk := &disk{dev: dev}
 	switch via {
@@ -65,9 +81,51 @@ func (d *Daemon) attach(sd stateDisk, adopt bool) (*disk, error) {
 			dev.Close()
 			return nil, err
 		}
+	case api.ViaNBD, api.ViaUblk:
+		attachKernel := d.attachNBD
+		if via == api.ViaUblk {
+			attachKernel = d.attachUblk
+		}
+		if dk.kern, err = attachKernel(sd, dev, adopt); err != nil {
+			dev.Close()
+			return nil, err
+		}
+	default:
+		dev.Close()
+		return nil, api.Errorf(api.CodeBadVia, "unknown attach path %q: want ublk, nbd, loop or fuse", via)
 	}
-	dk.rec = record(sd, dev, format, via, dk.loop)
+	var node devNode
+	switch {
+	case dk.loop != nil:
+		node = devNode{path: dk.loop.Path, major: dk.loop.Major, minor: dk.loop.Minor, blockSize: dk.loop.BlockSize, readOnly: dk.loop.ReadOnly}
+	case dk.kern != nil:
+		node = statNode(dk.kern.Path())
+	}
+	dk.rec = record(sd, dev, format, via, reason, node)
 	return dk, nil
+}
+
+// devNode is the block device of an open disk.
+type devNode struct {
+	path         string
+	major, minor uint32
+	// blockSize is the device's logical block size when it differs from
+	// the stack's; zero otherwise.
+	blockSize uint32
+	// readOnly is set when the device refuses writes whatever was asked
+	// (a loop device over a file it could only open read-only).
+	readOnly bool
+}
+
+// statNode returns the node at path with its numbers (zero when stat
+// fails: the record still names the path).
+func statNode(path string) devNode {
+	n := devNode{path: path}
+	var st unix.Stat_t
+	if unix.Stat(path, &st) == nil {
+		n.major, n.minor = unix.Major(st.Rdev), unix.Minor(st.Rdev)
+	}
+	return n
 }
 
 // attachLoop attaches the raw image file f to a free loop device with
@@ -84,9 +142,9 @@ func attachLoop(f *blockdev.File, readOnly bool) (*loop.Device, error) {
 }
 
 // record builds the API record of an open disk.
-func record(sd stateDisk, dev blockdev.Device, format, via string, l *loop.Device) api.Disk {
+func record(sd stateDisk, dev blockdev.Device, format, via, reason string, node devNode) api.Disk {
 	info := blockdev.InfoOf(dev)
-	ro := sd.ReadOnly || info.ReadOnly || (l != nil && l.ReadOnly)
+	ro := sd.ReadOnly || info.ReadOnly || node.readOnly
 	size := dev.Size()
 	media := api.MediaFixed
 	if format == formatISO {
@@ -104,6 +162,7 @@ func record(sd stateDisk, dev blockdev.Device, format, via string, l *loop.Devic
 		ReadOnly:          ro,
 		Writable:          !ro,
 		Via:               via,
+		ViaReason:         reason,
 		Removable:         media == api.MediaCDROM,
 		Hotplug:           true,
 		MediaType:         media,
@@ -111,12 +170,12 @@ func record(sd stateDisk, dev blockdev.Device, format, via string, l *loop.Devic
 		OpenedAt:          sd.OpenedAt,
 		State:             api.StateOpen,
 	}
-	if l != nil {
-		r.Device = l.Path
-		r.Major, r.Minor = l.Major, l.Minor
-		r.DevNo = fmt.Sprintf("%d:%d", l.Major, l.Minor)
-		if l.BlockSize != 0 {
-			r.LogicalBlockSize = l.BlockSize
+	if node.path != "" {
+		r.Device = node.path
+		r.Major, r.Minor = node.major, node.minor
+		r.DevNo = fmt.Sprintf("%d:%d", node.major, node.minor)
+		if node.blockSize != 0 {
+			r.LogicalBlockSize = node.blockSize
 		}
 	}
 	return r

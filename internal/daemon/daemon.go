@@ -2,17 +2,23 @@
 // every open disk. It serves the control API (package api) as HTTP+JSON on
 // a unix socket of mode 0600, keeps a registry of open disks keyed by id,
 // and is the only place where layers are wired together: an image is opened
-// as a Device stack (stack.go) and reaches the kernel through a loop device
-// (raw files) or a FUSE file with a loop device on top (any stack).
+// as a Device stack (stack.go) and reaches the kernel through ublk
+// (/dev/ublkbN) or the kernel's NBD client (/dev/nbdN) served by the daemon
+// itself, or a loop device (raw files) or a FUSE file with a loop device on
+// top (any stack). Without a path named, the best the kernel has is used
+// (via.go): ublk, then nbd, then loop or FUSE.
 //
 // What is open is kept in a state file, written atomically after every
 // change; a daemon that starts again adopts the loop devices its
 // predecessor left attached and rebuilds the FUSE exports that died with
-// it. On shutdown (context cancelled) every disk is flushed and detached.
+// it, reconfigures the /dev/nbdN and recovers the /dev/ublkbN its
+// predecessor served (their I/O waits meanwhile). On shutdown (context
+// cancelled) every disk is flushed and detached.
 //
 // The daemon never does I/O to a device it serves from a path that the
 // serving depends on: FUSE requests are answered by go-fuse's goroutines,
-// which take none of the daemon's locks.
+// NBD requests by the nbd.Server's, ublk requests by the ublk queues'; none
+// takes the daemon's locks.
 package daemon
 
 import (
@@ -94,6 +100,10 @@ type Daemon struct {
 	// keep lazily detached FUSE disks served (see linger).
 	stop      chan struct{}
 	lingering sync.WaitGroup
+
+	// probe reports the kernel's module-backed attach paths; tests
+	// replace it.
+	probe func() kernelPaths
 }
 
 // New returns a daemon with no disks. Run serves it; tests may call
@@ -102,7 +112,7 @@ func New(opt Options) (*Daemon, error) {
 	if err := opt.Validate(); err != nil {
 		return nil, err
 	}
-	return &Daemon{opt: opt, log: opt.Logger, disks: make(map[string]*disk), stop: make(chan struct{})}, nil
+	return &Daemon{opt: opt, log: opt.Logger, disks: make(map[string]*disk), stop: make(chan struct{}), probe: probeKernel}, nil
 }
 
 // Run starts a daemon, serves until ctx is cancelled, then closes every

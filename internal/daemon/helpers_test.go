@@ -48,6 +48,13 @@ func (w testWriter) Write(p []byte) (int, error) { w.t.Log(string(p)); return le
 // when empty). It is shut down at cleanup.
 func startDaemon(t *testing.T, stateDir string) *testDaemon {
 	t.Helper()
+	return startDaemonProbe(t, stateDir, nil)
+}
+
+// startDaemonProbe is startDaemon with the kernel's attach paths as probe
+// reports them (nil: the real kernel's).
+func startDaemonProbe(t *testing.T, stateDir string, probe func() kernelPaths) *testDaemon {
+	t.Helper()
 	base := t.TempDir()
 	if stateDir == "" {
 		stateDir = filepath.Join(base, "state")
@@ -59,6 +66,9 @@ func startDaemon(t *testing.T, stateDir string) *testDaemon {
 	d, err := New(Options{Socket: td.socket, StateDir: stateDir, Version: "test", Logger: logger(t)})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if probe != nil {
+		d.probe = probe
 	}
 	ln, unlock, err := listen(td.socket)
 	if err != nil {

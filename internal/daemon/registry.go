@@ -27,6 +27,13 @@ type disk struct {
 	loop *loop.Device
 	// fuse is the FUSE export of ViaFUSE; nil otherwise.
 	fuse fuseExport
+	// kern is the kernel device the daemon serves itself (ViaNBD,
+	// ViaUblk); nil otherwise.
+	kern kernelDisk
+	// index is the recorded nbd index or ublk id of a disk that could not
+	// be restored, kept in the state file so a later restart may still
+	// take the device back; nil otherwise.
+	index *int
 }
 
 // List returns every disk, sorted by file.
@@ -60,10 +67,8 @@ func (d *Daemon) Open(req api.OpenRequest) (api.Disk, bool, error) {
 		return api.Disk{}, false, err
 	}
 	id := api.DiskID(path)
-	switch req.Via {
-	case "", api.ViaLoop, api.ViaFUSE:
-	default:
-		return api.Disk{}, false, api.Errorf(api.CodeBadVia, "unknown attach path %q: want loop or fuse", req.Via)
+	if req.Via != "" && !api.IsVia(req.Via) {
+		return api.Disk{}, false, api.Errorf(api.CodeBadVia, "unknown attach path %q: want ublk, nbd, loop or fuse", req.Via)
 	}
 	d.opMu.Lock()
 	defer d.opMu.Unlock()
@@ -84,6 +89,10 @@ func (d *Daemon) Open(req api.OpenRequest) (api.Disk, bool, error) {
 		return api.Disk{}, false, e
 	}
 	if err := checkFile(path, req); err != nil {
+		return api.Disk{}, false, err
+	}
+	// A path the kernel lacks fails before anything is created.
+	if err := checkVia(req.Via, d.probe()); err != nil {
 		return api.Disk{}, false, err
 	}
 	// A loop device attached outside vdisk (losetup) writes the file
@@ -172,6 +181,12 @@ func (d *Daemon) Close(id string, force bool) (api.Disk, error) {
 // linger). The caller holds opMu.
 func (d *Daemon) closeDisk(dk *disk, force bool) error {
 	lazy := false
+	if dk.kern != nil {
+		if err := releaseKernelDisk(dk.rec, dk.kern, force); err != nil {
+			return err
+		}
+		dk.kern = nil
+	}
 	if dk.loop != nil {
 		err := dk.loop.Detach()
 		if errors.Is(err, loop.ErrBusy) {
@@ -252,10 +267,16 @@ func (d *Daemon) saveLocked() {
 	d.mu.Lock()
 	var sds []stateDisk
 	for _, dk := range d.disks {
-		sds = append(sds, stateDisk{
+		sd := stateDisk{
 			ID: dk.rec.ID, File: dk.rec.File, Format: dk.rec.Format, ReadOnly: dk.rec.ReadOnly,
-			Via: dk.rec.Via, Device: dk.rec.Device, OpenedAt: dk.rec.OpenedAt,
-		})
+			Via: dk.rec.Via, ViaReason: dk.rec.ViaReason, Device: dk.rec.Device, OpenedAt: dk.rec.OpenedAt,
+			Index: dk.index,
+		}
+		if dk.kern != nil {
+			i := dk.kern.Index()
+			sd.Index = &i
+		}
+		sds = append(sds, sd)
 	}
 	d.mu.Unlock()
 	slices.SortFunc(sds, func(a, b stateDisk) int { return cmp.Compare(a.File, b.File) })

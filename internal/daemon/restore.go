@@ -11,7 +11,9 @@ import (
 )
 
 // Restore re-opens the disks of the state file: a raw disk still attached
-// to its loop device is adopted, any other is opened and attached again.
+// to its loop device is adopted, an nbd or ublk disk takes back its device
+// (reconfigure, user recovery) where the kernel still has it, any other is
+// opened and attached again.
 // A disk that cannot be restored stays in the registry in StateLocked,
 // StateMissing or StateFailed with the reason, so that list shows it and
 // close forgets it. Restore is called by Serve before the API answers.
@@ -44,9 +46,9 @@ func (d *Daemon) Restore(ctx context.Context) {
 // restoreOne re-opens one disk; on failure the disk it returns records why.
 func (d *Daemon) restoreOne(sd stateDisk) (*disk, error) {
 	fail := func(state string, err error) (*disk, error) {
-		return &disk{rec: api.Disk{
+		return &disk{index: sd.Index, rec: api.Disk{
 			ID: sd.ID, File: sd.File, Format: sd.Format, ReadOnly: sd.ReadOnly, Writable: !sd.ReadOnly,
-			Via: sd.Via, UniqueID: api.UniqueID(sd.File), OpenedAt: sd.OpenedAt, Hotplug: true,
+			Via: sd.Via, ViaReason: sd.ViaReason, UniqueID: api.UniqueID(sd.File), OpenedAt: sd.OpenedAt, Hotplug: true,
 			MediaType: api.MediaFixed, State: state, Error: err.Error(),
 		}}, err
 	}

@@ -13,6 +13,8 @@ import (
 	"vdisk/internal/blockdev"
 	"vdisk/internal/image"
 	"vdisk/internal/loop"
+	"vdisk/internal/nbd/kernel"
+	"vdisk/internal/ublk"
 )
 
 // maxRequest bounds a request body.
@@ -134,6 +136,10 @@ func toAPIError(err error) *api.Error {
 		code = api.CodeBusy
 	case errors.Is(err, ErrFUSEUnavailable):
 		code = api.CodeFUSEUnavailable
+	case errors.Is(err, kernel.ErrUnavailable), errors.Is(err, ublk.ErrUnavailable):
+		code = api.CodeViaUnavailable
+	case errors.Is(err, kernel.ErrBusy):
+		code = api.CodeBusy
 	case errors.Is(err, image.ErrUnknownFormat):
 		code = api.CodeUnknownFormat
 	case errors.Is(err, image.ErrUnsupported), errors.Is(err, image.ErrBackingRefused), errors.Is(err, image.ErrChainTooDeep):
@@ -160,7 +166,7 @@ func statusOf(code string) int {
 		return http.StatusConflict
 	case api.CodePermission:
 		return http.StatusForbidden
-	case api.CodeShuttingDown, api.CodeNoLoop, api.CodeFUSEUnavailable, api.CodeNoSpace:
+	case api.CodeShuttingDown, api.CodeNoLoop, api.CodeFUSEUnavailable, api.CodeViaUnavailable, api.CodeNoSpace:
 		return http.StatusServiceUnavailable
 	}
 	return http.StatusInternalServerError

@@ -32,7 +32,7 @@ func TestOpenErrors(t *testing.T) {
 		{name: "missing read-only", req: api.OpenRequest{File: filepath.Join(td.dir, "a.img"), Create: true, ReadOnly: true}, code: api.CodeNoFile, msg: "read-only"},
 		{name: "size not sector multiple", req: api.OpenRequest{File: filepath.Join(td.dir, "a.img"), Create: true, Size: 1000}, code: api.CodeInvalidSize, msg: "multiple of 512"},
 		{name: "negative size", req: api.OpenRequest{File: filepath.Join(td.dir, "a.img"), Create: true, Size: -512}, code: api.CodeInvalidSize, msg: "size"},
-		{name: "bad via", req: api.OpenRequest{File: filepath.Join(td.dir, "a.img"), Create: true, Via: "nbd"}, code: api.CodeBadVia, msg: "attach path"},
+		{name: "bad via", req: api.OpenRequest{File: filepath.Join(td.dir, "a.img"), Create: true, Via: "iscsi"}, code: api.CodeBadVia, msg: "attach path"},
 		{name: "unknown format", req: api.OpenRequest{File: filepath.Join(td.dir, "a.img"), Create: true, Format: "qcow9"}, code: api.CodeUnknownFormat, msg: "qcow9"},
 		{name: "no file", req: api.OpenRequest{}, code: api.CodeBadRequest, msg: "no file"},
 	}

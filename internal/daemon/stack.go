@@ -5,7 +5,6 @@ import (
 	"log/slog"
 
 	"vdisk/internal/blockdev"
-	"vdisk/internal/image"
 	"vdisk/internal/stack"
 )
 
@@ -29,15 +28,6 @@ func openImage(path, format string, readOnly, noLock bool, log *slog.Logger) (bl
 // means raw). It fails if path exists.
 func createImage(path, format string, size int64) error {
 	return stack.Create(context.Background(), path, stack.CreateOptions{Format: format, Size: size})
-}
-
-// defaultVia is the attach path of a format when the request names none:
-// a loop device straight on the file for raw, FUSE for everything else.
-func defaultVia(format string) string {
-	if format == image.Raw {
-		return "loop"
-	}
-	return "fuse"
 }
 
 // formatISO is the registry name of ISO 9660 images, shown to the kernel

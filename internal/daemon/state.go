@@ -22,12 +22,17 @@ const maxStateSize = 4 << 20
 // stateDisk is what the state file remembers of one open disk: enough to
 // open it again the same way.
 type stateDisk struct {
-	ID       string    `json:"id"`
-	File     string    `json:"file"`
-	Format   string    `json:"format"`
-	ReadOnly bool      `json:"read_only"`
-	Via      string    `json:"via"`
-	Device   string    `json:"device"`
+	ID       string `json:"id"`
+	File     string `json:"file"`
+	Format   string `json:"format"`
+	ReadOnly bool   `json:"read_only"`
+	Via      string `json:"via"`
+	// ViaReason is why Via was chosen (api.Disk.ViaReason).
+	ViaReason string `json:"via_reason,omitempty"`
+	Device    string `json:"device"`
+	// Index is N of /dev/nbdN (ViaNBD) or the ublk device id of
+	// /dev/ublkbN (ViaUblk): the device a restarted daemon takes back.
+	Index    *int      `json:"index,omitempty"`
 	OpenedAt time.Time `json:"opened_at"`
 }
 

@@ -33,7 +33,7 @@ func TestBadInput(t *testing.T) {
 		{name: "invalid size", args: []string{"open", img, "--size", "ten"}, want: `invalid size "ten"`},
 		{name: "unknown id", args: []string{"close", "0123456789ab"}, want: "unknown disk id 0123456789ab"},
 		{name: "not open", args: []string{"close", img}, want: "is not an open disk's file, id or device"},
-		{name: "unknown via", args: []string{"open", img, "--via", "nbd"}, want: `--via "nbd": want loop or fuse`},
+		{name: "unknown via", args: []string{"open", img, "--via", "iscsi"}, want: `--via "iscsi": want ublk, nbd, loop or fuse`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) { e.wantFail(nil, tt.want, tt.args...) })
