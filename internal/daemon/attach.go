@@ -3,6 +3,9 @@ package daemon
 import (
 	"fmt"
 	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
 
 	"golang.org/x/sys/unix"
 
@@ -109,23 +112,39 @@ func (d *Daemon) attach(sd stateDisk, adopt bool) (*disk, error) {
 type devNode struct {
 	path         string
 	major, minor uint32
-	// blockSize is the device's logical block size when it differs from
-	// the stack's; zero otherwise.
-	blockSize uint32
+	// blockSize and physBlockSize are the device's logical and physical
+	// block sizes as the kernel has them; zero means the stack's.
+	blockSize, physBlockSize uint32
 	// readOnly is set when the device refuses writes whatever was asked
 	// (a loop device over a file it could only open read-only).
 	readOnly bool
 }
 
-// statNode returns the node at path with its numbers (zero when stat
-// fails: the record still names the path).
+// statNode returns the node at path with its numbers and the block sizes
+// the kernel gave it (zero when unknown: the record still names the path).
 func statNode(path string) devNode {
 	n := devNode{path: path}
 	var st unix.Stat_t
 	if unix.Stat(path, &st) == nil {
 		n.major, n.minor = unix.Major(st.Rdev), unix.Minor(st.Rdev)
 	}
+	queue := filepath.Join("/sys/block", filepath.Base(path), "queue")
+	n.blockSize = sysfsUint(filepath.Join(queue, "logical_block_size"))
+	n.physBlockSize = sysfsUint(filepath.Join(queue, "physical_block_size"))
 	return n
+}
+
+// sysfsUint reads a small decimal sysfs attribute; zero when it cannot.
+func sysfsUint(name string) uint32 {
+	b, err := os.ReadFile(name)
+	if err != nil {
+		return 0
+	}
+	v, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 32)
+	if err != nil {
+		return 0
+	}
+	return uint32(v)
 }
 
 // attachLoop attaches the raw image file f to a free loop device with
@@ -176,6 +195,9 @@ func record(sd stateDisk, dev blockdev.Device, format, via, reason string, node 
 		r.DevNo = fmt.Sprintf("%d:%d", node.major, node.minor)
 		if node.blockSize != 0 {
 			r.LogicalBlockSize = node.blockSize
+		}
+		if node.physBlockSize != 0 {
+			r.PhysicalBlockSize = node.physBlockSize
 		}
 	}
 	return r

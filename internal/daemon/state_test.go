@@ -17,6 +17,9 @@ func TestStateRoundTrip(t *testing.T) {
 	want := []stateDisk{
 		{ID: "0123456789ab", File: "/a.img", Format: "raw", Via: "loop", Device: "/dev/loop3", OpenedAt: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)},
 		{ID: "ba9876543210", File: "/b.img", Format: "raw", ReadOnly: true, Via: "fuse", Device: "/dev/loop4", OpenedAt: time.Date(2026, 1, 2, 3, 4, 6, 0, time.UTC)},
+		// The kernel devices the daemon serves keep their index, 0 included.
+		{ID: "c00000000000", File: "/c.img", Format: "qcow2", Via: "nbd", ViaReason: "asked for (--via nbd)", Device: "/dev/nbd5", Index: ptr(5), OpenedAt: time.Date(2026, 1, 2, 3, 4, 7, 0, time.UTC)},
+		{ID: "d00000000000", File: "/d.img", Format: "raw", Via: "ublk", ViaReason: "ublk: /dev/ublk-control present", Device: "/dev/ublkb0", Index: ptr(0), OpenedAt: time.Date(2026, 1, 2, 3, 4, 8, 0, time.UTC)},
 	}
 	if err := saveState(dir, want); err != nil {
 		t.Fatal(err)
@@ -125,3 +128,5 @@ func FuzzLoadState(f *testing.F) {
 		}
 	})
 }
+
+func ptr(i int) *int { return &i }

@@ -31,7 +31,12 @@ const vmTimeout = 540 * time.Second
 //     daemon runs waits; the next CLI command starts a daemon, which takes
 //     the same device back (nbd reconfigure, ublk user recovery); the read
 //     completes, every fsync-acknowledged file is there, I/O goes on, and
-//     after close the image is clean.
+//     after close the image is clean;
+//   - SIGTERM: the daemon detaches the device, and a write it acknowledged
+//     is in the image.
+//
+// Every open checks the record's device number and block size against the
+// kernel's, and closing a mounted disk must fail as busy.
 const vmScript = `#!/bin/sh
 set -u
 VIA=@VIA@
@@ -59,6 +64,11 @@ vopen() {
 	[ -b "$DEV" ] || fail "$DEV is not a block device"
 	case $DEV in /dev/nbd[0-9]*) got=nbd ;; /dev/ublkb[0-9]*) got=ublk ;; *) got=$DEV ;; esac
 	echo "opened $f as $DEV (id $ID)"
+	# The record has the kernel's numbers and block size for the device.
+	j=$($V info --json $ID) || fail "vdisk info --json $ID"
+	devno=$(printf '%d:%d' 0x$(stat -c %t $DEV) 0x$(stat -c %T $DEV))
+	echo "$j" | grep -q "\"devno\": \"$devno\"" || fail "info devno is not $devno: $j"
+	echo "$j" | grep -q "\"logical_block_size\": $(blockdev --getss $DEV)," || fail "info block size is not $(blockdev --getss $DEV): $j"
 }
 want_via() { # want_via VIA REASON-PREFIX
 	[ "$got" = "$1" ] || fail "$DEV is not a $1 device"
@@ -91,6 +101,8 @@ roundtrip() { # roundtrip FILE OPENARGS...: mkfs, files, close, reopen, verify, 
 	mount -t ext4 $DEV $MNT || fail "mount"
 	writefiles 6
 	sync || fail sync
+	$V close $ID 2>/tmp/err && fail "close of a mounted disk succeeded"
+	grep -q "is in use" /tmp/err || fail "close of a mounted disk: $(cat /tmp/err)"
 	umount $MNT || fail umount
 	$V close $ID || fail "close"
 	gone $DEV
@@ -188,6 +200,15 @@ mount -t ext4 -o ro $DEV $MNT || fail "mount after the restart"
 checkfiles
 umount $MNT
 $V close $ID || fail close
+
+step "SIGTERM: the daemon flushes and detaches every disk"
+vopen $I/e.img --via $VIA --size 16M
+dd if=/tmp/pattern of=$DEV bs=64k seek=10 oflag=direct 2>/dev/null || fail "write before SIGTERM"
+pid=$(daemon_pid)
+kill -TERM $pid
+i=0; while kill -0 $pid 2>/dev/null; do i=$((i + 1)); [ $i -le 600 ] || fail "daemon alive 60 s after SIGTERM"; sleep 0.1; done
+gone $DEV
+[ "$(dd if=$I/e.img bs=64k skip=10 count=32 2>/dev/null | md5sum)" = "$(md5sum </tmp/pattern)" ] || fail "write lost at SIGTERM"
 
 step "done"
 echo PASS
