@@ -246,7 +246,8 @@ func (img *Image) growRefTable(n int64) error {
 }
 
 // alloc allocates n contiguous host clusters with refcount 1 and returns
-// the offset of the first.
+// the offset of the first. n must not exceed half a refcount block's
+// entries (see allocRun).
 func (img *Image) alloc(n int64) (int64, error) {
 	E := img.rbEntries()
 	for {

@@ -2,6 +2,8 @@ package qcow2
 
 import (
 	"errors"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -43,8 +45,22 @@ func TestQemuSpecialImages(t *testing.T) {
 
 	t.Run("luks", func(t *testing.T) {
 		p := filepath.Join(dir, "luks.qcow2")
-		runCmd(t, "qemu-img", "create", "-q", "-f", "qcow2", "--object", "secret,id=s0,data=pw",
-			"-o", "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10", p, "1M")
+		// qemu-img's PBKDF calibration fails now and then on a loaded
+		// machine ("Unable to get accurate CPU usage"): retry with longer
+		// calibration times.
+		var out []byte
+		var err error
+		for _, ms := range []string{"10", "100", "500"} {
+			out, err = exec.Command("qemu-img", "create", "-q", "-f", "qcow2", "--object", "secret,id=s0,data=pw",
+				"-o", "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time="+ms, p, "1M").CombinedOutput()
+			if err == nil {
+				break
+			}
+			os.Remove(p)
+		}
+		if err != nil {
+			t.Fatalf("qemu-img create (LUKS): %v\n%s", err, out)
+		}
 		fa, err := Info(p)
 		if err != nil || !fa.Encrypted {
 			t.Fatalf("info %+v %v", fa, err)

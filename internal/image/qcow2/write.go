@@ -34,6 +34,16 @@ func (img *Image) WriteAt(p []byte, off int64) (int, error) {
 			pos += n
 			continue
 		}
+		if pos%img.cs == 0 && end-pos >= 2*img.cs {
+			k, err := img.allocRun(pos/img.cs, (end-pos)/img.cs, p[pos-off:])
+			if err != nil {
+				return int(pos - off), err
+			}
+			if k > 0 {
+				pos += k * img.cs
+				continue
+			}
+		}
 		n = min(img.cs-pos%img.cs, end-pos)
 		if err := img.writeCluster(pos/img.cs, pos%img.cs, p[pos-off:pos-off+n]); err != nil {
 			return int(pos - off), err
@@ -41,6 +51,85 @@ func (img *Image) WriteAt(p []byte, off int64) (int, error) {
 		pos += n
 	}
 	return len(p), nil
+}
+
+// maxAllocRun bounds the clusters allocRun allocates at once.
+const maxAllocRun = 512
+
+// allocRun writes whole guest clusters [vc, vc+k) from data into k new,
+// contiguous host clusters with one pwrite, when at least two clusters
+// from vc on are unallocated, zero or compressed (so nothing of theirs
+// needs keeping). It returns k, 0 when the run does not apply.
+func (img *Image) allocRun(vc, max int64, data []byte) (int64, error) {
+	img.mu.Lock()
+	// At most half a refcount block: a run that meets a missing block
+	// then still fits in the free clusters after the block alloc places
+	// at the start of its range.
+	k := int64(0)
+	for k < min(max, maxAllocRun, img.rbEntries()/2) {
+		c := vc + k
+		if img.inflight[c] != nil {
+			break
+		}
+		e, _, err := img.l2Entry(c)
+		if err != nil {
+			img.mu.Unlock()
+			return 0, err
+		}
+		if e&flagCompressed == 0 && e&offsetMask != 0 {
+			break
+		}
+		k++
+	}
+	if k < 2 {
+		img.mu.Unlock()
+		return 0, nil
+	}
+	done := make(chan struct{})
+	for c := vc; c < vc+k; c++ {
+		img.inflight[c] = done
+	}
+	defer func() {
+		for c := vc; c < vc+k; c++ {
+			delete(img.inflight, c)
+		}
+		close(done)
+		img.mu.Unlock()
+	}()
+	olds := make([]uint64, k)
+	for i := range k {
+		t, err := img.l2Table((vc+i)/img.l2n, true)
+		if err != nil {
+			return 0, err
+		}
+		olds[i], _ = img.entryAt(t, (vc+i)%img.l2n)
+	}
+	target, err := img.alloc(k)
+	if err != nil {
+		return 0, err
+	}
+	img.mu.Unlock()
+	err = img.writeHost(data[:k*img.cs], target)
+	img.mu.Lock()
+	if err != nil {
+		for i := range k {
+			img.pendingFree = append(img.pendingFree, target/img.cs+i)
+		}
+		return 0, err
+	}
+	nbm := uint64(0)
+	if img.h.extL2() {
+		nbm = allSubclusters
+	}
+	for i := range k {
+		t, err := img.l2Table((vc+i)/img.l2n, true)
+		if err != nil {
+			return 0, err
+		}
+		img.setEntry(t, (vc+i)%img.l2n, uint64(target+i*img.cs)|flagCopied, nbm)
+		img.dropEntry(olds[i])
+	}
+	return k, nil
 }
 
 // inPlaceRun returns the longest run of guest bytes from pos (up to end)
