@@ -82,6 +82,12 @@ func openBacking(path string, h *header, opt image.OpenOptions) (blockdev.Device
 		return nil, fmt.Errorf("qcow2: backing file %q loops back to %s: %w", h.backingFile, bc, image.ErrBackingRefused)
 	}
 	format := h.backingFormat
+	if format == "" && opt.BackingDir != "" {
+		// A guest can write any header into a raw disk: probing a backing
+		// file could follow that header's own backing file. Safe mode
+		// never guesses.
+		return nil, fmt.Errorf("qcow2: backing file %q has no recorded format, and safe mode (a backing directory) does not probe: %w", h.backingFile, image.ErrBackingRefused)
+	}
 	if format == "" {
 		if format, err = image.Probe(bp); err != nil {
 			return nil, err

@@ -119,6 +119,9 @@ func TestHostileBacking(t *testing.T) {
 	nbd := filepath.Join(dir, "nbd.qcow2")
 	create(t, nbd, 1<<20, 0, nil, "", "")
 	setBacking(nbd, "nbd://example.invalid/x")
+	noFmt := filepath.Join(dir, "nofmt.qcow2")
+	create(t, noFmt, 1<<20, 0, map[string]string{"compat": "0.10"}, "", "")
+	setBacking(noFmt, "c0.qcow2") // v2 image: no backing-format extension
 	c0 := filepath.Join(dir, "c0.qcow2")
 	create(t, c0, 1<<20, 0, nil, "", "")
 	for i := 1; i <= 3; i++ {
@@ -135,6 +138,7 @@ func TestHostileBacking(t *testing.T) {
 		{"json", js, image.OpenOptions{}, image.ErrBackingRefused, "json:"},
 		{"protocol", nbd, image.OpenOptions{}, image.ErrBackingRefused, "protocol"},
 		{"too deep", filepath.Join(dir, "c3.qcow2"), image.OpenOptions{MaxChainDepth: 2}, image.ErrChainTooDeep, "more than 2"},
+		{"unrecorded format in safe mode", noFmt, image.OpenOptions{BackingDir: dir}, image.ErrBackingRefused, "no recorded format"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -149,6 +153,12 @@ func TestHostileBacking(t *testing.T) {
 			}
 		})
 	}
+	t.Run("unrecorded format probed outside safe mode", func(t *testing.T) {
+		img := openImage(t, noFmt, image.OpenOptions{ReadOnly: true})
+		if img.Backing() == nil {
+			t.Fatal("no backing device")
+		}
+	})
 	t.Run("within depth", func(t *testing.T) {
 		img := openImage(t, filepath.Join(dir, "c3.qcow2"), image.OpenOptions{ReadOnly: true, MaxChainDepth: 3, BackingDir: dir})
 		if img.Backing() == nil {
