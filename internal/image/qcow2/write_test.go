@@ -1,7 +1,7 @@
 package qcow2
 
 import (
-	"fmt"
+	"errors"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -300,8 +300,10 @@ func TestCreateRefusesExisting(t *testing.T) {
 		t.Fatal(err)
 	}
 	err := Create(p, image.CreateOptions{Format: "qcow2", Size: 1 << 20})
-	if err == nil {
-		t.Fatal("create over an existing file succeeded")
+	if !errors.Is(err, os.ErrExist) {
+		t.Fatalf("create over an existing file: %v, want ErrExist", err)
 	}
-	_ = fmt.Sprint(err)
+	if st, err := os.Stat(p); err != nil || st.Size() != 0 {
+		t.Fatalf("existing file changed: %v %v", st, err)
+	}
 }
