@@ -63,6 +63,15 @@ func TestHostileImages(t *testing.T) {
 			patch(t, p, 3*65536, be64(4*65536|flagCopied))
 			patch(t, p, 4*65536, be64(1<<40|flagCopied))
 		}, is: blockdev.ErrCorrupt, message: "past the end of the file", onRead: true},
+		{name: "compressed past EOF", damage: func(t *testing.T, p string) {
+			patch(t, p, 3*65536, be64(4*65536|flagCopied))
+			patch(t, p, 4*65536, be64(1<<40|flagCompressed))
+		}, is: blockdev.ErrCorrupt, message: "compressed cluster", onRead: true},
+		{name: "compressed garbage", damage: func(t *testing.T, p string) {
+			patch(t, p, 3*65536, be64(4*65536|flagCopied))
+			patch(t, p, 4*65536, be64(4*65536+512|flagCompressed))
+			patch(t, p, 4*65536+512, []byte{0xff, 0xff, 0xff, 0xff})
+		}, is: blockdev.ErrCorrupt, message: "compressed cluster", onRead: true},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
