@@ -142,3 +142,29 @@ func BenchmarkSeqWrite1M(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkExtentsSparse maps a 1 TiB image with one allocated cluster.
+func BenchmarkExtentsSparse(b *testing.B) {
+	p := filepath.Join(b.TempDir(), "big.qcow2")
+	if err := Create(p, image.CreateOptions{Format: "qcow2", Size: 1 << 40}); err != nil {
+		b.Fatal(err)
+	}
+	img, err := Open(p, image.OpenOptions{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer img.Close()
+	if _, err := img.WriteAt([]byte{1}, 1<<39); err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	for range b.N {
+		for off := int64(0); off < img.Size(); {
+			ex, err := img.Extents(off, img.Size()-off)
+			if err != nil {
+				b.Fatal(err)
+			}
+			off = ex[len(ex)-1].Off + ex[len(ex)-1].Len
+		}
+	}
+}

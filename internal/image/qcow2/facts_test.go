@@ -2,6 +2,7 @@ package qcow2
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -193,5 +194,60 @@ func TestExtentsMatchQemuMap(t *testing.T) {
 				t.Errorf("at %d: our flags %b, qemu data=%v zero=%v", pos, f, q.Data, q.Zero)
 			}
 		}
+	}
+}
+
+// TestExtentsSparseMatchQemuMap maps an image whose L1 table has holes
+// (unallocated L2 tables) and compares the extents with qemu-img map.
+func TestExtentsSparseMatchQemuMap(t *testing.T) {
+	needTool(t, "qemu-img")
+	needTool(t, "qemu-io")
+	p := filepath.Join(t.TempDir(), "sparse.qcow2")
+	runCmd(t, "qemu-img", "create", "-q", "-f", "qcow2", p, "3G")
+	runCmd(t, "qemu-io", "-c", "write -P 5 2G 128k", "-c", "write -P 6 100M 64k", p)
+	img := openImage(t, p, image.OpenOptions{ReadOnly: true})
+	out, err := exec.Command("qemu-img", "map", "--output", "json", p).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var qm []struct {
+		Start, Length int64
+		Data, Zero    bool
+	}
+	if err := json.Unmarshal(out, &qm); err != nil {
+		t.Fatal(err)
+	}
+	var want []blockdev.Extent
+	for _, q := range qm {
+		f := blockdev.ExtentFlags(0)
+		if !q.Data {
+			f |= blockdev.ExtentHole
+		}
+		if q.Zero {
+			f |= blockdev.ExtentZero
+		}
+		if k := len(want) - 1; k >= 0 && want[k].Flags == f {
+			want[k].Len += q.Length
+		} else {
+			want = append(want, blockdev.Extent{Off: q.Start, Len: q.Length, Flags: f})
+		}
+	}
+	var got []blockdev.Extent
+	for off := int64(0); off < img.Size(); {
+		ex, err := img.Extents(off, img.Size()-off)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range ex {
+			if k := len(got) - 1; k >= 0 && got[k].Flags == e.Flags {
+				got[k].Len += e.Len
+			} else {
+				got = append(got, e)
+			}
+		}
+		off = ex[len(ex)-1].Off + ex[len(ex)-1].Len
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("extents %v\nqemu-img map %v", got, want)
 	}
 }

@@ -92,13 +92,25 @@ func (img *Image) mapRun(pos, end int64) (run, error) {
 	var r run
 	for pos+r.n < end {
 		p := pos + r.n
-		e, bm, err := img.l2Entry(p / img.cs)
-		if err != nil {
-			return run{}, err
-		}
-		k, host, n, err := img.classify(e, bm, p%img.cs)
-		if err != nil {
-			return run{}, err
+		vc := p / img.cs
+		var (
+			k    kind
+			host int64
+			n    int64
+			e    uint64
+		)
+		if i := vc / img.l2n; i < int64(len(img.l1)) && img.l1[i]&offsetMask == 0 {
+			// No L2 table: the rest of its span is unallocated.
+			k, n = kUnalloc, (i+1)*img.l2n*img.cs-p
+		} else {
+			var bm uint64
+			var err error
+			if e, bm, err = img.l2Entry(vc); err != nil {
+				return run{}, err
+			}
+			if k, host, n, err = img.classify(e, bm, p%img.cs); err != nil {
+				return run{}, err
+			}
 		}
 		if r.n == 0 {
 			r = run{kind: k, host: host, entry: e}
