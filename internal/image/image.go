@@ -23,8 +23,13 @@ import (
 )
 
 // ProbeSize is how many bytes of a file Probe reads and hands to each
-// format's Probe function.
-const ProbeSize = 4096
+// format's Probe function: enough to reach the ISO 9660 volume descriptor
+// ("CD001" at byte 32769).
+const ProbeSize = 64 << 10
+
+// ProbeTailSize is how many bytes at the end of a file Probe hands to each
+// format's ProbeTail function (the footer of a fixed VHD).
+const ProbeTailSize = 512
 
 // DefaultMaxChainDepth bounds a backing chain when OpenOptions leaves
 // MaxChainDepth zero.
@@ -41,6 +46,10 @@ type Format struct {
 	// (fewer if the file is shorter), looks like this format. nil never
 	// matches (raw).
 	Probe func(header []byte) bool
+	// ProbeTail reports whether tail, the last ProbeTailSize bytes of a
+	// file of size bytes, marks this format (a trailer, not a header). It
+	// is asked only when no format's Probe matched; nil never matches.
+	ProbeTail func(tail []byte, size int64) bool
 	// Open opens the image at path.
 	Open func(path string, opt OpenOptions) (blockdev.Device, error)
 	// Create makes a new image at path; it fails if path exists.
@@ -171,17 +180,30 @@ func Formats() []string {
 // ProbeBytes returns the format whose magic header matches, or Raw when
 // none does.
 func ProbeBytes(header []byte) string {
+	return probe(header, nil, 0)
+}
+
+// probe matches the header first, then the tail; Raw when neither does.
+func probe(header, tail []byte, size int64) string {
 	for _, n := range Formats() {
 		f := registry[n]
 		if f.Probe != nil && f.Probe(header) {
 			return n
 		}
 	}
+	if len(tail) > 0 {
+		for _, n := range Formats() {
+			f := registry[n]
+			if f.ProbeTail != nil && f.ProbeTail(tail, size) {
+				return n
+			}
+		}
+	}
 	return Raw
 }
 
-// Probe reads the start of the file at path and returns the format it
-// holds; Raw when no format's magic matches.
+// Probe reads the start (and the end) of the file at path and returns the
+// format it holds; Raw when no format's magic matches.
 func Probe(path string) (string, error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -193,7 +215,18 @@ func Probe(path string) (string, error) {
 	if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF) {
 		return "", fmt.Errorf("image: probe %s: %w", path, err)
 	}
-	return ProbeBytes(buf[:n]), nil
+	var tail []byte
+	size, err := f.Seek(0, io.SeekEnd)
+	if err != nil {
+		return "", fmt.Errorf("image: probe %s: %w", path, err)
+	}
+	if size >= ProbeTailSize {
+		tail = make([]byte, ProbeTailSize)
+		if _, err := f.ReadAt(tail, size-ProbeTailSize); err != nil {
+			return "", fmt.Errorf("image: probe %s: %w", path, err)
+		}
+	}
+	return probe(buf[:n], tail, size), nil
 }
 
 // resolve returns the format to use for path: the explicit one, or the

@@ -63,7 +63,7 @@ func TestReadGenisoimage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got, err := image.Probe(p); err != nil || (got != Name && got != image.Raw) {
+	if got, err := image.Probe(p); err != nil || got != Name {
 		t.Fatalf("probe: %q, %v", got, err)
 	}
 	if !probe(want[:MagicOffset+5]) || image.ProbeBytes(want[:MagicOffset+5]) != Name {

@@ -44,12 +44,13 @@ const maxCachedBitmaps = 4096
 
 func init() {
 	image.Register(image.Format{
-		Name:   Name,
-		Probe:  probe,
-		Open:   Open,
-		Create: Create,
-		Info:   Info,
-		Check:  Check,
+		Name:      Name,
+		Probe:     probe,
+		ProbeTail: probeTail,
+		Open:      Open,
+		Create:    Create,
+		Info:      Info,
+		Check:     Check,
 	})
 }
 
@@ -57,6 +58,18 @@ func init() {
 // disks.
 func probe(b []byte) bool {
 	return len(b) >= footerSize && string(b[:8]) == string(footerCookie)
+}
+
+// probeTail matches a fixed disk: a valid footer at the end of a file whose
+// data is exactly the disk the footer describes. The checksum and the size
+// must agree, so a raw disk's last sector is not mistaken for one by chance.
+func probeTail(b []byte, size int64) bool {
+	ft, err := parseFooter(b)
+	if err != nil || ft.diskType != typeFixed {
+		return false
+	}
+	vs, err := ft.virtualSize()
+	return err == nil && vs <= size-footerSize && int64(ft.currentSize) == size-footerSize
 }
 
 // Image is an open dynamic or differencing VHD. See the package comment for

@@ -2,6 +2,7 @@ package vhd
 
 import (
 	"fmt"
+	"os"
 	"path/filepath"
 	"testing"
 	"vdisk/internal/image/imagetest"
@@ -62,12 +63,13 @@ func TestReadQemuImages(t *testing.T) {
 	}
 }
 
-// TestProbe checks that dynamic disks probe as vhd and fixed ones (whose
-// only footer is at the end, as in qemu) as raw.
+// TestProbe checks that dynamic disks probe as vhd by their header copy and
+// fixed ones by their footer (qemu probes those as raw), and that a footer
+// that does not describe the file exactly leaves it raw.
 func TestProbe(t *testing.T) {
 	imagetest.NeedTool(t, "qemu-img")
 	dir := t.TempDir()
-	for _, tc := range []struct{ sub, want string }{{"dynamic", Name}, {"fixed", image.Raw}} {
+	for _, tc := range []struct{ sub, want string }{{"dynamic", Name}, {"fixed", Name}} {
 		p := filepath.Join(dir, tc.sub+".vhd")
 		imagetest.Run(t, "qemu-img", "create", "-q", "-f", "vpc", "-o", "subformat="+tc.sub, p, "1M")
 		got, err := image.Probe(p)
@@ -76,6 +78,25 @@ func TestProbe(t *testing.T) {
 		}
 		if got != tc.want {
 			t.Errorf("%s: probed %q, want %q", tc.sub, got, tc.want)
+		}
+	}
+	// The fixed image's footer, pasted at the end of a larger raw file, and
+	// the same file with its checksum broken: both stay raw.
+	fixed, err := os.ReadFile(filepath.Join(dir, "fixed.vhd"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	foot := fixed[len(fixed)-footerSize:]
+	for name, b := range map[string][]byte{
+		"footer of another size": append(make([]byte, 2<<20), foot...),
+		"bad checksum":           append(append([]byte{}, fixed[:len(fixed)-1]...), fixed[len(fixed)-1]^0xff),
+	} {
+		p := filepath.Join(dir, "raw.img")
+		if err := os.WriteFile(p, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if got, err := image.Probe(p); err != nil || got != image.Raw {
+			t.Errorf("%s: probed %q (%v), want raw", name, got, err)
 		}
 	}
 }
