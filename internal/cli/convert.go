@@ -28,6 +28,7 @@ type convertOptions struct {
 	clusterSize string
 	backingDir  string
 	s3          stack.S3Options
+	crypt       cryptFlags
 }
 
 func init() { register(newConvertCmd) }
@@ -62,6 +63,7 @@ existing image of the same size.`,
 	f.IntVar(&o.writers, "writers", convert.DefaultWriters, "writes in flight")
 	f.StringVar(&o.clusterSize, "cluster-size", "", "destination cluster size (formats that have one)")
 	addS3Flags(f, &o.s3)
+	o.crypt.add(f)
 	f.StringVar(&o.backingDir, "backing-dir", "", "refuse source backing files outside this directory")
 	return c
 }
@@ -76,7 +78,8 @@ func runConvert(ctx context.Context, e *env, o convertOptions, srcPath, dstPath 
 			return fmt.Errorf("convert: --cluster-size: %w", err)
 		}
 	}
-	src, err := stack.Open(ctx, srcPath, stack.Options{Format: o.srcFormat, ReadOnly: true, BackingDir: o.backingDir, S3: o.s3, Log: e.log})
+	src, err := stack.Open(ctx, srcPath, stack.Options{Format: o.srcFormat, ReadOnly: true, BackingDir: o.backingDir, S3: o.s3, Log: e.log,
+		Passphrase: o.crypt.passphrase(e), KeepEncrypted: o.crypt.noDecrypt})
 	if err != nil {
 		return fmt.Errorf("convert: source: %w", err)
 	}

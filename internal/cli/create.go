@@ -6,8 +6,11 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"vdisk/internal/crypt/luks"
 	"vdisk/internal/image"
 	_ "vdisk/internal/image/all" // every format
+	"vdisk/internal/stack"
+	"vdisk/internal/storage/objstore/s3"
 )
 
 func init() { register(newCreateCmd) }
@@ -16,6 +19,9 @@ func newCreateCmd(e *env) *cobra.Command {
 	var (
 		format, size, backing, backingFmt, cluster string
 		options                                    []string
+		encrypt, keyFile, cipher                   string
+		kf                                         pbkdfFlags
+		s3o                                        stack.S3Options
 	)
 	cmd := &cobra.Command{
 		Use:   "create FILE [--size N]",
@@ -27,13 +33,21 @@ backing file (--backing, stored as given: a relative name is relative to the
 new image's directory) whose format --backing-format records (default: probe
 it now); without --size it takes the backing file's size. Format options go
 in -o key=value[,key=value]: for qcow2 compat (0.10 or 1.1), refcount_bits,
-lazy_refcounts (on/off) and extended_l2 (on/off).`,
+lazy_refcounts (on/off) and extended_l2 (on/off).
+
+--encrypt luks2|luks1 puts a LUKS volume on top of any format: --size is then
+the size of the decrypted disk, and the image is larger by the LUKS header.
+The passphrase comes from a prompt (asked twice) or --key-file.
+
+FILE may be s3://bucket/prefix (raw, with --s3-endpoint): a chunked image in
+an object store, --cluster-size being its chunk size (default 4M).`,
 		Example: `  vdisk create disk.img --size 10G
   vdisk create -f qcow2 disk.qcow2 --size 20G --cluster-size 64K
-  vdisk create -f qcow2 top.qcow2 --backing base.qcow2 --backing-format qcow2`,
+  vdisk create -f qcow2 top.qcow2 --backing base.qcow2 --backing-format qcow2
+  vdisk create --encrypt luks2 --key-file key.txt secret.img --size 1G`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			opt := image.CreateOptions{Format: format, BackingFile: backing, BackingFormat: backingFmt}
+			opt := stack.CreateOptions{Format: format, BackingFile: backing, BackingFormat: backingFmt, S3: s3o}
 			if size != "" {
 				n, err := parseSize(size)
 				if err != nil {
@@ -62,8 +76,26 @@ lazy_refcounts (on/off) and extended_l2 (on/off).`,
 					opt.Options[k] = v
 				}
 			}
-			if err := image.Create(args[0], opt); err != nil {
+			if encrypt != "" {
+				if encrypt != "luks2" && encrypt != "luks1" {
+					return fmt.Errorf("create: --encrypt %q: want luks2 or luks1", encrypt)
+				}
+				if size == "" {
+					return fmt.Errorf("create: --encrypt needs --size")
+				}
+				pass, err := readPassphrase(e, keyFile, "Enter passphrase for the new volume: ", true)
+				if err != nil {
+					return fmt.Errorf("create: %w", err)
+				}
+				opt.Encrypt = stack.EncryptOptions{Type: encrypt, Passphrase: pass,
+					LUKS: luks.FormatOptions{Cipher: cipher, PBKDF: kf.options()}}
+			}
+			if err := stack.Create(cmd.Context(), args[0], opt); err != nil {
 				return err
+			}
+			if s3.IsURL(args[0]) {
+				fmt.Fprintf(e.stdout, "created %s: %s, %s\n", args[0], opt.Format, formatSize(opt.Size))
+				return nil
 			}
 			fa, err := image.Info(args[0], format)
 			if err != nil {
@@ -72,6 +104,9 @@ lazy_refcounts (on/off) and extended_l2 (on/off).`,
 			fmt.Fprintf(e.stdout, "created %s: %s, %s", args[0], fa.Format, formatSize(fa.VirtualSize))
 			if fa.BackingFile != "" {
 				fmt.Fprintf(e.stdout, ", backing file %s (%s)", fa.BackingFile, fa.BackingFormat)
+			}
+			if encrypt != "" {
+				fmt.Fprintf(e.stdout, ", encrypted (%s), %s decrypted", encrypt, formatSize(opt.Size))
 			}
 			fmt.Fprintln(e.stdout)
 			return nil
@@ -84,5 +119,10 @@ lazy_refcounts (on/off) and extended_l2 (on/off).`,
 	fl.StringVarP(&backingFmt, "backing-format", "F", "", "format of the backing file (default: probe)")
 	fl.StringVar(&cluster, "cluster-size", "", "cluster size (qcow2; 512 to 2M, default 64K)")
 	fl.StringSliceVarP(&options, "option", "o", nil, "format option key=value (repeatable, comma-separated)")
+	fl.StringVar(&encrypt, "encrypt", "", "encrypt the image: luks2 or luks1")
+	fl.StringVar(&keyFile, "key-file", "", "passphrase for --encrypt, from this file (- for stdin)")
+	fl.StringVar(&cipher, "cipher", "", "cipher for --encrypt (default aes-xts-plain64)")
+	kf.add(cmd)
+	addS3Flags(fl, &s3o)
 	return cmd
 }
