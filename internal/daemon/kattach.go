@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -173,4 +176,22 @@ func releaseKernelDisk(rec api.Disk, k kernelDisk, force bool) error {
 		return fmt.Errorf("detach %s: %w", rec.Device, err)
 	}
 	return nil
+}
+
+// releaseStaleNBD disconnects /dev/nbd<index>, left waiting by a daemon
+// that died, when it still belongs to disk id (its backend identifier
+// says so): a disk that could not be restored is being closed, and nobody
+// will serve the device again. A device that belongs to someone else, or
+// is gone, is left alone. Failures are logged: closing forgets the disk
+// either way.
+func (d *Daemon) releaseStaleNBD(id string, index int) {
+	b, err := os.ReadFile(filepath.Join("/sys/block", filepath.Base(kernel.Path(index)), "backend"))
+	if err != nil || strings.TrimSpace(string(b)) != nbdBackend(id) {
+		return
+	}
+	if err := kernel.Disconnect(index); err != nil {
+		d.log.Warn("disconnect the nbd device of a disk not restored", "id", id, "device", kernel.Path(index), "err", err)
+		return
+	}
+	d.log.Info("disconnected the nbd device of a disk not restored", "id", id, "device", kernel.Path(index))
 }

@@ -187,6 +187,9 @@ func (d *Daemon) closeDisk(dk *disk, force bool) error {
 		}
 		dk.kern = nil
 	}
+	if dk.index != nil && dk.rec.Via == api.ViaNBD {
+		d.releaseStaleNBD(dk.rec.ID, *dk.index)
+	}
 	if dk.loop != nil {
 		err := dk.loop.Detach()
 		if errors.Is(err, loop.ErrBusy) {

@@ -32,6 +32,8 @@ const vmTimeout = 540 * time.Second
 //     the same device back (nbd reconfigure, ublk user recovery); the read
 //     completes, every fsync-acknowledged file is there, I/O goes on, and
 //     after close the image is clean;
+//   - kill -9, then the image moved away: the restarted daemon reports the
+//     disk missing; close forgets it (and disconnects its /dev/nbdN);
 //   - SIGTERM: the daemon detaches the device, and a write it acknowledged
 //     is in the image.
 //
@@ -94,9 +96,14 @@ writefiles() { # writefiles N: N files of random data, fsync'd, and their sums
 }
 checkfiles() { (cd $MNT && md5sum -c /tmp/sums >/dev/null) || fail "checksums differ"; }
 fsck_dev() { e2fsck -fn $1 >/tmp/fsck.log 2>&1 || { cat /tmp/fsck.log; fail "e2fsck -fn $1"; }; tail -n1 /tmp/fsck.log; }
-roundtrip() { # roundtrip FILE OPENARGS...: mkfs, files, close, reopen, verify, fsck
+roundtrip() { # roundtrip FILE OPENARGS...: 64M, writable, O_DIRECT pattern; mkfs, files, close, reopen, verify, fsck
 	f=$1; shift
 	vopen $f "$@"
+	[ "$(blockdev --getsize64 $DEV)" = 67108864 ] || fail "size $(blockdev --getsize64 $DEV)"
+	[ "$(blockdev --getro $DEV)" = 0 ] || fail "read-only flag on a writable disk"
+	dd if=/tmp/pattern of=$DEV bs=64k seek=200 oflag=direct conv=fsync 2>/dev/null || fail "O_DIRECT write"
+	got=$(dd if=$DEV bs=64k skip=200 count=32 iflag=direct 2>/dev/null | md5sum)
+	[ "$got" = "$(md5sum </tmp/pattern)" ] || fail "O_DIRECT read back differs"
 	mkfs.ext4 -q -F $DEV || fail "mkfs.ext4 $DEV"
 	mount -t ext4 $DEV $MNT || fail "mount"
 	writefiles 6
@@ -200,6 +207,22 @@ mount -t ext4 -o ro $DEV $MNT || fail "mount after the restart"
 checkfiles
 umount $MNT
 $V close $ID || fail close
+
+step "kill -9, and the image is gone at the restart: the disk is reported, close forgets it"
+vopen $I/g.img --via $VIA --size 16M
+pid=$(daemon_pid); kill -9 $pid
+while kill -0 $pid 2>/dev/null; do sleep 0.1; done
+mv $I/g.img $I/g.moved
+list=$($V list) || fail "vdisk list"
+echo "$list"
+echo "$list" | grep -q "$ID *(missing) " || fail "the disk whose image is gone is not reported missing"
+$V close $ID || fail "close of a missing disk"
+$V list | grep -q "$ID" && fail "close did not forget the missing disk"
+if [ $VIA = nbd ]; then
+	gone $DEV # the daemon disconnected the device it can no longer serve
+	n=$(dd if=$DEV bs=4k count=1 iflag=direct 2>/dev/null | wc -c)
+	[ "$n" = 0 ] || fail "$DEV still reads ($n bytes)"
+fi
 
 step "SIGTERM: the daemon flushes and detaches every disk"
 vopen $I/e.img --via $VIA --size 16M
