@@ -12,6 +12,7 @@ import (
 	"vdisk/internal/blockdev"
 	"vdisk/internal/image"
 	"vdisk/internal/loop"
+	"vdisk/internal/nbd/kernel"
 )
 
 func TestToAPIError(t *testing.T) {
@@ -27,6 +28,9 @@ func TestToAPIError(t *testing.T) {
 		{name: "no loop", err: fmt.Errorf("loop: %w", loop.ErrNoFreeDevice), code: api.CodeNoLoop, status: http.StatusServiceUnavailable},
 		{name: "busy", err: fmt.Errorf("detach: %w", loop.ErrBusy), code: api.CodeBusy, status: http.StatusConflict},
 		{name: "fuse", err: fmt.Errorf("%w: /dev/fuse", ErrFUSEUnavailable), code: api.CodeFUSEUnavailable, status: http.StatusServiceUnavailable},
+		{name: "no ublk", err: fmt.Errorf("attach x --via ublk: %w", errNoUblk), code: api.CodeViaUnavailable, status: http.StatusServiceUnavailable},
+		{name: "no nbd", err: fmt.Errorf("attach x --via nbd: %w", errNoNBD), code: api.CodeViaUnavailable, status: http.StatusServiceUnavailable},
+		{name: "nbd busy", err: fmt.Errorf("nbd: NBD_CMD_CONNECT: %w", kernel.ErrBusy), code: api.CodeBusy, status: http.StatusConflict},
 		{name: "format", err: fmt.Errorf("image: \"x\": %w", image.ErrUnknownFormat), code: api.CodeUnknownFormat, status: http.StatusBadRequest},
 		{name: "unsupported", err: fmt.Errorf("qcow2: %w", image.ErrUnsupported), code: api.CodeUnsupported, status: http.StatusBadRequest},
 		{name: "backing refused", err: fmt.Errorf("qcow2: %w", image.ErrBackingRefused), code: api.CodeUnsupported, status: http.StatusBadRequest},
