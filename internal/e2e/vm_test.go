@@ -74,7 +74,7 @@ vopen() {
 }
 want_via() { # want_via VIA REASON-PREFIX
 	[ "$got" = "$1" ] || fail "$DEV is not a $1 device"
-	info=$($V info $ID) || fail "vdisk info $ID"
+	info=$($V info $DEV) || fail "vdisk info $DEV"
 	echo "$info" | grep -q "^via: *$1\$" || fail "info does not say via $1: $info"
 	echo "$info" | grep -q "^via reason: *$2" || fail "info does not give the reason '$2': $info"
 	echo "$info" | grep "^via"
@@ -132,7 +132,8 @@ else
 	want_via ublk "ublk: /dev/ublk-control present"
 fi
 $V list | grep -q "$ID .*$VIA\$" || fail "list: $($V list)"
-$V close $ID || fail "close the default disk"
+$V list --json | grep -q '"via_reason": "'"$(echo "$info" | sed -n 's/^via reason: *//p')"'"' || fail "list --json lacks the reason: $($V list --json)"
+$V close $I/default.img || fail "close the default disk by its file"
 gone $DEV
 
 step "raw --via $VIA: size, flags, O_DIRECT pattern"
