@@ -62,6 +62,9 @@ func (d *Daemon) attach(sd stateDisk, adopt bool) (*disk, error) {
 		reason = askedReason(via)
 	}
 	dk := &disk{dev: dev}
+	// A stack that cannot write (an ISO image) is attached read-only even
+	// when the request did not say so.
+	readOnly := sd.ReadOnly || blockdev.InfoOf(dev).ReadOnly
 	switch via {
 	case api.ViaLoop:
 		f, ok := dev.(*blockdev.File)
@@ -72,7 +75,7 @@ func (d *Daemon) attach(sd stateDisk, adopt bool) (*disk, error) {
 		if adopted != nil {
 			dk.loop = adopted
 			d.log.Info("adopted loop device", "file", sd.File, "device", adopted.Path)
-		} else if dk.loop, err = attachLoop(f, sd.ReadOnly); err != nil {
+		} else if dk.loop, err = attachLoop(f, readOnly); err != nil {
 			dev.Close()
 			return nil, err
 		}
@@ -80,7 +83,7 @@ func (d *Daemon) attach(sd stateDisk, adopt bool) (*disk, error) {
 		if adopt {
 			d.clearStaleFUSE(sd)
 		}
-		if dk.fuse, dk.loop, err = d.attachFUSE(sd.ID, dev, sd.ReadOnly); err != nil {
+		if dk.fuse, dk.loop, err = d.attachFUSE(sd.ID, dev, readOnly); err != nil {
 			dev.Close()
 			return nil, err
 		}
