@@ -47,8 +47,12 @@ workloads=(
 	"randwrite-4k-qd32 randwrite 4k 32"
 )
 
+sync
 for run in $(seq 1 "$RUNS"); do
-	for s in "${servers[@]}"; do
+	# Rotate the order each run, so no server always follows the same one.
+	order=("${servers[@]:run % ${#servers[@]}}" "${servers[@]:0:run % ${#servers[@]}}")
+	for s in "${order[@]}"; do
+		sync # start every server with no dirty pages left by the one before
 		sock=$work/$s.sock
 		start_server "$s" "$sock" >"$OUT/$s.log" 2>&1 &
 		pid=$!
