@@ -6,6 +6,7 @@
 #
 #   bench/nbd.sh                  # 1 GiB image, 3 runs of 5 s each
 #   SIZE=2G RUNS=5 RUNTIME=10 bench/nbd.sh
+#   FORMAT=qcow2 bench/nbd.sh     # a qcow2 image (nbdkit has no qcow2 writer: left out)
 #
 # Output: a table on stdout; raw fio JSON under bench/out/.
 set -euo pipefail
@@ -13,7 +14,8 @@ cd "$(dirname "$0")/.."
 SIZE=${SIZE:-1G}
 RUNS=${RUNS:-3}
 RUNTIME=${RUNTIME:-5}
-OUT=bench/out/nbd-$(date +%Y%m%d-%H%M%S)
+FORMAT=${FORMAT:-raw}
+OUT=bench/out/nbd-$FORMAT-$(date +%Y%m%d-%H%M%S)
 mkdir -p "$OUT"
 work=$(mktemp -d /var/tmp/vdisk-bench.XXXXXX)
 pids=()
@@ -28,13 +30,18 @@ img=$work/disk.img
 echo "bench: filling a $SIZE image with random data"
 fallocate -l "$SIZE" "$img"
 dd if=/dev/urandom of="$img" bs=1M count=$(( $(stat -c %s "$img") >> 20 )) conv=notrunc status=none
-
 servers=(vdisk qemu-wb qemu-none nbdkit)
+if [ "$FORMAT" = qcow2 ]; then
+	qemu-img convert -f raw -O qcow2 "$img" "$work/disk.qcow2"
+	rm "$img"
+	img=$work/disk.qcow2
+	servers=(vdisk qemu-wb qemu-none)
+fi
 start_server() { # name sock
 	case $1 in
 	vdisk) exec "$work/vdisk" serve --log-level warn --unix "$2" "$img" ;;
-	qemu-wb) exec qemu-nbd -f raw --cache=writeback -t -e 16 -k "$2" "$img" ;;
-	qemu-none) exec qemu-nbd -f raw --cache=none -t -e 16 -k "$2" "$img" ;;
+	qemu-wb) exec qemu-nbd -f "$FORMAT" --cache=writeback -t -e 16 -k "$2" "$img" ;;
+	qemu-none) exec qemu-nbd -f "$FORMAT" --cache=none -t -e 16 -k "$2" "$img" ;;
 	nbdkit) exec nbdkit -f -U "$2" file "$img" ;;
 	esac
 }
@@ -71,10 +78,10 @@ for run in $(seq 1 "$RUNS"); do
 	done
 done
 
-python3 - "$OUT" "$RUNS" <<'PY'
+python3 - "$OUT" "$RUNS" "${servers[@]}" <<'PY'
 import json, sys, statistics, glob, os
 out, runs = sys.argv[1], int(sys.argv[2])
-servers = ["vdisk", "qemu-wb", "qemu-none", "nbdkit"]
+servers = sys.argv[3:]
 workloads = ["seqread-1M", "seqwrite-1M", "randread-4k-qd1", "randread-4k-qd32", "randwrite-4k-qd32"]
 def metric(path, w):
     j = json.load(open(path))["jobs"][0]
