@@ -33,11 +33,7 @@ func (d *Daemon) attach(sd stateDisk, adopt bool) (*disk, error) {
 	}
 	var adopted *loop.Device
 	if adopt && (sd.Via == api.ViaLoop || sd.Via == "") {
-		devs, err := loop.FindByBackingFile(sd.File)
-		if err != nil {
-			return nil, err
-		}
-		if len(devs) > 0 {
+		if devs := d.findLoops(sd.File); len(devs) > 0 {
 			adopted = devs[0]
 			for _, l := range devs {
 				if l.Path == sd.Device {

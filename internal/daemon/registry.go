@@ -97,7 +97,7 @@ func (d *Daemon) Open(req api.OpenRequest) (api.Disk, bool, error) {
 	}
 	// A loop device attached outside vdisk (losetup) writes the file
 	// behind our back: refuse rather than serve the same image twice.
-	if devs, err := loop.FindByBackingFile(path); err == nil && len(devs) > 0 {
+	if devs := d.findLoops(path); len(devs) > 0 {
 		return api.Disk{}, false, api.Errorf(api.CodeBusy, "%s is already attached to %s outside vdisk; detach it first (losetup -d %s)", path, devs[0].Path, devs[0].Path)
 	}
 	created := false
