@@ -383,41 +383,45 @@ func kernelHasFS(fs string) bool {
 }
 
 // TestOpenBackingChain writes through a qcow2 image vdisk created over a
-// qcow2 base with data: the base is untouched, and the top passes qemu-img
-// check and holds the base's data with the writes on top.
+// qcow2 or raw base with data: the base is untouched, and the top passes
+// qemu-img check and holds the base's data with the writes on top.
 func TestOpenBackingChain(t *testing.T) {
 	imagetest.NeedTool(t, "qemu-img")
 	imagetest.NeedTool(t, "qemu-io")
-	e := newEnv(t)
-	base := filepath.Join(e.dir, "base.qcow2")
-	top := filepath.Join(e.dir, "top.qcow2")
-	sh(t, "qemu-img", "create", "-q", "-f", "qcow2", base, "64M")
-	sh(t, "qemu-io", "-f", "qcow2", "-c", "write -P 0xab 0 4m", "-c", "write -P 0xcd 40m 1m", base)
-	baseSum := fileSum(t, base)
-	expected := qemuRawFile(t, base, "qcow2")
+	for _, baseFormat := range []string{"qcow2", "raw"} {
+		t.Run(baseFormat, func(t *testing.T) {
+			e := newEnv(t)
+			base := filepath.Join(e.dir, "base."+baseFormat)
+			top := filepath.Join(e.dir, "top.qcow2")
+			sh(t, "qemu-img", "create", "-q", "-f", baseFormat, base, "64M")
+			sh(t, "qemu-io", "-f", baseFormat, "-c", "write -P 0xab 0 4m", "-c", "write -P 0xcd 40m 1m", base)
+			baseSum := fileSum(t, base)
+			expected := qemuRawFile(t, base, baseFormat)
 
-	// Relative: stored as given, found next to the top image.
-	e.must("create", "-f", "qcow2", top, "-b", "base.qcow2", "-F", "qcow2")
-	d := e.openJSON(top)
-	if d.Format != "qcow2" || d.Via != api.ViaFUSE || d.Size != 64<<20 {
-		t.Fatalf("record %+v, want a 64 MiB qcow2 disk via fuse", d)
+			// Relative: stored as given, found next to the top image.
+			e.must("create", "-f", "qcow2", top, "-b", filepath.Base(base), "-F", baseFormat)
+			d := e.openJSON(top)
+			if d.Format != "qcow2" || d.Via != api.ViaFUSE || d.Size != 64<<20 {
+				t.Fatalf("record %+v, want a 64 MiB qcow2 disk via fuse", d)
+			}
+			imagetest.MustEqual(t, "the base through the top", readFile(t, copyDevice(t, d.Device)), readFile(t, expected))
+
+			// Inside a base cluster (copy on write of its rest), across the
+			// end of the base's data, and where the base has none.
+			writePatterns(t, d.Device, expected, []patternWrite{
+				{off: 1<<20 + 512, n: 4096, b: 0x01},
+				{off: 4<<20 - 8192, n: 128 << 10, b: 0x02},
+				{off: 50 << 20, n: 1 << 20, b: 0x03},
+			})
+			e.must("close", top)
+
+			if got := fileSum(t, base); got != baseSum {
+				t.Fatalf("base changed: sha256 %s, was %s", got, baseSum)
+			}
+			sh(t, "qemu-img", "check", "-q", top)
+			sh(t, "qemu-img", "compare", "-q", "-f", "qcow2", "-F", "raw", top, expected)
+		})
 	}
-	imagetest.MustEqual(t, "the base through the top", readFile(t, copyDevice(t, d.Device)), readFile(t, expected))
-
-	// Inside a base cluster (copy on write of its rest), across the end of
-	// the base's data, and where the base has none.
-	writePatterns(t, d.Device, expected, []patternWrite{
-		{off: 1<<20 + 512, n: 4096, b: 0x01},
-		{off: 4<<20 - 8192, n: 128 << 10, b: 0x02},
-		{off: 50 << 20, n: 1 << 20, b: 0x03},
-	})
-	e.must("close", top)
-
-	if got := fileSum(t, base); got != baseSum {
-		t.Fatalf("base changed: sha256 %s, was %s", got, baseSum)
-	}
-	sh(t, "qemu-img", "check", "-q", top)
-	sh(t, "qemu-img", "compare", "-q", "-f", "qcow2", "-F", "raw", top, expected)
 }
 
 // TestOpenFormatRaw opens a qcow2 file --format raw: the device serves the
