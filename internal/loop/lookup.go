@@ -111,9 +111,15 @@ func lookup(n int, f *os.File) (*Device, error) {
 }
 
 // FindByBackingFile returns every attached loop device whose backing file
-// is file: the same inode (so hard links, renames and symlinks match), or,
-// when file no longer exists, the same path. The result is sorted by
-// device number; no match is an empty slice and no error.
+// is file: the same path, or the same inode (so hard links and renames
+// match). The result is sorted by device number; no match is an empty slice
+// and no error.
+//
+// Devices are compared by their sysfs backing path first, and only those
+// that may match are queried: asking the kernel about a loop device on a
+// FUSE file whose server is gone blocks or fails, and such a device must
+// not stop the search for another file. A device backed by a file on a FUSE
+// mount matches by path only.
 func FindByBackingFile(file string) ([]*Device, error) {
 	abs, err := filepath.Abs(file)
 	if err != nil {
@@ -128,6 +134,7 @@ func FindByBackingFile(file string) ([]*Device, error) {
 	if err != nil {
 		return nil, fmt.Errorf("loop: %w", err)
 	}
+	fuse := fuseMounts()
 	var found []*Device
 	for _, e := range entries {
 		n, ok := parseLoopName(e.Name())
@@ -138,7 +145,8 @@ func FindByBackingFile(file string) ([]*Device, error) {
 		if err != nil {
 			continue // not attached
 		}
-		if !haveInode && strings.TrimSuffix(backing, " (deleted)") != abs {
+		samePath := strings.TrimSuffix(backing, " (deleted)") == abs
+		if !samePath && (!haveInode || onMount(backing, fuse)) {
 			continue
 		}
 		d, err := lookupNumber(n)
@@ -146,6 +154,9 @@ func FindByBackingFile(file string) ([]*Device, error) {
 			continue // detached meanwhile
 		}
 		if err != nil {
+			if !samePath {
+				continue // another file's device, in trouble of its own
+			}
 			return nil, err
 		}
 		if haveInode && (d.BackingDev != st.Dev || d.BackingInode != st.Ino) {
@@ -155,6 +166,57 @@ func FindByBackingFile(file string) ([]*Device, error) {
 	}
 	slices.SortFunc(found, func(a, b *Device) int { return cmp.Compare(a.Number, b.Number) })
 	return found, nil
+}
+
+// fuseMounts returns the mount points of the FUSE filesystems mounted now.
+func fuseMounts() []string {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return nil
+	}
+	var mps []string
+	for line := range strings.Lines(string(b)) {
+		// ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPER
+		pre, post, ok := strings.Cut(line, " - ")
+		if !ok {
+			continue
+		}
+		f := strings.Fields(pre)
+		if len(f) < 5 || !strings.HasPrefix(post, "fuse") {
+			continue
+		}
+		mps = append(mps, unescapeMount(f[4]))
+	}
+	return mps
+}
+
+// unescapeMount undoes mountinfo's octal escapes (\040 for a space).
+func unescapeMount(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(v))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+// onMount reports whether path lies under one of the mount points.
+func onMount(path string, mounts []string) bool {
+	for _, m := range mounts {
+		if path == m || strings.HasPrefix(path, strings.TrimSuffix(m, "/")+"/") {
+			return true
+		}
+	}
+	return false
 }
 
 // lookupNumber looks up loop device n by number.
