@@ -64,12 +64,14 @@ type piece struct {
 	zero   bool
 }
 
-// Copy copies src to dst, which must have the same size, then flushes dst.
+// Copy copies src to the start of dst, then flushes dst. dst may be larger
+// (formats that round sizes up, such as VHD's cylinders); the rest of it is
+// left as it is.
 // It is safe to call only when nothing else writes dst.
 func Copy(ctx context.Context, dst, src blockdev.Device, opt Options) (Stats, error) {
 	size := src.Size()
-	if dst.Size() != size {
-		return Stats{}, fmt.Errorf("convert: destination is %d bytes, source %d", dst.Size(), size)
+	if dst.Size() < size {
+		return Stats{}, fmt.Errorf("convert: destination is %d bytes, smaller than the source's %d", dst.Size(), size)
 	}
 	if opt.Workers <= 0 {
 		opt.Workers = DefaultWorkers

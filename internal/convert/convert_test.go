@@ -90,6 +90,10 @@ func TestCopyErrors(t *testing.T) {
 	if _, err := Copy(context.Background(), blockdev.NewMem(2<<20), src, Options{}); err == nil {
 		t.Fatal("copy to a smaller device succeeded")
 	}
+	big := blockdev.NewMem(4<<20 + 8192)
+	if st, err := Copy(context.Background(), big, src, Options{Sparse: true, DstZeroed: true}); err != nil || st.Size != 4<<20 {
+		t.Fatalf("copy to a larger device: %+v, %v", st, err)
+	}
 	f := blockdevtest.NewFaulty(blockdev.NewMem(4<<20), blockdevtest.Rule{Ops: blockdevtest.OpWrite, Nth: 3})
 	if _, err := Copy(context.Background(), f.Device(), src, Options{Chunk: 64 << 10}); !errors.Is(err, blockdevtest.ErrInjected) {
 		t.Fatalf("write fault: %v", err)
