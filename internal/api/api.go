@@ -52,8 +52,15 @@ const (
 	// StateOpen is a disk attached and serving.
 	StateOpen = "open"
 	// StateLocked is a disk the daemon had open before a restart and could
-	// not reopen because another process holds the image's lock.
+	// not reopen: another process holds the image's lock (or an object
+	// store image's writer lease), or the image is encrypted and its
+	// passphrase is gone with the old daemon. Opening it again (with the
+	// passphrase) unlocks and attaches it; closing it forgets it.
 	StateLocked = "locked"
+	// StateDegraded is an open disk whose backend is failing: an object
+	// store that stays unreachable, so that writes fail. Disk.Error says
+	// why. The disk is still attached; it may recover.
+	StateDegraded = "degraded"
 	// StateMissing is a disk whose image file disappeared while the daemon
 	// was down.
 	StateMissing = "missing"
@@ -106,6 +113,10 @@ type Image struct {
 	Allocated int64 `json:"allocated"`
 	// Open reports whether the image is open as a disk.
 	Open bool `json:"open"`
+	// Encrypted reports that the image holds a LUKS volume. Size is then
+	// the decrypted size of an open disk, else the size of the stored
+	// volume (header included).
+	Encrypted bool `json:"encrypted,omitempty"`
 }
 
 // Disk is an open disk: the image facts plus how it reaches the kernel.
@@ -115,7 +126,8 @@ type Disk struct {
 	// Device is the block device, e.g. "/dev/loop3"; empty unless the disk
 	// is in StateOpen.
 	Device string `json:"device"`
-	// File is the image's canonical absolute path.
+	// File is the image's canonical absolute path, or its
+	// s3://bucket/prefix URL.
 	File string `json:"file"`
 	// Format is the image format ("raw", ...).
 	Format string `json:"format"`
@@ -158,6 +170,9 @@ type Disk struct {
 	State string `json:"state"`
 	// Error explains a State other than StateOpen.
 	Error string `json:"error,omitempty"`
+	// Encrypted reports that the image holds a LUKS volume the daemon
+	// unlocks (or, locked, would unlock with the passphrase).
+	Encrypted bool `json:"encrypted,omitempty"`
 }
 
 // DiskList is the answer to GET /v1/disks, sorted by File.
@@ -184,12 +199,40 @@ type OpenRequest struct {
 	// Reuse returns the disk already open on File instead of failing with
 	// CodeAlreadyOpen.
 	Reuse bool `json:"reuse,omitempty"`
+	// Passphrase unlocks an encrypted (LUKS) image. It travels only over
+	// the daemon's 0600 socket; the daemon never logs or stores it, and
+	// clears its copy after use. Without it an encrypted image fails with
+	// CodePassphraseRequired, and the client asks and tries again.
+	Passphrase []byte `json:"passphrase,omitempty"`
+	// AllowDiscards passes trims through the encryption layer (they
+	// reveal which blocks are unused).
+	AllowDiscards bool `json:"allow_discards,omitempty"`
+	// S3 says how to reach the object store of an s3://bucket/prefix
+	// File. Credentials are not part of it: they come from the daemon's
+	// environment (AWS_ACCESS_KEY_ID, ...).
+	S3 *S3Options `json:"s3,omitempty"`
+}
+
+// S3Options say how the daemon reaches the object store behind an s3://
+// File. The daemon keeps Endpoint and CacheDir in its state file to reopen
+// the disk after a restart.
+type S3Options struct {
+	// Endpoint is the store's URL; "" means the daemon's
+	// $VDISK_S3_ENDPOINT, else its AWS configuration.
+	Endpoint string `json:"endpoint,omitempty"`
+	// CacheDir keeps clean chunks locally across opens.
+	CacheDir string `json:"cache_dir,omitempty"`
+	// ForceTakeover takes the writer's lease from a holder that let it
+	// expire (this open only; it is not remembered).
+	ForceTakeover bool `json:"force_takeover,omitempty"`
 }
 
 // InspectRequest asks for the facts of an image file.
 type InspectRequest struct {
 	File   string `json:"file"`
 	Format string `json:"format,omitempty"`
+	// S3 says how to reach the object store of an s3:// File.
+	S3 *S3Options `json:"s3,omitempty"`
 }
 
 // VersionInfo answers GET /v1/version.

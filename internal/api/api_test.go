@@ -133,3 +133,18 @@ func TestIsVia(t *testing.T) {
 		}
 	}
 }
+
+func TestCanonicalURL(t *testing.T) {
+	for _, u := range []string{"s3://bucket/prefix", "s3://bucket/a/../b/", "s3://b"} {
+		got, err := Canonical(u)
+		if err != nil || got != u {
+			t.Errorf("Canonical(%q) = %q, %v; want it unchanged", u, got, err)
+		}
+		if !IsURL(u) || DiskID(u) != UniqueID(u)[:IDLen] {
+			t.Errorf("%q: IsURL %v, id %s", u, IsURL(u), DiskID(u))
+		}
+	}
+	if IsURL("/tmp/s3://x") || IsURL("disk.img") {
+		t.Error("a path is not a URL")
+	}
+}

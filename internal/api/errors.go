@@ -46,6 +46,16 @@ const (
 	CodeViaUnavailable = "via_unavailable"
 	// CodePermission: the file cannot be opened with the needed access.
 	CodePermission = "permission"
+	// CodePassphraseRequired: the image is encrypted and the request
+	// carried no passphrase; the client asks for one and tries again.
+	CodePassphraseRequired = "passphrase_required"
+	// CodeWrongPassphrase: no keyslot of the encrypted image opens with
+	// the passphrase given.
+	CodeWrongPassphrase = "wrong_passphrase"
+	// CodeLeaseHeld: another writer holds the object store image's lease
+	// (the message names the holder); --force-takeover takes an expired
+	// one.
+	CodeLeaseHeld = "lease_held"
 	// CodeShuttingDown: the daemon is stopping.
 	CodeShuttingDown = "shutting_down"
 	// CodeInternal: anything else; the message says what.

@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 )
 
 // IDLen is the number of hex digits in a disk id.
@@ -31,6 +32,13 @@ func UniqueID(canonical string) string {
 // DiskID returns the disk id of the canonical path: the first IDLen hex
 // digits of its SHA-256. The same file always has the same id.
 func DiskID(canonical string) string { return UniqueID(canonical)[:IDLen] }
+
+// URLScheme starts the names of images in an object store.
+const URLScheme = "s3://"
+
+// IsURL reports whether name is an object store URL (s3://bucket/prefix)
+// rather than a file path.
+func IsURL(name string) bool { return strings.HasPrefix(name, URLScheme) }
 
 // IsID reports whether s has the shape of a disk id.
 func IsID(s string) bool {
@@ -61,7 +69,13 @@ func Sectors(size int64) int64 { return size / sectorSize }
 // Canonical returns the canonical absolute path of name: absolute, with
 // every symbolic link resolved. A name that does not exist yet is resolved
 // through its parent directory, which must exist.
+//
+// An object store URL (s3://bucket/prefix, see IsURL) is its own canonical
+// name: it comes back as it is, and the disk id is the hash of that string.
 func Canonical(name string) (string, error) {
+	if IsURL(name) {
+		return name, nil
+	}
 	// Not filepath.Abs: it cleans lexically, and "link/.." must go to the
 	// parent of the link's target, as the kernel resolves it.
 	abs := name

@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"vdisk/internal/api"
+	"vdisk/internal/stack"
 )
 
 func init() { register(newInfoCmd) }
@@ -19,6 +20,7 @@ func newInfoCmd(e *env) *cobra.Command {
 		f      daemonFlags
 		format string
 		asJSON bool
+		s3o    stack.S3Options
 	)
 	cmd := &cobra.Command{
 		Use:   "info FILE|ID|DEVICE",
@@ -48,11 +50,15 @@ func newInfoCmd(e *env) *cobra.Command {
 			if !errors.As(err, &notOpen) || api.IsID(args[0]) {
 				return err
 			}
-			path, err := resolveFile(args[0])
-			if err != nil {
+			req := api.InspectRequest{File: args[0], Format: format}
+			if api.IsURL(args[0]) {
+				if req.S3, err = s3Request(s3o); err != nil {
+					return err
+				}
+			} else if req.File, err = resolveFile(args[0]); err != nil {
 				return err
 			}
-			im, err := c.Inspect(ctx, api.InspectRequest{File: path, Format: format})
+			im, err := c.Inspect(ctx, req)
 			if err != nil {
 				return err
 			}
@@ -65,6 +71,7 @@ func newInfoCmd(e *env) *cobra.Command {
 	f.add(cmd)
 	cmd.Flags().StringVar(&format, "format", "", "image format of a file that is not open (default: detect)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the record as JSON")
+	cmd.Flags().StringVar(&s3o.Endpoint, "s3-endpoint", "", "object store URL for an s3:// image that is not open (default $"+stack.EnvS3Endpoint+")")
 	return cmd
 }
 
@@ -80,7 +87,10 @@ func yesNo(b bool) string {
 func printDisk(w io.Writer, d *api.Disk) error {
 	tw := tabwriter.NewWriter(w, 0, 8, 1, ' ', 0)
 	dev := d.Device
-	if d.State != api.StateOpen {
+	switch {
+	case d.State == api.StateDegraded:
+		dev += " (degraded: " + d.Error + ")"
+	case d.State != api.StateOpen:
 		dev = "(" + d.State + ": " + d.Error + ")"
 	}
 	rows := [][2]string{
@@ -89,6 +99,7 @@ func printDisk(w io.Writer, d *api.Disk) error {
 		{"device number", d.DevNo},
 		{"file", d.File},
 		{"format", d.Format},
+		{"encrypted", yesNo(d.Encrypted)},
 		{"size", fmt.Sprintf("%d bytes (%s), %d sectors", d.Size, formatSize(d.Size), d.Sectors)},
 		{"block size", fmt.Sprintf("%d logical, %d physical", d.LogicalBlockSize, d.PhysicalBlockSize)},
 		{"geometry", geometry(d.Geometry)},
@@ -116,6 +127,7 @@ func printImage(w io.Writer, im *api.Image) error {
 		{"device", "(not open)"},
 		{"file", im.File},
 		{"format", im.Format},
+		{"encrypted", yesNo(im.Encrypted)},
 		{"size", fmt.Sprintf("%d bytes (%s), %d sectors", im.Size, formatSize(im.Size), im.Sectors)},
 		{"allocated", fmt.Sprintf("%d bytes (%s)", im.Allocated, formatSize(im.Allocated))},
 		{"block size", fmt.Sprintf("%d logical, %d physical", im.LogicalBlockSize, im.PhysicalBlockSize)},

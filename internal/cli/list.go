@@ -20,7 +20,10 @@ func newListCmd(e *env) *cobra.Command {
 		Use:   "list",
 		Short: "List the open disks",
 		Long: "list prints a table of the open disks (ID DEVICE FILE FORMAT SIZE RO VIA), like losetup.\n" +
-			"A disk the daemon could not re-open after a restart shows its state in DEVICE.",
+			"A disk the daemon could not re-open after a restart shows its state in DEVICE:\n" +
+			"(locked) for an encrypted disk (open it again with its passphrase) or an image\n" +
+			"another process holds, (missing), (failed). An s3:// disk whose object store\n" +
+			"keeps failing is marked (degraded) after its device.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c, err := f.connect(cmd.Context(), e)
@@ -39,7 +42,10 @@ func newListCmd(e *env) *cobra.Command {
 			fmt.Fprintln(tw, "ID\tDEVICE\tFILE\tFORMAT\tSIZE\tRO\tVIA")
 			for _, d := range disks {
 				dev := d.Device
-				if d.State != api.StateOpen {
+				switch {
+				case d.State == api.StateDegraded:
+					dev += " (degraded)"
+				case d.State != api.StateOpen:
 					dev = "(" + d.State + ")"
 				}
 				ro := "0"
@@ -52,7 +58,9 @@ func newListCmd(e *env) *cobra.Command {
 				return err
 			}
 			for _, d := range disks {
-				if d.State != api.StateOpen {
+				if d.State == api.StateDegraded {
+					e.log.Warn("disk degraded", "id", d.ID, "file", d.File, "reason", d.Error)
+				} else if d.State != api.StateOpen {
 					e.log.Warn("disk not restored", "id", d.ID, "file", d.File, "state", d.State, "reason", d.Error)
 				}
 			}

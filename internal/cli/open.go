@@ -1,16 +1,20 @@
 package cli
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
 	"os"
+	"path/filepath"
 
 	"github.com/spf13/cobra"
 
 	"vdisk/internal/api"
+	"vdisk/internal/client"
+	"vdisk/internal/stack"
 )
 
 func init() { register(newOpenCmd) }
@@ -20,6 +24,9 @@ func newOpenCmd(e *env) *cobra.Command {
 		f                       daemonFlags
 		size, format, via       string
 		readOnly, reuse, asJSON bool
+		keyFile                 string
+		allowDiscards           bool
+		s3o                     stack.S3Options
 	)
 	cmd := &cobra.Command{
 		Use:   "open FILE",
@@ -29,9 +36,19 @@ func newOpenCmd(e *env) *cobra.Command {
 			"Without --via, the best path the kernel has: ublk (/dev/ublkbN, ublk_drv),\n" +
 			"else the kernel nbd client (/dev/nbdN, nbd), both served by the daemon; else\n" +
 			"raw images go straight to a loop device, and other formats through a FUSE\n" +
-			"file with a loop device on top. vdisk info shows the path and why.",
-		Example: "  vdisk open disk.img --size 10G\n  vdisk open disk.qcow2 --via nbd\n  vdisk open disk.img --via fuse --json",
-		Args:    cobra.ExactArgs(1),
+			"file with a loop device on top. vdisk info shows the path and why.\n\n" +
+			"An encrypted (LUKS) image asks for its passphrase on the terminal, or reads it\n" +
+			"from --key-file FILE (- for stdin), only when the image turns out to be\n" +
+			"encrypted; it is attached through FUSE. After a daemon restart an encrypted\n" +
+			"disk is listed as locked until it is opened again with its passphrase.\n\n" +
+			"FILE may be s3://bucket/prefix, a raw image in an object store (created of\n" +
+			"--size bytes when missing). Credentials and region come from the daemon's\n" +
+			"environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, ...): a\n" +
+			"daemon that vdisk starts inherits the environment of the command that starts\n" +
+			"it, so set them before the first vdisk command; a running daemon keeps its own.",
+		Example: "  vdisk open disk.img --size 10G\n  vdisk open disk.qcow2 --via nbd\n  vdisk open disk.img --via fuse --json\n" +
+			"  vdisk open secret.img --key-file key.txt\n  vdisk open s3://bucket/disk1 --s3-endpoint http://127.0.0.1:7070 --size 10G",
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := needRoot(); err != nil {
 				return err
@@ -47,20 +64,33 @@ func newOpenCmd(e *env) *cobra.Command {
 			if via != "" && !api.IsVia(via) {
 				return fmt.Errorf("--via %q: want ublk, nbd, loop or fuse", via)
 			}
-			path, err := resolveFile(args[0])
-			if err != nil {
-				return err
-			}
-			if _, err := os.Stat(path); err == nil && req.Size != 0 {
-				e.log.Debug("--size ignored: the file exists", "file", path)
+			path := args[0]
+			if api.IsURL(path) {
+				s3, err := s3Request(s3o)
+				if err != nil {
+					return err
+				}
+				req.S3 = s3
+			} else {
+				if cmd.Flags().Changed("s3-endpoint") || cmd.Flags().Changed("s3-cache-dir") || s3o.ForceTakeover {
+					return fmt.Errorf("%s is not an s3:// image: --s3-endpoint, --s3-cache-dir and --force-takeover do not apply", path)
+				}
+				var err error
+				if path, err = resolveFile(path); err != nil {
+					return err
+				}
+				if _, err := os.Stat(path); err == nil && req.Size != 0 {
+					e.log.Debug("--size ignored: the file exists", "file", path)
+				}
 			}
 			req.File = path
+			req.AllowDiscards = allowDiscards
 			c, err := f.connect(cmd.Context(), e)
 			if err != nil {
 				return err
 			}
 			defer c.Close()
-			d, err := c.Open(cmd.Context(), req)
+			d, err := openDisk(cmd.Context(), e, c, req, keyFile)
 			if err != nil {
 				return err
 			}
@@ -78,7 +108,46 @@ func newOpenCmd(e *env) *cobra.Command {
 	cmd.Flags().StringVar(&via, "via", "", "attach path: ublk, nbd, loop or fuse (default: ublk, else nbd, else loop for raw and fuse otherwise)")
 	cmd.Flags().BoolVar(&reuse, "reuse", false, "if FILE is already open, print its disk instead of failing")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the disk record as JSON")
+	cmd.Flags().StringVar(&keyFile, "key-file", "", "passphrase of an encrypted image, from this file (- for stdin); default: ask on the terminal")
+	cmd.Flags().BoolVar(&allowDiscards, "allow-discards", false, "pass trims through the encryption (reveals which blocks are unused)")
+	addS3Flags(cmd.Flags(), &s3o)
 	return cmd
+}
+
+// openDisk asks the daemon to open req.File. When the daemon answers that
+// the image is encrypted, it reads the passphrase (from keyFile, else the
+// terminal), tries again, and clears it: the passphrase is read only for
+// an image that needs one.
+func openDisk(ctx context.Context, e *env, c *client.Client, req api.OpenRequest, keyFile string) (*api.Disk, error) {
+	d, err := c.Open(ctx, req)
+	if !errors.Is(err, &api.Error{Code: api.CodePassphraseRequired}) {
+		return d, err
+	}
+	pass, err := readPassphrase(e, keyFile, fmt.Sprintf("Passphrase for %s: ", req.File), false)
+	if err != nil {
+		return nil, fmt.Errorf("%s is encrypted: %w", req.File, err)
+	}
+	defer clear(pass)
+	req.Passphrase = pass
+	return c.Open(ctx, req)
+}
+
+// s3Request returns the object store options of an open request: the
+// endpoint from the flag, else this command's $VDISK_S3_ENDPOINT (the
+// daemon may have been started without it), and an absolute cache dir.
+func s3Request(o stack.S3Options) (*api.S3Options, error) {
+	r := &api.S3Options{Endpoint: o.Endpoint, CacheDir: o.CacheDir, ForceTakeover: o.ForceTakeover}
+	if r.Endpoint == "" {
+		r.Endpoint = os.Getenv(stack.EnvS3Endpoint)
+	}
+	if r.CacheDir != "" {
+		abs, err := filepath.Abs(r.CacheDir)
+		if err != nil {
+			return nil, fmt.Errorf("--s3-cache-dir: %w", err)
+		}
+		r.CacheDir = abs
+	}
+	return r, nil
 }
 
 // resolveFile returns the canonical path of an image file argument and

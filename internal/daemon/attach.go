@@ -20,7 +20,7 @@ import (
 // device is taken over as it is, a FUSE disk's stale mount and loop device
 // are cleared first, and an nbd or ublk disk takes back the device the
 // previous daemon left waiting. The caller holds opMu.
-func (d *Daemon) attach(sd stateDisk, adopt bool) (*disk, error) {
+func (d *Daemon) attach(sd stateDisk, adopt bool, o openOpts) (*disk, error) {
 	var paths kernelPaths
 	switch sd.Via {
 	case "":
@@ -32,7 +32,7 @@ func (d *Daemon) attach(sd stateDisk, adopt bool) (*disk, error) {
 		}
 	}
 	var adopted *loop.Device
-	if adopt && (sd.Via == api.ViaLoop || sd.Via == "") {
+	if adopt && !sd.Encrypted && !api.IsURL(sd.File) && (sd.Via == api.ViaLoop || sd.Via == "") {
 		if devs := d.findLoops(sd.File); len(devs) > 0 {
 			adopted = devs[0]
 			for _, l := range devs {
@@ -44,20 +44,27 @@ func (d *Daemon) attach(sd stateDisk, adopt bool) (*disk, error) {
 	}
 	// An adopted loop device keeps the previous daemon's locked open file:
 	// the lock is ours already.
-	dev, format, err := openImage(sd.File, sd.Format, sd.ReadOnly, adopted != nil, d.log)
+	o.noLock = adopted != nil
+	sk, err := openImage(sd, o, d.log)
 	if err != nil {
 		return nil, err
 	}
+	dev, format := sk.Device, sk.Format
+	sd.Encrypted = sk.Encrypted
+	_, plain := dev.(*blockdev.File)
 	via, reason := sd.Via, sd.ViaReason
 	switch {
 	case via == "" && adopted != nil:
 		via, reason = api.ViaLoop, "loop: adopted the loop device left attached"
 	case via == "":
-		via, reason = chooseVia(format, paths)
+		via, reason = chooseVia(imageKind(sd, format), plain, paths)
 	case reason == "":
 		reason = askedReason(via)
 	}
-	dk := &disk{dev: dev}
+	dk := &disk{dev: dev, allowDiscards: sd.AllowDiscards, s3: sd.S3}
+	if dg, ok := dev.(degrader); ok {
+		dk.degraded = dg.Degraded
+	}
 	// A stack that cannot write (an ISO image) is attached read-only even
 	// when the request did not say so.
 	readOnly := sd.ReadOnly || blockdev.InfoOf(dev).ReadOnly
@@ -66,7 +73,7 @@ func (d *Daemon) attach(sd stateDisk, adopt bool) (*disk, error) {
 		f, ok := dev.(*blockdev.File)
 		if !ok {
 			dev.Close()
-			return nil, api.Errorf(api.CodeBadVia, "%s is a %s image: it can only be attached --via fuse", sd.File, format)
+			return nil, api.Errorf(api.CodeBadVia, "%s is a %s image: it can only be attached --via fuse", sd.File, imageKind(sd, format))
 		}
 		if adopted != nil {
 			dk.loop = adopted
@@ -105,6 +112,23 @@ func (d *Daemon) attach(sd stateDisk, adopt bool) (*disk, error) {
 	}
 	dk.rec = record(sd, dev, format, via, reason, node)
 	return dk, nil
+}
+
+// degrader is a Device that can say its backend is failing (an object
+// store image: *chunked.Device).
+type degrader interface{ Degraded() error }
+
+// imageKind names what the image is for attach reasons: its format,
+// "encrypted" for a LUKS volume, "object store" for an s3:// image.
+func imageKind(sd stateDisk, format string) string {
+	k := format
+	if sd.Encrypted {
+		k = "encrypted " + k
+	}
+	if api.IsURL(sd.File) {
+		k = "object store " + k
+	}
+	return k
 }
 
 // devNode is the block device of an open disk.
@@ -187,6 +211,7 @@ func record(sd stateDisk, dev blockdev.Device, format, via, reason string, node 
 		UniqueID:          api.UniqueID(sd.File),
 		OpenedAt:          sd.OpenedAt,
 		State:             api.StateOpen,
+		Encrypted:         sd.Encrypted,
 	}
 	if node.path != "" {
 		r.Device = node.path

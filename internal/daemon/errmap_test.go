@@ -7,12 +7,16 @@ import (
 	"net/http"
 	"syscall"
 	"testing"
+	"time"
 
 	"vdisk/internal/api"
 	"vdisk/internal/blockdev"
+	"vdisk/internal/crypt/luks"
 	"vdisk/internal/image"
 	"vdisk/internal/loop"
 	"vdisk/internal/nbd/kernel"
+	"vdisk/internal/stack"
+	"vdisk/internal/storage/chunked"
 )
 
 func TestToAPIError(t *testing.T) {
@@ -37,6 +41,10 @@ func TestToAPIError(t *testing.T) {
 		{name: "corrupt", err: fmt.Errorf("qcow2: L1 table: %w", blockdev.ErrCorrupt), code: api.CodeCorrupt, status: http.StatusBadRequest},
 		{name: "permission", err: fmt.Errorf("open: %w", fs.ErrPermission), code: api.CodePermission, status: http.StatusForbidden},
 		{name: "read-only fs", err: fmt.Errorf("open: %w", syscall.EROFS), code: api.CodePermission, status: http.StatusForbidden},
+		{name: "passphrase required", err: fmt.Errorf("x: %w", stack.ErrNeedPassphrase), code: api.CodePassphraseRequired, status: http.StatusUnauthorized},
+		{name: "wrong passphrase", err: fmt.Errorf("x: %w", luks.ErrWrongPassphrase), code: api.CodeWrongPassphrase, status: http.StatusUnauthorized},
+		{name: "lease held", err: fmt.Errorf("s3://b/p: %w", &chunked.LeaseError{Holder: "host-a pid 7", Expires: time.Unix(0, 0)}), code: api.CodeLeaseHeld, status: http.StatusConflict},
+		{name: "no s3 image", err: fmt.Errorf("s3://b/p: %w", chunked.ErrNoImage), code: api.CodeNoFile, status: http.StatusNotFound},
 		{name: "api error kept", err: api.Errorf(api.CodeAlreadyOpen, "x is open"), code: api.CodeAlreadyOpen, status: http.StatusConflict},
 		{name: "anything else", err: errors.New("boom"), code: api.CodeInternal, status: http.StatusInternalServerError},
 	}

@@ -12,3 +12,7 @@ var ErrFUSEUnavailable = errors.New("FUSE is not available")
 
 // ErrBadState is returned (wrapped) when the state file cannot be parsed.
 var ErrBadState = errors.New("state file is malformed")
+
+// ErrEncryptedLocked is the reason a restarted daemon gives for an
+// encrypted disk it cannot reopen: the passphrase is never stored.
+var ErrEncryptedLocked = errors.New("encrypted: run vdisk open FILE again to unlock")

@@ -34,6 +34,25 @@ type disk struct {
 	// be restored, kept in the state file so a later restart may still
 	// take the device back; nil otherwise.
 	index *int
+	// degraded reports why the backend is failing (an object store image);
+	// nil when the Device cannot say.
+	degraded func() error
+	// allowDiscards and s3 are kept in the state file to reopen the disk
+	// the same way (s3 without ForceTakeover).
+	allowDiscards bool
+	s3            *api.S3Options
+}
+
+// view is the record of dk as the API shows it: an open disk whose backend
+// is failing is StateDegraded, with the reason. The caller holds d.mu.
+func (dk *disk) view() api.Disk {
+	r := dk.rec
+	if r.State == api.StateOpen && dk.degraded != nil {
+		if err := dk.degraded(); err != nil {
+			r.State, r.Error = api.StateDegraded, err.Error()
+		}
+	}
+	return r
 }
 
 // List returns every disk, sorted by file.
@@ -42,7 +61,7 @@ func (d *Daemon) List() []api.Disk {
 	defer d.mu.Unlock()
 	out := make([]api.Disk, 0, len(d.disks))
 	for _, dk := range d.disks {
-		out = append(out, dk.rec)
+		out = append(out, dk.view())
 	}
 	slices.SortFunc(out, func(a, b api.Disk) int { return cmp.Compare(a.File, b.File) })
 	return out
@@ -56,19 +75,24 @@ func (d *Daemon) Get(id string) (api.Disk, error) {
 	if !ok {
 		return api.Disk{}, api.Errorf(api.CodeNotFound, "no open disk has id %s", id)
 	}
-	return dk.rec, nil
+	return dk.view(), nil
 }
 
 // Open opens req.File as a disk. It returns the disk and whether it was
 // already open (only with req.Reuse).
 func (d *Daemon) Open(req api.OpenRequest) (api.Disk, bool, error) {
+	defer clear(req.Passphrase)
 	path, err := api.Canonical(req.File)
 	if err != nil {
 		return api.Disk{}, false, err
 	}
+	url := api.IsURL(path)
 	id := api.DiskID(path)
 	if req.Via != "" && !api.IsVia(req.Via) {
 		return api.Disk{}, false, api.Errorf(api.CodeBadVia, "unknown attach path %q: want ublk, nbd, loop or fuse", req.Via)
+	}
+	if req.S3 != nil && !url {
+		return api.Disk{}, false, api.Errorf(api.CodeBadRequest, "%s is not an s3:// image: object store options do not apply", path)
 	}
 	d.opMu.Lock()
 	defer d.opMu.Unlock()
@@ -88,20 +112,26 @@ func (d *Daemon) Open(req api.OpenRequest) (api.Disk, bool, error) {
 		e.Disk = &rec
 		return api.Disk{}, false, e
 	}
-	if err := checkFile(path, req); err != nil {
+	if url {
+		if req.Size < 0 || req.Size%512 != 0 {
+			return api.Disk{}, false, api.Errorf(api.CodeInvalidSize, "size %d is not a positive multiple of 512 bytes", req.Size)
+		}
+	} else if err := checkFile(path, req); err != nil {
 		return api.Disk{}, false, err
 	}
 	// A path the kernel lacks fails before anything is created.
 	if err := checkVia(req.Via, d.probe()); err != nil {
 		return api.Disk{}, false, err
 	}
-	// A loop device attached outside vdisk (losetup) writes the file
-	// behind our back: refuse rather than serve the same image twice.
-	if devs := d.findLoops(path); len(devs) > 0 {
-		return api.Disk{}, false, api.Errorf(api.CodeBusy, "%s is already attached to %s outside vdisk; detach it first (losetup -d %s)", path, devs[0].Path, devs[0].Path)
+	if !url {
+		// A loop device attached outside vdisk (losetup) writes the file
+		// behind our back: refuse rather than serve the same image twice.
+		if devs := d.findLoops(path); len(devs) > 0 {
+			return api.Disk{}, false, api.Errorf(api.CodeBusy, "%s is already attached to %s outside vdisk; detach it first (losetup -d %s)", path, devs[0].Path, devs[0].Path)
+		}
 	}
 	created := false
-	if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
+	if _, err := os.Stat(path); !url && errors.Is(err, fs.ErrNotExist) {
 		size := req.Size
 		if size == 0 {
 			size = api.DefaultSize
@@ -111,8 +141,31 @@ func (d *Daemon) Open(req api.OpenRequest) (api.Disk, bool, error) {
 		}
 		created = true
 	}
-	sd := stateDisk{ID: id, File: path, Format: req.Format, ReadOnly: req.ReadOnly, Via: req.Via, OpenedAt: time.Now().UTC().Truncate(time.Second)}
-	dk, err := d.attach(sd, false)
+	sd := stateDisk{ID: id, File: path, Format: req.Format, ReadOnly: req.ReadOnly, Via: req.Via, AllowDiscards: req.AllowDiscards,
+		OpenedAt: time.Now().UTC().Truncate(time.Second)}
+	o := openOpts{passphrase: req.Passphrase}
+	if url {
+		o.create, o.size = req.Create, req.Size
+		if req.S3 != nil {
+			o.forceTakeover = req.S3.ForceTakeover
+			sd.S3 = &api.S3Options{Endpoint: req.S3.Endpoint, CacheDir: req.S3.CacheDir}
+		}
+	}
+	// A disk the daemon had and could not restore (locked, failed) is
+	// opened again the way it was, taking back what the previous daemon
+	// left (a stale FUSE mount, an nbd or ublk device).
+	adopt := open
+	if open {
+		sd.OpenedAt, sd.Index, sd.Device = old.rec.OpenedAt, old.index, old.rec.Device
+		if req.Via == "" {
+			sd.Via, sd.ViaReason = old.rec.Via, old.rec.ViaReason
+		}
+		if sd.S3 == nil {
+			sd.S3 = old.s3
+		}
+		sd.AllowDiscards = sd.AllowDiscards || old.allowDiscards
+	}
+	dk, err := d.attach(sd, adopt, o)
 	if err != nil {
 		if created {
 			os.Remove(path)
@@ -123,7 +176,7 @@ func (d *Daemon) Open(req api.OpenRequest) (api.Disk, bool, error) {
 	d.disks[id] = dk
 	d.mu.Unlock()
 	d.saveLocked()
-	d.log.Info("opened", "id", id, "file", path, "device", dk.rec.Device, "via", dk.rec.Via, "format", dk.rec.Format)
+	d.log.Info("opened", "id", id, "file", path, "device", dk.rec.Device, "via", dk.rec.Via, "format", dk.rec.Format, "encrypted", dk.rec.Encrypted)
 	return dk.rec, false, nil
 }
 
@@ -181,6 +234,12 @@ func (d *Daemon) Close(id string, force bool) (api.Disk, error) {
 // linger). The caller holds opMu.
 func (d *Daemon) closeDisk(dk *disk, force bool) error {
 	lazy := false
+	if dk.rec.State != api.StateOpen && dk.rec.Via == api.ViaFUSE {
+		// A FUSE disk not restored (an encrypted one, locked): clear the
+		// dead mount and its loop device the previous daemon left.
+		d.clearStaleFUSE(stateDisk{ID: dk.rec.ID, File: dk.rec.File})
+		os.Remove(d.mountDir(dk.rec.ID))
+	}
 	if dk.kern != nil {
 		if err := releaseKernelDisk(dk.rec, dk.kern, force); err != nil {
 			return err
@@ -273,7 +332,7 @@ func (d *Daemon) saveLocked() {
 		sd := stateDisk{
 			ID: dk.rec.ID, File: dk.rec.File, Format: dk.rec.Format, ReadOnly: dk.rec.ReadOnly,
 			Via: dk.rec.Via, ViaReason: dk.rec.ViaReason, Device: dk.rec.Device, OpenedAt: dk.rec.OpenedAt,
-			Index: dk.index,
+			Index: dk.index, Encrypted: dk.rec.Encrypted, AllowDiscards: dk.allowDiscards, S3: dk.s3,
 		}
 		if dk.kern != nil {
 			i := dk.kern.Index()

@@ -46,16 +46,23 @@ func (d *Daemon) Restore(ctx context.Context) {
 // restoreOne re-opens one disk; on failure the disk it returns records why.
 func (d *Daemon) restoreOne(sd stateDisk) (*disk, error) {
 	fail := func(state string, err error) (*disk, error) {
-		return &disk{index: sd.Index, rec: api.Disk{
+		return &disk{index: sd.Index, allowDiscards: sd.AllowDiscards, s3: sd.S3, rec: api.Disk{Encrypted: sd.Encrypted,
 			ID: sd.ID, File: sd.File, Format: sd.Format, ReadOnly: sd.ReadOnly, Writable: !sd.ReadOnly,
 			Via: sd.Via, ViaReason: sd.ViaReason, UniqueID: api.UniqueID(sd.File), OpenedAt: sd.OpenedAt, Hotplug: true,
 			MediaType: api.MediaFixed, State: state, Error: err.Error(),
 		}}, err
 	}
-	if _, err := os.Stat(sd.File); errors.Is(err, fs.ErrNotExist) {
-		return fail(api.StateMissing, err)
+	if !api.IsURL(sd.File) {
+		if _, err := os.Stat(sd.File); errors.Is(err, fs.ErrNotExist) {
+			return fail(api.StateMissing, err)
+		}
 	}
-	dk, err := d.attach(sd, true)
+	if sd.Encrypted {
+		// The passphrase went with the previous daemon; it is never
+		// stored.
+		return fail(api.StateLocked, ErrEncryptedLocked)
+	}
+	dk, err := d.attach(sd, true, openOpts{})
 	if errors.Is(err, blockdev.ErrLocked) {
 		return fail(api.StateLocked, err)
 	}

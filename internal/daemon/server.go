@@ -11,9 +11,12 @@ import (
 
 	"vdisk/internal/api"
 	"vdisk/internal/blockdev"
+	"vdisk/internal/crypt/luks"
 	"vdisk/internal/image"
 	"vdisk/internal/loop"
 	"vdisk/internal/nbd/kernel"
+	"vdisk/internal/stack"
+	"vdisk/internal/storage/chunked"
 	"vdisk/internal/ublk"
 )
 
@@ -126,6 +129,14 @@ func toAPIError(err error) *api.Error {
 	}
 	code := api.CodeInternal
 	switch {
+	case errors.Is(err, stack.ErrNeedPassphrase):
+		code = api.CodePassphraseRequired
+	case errors.Is(err, luks.ErrWrongPassphrase):
+		code = api.CodeWrongPassphrase
+	case errors.Is(err, chunked.ErrLeaseHeld):
+		code = api.CodeLeaseHeld
+	case errors.Is(err, chunked.ErrNoImage):
+		code = api.CodeNoFile
 	case errors.Is(err, blockdev.ErrLocked):
 		code = api.CodeLocked
 	case isNoSpace(err):
@@ -162,8 +173,10 @@ func statusOf(code string) int {
 		return http.StatusBadRequest
 	case api.CodeNotFound, api.CodeNoFile:
 		return http.StatusNotFound
-	case api.CodeAlreadyOpen, api.CodeLocked, api.CodeBusy:
+	case api.CodeAlreadyOpen, api.CodeLocked, api.CodeBusy, api.CodeLeaseHeld:
 		return http.StatusConflict
+	case api.CodePassphraseRequired, api.CodeWrongPassphrase:
+		return http.StatusUnauthorized
 	case api.CodePermission:
 		return http.StatusForbidden
 	case api.CodeShuttingDown, api.CodeNoLoop, api.CodeFUSEUnavailable, api.CodeViaUnavailable, api.CodeNoSpace:
@@ -179,8 +192,11 @@ func (d *Daemon) Inspect(req api.InspectRequest) (api.Image, error) {
 	if err != nil {
 		return api.Image{}, err
 	}
-	if err := checkFile(path, api.OpenRequest{File: path}); err != nil {
-		return api.Image{}, err
+	url := api.IsURL(path)
+	if !url {
+		if err := checkFile(path, api.OpenRequest{File: path}); err != nil {
+			return api.Image{}, err
+		}
 	}
 	id := api.DiskID(path)
 	im := api.Image{ID: id, File: path, UniqueID: api.UniqueID(path)}
@@ -190,22 +206,28 @@ func (d *Daemon) Inspect(req api.InspectRequest) (api.Image, error) {
 	if open && dk.rec.State == api.StateOpen {
 		r := dk.rec
 		im.Format, im.Size, im.LogicalBlockSize, im.PhysicalBlockSize = r.Format, r.Size, r.LogicalBlockSize, r.PhysicalBlockSize
-		im.MediaType, im.Open = r.MediaType, true
+		im.MediaType, im.Open, im.Encrypted = r.MediaType, true, r.Encrypted
 	} else {
-		dev, format, err := openImage(path, req.Format, true, true, d.log)
+		sk, err := inspectImage(path, req.Format, req.S3, d.log)
 		if err != nil {
 			return api.Image{}, fmt.Errorf("inspect %s: %w", path, err)
 		}
+		dev := sk.Device
 		info := blockdev.InfoOf(dev)
-		im.Format, im.Size = format, dev.Size()
+		im.Format, im.Size = sk.Format, dev.Size()
 		im.LogicalBlockSize, im.PhysicalBlockSize = info.LogicalBlockSize, info.PhysicalBlockSize
+		im.Encrypted = luks.IsLUKS(dev)
 		im.MediaType = api.MediaFixed
-		if format == formatISO {
+		if sk.Format == formatISO {
 			im.MediaType = api.MediaCDROM
 		}
 		dev.Close()
 	}
 	im.Sectors, im.Geometry = api.Sectors(im.Size), api.CHS(im.Size)
+	if url {
+		im.Writable = true
+		return im, nil
+	}
 	im.Writable = syscall.Access(path, 2 /* W_OK */) == nil
 	var st syscall.Stat_t
 	if syscall.Stat(path, &st) == nil {

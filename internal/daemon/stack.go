@@ -4,24 +4,65 @@ import (
 	"context"
 	"log/slog"
 
-	"vdisk/internal/blockdev"
+	"vdisk/internal/api"
 	"vdisk/internal/stack"
 )
 
-// openImage opens the image at path as a Device stack and returns it with
-// the image's format name. An empty format means probe (raw when no other
-// format's magic matches). This is the one place where the daemon asks for
-// a stack; internal/stack wires the layers.
-//
-// noLock skips the image lock: for an image whose lock is already held on
-// our behalf (a loop device the previous daemon attached keeps the locked
-// file open), and for inspecting.
-func openImage(path, format string, readOnly, noLock bool, log *slog.Logger) (blockdev.Device, string, error) {
-	d, err := stack.Open(context.Background(), path, stack.Options{Format: format, ReadOnly: readOnly, NoLock: noLock, Log: log})
-	if err != nil {
-		return nil, "", err
+// openOpts are what an open needs beyond the state file's record of the
+// disk: what only this request carries.
+type openOpts struct {
+	// noLock skips the image lock: for an image whose lock is already
+	// held on our behalf (a loop device the previous daemon attached keeps
+	// the locked file open), and for inspecting.
+	noLock bool
+	// create makes an s3:// image of size bytes when there is none (a
+	// local file is created before, by createImage).
+	create bool
+	size   int64
+	// passphrase unlocks an encrypted image; the caller clears it.
+	passphrase []byte
+	// forceTakeover takes an expired writer's lease of an s3:// image.
+	forceTakeover bool
+}
+
+// openImage opens the image of sd as a Device stack. An empty sd.Format
+// means probe (raw when no other format's magic matches). This is the one
+// place where the daemon asks for a stack; internal/stack wires the
+// layers. An encrypted image without o.passphrase fails with
+// stack.ErrNeedPassphrase.
+func openImage(sd stateDisk, o openOpts, log *slog.Logger) (*stack.Disk, error) {
+	so := stack.Options{
+		Format:        sd.Format,
+		ReadOnly:      sd.ReadOnly,
+		NoLock:        o.noLock,
+		AllowDiscards: sd.AllowDiscards,
+		Create:        o.create,
+		Size:          o.size,
+		Log:           log,
 	}
-	return d.Device, d.Format, nil
+	if sd.S3 != nil {
+		so.S3 = stack.S3Options{Endpoint: sd.S3.Endpoint, CacheDir: sd.S3.CacheDir}
+	}
+	so.S3.ForceTakeover = o.forceTakeover
+	if len(o.passphrase) > 0 {
+		// stack clears what the function returns: hand it a copy, the
+		// caller clears the original.
+		so.Passphrase = func(string) ([]byte, error) { return append([]byte(nil), o.passphrase...), nil }
+	}
+	if so.Size == 0 {
+		so.Size = api.DefaultSize
+	}
+	return stack.Open(context.Background(), sd.File, so)
+}
+
+// inspectImage opens the image at path read-only, without its lock and
+// without unlocking an encrypted volume (the Device is the ciphertext).
+func inspectImage(path, format string, s3 *api.S3Options, log *slog.Logger) (*stack.Disk, error) {
+	so := stack.Options{Format: format, ReadOnly: true, NoLock: true, KeepEncrypted: true, Log: log}
+	if s3 != nil {
+		so.S3 = stack.S3Options{Endpoint: s3.Endpoint, CacheDir: s3.CacheDir}
+	}
+	return stack.Open(context.Background(), path, so)
 }
 
 // createImage creates a new image of size bytes at path, in format (empty

@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"vdisk/internal/api"
 )
 
 // stateVersion is the version of the state file's layout.
@@ -34,6 +36,16 @@ type stateDisk struct {
 	// /dev/ublkbN (ViaUblk): the device a restarted daemon takes back.
 	Index    *int      `json:"index,omitempty"`
 	OpenedAt time.Time `json:"opened_at"`
+	// Encrypted marks a LUKS image: a restarted daemon has no passphrase
+	// and reports it StateLocked until it is opened again. The passphrase
+	// itself is never written here.
+	Encrypted bool `json:"encrypted,omitempty"`
+	// AllowDiscards passes trims through the encryption layer.
+	AllowDiscards bool `json:"allow_discards,omitempty"`
+	// S3 is how to reach the object store of an s3:// File (no secrets:
+	// credentials come from the daemon's environment). ForceTakeover is
+	// never kept.
+	S3 *api.S3Options `json:"s3,omitempty"`
 }
 
 // stateDoc is the state file.
@@ -69,7 +81,7 @@ func loadState(dir string) ([]stateDisk, error) {
 		return nil, fmt.Errorf("%w: %s has version %d, want %d", ErrBadState, name, doc.Version, stateVersion)
 	}
 	for i, d := range doc.Disks {
-		if d.File == "" || !filepath.IsAbs(d.File) {
+		if d.File == "" || !filepath.IsAbs(d.File) && !api.IsURL(d.File) {
 			return nil, fmt.Errorf("%w: %s: disk %d has no absolute file", ErrBadState, name, i)
 		}
 	}

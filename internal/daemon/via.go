@@ -6,7 +6,6 @@ import (
 	"strings"
 
 	"vdisk/internal/api"
-	"vdisk/internal/image"
 	"vdisk/internal/nbd/kernel"
 	"vdisk/internal/ublk"
 )
@@ -31,10 +30,12 @@ func probeKernel() kernelPaths {
 	return p
 }
 
-// chooseVia picks the attach path of an image of format when the request
-// names none, and says why: ublk when the kernel has it, then nbd, then a
-// loop device on the file (raw) or on a FUSE file (other formats).
-func chooseVia(format string, p kernelPaths) (via, reason string) {
+// chooseVia picks the attach path of an image of kind (its format, see
+// imageKind) when the request names none, and says why: ublk when the
+// kernel has it, then nbd, then a loop device on the file when the stack is
+// a plain file (raw, not encrypted, local), else a loop device on a FUSE
+// file.
+func chooseVia(kind string, plainFile bool, p kernelPaths) (via, reason string) {
 	switch {
 	case p.ublk == nil:
 		return api.ViaUblk, "ublk: /dev/ublk-control present"
@@ -49,10 +50,10 @@ func chooseVia(format string, p kernelPaths) (via, reason string) {
 	if !errors.Is(p.ublk, ublk.ErrUnavailable) || !errors.Is(p.nbd, kernel.ErrUnavailable) {
 		why = missing(p.ublk, "ublk") + ", " + missing(p.nbd, "nbd")
 	}
-	if format == image.Raw {
+	if plainFile {
 		return api.ViaLoop, "loop: raw image, " + why
 	}
-	return api.ViaFUSE, fmt.Sprintf("fuse: %s image, %s", format, why)
+	return api.ViaFUSE, fmt.Sprintf("fuse: %s image, %s", kind, why)
 }
 
 // missing says why a module-backed path is out: the module is not there,

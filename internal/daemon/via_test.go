@@ -39,13 +39,15 @@ func TestChooseVia(t *testing.T) {
 		{name: "nbd over ioctl", format: "vhdx", paths: nbdIoctl, via: api.ViaNBD, why: "nbd: kernel nbd client present (ioctl), no ublk module"},
 		{name: "loop for raw", format: "raw", paths: neither, via: api.ViaLoop, why: "loop: raw image, no ublk or nbd module on this kernel"},
 		{name: "fuse for the rest", format: "qcow2", paths: neither, via: api.ViaFUSE, why: "fuse: qcow2 image, no ublk or nbd module on this kernel"},
+		{name: "fuse for encrypted raw", format: "encrypted raw", paths: neither, via: api.ViaFUSE, why: "fuse: encrypted raw image, no ublk or nbd module on this kernel"},
+		{name: "fuse for object store raw", format: "object store raw", paths: neither, via: api.ViaFUSE, why: "fuse: object store raw image, no ublk or nbd module on this kernel"},
 		{name: "a probe that failed otherwise is quoted", format: "raw",
 			paths: kernelPaths{ublk: errors.New("ublk: permission denied"), nbd: errNoNBD},
 			via:   api.ViaLoop, why: "loop: raw image, ublk unusable (ublk: permission denied), no nbd module"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			via, why := chooseVia(tt.format, tt.paths)
+			via, why := chooseVia(tt.format, tt.format == "raw", tt.paths)
 			if via != tt.via || why != tt.why {
 				t.Fatalf("chooseVia(%s) = %q, %q; want %q, %q", tt.format, via, why, tt.via, tt.why)
 			}
