@@ -93,7 +93,7 @@ func (img *Image) Extents(off, n int64) ([]blockdev.Extent, error) {
 		if fo < 0 {
 			add(off, c, blockdev.ExtentHole|blockdev.ExtentZero)
 		} else {
-			fileExtents(img.f, fo, c, off, add)
+			blockdev.FileExtents(img.f, fo, c, off, add)
 		}
 		off += c
 	}

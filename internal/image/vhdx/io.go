@@ -332,7 +332,7 @@ func (img *Image) Extents(off, n int64) ([]blockdev.Extent, error) {
 		e := img.entry(off)
 		switch st := e & 7; {
 		case st == stateFullPresent:
-			fileExtents(img.f, int64(e>>batOffsetShift)*mib+off%bs, c, off, add)
+			blockdev.FileExtents(img.f, int64(e>>batOffsetShift)*mib+off%bs, c, off, add)
 		case st == statePartPresent:
 			add(off, c, 0)
 		case img.fromParent(st) && img.parent != nil:

@@ -229,7 +229,7 @@ func (img *Image) Extents(off, n int64) ([]blockdev.Extent, error) {
 			add(pos, c, blockdev.ExtentHole|blockdev.ExtentZero)
 			return nil
 		case e.sp == nil:
-			fileExtents(e.file, e.fileOff+pos-e.start*sectorSize, c, pos, add)
+			blockdev.FileExtents(e.file, e.fileOff+pos-e.start*sectorSize, c, pos, add)
 			return nil
 		}
 		s := e.sp

@@ -1,20 +1,18 @@
-package vhdx
+package blockdev
 
 import (
 	"errors"
 	"os"
 
 	"golang.org/x/sys/unix"
-
-	"vdisk/internal/blockdev"
 )
 
-// fileExtents adds the extents of the file range [off, off+n), reported at
+// FileExtents adds the extents of the file range [off, off+n), reported at
 // guest offset guest: holes of the file (found with SEEK_DATA and
 // SEEK_HOLE) read as zeroes, the rest is data. A file system without
 // SEEK_DATA gets one data extent. lseek moves only the file offset, which
 // pread and pwrite ignore, so this is safe beside other I/O.
-func fileExtents(f *os.File, off, n, guest int64, add func(o, l int64, fl blockdev.ExtentFlags)) {
+func FileExtents(f *os.File, off, n, guest int64, add func(o, l int64, fl ExtentFlags)) {
 	fd := int(f.Fd())
 	for end := off + n; off < end; {
 		data, err := unix.Seek(fd, off, unix.SEEK_DATA)
@@ -26,7 +24,7 @@ func fileExtents(f *os.File, off, n, guest int64, add func(o, l int64, fl blockd
 		}
 		data = min(data, end)
 		if data > off {
-			add(guest, data-off, blockdev.ExtentHole|blockdev.ExtentZero)
+			add(guest, data-off, ExtentHole|ExtentZero)
 			guest += data - off
 			off = data
 			continue
