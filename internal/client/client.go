@@ -93,7 +93,10 @@ func (c *Client) List(ctx context.Context) ([]api.Disk, error) {
 	return l.Disks, nil
 }
 
-// Open opens an image as a disk.
+// Open opens an image as a disk. An encrypted image opened without
+// req.Passphrase fails with api.CodePassphraseRequired: ask for the
+// passphrase and call Open again with it. The passphrase goes to the daemon
+// over its 0600 socket only; the caller clears req.Passphrase afterwards.
 func (c *Client) Open(ctx context.Context, req api.OpenRequest) (*api.Disk, error) {
 	var d api.Disk
 	if err := c.do(ctx, http.MethodPost, api.PathDisks, req, &d); err != nil {

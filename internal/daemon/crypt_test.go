@@ -3,6 +3,7 @@ package daemon
 import (
 	"bytes"
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"testing"
@@ -160,4 +161,36 @@ func TestStateKeepsS3Options(t *testing.T) {
 	if err != nil || len(out) != 1 || out[0].File != url || out[0].S3 == nil || *out[0].S3 != *in[0].S3 {
 		t.Fatalf("loaded %+v, %v", out, err)
 	}
+}
+
+// TestListDegraded: an open disk whose Device reports a failing backend is
+// listed StateDegraded with the reason, and open again once it recovers;
+// the registry's record itself stays open.
+func TestListDegraded(t *testing.T) {
+	d, err := New(Options{Socket: filepath.Join(t.TempDir(), "s"), StateDir: t.TempDir(), Logger: logger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fault error
+	url := "s3://bucket/disk"
+	d.disks[api.DiskID(url)] = &disk{
+		rec:      api.Disk{ID: api.DiskID(url), File: url, Device: "/dev/loop9", State: api.StateOpen},
+		degraded: func() error { return fault },
+	}
+	check := func(state, reason string) {
+		t.Helper()
+		l := d.List()
+		g, err := d.Get(api.DiskID(url))
+		if err != nil || len(l) != 1 || l[0].State != state || l[0].Error != reason || g.State != state || l[0].Device != "/dev/loop9" {
+			t.Fatalf("list %+v, get %+v (%v); want %s %q", l, g, err, state, reason)
+		}
+	}
+	check(api.StateOpen, "")
+	fault = errors.New("put chunk 0: connection refused")
+	check(api.StateDegraded, fault.Error())
+	if d.disks[api.DiskID(url)].rec.State != api.StateOpen {
+		t.Fatal("the record itself changed")
+	}
+	fault = nil
+	check(api.StateOpen, "")
 }

@@ -1,0 +1,117 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"vdisk/internal/api"
+	"vdisk/internal/storage/objstore/s3/s3test"
+)
+
+// s3Env returns the command adjustment that gives vdisk (and the daemon it
+// starts, which inherits the environment) the test server's credentials.
+func s3Env(srv *s3test.Server) func(*exec.Cmd) {
+	cfg := srv.Config()
+	return func(c *exec.Cmd) {
+		c.Env = append(c.Env, "AWS_ACCESS_KEY_ID="+cfg.AccessKey, "AWS_SECRET_ACCESS_KEY="+cfg.SecretKey,
+			"AWS_REGION="+cfg.Region, "VDISK_S3_ENDPOINT="+srv.Endpoint)
+	}
+}
+
+// mustWith runs vdisk with args adjusted by mod and fails unless it
+// succeeds.
+func (e *env) mustWith(mod func(*exec.Cmd), args ...string) string {
+	e.t.Helper()
+	out, errs, code := e.runWith(mod, bin, args...)
+	if code != 0 {
+		e.t.Fatalf("vdisk %s: exit %d: %s", strings.Join(args, " "), code, errs)
+	}
+	return out
+}
+
+// TestS3Open: vdisk open s3://… --size 64M → mkfs → mount → write → close
+// (every acknowledged write in the store) → open again on a fresh cache →
+// the data is there; a second daemon's open is refused naming the lease
+// holder.
+func TestS3Open(t *testing.T) {
+	if skipReason != "" {
+		t.Skip(skipReason)
+	}
+	srv := s3test.Need(t)
+	// TestMain (main_test.go) does not call s3test.Main: stop the server
+	// here.
+	t.Cleanup(func() {
+		if err := srv.Stop(); err != nil {
+			t.Logf("stop versitygw: %v", err)
+		}
+	})
+	e := newEnv(t)
+	withS3 := s3Env(srv)
+	url := fmt.Sprintf("s3://%s/e2e-%d", srv.Bucket, time.Now().UnixNano())
+	mnt := filepath.Join(e.dir, "mnt")
+
+	f := strings.Fields(e.mustWith(withS3, "open", url, "--size", "64M", "--s3-cache-dir", filepath.Join(e.dir, "cache1")))
+	if len(f) != 2 || f[1] != api.DiskID(url) {
+		t.Fatalf("open printed %q, want the device and id %s", f, api.DiskID(url))
+	}
+	dev, id := f[0], f[1]
+	l := listDisks(t, e)
+	if len(l) != 1 || l[0].File != url || l[0].Via == api.ViaLoop || l[0].Size != 64<<20 || l[0].State != api.StateOpen {
+		t.Fatalf("list: %+v, want %s open, 64 MiB", l, url)
+	}
+	t.Logf("attached %s via %s (%s)", dev, l[0].Via, l[0].ViaReason)
+	if out := e.must("list"); !strings.Contains(out, url) {
+		t.Fatalf("vdisk list does not show the URL:\n%s", out)
+	}
+	sh(t, "mkfs.ext4", "-q", "-F", dev)
+	mount(t, dev, mnt)
+	sums := writeFiles(t, mnt, 3<<20, 4096)
+
+	// Another daemon (its own socket and state) is refused while the
+	// first holds the lease, with the holder named.
+	t.Run("second writer", func(t *testing.T) {
+		e2 := newEnv(t)
+		pid := e.daemonPID()
+		_, errs, code := e2.runWith(withS3, bin, "open", url, "--s3-cache-dir", filepath.Join(e2.dir, "cache"))
+		if code == 0 || !strings.Contains(errs, "in use by") || !strings.Contains(errs, fmt.Sprintf(":%d", pid)) ||
+			strings.Count(strings.TrimSpace(errs), "\n") != 0 {
+			t.Fatalf("second open: exit %d, %q; want one line naming the holder (pid %d)", code, errs, pid)
+		}
+		t.Logf("second writer refused: %s", strings.TrimSpace(errs))
+	})
+
+	sh(t, "umount", mnt)
+	e.must("close", url)
+	if d := listDisks(t, e); len(d) != 0 {
+		t.Fatalf("after close: %+v", d)
+	}
+
+	cache2 := filepath.Join(e.dir, "cache2")
+	f = strings.Fields(e.mustWith(withS3, "open", url, "--s3-cache-dir", cache2))
+	if len(f) != 2 || f[1] != id {
+		t.Fatalf("reopen printed %q", f)
+	}
+	sh(t, "e2fsck", "-fn", f[0])
+	mount(t, f[0], mnt)
+	checkFiles(t, mnt, sums)
+	sh(t, "umount", mnt)
+	e.must("close", id)
+	if _, err := os.Stat(cache2); err != nil {
+		t.Fatalf("the fresh cache dir was not used: %v", err)
+	}
+
+	// info of the image, not open: its facts from the store.
+	var im api.Image
+	if err := json.Unmarshal([]byte(e.mustWith(withS3, "info", url, "--json")), &im); err != nil {
+		t.Fatal(err)
+	}
+	if im.Open || im.File != url || im.ID != id || im.Size != 64<<20 || im.Format != "raw" {
+		t.Fatalf("info: %+v", im)
+	}
+}
