@@ -41,6 +41,14 @@ const (
 	deadlineReserve = 20 * time.Second // kept from the test's deadline for cleanup and logs
 )
 
+const (
+	// guestStarted is what guest-init.sh prints just before it runs test.sh.
+	guestStarted = "running /share/test.sh"
+	// maxBoots bounds the boots of one Run when the guest dies before it
+	// starts test.sh.
+	maxBoots = 3
+)
+
 // Binary is a Go package Run builds statically (CGO_ENABLED=0) into the share
 // directory.
 type Binary struct {
@@ -109,6 +117,14 @@ func Run(t testing.TB, c Config) string {
 	var console bytes.Buffer
 	start := time.Now()
 	code, err := env.runGuest(context.Background(), share, timeout, c.Env, &console)
+	for try := 1; err == nil && code == statusNoReport && !bytes.Contains(console.Bytes(), []byte(guestStarted)) && try < maxBoots; try++ {
+		// The guest died before it ran test.sh: a boot failure of the
+		// emulated kernel (seen: an int3 oops while patching kernel text
+		// under TCG), not a result of the test. Boot again.
+		t.Logf("vmtest: boot %d failed before test.sh started; booting again. Its console:\n%s", try, console.String())
+		console.Reset()
+		code, err = env.runGuest(context.Background(), share, timeout, c.Env, &console)
+	}
 	wall := time.Since(start).Round(100 * time.Millisecond)
 	if err == nil {
 		err = statusError(code)

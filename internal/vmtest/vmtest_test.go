@@ -174,3 +174,34 @@ cd "$2" && [ -x test.sh ] && [ "$(cat data.txt)" = payload ] || exit 5
 		}
 	}
 }
+
+// TestRunRebootsAfterBootFailure has a stand-in guest die before test.sh
+// starts on its first boot (status 125, no start line), then run test.sh:
+// Run boots again and passes. A guest that dies after test.sh started is
+// not booted again.
+func TestRunRebootsAfterBootFailure(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("Run skips unless root")
+	}
+	vm := t.TempDir()
+	cache := filepath.Join(t.TempDir(), "cache")
+	count := filepath.Join(t.TempDir(), "boots")
+	scripts := map[string]string{
+		"prepare.sh": "mkdir -p \"$1\" && echo UBLK=0 >\"$1/vm.env\" && : >\"$1/stamp\"\n",
+		"run.sh": `echo x >>` + count + `
+[ "$(wc -l <` + count + `)" -ge 2 ] || { echo "Oops: int3"; exit 125; }
+echo "vmtest: guest up, running /share/test.sh"; cd "$2" && sh test.sh
+`,
+	}
+	for name, body := range scripts {
+		if err := os.WriteFile(filepath.Join(vm, name), []byte("#!/bin/sh\n"+body), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Setenv("VMTEST_DIR", vm)
+	t.Setenv("VMTEST_CACHE", cache)
+	Run(t, Config{Script: "exit 0\n", Timeout: time.Minute})
+	if b, _ := os.ReadFile(count); strings.Count(string(b), "x") != 2 {
+		t.Fatalf("boots: %q, want 2", b)
+	}
+}
