@@ -55,8 +55,13 @@
 // `vdisk info --json` of a file that is not open prints an Image instead
 // (with "open": false). A disk the daemon had before a restart and could not
 // re-open is listed with "state" locked, missing or failed, an empty
-// "device" and the reason in "error"; closing it forgets it. The error codes
-// are the Code constants.
+// "device" and the reason in "error"; closing it forgets it. An encrypted
+// disk ("encrypted": true) is always locked after a restart, because its
+// passphrase is never stored: opening it again with the passphrase unlocks
+// it. An open s3:// disk whose object store keeps failing is listed
+// "degraded", its device still set, the reason in "error". The error codes
+// are the Code constants; an encrypted image opened without a passphrase
+// answers "passphrase_required", and the client asks and tries again.
 //
 // Fields are only ever added. Clients ignore fields they do not know.
 package api

@@ -133,6 +133,8 @@ func TestOpenErrors(t *testing.T) {
 		{name: "bad via", args: []string{"open", filepath.Join(dir, "a.img"), "--via", "iscsi"}, want: `vdisk: --via "iscsi": want ublk, nbd, loop or fuse` + "\n"},
 		{name: "unknown format", args: []string{"open", filepath.Join(dir, "x.img"), "--format", "vhd9"}, want: `"vhd9": unknown image format`},
 		{name: "no file", args: []string{"open"}, want: "accepts 1 arg(s), received 0"},
+		{name: "s3 flags on a file", args: []string{"open", filepath.Join(dir, "a.img"), "--s3-endpoint", "http://127.0.0.1:1"}, want: "is not an s3:// image: --s3-endpoint"},
+		{name: "bad s3 url", args: []string{"open", "s3://", "--s3-endpoint", "http://127.0.0.1:1"}, want: "not an s3://bucket/prefix URL"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
