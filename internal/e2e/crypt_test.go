@@ -66,7 +66,20 @@ func TestEncryptedOpen(t *testing.T) {
 		t.Fatal("the image file holds the plaintext")
 	}
 
-	dev, id = e.open(img, "--key-file", key)
+	// The key from stdin this time.
+	out, errs, code := e.runWith(func(c *exec.Cmd) {
+		k, err := os.Open(key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { k.Close() })
+		c.Stdin = k
+	}, bin, "open", img, "--key-file", "-")
+	if f := strings.Fields(out); code != 0 || len(f) != 2 {
+		t.Fatalf("open --key-file -: exit %d, %q, %s", code, out, errs)
+	} else {
+		dev, id = f[0], f[1]
+	}
 	sh(t, "e2fsck", "-fn", dev)
 	mount(t, dev, mnt)
 	checkFiles(t, mnt, sums)

@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -35,22 +36,28 @@ func (e *env) mustWith(mod func(*exec.Cmd), args ...string) string {
 	return out
 }
 
-// TestS3Open: vdisk open s3://… --size 64M → mkfs → mount → write → close
-// (every acknowledged write in the store) → open again on a fresh cache →
-// the data is there; a second daemon's open is refused naming the lease
-// holder.
-func TestS3Open(t *testing.T) {
+// TestS3 runs the s3:// tests against one versitygw.
+func TestS3(t *testing.T) {
 	if skipReason != "" {
 		t.Skip(skipReason)
 	}
 	srv := s3test.Need(t)
 	// TestMain (main_test.go) does not call s3test.Main: stop the server
-	// here.
+	// here, after the subtests.
 	t.Cleanup(func() {
 		if err := srv.Stop(); err != nil {
 			t.Logf("stop versitygw: %v", err)
 		}
 	})
+	t.Run("open", func(t *testing.T) { testS3Open(t, srv) })
+	t.Run("restart", func(t *testing.T) { testS3Restart(t, srv) })
+}
+
+// testS3Open: vdisk open s3://… --size 64M → mkfs → mount → write → close
+// (every acknowledged write in the store) → open again on a fresh cache →
+// the data is there; a second daemon's open is refused naming the lease
+// holder.
+func testS3Open(t *testing.T, srv *s3test.Server) {
 	e := newEnv(t)
 	withS3 := s3Env(srv)
 	url := fmt.Sprintf("s3://%s/e2e-%d", srv.Bucket, time.Now().UnixNano())
@@ -113,5 +120,45 @@ func TestS3Open(t *testing.T) {
 	}
 	if im.Open || im.File != url || im.ID != id || im.Size != 64<<20 || im.Format != "raw" {
 		t.Fatalf("info: %+v", im)
+	}
+}
+
+// testS3Restart: after kill -9 of the daemon, the next one keeps the s3://
+// disk's endpoint (from the state file) and reports it locked, naming the
+// dead daemon as the lease holder; close forgets it.
+func testS3Restart(t *testing.T, srv *s3test.Server) {
+	e := newEnv(t)
+	withS3 := s3Env(srv)
+	url := fmt.Sprintf("s3://%s/e2e-restart-%d", srv.Bucket, time.Now().UnixNano())
+	// The endpoint by flag only: the restarted daemon must take it from
+	// the state file.
+	cfg := srv.Config()
+	creds := func(c *exec.Cmd) {
+		c.Env = append(c.Env, "AWS_ACCESS_KEY_ID="+cfg.AccessKey, "AWS_SECRET_ACCESS_KEY="+cfg.SecretKey, "AWS_REGION="+cfg.Region)
+	}
+	f := strings.Fields(e.mustWith(creds, "open", url, "--size", "16M", "--s3-endpoint", srv.Endpoint))
+	if len(f) != 2 {
+		t.Fatalf("open printed %q", f)
+	}
+	pid := e.daemonPID()
+	e.stopDaemon(pid, syscall.SIGKILL)
+	st, err := os.ReadFile(filepath.Join(e.stateDir, "state.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(st), srv.Endpoint) || strings.Contains(string(st), cfg.SecretKey) {
+		t.Fatalf("state file: want the endpoint and no secret:\n%s", st)
+	}
+	var l api.DiskList
+	if err := json.Unmarshal([]byte(e.mustWith(creds, "list", "--json")), &l); err != nil {
+		t.Fatal(err)
+	}
+	holder := fmt.Sprintf(":%d", pid)
+	if len(l.Disks) != 1 || l.Disks[0].File != url || l.Disks[0].State != api.StateLocked || !strings.Contains(l.Disks[0].Error, holder) {
+		t.Fatalf("after restart: %+v, want %s locked by the dead daemon (%s)", l.Disks, url, holder)
+	}
+	e.mustWith(withS3, "close", url)
+	if d := listDisks(t, e); len(d) != 0 {
+		t.Fatalf("after close: %+v", d)
 	}
 }
