@@ -117,6 +117,39 @@ type Image struct {
 	// the decrypted size of an open disk, else the size of the stored
 	// volume (header included).
 	Encrypted bool `json:"encrypted,omitempty"`
+	// Details are the format's own facts (what `qemu-img info` shows), for
+	// an image file that is not open and whose format has any.
+	Details *FormatDetails `json:"details,omitempty"`
+}
+
+// FormatDetails are the facts of an image format beyond its size.
+type FormatDetails struct {
+	// ClusterSize is the format's allocation unit in bytes (qcow2
+	// clusters, VHD/VHDX/VDI blocks, VMDK grains; 2048 for ISO).
+	ClusterSize int64 `json:"cluster_size,omitempty"`
+	// Compat is the format version ("1.1" for qcow2 v3).
+	Compat string `json:"compat,omitempty"`
+	// BackingFile and BackingFormat name the backing (parent) image.
+	BackingFile   string `json:"backing_file,omitempty"`
+	BackingFormat string `json:"backing_format,omitempty"`
+	// Dirty reports an image left open by a writer (lazy refcounts).
+	Dirty           bool   `json:"dirty,omitempty"`
+	RefcountBits    int    `json:"refcount_bits,omitempty"`
+	LazyRefcounts   bool   `json:"lazy_refcounts,omitempty"`
+	ExtendedL2      bool   `json:"extended_l2,omitempty"`
+	CompressionType string `json:"compression_type,omitempty"`
+	// Snapshots are the image's internal snapshots.
+	Snapshots []Snapshot `json:"snapshots,omitempty"`
+}
+
+// Snapshot is one internal snapshot of an image.
+type Snapshot struct {
+	ID   string `json:"id"`
+	Name string `json:"name"`
+	// Date is when it was taken, in seconds since the epoch.
+	Date int64 `json:"date"`
+	// VMStateSize is the saved VM state's size (0 for disk-only).
+	VMStateSize uint64 `json:"vm_state_size"`
 }
 
 // Disk is an open disk: the image facts plus how it reaches the kernel.

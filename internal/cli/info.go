@@ -136,6 +136,7 @@ func printImage(w io.Writer, im *api.Image) error {
 		{"media type", im.MediaType},
 		{"unique id", im.UniqueID},
 	}
+	rows = append(rows, detailRows(im.Details)...)
 	for _, r := range rows {
 		fmt.Fprintf(tw, "%s:\t%s\n", r[0], r[1])
 	}
@@ -145,4 +146,29 @@ func printImage(w io.Writer, im *api.Image) error {
 // geometry renders a CHS geometry.
 func geometry(g api.Geometry) string {
 	return fmt.Sprintf("%d cylinders, %d heads, %d sectors/track, %d bytes/sector", g.Cylinders, g.Heads, g.SectorsPerTrack, g.BytesPerSector)
+}
+
+// detailRows renders the format's own facts, those it has.
+func detailRows(d *api.FormatDetails) [][2]string {
+	if d == nil {
+		return nil
+	}
+	var rows [][2]string
+	add := func(k, v string, ok bool) {
+		if ok {
+			rows = append(rows, [2]string{k, v})
+		}
+	}
+	add("cluster size", fmt.Sprintf("%d bytes (%s)", d.ClusterSize, formatSize(d.ClusterSize)), d.ClusterSize > 0)
+	add("compat", d.Compat, d.Compat != "")
+	add("backing file", fmt.Sprintf("%s (%s)", d.BackingFile, d.BackingFormat), d.BackingFile != "")
+	add("refcount bits", fmt.Sprint(d.RefcountBits), d.RefcountBits > 0)
+	add("lazy refcounts", "yes", d.LazyRefcounts)
+	add("extended l2", "yes", d.ExtendedL2)
+	add("compression", d.CompressionType, d.CompressionType != "")
+	add("dirty", "yes (left open by a writer; repaired on the next writable open)", d.Dirty)
+	for _, sn := range d.Snapshots {
+		add("snapshot", fmt.Sprintf("%s %q, %s, vm state %d bytes", sn.ID, sn.Name, time.Unix(sn.Date, 0).UTC().Format(time.RFC3339), sn.VMStateSize), true)
+	}
+	return rows
 }

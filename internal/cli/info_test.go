@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -50,5 +51,33 @@ func TestInfoText(t *testing.T) {
 	code, _, errs := run(t, "info", "--socket", socket, filepath.Join(dir, "none.img"))
 	if code == 0 || !strings.Contains(errs, "does not exist") {
 		t.Fatalf("info of a missing file: exit %d, stderr %q", code, errs)
+	}
+}
+
+// TestInfoFormatDetails checks that info of a closed qcow2 shows what
+// qemu-img info does: cluster size, compat, backing file, snapshots.
+func TestInfoFormatDetails(t *testing.T) {
+	needTools(t, "qemu-img")
+	socket, dir := inProcessDaemon(t)
+	base := filepath.Join(dir, "base.qcow2")
+	top := filepath.Join(dir, "top.qcow2")
+	runTool(t, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "cluster_size=128k", base, "32M")
+	runTool(t, "qemu-img", "snapshot", "-c", "before-upgrade", base)
+	runTool(t, "qemu-img", "create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", top)
+	out := mustRun(t, "info", "--socket", socket, base)
+	for _, want := range []string{"cluster size:  131072 bytes (128K)\n", "compat:        1.1\n", `"before-upgrade"`} {
+		if !strings.Contains(out, want) {
+			t.Errorf("info of base lacks %q:\n%s", want, out)
+		}
+	}
+	if out := mustRun(t, "info", "--socket", socket, top); !strings.Contains(out, "backing file:  base.qcow2 (qcow2)\n") {
+		t.Errorf("info of top lacks its backing file:\n%s", out)
+	}
+	var im api.Image
+	if err := json.Unmarshal([]byte(mustRun(t, "info", "--json", "--socket", socket, base)), &im); err != nil {
+		t.Fatal(err)
+	}
+	if im.Details == nil || im.Details.ClusterSize != 128<<10 || len(im.Details.Snapshots) != 1 || im.Details.Snapshots[0].Name != "before-upgrade" {
+		t.Fatalf("info --json details: %+v", im.Details)
 	}
 }

@@ -228,10 +228,29 @@ func (d *Daemon) Inspect(req api.InspectRequest) (api.Image, error) {
 		im.Writable = true
 		return im, nil
 	}
-	im.Writable = syscall.Access(path, 2 /* W_OK */) == nil
+	im.Writable = im.MediaType != api.MediaCDROM && syscall.Access(path, 2 /* W_OK */) == nil
+	if im.Format != image.Raw {
+		if fa, err := image.Info(path, im.Format); err == nil {
+			im.Details = formatDetails(fa)
+		}
+	}
 	var st syscall.Stat_t
 	if syscall.Stat(path, &st) == nil {
 		im.Allocated = st.Blocks * 512
 	}
 	return im, nil
+}
+
+// formatDetails copies the format facts the API shows.
+func formatDetails(fa *image.Facts) *api.FormatDetails {
+	fd := &api.FormatDetails{
+		ClusterSize: fa.ClusterSize, Compat: fa.Compat,
+		BackingFile: fa.BackingFile, BackingFormat: fa.BackingFormat,
+		Dirty: fa.Dirty, RefcountBits: fa.RefcountBits, LazyRefcounts: fa.LazyRefcounts,
+		ExtendedL2: fa.ExtendedL2, CompressionType: fa.CompressionType,
+	}
+	for _, sn := range fa.Snapshots {
+		fd.Snapshots = append(fd.Snapshots, api.Snapshot{ID: sn.ID, Name: sn.Name, Date: sn.DateSec, VMStateSize: sn.VMStateSize})
+	}
+	return fd
 }
