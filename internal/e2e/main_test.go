@@ -12,6 +12,7 @@ import (
 	"syscall"
 	"testing"
 	"time"
+	"vdisk/internal/storage/objstore/s3/s3test"
 
 	"vdisk/internal/client"
 )
@@ -67,7 +68,7 @@ func runMain(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, "build vdisk:", err)
 		return 1
 	}
-	return m.Run()
+	return s3test.Main(m) // runs the tests, then stops the S3 server if one started
 }
 
 func exists(p string) bool { _, err := os.Stat(p); return err == nil }
