@@ -15,6 +15,7 @@ import (
 	"vdisk/internal/convert"
 	"vdisk/internal/image"
 	"vdisk/internal/stack"
+	"vdisk/internal/storage/objstore/s3"
 )
 
 type convertOptions struct {
@@ -27,6 +28,7 @@ type convertOptions struct {
 	writers     int
 	clusterSize string
 	backingDir  string
+	options     []string
 	s3          stack.S3Options
 	crypt       cryptFlags
 }
@@ -62,6 +64,7 @@ existing image of the same size.`,
 	f.IntVarP(&o.workers, "workers", "W", convert.DefaultWorkers, "reads in flight")
 	f.IntVar(&o.writers, "writers", convert.DefaultWriters, "writes in flight")
 	f.StringVar(&o.clusterSize, "cluster-size", "", "destination cluster size (formats that have one)")
+	f.StringSliceVarP(&o.options, "option", "o", nil, "destination format option key=value, as vdisk create takes (e.g. subformat=streamOptimized for vmdk)")
 	addS3Flags(f, &o.s3)
 	o.crypt.add(f)
 	f.StringVar(&o.backingDir, "backing-dir", "", "refuse source backing files outside this directory")
@@ -86,6 +89,28 @@ func runConvert(ctx context.Context, e *env, o convertOptions, srcPath, dstPath 
 	defer src.Device.Close()
 	size := src.Device.Size()
 
+	fopts, err := parseOptions(o.options)
+	if err != nil {
+		return fmt.Errorf("convert: %w", err)
+	}
+	if !o.noCreate && !s3.IsURL(dstPath) {
+		if _, err := os.Lstat(dstPath); err == nil {
+			return fmt.Errorf("convert: %s exists; remove it, or pass -n to write into it", dstPath)
+		}
+		start := time.Now()
+		copt := image.CreateOptions{Format: o.dstFormat, Size: size, ClusterSize: cluster, Options: fopts}
+		if handled, err := image.Stream(dstPath, src.Device, copt); handled {
+			if err != nil {
+				os.Remove(dstPath)
+				return fmt.Errorf("convert: %w", err)
+			}
+			fmt.Fprintf(e.stdout, "converted %s (%s, %s) to %s (%s, written in one pass) in %s\n",
+				srcPath, src.Format, formatSize(size), dstPath, o.dstFormat, time.Since(start).Round(time.Millisecond))
+			return nil
+		} else if err != nil {
+			return fmt.Errorf("convert: %w", err)
+		}
+	}
 	created := false
 	if !o.noCreate {
 		if _, err := os.Lstat(dstPath); err == nil {
@@ -93,7 +118,7 @@ func runConvert(ctx context.Context, e *env, o convertOptions, srcPath, dstPath 
 		} else if !errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("convert: %w", err)
 		}
-		if err := stack.Create(ctx, dstPath, stack.CreateOptions{Format: o.dstFormat, Size: size, ClusterSize: cluster, S3: o.s3}); err != nil {
+		if err := stack.Create(ctx, dstPath, stack.CreateOptions{Format: o.dstFormat, Size: size, ClusterSize: cluster, Options: fopts, S3: o.s3}); err != nil {
 			return fmt.Errorf("convert: create destination: %w", err)
 		}
 		created = true

@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -47,5 +48,42 @@ func TestConvertEveryPair(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// TestConvertFormatOptions passes -o to the destination format: a
+// streamOptimized VMDK (written in one pass) and a compat=0.10 qcow2, both
+// checked by qemu-img; an unknown option is refused and leaves nothing.
+func TestConvertFormatOptions(t *testing.T) {
+	needTools(t, "qemu-img")
+	dir := t.TempDir()
+	src := filepath.Join(dir, "src.raw")
+	data := make([]byte, 4<<20)
+	rand.Read(data[1<<20 : 1<<20+300<<10])
+	if err := os.WriteFile(src, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		format, option, info string
+	}{
+		{"vmdk", "subformat=streamOptimized", "create type: streamOptimized"},
+		{"qcow2", "compat=0.10", "compat: 0.10"},
+	} {
+		out := filepath.Join(dir, "out."+tc.format)
+		if code, _, errs := run(t, "convert", "-O", tc.format, "-o", tc.option, src, out); code != 0 {
+			t.Fatalf("convert -O %s -o %s: %s", tc.format, tc.option, errs)
+		}
+		if info := runTool(t, "qemu-img", "info", "-f", tc.format, out); !strings.Contains(info, tc.info) {
+			t.Errorf("-o %s: qemu-img info lacks %q:\n%s", tc.option, tc.info, info)
+		}
+		runTool(t, "qemu-img", "check", "-q", "-f", tc.format, out)
+		runTool(t, "qemu-img", "compare", "-q", "-f", "raw", "-F", tc.format, src, out)
+	}
+	bad := filepath.Join(dir, "bad.vmdk")
+	if code, _, errs := run(t, "convert", "-O", "vmdk", "-o", "subformat=streamOptimized,colour=blue", src, bad); code == 0 || !strings.Contains(errs, "colour") {
+		t.Fatalf("unknown option: code %d, %q", code, errs)
+	}
+	if _, err := os.Stat(bad); err == nil {
+		t.Fatal("a refused convert left its destination behind")
 	}
 }

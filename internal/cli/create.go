@@ -64,17 +64,9 @@ an object store, --cluster-size being its chunk size (default 4M).`,
 				}
 				opt.ClusterSize = n
 			}
-			for _, o := range options {
-				for _, kv := range strings.Split(o, ",") {
-					k, v, ok := strings.Cut(kv, "=")
-					if !ok || k == "" {
-						return fmt.Errorf("create: -o %q: want key=value", kv)
-					}
-					if opt.Options == nil {
-						opt.Options = map[string]string{}
-					}
-					opt.Options[k] = v
-				}
+			var err error
+			if opt.Options, err = parseOptions(options); err != nil {
+				return fmt.Errorf("create: %w", err)
 			}
 			if encrypt != "" {
 				if encrypt != "luks2" && encrypt != "luks1" {
@@ -125,4 +117,23 @@ an object store, --cluster-size being its chunk size (default 4M).`,
 	kf.add(cmd)
 	addS3Flags(fl, &s3o)
 	return cmd
+}
+
+// parseOptions parses -o key=value[,key=value] flags; nil when there are
+// none.
+func parseOptions(flags []string) (map[string]string, error) {
+	var m map[string]string
+	for _, o := range flags {
+		for _, kv := range strings.Split(o, ",") {
+			k, v, ok := strings.Cut(kv, "=")
+			if !ok || k == "" {
+				return nil, fmt.Errorf("-o %q: want key=value", kv)
+			}
+			if m == nil {
+				m = map[string]string{}
+			}
+			m[k] = v
+		}
+	}
+	return m, nil
 }

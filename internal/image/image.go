@@ -54,6 +54,11 @@ type Format struct {
 	Open func(path string, opt OpenOptions) (blockdev.Device, error)
 	// Create makes a new image at path; it fails if path exists.
 	Create func(path string, opt CreateOptions) error
+	// Stream, when set, writes a whole new image from src in one
+	// sequential pass, for subformats that cannot be written in place
+	// (streamOptimized VMDK). It reports handled=false for options it
+	// does not stream, which Create then makes as usual.
+	Stream func(path string, src blockdev.Device, opt CreateOptions) (handled bool, err error)
 	// Info reads the image's facts without opening its backing chain.
 	Info func(path string) (*Facts, error)
 	// Check verifies the image's metadata and optionally repairs leaks.
@@ -267,6 +272,23 @@ func Create(path string, opt CreateOptions) error {
 		return fmt.Errorf("image: create %s: %w", f.Name, ErrUnsupported)
 	}
 	return f.Create(path, opt)
+}
+
+// Stream writes src as a new image in one pass when opt asks for a
+// subformat that can only be written that way; handled is false when it
+// does not, and the caller creates and copies as usual.
+func Stream(path string, src blockdev.Device, opt CreateOptions) (handled bool, err error) {
+	if err := opt.Validate(); err != nil {
+		return false, err
+	}
+	f, err := Lookup(opt.Format)
+	if err != nil {
+		return false, err
+	}
+	if f.Stream == nil {
+		return false, nil
+	}
+	return f.Stream(path, src, opt)
 }
 
 // Info describes the image at path (format "" probes).

@@ -50,9 +50,27 @@ func init() {
 		Probe:  probe,
 		Open:   func(path string, opt image.OpenOptions) (blockdev.Device, error) { return Open(path, opt) },
 		Create: Create,
+		Stream: stream,
 		Info:   Info,
 		Check:  Check,
 	})
+}
+
+// stream writes a streamOptimized image (-o subformat=streamOptimized);
+// every other subformat is created in place.
+func stream(path string, src blockdev.Device, opt image.CreateOptions) (bool, error) {
+	if opt.Options["subformat"] != StreamOptimized {
+		return false, nil
+	}
+	for k := range opt.Options {
+		if k != "subformat" {
+			return true, fmt.Errorf("vmdk: unknown option %q for %s (known: subformat)", k, StreamOptimized)
+		}
+	}
+	if opt.BackingFile != "" {
+		return true, fmt.Errorf("vmdk: a %s image has no parent", StreamOptimized)
+	}
+	return true, WriteStreamOptimized(path, src, opt.ClusterSize)
 }
 
 // probe matches a sparse extent's magic or a descriptor file's first line.
