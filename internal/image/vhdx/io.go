@@ -287,25 +287,8 @@ func (img *Image) WriteZeroes(off, n int64, mayTrim bool) error {
 
 // zeroFile zeroes n bytes of the file at off.
 func (img *Image) zeroFile(off, n int64, mayTrim bool) error {
-	mode := uint32(unix.FALLOC_FL_ZERO_RANGE | unix.FALLOC_FL_KEEP_SIZE)
-	if mayTrim {
-		mode = unix.FALLOC_FL_PUNCH_HOLE | unix.FALLOC_FL_KEEP_SIZE
-	}
-	err := unix.Fallocate(int(img.f.Fd()), mode, off, n)
-	if err == nil {
-		return nil
-	}
-	if !errors.Is(err, unix.EOPNOTSUPP) && !errors.Is(err, unix.ENOSYS) && !errors.Is(err, unix.EINVAL) {
+	if err := blockdev.ZeroFileRange(img.f, off, n, mayTrim); err != nil {
 		return fmt.Errorf("vhdx: zero at %#x: %w", off, err)
-	}
-	zero := make([]byte, min(n, 1<<20))
-	for n > 0 {
-		c := min(n, int64(len(zero)))
-		if _, err := img.f.WriteAt(zero[:c], off); err != nil {
-			return fmt.Errorf("vhdx: zero at %#x: %w", off, err)
-		}
-		off += c
-		n -= c
 	}
 	return nil
 }
@@ -319,13 +302,7 @@ func (img *Image) Extents(off, n int64) ([]blockdev.Extent, error) {
 		return nil, err
 	}
 	var out []blockdev.Extent
-	add := func(o, l int64, f blockdev.ExtentFlags) {
-		if k := len(out); k > 0 && out[k-1].Flags == f && out[k-1].Off+out[k-1].Len == o {
-			out[k-1].Len += l
-			return
-		}
-		out = append(out, blockdev.Extent{Off: o, Len: l, Flags: f})
-	}
+	add := func(o, l int64, f blockdev.ExtentFlags) { out = blockdev.AppendExtent(out, o, l, f) }
 	bs := img.m.blockSize
 	for end, seen := off+n, 0; off < end && len(out) < maxExtents && seen < maxExtentBlocks; seen++ {
 		c := min(end-off, bs-off%bs)

@@ -210,13 +210,7 @@ func (img *Image) Extents(off, n int64) ([]blockdev.Extent, error) {
 		return nil, err
 	}
 	var out []blockdev.Extent
-	add := func(o, l int64, f blockdev.ExtentFlags) {
-		if k := len(out); k > 0 && out[k-1].Flags == f && out[k-1].Off+out[k-1].Len == o {
-			out[k-1].Len += l
-			return
-		}
-		out = append(out, blockdev.Extent{Off: o, Len: l, Flags: f})
-	}
+	add := func(o, l int64, f blockdev.ExtentFlags) { out = blockdev.AppendExtent(out, o, l, f) }
 	seen := 0
 	errStop := errors.New("stop")
 	err := img.pieces(off, n, func(e *extent, pos, c int64) error {
