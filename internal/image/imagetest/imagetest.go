@@ -102,3 +102,46 @@ func RandomWrites(t testing.TB, d blockdev.Device, ref []byte, seed uint64, coun
 		copy(ref[off:], b)
 	}
 }
+
+// CheckHoleExtents writes a little data at 2 MiB+100 into d (at least 4 MiB,
+// freshly created) and checks its Extents: they cover the device
+// contiguously, the written byte is data, and the byte at 1 MiB and the
+// last byte read as zeroes (byte 0 may share a file system block with
+// metadata). Formats whose blocks are all allocated in a sparse file (fixed,
+// static, flat) pass only if they report the file's holes.
+func CheckHoleExtents(t testing.TB, d blockdev.Device) {
+	t.Helper()
+	const data = 2<<20 + 100
+	if _, err := d.WriteAt(make([]byte, 8192), 2<<20); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.WriteAt([]byte("data"), data); err != nil {
+		t.Fatal(err)
+	}
+	size := d.Size()
+	ext, err := blockdev.Extents(d, 0, size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := int64(0)
+	for _, e := range ext {
+		if e.Off != at || e.Len <= 0 {
+			t.Fatalf("extents not contiguous at %d: %v", at, ext)
+		}
+		at += e.Len
+	}
+	if at != size {
+		t.Fatalf("extents end at %d, size %d", at, size)
+	}
+	flags := func(off int64) blockdev.ExtentFlags {
+		for _, e := range ext {
+			if e.Off <= off && off < e.Off+e.Len {
+				return e.Flags
+			}
+		}
+		return 0
+	}
+	if flags(data) != 0 || flags(1<<20)&blockdev.ExtentZero == 0 || flags(size-1)&blockdev.ExtentZero == 0 {
+		t.Fatalf("extents %v", ext)
+	}
+}
