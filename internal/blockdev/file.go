@@ -201,6 +201,15 @@ func setupFile(fd int, path string, opt FileOptions) (*File, error) {
 	return newFile(fd, path, size, opt.ReadOnly, block, &st), nil
 }
 
+// LockFile takes the image lock on an open file without waiting: flock,
+// shared for a reader and exclusive for a writer, as OpenFile does. A lock
+// another process holds is an error wrapping ErrLocked that names the file.
+// Formats that open their own files call it, so every image is locked the
+// same way.
+func LockFile(f *os.File, readOnly bool) error {
+	return lockFd(int(f.Fd()), f.Name(), readOnly)
+}
+
 // lockFd takes flock on fd without waiting: shared for readers, exclusive
 // for writers.
 func lockFd(fd int, path string, shared bool) error {

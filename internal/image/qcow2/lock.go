@@ -33,15 +33,8 @@ func lock(f *os.File, opt image.OpenOptions) error {
 	if opt.NoLock {
 		return nil
 	}
-	how := unix.LOCK_EX
-	if opt.ReadOnly {
-		how = unix.LOCK_SH
-	}
-	if err := unix.Flock(int(f.Fd()), how|unix.LOCK_NB); err != nil {
-		if errors.Is(err, unix.EWOULDBLOCK) {
-			return fmt.Errorf("qcow2: %w", blockdev.ErrLocked)
-		}
-		return fmt.Errorf("qcow2: lock: %w", err)
+	if err := blockdev.LockFile(f, opt.ReadOnly); err != nil {
+		return fmt.Errorf("qcow2: %w", err)
 	}
 	use, unshare := []int{permRead}, []int{permWrite}
 	if !opt.ReadOnly {

@@ -14,13 +14,10 @@ package vdi
 
 import (
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"sync"
-
-	"golang.org/x/sys/unix"
 
 	"vdisk/internal/blockdev"
 	"vdisk/internal/image"
@@ -82,16 +79,9 @@ func Open(path string, opt image.OpenOptions) (*Image, error) {
 		return nil, fmt.Errorf("vdi: open: %w", err)
 	}
 	if !opt.NoLock {
-		how := unix.LOCK_EX
-		if opt.ReadOnly {
-			how = unix.LOCK_SH
-		}
-		if err := unix.Flock(int(f.Fd()), how|unix.LOCK_NB); err != nil {
+		if err := blockdev.LockFile(f, opt.ReadOnly); err != nil {
 			f.Close()
-			if errors.Is(err, unix.EWOULDBLOCK) {
-				return nil, fmt.Errorf("vdi: %s: %w", path, blockdev.ErrLocked)
-			}
-			return nil, fmt.Errorf("vdi: lock %s: %w", path, err)
+			return nil, fmt.Errorf("vdi: %w", err)
 		}
 	}
 	img, err := load(f)

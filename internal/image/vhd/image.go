@@ -21,15 +21,12 @@
 package vhd
 
 import (
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"sort"
 	"sync"
-
-	"golang.org/x/sys/unix"
 
 	"vdisk/internal/blockdev"
 	"vdisk/internal/image"
@@ -203,15 +200,8 @@ func OpenDynamic(path string, opt image.OpenOptions) (*Image, error) {
 
 func open(f *os.File, path string, opt image.OpenOptions) (*Image, error) {
 	if !opt.NoLock {
-		how := unix.LOCK_EX
-		if opt.ReadOnly {
-			how = unix.LOCK_SH
-		}
-		if err := unix.Flock(int(f.Fd()), how|unix.LOCK_NB); err != nil {
-			if errors.Is(err, unix.EWOULDBLOCK) {
-				return nil, fmt.Errorf("vhd: %w", blockdev.ErrLocked)
-			}
-			return nil, fmt.Errorf("vhd: lock: %w", err)
+		if err := blockdev.LockFile(f, opt.ReadOnly); err != nil {
+			return nil, fmt.Errorf("vhd: %w", err)
 		}
 	}
 	img, err := load(f, opt.ReadOnly)

@@ -29,7 +29,6 @@ package vhdx
 import (
 	"bytes"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -109,16 +108,9 @@ func Open(path string, opt image.OpenOptions) (*Image, error) {
 		return nil, fmt.Errorf("vhdx: open: %w", err)
 	}
 	if !opt.NoLock {
-		how := unix.LOCK_EX
-		if opt.ReadOnly {
-			how = unix.LOCK_SH
-		}
-		if err := unix.Flock(int(f.Fd()), how|unix.LOCK_NB); err != nil {
+		if err := blockdev.LockFile(f, opt.ReadOnly); err != nil {
 			f.Close()
-			if errors.Is(err, unix.EWOULDBLOCK) {
-				return nil, fmt.Errorf("vhdx: %s: %w", path, blockdev.ErrLocked)
-			}
-			return nil, fmt.Errorf("vhdx: lock %s: %w", path, err)
+			return nil, fmt.Errorf("vhdx: %w", err)
 		}
 	}
 	img, err := load(f, opt.ReadOnly)

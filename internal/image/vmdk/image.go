@@ -21,7 +21,6 @@ package vmdk
 
 import (
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -172,9 +171,9 @@ func Open(path string, opt image.OpenOptions) (*Image, error) {
 
 // openFile opens and locks one file of the image.
 func (img *Image) openFile(p string, readOnly, noLock bool) (*os.File, error) {
-	flag, how := os.O_RDWR, unix.LOCK_EX
+	flag := os.O_RDWR
 	if readOnly {
-		flag, how = os.O_RDONLY, unix.LOCK_SH
+		flag = os.O_RDONLY
 	}
 	f, err := os.OpenFile(p, flag, 0)
 	if err != nil {
@@ -182,11 +181,8 @@ func (img *Image) openFile(p string, readOnly, noLock bool) (*os.File, error) {
 	}
 	img.files = append(img.files, f)
 	if !noLock {
-		if err := unix.Flock(int(f.Fd()), how|unix.LOCK_NB); err != nil {
-			if errors.Is(err, unix.EWOULDBLOCK) {
-				return nil, fmt.Errorf("vmdk: %s: %w", p, blockdev.ErrLocked)
-			}
-			return nil, fmt.Errorf("vmdk: lock %s: %w", p, err)
+		if err := blockdev.LockFile(f, readOnly); err != nil {
+			return nil, fmt.Errorf("vmdk: %w", err)
 		}
 	}
 	return f, nil
