@@ -210,6 +210,14 @@ type Device struct {
 	closed     bool
 	seqEnd     int64 // end of the last read, for the read-ahead detector
 	raSize     int64 // current read-ahead
+	// length is the format file's length (Manifest.Length); lengthGen
+	// counts its changes and lengthStored is the lengthGen the stored
+	// manifest has.
+	length       int64
+	lengthGen    uint64
+	lengthStored uint64
+	// manMu serialises manifest writes.
+	manMu sync.Mutex
 }
 
 var (
@@ -235,7 +243,7 @@ func Open(ctx context.Context, store objstore.Store, prefix string, opts Options
 	d := &Device{
 		store: store, kp: kp, man: m, chunkSize: m.ChunkSize,
 		nchunks: (m.Size + m.ChunkSize - 1) / m.ChunkSize,
-		opts:    opts, log: opts.Logger,
+		opts:    opts, log: opts.Logger, length: m.Length,
 		chunks: make(map[int64]*chunk), dirty: make(map[int64]*chunk),
 		sem: make(chan struct{}, opts.Parallel),
 	}
@@ -293,8 +301,14 @@ func Open(ctx context.Context, store objstore.Store, prefix string, opts Options
 	return d, nil
 }
 
-// Manifest returns the image's manifest.
-func (d *Device) Manifest() Manifest { return d.man }
+// Manifest returns the image's manifest, with the current Length.
+func (d *Device) Manifest() Manifest {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	m := d.man
+	m.Length = d.length
+	return m
+}
 
 // Size returns the image's size.
 func (d *Device) Size() int64 { return d.man.Size }

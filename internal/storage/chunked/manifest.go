@@ -40,15 +40,27 @@ const (
 	leaseName    = "lease.json"
 )
 
-// Manifest describes an image: it is stored once, at Create, as
-// <prefix>/manifest.json and never changes.
+// Manifest describes an image, stored as <prefix>/manifest.json. It is
+// written at Create; afterwards only Length changes, rewritten by the lease
+// holder's Flush.
 type Manifest struct {
 	Format    string    `json:"format"`
 	Version   int       `json:"version"`
 	Size      int64     `json:"size"`
 	ChunkSize int64     `json:"chunk_size"`
 	Created   time.Time `json:"created"`
+	// ImageFormat names the image format kept in the chunks ("qcow2"), for
+	// an image whose chunks are a format's file rather than the raw disk;
+	// "" means raw. It is fixed at Create, so a guest writing a format's
+	// magic into a raw disk can never make it reopen as that format.
+	ImageFormat string `json:"image_format,omitempty"`
+	// Length is the length of that format's file, at most Size (the
+	// capacity the file may grow to). Zero for raw images.
+	Length int64 `json:"length,omitempty"`
 }
+
+// maxImageFormatLen bounds Manifest.ImageFormat.
+const maxImageFormatLen = 16
 
 func (m Manifest) validate() error {
 	switch {
@@ -60,8 +72,23 @@ func (m Manifest) validate() error {
 		return fmt.Errorf("size %d outside (0, %d]", m.Size, int64(MaxSize))
 	case m.ChunkSize < MinChunkSize || m.ChunkSize > MaxChunkSize || m.ChunkSize&(m.ChunkSize-1) != 0:
 		return fmt.Errorf("chunk size %d is not a power of two in [%d, %d]", m.ChunkSize, MinChunkSize, MaxChunkSize)
+	case m.ImageFormat == "" && m.Length != 0:
+		return fmt.Errorf("length %d without an image format", m.Length)
+	case m.Length < 0 || m.Length > m.Size:
+		return fmt.Errorf("length %d outside [0, size %d]", m.Length, m.Size)
+	case len(m.ImageFormat) > maxImageFormatLen || strings.Trim(m.ImageFormat, "abcdefghijklmnopqrstuvwxyz0123456789") != "":
+		return fmt.Errorf("image format %q is not a short lower-case name", m.ImageFormat)
 	}
 	return nil
+}
+
+// encode returns the manifest object's bytes.
+func (m Manifest) encode() []byte {
+	b, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		panic(err) // a struct of plain fields always encodes
+	}
+	return append(b, '\n')
 }
 
 // parseManifest decodes and checks a manifest object's bytes.
@@ -114,6 +141,9 @@ func parseChunkKey(kp, key string) (int64, bool) {
 type CreateOptions struct {
 	// ChunkSize is the size of one object; 0 means DefaultChunkSize.
 	ChunkSize int64
+	// ImageFormat, when set, makes the image a growable file of that
+	// format (Manifest.ImageFormat) of length 0 and capacity size.
+	ImageFormat string
 }
 
 // Create writes the manifest of a new all-zero image of size bytes under
@@ -124,16 +154,12 @@ func Create(ctx context.Context, store objstore.Store, prefix string, size int64
 	if opts.ChunkSize == 0 {
 		opts.ChunkSize = DefaultChunkSize
 	}
-	m := Manifest{Format: Format, Version: Version, Size: size, ChunkSize: opts.ChunkSize, Created: time.Now().UTC().Truncate(time.Second)}
+	m := Manifest{Format: Format, Version: Version, Size: size, ChunkSize: opts.ChunkSize, Created: time.Now().UTC().Truncate(time.Second), ImageFormat: opts.ImageFormat}
 	if err := m.validate(); err != nil {
 		return Manifest{}, fmt.Errorf("chunked: create %s: %v: %w", prefix, err, ErrBadOptions)
 	}
-	b, err := json.MarshalIndent(m, "", "  ")
-	if err != nil {
-		return Manifest{}, err
-	}
 	key := keyPrefix(prefix) + manifestName
-	if _, err := store.Put(ctx, key, append(b, '\n'), objstore.PutOptions{IfNoneMatch: true}); err != nil {
+	if _, err := store.Put(ctx, key, m.encode(), objstore.PutOptions{IfNoneMatch: true}); err != nil {
 		if errors.Is(err, objstore.ErrPreconditionFailed) {
 			return Manifest{}, fmt.Errorf("chunked: create %s: %w", prefix, ErrExists)
 		}

@@ -23,6 +23,11 @@ func TestManifest(t *testing.T) {
 		{"huge size", `{"format":"vdisk-chunked","version":1,"size":9223372036854775807,"chunk_size":65536}`, false},
 		{"odd chunk", `{"format":"vdisk-chunked","version":1,"size":1048576,"chunk_size":65537}`, false},
 		{"tiny chunk", `{"format":"vdisk-chunked","version":1,"size":1048576,"chunk_size":512}`, false},
+		{"qcow2 file", `{"format":"vdisk-chunked","version":1,"size":1048576,"chunk_size":65536,"image_format":"qcow2","length":327680}`, true},
+		{"length past capacity", `{"format":"vdisk-chunked","version":1,"size":1048576,"chunk_size":65536,"image_format":"qcow2","length":1048577}`, false},
+		{"negative length", `{"format":"vdisk-chunked","version":1,"size":1048576,"chunk_size":65536,"image_format":"qcow2","length":-1}`, false},
+		{"length of a raw image", `{"format":"vdisk-chunked","version":1,"size":1048576,"chunk_size":65536,"length":4096}`, false},
+		{"odd image format", `{"format":"vdisk-chunked","version":1,"size":1048576,"chunk_size":65536,"image_format":"../qcow2"}`, false},
 		{"not json", `size=1`, false},
 		{"too big", `{"format":"` + strings.Repeat("x", maxManifestBytes) + `"}`, false},
 	}
@@ -126,6 +131,7 @@ func TestParseChunkKey(t *testing.T) {
 func FuzzParseManifest(f *testing.F) {
 	f.Add([]byte(`{"format":"vdisk-chunked","version":1,"size":1048576,"chunk_size":65536,"created":"2026-01-01T00:00:00Z"}`))
 	f.Add([]byte(`{"format":"vdisk-chunked","version":1,"size":-1,"chunk_size":0}`))
+	f.Add([]byte(`{"format":"vdisk-chunked","version":1,"size":1048576,"chunk_size":65536,"image_format":"qcow2","length":327680}`))
 	f.Add([]byte(`[]`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		m, err := parseManifest(b)

@@ -213,10 +213,10 @@ func (d *Device) getChunk(idx, off, n int64) ([]byte, error) {
 	return data, nil
 }
 
-// Flush returns when every write, trim and zeroing that completed before
-// the call is stored, or with an error when an upload failed (the data
-// stays cached and is retried).
-func (d *Device) Flush() error {
+// flushChunks returns when every write, trim and zeroing that completed
+// before the call is stored, or with an error when an upload failed (the
+// data stays cached and is retried).
+func (d *Device) flushChunks() error {
 	d.mu.Lock()
 	if d.closed {
 		d.mu.Unlock()

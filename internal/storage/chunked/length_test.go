@@ -1,0 +1,75 @@
+package chunked
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"testing"
+
+	"vdisk/internal/blockdev"
+	"vdisk/internal/storage/objstore"
+)
+
+// A format's file grows with SetLength; Flush stores the length after the
+// chunks, and a reopen (and Stat) sees it with the data.
+func TestLength(t *testing.T) {
+	for _, b := range backends() {
+		t.Run(b.name, func(t *testing.T) {
+			ctx := context.Background()
+			st, prefix := b.store(t), newPrefix(t)
+			if _, err := Create(ctx, st, prefix, 16*testChunk, CreateOptions{ChunkSize: testChunk, ImageFormat: "qcow2"}); err != nil {
+				t.Fatalf("Create: %v", err)
+			}
+			d := open(t, st, prefix, testOpts())
+			if n := d.Length(); n != 0 {
+				t.Fatalf("new image's length %d, want 0", n)
+			}
+			data := pattern(3*testChunk/2, 1)
+			if err := d.SetLength(int64(len(data))); err != nil {
+				t.Fatalf("SetLength: %v", err)
+			}
+			mustWrite(t, d, data, 0)
+			if err := d.SetLength(16*testChunk + 1); !errors.Is(err, blockdev.ErrNoSpace) {
+				t.Fatalf("SetLength past the capacity: %v, want ErrNoSpace", err)
+			}
+			if m, err := Stat(ctx, st, prefix); err != nil || m.Length != 0 {
+				t.Fatalf("before Flush the stored length is %d (%v), want 0", m.Length, err)
+			}
+			if err := d.Flush(); err != nil {
+				t.Fatalf("Flush: %v", err)
+			}
+			m, err := Stat(ctx, st, prefix)
+			if err != nil || m.Length != int64(len(data)) || m.ImageFormat != "qcow2" {
+				t.Fatalf("Stat after Flush: %+v, %v", m, err)
+			}
+			if err := d.Close(); err != nil {
+				t.Fatalf("Close: %v", err)
+			}
+			d = open(t, st, prefix, testOpts())
+			if n := d.Length(); n != int64(len(data)) {
+				t.Fatalf("reopened length %d, want %d", n, len(data))
+			}
+			got := make([]byte, len(data))
+			if _, err := d.ReadAt(got, 0); err != nil || !bytes.Equal(got, data) {
+				t.Fatalf("reopened data differs (%v)", err)
+			}
+		})
+	}
+}
+
+func TestLengthRefused(t *testing.T) {
+	ctx := context.Background()
+	st := objstore.NewMem()
+	d := create(t, st, newPrefix(t), 4*testChunk, testOpts())
+	if err := d.SetLength(testChunk); !errors.Is(err, blockdev.ErrNotSupported) {
+		t.Fatalf("SetLength of a raw image: %v, want ErrNotSupported", err)
+	}
+	prefix := newPrefix(t)
+	if _, err := Create(ctx, st, prefix, 4*testChunk, CreateOptions{ChunkSize: testChunk, ImageFormat: "qcow2"}); err != nil {
+		t.Fatalf("Create: %v", err)
+	}
+	ro := open(t, st, prefix, Options{ReadOnly: true})
+	if err := ro.SetLength(testChunk); !errors.Is(err, blockdev.ErrReadOnly) {
+		t.Fatalf("SetLength on a read-only open: %v, want ErrReadOnly", err)
+	}
+}
