@@ -64,6 +64,14 @@ type Format struct {
 	// Check verifies the image's metadata and optionally repairs leaks.
 	// nil means the format has nothing to check.
 	Check func(path string, opt CheckOptions) (*CheckResult, error)
+	// OpenBackend, when set, opens an image whose file is a Backend (an
+	// object store's chunks); name labels it in messages. On error the
+	// caller closes b. Backing files are refused: they would name paths
+	// on whichever host opens the image.
+	OpenBackend func(b Backend, name string, opt OpenOptions) (blockdev.Device, error)
+	// CreateBackend, when set, writes a new, empty image into an empty
+	// Backend and flushes it.
+	CreateBackend func(b Backend, opt CreateOptions) error
 }
 
 // Inspector is a Device, opened by a format, that reports the facts Info

@@ -145,3 +145,13 @@ func CheckHoleExtents(t testing.TB, d blockdev.Device) {
 		t.Fatalf("extents %v", ext)
 	}
 }
+
+// ReadFile returns the bytes of the file at path.
+func ReadFile(t testing.TB, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}

@@ -82,6 +82,11 @@ func init() {
 		Create: Create,
 		Info:   Info,
 		Check:  Check,
+
+		OpenBackend: func(b image.Backend, name string, opt image.OpenOptions) (blockdev.Device, error) {
+			return OpenBackend(b, name, opt)
+		},
+		CreateBackend: CreateBackend,
 	})
 }
 

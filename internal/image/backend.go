@@ -1,0 +1,152 @@
+package image
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+
+	"vdisk/internal/blockdev"
+)
+
+// Backend is where a format keeps its file when the file is not on a local
+// filesystem: a Device holding the file's bytes from offset 0 up to a
+// length that grows as the format appends (the chunked object store's
+// Device). Size is the capacity the length may grow to; Flush makes the
+// data and then the length durable.
+type Backend interface {
+	blockdev.Device
+	// Length is the file's current length.
+	Length() int64
+	// SetLength changes the file's length; past Size it fails with
+	// blockdev.ErrNoSpace.
+	SetLength(n int64) error
+}
+
+// BackendFile presents a Backend to a format as the file it would
+// otherwise open: reads past the length are short with io.EOF, writes past
+// it extend it, Sync flushes and Punch releases a range. Its methods are
+// safe for concurrent use.
+type BackendFile struct {
+	b  Backend
+	mu sync.Mutex // serialises growth
+}
+
+// NewBackendFile returns the file view of b.
+func NewBackendFile(b Backend) *BackendFile { return &BackendFile{b: b} }
+
+// Backend returns the Backend under f.
+func (f *BackendFile) Backend() Backend { return f.b }
+
+// ReadAt reads like a file's ReadAt: a read reaching past the length
+// returns what lies before it and io.EOF.
+func (f *BackendFile) ReadAt(p []byte, off int64) (int, error) {
+	if off < 0 {
+		return 0, fmt.Errorf("image: read at negative offset %d: %w", off, blockdev.ErrOutOfRange)
+	}
+	n := int(max(0, min(int64(len(p)), f.b.Length()-off)))
+	if n > 0 {
+		if _, err := f.b.ReadAt(p[:n], off); err != nil {
+			return 0, err
+		}
+	}
+	if n < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+// WriteAt writes like a file's WriteAt, extending the length when the
+// write ends past it.
+func (f *BackendFile) WriteAt(p []byte, off int64) (int, error) {
+	if off < 0 {
+		return 0, fmt.Errorf("image: write at negative offset %d: %w", off, blockdev.ErrOutOfRange)
+	}
+	if err := f.grow(off + int64(len(p))); err != nil {
+		return 0, err
+	}
+	return f.b.WriteAt(p, off)
+}
+
+// grow extends the length to at least end.
+func (f *BackendFile) grow(end int64) error {
+	if end <= f.b.Length() {
+		return nil
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if end <= f.b.Length() {
+		return nil
+	}
+	return f.b.SetLength(end)
+}
+
+// Sync makes every completed write, and the length, durable.
+func (f *BackendFile) Sync() error { return f.b.Flush() }
+
+// Punch releases the storage of a range inside the file, which then reads
+// as zeroes.
+func (f *BackendFile) Punch(off, n int64) error {
+	n = min(n, f.b.Length()-off)
+	if n <= 0 {
+		return nil
+	}
+	return blockdev.WriteZeroes(f.b, off, n, true)
+}
+
+// Size returns the file's length.
+func (f *BackendFile) Size() (int64, error) { return f.b.Length(), nil }
+
+// Truncate sets the file's length.
+func (f *BackendFile) Truncate(n int64) error { return f.b.SetLength(n) }
+
+// Close closes the Backend.
+func (f *BackendFile) Close() error { return f.b.Close() }
+
+// ErrNoBackend says a format cannot keep its file in a Backend.
+var ErrNoBackend = errors.New("format cannot be kept in an object store")
+
+// OpenBackend opens the image of format formatName whose file is b; name
+// labels it in messages. The image owns b: closing it closes b, and on
+// error b is closed.
+func OpenBackend(b Backend, name, formatName string, opt OpenOptions) (blockdev.Device, error) {
+	if err := opt.Validate(); err != nil {
+		b.Close()
+		return nil, err
+	}
+	f, err := Lookup(formatName)
+	if err != nil {
+		b.Close()
+		return nil, err
+	}
+	if f.OpenBackend == nil {
+		b.Close()
+		return nil, fmt.Errorf("image: %s: %s: %w", name, f.Name, ErrNoBackend)
+	}
+	opt.Format = f.Name
+	dev, err := f.OpenBackend(b, name, opt)
+	if err != nil {
+		b.Close()
+		return nil, err
+	}
+	return dev, nil
+}
+
+// CreateBackend writes a new, empty image of opt.Format into b, whose
+// length must be zero. It does not close b.
+func CreateBackend(b Backend, opt CreateOptions) error {
+	if err := opt.Validate(); err != nil {
+		return err
+	}
+	f, err := Lookup(opt.Format)
+	if err != nil {
+		return err
+	}
+	if f.CreateBackend == nil {
+		return fmt.Errorf("image: create %s: %w", f.Name, ErrNoBackend)
+	}
+	if n := b.Length(); n != 0 {
+		return fmt.Errorf("image: create %s in a file of %d bytes, not an empty one", f.Name, n)
+	}
+	return f.CreateBackend(b, opt)
+}
