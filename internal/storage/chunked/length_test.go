@@ -73,3 +73,33 @@ func TestLengthRefused(t *testing.T) {
 		t.Fatalf("SetLength on a read-only open: %v, want ErrReadOnly", err)
 	}
 }
+
+func TestRemove(t *testing.T) {
+	for _, b := range backends() {
+		t.Run(b.name, func(t *testing.T) {
+			ctx := context.Background()
+			st, prefix := b.store(t), newPrefix(t)
+			d := create(t, st, prefix, 4*testChunk, testOpts())
+			mustWrite(t, d, pattern(2*testChunk, 2), 0)
+			if err := d.Close(); err != nil {
+				t.Fatal(err)
+			}
+			stranger := keyPrefix(prefix) + "notes.txt"
+			if _, err := st.Put(ctx, stranger, []byte("keep"), objstore.PutOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			if err := Remove(ctx, st, prefix); err != nil {
+				t.Fatalf("Remove: %v", err)
+			}
+			if _, err := Stat(ctx, st, prefix); !errors.Is(err, ErrNoImage) {
+				t.Fatalf("Stat after Remove: %v, want ErrNoImage", err)
+			}
+			if k := chunkKeys(t, st, prefix); len(k) != 0 {
+				t.Fatalf("chunks left after Remove: %v", k)
+			}
+			if _, _, err := st.Get(ctx, stranger, 0, 10); err != nil {
+				t.Fatalf("Remove took an object that was not the image's: %v", err)
+			}
+		})
+	}
+}
