@@ -124,7 +124,7 @@ func runConvert(ctx context.Context, e *env, o convertOptions, srcPath, dstPath 
 		created = true
 		defer func() {
 			if err != nil {
-				os.Remove(dstPath)
+				stack.Remove(dstPath, o.s3)
 			}
 		}()
 	}

@@ -84,7 +84,8 @@ func TestS3BadInput(t *testing.T) {
 		want string
 	}{
 		{"missing image", []string{"serve", "--s3-endpoint", srv.Endpoint, "--unix", t.TempDir() + "/s", url}, "no image"},
-		{"qcow2 over s3", []string{"convert", "--s3-endpoint", srv.Endpoint, "-O", "qcow2", src, url}, "object store"},
+		{"vhdx over s3", []string{"convert", "--s3-endpoint", srv.Endpoint, "-O", "vhdx", src, url}, "object store"},
+		{"backing file over s3", []string{"create", "--s3-endpoint", srv.Endpoint, "-f", "qcow2", "-b", src, "-F", "raw", url}, "backing file"},
 		{"no bucket", []string{"serve", "--s3-endpoint", srv.Endpoint, "s3://"}, "s3://"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -62,9 +62,7 @@ func (d *Daemon) attach(sd stateDisk, adopt bool, o openOpts) (*disk, error) {
 		reason = askedReason(via)
 	}
 	dk := &disk{dev: dev, allowDiscards: sd.AllowDiscards, s3: sd.S3}
-	if dg, ok := dev.(degrader); ok {
-		dk.degraded = dg.Degraded
-	}
+	dk.degraded = sk.Degraded
 	// A stack that cannot write (an ISO image) is attached read-only even
 	// when the request did not say so.
 	readOnly := sd.ReadOnly || blockdev.InfoOf(dev).ReadOnly
@@ -113,10 +111,6 @@ func (d *Daemon) attach(sd stateDisk, adopt bool, o openOpts) (*disk, error) {
 	dk.rec = record(sd, dev, format, via, reason, node)
 	return dk, nil
 }
-
-// degrader is a Device that can say its backend is failing (an object
-// store image: *chunked.Device).
-type degrader interface{ Degraded() error }
 
 // imageKind names what the image is for attach reasons: its format,
 // "encrypted" for a LUKS volume, "object store" for an s3:// image.

@@ -221,6 +221,11 @@ func (d *Daemon) Inspect(req api.InspectRequest) (api.Image, error) {
 		if sk.Format == formatISO {
 			im.MediaType = api.MediaCDROM
 		}
+		if ins, ok := dev.(image.Inspector); ok && url {
+			// A format's file in an object store: the open image has the
+			// facts a local file's Info would read.
+			im.Details = formatDetails(ins.Facts())
+		}
 		dev.Close()
 	}
 	im.Sectors, im.Geometry = api.Sectors(im.Size), api.CHS(im.Size)

@@ -51,6 +51,8 @@ func TestS3(t *testing.T) {
 	})
 	t.Run("open", func(t *testing.T) { testS3Open(t, srv) })
 	t.Run("restart", func(t *testing.T) { testS3Restart(t, srv) })
+	t.Run("qcow2", func(t *testing.T) { testS3Qcow2(t, srv) })
+	t.Run("encrypted", func(t *testing.T) { testS3Encrypted(t, srv) })
 }
 
 // testS3Open: vdisk open s3://… --size 64M → mkfs → mount → write → close

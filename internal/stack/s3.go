@@ -4,8 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
+	"time"
 
+	"vdisk/internal/blockdev"
 	"vdisk/internal/image"
 	"vdisk/internal/storage/chunked"
 	"vdisk/internal/storage/objstore/s3"
@@ -27,6 +30,9 @@ type S3Options struct {
 	// ForceTakeover takes the writer's lease from a holder that let it
 	// expire.
 	ForceTakeover bool
+	// ChunkSize is the object size of an image created now (0: the
+	// default).
+	ChunkSize int64
 }
 
 func (o S3Options) config(name string) (s3.Config, string, error) {
@@ -38,11 +44,9 @@ func (o S3Options) config(name string) (s3.Config, string, error) {
 }
 
 // openS3 opens a chunked image in an object store. The chunks are the raw
-// disk; formats that need a file under them are refused by name.
+// disk, or, when the manifest names a format (fixed at create), that
+// format's file.
 func openS3(ctx context.Context, name string, o Options) (*Disk, error) {
-	if o.Format != "" && o.Format != image.Raw {
-		return nil, fmt.Errorf("%s: format %s over an object store is not supported; s3:// images are raw", name, o.Format)
-	}
 	cfg, prefix, err := o.S3.config(name)
 	if err != nil {
 		return nil, err
@@ -59,14 +63,27 @@ func openS3(ctx context.Context, name string, o Options) (*Disk, error) {
 			if o.ReadOnly {
 				return nil, fmt.Errorf("%s does not exist, and a read-only open cannot create it", name)
 			}
-			if _, err := chunked.Create(ctx, st, prefix, o.Size, chunked.CreateOptions{}); err != nil {
-				return nil, fmt.Errorf("%s: %w", name, err)
+			if err := Create(ctx, name, CreateOptions{Format: o.Format, Size: o.Size, S3: o.S3, Encrypt: o.Encrypt}); err != nil {
+				return nil, err
 			}
 			created = true
 		case err != nil:
 			return nil, fmt.Errorf("%s: %w", name, err)
 		}
 	}
+	d, err := openChunked(ctx, st, name, prefix, o)
+	if err != nil {
+		if created {
+			removeS3(st, name, prefix, o.Log)
+		}
+		return nil, err
+	}
+	d.Created = created
+	return d, nil
+}
+
+// openChunked opens the chunked image under prefix and the format in it.
+func openChunked(ctx context.Context, st *s3.Store, name, prefix string, o Options) (*Disk, error) {
 	dev, err := chunked.Open(ctx, st, prefix, chunked.Options{
 		ReadOnly:      o.ReadOnly,
 		CacheDir:      o.S3.CacheDir,
@@ -76,15 +93,77 @@ func openS3(ctx context.Context, name string, o Options) (*Disk, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
-	return finish(name, dev, image.Raw, created, o)
+	format := dev.Manifest().ImageFormat
+	if format == "" {
+		format = image.Raw
+	}
+	if o.Format != "" && o.Format != format {
+		dev.Close()
+		return nil, fmt.Errorf("%s holds a %s image, not %s", name, format, o.Format)
+	}
+	var top blockdev.Device = dev
+	if format != image.Raw {
+		top, err = image.OpenBackend(dev, name, format, image.OpenOptions{
+			ReadOnly:  o.ReadOnly,
+			NoBacking: o.NoBacking,
+			Log:       o.Log,
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	d, err := finish(name, top, format, false, o)
+	if err != nil {
+		return nil, err
+	}
+	d.Degraded = dev.Degraded
+	return d, nil
 }
 
-func createS3(ctx context.Context, name string, o CreateOptions) error {
-	if o.Format != image.Raw {
-		return fmt.Errorf("%s: format %s over an object store is not supported; s3:// images are raw", name, o.Format)
+// removeS3 deletes an image this process just created and could not
+// finish or open; log (may be nil) hears when that fails too.
+func removeS3(st *s3.Store, name, prefix string, log *slog.Logger) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := chunked.Remove(ctx, st, prefix); err != nil && log != nil {
+		log.Warn("could not remove the image made by a failed create", "image", name, "err", err)
 	}
+}
+
+// Remove deletes an image that this process created and has not handed
+// to anyone (a convert or create whose later step failed): a file, or an
+// s3:// image's manifest, chunks and lease.
+func Remove(name string, o S3Options) error {
+	if !s3.IsURL(name) {
+		return os.Remove(name)
+	}
+	cfg, prefix, err := o.config(name)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	st, err := s3.New(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	return chunked.Remove(ctx, st, prefix)
+}
+
+// capacity is how far a format's file in an object store may grow for an
+// image of virtual size size: the data plus room for metadata (a quarter
+// of it, at least 1 GiB). Chunks never written cost nothing.
+func capacity(size int64) int64 {
+	c := size + max(size/4, 1<<30)
+	c = (c + chunked.MaxChunkSize - 1) / chunked.MaxChunkSize * chunked.MaxChunkSize
+	return min(c, chunked.MaxSize)
+}
+
+// createS3 makes a new image in an object store: raw chunks, or a format's
+// file (qcow2) that the format writes into them.
+func createS3(ctx context.Context, name string, o CreateOptions) error {
 	if o.BackingFile != "" {
-		return fmt.Errorf("%s: s3:// images have no backing file", name)
+		return fmt.Errorf("%s: an image in an object store cannot have a backing file", name)
 	}
 	cfg, prefix, err := o.S3.config(name)
 	if err != nil {
@@ -94,7 +173,38 @@ func createS3(ctx context.Context, name string, o CreateOptions) error {
 	if err != nil {
 		return err
 	}
-	if _, err := chunked.Create(ctx, st, prefix, o.Size, chunked.CreateOptions{ChunkSize: o.ClusterSize}); err != nil {
+	if o.Format == image.Raw {
+		cs := o.S3.ChunkSize
+		if cs == 0 {
+			cs = o.ClusterSize // a raw image's allocation unit is its chunk
+		}
+		if _, err := chunked.Create(ctx, st, prefix, o.Size, chunked.CreateOptions{ChunkSize: cs}); err != nil {
+			return fmt.Errorf("%s: %w", name, err)
+		}
+		return nil
+	}
+	f, err := image.Lookup(o.Format)
+	if err != nil {
+		return err
+	}
+	if f.CreateBackend == nil {
+		return fmt.Errorf("%s: %s: %w", name, o.Format, image.ErrNoBackend)
+	}
+	if o.Size <= 0 {
+		return fmt.Errorf("%s: a %s image in an object store needs a size", name, o.Format)
+	}
+	if _, err := chunked.Create(ctx, st, prefix, capacity(o.Size), chunked.CreateOptions{ChunkSize: o.S3.ChunkSize, ImageFormat: o.Format}); err != nil {
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	dev, err := chunked.Open(ctx, st, prefix, chunked.Options{ForceTakeover: o.S3.ForceTakeover})
+	if err == nil {
+		err = image.CreateBackend(dev, image.CreateOptions{Format: o.Format, Size: o.Size, ClusterSize: o.ClusterSize, Options: o.Options})
+		if cerr := dev.Close(); err == nil {
+			err = cerr
+		}
+	}
+	if err != nil {
+		removeS3(st, name, prefix, nil)
 		return fmt.Errorf("%s: %w", name, err)
 	}
 	return nil

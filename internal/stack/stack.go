@@ -68,6 +68,10 @@ type Disk struct {
 	// Encrypted reports that the image holds a LUKS volume that Open
 	// unlocked.
 	Encrypted bool
+	// Degraded, set for an image in an object store, says why its store
+	// cannot take writes right now (nil when healthy), whatever layers
+	// sit above it.
+	Degraded func() error
 }
 
 // Open opens the image named by name (a file path, or s3://bucket/prefix)
@@ -146,7 +150,7 @@ type CreateOptions struct {
 	// have them).
 	BackingFile, BackingFormat string
 	// ClusterSize is the format's allocation unit (0: its default); for
-	// s3:// images, the chunk size.
+	// raw s3:// images, the chunk size unless S3.ChunkSize is set.
 	ClusterSize int64
 	// Options holds format-specific settings.
 	Options map[string]string
@@ -182,9 +186,7 @@ func Create(ctx context.Context, name string, o CreateOptions) error {
 		}
 	}
 	if err != nil {
-		if !s3.IsURL(name) {
-			os.Remove(name)
-		}
+		Remove(name, o.S3)
 		return fmt.Errorf("%s: encrypt: %w", name, err)
 	}
 	return nil

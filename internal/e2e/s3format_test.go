@@ -1,0 +1,153 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"vdisk/internal/api"
+	"vdisk/internal/storage/chunked"
+	"vdisk/internal/storage/objstore/s3/s3test"
+)
+
+// storedFile assembles the file a format keeps in the chunks of the
+// s3:// image under prefix, straight from the store, and returns its
+// local copy: what qemu-img is then asked to check.
+func storedFile(t *testing.T, srv *s3test.Server, prefix string) string {
+	t.Helper()
+	ctx := context.Background()
+	d, err := chunked.Open(ctx, srv.Store(t), prefix, chunked.Options{ReadOnly: true})
+	if err != nil {
+		t.Fatalf("open the stored image: %v", err)
+	}
+	defer d.Close()
+	b := make([]byte, d.Length())
+	if _, err := d.ReadAt(b, 0); err != nil {
+		t.Fatalf("read the stored file: %v", err)
+	}
+	p := filepath.Join(t.TempDir(), "stored.img")
+	if err := os.WriteFile(p, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// testS3Qcow2: a qcow2 image qemu-img made is uploaded with vdisk convert;
+// vdisk info reads its facts in the store; vdisk open serves qemu's data,
+// takes writes and keeps them across close and reopen; the file in the
+// chunks passes qemu-img check and holds exactly the data; vdisk convert
+// downloads it.
+func testS3Qcow2(t *testing.T, srv *s3test.Server) {
+	e := newEnv(t)
+	withS3 := s3Env(srv)
+	prefix := fmt.Sprintf("e2e-qcow2-%d", time.Now().UnixNano())
+	url := "s3://" + srv.Bucket + "/" + prefix
+
+	ref := filepath.Join(e.dir, "ref.raw")
+	data := bytes.Repeat([]byte("qemu wrote this; vdisk serves it from the store. "), (8<<20)/49+1)[:8<<20]
+	clear(data[1<<20 : 3<<20]) // a hole qemu-img leaves unallocated
+	if err := os.WriteFile(ref, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	src := filepath.Join(e.dir, "src.qcow2")
+	sh(t, "qemu-img", "convert", "-f", "raw", "-O", "qcow2", ref, src)
+	e.mustWith(withS3, "convert", "-O", "qcow2", src, url)
+
+	var im api.Image
+	if err := json.Unmarshal([]byte(e.mustWith(withS3, "info", url, "--json")), &im); err != nil {
+		t.Fatal(err)
+	}
+	if im.Format != "qcow2" || im.Size != 8<<20 || im.Details == nil || im.Details.ClusterSize != 64<<10 {
+		t.Fatalf("info of the uploaded image: %+v (details %+v)", im, im.Details)
+	}
+
+	dev, id := e.openWith(withS3, url, "--s3-cache-dir", filepath.Join(e.dir, "cache"))
+	if l := listDisks(t, e); len(l) != 1 || l[0].Format != "qcow2" || l[0].Size != 8<<20 {
+		t.Fatalf("list: %+v, want the qcow2 image of 8 MiB", l)
+	}
+	if !bytes.Equal(readFile(t, copyDevice(t, dev)), data) {
+		t.Fatal("the device does not serve the data qemu-img wrote")
+	}
+	writePatterns(t, dev, ref, []patternWrite{{0, 4096, 0xa1}, {2<<20 - 512, 64 << 10, 0xb2}, {8<<20 - 4096, 4096, 0xc3}})
+	e.must("close", id)
+
+	dev, id = e.openWith(withS3, url)
+	if !bytes.Equal(readFile(t, copyDevice(t, dev)), readFile(t, ref)) {
+		t.Fatal("after close and reopen the device differs from the reference")
+	}
+	e.must("close", id)
+
+	stored := storedFile(t, srv, prefix)
+	sh(t, "qemu-img", "check", "-f", "qcow2", stored)
+	sh(t, "qemu-img", "compare", "-f", "qcow2", "-F", "raw", stored, ref)
+
+	out := filepath.Join(e.dir, "down.raw")
+	e.mustWith(withS3, "convert", url, out)
+	if !bytes.Equal(readFile(t, out), readFile(t, ref)) {
+		t.Fatal("the downloaded image differs from the reference")
+	}
+
+	// A format mismatch and a backing file are refused by name.
+	if _, errs, code := e.runWith(withS3, bin, "info", url, "--format", "vmdk", "--json"); code == 0 || !strings.Contains(errs, "holds a qcow2 image") {
+		t.Fatalf("info --format vmdk of a qcow2 image: exit %d, %s", code, errs)
+	}
+	if _, errs, code := e.runWith(withS3, bin, "create", "-f", "qcow2", "-b", src, "-F", "qcow2", url+"-b"); code == 0 || !strings.Contains(errs, "backing file") {
+		t.Fatalf("create with a backing file in the store: exit %d, %s", code, errs)
+	}
+}
+
+// testS3Encrypted: vdisk create -f qcow2 --encrypt luks2 s3://… makes a
+// LUKS2 volume inside a qcow2 image in the store; open with the key writes
+// through both layers; what the store holds is ciphertext that cryptsetup
+// unlocks with the same key.
+func testS3Encrypted(t *testing.T, srv *s3test.Server) {
+	e := newEnv(t)
+	withS3 := s3Env(srv)
+	url := fmt.Sprintf("s3://%s/e2e-luks-%d", srv.Bucket, time.Now().UnixNano())
+	key := filepath.Join(e.dir, "key")
+	if err := os.WriteFile(key, []byte("s3 e2e passphrase"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e.mustWith(withS3, "create", "-f", "qcow2", "--encrypt", "luks2", "--key-file", key,
+		"--pbkdf-force-iterations", "4", "--pbkdf-memory", "32768", "--size", "16M", url)
+
+	dev, id := e.openWith(withS3, url, "--key-file", key)
+	if l := listDisks(t, e); len(l) != 1 || !l[0].Encrypted || l[0].Format != "qcow2" || l[0].Size != 16<<20 {
+		t.Fatalf("list: %+v, want an encrypted qcow2 disk of 16 MiB", l)
+	}
+	ref := filepath.Join(e.dir, "ref.raw")
+	if err := os.WriteFile(ref, make([]byte, 16<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	writePatterns(t, dev, ref, []patternWrite{{0, 1 << 20, 'P'}, {9 << 20, 300 << 10, 'Q'}})
+	e.must("close", id)
+
+	cipher := filepath.Join(e.dir, "cipher.raw")
+	e.mustWith(withS3, "convert", "--no-decrypt", url, cipher)
+	sh(t, "cryptsetup", "open", "--test-passphrase", "--key-file", key, cipher)
+	if bytes.Contains(readFile(t, cipher), bytes.Repeat([]byte{'P'}, 4096)) {
+		t.Fatal("the store holds the plaintext")
+	}
+	plain := filepath.Join(e.dir, "plain.raw")
+	e.mustWith(withS3, "convert", "--key-file", key, url, plain)
+	if !bytes.Equal(readFile(t, plain), readFile(t, ref)) {
+		t.Fatal("decrypted download differs from what was written")
+	}
+}
+
+// openWith is open with the command adjusted by mod.
+func (e *env) openWith(mod func(*exec.Cmd), args ...string) (dev, id string) {
+	e.t.Helper()
+	f := strings.Fields(e.mustWith(mod, append([]string{"open"}, args...)...))
+	if len(f) != 2 {
+		e.t.Fatalf("open printed %q, want the device and the id", f)
+	}
+	return f[0], f[1]
+}
