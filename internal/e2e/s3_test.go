@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"vdisk/internal/api"
+	"vdisk/internal/storage/chunked"
 	"vdisk/internal/storage/objstore/s3/s3test"
 )
 
@@ -127,7 +129,8 @@ func testS3Open(t *testing.T, srv *s3test.Server) {
 
 // testS3Restart: after kill -9 of the daemon, the next one keeps the s3://
 // disk's endpoint (from the state file) and reports it locked, naming the
-// dead daemon as the lease holder; close forgets it.
+// dead daemon as the lease holder; once that lease expires it takes the
+// disk back by itself, with every write fsynced before the kill.
 func testS3Restart(t *testing.T, srv *s3test.Server) {
 	e := newEnv(t)
 	withS3 := s3Env(srv)
@@ -142,6 +145,11 @@ func testS3Restart(t *testing.T, srv *s3test.Server) {
 	if len(f) != 2 {
 		t.Fatalf("open printed %q", f)
 	}
+	ref := filepath.Join(e.dir, "ref.raw")
+	if err := os.WriteFile(ref, make([]byte, 16<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	writePatterns(t, f[0], ref, []patternWrite{{0, 64 << 10, 'F'}, {5 << 20, 4096, 'G'}})
 	pid := e.daemonPID()
 	e.stopDaemon(pid, syscall.SIGKILL)
 	st, err := os.ReadFile(filepath.Join(e.stateDir, "state.json"))
@@ -151,13 +159,30 @@ func testS3Restart(t *testing.T, srv *s3test.Server) {
 	if !strings.Contains(string(st), srv.Endpoint) || strings.Contains(string(st), cfg.SecretKey) {
 		t.Fatalf("state file: want the endpoint and no secret:\n%s", st)
 	}
-	var l api.DiskList
-	if err := json.Unmarshal([]byte(e.mustWith(creds, "list", "--json")), &l); err != nil {
-		t.Fatal(err)
+	list := func() []api.Disk {
+		var l api.DiskList
+		if err := json.Unmarshal([]byte(e.mustWith(creds, "list", "--json")), &l); err != nil {
+			t.Fatal(err)
+		}
+		return l.Disks
 	}
+	// The new daemon finds the dead one's lease: locked, the holder named,
+	// and taken back by itself once the lease expires.
 	holder := fmt.Sprintf(":%d", pid)
-	if len(l.Disks) != 1 || l.Disks[0].File != url || l.Disks[0].State != api.StateLocked || !strings.Contains(l.Disks[0].Error, holder) {
-		t.Fatalf("after restart: %+v, want %s locked by the dead daemon (%s)", l.Disks, url, holder)
+	if l := list(); len(l) != 1 || l[0].File != url || l[0].State != api.StateLocked || !strings.Contains(l[0].Error, holder) ||
+		!strings.Contains(l[0].Error, "taken back") {
+		t.Fatalf("after restart: %+v, want %s locked by the dead daemon (%s), to be taken back", l, url, holder)
+	}
+	deadline := time.Now().Add(chunked.DefaultLeaseTTL + 30*time.Second)
+	var l []api.Disk
+	for l = list(); len(l) == 1 && l[0].State == api.StateLocked && time.Now().Before(deadline); l = list() {
+		time.Sleep(500 * time.Millisecond)
+	}
+	if len(l) != 1 || l[0].State != api.StateOpen {
+		t.Fatalf("after the lease expired: %+v, want the disk open again", l)
+	}
+	if !bytes.Equal(readFile(t, copyDevice(t, l[0].Device)), readFile(t, ref)) {
+		t.Fatal("the disk taken back does not hold the data written before the kill")
 	}
 	e.mustWith(withS3, "close", url)
 	if d := listDisks(t, e); len(d) != 0 {
