@@ -9,8 +9,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
+	"unsafe"
 
 	"vdisk/internal/api"
 	"vdisk/internal/storage/chunked"
@@ -150,4 +152,100 @@ func (e *env) openWith(mod func(*exec.Cmd), args ...string) (dev, id string) {
 		e.t.Fatalf("open printed %q, want the device and the id", f)
 	}
 	return f[0], f[1]
+}
+
+// testS3Outage: the store stops while a qcow2 disk in it is open and
+// written; vdisk list reports the disk degraded (through the qcow2 layer),
+// and open again once the store is back; an fsync then stores every
+// write, and a reopen on a fresh cache reads them.
+func testS3Outage(t *testing.T, srv *s3test.Server) {
+	e := newEnv(t)
+	withS3 := s3Env(srv)
+	url := fmt.Sprintf("s3://%s/e2e-outage-%d", srv.Bucket, time.Now().UnixNano())
+	e.mustWith(withS3, "create", "-f", "qcow2", "--size", "16M", url)
+	dev, id := e.openWith(withS3, url)
+	ref := filepath.Join(e.dir, "ref.raw")
+	if err := os.WriteFile(ref, make([]byte, 16<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	writePatterns(t, dev, ref, []patternWrite{{0, 1 << 20, 'a'}})
+
+	state := func() api.Disk {
+		l := listDisks(t, e)
+		if len(l) != 1 {
+			t.Fatalf("list: %+v", l)
+		}
+		return l[0]
+	}
+	waitState := func(want string) api.Disk {
+		t.Helper()
+		deadline := time.Now().Add(90 * time.Second)
+		for {
+			d := state()
+			if d.State == want || time.Now().After(deadline) {
+				return d
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
+	if err := srv.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	restarted := false
+	defer func() {
+		if !restarted {
+			srv.Start()
+		}
+	}()
+	// Written without fsync: the writes reach the daemon's cache, and its
+	// write-back finds the store gone.
+	f, err := os.OpenFile(dev, os.O_WRONLY|syscall.O_DIRECT, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := alignedBlock(64<<10, 'b')
+	for _, off := range []int64{2 << 20, 6 << 20, 10 << 20} {
+		if _, err := f.WriteAt(buf, off); err != nil {
+			t.Fatalf("write during the outage: %v", err)
+		}
+	}
+	f.Close()
+	rf, err := os.OpenFile(ref, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, off := range []int64{2 << 20, 6 << 20, 10 << 20} {
+		rf.WriteAt(buf, off)
+	}
+	rf.Close()
+	if d := waitState(api.StateDegraded); d.State != api.StateDegraded || d.Error == "" {
+		t.Fatalf("with the store down: %+v, want degraded with a reason", d)
+	} else {
+		t.Logf("degraded: %s", d.Error)
+	}
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	restarted = true
+	if d := waitState(api.StateOpen); d.State != api.StateOpen {
+		t.Fatalf("with the store back: %+v, want open", d)
+	}
+	sh(t, "sync", dev) // fsync of the device: every write to the store
+	e.must("close", id)
+	dev, id = e.openWith(withS3, url, "--s3-cache-dir", filepath.Join(e.dir, "fresh"))
+	if !bytes.Equal(readFile(t, copyDevice(t, dev)), readFile(t, ref)) {
+		t.Fatal("after the outage the disk differs from what was written")
+	}
+	e.must("close", id)
+}
+
+// alignedBlock returns n bytes of b, aligned for O_DIRECT.
+func alignedBlock(n int, b byte) []byte {
+	raw := make([]byte, n+4096)
+	off := 4096 - int(uintptr(unsafe.Pointer(&raw[0]))%4096)
+	p := raw[off%4096 : off%4096+n]
+	for i := range p {
+		p[i] = b
+	}
+	return p
 }
