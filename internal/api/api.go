@@ -247,14 +247,19 @@ type OpenRequest struct {
 }
 
 // S3Options say how the daemon reaches the object store behind an s3://
-// File. The daemon keeps Endpoint and CacheDir in its state file to reopen
-// the disk after a restart.
+// File. The daemon keeps Endpoint, Region and CacheDir in its state file
+// to reopen the disk after a restart.
 type S3Options struct {
 	// Endpoint is the store's URL; "" means the daemon's
 	// $VDISK_S3_ENDPOINT, else its AWS configuration.
 	Endpoint string `json:"endpoint,omitempty"`
+	// Region is the store's region; "" means the AWS configuration's.
+	Region string `json:"region,omitempty"`
 	// CacheDir keeps clean chunks locally across opens.
 	CacheDir string `json:"cache_dir,omitempty"`
+	// ChunkSize is the object size of an image this open creates (0: the
+	// default); it is not remembered.
+	ChunkSize int64 `json:"chunk_size,omitempty"`
 	// ForceTakeover takes the writer's lease from a holder that let it
 	// expire (this open only; it is not remembered).
 	ForceTakeover bool `json:"force_takeover,omitempty"`

@@ -147,8 +147,8 @@ func (d *Daemon) Open(req api.OpenRequest) (api.Disk, bool, error) {
 	if url {
 		o.create, o.size = req.Create, req.Size
 		if req.S3 != nil {
-			o.forceTakeover = req.S3.ForceTakeover
-			sd.S3 = &api.S3Options{Endpoint: req.S3.Endpoint, CacheDir: req.S3.CacheDir}
+			o.forceTakeover, o.chunkSize = req.S3.ForceTakeover, req.S3.ChunkSize
+			sd.S3 = &api.S3Options{Endpoint: req.S3.Endpoint, Region: req.S3.Region, CacheDir: req.S3.CacheDir}
 		}
 	}
 	// A disk the daemon had and could not restore (locked, failed) is

@@ -23,6 +23,8 @@ type openOpts struct {
 	passphrase []byte
 	// forceTakeover takes an expired writer's lease of an s3:// image.
 	forceTakeover bool
+	// chunkSize is the object size of an s3:// image created now.
+	chunkSize int64
 }
 
 // openImage opens the image of sd as a Device stack. An empty sd.Format
@@ -41,9 +43,9 @@ func openImage(sd stateDisk, o openOpts, log *slog.Logger) (*stack.Disk, error) 
 		Log:           log,
 	}
 	if sd.S3 != nil {
-		so.S3 = stack.S3Options{Endpoint: sd.S3.Endpoint, CacheDir: sd.S3.CacheDir}
+		so.S3 = stack.S3Options{Endpoint: sd.S3.Endpoint, Region: sd.S3.Region, CacheDir: sd.S3.CacheDir}
 	}
-	so.S3.ForceTakeover = o.forceTakeover
+	so.S3.ForceTakeover, so.S3.ChunkSize = o.forceTakeover, o.chunkSize
 	if len(o.passphrase) > 0 {
 		// stack clears what the function returns: hand it a copy, the
 		// caller clears the original.
@@ -60,7 +62,7 @@ func openImage(sd stateDisk, o openOpts, log *slog.Logger) (*stack.Disk, error) 
 func inspectImage(path, format string, s3 *api.S3Options, log *slog.Logger) (*stack.Disk, error) {
 	so := stack.Options{Format: format, ReadOnly: true, NoLock: true, KeepEncrypted: true, Log: log}
 	if s3 != nil {
-		so.S3 = stack.S3Options{Endpoint: s3.Endpoint, CacheDir: s3.CacheDir}
+		so.S3 = stack.S3Options{Endpoint: s3.Endpoint, Region: s3.Region, CacheDir: s3.CacheDir}
 	}
 	return stack.Open(context.Background(), path, so)
 }

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -68,9 +69,12 @@ func testS3Open(t *testing.T, srv *s3test.Server) {
 	url := fmt.Sprintf("s3://%s/e2e-%d", srv.Bucket, time.Now().UnixNano())
 	mnt := filepath.Join(e.dir, "mnt")
 
-	f := strings.Fields(e.mustWith(withS3, "open", url, "--size", "64M", "--s3-cache-dir", filepath.Join(e.dir, "cache1")))
+	f := strings.Fields(e.mustWith(withS3, "open", url, "--size", "64M", "--s3-chunk-size", "1M", "--s3-cache-dir", filepath.Join(e.dir, "cache1")))
 	if len(f) != 2 || f[1] != api.DiskID(url) {
 		t.Fatalf("open printed %q, want the device and id %s", f, api.DiskID(url))
+	}
+	if m, err := chunked.Stat(context.Background(), srv.Store(t), strings.TrimPrefix(url, "s3://"+srv.Bucket+"/")); err != nil || m.ChunkSize != 1<<20 {
+		t.Fatalf("the created image's manifest: %+v, %v; want 1 MiB chunks", m, err)
 	}
 	dev, id := f[0], f[1]
 	l := listDisks(t, e)

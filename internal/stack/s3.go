@@ -25,6 +25,8 @@ type S3Options struct {
 	// AWS configuration (AWS_ENDPOINT_URL, ...). Credentials and region
 	// come from the standard AWS environment and files.
 	Endpoint string
+	// Region is the store's region; "" means the AWS configuration's.
+	Region string
 	// CacheDir keeps clean chunks locally across opens.
 	CacheDir string
 	// ForceTakeover takes the writer's lease from a holder that let it
@@ -40,7 +42,9 @@ func (o S3Options) config(name string) (s3.Config, string, error) {
 	if ep == "" {
 		ep = os.Getenv(EnvS3Endpoint)
 	}
-	return s3.FromURL(name, ep)
+	cfg, prefix, err := s3.FromURL(name, ep)
+	cfg.Region = o.Region
+	return cfg, prefix, err
 }
 
 // openS3 opens a chunked image in an object store. The chunks are the raw
