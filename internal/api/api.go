@@ -120,6 +120,26 @@ type Image struct {
 	// Details are the format's own facts (what `qemu-img info` shows), for
 	// an image file that is not open and whose format has any.
 	Details *FormatDetails `json:"details,omitempty"`
+	// Store describes an s3:// image's objects; nil for a local file.
+	Store *StoreDetails `json:"store,omitempty"`
+}
+
+// StoreDetails describe an image in an object store.
+type StoreDetails struct {
+	// ChunkSize is the size of one chunk object; Chunks counts the chunk
+	// objects present (a chunk never written, or trimmed, has none).
+	ChunkSize int64 `json:"chunk_size"`
+	Chunks    int64 `json:"chunks"`
+	// Created is when the image was created.
+	Created time.Time `json:"created"`
+	// Capacity and FileLength are, for a format's file in the chunks
+	// (qcow2), how far it may grow and how long it is now.
+	Capacity   int64 `json:"capacity,omitempty"`
+	FileLength int64 `json:"file_length,omitempty"`
+	// LeaseHolder names the writer that has the image open, if any, and
+	// LeaseExpires when its lease runs out unless renewed.
+	LeaseHolder  string     `json:"lease_holder,omitempty"`
+	LeaseExpires *time.Time `json:"lease_expires,omitempty"`
 }
 
 // FormatDetails are the facts of an image format beyond its size.

@@ -137,6 +137,7 @@ func printImage(w io.Writer, im *api.Image) error {
 		{"unique id", im.UniqueID},
 	}
 	rows = append(rows, detailRows(im.Details)...)
+	rows = append(rows, storeRows(im.Store)...)
 	for _, r := range rows {
 		fmt.Fprintf(tw, "%s:\t%s\n", r[0], r[1])
 	}
@@ -146,6 +147,32 @@ func printImage(w io.Writer, im *api.Image) error {
 // geometry renders a CHS geometry.
 func geometry(g api.Geometry) string {
 	return fmt.Sprintf("%d cylinders, %d heads, %d sectors/track, %d bytes/sector", g.Cylinders, g.Heads, g.SectorsPerTrack, g.BytesPerSector)
+}
+
+// storeRows renders what an object store holds of an s3:// image.
+func storeRows(s *api.StoreDetails) [][2]string {
+	if s == nil {
+		return nil
+	}
+	rows := [][2]string{
+		{"chunks", fmt.Sprintf("%d stored, %s each", s.Chunks, formatSize(s.ChunkSize))},
+		{"created", s.Created.Format(time.RFC3339)},
+	}
+	if s.Capacity > 0 {
+		rows = append(rows, [2]string{"file in store", fmt.Sprintf("%d bytes (%s), may grow to %s", s.FileLength, formatSize(s.FileLength), formatSize(s.Capacity))})
+	}
+	lease := "none (not open for writing)"
+	if s.LeaseHolder != "" {
+		lease = s.LeaseHolder
+		if s.LeaseExpires != nil {
+			if s.LeaseExpires.Before(time.Now()) {
+				lease += ", expired at " + s.LeaseExpires.Format(time.RFC3339) + " (take over with --force-takeover)"
+			} else {
+				lease += ", until " + s.LeaseExpires.Format(time.RFC3339)
+			}
+		}
+	}
+	return append(rows, [2]string{"writer", lease})
 }
 
 // detailRows renders the format's own facts, those it has.

@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -231,6 +232,20 @@ func (d *Daemon) Inspect(req api.InspectRequest) (api.Image, error) {
 	im.Sectors, im.Geometry = api.Sectors(im.Size), api.CHS(im.Size)
 	if url {
 		im.Writable = true
+		s3o := req.S3
+		if open && s3o == nil {
+			s3o = dk.s3
+		}
+		so := stack.S3Options{}
+		if s3o != nil {
+			so = stack.S3Options{Endpoint: s3o.Endpoint, Region: s3o.Region}
+		}
+		if r, err := stack.InspectS3(context.Background(), path, so); err == nil {
+			im.Allocated = r.StoredBytes
+			im.Store = storeDetails(r)
+		} else {
+			d.log.Warn("inspect object store", "file", path, "err", err)
+		}
 		return im, nil
 	}
 	im.Writable = im.MediaType != api.MediaCDROM && syscall.Access(path, 2 /* W_OK */) == nil
@@ -244,6 +259,20 @@ func (d *Daemon) Inspect(req api.InspectRequest) (api.Image, error) {
 		im.Allocated = st.Blocks * 512
 	}
 	return im, nil
+}
+
+// storeDetails copies what the object store holds of an image.
+func storeDetails(r chunked.Report) *api.StoreDetails {
+	m := r.Manifest
+	sd := &api.StoreDetails{ChunkSize: m.ChunkSize, Chunks: r.Chunks, Created: m.Created, LeaseHolder: r.Holder}
+	if m.ImageFormat != "" {
+		sd.Capacity, sd.FileLength = m.Size, m.Length
+	}
+	if r.Holder != "" {
+		exp := r.Expires
+		sd.LeaseExpires = &exp
+	}
+	return sd
 }
 
 // formatDetails copies the format facts the API shows.

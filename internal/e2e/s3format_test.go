@@ -69,6 +69,10 @@ func testS3Qcow2(t *testing.T, srv *s3test.Server) {
 	if im.Format != "qcow2" || im.Size != 8<<20 || im.Details == nil || im.Details.ClusterSize != 64<<10 {
 		t.Fatalf("info of the uploaded image: %+v (details %+v)", im, im.Details)
 	}
+	if s := im.Store; s == nil || s.Chunks < 1 || s.ChunkSize != 4<<20 || s.FileLength < 6<<20 || s.Capacity < 8<<20 ||
+		s.LeaseHolder != "" || im.Allocated < s.FileLength-4<<20 {
+		t.Fatalf("info's store details: %+v, allocated %d", s, im.Allocated)
+	}
 
 	dev, id := e.openWith(withS3, url, "--s3-cache-dir", filepath.Join(e.dir, "cache"))
 	if l := listDisks(t, e); len(l) != 1 || l[0].Format != "qcow2" || l[0].Size != 8<<20 {

@@ -213,3 +213,21 @@ func createS3(ctx context.Context, name string, o CreateOptions) error {
 	}
 	return nil
 }
+
+// InspectS3 reads what the object store holds of the s3:// image name:
+// its manifest, chunk objects and lease holder, without opening it.
+func InspectS3(ctx context.Context, name string, o S3Options) (chunked.Report, error) {
+	cfg, prefix, err := o.config(name)
+	if err != nil {
+		return chunked.Report{}, err
+	}
+	st, err := s3.New(ctx, cfg)
+	if err != nil {
+		return chunked.Report{}, err
+	}
+	r, err := chunked.Inspect(ctx, st, prefix)
+	if err != nil {
+		return r, fmt.Errorf("%s: %w", name, err)
+	}
+	return r, nil
+}

@@ -103,3 +103,29 @@ func TestRemove(t *testing.T) {
 		})
 	}
 }
+
+func TestInspect(t *testing.T) {
+	ctx := context.Background()
+	st, prefix := objstore.NewMem(), newPrefix(t)
+	d := create(t, st, prefix, 8*testChunk, testOpts())
+	mustWrite(t, d, pattern(testChunk+1, 3), testChunk) // chunks 1 and 2
+	if err := d.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	r, err := Inspect(ctx, st, prefix)
+	if err != nil {
+		t.Fatalf("Inspect: %v", err)
+	}
+	if r.Chunks != 2 || r.StoredBytes != 2*testChunk || r.Holder != "test-writer" || r.Expires.IsZero() || r.Manifest.Size != 8*testChunk {
+		t.Fatalf("Inspect of an open image: %+v", r)
+	}
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if r, err = Inspect(ctx, st, prefix); err != nil || r.Holder != "" {
+		t.Fatalf("Inspect after Close: %+v, %v; want no holder", r, err)
+	}
+	if _, err := Inspect(ctx, st, "nothing/here"); !errors.Is(err, ErrNoImage) {
+		t.Fatalf("Inspect of no image: %v, want ErrNoImage", err)
+	}
+}
