@@ -100,6 +100,21 @@ func testS3Qcow2(t *testing.T, srv *s3test.Server) {
 		t.Fatal("the downloaded image differs from the reference")
 	}
 
+	// A discard through qcow2 frees the data clusters, and the chunks
+	// they leave all zero are deleted from the bucket: only the chunk
+	// with the qcow2 metadata stays.
+	dev, id = e.openWith(withS3, url)
+	sh(t, "blkdiscard", dev)
+	sh(t, "sync", dev)
+	e.must("close", id)
+	im = api.Image{}
+	if err := json.Unmarshal([]byte(e.mustWith(withS3, "info", url, "--json")), &im); err != nil {
+		t.Fatal(err)
+	}
+	if im.Store == nil || im.Store.Chunks != 1 {
+		t.Fatalf("after blkdiscard the store keeps %+v, want only the metadata chunk", im.Store)
+	}
+
 	// A format mismatch and a backing file are refused by name.
 	if _, errs, code := e.runWith(withS3, bin, "info", url, "--format", "vmdk", "--json"); code == 0 || !strings.Contains(errs, "holds a qcow2 image") {
 		t.Fatalf("info --format vmdk of a qcow2 image: exit %d, %s", code, errs)
