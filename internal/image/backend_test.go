@@ -10,6 +10,7 @@ import (
 	"vdisk/internal/blockdev"
 	"vdisk/internal/image"
 	"vdisk/internal/image/imagetest"
+	_ "vdisk/internal/image/vhd"
 )
 
 func TestBackendFile(t *testing.T) {
@@ -58,5 +59,12 @@ func TestOpenBackendRefusesFormatsWithoutOne(t *testing.T) {
 	_, err := image.OpenBackend(b, "s3://b/x", "raw", image.OpenOptions{})
 	if !errors.Is(err, image.ErrNoBackend) {
 		t.Fatalf("OpenBackend raw: %v, want ErrNoBackend", err)
+	}
+}
+
+func TestLookupAlias(t *testing.T) {
+	f, err := image.Lookup("vpc")
+	if err != nil || f.Name != "vhd" {
+		t.Fatalf("Lookup(vpc) = %v, %v; want vhd (qemu's name for it)", f, err)
 	}
 }

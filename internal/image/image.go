@@ -171,8 +171,15 @@ func Register(f Format) {
 	registry[f.Name] = &f
 }
 
-// Lookup returns the format called name.
+// aliases are other names users type for a format: qemu's.
+var aliases = map[string]string{"vpc": "vhd"}
+
+// Lookup returns the format called name (or by an alias: qemu's "vpc" is
+// vhd).
 func Lookup(name string) (*Format, error) {
+	if a, ok := aliases[name]; ok {
+		name = a
+	}
 	f, ok := registry[name]
 	if !ok {
 		return nil, fmt.Errorf("image: %q: %w (known: %v)", name, ErrUnknownFormat, Formats())

@@ -77,6 +77,13 @@ type Disk struct {
 // Open opens the image named by name (a file path, or s3://bucket/prefix)
 // as a Device stack. ctx bounds the opening only, not the Device's life.
 func Open(ctx context.Context, name string, o Options) (*Disk, error) {
+	if o.Format != "" {
+		f, err := image.Lookup(o.Format)
+		if err != nil {
+			return nil, err
+		}
+		o.Format = f.Name // "vpc" is vhd
+	}
 	if s3.IsURL(name) {
 		return openS3(ctx, name, o)
 	}
@@ -166,6 +173,11 @@ func Create(ctx context.Context, name string, o CreateOptions) error {
 	if o.Format == "" {
 		o.Format = image.Raw
 	}
+	f, err := image.Lookup(o.Format)
+	if err != nil {
+		return err
+	}
+	o.Format = f.Name // "vpc" is vhd
 	if o.Encrypt.Type == "" {
 		return create(ctx, name, o)
 	}
