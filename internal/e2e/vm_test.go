@@ -1,10 +1,13 @@
 package e2e
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"vdisk/internal/image/imagetest"
 	"vdisk/internal/vmtest"
 )
 
@@ -225,6 +228,18 @@ if [ $VIA = nbd ]; then
 	[ "$n" = 0 ] || fail "$DEV still reads ($n bytes)"
 fi
 
+step "an ISO 9660 image: a read-only CD-ROM with 2048-byte blocks the kernel mounts"
+vopen /share/test.iso --via $VIA
+[ "$(blockdev --getro $DEV)" = 1 ] || fail "the ISO's $DEV is not read-only"
+[ "$(blockdev --getss $DEV)" = 2048 ] || fail "the ISO's $DEV has $(blockdev --getss $DEV)-byte blocks, not 2048"
+dd if=/tmp/pattern of=$DEV bs=64k oflag=direct 2>/dev/null && fail "a write to the ISO's $DEV succeeded"
+mount -t iso9660 -o ro $DEV $MNT || fail "mount the ISO"
+cmp $MNT/hello.txt /share/hello.txt || fail "hello.txt in the ISO differs"
+cmp $MNT/sub/pattern /share/isopattern || fail "sub/pattern in the ISO differs"
+umount $MNT
+$V close $ID || fail close
+gone $DEV
+
 step "SIGTERM: the daemon flushes and detaches every disk"
 vopen $I/e.img --via $VIA --size 16M
 dd if=/tmp/pattern of=$DEV bs=64k seek=10 oflag=direct 2>/dev/null || fail "write before SIGTERM"
@@ -243,6 +258,7 @@ func runViaInVM(t *testing.T, via string, needUblk bool) {
 	vmtest.Run(t, vmtest.Config{
 		Script:   strings.ReplaceAll(vmScript, "@VIA@", via),
 		Binaries: map[string]vmtest.Binary{"vdisk": {Pkg: "vdisk/cmd/vdisk"}},
+		Files:    isoFiles(t),
 		Timeout:  vmTimeout,
 		NeedUblk: needUblk,
 	})
@@ -258,3 +274,33 @@ func TestViaNBDInVM(t *testing.T) { runViaInVM(t, "nbd", false) }
 // /dev/ublkbN served by the daemon, default ublk, kill -9 and user
 // recovery.
 func TestViaUblkInVM(t *testing.T) { runViaInVM(t, "ublk", true) }
+
+// isoFiles makes the ISO image the guest mounts (genisoimage, on the
+// host) and the files to compare it with, hello.txt and isopattern (the
+// ISO's sub/pattern).
+func isoFiles(t *testing.T) map[string][]byte {
+	imagetest.NeedTool(t, "genisoimage")
+	src := t.TempDir()
+	hello := []byte("hello from an ISO 9660 image served by vdisk\n")
+	if err := os.WriteFile(filepath.Join(src, "hello.txt"), hello, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(filepath.Join(src, "sub"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(src, "sub", "pattern"), isoPattern(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	img := filepath.Join(t.TempDir(), "test.iso")
+	sh(t, "genisoimage", "-quiet", "-R", "-J", "-V", "VDISKVM", "-o", img, src)
+	return map[string][]byte{"test.iso": readFile(t, img), "hello.txt": hello, "isopattern": isoPattern()}
+}
+
+// isoPattern is sub/pattern: the bytes 0..255 repeated, 300 KiB.
+func isoPattern() []byte {
+	b := make([]byte, 300<<10)
+	for i := range b {
+		b[i] = byte(i)
+	}
+	return b
+}
