@@ -22,6 +22,7 @@ type convertOptions struct {
 	srcFormat   string
 	dstFormat   string
 	sparse      bool
+	compress    bool
 	progress    bool
 	noCreate    bool
 	workers     int
@@ -59,6 +60,7 @@ existing image of the same size.`,
 	f.StringVarP(&o.srcFormat, "format", "f", "", "source format (default: probe)")
 	f.StringVarP(&o.dstFormat, "output-format", "O", image.Raw, "destination format")
 	f.BoolVar(&o.sparse, "sparse", true, "leave zero ranges unallocated in the destination")
+	f.BoolVarP(&o.compress, "compress", "c", false, "compress the destination's data (qcow2: zlib, or zstd with -o compression_type=zstd; vmdk: streamOptimized)")
 	f.BoolVarP(&o.progress, "progress", "p", false, "show a progress bar even when not on a terminal")
 	f.BoolVarP(&o.noCreate, "no-create", "n", false, "write into an existing DST instead of creating it")
 	f.IntVarP(&o.workers, "workers", "W", convert.DefaultWorkers, "reads in flight")
@@ -92,6 +94,11 @@ func runConvert(ctx context.Context, e *env, o convertOptions, srcPath, dstPath 
 	fopts, err := parseOptions(o.options)
 	if err != nil {
 		return fmt.Errorf("convert: %w", err)
+	}
+	if o.compress {
+		if fopts, err = compressOptions(o, fopts); err != nil {
+			return err
+		}
 	}
 	if !o.noCreate && !s3.IsURL(dstPath) {
 		if _, err := os.Lstat(dstPath); err == nil {
@@ -138,7 +145,7 @@ func runConvert(ctx context.Context, e *env, o convertOptions, srcPath, dstPath 
 		}
 	}()
 
-	opt := convert.Options{Workers: o.workers, Writers: o.writers, Sparse: o.sparse, DstZeroed: created}
+	opt := convert.Options{Workers: o.workers, Writers: o.writers, Sparse: o.sparse, DstZeroed: created, Compress: o.compress}
 	var bar *progressbar.ProgressBar
 	if o.progress || isTerminal(e.stderr) {
 		bar = progressbar.NewOptions64(size,
@@ -185,4 +192,31 @@ func isTerminal(w any) bool {
 	}
 	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
 	return err == nil
+}
+
+// compressOptions checks -c against the destination format and returns its
+// options: vmdk compresses as the streamOptimized subformat (written in
+// one pass), qcow2 cluster by cluster.
+func compressOptions(o convertOptions, fopts map[string]string) (map[string]string, error) {
+	if o.noCreate {
+		return nil, fmt.Errorf("convert: -c needs a new destination, not -n")
+	}
+	f, err := image.Lookup(o.dstFormat)
+	if err != nil {
+		return nil, fmt.Errorf("convert: %w", err)
+	}
+	switch f.Name {
+	case "qcow2":
+	case "vmdk":
+		if fopts == nil {
+			fopts = map[string]string{}
+		}
+		if sf, ok := fopts["subformat"]; ok && sf != "streamOptimized" {
+			return nil, fmt.Errorf("convert: -c with vmdk writes the streamOptimized subformat, not %s", sf)
+		}
+		fopts["subformat"] = "streamOptimized"
+	default:
+		return nil, fmt.Errorf("convert: -c: %s cannot store compressed data (qcow2 and vmdk can)", f.Name)
+	}
+	return fopts, nil
 }

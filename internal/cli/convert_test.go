@@ -89,3 +89,56 @@ func TestConvertErrors(t *testing.T) {
 		}
 	}
 }
+
+// TestConvertCompressed: convert -c writes a qcow2 (zlib by default, zstd
+// on request) or a streamOptimized VMDK that qemu-img finds consistent,
+// compressed and equal to the source, and is refused for other formats.
+func TestConvertCompressed(t *testing.T) {
+	needTools(t, "qemu-img", "qemu-io")
+	dir := t.TempDir()
+	src := filepath.Join(dir, "src.raw")
+	text := []byte(strings.Repeat("compressible text for convert -c; ", 1<<16))
+	if err := os.WriteFile(src, text, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(src, 32<<20+1024); err != nil { // a short last cluster
+		t.Fatal(err)
+	}
+	runTool(t, "qemu-io", "-f", "raw", "-c", "write -P 0x77 20M 1M", src)
+	for _, tc := range []struct {
+		name, format string
+		args         []string
+		want         string // in qemu-img info
+	}{
+		{"qcow2-zlib", "qcow2", nil, "compression type: zlib"},
+		{"qcow2-zstd", "qcow2", []string{"-o", "compression_type=zstd"}, "compression type: zstd"},
+		{"vmdk", "vmdk", nil, "create type: streamOptimized"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			out := filepath.Join(t.TempDir(), "out."+tc.format)
+			args := append([]string{"convert", "-c", "-O", tc.format}, tc.args...)
+			if code, _, errs := run(t, append(args, src, out)...); code != 0 {
+				t.Fatalf("convert -c: %s", errs)
+			}
+			if tc.format == "qcow2" {
+				if rep := runTool(t, "qemu-img", "check", out); !strings.Contains(rep, "compressed clusters") {
+					t.Errorf("qemu-img check finds no compressed clusters:\n%s", rep)
+				}
+			}
+			if info := runTool(t, "qemu-img", "info", out); !strings.Contains(info, tc.want) {
+				t.Errorf("qemu-img info lacks %q:\n%s", tc.want, info)
+			}
+			runTool(t, "qemu-img", "compare", "-f", "raw", "-F", tc.format, src, out)
+			fi, err := os.Stat(out)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if fi.Size() > 3<<20 {
+				t.Errorf("compressed image is %d bytes for 2.3 MiB of text and 1 MiB of one byte", fi.Size())
+			}
+		})
+	}
+	if code, _, errs := run(t, "convert", "-c", "-O", "vdi", src, filepath.Join(dir, "x.vdi")); code == 0 || !strings.Contains(errs, "cannot store compressed") {
+		t.Errorf("convert -c -O vdi: code %d, %q", code, errs)
+	}
+}

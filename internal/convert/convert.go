@@ -46,6 +46,9 @@ type Options struct {
 	// is not written (or is written as a hole). Without it every byte of
 	// the destination is allocated.
 	Sparse bool
+	// Compress stores every cluster of data compressed; dst must be a
+	// CompressedWriter that reads as zeroes everywhere (a new image).
+	Compress bool
 	// Progress, when set, is called with the number of bytes just done
 	// (from any worker goroutine; it must be safe for concurrent use).
 	Progress func(n int64)
@@ -56,6 +59,15 @@ type Stats struct {
 	// Size is the device size; Data the bytes copied as data; Zero the
 	// bytes found to be zero (holes, zero extents and zero data).
 	Size, Data, Zero int64
+}
+
+// CompressedWriter is a destination that stores whole clusters compressed
+// (qcow2): what Copy writes to with Options.Compress.
+type CompressedWriter interface {
+	// ClusterSize is the unit WriteCompressed takes, at an offset that
+	// is a multiple of it (the last cluster of the device may be short).
+	ClusterSize() int64
+	WriteCompressed(p []byte, off int64) error
 }
 
 // piece is one unit of work: a range and whether the source says it is zero.
@@ -82,6 +94,20 @@ func Copy(ctx context.Context, dst, src blockdev.Device, opt Options) (Stats, er
 	if opt.Writers <= 0 {
 		opt.Writers = DefaultWriters
 	}
+	var cw CompressedWriter
+	if opt.Compress {
+		var ok bool
+		if cw, ok = dst.(CompressedWriter); !ok {
+			return Stats{}, fmt.Errorf("convert: the destination's format cannot store compressed clusters: %w", blockdev.ErrNotSupported)
+		}
+		if !opt.DstZeroed {
+			return Stats{}, fmt.Errorf("convert: compressed output needs a new destination")
+		}
+		// Pieces whole clusters long, so that each cluster is one piece's.
+		cs := cw.ClusterSize()
+		opt.Chunk = max(cs, opt.Chunk/cs*cs)
+		opt.Sparse = true
+	}
 	wsem := make(chan struct{}, opt.Writers)
 	st := Stats{Size: size}
 	var data, zero atomic.Int64
@@ -98,6 +124,26 @@ func Copy(ctx context.Context, dst, src blockdev.Device, opt Options) (Stats, er
 			}
 			if len(ext) == 0 {
 				return fmt.Errorf("convert: source reported no extents at %d", off)
+			}
+			if cw != nil {
+				// Whole clusters: an extent's start may fall inside one.
+				cs := cw.ClusterSize()
+				end := min(size, (ext[len(ext)-1].Off+ext[len(ext)-1].Len+cs-1)/cs*cs)
+				if len(ext) == 1 && ext[0].Flags&blockdev.ExtentZero != 0 && ext[0].Off == off && ext[0].Off+ext[0].Len == end {
+					// A zero run of whole clusters: nothing to write.
+					if err := send(gctx, pieces, piece{ext[0].Off, end - ext[0].Off, true}); err != nil {
+						return err
+					}
+					off = end
+					continue
+				}
+				for o := off; o < end; o += opt.Chunk {
+					if err := send(gctx, pieces, piece{o, min(end-o, opt.Chunk), false}); err != nil {
+						return err
+					}
+				}
+				off = end
+				continue
 			}
 			for _, e := range ext {
 				isZero := e.Flags&blockdev.ExtentZero != 0
@@ -121,7 +167,13 @@ func Copy(ctx context.Context, dst, src blockdev.Device, opt Options) (Stats, er
 	for range opt.Workers {
 		g.Go(func() error {
 			for p := range pieces {
-				if err := copyPiece(dst, src, p, opt, wsem, &bufs, &data, &zero); err != nil {
+				var err error
+				if cw != nil {
+					err = compressPiece(cw, src, p, wsem, &bufs, &data, &zero)
+				} else {
+					err = copyPiece(dst, src, p, opt, wsem, &bufs, &data, &zero)
+				}
+				if err != nil {
 					return err
 				}
 				if opt.Progress != nil {
@@ -164,6 +216,47 @@ func copyPiece(dst, src blockdev.Device, p piece, opt Options, wsem chan struct{
 	data.Add(p.n)
 	if _, err := dst.WriteAt(b, p.off); err != nil {
 		return fmt.Errorf("convert: write destination at %d: %w", p.off, err)
+	}
+	return nil
+}
+
+// send hands p to the workers unless ctx is done.
+func send(ctx context.Context, pieces chan<- piece, p piece) error {
+	select {
+	case pieces <- p:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// compressPiece copies a piece of whole clusters, compressing each that is
+// not all zeroes.
+func compressPiece(cw CompressedWriter, src blockdev.Device, p piece, wsem chan struct{}, bufs *sync.Pool, data, zero *atomic.Int64) error {
+	if p.zero {
+		zero.Add(p.n)
+		return nil
+	}
+	bp := bufs.Get().(*[]byte)
+	defer bufs.Put(bp)
+	b := (*bp)[:p.n]
+	if _, err := src.ReadAt(b, p.off); err != nil {
+		return fmt.Errorf("convert: read source at %d: %w", p.off, err)
+	}
+	cs := cw.ClusterSize()
+	for o := int64(0); o < p.n; o += cs {
+		c := b[o:min(o+cs, p.n)]
+		if blockdev.IsZero(c) {
+			zero.Add(int64(len(c)))
+			continue
+		}
+		data.Add(int64(len(c)))
+		wsem <- struct{}{}
+		err := cw.WriteCompressed(c, p.off+o)
+		<-wsem
+		if err != nil {
+			return fmt.Errorf("convert: write destination at %d: %w", p.off+o, err)
+		}
 	}
 	return nil
 }

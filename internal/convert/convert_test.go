@@ -108,3 +108,11 @@ func TestCopyErrors(t *testing.T) {
 		t.Fatalf("cancelled copy: %v", err)
 	}
 }
+
+func TestCompressNeedsACompressedWriter(t *testing.T) {
+	src, dst := blockdev.NewMem(1<<20), blockdev.NewMem(1<<20)
+	_, err := Copy(context.Background(), dst, src, Options{Compress: true, DstZeroed: true})
+	if !errors.Is(err, blockdev.ErrNotSupported) {
+		t.Fatalf("Copy -c to a Mem: %v, want ErrNotSupported", err)
+	}
+}

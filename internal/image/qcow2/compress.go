@@ -37,8 +37,7 @@ const zcacheSlots = 4
 
 // zcache holds recently decompressed clusters, keyed by their L2 entry. An
 // entry names its compressed bytes for as long as any table references
-// it, and vdisk never writes compressed clusters, so a key never comes
-// back with other bytes.
+// it; WriteCompressed, which may reuse freed bytes, forgets them all.
 type zcache struct {
 	mu   sync.Mutex
 	keys [zcacheSlots]uint64
@@ -56,6 +55,14 @@ func (z *zcache) get(e uint64, dst []byte) bool {
 		}
 	}
 	return false
+}
+
+// forget drops every cached cluster.
+func (z *zcache) forget() {
+	z.mu.Lock()
+	defer z.mu.Unlock()
+	z.keys = [zcacheSlots]uint64{}
+	z.data = [zcacheSlots][]byte{}
 }
 
 func (z *zcache) put(e uint64, src []byte) {

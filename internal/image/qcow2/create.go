@@ -26,6 +26,7 @@ type createParams struct {
 	version       uint32
 	refcountOrder uint32
 	lazy, extL2   bool
+	compression   uint8
 	backing       string
 	backingFormat string
 }
@@ -52,12 +53,21 @@ func parseCreate(path string, opt image.CreateOptions) (*createParams, error) {
 			p.lazy = v == "on"
 		case "extended_l2":
 			p.extL2 = v == "on"
+		case "compression_type":
+			switch v {
+			case "zlib":
+				p.compression = compressZlib
+			case "zstd":
+				p.compression = compressZstd
+			default:
+				return nil, fmt.Errorf("qcow2: compression_type %q: want zlib or zstd", v)
+			}
 		default:
 			return nil, fmt.Errorf("qcow2: unknown option %q", k)
 		}
 	}
-	if p.version == 2 && (p.lazy || p.extL2 || p.refcountOrder != defaultRefcountOrder) {
-		return nil, fmt.Errorf("qcow2: lazy_refcounts, extended_l2 and refcount_bits need compat=1.1")
+	if p.version == 2 && (p.lazy || p.extL2 || p.refcountOrder != defaultRefcountOrder || p.compression != compressZlib) {
+		return nil, fmt.Errorf("qcow2: lazy_refcounts, extended_l2, refcount_bits and compression_type=zstd need compat=1.1")
 	}
 	cs := opt.ClusterSize
 	if cs == 0 {
@@ -101,8 +111,9 @@ func parseCreate(path string, opt image.CreateOptions) (*createParams, error) {
 
 // Create makes a new, empty qcow2 image at path (it must not exist).
 // opt.Options may set compat (0.10 or 1.1), refcount_bits, lazy_refcounts
-// and extended_l2 (on/off). With a backing file and no size, the backing
-// file's size is used.
+// and extended_l2 (on/off) and compression_type (zlib or zstd, for the
+// clusters convert -c writes). With a backing file and no size, the
+// backing file's size is used.
 func Create(path string, opt image.CreateOptions) error {
 	if err := opt.Validate(); err != nil {
 		return err
@@ -142,6 +153,10 @@ func layout(p *createParams) ([]byte, error) {
 	}
 	if p.lazy {
 		h.compat |= compatLazyRefcounts
+	}
+	if p.compression != compressZlib {
+		h.incompat |= incCompression
+		h.compression = p.compression
 	}
 	cs := int64(h.clusterSize())
 	l1n := int64(h.l1Needed())
@@ -206,6 +221,7 @@ func encodeHeader(c []byte, h *header, backing, backingFmt string) error {
 		be.PutUint64(c[88:], h.autoclear)
 		be.PutUint32(c[96:], h.refcountOrder)
 		be.PutUint32(c[100:], 112)
+		c[104] = h.compression
 		pos = 112 // header with the compression_type byte, padded
 	}
 	ext := func(typ uint32, data []byte) error {

@@ -116,11 +116,13 @@ func openImage(t *testing.T, path string, opt image.OpenOptions) *Image {
 	return img
 }
 
-// qemuCheck runs qemu-img check and fails on anything but a clean result.
-func qemuCheck(t *testing.T, path string) {
+// qemuCheck runs qemu-img check, fails on anything but a clean result and
+// returns its report.
+func qemuCheck(t *testing.T, path string) string {
 	t.Helper()
 	out, err := exec.Command("qemu-img", "check", path).CombinedOutput()
 	if err != nil {
 		t.Fatalf("qemu-img check %s: %v\n%s", path, err, out)
 	}
+	return string(out)
 }

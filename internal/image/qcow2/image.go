@@ -63,6 +63,7 @@ type Image struct {
 	freeHint      int64                   // first host cluster worth searching for free space
 	fileEnd       int64                   // bytes: max(file size, end of every allocated cluster)
 	markedDirty   bool                    // the header's dirty bit is set by us
+	zNext         int64                   // where the next compressed cluster may go (0: nowhere yet)
 }
 
 var (
