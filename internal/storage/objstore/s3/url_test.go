@@ -114,3 +114,11 @@ func TestFromURL(t *testing.T) {
 		t.Fatalf("FromURL of a path: %v, want ErrBadURL", err)
 	}
 }
+
+// TestCRC32C checks the x-amz-checksum-crc32c value against the standard
+// check value of CRC-32C ("123456789" -> 0xE3069283).
+func TestCRC32C(t *testing.T) {
+	if got, want := crc32cBase64([]byte("123456789")), "4waSgw=="; got != want {
+		t.Fatalf("crc32cBase64 = %q, want %q", got, want)
+	}
+}

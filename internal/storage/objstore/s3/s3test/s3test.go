@@ -149,7 +149,9 @@ func (s *Server) Start() error {
 	if s.cmd != nil {
 		return errors.New("s3test: server already running")
 	}
-	cmd := exec.Command(s.bin, "--port", s.addr, "posix", s.dir)
+	// --keep-alive: versitygw closes every connection after one request
+	// by default, unlike the servers vdisk meets in production.
+	cmd := exec.Command(s.bin, "--port", s.addr, "--keep-alive", "posix", s.dir)
 	cmd.Env = append(os.Environ(), "ROOT_ACCESS_KEY="+accessKey, "ROOT_SECRET_KEY="+secretKey)
 	log, err := os.OpenFile(filepath.Join(os.TempDir(), "vdisk-versitygw.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
