@@ -130,3 +130,29 @@ func TestS3ServeFio(t *testing.T) {
 		})
 	}
 }
+
+// TestS3Rm: vdisk rm deletes an image that is not open, and refuses one
+// being served, naming the writer.
+func TestS3Rm(t *testing.T) {
+	srv := needS3(t)
+	url := fmt.Sprintf("s3://%s/cli-rm-%d", srv.Bucket, time.Now().UnixNano())
+	if code, _, errs := run(t, "create", "--s3-endpoint", srv.Endpoint, "--size", "8M", url); code != 0 {
+		t.Fatalf("create: %s", errs)
+	}
+	_, stop := serving(t, "--s3-endpoint", srv.Endpoint, url)
+	if code, _, errs := run(t, "rm", "--s3-endpoint", srv.Endpoint, url); code == 0 || !strings.Contains(errs, "in use by") {
+		t.Fatalf("rm of a served image: code %d, %q; want refused naming the writer", code, errs)
+	}
+	if code, errs := stop(); code != 0 {
+		t.Fatalf("serve: %s", errs)
+	}
+	if code, out, errs := run(t, "rm", "--s3-endpoint", srv.Endpoint, url); code != 0 || !strings.Contains(out, "deleted") {
+		t.Fatalf("rm: code %d, %q, %q", code, out, errs)
+	}
+	if code, _, errs := run(t, "rm", "--s3-endpoint", srv.Endpoint, url); code == 0 || !strings.Contains(errs, "no image") {
+		t.Fatalf("rm of a deleted image: code %d, %q", code, errs)
+	}
+	if code, _, errs := run(t, "rm", "/tmp/x.img"); code == 0 || !strings.Contains(errs, "rm(1)") {
+		t.Fatalf("rm of a file: code %d, %q", code, errs)
+	}
+}

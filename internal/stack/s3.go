@@ -231,3 +231,21 @@ func InspectS3(ctx context.Context, name string, o S3Options) (chunked.Report, e
 	}
 	return r, nil
 }
+
+// DeleteS3 deletes the s3:// image name from its object store for good:
+// refused, naming the writer, while someone has it open (unless its lease
+// expired and o.ForceTakeover).
+func DeleteS3(ctx context.Context, name string, o S3Options) error {
+	cfg, prefix, err := o.config(name)
+	if err != nil {
+		return err
+	}
+	st, err := s3.New(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	if err := chunked.Delete(ctx, st, prefix, chunked.DeleteOptions{ForceTakeover: o.ForceTakeover}); err != nil {
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	return nil
+}

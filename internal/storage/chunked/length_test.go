@@ -129,3 +129,32 @@ func TestInspect(t *testing.T) {
 		t.Fatalf("Inspect of no image: %v, want ErrNoImage", err)
 	}
 }
+
+func TestDelete(t *testing.T) {
+	ctx := context.Background()
+	st, prefix := objstore.NewMem(), newPrefix(t)
+	d := create(t, st, prefix, 4*testChunk, testOpts())
+	mustWrite(t, d, pattern(testChunk, 4), 0)
+	if err := d.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	var le *LeaseError
+	if err := Delete(ctx, st, prefix, DeleteOptions{}); !errors.As(err, &le) || le.Holder != "test-writer" {
+		t.Fatalf("Delete of an open image: %v, want a LeaseError naming test-writer", err)
+	}
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := Delete(ctx, st, prefix, DeleteOptions{}); err != nil {
+		t.Fatalf("Delete: %v", err)
+	}
+	if _, err := Stat(ctx, st, prefix); !errors.Is(err, ErrNoImage) {
+		t.Fatalf("Stat after Delete: %v", err)
+	}
+	if k := chunkKeys(t, st, prefix); len(k) != 0 {
+		t.Fatalf("chunks after Delete: %v", k)
+	}
+	if err := Delete(ctx, st, prefix, DeleteOptions{}); !errors.Is(err, ErrNoImage) {
+		t.Fatalf("Delete of nothing: %v, want ErrNoImage", err)
+	}
+}
