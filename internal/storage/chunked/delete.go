@@ -36,4 +36,3 @@ func Delete(ctx context.Context, store objstore.Store, prefix string, o DeleteOp
 	}
 	return Remove(ctx, store, prefix)
 }
-
