@@ -19,8 +19,16 @@ type chunk struct {
 	zero    bool
 	loaded  bool
 	written spans
-	win     []byte
-	winOff  int64
+	// fresh is what was written since the last upload snapshot: a chunk
+	// written over in full is uploaded at once, whatever the order of the
+	// writes.
+	fresh spans
+	// upBuf is the buffer an upload is sending. While buf is upBuf,
+	// a write copies buf first (copy on write, so an upload needs no
+	// snapshot).
+	upBuf  []byte
+	win    []byte
+	winOff int64
 
 	// dirty: modified since the last upload snapshot. gen counts
 	// modifications; storedGen is the gen the store holds.
@@ -48,6 +56,14 @@ func (c *chunk) cost() int64 {
 }
 
 func (c *chunk) busy() bool { return c.dirty || c.uploading }
+
+// ownBuf makes buf safe to modify: a copy of it when an upload is sending
+// it.
+func (c *chunk) ownBuf() {
+	if len(c.buf) > 0 && len(c.upBuf) > 0 && &c.buf[0] == &c.upBuf[0] {
+		c.buf = slices.Clone(c.buf)
+	}
+}
 
 // spans is a sorted list of disjoint, non-adjacent [start, end) ranges.
 type spans []span

@@ -3,6 +3,9 @@ package chunked
 import (
 	"bytes"
 	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -21,10 +24,11 @@ func (s sinkStore) Put(ctx context.Context, key string, data []byte, opts objsto
 	return s.Store.Put(ctx, key, data, opts)
 }
 
-// requestsPerGiB writes total bytes sequentially in 1 MiB writes to a
-// fresh image with 4 MiB chunks, flushes, and returns the requests made
-// per GiB written.
-func requestsPerGiB(t *testing.T, st objstore.Store, total int64) (string, *objstore.Counter) {
+// requestsPerGiB writes total bytes sequentially in 1 MiB writes, depth
+// of them at a time (like fio's iodepth: issued in order, done in any
+// order), to a fresh image with 4 MiB chunks, flushes, and returns the
+// requests made per GiB written.
+func requestsPerGiB(t *testing.T, st objstore.Store, total int64, depth int) (string, *objstore.Counter) {
 	t.Helper()
 	const chunk, write = 4 << 20, 1 << 20
 	c := objstore.NewCounter(st)
@@ -36,17 +40,31 @@ func requestsPerGiB(t *testing.T, st objstore.Store, total int64) (string, *objs
 	before := c.Counts()
 	data := pattern(write, 5)
 	start := time.Now()
-	for off := int64(0); off < total; off += write {
-		mustWrite(t, d, data, off)
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range depth {
+		wg.Go(func() {
+			for {
+				off := next.Add(write) - write
+				if off >= total {
+					return
+				}
+				if _, err := d.WriteAt(data, off); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
 	}
+	wg.Wait()
 	if err := d.Flush(); err != nil {
 		t.Fatal(err)
 	}
 	took := time.Since(start)
 	delta := c.Counts().Sub(before)
 	perGiB := float64(delta.Requests()) * float64(1<<30) / float64(total)
-	t.Logf("%d MiB in 1 MiB writes, 4 MiB chunks: %+v; %.1f requests per GiB; %.0f MiB/s",
-		total>>20, delta, perGiB, float64(total)/float64(1<<20)/took.Seconds())
+	t.Logf("%d MiB in 1 MiB writes, %d at a time, 4 MiB chunks: %+v; %.1f requests per GiB; %.0f MiB/s",
+		total>>20, depth, delta, perGiB, float64(total)/float64(1<<20)/took.Seconds())
 	wantPuts := total / chunk
 	// The Flush confirms the lease with one PUT unless every chunk was
 	// already stored when it was called.
@@ -60,7 +78,11 @@ func requestsPerGiB(t *testing.T, st objstore.Store, total int64) (string, *objs
 }
 
 func TestRequestsPerGiB(t *testing.T) {
-	requestsPerGiB(t, sinkStore{objstore.NewMem()}, 1<<30)
+	for _, depth := range []int{1, 8} {
+		t.Run(fmt.Sprint("depth", depth), func(t *testing.T) {
+			requestsPerGiB(t, sinkStore{objstore.NewMem()}, 1<<30, depth)
+		})
+	}
 }
 
 // TestSequentialVersitygw writes and reads back an image on versitygw
@@ -68,7 +90,7 @@ func TestRequestsPerGiB(t *testing.T) {
 func TestSequentialVersitygw(t *testing.T) {
 	srv := s3test.Need(t)
 	const total = 128 << 20
-	p, c := requestsPerGiB(t, srv.Store(t), total)
+	p, c := requestsPerGiB(t, srv.Store(t), total, 8)
 	d := open(t, c, p, Options{ReadOnly: true})
 	before := c.Counts()
 	want := pattern(1<<20, 5)

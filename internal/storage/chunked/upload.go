@@ -57,17 +57,17 @@ func (d *Device) uploadLocked(c *chunk) {
 		d.uploadDoneLocked(c, 0, false, err)
 		return
 	}
-	// Snapshot under the lock; later writes make c dirty again.
+	// The upload sends buf as it is now; a later write copies it first
+	// (ownBuf) and makes c dirty again.
 	gen := c.gen
 	d.account(c, -1)
 	c.dirty = false
+	c.fresh = nil
 	d.account(c, 1)
-	var snap *[]byte
-	data := []byte(nil)
+	var data []byte
 	if !c.zero {
-		snap = d.pool.Get().(*[]byte)
-		data = (*snap)[:len(c.buf)]
-		copy(data, c.buf)
+		data = c.buf
+		c.upBuf = data
 	}
 	exists := d.hasObject(c.idx)
 	d.mu.Unlock()
@@ -97,11 +97,9 @@ func (d *Device) uploadLocked(c *chunk) {
 			d.disk.put(c.idx, etag, data)
 		}
 	}
-	if snap != nil {
-		d.pool.Put(snap)
-	}
 
 	d.mu.Lock()
+	c.upBuf = nil
 	if d.etags != nil && err == nil {
 		if del {
 			delete(d.etags, c.idx)
@@ -172,6 +170,7 @@ func (d *Device) loadLocked(c *chunk) error {
 		}
 		if c.buf != nil && !c.loaded {
 			d.account(c, -1)
+			c.ownBuf()
 			c.written.gaps(int64(len(c.buf)), func(s, e int64) { copy(c.buf[s:e], data[s:e]) })
 			c.loaded, c.written = true, nil
 			d.account(c, 1)

@@ -2,6 +2,7 @@ package chunked
 
 import (
 	"fmt"
+	"slices"
 	"time"
 
 	"vdisk/internal/blockdev"
@@ -85,11 +86,32 @@ func (d *Device) getChunkLocked(idx int64, need int64) (*chunk, error) {
 			}
 			return c, nil
 		}
-		// Full: push every waiting dirty chunk to the uploaders.
-		for _, dc := range d.dirty {
-			d.enqueueLocked(dc)
-		}
+		d.keepUploadersBusyLocked()
 		d.cond.Wait()
+	}
+}
+
+// keepUploadersBusyLocked runs while the dirty cache is full: it tops the
+// uploads under way (queued or running) up to Parallel with the dirty
+// chunks waited on longest. A chunk still being written (a sequential
+// writer's current one) is left alone while enough others are uploading,
+// so that it is stored once, complete.
+func (d *Device) keepUploadersBusyLocked() {
+	pending := 0
+	var idle []*chunk
+	for _, c := range d.dirty {
+		if c.queued || c.uploading {
+			pending++
+		} else if c.dirty {
+			idle = append(idle, c)
+		}
+	}
+	if pending >= d.opts.Parallel {
+		return
+	}
+	slices.SortFunc(idle, func(a, b *chunk) int { return a.since.Compare(b.since) })
+	for _, c := range idle[:min(len(idle), d.opts.Parallel-pending)] {
+		d.enqueueLocked(c)
 	}
 }
 
@@ -142,6 +164,8 @@ func (d *Device) writeChunk(idx, co int64, p []byte) error {
 		c.loaded = c.zero || !d.hasObject(idx)
 		c.zero = false
 		c.written = nil
+	} else {
+		c.ownBuf()
 	}
 	copy(c.buf[co:], p)
 	end := co + int64(len(p))
@@ -151,9 +175,11 @@ func (d *Device) writeChunk(idx, co int64, p []byte) error {
 			c.loaded, c.written = true, nil
 		}
 	}
+	c.fresh = c.fresh.add(co, end)
 	d.markDirtyLocked(c)
-	if end == cl {
-		// A writer reached the chunk's end: likely done with it.
+	if c.fresh.covers(0, cl) {
+		// Written over in full since its last upload (a sequential
+		// writer is done with it): no reason to wait.
 		d.enqueueLocked(c)
 	}
 	return nil
@@ -183,7 +209,7 @@ func (d *Device) zeroChunk(idx int64) error {
 		return err
 	}
 	d.account(c, -1)
-	c.buf, c.win, c.loaded, c.written, c.zero = nil, nil, true, nil, true
+	c.buf, c.win, c.loaded, c.written, c.zero, c.fresh = nil, nil, true, nil, true, nil
 	d.markDirtyLocked(c)
 	return nil
 }
