@@ -5,6 +5,24 @@
 // Main, called from TestMain, stops it after the tests. Without the binary
 // the tests that Need the server skip, except under CI=true where they
 // fail.
+//
+// External mode: with VDISK_TEST_S3_ENDPOINT set, the tests use that
+// server instead (scripts/test-ceph.sh runs them on Ceph RGW this way) and
+// start nothing:
+//
+//	VDISK_TEST_S3_ENDPOINT    the server's URL (http://127.0.0.1:7480)
+//	VDISK_TEST_S3_BUCKET      an existing bucket the tests may write in
+//	VDISK_TEST_S3_ACCESS_KEY  credentials
+//	VDISK_TEST_S3_SECRET_KEY
+//	VDISK_TEST_S3_REGION      optional, default us-east-1
+//	VDISK_TEST_S3_STOP        optional shell commands that stop and start
+//	VDISK_TEST_S3_START       the server, for the tests that take it away
+//
+// Stop and Start run the hooks (sh -c); without them they return an error
+// saying so (CanRestart tells beforehand). Main starts an external server
+// the tests left stopped, and removes nothing from the bucket. The tests
+// of several packages share the server: run them with `go test -p 1`
+// when some stop it.
 package s3test
 
 import (
@@ -39,21 +57,47 @@ const (
 	stopTimeout = 10 * time.Second
 	// installTimeout bounds `go install` of the server.
 	installTimeout = 15 * time.Minute
+	// hookTimeout bounds a VDISK_TEST_S3_STOP or _START command.
+	hookTimeout = 5 * time.Minute
 )
 
-// Server is a running versitygw. Its methods are not safe for concurrent
-// use; Stop and Start are meant for fault tests that restart it.
+// The environment of external mode (see the package comment).
+const (
+	EnvEndpoint  = "VDISK_TEST_S3_ENDPOINT"
+	EnvBucket    = "VDISK_TEST_S3_BUCKET"
+	EnvAccessKey = "VDISK_TEST_S3_ACCESS_KEY"
+	EnvSecretKey = "VDISK_TEST_S3_SECRET_KEY"
+	EnvRegion    = "VDISK_TEST_S3_REGION"
+	EnvStop      = "VDISK_TEST_S3_STOP"
+	EnvStart     = "VDISK_TEST_S3_START"
+)
+
+// ErrCannotRestart is returned by Stop and Start of an external server
+// without VDISK_TEST_S3_STOP and VDISK_TEST_S3_START.
+var ErrCannotRestart = errors.New("s3test: the external S3 server has no " + EnvStop + "/" + EnvStart + " hooks: cannot stop or start it")
+
+// Server is a running versitygw, or an external server. Its methods are
+// not safe for concurrent use; Stop and Start are meant for fault tests
+// that restart it.
 type Server struct {
 	// Endpoint is the server's URL.
 	Endpoint string
 	// Bucket exists on the server.
 	Bucket string
 
+	region, accessKey, secretKey string
+
+	// versitygw
 	bin  string
 	addr string
 	dir  string
 	cmd  *exec.Cmd
 	done chan error
+
+	// external mode
+	external            bool
+	stopHook, startHook string
+	stopped             bool
 }
 
 var (
@@ -68,7 +112,13 @@ var (
 // `func TestMain(m *testing.M) { os.Exit(s3test.Main(m)) }`.
 func Main(m *testing.M) int {
 	code := m.Run()
-	if current != nil {
+	if current != nil && current.external {
+		if current.stopped && current.startHook != "" {
+			if err := current.Start(); err != nil {
+				fmt.Fprintf(os.Stderr, "s3test: start the external server again: %v\n", err)
+			}
+		}
+	} else if current != nil {
 		if err := current.Stop(); err != nil {
 			fmt.Fprintf(os.Stderr, "s3test: stop: %v\n", err)
 		}
@@ -82,7 +132,16 @@ func Main(m *testing.M) int {
 // or fails it under CI=true.
 func Need(t testing.TB) *Server {
 	t.Helper()
-	once.Do(func() { current, missing = start() })
+	once.Do(func() {
+		if os.Getenv(EnvEndpoint) != "" {
+			current, missing = external()
+		} else {
+			current, missing = start()
+		}
+	})
+	if current == nil && os.Getenv(EnvEndpoint) != "" {
+		t.Fatalf("external S3 server: %v", missing)
+	}
 	if current == nil {
 		if os.Getenv("CI") == "true" {
 			t.Fatalf("no versitygw under CI: %v", missing)
@@ -95,8 +154,8 @@ func Need(t testing.TB) *Server {
 // Config returns the s3.Config reaching the server's bucket.
 func (s *Server) Config() s3.Config {
 	return s3.Config{
-		Bucket: s.Bucket, Endpoint: s.Endpoint, Region: "us-east-1", PathStyle: true,
-		AccessKey: accessKey, SecretKey: secretKey,
+		Bucket: s.Bucket, Endpoint: s.Endpoint, Region: s.region, PathStyle: true,
+		AccessKey: s.accessKey, SecretKey: s.secretKey,
 		MaxAttempts: 3, MaxBackoff: 200 * time.Millisecond,
 	}
 }
@@ -124,7 +183,8 @@ func start() (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{Endpoint: "http://" + addr, Bucket: bucketName, bin: bin, addr: addr, dir: dir}
+	s := &Server{Endpoint: "http://" + addr, Bucket: bucketName, region: "us-east-1",
+		accessKey: accessKey, secretKey: secretKey, bin: bin, addr: addr, dir: dir}
 	if err := s.Start(); err != nil {
 		os.RemoveAll(dir)
 		return nil, err
@@ -143,9 +203,57 @@ func start() (*Server, error) {
 	return s, nil
 }
 
+// external returns the server the environment names; it makes no
+// request (the bucket must exist).
+func external() (*Server, error) {
+	s := &Server{
+		Endpoint: os.Getenv(EnvEndpoint), Bucket: os.Getenv(EnvBucket), region: os.Getenv(EnvRegion),
+		accessKey: os.Getenv(EnvAccessKey), secretKey: os.Getenv(EnvSecretKey),
+		external: true, stopHook: os.Getenv(EnvStop), startHook: os.Getenv(EnvStart),
+	}
+	if s.region == "" {
+		s.region = "us-east-1"
+	}
+	if s.Bucket == "" || s.accessKey == "" || s.secretKey == "" {
+		return nil, fmt.Errorf("%s is set: set %s, %s and %s too", EnvEndpoint, EnvBucket, EnvAccessKey, EnvSecretKey)
+	}
+	return s, nil
+}
+
+// CanRestart reports whether Stop and Start work: always for versitygw,
+// for an external server when it has both hooks.
+func (s *Server) CanRestart() bool {
+	return !s.external || (s.stopHook != "" && s.startHook != "")
+}
+
+// hook runs an external server's stop or start command.
+func (s *Server) hook(name, command string) error {
+	if !s.CanRestart() {
+		return ErrCannotRestart
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), hookTimeout)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "sh", "-c", command).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("s3test: %s %q: %v: %s", name, command, err, out)
+	}
+	return nil
+}
+
 // Start starts the server (again) on its address and directory and waits
-// until it accepts connections.
+// until it accepts connections. For an external server it runs
+// VDISK_TEST_S3_START.
 func (s *Server) Start() error {
+	if s.external {
+		if !s.stopped {
+			return errors.New("s3test: server already running")
+		}
+		if err := s.hook(EnvStart, s.startHook); err != nil {
+			return err
+		}
+		s.stopped = false
+		return nil
+	}
 	if s.cmd != nil {
 		return errors.New("s3test: server already running")
 	}
@@ -185,8 +293,19 @@ func (s *Server) Start() error {
 	}
 }
 
-// Stop stops the server and waits for it to exit.
+// Stop stops the server and waits for it to exit. For an external server
+// it runs VDISK_TEST_S3_STOP.
 func (s *Server) Stop() error {
+	if s.external {
+		if s.stopped {
+			return nil
+		}
+		if err := s.hook(EnvStop, s.stopHook); err != nil {
+			return err
+		}
+		s.stopped = true
+		return nil
+	}
 	if s.cmd == nil {
 		return nil
 	}
