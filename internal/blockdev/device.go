@@ -85,6 +85,13 @@ type Extenter interface {
 	Extents(off, n int64) ([]Extent, error)
 }
 
+// Resizer is a Device whose size can change (vdisk resize of an image no
+// one has open). Resize must not run concurrently with other calls; a
+// grown range reads as zeroes.
+type Resizer interface {
+	Resize(size int64) error
+}
+
 // Info describes static facts a Device may offer about itself. An export
 // passes them on to its client (NBD block sizes, loop block size).
 type Info struct {

@@ -67,6 +67,7 @@ var (
 	_ Trimmer    = (*File)(nil)
 	_ ZeroWriter = (*File)(nil)
 	_ Extenter   = (*File)(nil)
+	_ Resizer    = (*File)(nil)
 	_ Describer  = (*File)(nil)
 )
 
@@ -299,3 +300,26 @@ func (f *File) Size() int64 { return f.size }
 // filesystem's preferred I/O size as the physical block size, and whether
 // the File is read-only.
 func (f *File) Info() Info { return f.info }
+
+// Resize truncates or extends a regular file to size bytes; a block
+// device's size is not ours to change.
+func (f *File) Resize(size int64) error {
+	switch {
+	case f.closed.Load():
+		return ErrClosed
+	case f.ro:
+		return ErrReadOnly
+	case f.block:
+		return fmt.Errorf("resize %s: a block device: %w", f.path, ErrNotSupported)
+	case size < 0:
+		return fmt.Errorf("resize %s to %d bytes: %w", f.path, size, ErrOutOfRange)
+	}
+	if err := f.f.Truncate(size); err != nil {
+		return fmt.Errorf("resize %s: %w", f.path, err)
+	}
+	if err := f.Flush(); err != nil {
+		return err
+	}
+	f.size = size
+	return nil
+}

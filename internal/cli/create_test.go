@@ -2,6 +2,7 @@ package cli
 
 import (
 	"encoding/json"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -86,5 +87,56 @@ func TestCreate(t *testing.T) {
 		if code, _, errs := run(t, bad...); code == 0 || errs == "" {
 			t.Errorf("%q: code %d, stderr %q: want a failure with a message", bad, code, errs)
 		}
+	}
+}
+
+// TestResize: vdisk resize grows and (with --shrink) shrinks a raw file,
+// grows a qcow2 image that qemu-img then checks, takes +SIZE and -SIZE,
+// and refuses what it cannot do by name.
+func TestResize(t *testing.T) {
+	needTools(t, "qemu-img")
+	dir := t.TempDir()
+	raw, q := filepath.Join(dir, "r.img"), filepath.Join(dir, "q.qcow2")
+	for _, args := range [][]string{{"create", raw, "--size", "10M"}, {"create", "-f", "qcow2", q, "--size", "10M"}} {
+		if code, _, errs := run(t, args...); code != 0 {
+			t.Fatalf("%v: %s", args, errs)
+		}
+	}
+	size := func(p string) int64 {
+		fi, err := os.Stat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fi.Size()
+	}
+	for _, tc := range []struct {
+		args []string
+		raw  int64
+	}{
+		{[]string{"resize", raw, "+6M"}, 16 << 20},
+		{[]string{"resize", raw, "1G"}, 1 << 30},
+		{[]string{"resize", "--shrink", raw, "-1000M"}, 24 << 20},
+	} {
+		if code, out, errs := run(t, tc.args...); code != 0 || !strings.Contains(out, "resized") || size(raw) != tc.raw {
+			t.Fatalf("%v: code %d, %q %q, size %d; want %d", tc.args, code, out, errs, size(raw), tc.raw)
+		}
+	}
+	if code, _, errs := run(t, "resize", raw, "1M"); code == 0 || !strings.Contains(errs, "--shrink") {
+		t.Fatalf("shrink without --shrink: code %d, %q", code, errs)
+	}
+	if code, _, errs := run(t, "resize", q, "+2G"); code != 0 {
+		t.Fatalf("resize qcow2: %s", errs)
+	}
+	runTool(t, "qemu-img", "check", q)
+	if info := runTool(t, "qemu-img", "info", q); !strings.Contains(info, "(2157969408 bytes)") {
+		t.Fatalf("qemu-img info after +2G:\n%s", info)
+	}
+	if code, _, errs := run(t, "resize", "--shrink", q, "1M"); code == 0 || !strings.Contains(errs, "not supported") {
+		t.Fatalf("shrink qcow2: code %d, %q", code, errs)
+	}
+	vdi := filepath.Join(dir, "v.vdi")
+	run(t, "create", "-f", "vdi", vdi, "--size", "10M")
+	if code, _, errs := run(t, "resize", vdi, "20M"); code == 0 || !strings.Contains(errs, "vdi images cannot be resized") {
+		t.Fatalf("resize vdi: code %d, %q", code, errs)
 	}
 }

@@ -218,3 +218,38 @@ func create(ctx context.Context, name string, o CreateOptions) error {
 		Options:       o.Options,
 	})
 }
+
+// Resize changes the virtual size of the image name, which must not be
+// open anywhere (Open takes its lock), from old to size bytes. Growing
+// adds zeroes; shrinking drops the data past the new end and needs shrink.
+// Raw files and qcow2 (growing) can be resized.
+func Resize(ctx context.Context, name string, size int64, shrink bool, o Options) (old int64, err error) {
+	if s3.IsURL(name) {
+		return 0, fmt.Errorf("%s: images in an object store cannot be resized yet", name)
+	}
+	o.ReadOnly, o.Create, o.KeepEncrypted = false, false, true
+	d, err := Open(ctx, name, o)
+	if err != nil {
+		return 0, err
+	}
+	defer func() {
+		if cerr := d.Device.Close(); err == nil && cerr != nil {
+			err = cerr
+		}
+	}()
+	old = d.Device.Size()
+	if luks.IsLUKS(d.Device) {
+		return old, fmt.Errorf("%s: encrypted images cannot be resized yet", name)
+	}
+	r, ok := d.Device.(blockdev.Resizer)
+	if !ok {
+		return old, fmt.Errorf("%s: %s images cannot be resized (raw and qcow2 can)", name, d.Format)
+	}
+	if size < old && !shrink {
+		return old, fmt.Errorf("%s: shrinking from %d to %d bytes drops the data past the new end; pass --shrink if that is what you want", name, old, size)
+	}
+	if err := r.Resize(size); err != nil {
+		return old, fmt.Errorf("%s: %w", name, err)
+	}
+	return old, nil
+}

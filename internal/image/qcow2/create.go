@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 
 	"vdisk/internal/image"
 )
@@ -53,6 +54,15 @@ func parseCreate(path string, opt image.CreateOptions) (*createParams, error) {
 			p.lazy = v == "on"
 		case "extended_l2":
 			p.extL2 = v == "on"
+		case "cluster_size": // qemu-img's -o spelling of --cluster-size
+			n, err := parseBytes(v)
+			if err != nil {
+				return nil, fmt.Errorf("qcow2: cluster_size %q: %v", v, err)
+			}
+			if opt.ClusterSize != 0 && opt.ClusterSize != n {
+				return nil, fmt.Errorf("qcow2: cluster_size %q and a cluster size of %d disagree", v, opt.ClusterSize)
+			}
+			opt.ClusterSize = n
 		case "compression_type":
 			switch v {
 			case "zlib":
@@ -262,4 +272,23 @@ func encodeHeader(c []byte, h *header, backing, backingFmt string) error {
 		copy(c[pos:], backing)
 	}
 	return nil
+}
+
+// parseBytes reads a byte count as qemu-img writes one: a number with an
+// optional k, M or G suffix (binary).
+func parseBytes(s string) (int64, error) {
+	mul := int64(1)
+	switch {
+	case strings.HasSuffix(s, "k"), strings.HasSuffix(s, "K"):
+		mul, s = 1<<10, s[:len(s)-1]
+	case strings.HasSuffix(s, "M"):
+		mul, s = 1<<20, s[:len(s)-1]
+	case strings.HasSuffix(s, "G"):
+		mul, s = 1<<30, s[:len(s)-1]
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n <= 0 || n > 1<<30/mul {
+		return 0, fmt.Errorf("want a size such as 65536 or 64k")
+	}
+	return n * mul, nil
 }

@@ -73,6 +73,7 @@ var (
 	_ blockdev.Extenter   = (*Image)(nil)
 	_ blockdev.Describer  = (*Image)(nil)
 	_ image.Inspector     = (*Image)(nil)
+	_ blockdev.Resizer    = (*Image)(nil)
 )
 
 func init() {

@@ -1,0 +1,66 @@
+package cli
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"vdisk/internal/image"
+	"vdisk/internal/stack"
+)
+
+func init() { register(newResizeCmd) }
+
+func newResizeCmd(e *env) *cobra.Command {
+	var (
+		format string
+		shrink bool
+	)
+	cmd := &cobra.Command{
+		Use:   "resize [--shrink] [-f FORMAT] IMAGE [+|-]SIZE",
+		Short: "Change the virtual size of an image that is not open",
+		Long: "resize sets the image's virtual size to SIZE, or grows (+SIZE) or shrinks\n" +
+			"(-SIZE) it by that much, like qemu-img resize. SIZE is written as for create\n" +
+			"(100M, 10G; a bare number means MiB). The new space reads as zeroes; the\n" +
+			"partitions and file system on the disk are left as they are (grow them with\n" +
+			"growpart and resize2fs). Shrinking drops the data past the new end and needs\n" +
+			"--shrink. Raw images can grow and shrink, qcow2 images can grow. The image\n" +
+			"must not be open. Flags go before IMAGE, so that -SIZE is not taken for one.",
+		Args: cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			name, arg := args[0], args[1]
+			sign := ""
+			if strings.HasPrefix(arg, "+") || strings.HasPrefix(arg, "-") {
+				sign, arg = arg[:1], arg[1:]
+			}
+			n, err := parseSize(arg)
+			if err != nil {
+				return fmt.Errorf("resize: %w", err)
+			}
+			if sign != "" {
+				d, err := stack.Open(cmd.Context(), name, stack.Options{Format: format, ReadOnly: true, KeepEncrypted: true, NoBacking: true})
+				if err != nil {
+					return fmt.Errorf("resize: %w", err)
+				}
+				cur := d.Device.Size()
+				d.Device.Close()
+				if sign == "+" {
+					n = cur + n
+				} else if n = cur - n; n <= 0 {
+					return fmt.Errorf("resize: %s is %s; it cannot shrink by %s", name, formatSize(cur), arg)
+				}
+			}
+			old, err := stack.Resize(cmd.Context(), name, n, shrink, stack.Options{Format: format, Log: e.log})
+			if err != nil {
+				return fmt.Errorf("resize: %w", err)
+			}
+			fmt.Fprintf(e.stdout, "resized %s from %s to %s\n", name, formatSize(old), formatSize(n))
+			return nil
+		},
+	}
+	cmd.Flags().StringVarP(&format, "format", "f", "", "image format (default: detect): "+strings.Join(image.Formats(), ", "))
+	cmd.Flags().BoolVar(&shrink, "shrink", false, "allow shrinking, which drops the data past the new end")
+	cmd.Flags().SetInterspersed(false)
+	return cmd
+}

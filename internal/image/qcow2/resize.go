@@ -1,0 +1,92 @@
+package qcow2
+
+import (
+	"encoding/binary"
+	"fmt"
+
+	"vdisk/internal/blockdev"
+)
+
+// Resize grows the virtual disk to size bytes, as qemu-img resize does: a
+// larger L1 table, when the new size needs one, is written and counted
+// first and the header switched to it in one sector write; then the
+// header's size. The new range reads as zeroes. Shrinking is refused (it
+// would drop the data past the new end), and so is an image with internal
+// snapshots, whose sizes qemu keeps in step. It waits for I/O in flight.
+func (img *Image) Resize(size int64) error {
+	if img.readOnly {
+		return blockdev.ErrReadOnly
+	}
+	if img.closed.Load() {
+		return blockdev.ErrClosed
+	}
+	img.ioMu.Lock()
+	defer img.ioMu.Unlock()
+	img.mu.Lock()
+	defer img.mu.Unlock()
+	switch {
+	case size < img.size:
+		return fmt.Errorf("qcow2: shrinking from %d to %d bytes is not supported: %w", img.size, size, blockdev.ErrNotSupported)
+	case size == img.size:
+		return nil
+	case img.h.nbSnapshots > 0:
+		return fmt.Errorf("qcow2: cannot resize an image with %d internal snapshots: %w", img.h.nbSnapshots, blockdev.ErrNotSupported)
+	case size%512 != 0:
+		return fmt.Errorf("qcow2: size %d is not a multiple of 512", size)
+	}
+	nh := *img.h
+	nh.size = uint64(size)
+	need := int64(nh.l1Needed())
+	if need*8 > maxL1Bytes {
+		return fmt.Errorf("qcow2: size %d needs an L1 table above %d bytes; use larger clusters", size, maxL1Bytes)
+	}
+	if need > int64(len(img.l1)) {
+		if err := img.growL1(need); err != nil {
+			return err
+		}
+	}
+	if err := img.writeHeaderField(24, uint64(size)); err != nil {
+		return err
+	}
+	img.h.size, img.size = uint64(size), size
+	return nil
+}
+
+// growL1 moves the L1 table to new clusters with room for n entries.
+func (img *Image) growL1(n int64) error {
+	if err := img.writeMetadata(true); err != nil {
+		return err
+	}
+	clusters := (n*8 + img.cs - 1) / img.cs
+	if clusters > img.rbEntries()/2 {
+		return fmt.Errorf("qcow2: growing to %d entries needs an L1 table of %d clusters, more than %d-byte clusters allow; use larger clusters", n, clusters, img.cs)
+	}
+	l1 := make([]uint64, clusters*img.cs/8)
+	copy(l1, img.l1)
+	off, err := img.alloc(clusters)
+	if err != nil {
+		return err
+	}
+	if _, err := img.f.WriteAt(encodeTable(l1), off); err != nil {
+		return fmt.Errorf("qcow2: write the new L1 table: %w", err)
+	}
+	if err := img.syncRefcounts(true); err != nil {
+		return err
+	}
+	var b [12]byte
+	binary.BigEndian.PutUint32(b[:4], uint32(n))
+	binary.BigEndian.PutUint64(b[4:], uint64(off))
+	if _, err := img.f.WriteAt(b[:], 36); err != nil {
+		return fmt.Errorf("qcow2: switch to the new L1 table: %w", err)
+	}
+	if err := img.sync(); err != nil {
+		return err
+	}
+	oldOff, oldClusters := int64(img.h.l1Off), (int64(len(img.l1))*8+img.cs-1)/img.cs
+	img.l1 = l1[:n]
+	img.h.l1Off, img.h.l1Size = uint64(off), uint32(n)
+	for c := range oldClusters {
+		img.readyFree = append(img.readyFree, oldOff/img.cs+c)
+	}
+	return img.applyFrees()
+}
