@@ -98,13 +98,7 @@ func (img *Image) WriteCompressed(p []byte, off int64) error {
 		}
 		return fmt.Errorf("qcow2: compressed write to guest cluster %d, which is allocated already", vc)
 	}
-	done := make(chan struct{})
-	img.inflight[vc] = done
-	defer func() {
-		delete(img.inflight, vc)
-		close(done)
-		img.mu.Unlock()
-	}()
+	defer img.claim(vc, 1)()
 	host, err := img.allocBytes(int64(len(comp)))
 	if err != nil {
 		return err

@@ -85,17 +85,7 @@ func (img *Image) allocRun(vc, max int64, data []byte) (int64, error) {
 		img.mu.Unlock()
 		return 0, nil
 	}
-	done := make(chan struct{})
-	for c := vc; c < vc+k; c++ {
-		img.inflight[c] = done
-	}
-	defer func() {
-		for c := vc; c < vc+k; c++ {
-			delete(img.inflight, c)
-		}
-		close(done)
-		img.mu.Unlock()
-	}()
+	defer img.claim(vc, k)()
 	olds := make([]uint64, k)
 	for i := range k {
 		t, err := img.l2Table((vc+i)/img.l2n, true)
@@ -161,6 +151,22 @@ func (img *Image) inPlaceRun(pos, end int64) (host, n int64, err error) {
 	return host, n, nil
 }
 
+// claim marks guest clusters [vc, vc+n) as being allocated, with mu held;
+// the function it returns ends the claim, wakes the waiters and unlocks mu.
+func (img *Image) claim(vc, n int64) (release func()) {
+	done := make(chan struct{})
+	for c := vc; c < vc+n; c++ {
+		img.inflight[c] = done
+	}
+	return func() {
+		for c := vc; c < vc+n; c++ {
+			delete(img.inflight, c)
+		}
+		close(done)
+		img.mu.Unlock()
+	}
+}
+
 // waitCluster waits, with mu held, until no allocation of guest cluster vc
 // is in flight.
 func (img *Image) waitCluster(vc int64) {
@@ -214,13 +220,7 @@ func (img *Image) writeCluster(vc, in int64, data []byte) error {
 		}
 		return nil
 	}
-	done := make(chan struct{})
-	img.inflight[vc] = done
-	defer func() {
-		delete(img.inflight, vc)
-		close(done)
-		img.mu.Unlock()
-	}()
+	defer img.claim(vc, 1)()
 	t, err := img.l2Table(vc/img.l2n, true)
 	if err != nil {
 		return err
