@@ -52,8 +52,9 @@ const (
 	DefaultCacheSize = 64 << 20
 	// DefaultParallel bounds uploads (and prefetches) in flight.
 	DefaultParallel = 8
-	// DefaultReadAhead is the largest read-ahead for sequential reads.
-	DefaultReadAhead = 4 << 20
+	// DefaultReadAhead is the largest read-ahead for sequential reads:
+	// chunks within it are fetched in the background, several at a time.
+	DefaultReadAhead = 16 << 20
 	// DefaultWriteBackDelay is how long a dirty chunk waits for more writes
 	// before it is uploaded without a Flush.
 	DefaultWriteBackDelay = time.Second

@@ -18,11 +18,12 @@ func (d *Device) ReadAt(p []byte, off int64) (int, error) {
 	}
 	ra := d.readAheadLocked(off, int64(len(p)))
 	if end := off + int64(len(p)); ra > 0 && end < d.man.Size {
-		// A sequential reader nearing the end of a chunk will want the
-		// next one: fetch it in the background.
-		next := (end-1)/d.chunkSize + 1
-		if end+ra >= next*d.chunkSize {
-			d.prefetchLocked(next)
+		// A sequential reader will want the chunks within its read-ahead:
+		// fetch them in the background, several at a time.
+		for next := (end-1)/d.chunkSize + 1; next*d.chunkSize < end+ra && next < d.nchunks; next++ {
+			if !d.prefetchLocked(next) {
+				break
+			}
 		}
 	}
 	d.mu.Unlock()
@@ -145,19 +146,20 @@ func (d *Device) fetchDoneLocked(c *chunk, ch chan struct{}, gen uint64, start i
 
 // prefetchLocked starts a background fetch of the first ReadAhead bytes of
 // chunk idx for a sequential reader, when one of Parallel slots is free.
-// Failures are dropped: the reader fetches for itself.
-func (d *Device) prefetchLocked(idx int64) {
+// It returns false when none is. Failures are dropped: the reader fetches
+// for itself.
+func (d *Device) prefetchLocked(idx int64) bool {
 	if idx >= d.nchunks || d.closed || !d.hasObject(idx) {
-		return
+		return true
 	}
 	c := d.chunks[idx]
 	if c != nil && (c.buf != nil || c.zero || c.win != nil || c.fetching != nil) {
-		return
+		return true
 	}
 	select {
 	case d.sem <- struct{}{}:
 	default:
-		return
+		return false
 	}
 	if c == nil {
 		c = &chunk{idx: idx}
@@ -175,6 +177,7 @@ func (d *Device) prefetchLocked(idx int64) {
 			d.log.Debug("chunked: prefetch failed", "chunk", idx, "err", err)
 		}
 	})
+	return true
 }
 
 // maxExtents bounds the extents one Extents call returns.
