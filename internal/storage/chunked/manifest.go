@@ -29,6 +29,10 @@ const (
 	MaxChunkSize = 256 << 20
 	// MaxSize bounds an image's size (1 PiB).
 	MaxSize = 1 << 50
+	// MaxChunks bounds an image's number of chunks (its size over its
+	// chunk size), so that what an open keeps per chunk (a bit of the
+	// existence map) stays small whatever a manifest says: 8 MiB at most.
+	MaxChunks = 1 << 26
 	// maxManifestBytes bounds the manifest object read at open.
 	maxManifestBytes = 64 << 10
 	// chunkKeyLen is the length of a chunk's key suffix: 16 hex digits.
@@ -72,6 +76,8 @@ func (m Manifest) validate() error {
 		return fmt.Errorf("size %d outside (0, %d]", m.Size, int64(MaxSize))
 	case m.ChunkSize < MinChunkSize || m.ChunkSize > MaxChunkSize || m.ChunkSize&(m.ChunkSize-1) != 0:
 		return fmt.Errorf("chunk size %d is not a power of two in [%d, %d]", m.ChunkSize, MinChunkSize, MaxChunkSize)
+	case (m.Size+m.ChunkSize-1)/m.ChunkSize > MaxChunks:
+		return fmt.Errorf("size %d in chunks of %d is more than %d chunks; use larger chunks", m.Size, m.ChunkSize, MaxChunks)
 	case m.ImageFormat == "" && m.Length != 0:
 		return fmt.Errorf("length %d without an image format", m.Length)
 	case m.Length < 0 || m.Length > m.Size:

@@ -28,6 +28,8 @@ func TestManifest(t *testing.T) {
 		{"negative length", `{"format":"vdisk-chunked","version":1,"size":1048576,"chunk_size":65536,"image_format":"qcow2","length":-1}`, false},
 		{"length of a raw image", `{"format":"vdisk-chunked","version":1,"size":1048576,"chunk_size":65536,"length":4096}`, false},
 		{"odd image format", `{"format":"vdisk-chunked","version":1,"size":1048576,"chunk_size":65536,"image_format":"../qcow2"}`, false},
+		{"too many chunks", `{"format":"vdisk-chunked","version":1,"size":1125899906842624,"chunk_size":4096}`, false},
+		{"most chunks", `{"format":"vdisk-chunked","version":1,"size":274877906944,"chunk_size":4096}`, true},
 		{"not json", `size=1`, false},
 		{"too big", `{"format":"` + strings.Repeat("x", maxManifestBytes) + `"}`, false},
 	}
