@@ -3,6 +3,8 @@ package chunked
 import (
 	"context"
 	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -130,7 +132,23 @@ func TestParseChunkKey(t *testing.T) {
 	}
 }
 
+// seeds adds the files of testdata matching glob to f's corpus.
+func seeds(f *testing.F, glob string) {
+	names, err := filepath.Glob(filepath.Join("testdata", glob))
+	if err != nil || len(names) == 0 {
+		f.Fatalf("no seeds testdata/%s (%v)", glob, err)
+	}
+	for _, n := range names {
+		b, err := os.ReadFile(n)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+}
+
 func FuzzParseManifest(f *testing.F) {
+	seeds(f, "manifest-*.json")
 	f.Add([]byte(`{"format":"vdisk-chunked","version":1,"size":1048576,"chunk_size":65536,"created":"2026-01-01T00:00:00Z"}`))
 	f.Add([]byte(`{"format":"vdisk-chunked","version":1,"size":-1,"chunk_size":0}`))
 	f.Add([]byte(`{"format":"vdisk-chunked","version":1,"size":1048576,"chunk_size":65536,"image_format":"qcow2","length":327680}`))
@@ -150,6 +168,7 @@ func FuzzParseManifest(f *testing.F) {
 }
 
 func FuzzParseLease(f *testing.F) {
+	seeds(f, "lease.json")
 	f.Add([]byte(`{"holder":"h:1","acquired":"2026-01-01T00:00:00Z","expires":"2026-01-01T00:00:30Z","released":false}`))
 	f.Add([]byte(`{"expires":"not a time"}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
