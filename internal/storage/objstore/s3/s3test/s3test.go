@@ -142,6 +142,13 @@ func Need(t testing.TB) *Server {
 	if current == nil && os.Getenv(EnvEndpoint) != "" {
 		t.Fatalf("external S3 server: %v", missing)
 	}
+	if current != nil && current.external && current.stopped {
+		// A test stopped it and did not start it again (e2e's TestS3
+		// stops it when done; -count=2 runs it again).
+		if err := current.Start(); err != nil {
+			t.Fatalf("start the external S3 server again: %v", err)
+		}
+	}
 	if current == nil {
 		if os.Getenv("CI") == "true" {
 			t.Fatalf("no versitygw under CI: %v", missing)
