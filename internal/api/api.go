@@ -267,7 +267,7 @@ type OpenRequest struct {
 }
 
 // S3Options say how the daemon reaches the object store behind an s3://
-// File. The daemon keeps Endpoint, Region and CacheDir in its state file
+// File. The daemon keeps Endpoint, Region, Profile and CacheDir in its state file
 // to reopen the disk after a restart.
 type S3Options struct {
 	// Endpoint is the store's URL; "" means the daemon's
@@ -275,6 +275,9 @@ type S3Options struct {
 	Endpoint string `json:"endpoint,omitempty"`
 	// Region is the store's region; "" means the AWS configuration's.
 	Region string `json:"region,omitempty"`
+	// Profile is the AWS shared-configuration profile with the
+	// credentials (the daemon reads the files); "" means the default.
+	Profile string `json:"profile,omitempty"`
 	// CacheDir keeps clean chunks locally across opens.
 	CacheDir string `json:"cache_dir,omitempty"`
 	// ChunkSize is the object size of an image this open creates (0: the

@@ -156,3 +156,36 @@ func TestS3Rm(t *testing.T) {
 		t.Fatalf("rm of a file: code %d, %q", code, errs)
 	}
 }
+
+// TestS3Profile: --s3-profile takes the credentials and region from a
+// profile of the shared AWS files, with none in the environment; a
+// profile with wrong keys is refused by the store.
+func TestS3Profile(t *testing.T) {
+	srv := needS3(t)
+	cfg := srv.Config()
+	t.Setenv("AWS_ACCESS_KEY_ID", "")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "")
+	t.Setenv("AWS_REGION", "")
+	dir := t.TempDir()
+	creds := filepath.Join(dir, "credentials")
+	conf := fmt.Sprintf("[vdisk]\naws_access_key_id = %s\naws_secret_access_key = %s\n[wrong]\naws_access_key_id = %s\naws_secret_access_key = not-the-secret\n",
+		cfg.AccessKey, cfg.SecretKey, cfg.AccessKey)
+	if err := os.WriteFile(creds, []byte(conf), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "config"), []byte("[profile vdisk]\nregion = us-east-1\n[profile wrong]\nregion = us-east-1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("AWS_SHARED_CREDENTIALS_FILE", creds)
+	t.Setenv("AWS_CONFIG_FILE", filepath.Join(dir, "config"))
+	url := fmt.Sprintf("s3://%s/cli-profile-%d", srv.Bucket, time.Now().UnixNano())
+	if code, _, errs := run(t, "create", "--s3-endpoint", srv.Endpoint, "--s3-profile", "vdisk", "--size", "4M", url); code != 0 {
+		t.Fatalf("create with --s3-profile: %s", errs)
+	}
+	if code, _, errs := run(t, "rm", "--s3-endpoint", srv.Endpoint, "--s3-profile", "wrong", url); code == 0 {
+		t.Fatalf("rm with a wrong secret succeeded: %s", errs)
+	}
+	if code, _, errs := run(t, "rm", "--s3-endpoint", srv.Endpoint, "--s3-profile", "vdisk", url); code != 0 {
+		t.Fatalf("rm with --s3-profile: %s", errs)
+	}
+}

@@ -10,6 +10,7 @@ import (
 func addS3Flags(f *pflag.FlagSet, o *stack.S3Options) {
 	f.StringVar(&o.Endpoint, "s3-endpoint", "", "object store URL for s3:// images (default $"+stack.EnvS3Endpoint+" or the AWS configuration)")
 	f.StringVar(&o.Region, "s3-region", "", "region of the object store (default the AWS configuration's, else us-east-1)")
+	f.StringVar(&o.Profile, "s3-profile", "", "profile of the AWS config and credentials files with the s3:// credentials (default $AWS_PROFILE)")
 	f.StringVar(&o.CacheDir, "s3-cache-dir", "", "keep clean chunks of s3:// images in this directory")
 	f.BoolVar(&o.ForceTakeover, "force-takeover", false, "take an s3:// image whose writer's lease has expired")
 	f.Var(bytesValue{&o.ChunkSize}, "s3-chunk-size", "object size of a new s3:// image, a power of two from 4K to 256M (default 4M)")

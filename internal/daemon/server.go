@@ -238,7 +238,7 @@ func (d *Daemon) Inspect(req api.InspectRequest) (api.Image, error) {
 		}
 		so := stack.S3Options{}
 		if s3o != nil {
-			so = stack.S3Options{Endpoint: s3o.Endpoint, Region: s3o.Region}
+			so = stack.S3Options{Endpoint: s3o.Endpoint, Region: s3o.Region, Profile: s3o.Profile}
 		}
 		if r, err := stack.InspectS3(context.Background(), path, so); err == nil {
 			im.Allocated = r.StoredBytes

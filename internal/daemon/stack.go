@@ -43,7 +43,7 @@ func openImage(sd stateDisk, o openOpts, log *slog.Logger) (*stack.Disk, error) 
 		Log:           log,
 	}
 	if sd.S3 != nil {
-		so.S3 = stack.S3Options{Endpoint: sd.S3.Endpoint, Region: sd.S3.Region, CacheDir: sd.S3.CacheDir}
+		so.S3 = stack.S3Options{Endpoint: sd.S3.Endpoint, Region: sd.S3.Region, Profile: sd.S3.Profile, CacheDir: sd.S3.CacheDir}
 	}
 	so.S3.ForceTakeover, so.S3.ChunkSize = o.forceTakeover, o.chunkSize
 	if len(o.passphrase) > 0 {
@@ -62,7 +62,7 @@ func openImage(sd stateDisk, o openOpts, log *slog.Logger) (*stack.Disk, error) 
 func inspectImage(path, format string, s3 *api.S3Options, log *slog.Logger) (*stack.Disk, error) {
 	so := stack.Options{Format: format, ReadOnly: true, NoLock: true, KeepEncrypted: true, Log: log}
 	if s3 != nil {
-		so.S3 = stack.S3Options{Endpoint: s3.Endpoint, Region: s3.Region, CacheDir: s3.CacheDir}
+		so.S3 = stack.S3Options{Endpoint: s3.Endpoint, Region: s3.Region, Profile: s3.Profile, CacheDir: s3.CacheDir}
 	}
 	return stack.Open(context.Background(), path, so)
 }

@@ -27,6 +27,9 @@ type S3Options struct {
 	Endpoint string
 	// Region is the store's region; "" means the AWS configuration's.
 	Region string
+	// Profile is the AWS shared-configuration profile with the
+	// credentials; "" means $AWS_PROFILE, else "default".
+	Profile string
 	// CacheDir keeps clean chunks locally across opens.
 	CacheDir string
 	// ForceTakeover takes the writer's lease from a holder that let it
@@ -43,7 +46,7 @@ func (o S3Options) config(name string) (s3.Config, string, error) {
 		ep = os.Getenv(EnvS3Endpoint)
 	}
 	cfg, prefix, err := s3.FromURL(name, ep)
-	cfg.Region = o.Region
+	cfg.Region, cfg.Profile = o.Region, o.Profile
 	return cfg, prefix, err
 }
 

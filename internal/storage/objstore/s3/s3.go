@@ -68,6 +68,10 @@ type Config struct {
 	// PathStyle addresses the bucket as endpoint/bucket/key instead of
 	// bucket.endpoint/key. Most self-hosted servers need it.
 	PathStyle bool
+	// Profile names the profile of the shared AWS config and credentials
+	// files (~/.aws/config, ~/.aws/credentials) to take the credentials
+	// and region from; empty means $AWS_PROFILE, else "default".
+	Profile string
 	// AccessKey and SecretKey, when set, are used instead of the standard
 	// credential chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, shared
 	// config and credentials files, ...).
@@ -134,6 +138,9 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 	}
 	if cfg.Region != "" {
 		opts = append(opts, config.WithRegion(cfg.Region))
+	}
+	if cfg.Profile != "" {
+		opts = append(opts, config.WithSharedConfigProfile(cfg.Profile))
 	}
 	if cfg.AccessKey != "" {
 		opts = append(opts, config.WithCredentialsProvider(credentials.NewStaticCredentialsProvider(cfg.AccessKey, cfg.SecretKey, "")))
