@@ -226,6 +226,20 @@ type Disk struct {
 	// Encrypted reports that the image holds a LUKS volume the daemon
 	// unlocks (or, locked, would unlock with the passphrase).
 	Encrypted bool `json:"encrypted,omitempty"`
+	// Cache is, for an open s3:// disk, the state of its write-back cache.
+	Cache *CacheStats `json:"cache,omitempty"`
+}
+
+// CacheStats describe the write-back cache of a disk in an object store.
+type CacheStats struct {
+	// DirtyBytes (in DirtyChunks chunks) are written and not yet stored:
+	// a close or fsync waits for them.
+	DirtyBytes  int64 `json:"dirty_bytes"`
+	DirtyChunks int   `json:"dirty_chunks"`
+	// CachedBytes are clean data kept in memory.
+	CachedBytes int64 `json:"cached_bytes"`
+	// StoredChunks counts the image's chunk objects in the store.
+	StoredChunks int64 `json:"stored_chunks"`
 }
 
 // DiskList is the answer to GET /v1/disks, sorted by File.

@@ -113,6 +113,10 @@ func printDisk(w io.Writer, d *api.Disk) error {
 		{"opened at", d.OpenedAt.Format(time.RFC3339)},
 		{"state", d.State},
 	}
+	if c := d.Cache; c != nil {
+		rows = append(rows, [2]string{"cache", fmt.Sprintf("%s dirty in %d chunks (stored by fsync and close), %s clean; %d chunks in the store",
+			formatSize(c.DirtyBytes), c.DirtyChunks, formatSize(c.CachedBytes), c.StoredChunks)})
+	}
 	for _, r := range rows {
 		fmt.Fprintf(tw, "%s:\t%s\n", r[0], r[1])
 	}

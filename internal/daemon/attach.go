@@ -62,7 +62,7 @@ func (d *Daemon) attach(sd stateDisk, adopt bool, o openOpts) (*disk, error) {
 		reason = askedReason(via)
 	}
 	dk := &disk{dev: dev, allowDiscards: sd.AllowDiscards, s3: sd.S3}
-	dk.degraded = sk.Degraded
+	dk.degraded, dk.stats = sk.Degraded, sk.Stats
 	// A stack that cannot write (an ISO image) is attached read-only even
 	// when the request did not say so.
 	readOnly := sd.ReadOnly || blockdev.InfoOf(dev).ReadOnly

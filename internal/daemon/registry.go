@@ -14,6 +14,7 @@ import (
 	"vdisk/internal/blockdev"
 	"vdisk/internal/fuseexport"
 	"vdisk/internal/loop"
+	"vdisk/internal/storage/chunked"
 )
 
 // disk is one entry of the registry: an open disk, or one the daemon had
@@ -37,6 +38,8 @@ type disk struct {
 	// degraded reports why the backend is failing (an object store image);
 	// nil when the Device cannot say.
 	degraded func() error
+	// stats, for an s3:// disk, reports its cache.
+	stats func() chunked.Stats
 	// allowDiscards and s3 are kept in the state file to reopen the disk
 	// the same way (s3 without ForceTakeover).
 	allowDiscards bool
@@ -51,6 +54,10 @@ func (dk *disk) view() api.Disk {
 		if err := dk.degraded(); err != nil {
 			r.State, r.Error = api.StateDegraded, err.Error()
 		}
+	}
+	if (r.State == api.StateOpen || r.State == api.StateDegraded) && dk.stats != nil {
+		s := dk.stats()
+		r.Cache = &api.CacheStats{DirtyBytes: s.DirtyBytes, DirtyChunks: s.DirtyChunks, CachedBytes: s.CachedBytes, StoredChunks: s.StoredChunks}
 	}
 	return r
 }

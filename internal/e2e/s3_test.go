@@ -88,6 +88,18 @@ func testS3Open(t *testing.T, srv *s3test.Server) {
 	sh(t, "mkfs.ext4", "-q", "-F", dev)
 	mount(t, dev, mnt)
 	sums := writeFiles(t, mnt, 3<<20, 4096)
+	sh(t, "sync", "-f", mnt)
+	var open api.Disk
+	if err := json.Unmarshal([]byte(e.must("info", "--json", id)), &open); err != nil {
+		t.Fatal(err)
+	}
+	// (Not "nothing dirty": ext4's lazy inode-table init keeps writing.)
+	if c := open.Cache; c == nil || c.StoredChunks == 0 {
+		t.Fatalf("info of the open disk after sync: cache %+v, want chunks stored", c)
+	}
+	if out := e.must("info", id); !strings.Contains(out, "chunks in the store") {
+		t.Fatalf("info does not show the cache:\n%s", out)
+	}
 
 	// Another daemon (its own socket and state) is refused while the
 	// first holds the lease, with the holder named.

@@ -123,7 +123,7 @@ func openChunked(ctx context.Context, st *s3.Store, name, prefix string, o Optio
 	if err != nil {
 		return nil, err
 	}
-	d.Degraded = dev.Degraded
+	d.Degraded, d.Stats = dev.Degraded, dev.Stats
 	return d, nil
 }
 

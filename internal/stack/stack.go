@@ -18,6 +18,7 @@ import (
 	"vdisk/internal/crypt/luks"
 	"vdisk/internal/image"
 	_ "vdisk/internal/image/all" // every format
+	"vdisk/internal/storage/chunked"
 	"vdisk/internal/storage/objstore/s3"
 )
 
@@ -72,6 +73,8 @@ type Disk struct {
 	// cannot take writes right now (nil when healthy), whatever layers
 	// sit above it.
 	Degraded func() error
+	// Stats, set for an image in an object store, reports its cache.
+	Stats func() chunked.Stats
 }
 
 // Open opens the image named by name (a file path, or s3://bucket/prefix)
