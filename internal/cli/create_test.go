@@ -140,3 +140,46 @@ func TestResize(t *testing.T) {
 		t.Fatalf("resize vdi: code %d, %q", code, errs)
 	}
 }
+
+// TestSnapshotCommand: vdisk snapshot create/list/apply/delete on a qcow2
+// image, checked by qemu-img; a raw image is refused by name.
+func TestSnapshotCommand(t *testing.T) {
+	needTools(t, "qemu-img", "qemu-io")
+	dir := t.TempDir()
+	q := filepath.Join(dir, "s.qcow2")
+	runTool(t, "qemu-img", "create", "-q", "-f", "qcow2", q, "16M")
+	runTool(t, "qemu-io", "-c", "write -P 0x11 0 1M", q)
+	if code, out, errs := run(t, "snapshot", "create", q, "clean"); code != 0 || !strings.Contains(out, "created snapshot clean (id 1)") {
+		t.Fatalf("snapshot create: %d %q %q", code, out, errs)
+	}
+	runTool(t, "qemu-io", "-c", "write -P 0x22 0 1M", q)
+	if code, out, _ := run(t, "snapshot", "list", q); code != 0 || !strings.Contains(out, "clean") {
+		t.Fatalf("snapshot list: %d %q", code, out)
+	}
+	var snaps []map[string]any
+	code, out, _ := run(t, "snapshot", "list", "--json", q)
+	if err := json.Unmarshal([]byte(out), &snaps); code != 0 || err != nil || len(snaps) != 1 || snaps[0]["name"] != "clean" {
+		t.Fatalf("snapshot list --json: %d %q %v", code, out, err)
+	}
+	if code, _, errs := run(t, "snapshot", "apply", q, "clean"); code != 0 {
+		t.Fatalf("snapshot apply: %s", errs)
+	}
+	if out := runTool(t, "qemu-io", "-c", "read -P 0x11 0 1M", q); strings.Contains(out, "fail") {
+		t.Fatalf("after apply, qemu-io reads:\n%s", out)
+	}
+	if code, _, errs := run(t, "snapshot", "delete", q, "1"); code != 0 {
+		t.Fatalf("snapshot delete: %s", errs)
+	}
+	runTool(t, "qemu-img", "check", q)
+	if out := runTool(t, "qemu-img", "snapshot", "-l", q); strings.Contains(out, "clean") {
+		t.Fatalf("deleted snapshot still listed:\n%s", out)
+	}
+	if code, _, errs := run(t, "snapshot", "apply", q, "nope"); code == 0 || !strings.Contains(errs, "no such snapshot") {
+		t.Fatalf("apply of a missing snapshot: %d %q", code, errs)
+	}
+	raw := filepath.Join(dir, "r.img")
+	run(t, "create", raw, "--size", "1M")
+	if code, _, errs := run(t, "snapshot", "create", raw, "x"); code == 0 || !strings.Contains(errs, "no internal snapshots") {
+		t.Fatalf("snapshot of a raw image: %d %q", code, errs)
+	}
+}

@@ -80,6 +80,16 @@ type Inspector interface {
 	Facts() *Facts
 }
 
+// Snapshotter is an opened image with internal snapshots (qcow2.Image):
+// what vdisk snapshot drives. Names match a snapshot's id first, then its
+// name.
+type Snapshotter interface {
+	Snapshots() ([]Snapshot, error)
+	CreateSnapshot(name string) (Snapshot, error)
+	ApplySnapshot(name string) error
+	DeleteSnapshot(name string) error
+}
+
 // OpenOptions say how Open opens an image.
 type OpenOptions struct {
 	// Format is the format's name; "" probes. An explicit format always

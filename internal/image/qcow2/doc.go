@@ -27,4 +27,9 @@
 // An image left dirty by a crash with lazy refcounts has its refcounts
 // rebuilt when it is opened for writing. Check verifies an image the way
 // qemu-img check does and can repair leaks.
+//
+// Beyond reading and writing, an Image does what qemu-img does to images:
+// internal snapshots (CreateSnapshot, ApplySnapshot, DeleteSnapshot, as
+// qemu-img snapshot -c/-a/-d), growing (Resize) and compressed clusters
+// (WriteCompressed, for convert -c).
 package qcow2

@@ -14,6 +14,7 @@ type snapshot struct {
 	l1Size uint32
 	extra  int // bytes of extra data
 	info   image.Snapshot
+	raw    []byte // the entry as stored, with its padding
 }
 
 // readSnapshots reads the snapshot table. Every length is checked against
@@ -63,6 +64,7 @@ func parseSnapshots(buf []byte, h *header) ([]snapshot, error) {
 		if s.l1Off%uint64(h.clusterSize()) != 0 || uint64(s.l1Size)*8 > maxL1Bytes {
 			return nil, corruptf("snapshot %q L1 table at %#x (%d entries) invalid", s.info.Name, s.l1Off, s.l1Size)
 		}
+		s.raw = b[:min(len(b), (total+7)&^7)]
 		out = append(out, s)
 		pos += (total + 7) &^ 7
 	}
