@@ -85,9 +85,9 @@ type Extenter interface {
 	Extents(off, n int64) ([]Extent, error)
 }
 
-// Resizer is a Device whose size can change (vdisk resize of an image no
-// one has open). Resize must not run concurrently with other calls; a
-// grown range reads as zeroes.
+// Resizer is a Device whose size can change (vdisk resize). Growing may
+// run while I/O is in flight (an open disk grows); shrinking is for a
+// device nobody uses. A grown range reads as zeroes.
 type Resizer interface {
 	Resize(size int64) error
 }

@@ -54,7 +54,7 @@ type FileOptions struct {
 type File struct {
 	f     *os.File
 	path  string
-	size  int64
+	size  atomic.Int64 // changes only by Resize
 	ro    bool
 	block bool // a block device, not a regular file
 	info  Info
@@ -237,10 +237,10 @@ func newFile(fd int, path string, size int64, ro, block bool, st *syscall.Stat_t
 	f := &File{
 		f:     os.NewFile(uintptr(fd), path),
 		path:  path,
-		size:  size,
 		ro:    ro,
 		block: block,
 	}
+	f.size.Store(size)
 	f.info = Info{LogicalBlockSize: 512, PhysicalBlockSize: clampBlock(int64(st.Blksize)), ReadOnly: ro}
 	if block {
 		var lbs, pbs int32
@@ -294,7 +294,7 @@ func (f *File) Fd() uintptr { return f.f.Fd() }
 func (f *File) Path() string { return f.path }
 
 // Size returns the image's size in bytes.
-func (f *File) Size() int64 { return f.size }
+func (f *File) Size() int64 { return f.size.Load() }
 
 // Info reports 512-byte logical blocks (a block device's own sizes), the
 // filesystem's preferred I/O size as the physical block size, and whether
@@ -320,6 +320,6 @@ func (f *File) Resize(size int64) error {
 	if err := f.Flush(); err != nil {
 		return err
 	}
-	f.size = size
+	f.size.Store(size)
 	return nil
 }

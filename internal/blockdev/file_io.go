@@ -34,7 +34,7 @@ func (f *File) ioErr(op string, off, n int64, err error) error {
 		return ErrClosed
 	case errors.Is(err, io.EOF):
 		// The size is fixed at open; a short file means someone truncated it.
-		return fmt.Errorf("%s %s at %d+%d: image shorter than its size %d: %w", op, f.path, off, n, f.size, io.ErrUnexpectedEOF)
+		return fmt.Errorf("%s %s at %d+%d: image shorter than its size %d: %w", op, f.path, off, n, f.Size(), io.ErrUnexpectedEOF)
 	}
 	return fmt.Errorf("%s %s at %d+%d: %w", op, f.path, off, n, mapNoSpace(err))
 }
@@ -44,7 +44,7 @@ func (f *File) check(off, n int64, write bool) error {
 	if f.closed.Load() {
 		return ErrClosed
 	}
-	if err := CheckRange(off, n, f.size); err != nil {
+	if err := CheckRange(off, n, f.Size()); err != nil {
 		return err
 	}
 	if write && f.ro {
@@ -88,7 +88,7 @@ func (f *File) Flush() error {
 func (f *File) datasync() error {
 	err := f.control(func(fd int) error { return syscall.Fdatasync(fd) })
 	if err != nil {
-		return f.ioErr("flush", 0, f.size, err)
+		return f.ioErr("flush", 0, f.Size(), err)
 	}
 	return nil
 }

@@ -7,7 +7,8 @@
 // no FUSE page cache under the loop device's own), in parallel; fsync and
 // close flush the Device; fallocate punches holes (Trim) and zeroes ranges
 // (WriteZeroes); SEEK_DATA and SEEK_HOLE follow the Device's extents. The
-// file cannot change size.
+// file cannot be truncated; Export.Resize follows a Device that changed
+// size.
 //
 // Deadlock freedom, when the same process serves the file and a loop device
 // sits on it: the file is opened with FOPEN_DIRECT_IO, so there is no FUSE
@@ -90,6 +91,7 @@ type Export struct {
 	dir  string
 	name string
 	srv  *fuse.Server
+	file *diskFile
 	done chan struct{} // closed when the serve loop has returned
 
 	mu        sync.Mutex
@@ -119,12 +121,12 @@ func Mount(dir string, dev blockdev.Device, opt Options) (*Export, error) {
 	info := blockdev.InfoOf(dev)
 	file := &diskFile{
 		dev:      dev,
-		size:     dev.Size(),
 		readOnly: opt.ReadOnly || info.ReadOnly,
 		blksize:  info.PhysicalBlockSize,
 		log:      opt.Logger,
 		mtime:    time.Now(),
 	}
+	file.size.Store(dev.Size())
 	root := &rootDir{name: opt.Name, file: file}
 	timeout := attrTimeout
 	fsOpts := &fs.Options{
@@ -147,7 +149,7 @@ func Mount(dir string, dev blockdev.Device, opt Options) (*Export, error) {
 	if err != nil {
 		return nil, fmt.Errorf("fuseexport: mount %s: %w", abs, err)
 	}
-	e := &Export{dir: abs, name: opt.Name, srv: srv, done: make(chan struct{})}
+	e := &Export{dir: abs, name: opt.Name, srv: srv, file: file, done: make(chan struct{})}
 	go func() { // owned by e: Close and CloseForce wait on e.done
 		defer close(e.done)
 		srv.Serve()
@@ -158,6 +160,25 @@ func Mount(dir string, dev blockdev.Device, opt Options) (*Export, error) {
 		return nil, fmt.Errorf("fuseexport: mount %s: %w", abs, err)
 	}
 	return e, nil
+}
+
+// Resize makes the file size bytes long, after the device grew (or
+// shrank) to that: the kernel drops the attributes it cached, and a stat
+// of the file has it read the new size, so that a loop device on the file
+// sees it at LOOP_SET_CAPACITY.
+func (e *Export) Resize(size int64) error {
+	e.file.size.Store(size)
+	if errno := e.file.NotifyContent(-1, 0); errno != 0 {
+		return fmt.Errorf("fuseexport: tell the kernel of the new size: %w", errno)
+	}
+	st, err := os.Stat(e.Path())
+	if err != nil {
+		return fmt.Errorf("fuseexport: %w", err)
+	}
+	if st.Size() != size {
+		return fmt.Errorf("fuseexport: the kernel sees %d bytes after a resize to %d", st.Size(), size)
+	}
+	return nil
 }
 
 // Path returns the exported file's path: the file to attach a loop device

@@ -3,6 +3,7 @@ package fuseexport
 import (
 	"context"
 	"log/slog"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -29,12 +30,12 @@ const openFlags = fuse.FOPEN_DIRECT_IO | fuse.FOPEN_PARALLEL_DIRECT_WRITES
 const extraCaps = fuse.CAP_ASYNC_DIO
 
 // diskFile is the exported file. Every operation goes straight to dev; the
-// node keeps no state that changes after Mount, so requests run in
-// parallel without locks of its own.
+// node's only changing state is its size (Export.Resize), so requests run
+// in parallel without locks of their own.
 type diskFile struct {
 	fs.Inode
 	dev      blockdev.Device
-	size     int64
+	size     atomic.Int64
 	readOnly bool
 	blksize  uint32
 	log      *slog.Logger
@@ -72,7 +73,7 @@ func (f *diskFile) fillAttr(a *fuse.Attr) {
 		a.Mode = syscall.S_IFREG | 0o400
 	}
 	a.Nlink = 1
-	a.Size = uint64(f.size)
+	a.Size = uint64(f.size.Load())
 	a.Blocks = uint64(f.allocated()) / 512
 	a.Blksize = f.blksize
 	t := f.mtime
@@ -83,7 +84,7 @@ func (f *diskFile) fillAttr(a *fuse.Attr) {
 // modes and times (ignored; they are fixed). Changing the size fails with
 // EPERM: a disk does not grow or shrink while exported.
 func (f *diskFile) Setattr(ctx context.Context, _ fs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
-	if sz, ok := in.GetSize(); ok && int64(sz) != f.size {
+	if sz, ok := in.GetSize(); ok && int64(sz) != f.size.Load() {
 		f.log.Debug("fuse setattr refused: size is fixed", "size", sz)
 		return syscall.EPERM
 	}
@@ -96,7 +97,7 @@ func (f *diskFile) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint3
 	if f.readOnly && flags&syscall.O_ACCMODE != syscall.O_RDONLY {
 		return nil, 0, syscall.EROFS
 	}
-	if flags&syscall.O_TRUNC != 0 && f.size != 0 {
+	if flags&syscall.O_TRUNC != 0 && f.size.Load() != 0 {
 		return nil, 0, syscall.EPERM
 	}
 	return nil, openFlags, 0
@@ -107,10 +108,11 @@ func (f *diskFile) Read(ctx context.Context, _ fs.FileHandle, dest []byte, off i
 	if off < 0 {
 		return nil, syscall.EINVAL
 	}
-	if off >= f.size {
+	size := f.size.Load()
+	if off >= size {
 		return fuse.ReadResultData(nil), 0
 	}
-	n := min(int64(len(dest)), f.size-off)
+	n := min(int64(len(dest)), size-off)
 	got, err := f.dev.ReadAt(dest[:n], off)
 	if err != nil {
 		return nil, f.errno("read", off, n, err)
@@ -131,10 +133,11 @@ func (f *diskFile) Write(ctx context.Context, _ fs.FileHandle, data []byte, off 
 	if len(data) == 0 {
 		return 0, 0
 	}
-	if off >= f.size {
+	size := f.size.Load()
+	if off >= size {
 		return 0, syscall.ENOSPC
 	}
-	n := min(int64(len(data)), f.size-off)
+	n := min(int64(len(data)), size-off)
 	got, err := f.dev.WriteAt(data[:n], off)
 	if err != nil {
 		return 0, f.errno("write", off, n, err)

@@ -216,3 +216,44 @@ func TestCloseForceKeepsServing(t *testing.T) {
 		t.Fatalf("export still serving %v after its last user left", serveWait)
 	}
 }
+
+// TestResizeUnderLoop grows the device under a loop device on the export
+// while it is attached: after Resize and SetCapacity the loop device has
+// the new size and its new end reads and writes the device.
+func TestResizeUnderLoop(t *testing.T) {
+	requireFUSE(t)
+	p := filepath.Join(t.TempDir(), "grow.img")
+	dev, err := blockdev.OpenFile(p, blockdev.FileOptions{Create: true, Size: 8 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dev.Close() })
+	e := mount(t, dev, Options{})
+	ld := attachLoop(t, e, loop.Options{})
+	if err := dev.Resize(20 << 20); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Resize(20 << 20); err != nil {
+		t.Fatalf("Export.Resize: %v", err)
+	}
+	n, err := ld.SetCapacity()
+	if err != nil || n != 20<<20 {
+		t.Fatalf("loop SetCapacity: %d, %v; want %d", n, err, 20<<20)
+	}
+	f, err := os.OpenFile(ld.Path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	tail := bytes.Repeat([]byte("grown"), 4096)[:16384]
+	if _, err := f.WriteAt(tail, 20<<20-16384); err != nil {
+		t.Fatalf("write at the new end of %s: %v", ld.Path, err)
+	}
+	if err := f.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, len(tail))
+	if _, err := dev.ReadAt(got, 20<<20-16384); err != nil || !bytes.Equal(got, tail) {
+		t.Fatalf("the device does not hold the write at its new end (%v)", err)
+	}
+}

@@ -27,10 +27,11 @@ func isHole(e blockdev.Extent) bool {
 // error.
 func (f *diskFile) walkExtents(off int64, fn func(blockdev.Extent) bool) (int64, error) {
 	for range maxExtentCalls {
-		if off >= f.size {
-			return f.size, nil
+		size := f.size.Load()
+		if off >= size {
+			return size, nil
 		}
-		es, err := blockdev.Extents(f.dev, off, f.size-off)
+		es, err := blockdev.Extents(f.dev, off, size-off)
 		if err != nil {
 			return off, err
 		}
@@ -53,8 +54,9 @@ func (f *diskFile) walkExtents(off int64, fn func(blockdev.Extent) bool) (int64,
 // allocated returns how many bytes of the device hold storage (not holes),
 // for the file's block count.
 func (f *diskFile) allocated() int64 {
+	size := f.size.Load()
 	if _, ok := f.dev.(blockdev.Extenter); !ok {
-		return f.size
+		return size
 	}
 	var n int64
 	end, err := f.walkExtents(0, func(e blockdev.Extent) bool {
@@ -66,7 +68,7 @@ func (f *diskFile) allocated() int64 {
 	if err != nil {
 		f.log.Debug("fuse getattr: extents", "err", err)
 	}
-	return n + (f.size - end)
+	return n + max(0, size-end)
 }
 
 // Lseek answers SEEK_DATA and SEEK_HOLE from the device's extents. Ranges
@@ -75,7 +77,8 @@ func (f *diskFile) Lseek(ctx context.Context, _ fs.FileHandle, off uint64, whenc
 	if whence != unix.SEEK_DATA && whence != unix.SEEK_HOLE {
 		return 0, syscall.EINVAL
 	}
-	if off >= uint64(f.size) {
+	size := f.size.Load()
+	if off >= uint64(size) {
 		return 0, syscall.ENXIO
 	}
 	start := int64(off)
@@ -94,8 +97,8 @@ func (f *diskFile) Lseek(ctx context.Context, _ fs.FileHandle, off uint64, whenc
 	case found >= 0:
 		return uint64(found), 0
 	case whence == unix.SEEK_HOLE:
-		return uint64(f.size), 0 // the implicit hole at the end
-	case stop < f.size:
+		return uint64(size), 0 // the implicit hole at the end
+	case stop < size:
 		return uint64(stop), 0 // gave up looking: call it data
 	default:
 		return 0, syscall.ENXIO // no data after off
@@ -123,10 +126,11 @@ func (f *diskFile) Allocate(ctx context.Context, _ fs.FileHandle, off, size uint
 	if op == unix.FALLOC_FL_PUNCH_HOLE && !keep {
 		return syscall.EOPNOTSUPP // punching must keep the size
 	}
-	if end > f.size && !keep {
+	fsize := f.size.Load()
+	if end > fsize && !keep {
 		return syscall.ENOSPC
 	}
-	end = min(end, f.size)
+	end = min(end, fsize)
 	if start >= end {
 		return 0
 	}
