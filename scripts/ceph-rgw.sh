@@ -33,7 +33,8 @@ usage() {
 	exit 2
 }
 [ -n "$cmd" ] && [ -n "$dir" ] || usage
-mkdir -p "$dir"
+[ "$cmd" != start ] || mkdir -p "$dir"
+[ -d "$dir" ] || { echo "ceph-rgw: no directory $dir" >&2; exit 1; }
 dir=$(cd "$dir" && pwd)
 conf=$dir/ceph.conf
 
@@ -270,18 +271,9 @@ start_cluster() {
 	log "up: $(ceph -s --format json 2>/dev/null | grep -o '"num_up_osds":[0-9]*' || true)"
 }
 
-case "$cmd" in
-start)
-	[ "$(id -u)" = 0 ] || die "run as root"
-	if pid_of mon >/dev/null; then
-		log "already running in $dir"
-		start_rgw
-	else
-		start_cluster "${3:-7480}"
-	fi
-	print_env
-	;;
-stop)
+# stop_all stops every daemon of DIR.
+stop_all() {
+	local pids p n left
 	pids=$(our_pids)
 	for n in rgw osd mon; do
 		p=$(pid_of "$n") && pids="$pids $p"
@@ -291,6 +283,24 @@ stop)
 	rm -f "$dir"/run/*.pid
 	left=$(our_pids)
 	[ -z "$left" ] || die "still running: $left"
+}
+
+case "$cmd" in
+start)
+	[ "$(id -u)" = 0 ] || die "run as root"
+	if pid_of mon >/dev/null; then
+		log "already running in $dir"
+		start_rgw
+	else
+		# A start that fails leaves nothing running.
+		trap 'log "start failed; stopping what runs"; stop_all' EXIT
+		start_cluster "${3:-7480}"
+		trap - EXIT
+	fi
+	print_env
+	;;
+stop)
+	stop_all
 	;;
 stop-rgw)
 	[ -f "$conf" ] || die "no cluster in $dir"
