@@ -9,16 +9,20 @@ import (
 // chunk is the cached state of one chunk. All fields are guarded by the
 // Device's mu.
 //
-// Its content is, in order of precedence: all zeros when zero; buf when
-// loaded; buf inside written and the stored object (or zeros) elsewhere;
-// the stored object (or zeros) otherwise. win caches a range of the stored
-// object for a chunk with neither buf nor zero.
+// Its content is, in order of precedence: all zeros when zero; buf (the
+// whole chunk) when buf is set; parts over the stored object when there
+// are parts; the stored object (or zeros) otherwise. win caches a range of
+// the stored object for a chunk with neither buf, parts nor zero.
+//
+// Writes into a stored chunk whose object was not read become parts, so
+// they cost memory for what they wrote, not for the whole chunk: the
+// object is read (and the parts laid over it into buf) only when the chunk
+// is uploaded, or completely written over.
 type chunk struct {
-	idx     int64
-	buf     []byte
-	zero    bool
-	loaded  bool
-	written spans
+	idx   int64
+	buf   []byte
+	zero  bool
+	parts parts
 	// fresh is what was written since the last upload snapshot: a chunk
 	// written over in full is uploaded at once, whatever the order of the
 	// writes.
@@ -48,7 +52,7 @@ type chunk struct {
 
 // cost is what the chunk's memory counts against dirtyBytes or cleanBytes.
 func (c *chunk) cost() int64 {
-	n := int64(len(c.buf) + len(c.win))
+	n := int64(len(c.buf)+len(c.win)) + c.parts.cost()
 	if c.zero {
 		n += zeroEntryCost
 	}
@@ -95,16 +99,86 @@ func (s spans) covers(start, end int64) bool {
 	return start >= end
 }
 
-// gaps calls fn for each range of [0, n) outside s.
-func (s spans) gaps(n int64, fn func(start, end int64)) {
-	at := int64(0)
-	for _, sp := range s {
-		if sp.start > at {
-			fn(at, min(sp.start, n))
+// part is data written at off of a chunk.
+type part struct {
+	off  int64
+	data []byte
+}
+
+func (p *part) end() int64 { return p.off + int64(len(p.data)) }
+
+// parts is a sorted list of disjoint, non-adjacent parts.
+type parts []part
+
+// cost is the memory the parts hold.
+func (ps parts) cost() int64 {
+	var n int64
+	for _, p := range ps {
+		n += int64(cap(p.data))
+	}
+	return n
+}
+
+// covering returns the part holding all of [start, end), or nil.
+func (ps parts) covering(start, end int64) *part {
+	for i := range ps {
+		if ps[i].off <= start && end <= ps[i].end() {
+			return &ps[i]
 		}
-		at = max(at, sp.end)
 	}
-	if at < n {
-		fn(at, n)
+	return nil
+}
+
+// overlay copies the parts over buf, a whole chunk.
+func (ps parts) overlay(buf []byte) {
+	for _, p := range ps {
+		copy(buf[p.off:], p.data)
 	}
+}
+
+// write merges b written at off into ps, with the parts it overlaps or
+// touches. A part grows in place when b extends it: it gets room up to
+// limit, the chunk's length, when it is large (a sequential writer's) and
+// doubles otherwise, so runs of sequential writes cost no quadratic
+// copying.
+func (ps parts) write(off int64, b []byte, limit int64) parts {
+	end := off + int64(len(b))
+	// room is the capacity for a part of n bytes at start.
+	room := func(start, n int64) int64 {
+		if n >= limit/8 {
+			return limit - start
+		}
+		return n
+	}
+	i := 0
+	for i < len(ps) && ps[i].end() < off {
+		i++
+	}
+	j := i
+	for j < len(ps) && ps[j].off <= end {
+		j++
+	}
+	if i == j {
+		data := make([]byte, len(b), room(off, int64(len(b))))
+		copy(data, b)
+		return slices.Insert(ps, i, part{off, data})
+	}
+	start := min(off, ps[i].off)
+	n := max(end, ps[j-1].end()) - start
+	var data []byte
+	switch first := ps[i].data; {
+	case ps[i].off == start && int64(cap(first)) >= n:
+		data = first[:n]
+	case ps[i].off == start:
+		data = make([]byte, n, min(max(n, 2*int64(cap(first)), room(start, n)), limit-start))
+		copy(data, first)
+	default:
+		data = make([]byte, n, room(start, n))
+		copy(data[ps[i].off-start:], first)
+	}
+	for _, p := range ps[i+1 : j] {
+		copy(data[p.off-start:], p.data)
+	}
+	copy(data[off-start:], b)
+	return slices.Replace(ps, i, j, part{start, data})
 }

@@ -75,14 +75,31 @@ func (d *Device) readChunk(idx, co int64, p []byte, ra int64) error {
 			case c.zero:
 				clear(p)
 				return nil
-			case c.buf != nil && (c.loaded || c.written.covers(co, end)):
+			case c.buf != nil:
 				copy(p, c.buf[co:end])
 				d.touch(c)
 				return nil
-			case c.buf != nil:
-				// Partly written, partly stored: complete the buffer.
-				if err := d.loadLocked(c); err != nil {
+			case len(c.parts) > 0:
+				if pt := c.parts.covering(co, end); pt != nil {
+					copy(p, pt.data[co-pt.off:])
+					return nil
+				}
+				// Partly written, partly stored: the stored range with
+				// the parts over it (unless c changed meanwhile).
+				d.mu.Unlock()
+				data, err := d.getChunk(idx, co, end-co)
+				d.mu.Lock()
+				if err != nil {
 					return err
+				}
+				if d.chunks[idx] == c && c.buf == nil && !c.zero && len(c.parts) > 0 {
+					copy(p, data)
+					for _, pt := range c.parts {
+						if s, e := max(pt.off, co), min(pt.end(), end); s < e {
+							copy(p[s-co:e-co], pt.data[s-pt.off:])
+						}
+					}
+					return nil
 				}
 				continue
 			case c.win != nil && c.winOff <= co && end <= c.winOff+int64(len(c.win)):
@@ -135,7 +152,7 @@ func (d *Device) fetchDoneLocked(c *chunk, ch chan struct{}, gen uint64, start i
 	if d.chunks[c.idx] != c {
 		return nil // replaced meanwhile; its data is newer
 	}
-	if c.gen == gen && c.buf == nil && !c.zero {
+	if c.gen == gen && c.buf == nil && !c.zero && len(c.parts) == 0 {
 		d.account(c, -1)
 		c.win, c.winOff = data, start
 		d.account(c, 1)
@@ -153,7 +170,7 @@ func (d *Device) prefetchLocked(idx int64) bool {
 		return true
 	}
 	c := d.chunks[idx]
-	if c != nil && (c.buf != nil || c.zero || c.win != nil || c.fetching != nil) {
+	if c != nil && (c.buf != nil || c.zero || len(c.parts) > 0 || c.win != nil || c.fetching != nil) {
 		return true
 	}
 	select {

@@ -50,7 +50,7 @@ func (d *Device) uploadLocked(c *chunk) {
 	c.uploading = true
 	d.account(c, 1)
 	err := d.leaseErrLocked()
-	if err == nil && c.buf != nil && !c.loaded {
+	if err == nil && len(c.parts) > 0 {
 		err = d.loadLocked(c)
 	}
 	if err != nil {
@@ -135,7 +135,7 @@ func (d *Device) uploadDoneLocked(c *chunk, gen uint64, deleted bool, err error)
 	if !c.dirty {
 		delete(d.dirty, c.idx)
 		if deleted {
-			c.buf, c.win, c.zero, c.loaded, c.written = nil, nil, false, false, nil
+			c.buf, c.win, c.zero, c.parts = nil, nil, false, nil
 			if c.fetching == nil {
 				delete(d.chunks, c.idx)
 			}
@@ -146,11 +146,11 @@ func (d *Device) uploadDoneLocked(c *chunk, gen uint64, deleted bool, err error)
 	d.cond.Broadcast()
 }
 
-// loadLocked completes c's buf from the stored object where writes did
-// not cover it. It unlocks mu around the GET; another goroutine loading
-// the same chunk is waited for instead.
+// loadLocked turns c's parts into a whole buf: the stored object with the
+// parts laid over it. It unlocks mu around the GET; another goroutine
+// fetching the same chunk is waited for instead.
 func (d *Device) loadLocked(c *chunk) error {
-	for c.buf != nil && !c.loaded {
+	for len(c.parts) > 0 {
 		if c.fetching != nil {
 			ch := c.fetching
 			d.mu.Unlock()
@@ -168,11 +168,10 @@ func (d *Device) loadLocked(c *chunk) error {
 		if err != nil {
 			return err
 		}
-		if c.buf != nil && !c.loaded {
+		if len(c.parts) > 0 && c.buf == nil && !c.zero {
 			d.account(c, -1)
-			c.ownBuf()
-			c.written.gaps(int64(len(c.buf)), func(s, e int64) { copy(c.buf[s:e], data[s:e]) })
-			c.loaded, c.written = true, nil
+			c.parts.overlay(data)
+			c.buf, c.parts = data, nil
 			d.account(c, 1)
 		}
 	}

@@ -39,7 +39,7 @@ func (d *Device) evictLocked() {
 		}
 		c := e.Value.(*chunk)
 		d.account(c, -1)
-		c.buf, c.win, c.loaded, c.written = nil, nil, false, nil
+		c.buf, c.win, c.parts = nil, nil, nil
 		if c.fetching == nil {
 			delete(d.chunks, c.idx)
 		}
@@ -67,19 +67,22 @@ func (d *Device) writableLocked() error {
 	return nil
 }
 
-// getChunkLocked returns chunk idx, ready to be modified: dirty or
-// uploading already, or with room for it under MaxDirty. It waits for
-// uploads while the dirty cache is full.
-func (d *Device) getChunkLocked(idx int64, need int64) (*chunk, error) {
+// getChunkLocked returns chunk idx, ready to be modified with room under
+// MaxDirty for the memory the change adds, need(c) (c is nil for a chunk
+// not cached). A dirty or uploading chunk is charged what it grows by: 0
+// unless it holds parts. It waits for uploads while the dirty cache is
+// full.
+func (d *Device) getChunkLocked(idx int64, need func(c *chunk) int64) (*chunk, error) {
 	for {
 		if err := d.writableLocked(); err != nil {
 			return nil, err
 		}
 		c := d.chunks[idx]
-		if c != nil && c.busy() {
+		n := need(c)
+		if c != nil && c.busy() && n == 0 {
 			return c, nil
 		}
-		if d.dirtyBytes == 0 || d.dirtyBytes+need <= d.opts.MaxDirty {
+		if d.dirtyBytes == 0 || d.dirtyBytes+n <= d.opts.MaxDirty {
 			if c == nil {
 				c = &chunk{idx: idx}
 				d.chunks[idx] = c
@@ -152,27 +155,40 @@ func (d *Device) writeChunk(idx, co int64, p []byte) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	cl := d.chunkLen(idx)
-	c, err := d.getChunkLocked(idx, cl)
+	end := co + int64(len(p))
+	// A zero chunk, or one with no object, is known in full: it gets a
+	// whole buf. A stored one gets parts until it is loaded.
+	whole := func(c *chunk) bool { return (c != nil && c.zero) || !d.hasObject(idx) }
+	c, err := d.getChunkLocked(idx, func(c *chunk) int64 {
+		switch {
+		case c != nil && c.buf != nil:
+			return 0
+		case whole(c):
+			return cl
+		case c != nil && c.busy() && c.parts.covering(co, end) != nil:
+			return 0
+		default:
+			return int64(len(p))
+		}
+	})
 	if err != nil {
 		return err
 	}
 	d.account(c, -1)
-	if c.buf == nil {
-		c.buf = make([]byte, cl)
-		c.win = nil
-		// A zero chunk, or one with no object, is known in full.
-		c.loaded = c.zero || !d.hasObject(idx)
-		c.zero = false
-		c.written = nil
-	} else {
+	switch {
+	case c.buf != nil:
 		c.ownBuf()
-	}
-	copy(c.buf[co:], p)
-	end := co + int64(len(p))
-	if !c.loaded {
-		c.written = c.written.add(co, end)
-		if c.written.covers(0, cl) {
-			c.loaded, c.written = true, nil
+		copy(c.buf[co:], p)
+	case whole(c):
+		c.buf = make([]byte, cl)
+		c.win, c.zero, c.parts = nil, false, nil
+		copy(c.buf[co:], p)
+	default:
+		c.win = nil
+		c.parts = c.parts.write(co, p, cl)
+		if pt := c.parts[0]; len(c.parts) == 1 && pt.off == 0 && int64(len(pt.data)) == cl {
+			// Written over in full: no need for the stored object.
+			c.buf, c.parts = pt.data, nil
 		}
 	}
 	c.fresh = c.fresh.add(co, end)
@@ -197,19 +213,24 @@ func (d *Device) zeroChunk(idx int64) error {
 		// Nothing stored, nothing pending: it reads as zeros already.
 		if c != nil {
 			d.account(c, -1)
-			c.buf, c.win, c.loaded, c.written = nil, nil, false, nil
+			c.buf, c.win, c.parts = nil, nil, nil
 			if c.fetching == nil {
 				delete(d.chunks, idx)
 			}
 		}
 		return nil
 	}
-	c, err := d.getChunkLocked(idx, zeroEntryCost)
+	c, err := d.getChunkLocked(idx, func(c *chunk) int64 {
+		if c != nil && c.busy() {
+			return 0 // it shrinks
+		}
+		return zeroEntryCost
+	})
 	if err != nil {
 		return err
 	}
 	d.account(c, -1)
-	c.buf, c.win, c.loaded, c.written, c.zero, c.fresh = nil, nil, true, nil, true, nil
+	c.buf, c.win, c.parts, c.zero, c.fresh = nil, nil, nil, true, nil
 	d.markDirtyLocked(c)
 	return nil
 }
