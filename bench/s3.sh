@@ -5,6 +5,12 @@
 # disk, so the ratio is the cost of the object-store path itself.
 #
 #   bench/s3.sh                    # 512 MiB image, 3 runs of 5 s each
+#   VDISK=/path/to/vdisk bench/s3.sh   # a prebuilt binary (A/B runs)
+#
+# versitygw runs with keep-alive (VGW_KEEP_ALIVE=true; its default closes
+# every connection after one request, which no production server does) and
+# MD5 ETags (its default; VGW_DATA_INTEGRITY_ETAG=true measures without
+# the server's MD5 pass).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZE=${SIZE:-512M}
@@ -20,7 +26,8 @@ cleanup() {
 	rm -rf "$work"
 }
 trap cleanup EXIT
-go build -o "$work/vdisk" ./cmd/vdisk
+if [ -n "${VDISK:-}" ]; then cp "$VDISK" "$work/vdisk"; else go build -o "$work/vdisk" ./cmd/vdisk; fi
+export VGW_KEEP_ALIVE=${VGW_KEEP_ALIVE:-true}
 eval "$(scripts/s3test.sh start "$work/s3" 127.0.0.1:17070)"
 url=s3://$VDISK_S3_BUCKET/bench
 "$work/vdisk" create --size "$SIZE" "$url" >/dev/null
