@@ -302,6 +302,12 @@ type S3Options struct {
 	ForceTakeover bool `json:"force_takeover,omitempty"`
 }
 
+// ResizeRequest asks the daemon to grow an open disk (POST
+// /v1/disks/{id}/resize) to Size bytes.
+type ResizeRequest struct {
+	Size int64 `json:"size"`
+}
+
 // InspectRequest asks for the facts of an image file.
 type InspectRequest struct {
 	File   string `json:"file"`

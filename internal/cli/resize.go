@@ -1,11 +1,14 @@
 package cli
 
 import (
+	"context"
 	"fmt"
 	"strings"
 
 	"github.com/spf13/cobra"
 
+	"vdisk/internal/api"
+	"vdisk/internal/client"
 	"vdisk/internal/image"
 	"vdisk/internal/stack"
 )
@@ -16,6 +19,7 @@ func newResizeCmd(e *env) *cobra.Command {
 	var (
 		format string
 		shrink bool
+		f      daemonFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "resize [--shrink] [-f FORMAT] IMAGE [+|-]SIZE",
@@ -25,8 +29,11 @@ func newResizeCmd(e *env) *cobra.Command {
 			"(100M, 10G; a bare number means MiB). The new space reads as zeroes; the\n" +
 			"partitions and file system on the disk are left as they are (grow them with\n" +
 			"growpart and resize2fs). Shrinking drops the data past the new end and needs\n" +
-			"--shrink. Raw images can grow and shrink, qcow2 images can grow. The image\n" +
-			"must not be open. Flags go before IMAGE, so that -SIZE is not taken for one.",
+			"--shrink. Raw images can grow and shrink, qcow2 images can grow.\n\n" +
+			"A disk that is open grows in place, attached and mounted: the daemon grows\n" +
+			"the image and the kernel's device (loop, FUSE or nbd) follows, like\n" +
+			"losetup --set-capacity; IMAGE may then also be the disk's id or device.\n" +
+			"Flags go before IMAGE, so that -SIZE is not taken for one.",
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			name, arg := args[0], args[1]
@@ -37,6 +44,10 @@ func newResizeCmd(e *env) *cobra.Command {
 			n, err := parseSize(arg)
 			if err != nil {
 				return fmt.Errorf("resize: %w", err)
+			}
+			if d, c := findOpenDisk(cmd.Context(), f, name); d != nil {
+				defer c.Close()
+				return resizeOpen(cmd.Context(), e, c, d, sign, n)
 			}
 			if sign != "" {
 				d, err := stack.Open(cmd.Context(), name, stack.Options{Format: format, ReadOnly: true, KeepEncrypted: true, NoBacking: true})
@@ -62,5 +73,39 @@ func newResizeCmd(e *env) *cobra.Command {
 	cmd.Flags().StringVarP(&format, "format", "f", "", "image format (default: detect): "+strings.Join(image.Formats(), ", "))
 	cmd.Flags().BoolVar(&shrink, "shrink", false, "allow shrinking, which drops the data past the new end")
 	cmd.Flags().SetInterspersed(false)
+	f.add(cmd)
 	return cmd
+}
+
+// findOpenDisk returns the disk name names (a file, id or device) when a
+// daemon is running and has it open, with a client of that daemon; it
+// starts no daemon.
+func findOpenDisk(ctx context.Context, f daemonFlags, name string) (*api.Disk, *client.Client) {
+	c := client.New(client.SocketPath(f.socket))
+	if _, err := c.Version(ctx); err != nil {
+		c.Close()
+		return nil, nil
+	}
+	d, err := findDisk(ctx, c, name)
+	if err != nil || d.State != api.StateOpen && d.State != api.StateDegraded {
+		c.Close()
+		return nil, nil
+	}
+	return d, c
+}
+
+// resizeOpen grows an open disk through the daemon.
+func resizeOpen(ctx context.Context, e *env, c *client.Client, d *api.Disk, sign string, n int64) error {
+	switch sign {
+	case "+":
+		n += d.Size
+	case "-":
+		n = d.Size - n
+	}
+	nd, err := c.Resize(ctx, d.ID, n)
+	if err != nil {
+		return fmt.Errorf("resize: %w", err)
+	}
+	fmt.Fprintf(e.stdout, "resized %s (%s, open as %s) from %s to %s\n", d.File, d.ID, nd.Device, formatSize(d.Size), formatSize(nd.Size))
+	return nil
 }

@@ -128,6 +128,16 @@ func (c *Client) CloseDisk(ctx context.Context, id string, force bool) (*api.Dis
 	return &d, nil
 }
 
+// Resize grows the open disk with the id to size bytes and returns its
+// record.
+func (c *Client) Resize(ctx context.Context, id string, size int64) (*api.Disk, error) {
+	var d api.Disk
+	if err := c.do(ctx, http.MethodPost, api.PathDisk+url.PathEscape(id)+"/resize", api.ResizeRequest{Size: size}, &d); err != nil {
+		return nil, err
+	}
+	return &d, nil
+}
+
 // Inspect returns the facts of an image file, open or not.
 func (c *Client) Inspect(ctx context.Context, req api.InspectRequest) (*api.Image, error) {
 	var im api.Image

@@ -27,6 +27,7 @@ const (
 // fuseExport is what the daemon needs of a FUSE export.
 type fuseExport interface {
 	Path() string
+	Resize(size int64) error
 	Done() <-chan struct{}
 	Close() error
 	CloseForce() error

@@ -78,6 +78,18 @@ func (d *Daemon) Handler() http.Handler {
 		}
 		reply(w, http.StatusOK, rec)
 	})
+	mux.HandleFunc("POST "+api.PathDisk+"{id}/resize", func(w http.ResponseWriter, r *http.Request) {
+		var req api.ResizeRequest
+		if !decode(w, r, &req) {
+			return
+		}
+		rec, err := d.Resize(r.PathValue("id"), req.Size)
+		if err != nil {
+			replyErr(w, err)
+			return
+		}
+		reply(w, http.StatusOK, rec)
+	})
 	mux.HandleFunc("POST "+api.PathInspect, func(w http.ResponseWriter, r *http.Request) {
 		var req api.InspectRequest
 		if !decode(w, r, &req) {

@@ -37,6 +37,9 @@ const vmTimeout = 540 * time.Second
 //     after close the image is clean;
 //   - kill -9, then the image moved away: the restarted daemon reports the
 //     disk missing; close forgets it (and disconnects its /dev/nbdN);
+//   - resize of an open disk: nbd grows in place (the new end reads and
+//     writes), ublk refuses saying why;
+//   - an ISO image: a read-only CD-ROM with 2048-byte blocks, mounted;
 //   - SIGTERM: the daemon detaches the device, and a write it acknowledged
 //     is in the image.
 //
@@ -227,6 +230,21 @@ if [ $VIA = nbd ]; then
 	n=$(dd if=$DEV bs=4k count=1 iflag=direct 2>/dev/null | wc -c)
 	[ "$n" = 0 ] || fail "$DEV still reads ($n bytes)"
 fi
+
+step "resize of an open disk: nbd grows in place, ublk refuses"
+vopen $I/r.img --via $VIA --size 16M
+dd if=/tmp/pattern of=$DEV bs=64k seek=100 oflag=direct 2>/dev/null || fail "write before the resize"
+if [ $VIA = nbd ]; then
+	$V resize $I/r.img +16M || fail "resize of an open nbd disk"
+	[ "$(blockdev --getsize64 $DEV)" = 33554432 ] || fail "$DEV is $(blockdev --getsize64 $DEV) bytes after the resize"
+	dd if=/tmp/pattern of=$DEV bs=64k seek=480 oflag=direct 2>/dev/null || fail "write at the new end"
+	[ "$(dd if=$DEV bs=64k skip=480 count=32 iflag=direct 2>/dev/null | md5sum)" = "$(md5sum </tmp/pattern)" ] || fail "the new end reads back wrong"
+else
+	out=$($V resize $I/r.img +16M 2>&1) && fail "resize of an open ublk disk succeeded"
+	echo "$out" | grep -q "ublk" || fail "the ublk refusal does not say why: $out"
+fi
+[ "$(dd if=$DEV bs=64k skip=100 count=32 iflag=direct 2>/dev/null | md5sum)" = "$(md5sum </tmp/pattern)" ] || fail "data before the resize lost"
+$V close $ID || fail close
 
 step "an ISO 9660 image: a read-only CD-ROM with 2048-byte blocks the kernel mounts"
 vopen /share/test.iso --via $VIA

@@ -49,17 +49,20 @@ func (c *conn) handle(r *request) {
 	}
 	x := c.exp
 	off, n := int64(r.Offset), int64(r.Length)
-	inside := r.Offset <= uint64(x.size) && uint64(r.Length) <= uint64(x.size)-r.Offset
+	// The device's size now, not at the handshake: a disk the daemon grew
+	// under the kernel's nbd client takes requests past its old end.
+	size := x.dev.Size()
+	inside := r.Offset <= uint64(size) && uint64(r.Length) <= uint64(size)-r.Offset
 	writes := r.Type == wire.CmdWrite || r.Type == wire.CmdTrim || r.Type == wire.CmdWriteZeroes
 	switch {
 	case writes && x.readOnly:
 		c.replyError(r, wire.EPERM, "the export is read-only")
 		return
 	case writes && !inside:
-		c.replyError(r, wire.ENOSPC, fmt.Sprintf("range [%d, +%d) lies beyond the end of the export (%d bytes)", r.Offset, r.Length, x.size))
+		c.replyError(r, wire.ENOSPC, fmt.Sprintf("range [%d, +%d) lies beyond the end of the export (%d bytes)", r.Offset, r.Length, size))
 		return
 	case !inside && r.Type != wire.CmdFlush:
-		c.replyError(r, wire.EINVAL, fmt.Sprintf("range [%d, +%d) lies beyond the end of the export (%d bytes)", r.Offset, r.Length, x.size))
+		c.replyError(r, wire.EINVAL, fmt.Sprintf("range [%d, +%d) lies beyond the end of the export (%d bytes)", r.Offset, r.Length, size))
 		return
 	}
 	fua := r.Flags&wire.CmdFlagFUA != 0 && writes

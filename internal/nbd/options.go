@@ -28,7 +28,7 @@ func (c *conn) optExportName(data []byte) (bool, error) {
 		return true, fmt.Errorf("nbd: client asked for unknown export %q", name)
 	}
 	c.enter(x)
-	b := wire.AppendExportNameReply(nil, uint64(x.size), c.flags, c.noZeroes)
+	b := wire.AppendExportNameReply(nil, uint64(x.dev.Size()), c.flags, c.noZeroes)
 	if _, err := c.nc.Write(b); err != nil {
 		return true, fmt.Errorf("nbd: send export name reply: %w", err)
 	}
@@ -83,7 +83,7 @@ func (c *conn) optInfo(opt wire.Opt, data []byte) (bool, error) {
 	}
 	var b []byte
 	info := func(p []byte) { b = wire.AppendOptionReply(b, opt, wire.RepInfo, p) }
-	info(wire.AppendInfoExport(nil, uint64(x.size), c.exportFlags(x)))
+	info(wire.AppendInfoExport(nil, uint64(x.dev.Size()), c.exportFlags(x)))
 	for _, t := range req.Infos {
 		switch t {
 		case wire.InfoName:

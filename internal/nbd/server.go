@@ -99,8 +99,7 @@ type Server struct {
 // export is an Export resolved once: its capabilities and flags.
 type export struct {
 	name, desc string
-	dev        blockdev.Device
-	size       int64
+	dev        blockdev.Device // its Size is read live: a disk may grow
 	readOnly   bool
 	trimmer    bool
 	zeroWriter bool
@@ -170,7 +169,6 @@ func newExport(e Export) *export {
 		name:     e.Name,
 		desc:     e.Description,
 		dev:      e.Device,
-		size:     e.Device.Size(),
 		readOnly: e.ReadOnly || info.ReadOnly,
 	}
 	_, x.trimmer = e.Device.(blockdev.Trimmer)

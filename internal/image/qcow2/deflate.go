@@ -61,7 +61,7 @@ func (img *Image) WriteCompressed(p []byte, off int64) error {
 		return blockdev.ErrReadOnly
 	}
 	n := int64(len(p))
-	if off < 0 || off+n > img.size || off%img.cs != 0 || (n != img.cs && off+n != img.size) || n > img.cs {
+	if off < 0 || off+n > img.Size() || off%img.cs != 0 || (n != img.cs && off+n != img.Size()) || n > img.cs {
 		return fmt.Errorf("qcow2: compressed write of %d bytes at %d is not one whole cluster: %w", n, off, blockdev.ErrOutOfRange)
 	}
 	vc := off / img.cs

@@ -32,9 +32,9 @@ type Image struct {
 	f        store
 	path     string
 	h        *header
-	cs       int64 // cluster size
-	l2n      int64 // entries per L2 table
-	size     int64
+	cs       int64        // cluster size
+	l2n      int64        // entries per L2 table
+	vsize    atomic.Int64 // the virtual size; Resize and ApplySnapshot change it
 	readOnly bool
 	lazy     bool
 	log      *slog.Logger
@@ -160,13 +160,13 @@ func openStore(f store, path string, opt image.OpenOptions) (*Image, error) {
 		f: f, path: path, h: h,
 		cs:       h.clusterSize(),
 		l2n:      h.l2Entries(),
-		size:     int64(h.size),
 		readOnly: opt.ReadOnly,
 		lazy:     h.compat&compatLazyRefcounts != 0,
 		log:      opt.Log,
 		inflight: make(map[int64]chan struct{}),
 		fileEnd:  fsize,
 	}
+	img.vsize.Store(int64(h.size))
 	cacheSize := opt.CacheSize
 	if cacheSize == 0 {
 		cacheSize = DefaultCacheSize
@@ -279,7 +279,7 @@ func encodeTable(t []uint64) []byte {
 }
 
 // Size returns the virtual disk size.
-func (img *Image) Size() int64 { return img.size }
+func (img *Image) Size() int64 { return img.vsize.Load() }
 
 // ClusterSize returns the image's cluster size.
 func (img *Image) ClusterSize() int64 { return img.cs }

@@ -154,7 +154,7 @@ func (img *Image) begin(off, n int64) error {
 		img.ioMu.RUnlock()
 		return blockdev.ErrClosed
 	}
-	if err := blockdev.CheckRange(off, n, img.size); err != nil {
+	if err := blockdev.CheckRange(off, n, img.Size()); err != nil {
 		img.ioMu.RUnlock()
 		return err
 	}

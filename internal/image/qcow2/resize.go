@@ -25,9 +25,9 @@ func (img *Image) Resize(size int64) error {
 	img.mu.Lock()
 	defer img.mu.Unlock()
 	switch {
-	case size < img.size:
-		return fmt.Errorf("qcow2: shrinking from %d to %d bytes is not supported: %w", img.size, size, blockdev.ErrNotSupported)
-	case size == img.size:
+	case size < img.Size():
+		return fmt.Errorf("qcow2: shrinking from %d to %d bytes is not supported: %w", img.Size(), size, blockdev.ErrNotSupported)
+	case size == img.Size():
 		return nil
 	case img.h.nbSnapshots > 0:
 		return fmt.Errorf("qcow2: cannot resize an image with %d internal snapshots: %w", img.h.nbSnapshots, blockdev.ErrNotSupported)
@@ -48,7 +48,8 @@ func (img *Image) Resize(size int64) error {
 	if err := img.writeHeaderField(24, uint64(size)); err != nil {
 		return err
 	}
-	img.h.size, img.size = uint64(size), size
+	img.h.size = uint64(size)
+	img.vsize.Store(size)
 	return nil
 }
 

@@ -74,7 +74,7 @@ func (img *Image) CreateSnapshot(name string) (image.Snapshot, error) {
 			return err
 		}
 		now := time.Now()
-		info = image.Snapshot{ID: strconv.Itoa(id), Name: name, DateSec: now.Unix(), DateNsec: int64(now.Nanosecond()), VirtualSize: img.size}
+		info = image.Snapshot{ID: strconv.Itoa(id), Name: name, DateSec: now.Unix(), DateNsec: int64(now.Nanosecond()), VirtualSize: img.Size()}
 		entry := encodeSnapshot(l1Off, uint32(len(l1)), info)
 		return img.writeSnapshotTable(append(tableBytes(snaps), entry...), len(snaps)+1, snaps)
 	})
@@ -94,7 +94,7 @@ func (img *Image) ApplySnapshot(name string) error {
 		if err != nil {
 			return err
 		}
-		size := img.size
+		size := img.Size()
 		if s.info.VirtualSize > 0 {
 			size = s.info.VirtualSize
 		}
@@ -126,11 +126,12 @@ func (img *Image) ApplySnapshot(name string) error {
 		if err := img.writeMetadata(true); err != nil {
 			return err
 		}
-		if size != img.size {
+		if size != img.Size() {
 			if err := img.writeHeaderField(24, uint64(size)); err != nil {
 				return err
 			}
-			img.h.size, img.size = uint64(size), size
+			img.h.size = uint64(size)
+			img.vsize.Store(size)
 		}
 		if err := img.dropRefs(old); err != nil {
 			return err
