@@ -1,7 +1,6 @@
 package qcow2
 
 import (
-	"encoding/binary"
 	"fmt"
 
 	"vdisk/internal/blockdev"
@@ -58,36 +57,17 @@ func (img *Image) growL1(n int64) error {
 	if err := img.writeMetadata(true); err != nil {
 		return err
 	}
-	clusters := (n*8 + img.cs - 1) / img.cs
-	if clusters > img.rbEntries()/2 {
-		return fmt.Errorf("qcow2: growing to %d entries needs an L1 table of %d clusters, more than %d-byte clusters allow; use larger clusters", n, clusters, img.cs)
-	}
-	l1 := make([]uint64, clusters*img.cs/8)
+	l1 := make([]uint64, n)
 	copy(l1, img.l1)
-	off, err := img.alloc(clusters)
+	off, err := img.writeL1Copy(l1)
 	if err != nil {
 		return err
 	}
-	if _, err := img.f.WriteAt(encodeTable(l1), off); err != nil {
-		return fmt.Errorf("qcow2: write the new L1 table: %w", err)
-	}
-	if err := img.syncRefcounts(true); err != nil {
+	if err := img.switchTable(36, uint32(n), off, "L1 table"); err != nil {
 		return err
 	}
-	var b [12]byte
-	binary.BigEndian.PutUint32(b[:4], uint32(n))
-	binary.BigEndian.PutUint64(b[4:], uint64(off))
-	if _, err := img.f.WriteAt(b[:], 36); err != nil {
-		return fmt.Errorf("qcow2: switch to the new L1 table: %w", err)
-	}
-	if err := img.sync(); err != nil {
-		return err
-	}
-	oldOff, oldClusters := int64(img.h.l1Off), (int64(len(img.l1))*8+img.cs-1)/img.cs
-	img.l1 = l1[:n]
+	img.freeBytes(int64(img.h.l1Off), int64(len(img.l1))*8)
+	img.l1 = l1
 	img.h.l1Off, img.h.l1Size = uint64(off), uint32(n)
-	for c := range oldClusters {
-		img.readyFree = append(img.readyFree, oldOff/img.cs+c)
-	}
 	return img.applyFrees()
 }

@@ -157,9 +157,7 @@ func (img *Image) DeleteSnapshot(name string) error {
 			return err
 		}
 		// Gone from the table: now its references can go.
-		for c := range (int64(s.l1Size)*8 + img.cs - 1) / img.cs {
-			img.readyFree = append(img.readyFree, int64(s.l1Off)/img.cs+c)
-		}
+		img.freeBytes(int64(s.l1Off), int64(s.l1Size)*8)
 		if err := img.dropRefs(l1); err != nil {
 			return err
 		}
@@ -363,11 +361,36 @@ func (img *Image) readSnapshotL1(s snapshot) ([]uint64, error) {
 	return l1, nil
 }
 
+// switchTable points the header at a new table in one 12-byte write at
+// field (a 32-bit entry count, then the 64-bit offset: the L1 table's at
+// 36, the snapshot table's at 60), after the table and the refcounts of
+// its clusters are on disk, and syncs.
+func (img *Image) switchTable(field int64, count uint32, off int64, what string) error {
+	if err := img.syncRefcounts(true); err != nil {
+		return err
+	}
+	var b [12]byte
+	binary.BigEndian.PutUint32(b[:4], count)
+	binary.BigEndian.PutUint64(b[4:], uint64(off))
+	if _, err := img.f.WriteAt(b[:], field); err != nil {
+		return fmt.Errorf("qcow2: switch to the new %s: %w", what, err)
+	}
+	return img.sync()
+}
+
+// freeBytes queues the release of the clusters of n bytes of metadata at
+// off (a table the header no longer points at).
+func (img *Image) freeBytes(off, n int64) {
+	for c := range (n + img.cs - 1) / img.cs {
+		img.readyFree = append(img.readyFree, off/img.cs+c)
+	}
+}
+
 // writeL1Copy writes l1 into new clusters and returns their offset.
 func (img *Image) writeL1Copy(l1 []uint64) (int64, error) {
 	n := max(1, (int64(len(l1))*8+img.cs-1)/img.cs)
 	if n > img.rbEntries()/2 {
-		return 0, fmt.Errorf("qcow2: an L1 table of %d clusters is too large to copy with these refcount blocks", n)
+		return 0, fmt.Errorf("qcow2: an L1 table of %d clusters is more than %d-byte clusters and these refcount blocks allow; use larger clusters", n, img.cs)
 	}
 	off, err := img.alloc(n)
 	if err != nil {
@@ -376,7 +399,7 @@ func (img *Image) writeL1Copy(l1 []uint64) (int64, error) {
 	buf := make([]byte, n*img.cs)
 	copy(buf, encodeTable(l1))
 	if _, err := img.f.WriteAt(buf, off); err != nil {
-		return 0, fmt.Errorf("qcow2: write a snapshot's L1 table: %w", err)
+		return 0, fmt.Errorf("qcow2: write an L1 table: %w", err)
 	}
 	return off, nil
 }
@@ -401,24 +424,11 @@ func (img *Image) writeSnapshotTable(table []byte, n int, old []snapshot) error 
 			return fmt.Errorf("qcow2: write the snapshot table: %w", err)
 		}
 	}
-	// The table and the refcounts of its clusters before the header.
-	if err := img.syncRefcounts(true); err != nil {
-		return err
-	}
-	var b [12]byte
-	binary.BigEndian.PutUint32(b[:4], uint32(n))
-	binary.BigEndian.PutUint64(b[4:], uint64(off))
-	if _, err := img.f.WriteAt(b[:], 60); err != nil {
-		return fmt.Errorf("qcow2: switch to the new snapshot table: %w", err)
-	}
-	if err := img.sync(); err != nil {
+	if err := img.switchTable(60, uint32(n), off, "snapshot table"); err != nil {
 		return err
 	}
 	if img.h.nbSnapshots > 0 {
-		oldLen := int64(len(tableBytes(old)))
-		for c := range (oldLen + img.cs - 1) / img.cs {
-			img.readyFree = append(img.readyFree, int64(img.h.snapshotsOff)/img.cs+c)
-		}
+		img.freeBytes(int64(img.h.snapshotsOff), int64(len(tableBytes(old))))
 	}
 	img.h.nbSnapshots, img.h.snapshotsOff = uint32(n), uint64(off)
 	return nil
