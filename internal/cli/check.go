@@ -9,6 +9,8 @@ import (
 
 	"vdisk/internal/image"
 	_ "vdisk/internal/image/all" // every format
+	"vdisk/internal/stack"
+	"vdisk/internal/storage/objstore/s3"
 )
 
 // Exit statuses of vdisk check, as qemu-img check has them.
@@ -25,6 +27,7 @@ func newCheckCmd(e *env) *cobra.Command {
 	var (
 		format, repair string
 		asJSON         bool
+		s3o            stack.S3Options
 	)
 	cmd := &cobra.Command{
 		Use:   "check IMAGE",
@@ -47,7 +50,13 @@ an object shaped like qemu-img check --output json.`,
 			default:
 				return fmt.Errorf("check: --repair %q: only \"leaks\" is supported (use qemu-img check -r all for more)", repair)
 			}
-			res, err := image.Check(args[0], format, opt)
+			check := func(opt image.CheckOptions) (*image.CheckResult, error) {
+				if s3.IsURL(args[0]) {
+					return stack.CheckS3(cmd.Context(), args[0], opt, s3o)
+				}
+				return image.Check(args[0], format, opt)
+			}
+			res, err := check(opt)
 			if errors.Is(err, image.ErrNoCheck) {
 				return &exitError{code: checkExitUnsupported, err: err}
 			}
@@ -57,7 +66,7 @@ an object shaped like qemu-img check --output json.`,
 			if opt.RepairLeaks && res.LeaksFixed > 0 {
 				// Report the state after the repair, as qemu-img does.
 				fixed := res.LeaksFixed
-				if res, err = image.Check(args[0], format, image.CheckOptions{}); err != nil {
+				if res, err = check(image.CheckOptions{}); err != nil {
 					return &exitError{code: checkExitError, err: err}
 				}
 				res.LeaksFixed = fixed
@@ -82,6 +91,7 @@ an object shaped like qemu-img check --output json.`,
 	fl.StringVarP(&format, "format", "f", "", "image format (default: probe)")
 	fl.StringVarP(&repair, "repair", "r", "", `repair what can be repaired safely: "leaks"`)
 	fl.BoolVar(&asJSON, "json", false, "print the result as JSON")
+	addS3Flags(fl, &s3o)
 	return cmd
 }
 

@@ -268,3 +268,38 @@ func alignedBlock(n int, b byte) []byte {
 	}
 	return p
 }
+
+// testS3Check: vdisk check reads a qcow2 image's metadata from the store
+// (clean after writes, also as JSON), says a missing image is missing, and
+// a raw image has nothing to check (exit 63, as for a raw file).
+func testS3Check(t *testing.T, srv *s3test.Server) {
+	e := newEnv(t)
+	withS3 := s3Env(srv)
+	prefix := fmt.Sprintf("e2e-check-%d", time.Now().UnixNano())
+	url := "s3://" + srv.Bucket + "/" + prefix
+	e.mustWith(withS3, "create", "-f", "qcow2", "--size", "16M", url)
+	dev, id := e.openWith(withS3, url)
+	ref := filepath.Join(e.dir, "ref.raw")
+	if err := os.WriteFile(ref, make([]byte, 16<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	writePatterns(t, dev, ref, []patternWrite{{0, 1 << 20, 'c'}})
+	e.must("close", id)
+	if out := e.mustWith(withS3, "check", url); !strings.Contains(out, "No errors were found") {
+		t.Fatalf("check of a clean image:\n%s", out)
+	}
+	var res struct {
+		Leaks int `json:"leaks"`
+	}
+	if err := json.Unmarshal([]byte(e.mustWith(withS3, "check", "--json", url)), &res); err != nil || res.Leaks != 0 {
+		t.Fatalf("check --json: %+v %v", res, err)
+	}
+	if _, errs, code := e.runWith(withS3, bin, "check", "s3://"+srv.Bucket+"/no-such-image"); code != 1 || !strings.Contains(errs, "no image") {
+		t.Fatalf("check of a missing image: exit %d, %q", code, errs)
+	}
+	raw := fmt.Sprintf("s3://%s/e2e-check-raw-%d", srv.Bucket, time.Now().UnixNano())
+	e.mustWith(withS3, "create", "--size", "1M", raw)
+	if _, _, code := e.runWith(withS3, bin, "check", raw); code != 63 {
+		t.Fatalf("check of a raw image in the store: exit %d, want 63 (nothing to check)", code)
+	}
+}

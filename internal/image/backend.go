@@ -150,3 +150,16 @@ func CreateBackend(b Backend, opt CreateOptions) error {
 	}
 	return f.CreateBackend(b, opt)
 }
+
+// CheckBackend checks the image of format formatName whose file is b; it
+// does not close b.
+func CheckBackend(b Backend, name, formatName string, opt CheckOptions) (*CheckResult, error) {
+	f, err := Lookup(formatName)
+	if err != nil {
+		return nil, err
+	}
+	if f.CheckBackend == nil {
+		return nil, fmt.Errorf("image: check %s (%s): %w", name, f.Name, ErrNoCheck)
+	}
+	return f.CheckBackend(b, name, opt)
+}

@@ -72,6 +72,8 @@ type Format struct {
 	// CreateBackend, when set, writes a new, empty image into an empty
 	// Backend and flushes it.
 	CreateBackend func(b Backend, opt CreateOptions) error
+	// CheckBackend, when set, checks an image whose file is a Backend.
+	CheckBackend func(b Backend, name string, opt CheckOptions) (*CheckResult, error)
 }
 
 // Inspector is a Device, opened by a format, that reports the facts Info

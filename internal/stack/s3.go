@@ -252,3 +252,31 @@ func DeleteS3(ctx context.Context, name string, o S3Options) error {
 	}
 	return nil
 }
+
+// CheckS3 checks the image in the object store at name as image.Check does
+// a file: a qcow2 image's metadata; a raw one has nothing to check
+// (image.ErrNoCheck). Repairing leaks takes the image's lease.
+func CheckS3(ctx context.Context, name string, opt image.CheckOptions, o S3Options) (*image.CheckResult, error) {
+	cfg, prefix, err := o.config(name)
+	if err != nil {
+		return nil, err
+	}
+	st, err := s3.New(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	dev, err := chunked.Open(ctx, st, prefix, chunked.Options{ReadOnly: !opt.RepairLeaks, ForceTakeover: o.ForceTakeover})
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	format := dev.Manifest().ImageFormat
+	if format == "" {
+		dev.Close()
+		return nil, fmt.Errorf("image: check %s (raw): %w", name, image.ErrNoCheck)
+	}
+	res, err := image.CheckBackend(dev, name, format, opt)
+	if cerr := dev.Close(); err == nil && cerr != nil {
+		err = cerr
+	}
+	return res, err
+}

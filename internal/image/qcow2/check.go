@@ -86,12 +86,23 @@ func Check(path string, opt image.CheckOptions) (*image.CheckResult, error) {
 	if err != nil {
 		return nil, fmt.Errorf("qcow2: %w", err)
 	}
-	fsize := st.Size()
+	return checkStore(fileStore{f}, st.Size(), path, opt)
+}
+
+// CheckBackend checks the qcow2 image whose file is b (an object store's
+// chunks) as Check does a local file; name labels it. Repairing leaks
+// needs b open for writing.
+func CheckBackend(b image.Backend, name string, opt image.CheckOptions) (*image.CheckResult, error) {
+	return checkStore(image.NewBackendFile(b), b.Length(), name, opt)
+}
+
+// checkStore checks the image in f, of fsize bytes.
+func checkStore(f store, fsize int64, name string, opt image.CheckOptions) (*image.CheckResult, error) {
 	h, err := readHeader(f, fsize)
 	if err != nil {
-		return nil, fmt.Errorf("%w (in %s)", err, path)
+		return nil, fmt.Errorf("%w (in %s)", err, name)
 	}
-	c, err := newChecker(fileStore{f}, h, fsize, path)
+	c, err := newChecker(f, h, fsize, name)
 	if err != nil {
 		return nil, err
 	}

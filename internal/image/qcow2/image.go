@@ -90,6 +90,7 @@ func init() {
 			return OpenBackend(b, name, opt)
 		},
 		CreateBackend: CreateBackend,
+		CheckBackend:  CheckBackend,
 	})
 }
 
