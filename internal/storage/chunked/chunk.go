@@ -10,19 +10,25 @@ import (
 // Device's mu.
 //
 // Its content is, in order of precedence: all zeros when zero; buf (the
-// whole chunk) when buf is set; parts over the stored object when there
-// are parts; the stored object (or zeros) otherwise. win caches a range of
+// whole chunk) when buf is set; parts over the stored object (or over
+// zeros when zeroBase) when there are parts; the stored object (or zeros)
+// otherwise. win caches a range of
 // the stored object for a chunk with neither buf, parts nor zero.
 //
-// Writes into a stored chunk whose object was not read become parts, so
-// they cost memory for what they wrote, not for the whole chunk: the
-// object is read (and the parts laid over it into buf) only when the chunk
-// is uploaded, or completely written over.
+// Writes into a chunk without a buf become parts, so they cost memory for
+// what they wrote, not for the whole chunk: the object is read (and the
+// parts laid over it into buf) only when the chunk is uploaded, and not at
+// all when it is written over in full or has no object.
 type chunk struct {
 	idx   int64
 	buf   []byte
 	zero  bool
 	parts parts
+	// zeroBase: the parts lie over zeros, not over the stored object.
+	// baseSeq counts the times parts were started (a GET begun under
+	// other parts must not be laid under these).
+	zeroBase bool
+	baseSeq  uint64
 	// fresh is what was written since the last upload snapshot: a chunk
 	// written over in full is uploaded at once, whatever the order of the
 	// writes.
@@ -136,48 +142,70 @@ func (ps parts) overlay(buf []byte) {
 	}
 }
 
-// write merges b written at off into ps, with the parts it overlaps or
-// touches. A part grows in place when b extends it: it gets room up to
-// limit, the chunk's length, when it is large (a sequential writer's) and
-// doubles otherwise, so runs of sequential writes cost no quadratic
-// copying.
-func (ps parts) write(off int64, b []byte, limit int64) parts {
-	end := off + int64(len(b))
-	// room is the capacity for a part of n bytes at start.
+// plan says what write(off, b) with end = off+len(b) does: parts [i, j)
+// are replaced by one of n bytes at start, with this capacity. A part gets
+// room up to limit, the chunk's length, when it is large (a sequential
+// writer's) and doubles when it grows otherwise, so runs of sequential
+// writes cost no quadratic copying.
+func (ps parts) plan(off, end, limit int64) (i, j int, start, n, capacity int64) {
 	room := func(start, n int64) int64 {
 		if n >= limit/8 {
 			return limit - start
 		}
 		return n
 	}
-	i := 0
 	for i < len(ps) && ps[i].end() < off {
 		i++
 	}
-	j := i
+	j = i
 	for j < len(ps) && ps[j].off <= end {
 		j++
 	}
 	if i == j {
-		data := make([]byte, len(b), room(off, int64(len(b))))
-		copy(data, b)
-		return slices.Insert(ps, i, part{off, data})
+		return i, j, off, end - off, room(off, end-off)
 	}
-	start := min(off, ps[i].off)
-	n := max(end, ps[j-1].end()) - start
-	var data []byte
-	switch first := ps[i].data; {
-	case ps[i].off == start && int64(cap(first)) >= n:
-		data = first[:n]
+	start = min(off, ps[i].off)
+	n = max(end, ps[j-1].end()) - start
+	first := int64(cap(ps[i].data))
+	switch {
+	case ps[i].off == start && first >= n:
+		capacity = first
 	case ps[i].off == start:
-		data = make([]byte, n, min(max(n, 2*int64(cap(first)), room(start, n)), limit-start))
-		copy(data, first)
+		capacity = min(max(n, 2*first, room(start, n)), limit-start)
 	default:
-		data = make([]byte, n, room(start, n))
-		copy(data[ps[i].off-start:], first)
+		capacity = room(start, n)
 	}
-	for _, p := range ps[i+1 : j] {
-		copy(data[p.off-start:], p.data)
+	return i, j, start, n, capacity
+}
+
+// growth is the memory write(off, b) adds to ps, with end = off+len(b).
+func (ps parts) growth(off, end, limit int64) int64 {
+	i, j, _, _, capacity := ps.plan(off, end, limit)
+	for _, p := range ps[i:j] {
+		capacity -= int64(cap(p.data))
+	}
+	return max(capacity, 0)
+}
+
+// write merges b written at off into ps, with the parts it overlaps or
+// touches (see plan).
+func (ps parts) write(off int64, b []byte, limit int64) parts {
+	end := off + int64(len(b))
+	i, j, start, n, capacity := ps.plan(off, end, limit)
+	var data []byte
+	switch {
+	case i == j:
+		data = make([]byte, n, capacity)
+	case ps[i].off == start && int64(cap(ps[i].data)) >= n:
+		data = ps[i].data[:n]
+	default:
+		data = make([]byte, n, capacity)
+		copy(data[ps[i].off-start:], ps[i].data)
+	}
+	if i < j {
+		for _, p := range ps[i+1 : j] {
+			copy(data[p.off-start:], p.data)
+		}
 	}
 	copy(data[off-start:], b)
 	return slices.Replace(ps, i, j, part{start, data})

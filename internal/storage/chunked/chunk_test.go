@@ -111,3 +111,50 @@ func TestSmallWritesIntoStoredChunks(t *testing.T) {
 		t.Fatalf("read back after reopen: %v", err)
 	}
 }
+
+// TestSmallWritesOverZeros: 4 KiB writes into chunks with no object, and
+// into a stored chunk trimmed before, lie over zeros: small in memory, no
+// GET, zeros around them.
+func TestSmallWritesOverZeros(t *testing.T) {
+	c := objstore.NewCounter(objstore.NewMem())
+	p := newPrefix(t)
+	const nchunks = 32
+	o := testOpts()
+	o.WriteBackDelay = 1 << 40
+	d := create(t, c, p, nchunks*testChunk, o)
+	want := make([]byte, nchunks*testChunk)
+	mustWrite(t, d, pattern(testChunk, 4), 0) // chunk 0 stored, then trimmed
+	if err := d.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Trim(0, testChunk); err != nil {
+		t.Fatal(err)
+	}
+	before := c.Counts()
+	small := pattern(4096, 9)
+	for i := range int64(nchunks) {
+		off := i*testChunk + (i%8)*4096
+		mustWrite(t, d, small, off)
+		copy(want[off:], small)
+	}
+	if st := d.Stats(); st.DirtyChunks != nchunks || st.DirtyBytes > 2*nchunks*4096 {
+		t.Fatalf("%d 4 KiB writes: %+v, want %d dirty chunks of about 4 KiB each", nchunks, st, nchunks)
+	}
+	got := make([]byte, len(want))
+	if _, err := d.ReadAt(got, 0); err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("read back before flush: %v", err)
+	}
+	if err := d.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if delta := c.Counts().Sub(before); delta.Get != 0 || delta.Put > nchunks+1 {
+		t.Fatalf("small writes over zeros: %+v, want no GET and a PUT each", delta)
+	}
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	r := open(t, c, p, Options{ReadOnly: true})
+	if _, err := r.ReadAt(got, 0); err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("read back after reopen: %v", err)
+	}
+}

@@ -84,15 +84,19 @@ func (d *Device) readChunk(idx, co int64, p []byte, ra int64) error {
 					copy(p, pt.data[co-pt.off:])
 					return nil
 				}
-				// Partly written, partly stored: the stored range with
-				// the parts over it (unless c changed meanwhile).
-				d.mu.Unlock()
-				data, err := d.getChunk(idx, co, end-co)
-				d.mu.Lock()
-				if err != nil {
-					return err
+				// Partly written: the stored range (or zeros) with the
+				// parts over it, unless c changed meanwhile.
+				data, seq := make([]byte, end-co), c.baseSeq
+				if !c.zeroBase {
+					d.mu.Unlock()
+					var err error
+					data, err = d.getChunk(idx, co, end-co)
+					d.mu.Lock()
+					if err != nil {
+						return err
+					}
 				}
-				if d.chunks[idx] == c && c.buf == nil && !c.zero && len(c.parts) > 0 {
+				if d.chunks[idx] == c && c.buf == nil && !c.zero && len(c.parts) > 0 && c.baseSeq == seq {
 					copy(p, data)
 					for _, pt := range c.parts {
 						if s, e := max(pt.off, co), min(pt.end(), end); s < e {

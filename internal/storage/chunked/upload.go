@@ -146,11 +146,19 @@ func (d *Device) uploadDoneLocked(c *chunk, gen uint64, deleted bool, err error)
 	d.cond.Broadcast()
 }
 
-// loadLocked turns c's parts into a whole buf: the stored object with the
-// parts laid over it. It unlocks mu around the GET; another goroutine
-// fetching the same chunk is waited for instead.
+// loadLocked turns c's parts into a whole buf: the stored object (or
+// zeros) with the parts laid over it. It unlocks mu around the GET;
+// another goroutine fetching the same chunk is waited for instead.
 func (d *Device) loadLocked(c *chunk) error {
 	for len(c.parts) > 0 {
+		if c.zeroBase {
+			d.account(c, -1)
+			data := make([]byte, d.chunkLen(c.idx))
+			c.parts.overlay(data)
+			c.buf, c.parts = data, nil
+			d.account(c, 1)
+			return nil
+		}
 		if c.fetching != nil {
 			ch := c.fetching
 			d.mu.Unlock()
@@ -158,7 +166,7 @@ func (d *Device) loadLocked(c *chunk) error {
 			d.mu.Lock()
 			continue
 		}
-		ch := make(chan struct{})
+		ch, seq := make(chan struct{}), c.baseSeq
 		c.fetching = ch
 		d.mu.Unlock()
 		data, err := d.getChunk(c.idx, 0, d.chunkLen(c.idx))
@@ -168,7 +176,7 @@ func (d *Device) loadLocked(c *chunk) error {
 		if err != nil {
 			return err
 		}
-		if len(c.parts) > 0 && c.buf == nil && !c.zero {
+		if len(c.parts) > 0 && c.buf == nil && !c.zero && c.baseSeq == seq {
 			d.account(c, -1)
 			c.parts.overlay(data)
 			c.buf, c.parts = data, nil

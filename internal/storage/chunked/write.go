@@ -156,34 +156,41 @@ func (d *Device) writeChunk(idx, co int64, p []byte) error {
 	defer d.mu.Unlock()
 	cl := d.chunkLen(idx)
 	end := co + int64(len(p))
-	// A zero chunk, or one with no object, is known in full: it gets a
-	// whole buf. A stored one gets parts until it is loaded.
-	whole := func(c *chunk) bool { return (c != nil && c.zero) || !d.hasObject(idx) }
+	// A write goes into buf when the chunk has one that is dirty already,
+	// or clean with room in the dirty cache for all of it; otherwise into
+	// parts, which cost what they hold (random small writes).
+	useBuf := func(c *chunk) bool {
+		return c != nil && c.buf != nil &&
+			(c.busy() || d.dirtyBytes == 0 || d.dirtyBytes+int64(len(c.buf)) <= d.opts.MaxDirty)
+	}
 	c, err := d.getChunkLocked(idx, func(c *chunk) int64 {
 		switch {
-		case c != nil && c.buf != nil:
+		case useBuf(c) && c.busy():
 			return 0
-		case whole(c):
-			return cl
-		case c != nil && c.busy() && c.parts.covering(co, end) != nil:
-			return 0
+		case useBuf(c):
+			return int64(len(c.buf)) // clean cached data becomes dirty
+		case c == nil:
+			return parts(nil).growth(co, end, cl)
 		default:
-			return int64(len(p))
+			return c.parts.growth(co, end, cl)
 		}
 	})
 	if err != nil {
 		return err
 	}
 	d.account(c, -1)
-	switch {
-	case c.buf != nil:
+	if useBuf(c) {
 		c.ownBuf()
 		copy(c.buf[co:], p)
-	case whole(c):
-		c.buf = make([]byte, cl)
-		c.win, c.zero, c.parts = nil, false, nil
-		copy(c.buf[co:], p)
-	default:
+	} else {
+		if len(c.parts) == 0 {
+			// The parts lie over zeros for a zero chunk or one with no
+			// object, over the stored object otherwise. A clean cached
+			// copy of the object is dropped: no room to dirty all of it.
+			c.zeroBase = c.zero || !d.hasObject(idx)
+			c.baseSeq++
+			c.buf, c.zero = nil, false
+		}
 		c.win = nil
 		c.parts = c.parts.write(co, p, cl)
 		if pt := c.parts[0]; len(c.parts) == 1 && pt.off == 0 && int64(len(pt.data)) == cl {
