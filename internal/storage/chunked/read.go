@@ -138,7 +138,7 @@ func (d *Device) fetchWindowLocked(c *chunk, start, end int64) error {
 	ch, gen := make(chan struct{}), c.gen
 	c.fetching = ch
 	d.mu.Unlock()
-	data, err := d.getChunk(c.idx, start, end-start)
+	data, err := d.getWindow(c.idx, start, end-start)
 	d.mu.Lock()
 	return d.fetchDoneLocked(c, ch, gen, start, data, err)
 }
@@ -153,15 +153,16 @@ func (d *Device) fetchDoneLocked(c *chunk, ch chan struct{}, gen uint64, start i
 		}
 		return err
 	}
-	if d.chunks[c.idx] != c {
-		return nil // replaced meanwhile; its data is newer
+	if d.chunks[c.idx] != c || c.gen != gen || c.buf != nil || c.zero || len(c.parts) > 0 {
+		// Replaced or written meanwhile: its data is newer.
+		d.release(data)
+		return nil
 	}
-	if c.gen == gen && c.buf == nil && !c.zero && len(c.parts) == 0 {
-		d.account(c, -1)
-		c.win, c.winOff = data, start
-		d.account(c, 1)
-		d.evictLocked()
-	}
+	d.account(c, -1)
+	d.dropWinLocked(c)
+	c.win, c.winOff = data, start
+	d.account(c, 1)
+	d.evictLocked()
 	return nil
 }
 
@@ -191,7 +192,7 @@ func (d *Device) prefetchLocked(idx int64) bool {
 	n := min(d.opts.ReadAhead, d.chunkLen(idx))
 	d.wg.Go(func() {
 		defer func() { <-d.sem }()
-		data, err := d.getChunk(idx, 0, n)
+		data, err := d.getWindow(idx, 0, n)
 		d.mu.Lock()
 		defer d.mu.Unlock()
 		if err := d.fetchDoneLocked(c, ch, gen, 0, data, err); err != nil {

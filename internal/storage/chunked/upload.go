@@ -135,7 +135,8 @@ func (d *Device) uploadDoneLocked(c *chunk, gen uint64, deleted bool, err error)
 	if !c.dirty {
 		delete(d.dirty, c.idx)
 		if deleted {
-			c.buf, c.win, c.zero, c.parts = nil, nil, false, nil
+			d.dropWinLocked(c)
+			c.buf, c.zero, c.parts = nil, false, nil
 			if c.fetching == nil {
 				delete(d.chunks, c.idx)
 			}
@@ -188,6 +189,32 @@ func (d *Device) loadLocked(c *chunk) error {
 
 // getChunk reads [off, off+n) of chunk idx's object, checking its size.
 func (d *Device) getChunk(idx, off, n int64) ([]byte, error) {
+	return d.fetchChunk(idx, off, n, false)
+}
+
+// getWindow is getChunk into a buffer from the pool when the range is most
+// of a chunk (a sequential reader's window): give it back with release.
+func (d *Device) getWindow(idx, off, n int64) ([]byte, error) {
+	return d.fetchChunk(idx, off, n, n > d.chunkSize/2)
+}
+
+// release gives a window's buffer back to the pool, if it came from there.
+func (d *Device) release(b []byte) {
+	if int64(cap(b)) >= d.chunkSize {
+		b = b[:cap(b)]
+		d.pool.Put(&b)
+	}
+}
+
+// dropWinLocked forgets c's window.
+func (d *Device) dropWinLocked(c *chunk) {
+	if c.win != nil {
+		d.release(c.win)
+		c.win = nil
+	}
+}
+
+func (d *Device) fetchChunk(idx, off, n int64, pooled bool) ([]byte, error) {
 	if d.disk != nil {
 		d.mu.Lock()
 		etag := d.etags[idx]
@@ -201,17 +228,29 @@ func (d *Device) getChunk(idx, off, n int64) ([]byte, error) {
 	ctx, cancel := d.reqCtx()
 	defer cancel()
 	key := chunkKey(d.kp, idx)
-	data, info, err := d.store.Get(ctx, key, off, n)
+	var data []byte
+	if pooled {
+		data = (*d.pool.Get().(*[]byte))[:n]
+	} else {
+		data = make([]byte, n)
+	}
+	got, info, err := objstore.GetInto(ctx, d.store, key, off, data)
 	if errors.Is(err, objstore.ErrNotFound) {
 		// Deleted by the writer since we listed: zeros.
-		return make([]byte, n), nil
+		clear(data)
+		return data, nil
+	}
+	if err == nil && (info.Size != d.chunkLen(idx) || int64(got) != n) {
+		err = fmt.Errorf("chunked: chunk object %s has %d bytes (got %d at %d), want %d: %w",
+			key, info.Size, got, off, d.chunkLen(idx), blockdev.ErrCorrupt)
+	} else if err != nil {
+		err = fmt.Errorf("chunked: read chunk %d: %w", idx, unavailable(err))
 	}
 	if err != nil {
-		return nil, fmt.Errorf("chunked: read chunk %d: %w", idx, unavailable(err))
-	}
-	if info.Size != d.chunkLen(idx) || int64(len(data)) != n {
-		return nil, fmt.Errorf("chunked: chunk object %s has %d bytes (got %d at %d), want %d: %w",
-			key, info.Size, len(data), off, d.chunkLen(idx), blockdev.ErrCorrupt)
+		if pooled {
+			d.release(data)
+		}
+		return nil, err
 	}
 	if d.disk != nil && off == 0 && n == info.Size {
 		d.disk.put(idx, info.ETag, data)

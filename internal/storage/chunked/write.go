@@ -39,7 +39,8 @@ func (d *Device) evictLocked() {
 		}
 		c := e.Value.(*chunk)
 		d.account(c, -1)
-		c.buf, c.win, c.parts = nil, nil, nil
+		d.dropWinLocked(c)
+		c.buf, c.parts = nil, nil
 		if c.fetching == nil {
 			delete(d.chunks, c.idx)
 		}
@@ -191,7 +192,7 @@ func (d *Device) writeChunk(idx, co int64, p []byte) error {
 			c.baseSeq++
 			c.buf, c.zero = nil, false
 		}
-		c.win = nil
+		d.dropWinLocked(c)
 		c.parts = c.parts.write(co, p, cl)
 		if pt := c.parts[0]; len(c.parts) == 1 && pt.off == 0 && int64(len(pt.data)) == cl {
 			// Written over in full: no need for the stored object.
@@ -220,7 +221,8 @@ func (d *Device) zeroChunk(idx int64) error {
 		// Nothing stored, nothing pending: it reads as zeros already.
 		if c != nil {
 			d.account(c, -1)
-			c.buf, c.win, c.parts = nil, nil, nil
+			d.dropWinLocked(c)
+			c.buf, c.parts = nil, nil
 			if c.fetching == nil {
 				delete(d.chunks, idx)
 			}
@@ -237,7 +239,8 @@ func (d *Device) zeroChunk(idx int64) error {
 		return err
 	}
 	d.account(c, -1)
-	c.buf, c.win, c.parts, c.zero, c.fresh = nil, nil, nil, true, nil
+	d.dropWinLocked(c)
+	c.buf, c.parts, c.zero, c.fresh = nil, nil, true, nil
 	d.markDirtyLocked(c)
 	return nil
 }

@@ -35,6 +35,23 @@ type PutOptions struct {
 	IfMatch string
 }
 
+// GetIntoer is a Store that can read into the caller's buffer.
+type GetIntoer interface {
+	// GetInto is Get of len(p) bytes into p; it returns how many bytes
+	// it read.
+	GetInto(ctx context.Context, key string, off int64, p []byte) (int, Info, error)
+}
+
+// GetInto reads up to len(p) bytes of the object at key from off into p:
+// through s's GetInto when it has one, else with Get and a copy.
+func GetInto(ctx context.Context, s Store, key string, off int64, p []byte) (int, Info, error) {
+	if g, ok := s.(GetIntoer); ok {
+		return g.GetInto(ctx, key, off, p)
+	}
+	b, in, err := s.Get(ctx, key, off, int64(len(p)))
+	return copy(p, b), in, err
+}
+
 // Store is an object store. Every method may be called from many
 // goroutines at once; each blocks until the store has answered or ctx is
 // done.

@@ -177,6 +177,18 @@ func (s *Store) CreateBucket(ctx context.Context) error {
 
 // Get implements objstore.Store.
 func (s *Store) Get(ctx context.Context, key string, off, n int64) ([]byte, objstore.Info, error) {
+	return s.get(ctx, key, off, n, nil)
+}
+
+// GetInto implements objstore.GetIntoer: Get into p, sparing the
+// allocation (and zeroing) of a buffer per request.
+func (s *Store) GetInto(ctx context.Context, key string, off int64, p []byte) (int, objstore.Info, error) {
+	b, in, err := s.get(ctx, key, off, int64(len(p)), p)
+	return len(b), in, err
+}
+
+// get is Get, reading into dst (of n bytes) when it is not nil.
+func (s *Store) get(ctx context.Context, key string, off, n int64, dst []byte) ([]byte, objstore.Info, error) {
 	if off < 0 {
 		return nil, objstore.Info{}, fmt.Errorf("s3: get %s: negative offset %d", key, off)
 	}
@@ -215,7 +227,12 @@ func (s *Store) Get(ctx context.Context, key string, off, n int64) ([]byte, objs
 	if length < 0 || (n > 0 && length > n) {
 		return nil, objstore.Info{}, fmt.Errorf("s3: get %s: server sent %d bytes for a range of %d", key, length, n)
 	}
-	buf := make([]byte, length)
+	var buf []byte
+	if dst != nil {
+		buf = dst[:length]
+	} else {
+		buf = make([]byte, length)
+	}
 	if _, err := io.ReadFull(out.Body, buf); err != nil {
 		return nil, objstore.Info{}, fmt.Errorf("s3: get %s: read body: %w", key, err)
 	}

@@ -63,3 +63,25 @@ func TestRestart(t *testing.T) {
 		t.Fatalf("get after restart: %q, %v", got, err)
 	}
 }
+
+// TestGetInto reads ranges into the caller's buffer like Get.
+func TestGetInto(t *testing.T) {
+	st := s3test.Need(t).Store(t)
+	ctx := context.Background()
+	data := []byte("0123456789abcdef")
+	if _, err := st.Put(ctx, "getinto", data, objstore.PutOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	p := make([]byte, 8)
+	n, in, err := objstore.GetInto(ctx, st, "getinto", 4, p)
+	if err != nil || n != 8 || string(p) != "456789ab" || in.Size != int64(len(data)) {
+		t.Fatalf("GetInto(4, 8) = %d %q %+v %v", n, p[:n], in, err)
+	}
+	n, _, err = objstore.GetInto(ctx, st, "getinto", 12, p)
+	if err != nil || n != 4 || string(p[:n]) != "cdef" {
+		t.Fatalf("GetInto(12, 8) = %d %q %v, want the 4 bytes to the end", n, p[:n], err)
+	}
+	if _, _, err := objstore.GetInto(ctx, st, "missing", 0, p); !errors.Is(err, objstore.ErrNotFound) {
+		t.Fatalf("GetInto of a missing object: %v, want ErrNotFound", err)
+	}
+}
