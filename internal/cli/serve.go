@@ -37,6 +37,7 @@ type serveOptions struct {
 	tlsKey      string
 	tlsCA       string
 	maxInFlight int
+	maxConns    int
 	noBacking   bool
 	backingDir  string
 	s3          stack.S3Options
@@ -84,6 +85,7 @@ serves.`,
 	f.StringVar(&o.tlsKey, "tls-key", "", "TLS private key (PEM)")
 	f.StringVar(&o.tlsCA, "tls-ca", "", "CA bundle (PEM) to verify client certificates; clients must present one")
 	f.IntVar(&o.maxInFlight, "max-in-flight", 0, "requests served at once per connection (0: server default)")
+	f.IntVarP(&o.maxConns, "shared", "e", 0, "clients served at once (like qemu-nbd --shared); more wait their turn (0: no bound)")
 	return c
 }
 
@@ -105,7 +107,7 @@ func runServe(ctx context.Context, e *env, o serveOptions, images []string) erro
 		}
 	}
 
-	srv := &nbd.Server{TLSConfig: tlsConf, Logger: e.log, MaxInFlight: o.maxInFlight}
+	srv := &nbd.Server{TLSConfig: tlsConf, Logger: e.log, MaxInFlight: o.maxInFlight, MaxConnections: o.maxConns}
 	seen := map[string]bool{}
 	defer func() {
 		for _, ex := range srv.Exports {

@@ -6,10 +6,12 @@ import (
 	"encoding/binary"
 	"errors"
 	"net"
+	"os"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"vdisk/internal/blockdev"
 	"vdisk/internal/nbd/wire"
@@ -288,5 +290,29 @@ func TestServeContextCancel(t *testing.T) {
 	}
 	if _, err := net.Dial("unix", sock); err == nil {
 		t.Fatal("listener still accepts")
+	}
+}
+
+// TestMaxConnections: with MaxConnections 1 a second client is not served
+// (no greeting) while the first is connected, and is served as soon as the
+// first goes; Shutdown ends a Serve waiting for a free slot.
+func TestMaxConnections(t *testing.T) {
+	srv := &Server{Exports: []Export{{Name: "disk", Device: blockdev.NewMem(1 << 20)}}, MaxConnections: 1}
+	sock := startServer(t, srv)
+	a := dial(t, sock)
+	if _, err := wire.ReadGreeting(a.br); err != nil {
+		t.Fatalf("first client: %v", err)
+	}
+	b := dial(t, sock)
+	b.nc.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+	if _, err := wire.ReadGreeting(b.br); err == nil {
+		t.Fatal("a second client was greeted while the only slot was taken")
+	} else if !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("second client while the slot is taken: %v, want a timeout", err)
+	}
+	a.nc.Close()
+	b.nc.SetReadDeadline(time.Now().Add(testTimeout))
+	if _, err := wire.ReadGreeting(b.br); err != nil {
+		t.Fatalf("second client after the first left: %v", err)
 	}
 }

@@ -75,6 +75,10 @@ type Server struct {
 	// MaxPayload is the largest READ or WRITE served, advertised as the
 	// maximum block size; 0 means DefaultMaxPayload. At least 64 KiB.
 	MaxPayload int
+	// MaxConnections bounds the connections Serve has open at once (over
+	// all its listeners), like qemu-nbd --shared: a further client waits
+	// in the listener's backlog until one ends. 0 means no bound.
+	MaxConnections int
 
 	// noInline makes every request run on its own goroutine (tests that
 	// need a blocked request not to hold up the reader set it).
@@ -88,6 +92,8 @@ type Server struct {
 	log         *slog.Logger
 	maxInFlight int
 	maxPayload  int
+	slots       chan struct{} // one per connection Serve has open; nil: no bound
+	closing     chan struct{} // closed by Shutdown
 
 	mu        sync.Mutex
 	shutdown  bool
@@ -116,6 +122,13 @@ func (s *Server) setup() error {
 	s.log = s.Logger
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
+	}
+	s.closing = make(chan struct{})
+	if s.MaxConnections < 0 {
+		return fmt.Errorf("nbd: MaxConnections %d is negative", s.MaxConnections)
+	}
+	if s.MaxConnections > 0 {
+		s.slots = make(chan struct{}, s.MaxConnections)
 	}
 	s.maxInFlight = s.MaxInFlight
 	if s.maxInFlight <= 0 {
@@ -230,8 +243,20 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	defer wg.Wait()
 	var delay time.Duration
 	for {
+		if s.slots != nil {
+			select {
+			case s.slots <- struct{}{}:
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-s.closing:
+				return ErrServerClosed
+			}
+		}
 		nc, err := ln.Accept()
 		if err != nil {
+			if s.slots != nil {
+				<-s.slots
+			}
 			if s.isShutdown() {
 				return ErrServerClosed
 			}
@@ -255,6 +280,9 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			if s.slots != nil {
+				defer func() { <-s.slots }()
+			}
 			if err := s.ServeConn(ctx, nc); err != nil && !errors.Is(err, ErrServerClosed) {
 				s.log.Info("nbd: connection ended", "remote", nc.RemoteAddr().String(), "err", err)
 			}
@@ -314,6 +342,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		return err
 	}
 	s.mu.Lock()
+	if !s.shutdown {
+		close(s.closing)
+	}
 	s.shutdown = true
 	for ln := range s.listeners {
 		ln.Close()
