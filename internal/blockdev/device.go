@@ -85,6 +85,35 @@ type Extenter interface {
 	Extents(off, n int64) ([]Extent, error)
 }
 
+// Depther is a Device built in layers (an image over its backing chain):
+// for each range it tells which layer holds it, 1 for the top one, 2 for
+// its backing file and so on, 0 where no layer does (the range reads as
+// zeroes). It is what NBD's qemu:allocation-depth context reports. A
+// Device that is not a Depther is one layer: depth 1 everywhere.
+type Depther interface {
+	// Depth reports depths from off on, as contiguous extents starting
+	// at off, covering at most n bytes (callers ask again for the rest).
+	Depth(off, n int64) ([]DepthExtent, error)
+}
+
+// DepthExtent is a range and the layer that holds it.
+type DepthExtent struct {
+	Off, Len int64
+	Depth    uint32
+}
+
+// Depths returns d's depth extents over [off, off+n): d's own when it is
+// a Depther, else one extent of depth 1.
+func Depths(d Device, off, n int64) ([]DepthExtent, error) {
+	if err := CheckRange(off, n, d.Size()); err != nil {
+		return nil, err
+	}
+	if dd, ok := d.(Depther); ok {
+		return dd.Depth(off, n)
+	}
+	return []DepthExtent{{Off: off, Len: n, Depth: 1}}, nil
+}
+
 // Resizer is a Device whose size can change (vdisk resize). Growing may
 // run while I/O is in flight (an open disk grows); shrinking is for a
 // device nobody uses. A grown range reads as zeroes.

@@ -231,3 +231,44 @@ func TestServeBadInput(t *testing.T) {
 		})
 	}
 }
+
+// TestServeAllocationDepth: over a three-image qcow2 chain, vdisk serve
+// answers qemu:allocation-depth exactly as qemu-nbd -A does (nbdinfo
+// --map of both).
+func TestServeAllocationDepth(t *testing.T) {
+	needTools(t, "qemu-img", "qemu-io", "qemu-nbd", "nbdinfo")
+	dir := t.TempDir()
+	base, mid, top := filepath.Join(dir, "base.qcow2"), filepath.Join(dir, "mid.qcow2"), filepath.Join(dir, "top.qcow2")
+	runTool(t, "qemu-img", "create", "-q", "-f", "qcow2", base, "8M")
+	runTool(t, "qemu-io", "-c", "write -P 1 0 1M", "-c", "write -P 2 4M 1M", base)
+	runTool(t, "qemu-img", "create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2", mid)
+	runTool(t, "qemu-io", "-c", "write -P 3 1M 1M", "-c", "write -z 4M 512k", mid)
+	runTool(t, "qemu-img", "create", "-q", "-f", "qcow2", "-b", mid, "-F", "qcow2", top)
+	runTool(t, "qemu-io", "-c", "write -P 4 2M 64k", "-c", "write -P 5 7M 4k", top)
+
+	uri, _ := serving(t, "--read-only", top)
+	ours := runTool(t, "nbdinfo", "--map=qemu:allocation-depth", uri)
+
+	sock := filepath.Join(t.TempDir(), "qemu.sock")
+	qn := exec.Command("qemu-nbd", "--read-only", "--allocation-depth", "--format=qcow2", "--persistent", "--socket="+sock, top)
+	if err := qn.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { qn.Process.Kill(); qn.Wait() })
+	for i := 0; ; i++ {
+		if _, err := os.Stat(sock); err == nil {
+			break
+		}
+		if i > 500 {
+			t.Fatal("qemu-nbd did not create its socket")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	theirs := runTool(t, "nbdinfo", "--map=qemu:allocation-depth", "nbd+unix:///?socket="+sock)
+	if ours != theirs {
+		t.Fatalf("qemu:allocation-depth differs\nvdisk:\n%s\nqemu-nbd:\n%s", ours, theirs)
+	}
+	if !strings.Contains(ours, "backing depth 3") {
+		t.Fatalf("no range from the base image in the map:\n%s", ours)
+	}
+}

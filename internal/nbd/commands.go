@@ -126,10 +126,12 @@ func (c *conn) cache(off, n int64) error {
 	return nil
 }
 
-// cmdBlockStatus answers with the base:allocation extents of the range.
+// cmdBlockStatus answers with a chunk for each negotiated context:
+// base:allocation's hole and zero flags, then qemu:allocation-depth's
+// layer depths.
 func (c *conn) cmdBlockStatus(r *request) {
-	if !c.baseOK {
-		c.replyError(r, wire.EINVAL, "no metadata context was negotiated (set base:allocation)")
+	if !c.baseOK && !c.depthOK {
+		c.replyError(r, wire.EINVAL, "no metadata context was negotiated (set base:allocation or qemu:allocation-depth)")
 		return
 	}
 	if r.Length == 0 {
@@ -137,38 +139,107 @@ func (c *conn) cmdBlockStatus(r *request) {
 		return
 	}
 	one := r.Flags&wire.CmdFlagReqOne != 0
+	type answer struct {
+		id    uint32
+		descs []wire.BlockDescriptor
+	}
+	var answers []answer
+	if c.baseOK {
+		descs, err := c.statusDescriptors(r, one, c.baseExtents)
+		if err != nil {
+			c.replyError(r, errnoOf(err), "block status: "+err.Error())
+			return
+		}
+		answers = append(answers, answer{baseAllocationID, descs})
+	}
+	if c.depthOK {
+		descs, err := c.statusDescriptors(r, one, c.depthExtents)
+		if err != nil {
+			c.replyError(r, errnoOf(err), "block status: "+err.Error())
+			return
+		}
+		answers = append(answers, answer{allocationDepthID, descs})
+	}
+	r.ext = r.ext[:0]
+	for i, a := range answers {
+		var flags wire.ReplyFlags
+		if i == len(answers)-1 {
+			flags = wire.ReplyFlagDone
+		}
+		r.ext = wire.AppendBlockStatus(r.ext, flags, r.Cookie, a.id, a.descs)
+	}
+	c.send(r.ext)
+}
+
+// statusExtent is one range of a context: its length and the descriptor's
+// value (flags or depth).
+type statusExtent struct {
+	off, len int64
+	value    uint32
+}
+
+// baseExtents reports base:allocation's flags from pos on.
+func (c *conn) baseExtents(pos, n int64) ([]statusExtent, error) {
+	exts, err := blockdev.Extents(c.exp.dev, pos, n)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]statusExtent, len(exts))
+	for i, e := range exts {
+		var f uint32
+		if e.Flags&blockdev.ExtentHole != 0 {
+			f |= wire.StateHole
+		}
+		if e.Flags&blockdev.ExtentZero != 0 {
+			f |= wire.StateZero
+		}
+		out[i] = statusExtent{e.Off, e.Len, f}
+	}
+	return out, nil
+}
+
+// depthExtents reports qemu:allocation-depth's depths from pos on.
+func (c *conn) depthExtents(pos, n int64) ([]statusExtent, error) {
+	ds, err := blockdev.Depths(c.exp.dev, pos, n)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]statusExtent, len(ds))
+	for i, d := range ds {
+		out[i] = statusExtent{d.Off, d.Len, d.Depth}
+	}
+	return out, nil
+}
+
+// statusDescriptors gathers the descriptors of one context over r's range
+// (one with REQ_ONE, at most maxDescriptors), merging neighbours of equal
+// value; an error after the first descriptors ends the list early (the
+// client asks again from there).
+func (c *conn) statusDescriptors(r *request, one bool, extents func(pos, n int64) ([]statusExtent, error)) ([]wire.BlockDescriptor, error) {
 	var descs []wire.BlockDescriptor
 	pos, end := int64(r.Offset), int64(r.Offset)+int64(r.Length)
 scan:
 	for pos < end && len(descs) < maxDescriptors {
-		exts, err := blockdev.Extents(c.exp.dev, pos, end-pos)
+		exts, err := extents(pos, end-pos)
 		if err != nil {
 			if len(descs) > 0 {
-				break // report what is known; the client asks again
+				break
 			}
-			c.replyError(r, errnoOf(err), "block status: "+err.Error())
-			return
+			return nil, err
 		}
 		progress := false
 		for _, e := range exts {
-			if e.Off != pos || e.Len <= 0 {
+			if e.off != pos || e.len <= 0 {
 				break
 			}
-			l := min(e.Len, end-pos)
-			var f uint32
-			if e.Flags&blockdev.ExtentHole != 0 {
-				f |= wire.StateHole
-			}
-			if e.Flags&blockdev.ExtentZero != 0 {
-				f |= wire.StateZero
-			}
-			if k := len(descs) - 1; k >= 0 && descs[k].Flags == f {
+			l := min(e.len, end-pos)
+			if k := len(descs) - 1; k >= 0 && descs[k].Flags == e.value {
 				descs[k].Length += uint32(l) // sum stays within the u32 request length
 			} else {
 				if (one && len(descs) == 1) || len(descs) == maxDescriptors {
 					break scan
 				}
-				descs = append(descs, wire.BlockDescriptor{Length: uint32(l), Flags: f})
+				descs = append(descs, wire.BlockDescriptor{Length: uint32(l), Flags: e.value})
 			}
 			pos += l
 			progress = true
@@ -178,9 +249,7 @@ scan:
 		}
 	}
 	if len(descs) == 0 {
-		c.replyError(r, wire.EIO, "block status: the device reported no extents")
-		return
+		return nil, fmt.Errorf("the device reported no extents: %w", blockdev.ErrCorrupt)
 	}
-	r.ext = wire.AppendBlockStatus(r.ext[:0], wire.ReplyFlagDone, r.Cookie, baseAllocationID, descs)
-	c.send(r.ext)
+	return descs, nil
 }

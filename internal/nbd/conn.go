@@ -28,14 +28,16 @@ type conn struct {
 	closing bool
 
 	// Negotiated state, written only during the handshake.
-	noZeroes bool
-	tlsDone  bool
-	sr       bool    // structured replies
-	metaExp  *export // export the meta contexts were set for
-	metaBase bool    // base:allocation selected for metaExp
-	exp      *export
-	flags    wire.TransmissionFlags
-	baseOK   bool // BLOCK_STATUS allowed: base:allocation set for exp
+	noZeroes  bool
+	tlsDone   bool
+	sr        bool    // structured replies
+	metaExp   *export // export the meta contexts were set for
+	metaBase  bool    // base:allocation selected for metaExp
+	metaDepth bool    // qemu:allocation-depth selected for metaExp
+	exp       *export
+	flags     wire.TransmissionFlags
+	baseOK    bool // BLOCK_STATUS answers base:allocation for exp
+	depthOK   bool // BLOCK_STATUS answers qemu:allocation-depth for exp
 
 	// Transmission phase.
 	held    bool // the reader holds replies back (reader goroutine only)
@@ -47,8 +49,11 @@ type conn struct {
 	scratch []byte // handshake replies
 }
 
-// baseAllocationID is the id of base:allocation in SET_META_CONTEXT.
-const baseAllocationID = 1
+// The ids SET_META_CONTEXT gives the contexts.
+const (
+	baseAllocationID  = 1 // base:allocation
+	allocationDepthID = 2 // qemu:allocation-depth
+)
 
 func newConn(s *Server, nc net.Conn) *conn {
 	return &conn{
@@ -235,7 +240,7 @@ func (c *conn) upgradeTLS() error {
 	c.br.Reset(tc)
 	c.tlsDone = true
 	// Nothing negotiated in clear text carries over.
-	c.sr, c.metaExp, c.metaBase = false, nil, false
+	c.sr, c.metaExp, c.metaBase, c.metaDepth = false, nil, false, false
 	c.log.Debug("nbd: TLS established", "version", tc.ConnectionState().Version)
 	return nil
 }

@@ -8,7 +8,9 @@
 // The server speaks fixed newstyle negotiation only. Options: EXPORT_NAME,
 // ABORT, LIST, INFO and GO (INFO_EXPORT, INFO_NAME, INFO_DESCRIPTION,
 // INFO_BLOCK_SIZE), STRUCTURED_REPLY, LIST_META_CONTEXT and SET_META_CONTEXT
-// with base:allocation, and STARTTLS. Any other option gets
+// with base:allocation and qemu:allocation-depth (the layer of a backing
+// chain that holds each range: blockdev.Depther), and STARTTLS. Any other
+// option gets
 // NBD_REP_ERR_UNSUP and negotiation continues. With a TLSConfig the server
 // runs in FORCEDTLS mode: before STARTTLS only STARTTLS and ABORT are served.
 //

@@ -90,16 +90,28 @@ func TestOptions(t *testing.T) {
 			}
 			c.expectRep(wire.OptListMetaContext, req("disk"), wire.RepErrInvalid) // before STRUCTURED_REPLY
 			c.expectRep(wire.OptStructuredReply, nil, wire.RepAck)
-			for _, q := range [][]string{nil, {"base:"}, {wire.MetaContextBaseAllocation}, {"qemu:dirty-bitmap:x", "base:allocation"}} {
-				reps := c.optAll(wire.OptListMetaContext, req("disk", q...))
-				if len(reps) != 2 || reps[0].Type != wire.RepMetaContext {
-					t.Fatalf("list %q: %+v", q, reps)
+			for _, tc := range []struct {
+				q    []string
+				want []string
+			}{
+				{nil, []string{wire.MetaContextBaseAllocation, wire.MetaContextAllocationDepth}},
+				{[]string{"base:"}, []string{wire.MetaContextBaseAllocation}},
+				{[]string{"qemu:"}, []string{wire.MetaContextAllocationDepth}},
+				{[]string{wire.MetaContextBaseAllocation}, []string{wire.MetaContextBaseAllocation}},
+				{[]string{"qemu:dirty-bitmap:x", "base:allocation"}, []string{wire.MetaContextBaseAllocation}},
+				{[]string{"qemu:allocation-depth"}, []string{wire.MetaContextAllocationDepth}},
+			} {
+				reps := c.optAll(wire.OptListMetaContext, req("disk", tc.q...))
+				if len(reps) != len(tc.want)+1 {
+					t.Fatalf("list %q: %+v", tc.q, reps)
 				}
-				if _, n, err := wire.DecodeMetaContext(reps[0].Data); err != nil || n != wire.MetaContextBaseAllocation {
-					t.Fatalf("list %q: %q %v", q, n, err)
+				for i, w := range tc.want {
+					if id, n, err := wire.DecodeMetaContext(reps[i].Data); reps[i].Type != wire.RepMetaContext || err != nil || n != w || id != 0 {
+						t.Fatalf("list %q: reply %d: %d %q %v, want %q", tc.q, i, id, n, err, w)
+					}
 				}
 			}
-			c.expectRep(wire.OptListMetaContext, req("disk", "qemu:allocation-depth"), wire.RepAck)
+			c.expectRep(wire.OptListMetaContext, req("disk", "qemu:dirty-bitmap:x"), wire.RepAck)
 			c.expectRep(wire.OptSetMetaContext, req("disk", "base:"), wire.RepAck) // no wildcard when setting
 			c.expectRep(wire.OptSetMetaContext, req("nope", "base:allocation"), wire.RepErrUnknown)
 			c.expectRep(wire.OptSetMetaContext, req("disk", "nonamespace"), wire.RepErrInvalid)
@@ -108,6 +120,15 @@ func TestOptions(t *testing.T) {
 			id, _, err := wire.DecodeMetaContext(reps[0].Data)
 			if len(reps) != 2 || err != nil || id != baseAllocationID {
 				t.Fatalf("set: %+v %v", reps, err)
+			}
+			reps = c.optAll(wire.OptSetMetaContext, req("disk", "qemu:allocation-depth", "base:allocation"))
+			if len(reps) != 3 {
+				t.Fatalf("set both: %+v", reps)
+			}
+			for i, want := range []uint32{baseAllocationID, allocationDepthID} {
+				if id, _, err := wire.DecodeMetaContext(reps[i].Data); err != nil || id != want {
+					t.Fatalf("set both: reply %d: id %d %v, want %d", i, id, err, want)
+				}
 			}
 		}},
 		{"abort", func(t *testing.T, c *client) {

@@ -39,7 +39,8 @@ func (c *conn) optExportName(data []byte) (bool, error) {
 func (c *conn) enter(x *export) {
 	c.exp = x
 	c.flags = c.exportFlags(x)
-	c.baseOK = c.sr && c.metaBase && c.metaExp == x
+	mine := c.sr && c.metaExp == x
+	c.baseOK, c.depthOK = mine && c.metaBase, mine && c.metaDepth
 }
 
 func (c *conn) optList(data []byte) error {
@@ -108,13 +109,12 @@ func (c *conn) optInfo(opt wire.Opt, data []byte) (bool, error) {
 }
 
 // matchContexts returns the contexts a list (or, with set, a set) query
-// selects. Only base:allocation exists; for listing, "base:" selects every
-// context of the base namespace.
-func matchContexts(q string, set bool) bool {
-	if q == wire.MetaContextBaseAllocation {
-		return true
-	}
-	return !set && q == "base:"
+// selects: base:allocation and qemu:allocation-depth by name, and, for
+// listing, every context of a namespace by "base:" or "qemu:".
+func matchContexts(q string, set bool) (base, depth bool) {
+	base = q == wire.MetaContextBaseAllocation || !set && q == "base:"
+	depth = q == wire.MetaContextAllocationDepth || !set && q == "qemu:"
+	return base, depth
 }
 
 func (c *conn) optMetaContext(opt wire.Opt, data []byte) error {
@@ -135,20 +135,29 @@ func (c *conn) optMetaContext(opt wire.Opt, data []byte) error {
 		return c.replyErr(opt, wire.RepErrUnknown, "no export named %q", req.Name)
 	}
 	set := opt == wire.OptSetMetaContext
-	selected := !set && len(req.Queries) == 0
+	all := !set && len(req.Queries) == 0
+	base, depth := all, all
 	for _, q := range req.Queries {
-		selected = selected || matchContexts(q, set)
+		b, d := matchContexts(q, set)
+		base, depth = base || b, depth || d
 	}
 	var b []byte
-	if selected {
-		id := uint32(0) // listing: the id is reserved
-		if set {
-			id = baseAllocationID
+	for _, m := range []struct {
+		on   bool
+		id   uint32
+		name string
+	}{{base, baseAllocationID, wire.MetaContextBaseAllocation}, {depth, allocationDepthID, wire.MetaContextAllocationDepth}} {
+		if !m.on {
+			continue
 		}
-		b = wire.AppendOptionReply(b, opt, wire.RepMetaContext, wire.AppendMetaContext(nil, id, wire.MetaContextBaseAllocation))
+		id := m.id
+		if !set {
+			id = 0 // listing: the id is reserved
+		}
+		b = wire.AppendOptionReply(b, opt, wire.RepMetaContext, wire.AppendMetaContext(nil, id, m.name))
 	}
 	if set {
-		c.metaExp, c.metaBase = x, selected
+		c.metaExp, c.metaBase, c.metaDepth = x, base, depth
 	}
 	b = wire.AppendOptionReply(b, opt, wire.RepAck, nil)
 	if _, err := c.nc.Write(b); err != nil {

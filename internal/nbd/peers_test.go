@@ -110,7 +110,7 @@ func TestNbdinfo(t *testing.T) {
 	if info.Protocol != "newstyle-fixed" {
 		t.Errorf("protocol %q", info.Protocol)
 	}
-	if ctx, _ := e["contexts"].([]any); len(ctx) != 1 || ctx[0] != "base:allocation" {
+	if ctx, _ := e["contexts"].([]any); len(ctx) != 2 || ctx[0] != "base:allocation" || ctx[1] != "qemu:allocation-depth" {
 		t.Errorf("contexts %v", e["contexts"])
 	}
 

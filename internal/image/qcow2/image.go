@@ -74,6 +74,7 @@ var (
 	_ blockdev.Describer  = (*Image)(nil)
 	_ image.Inspector     = (*Image)(nil)
 	_ blockdev.Resizer    = (*Image)(nil)
+	_ blockdev.Depther    = (*Image)(nil)
 	_ image.Snapshotter   = (*Image)(nil)
 )
 

@@ -1,6 +1,10 @@
 package qcow2
 
-import "vdisk/internal/blockdev"
+import (
+	"fmt"
+
+	"vdisk/internal/blockdev"
+)
 
 // Trim discards [off, off+n): whole clusters are released (they read as
 // zeroes afterwards), partial ones are overwritten with zeroes.
@@ -157,4 +161,60 @@ func (img *Image) backingExtents(pos, n int64, add func(o, l int64, f blockdev.E
 		add(pos, end-pos, blockdev.ExtentZero|blockdev.ExtentHole)
 	}
 	return nil
+}
+
+// Depth reports which layer of the backing chain holds each range: 1 for
+// this image (data, compressed or zero clusters), the backing file's depth
+// plus one where this image leaves it to the backing file, 0 where no
+// layer has it.
+func (img *Image) Depth(off, n int64) ([]blockdev.DepthExtent, error) {
+	if err := img.begin(off, n); err != nil {
+		return nil, err
+	}
+	defer img.ioMu.RUnlock()
+	var out []blockdev.DepthExtent
+	add := func(o, l int64, d uint32) {
+		if k := len(out) - 1; k >= 0 && out[k].Depth == d && out[k].Off+out[k].Len == o {
+			out[k].Len += l
+			return
+		}
+		out = append(out, blockdev.DepthExtent{Off: o, Len: l, Depth: d})
+	}
+	end := off + n
+	for pos := off; pos < end && len(out) < maxExtents; {
+		img.mu.Lock()
+		r, err := img.mapRun(pos, end)
+		img.mu.Unlock()
+		if err != nil {
+			return nil, err
+		}
+		if r.kind != kUnalloc {
+			add(pos, r.n, 1)
+			pos += r.n
+			continue
+		}
+		stop := pos + r.n
+		for pos < stop && img.backing != nil && pos < img.backingSize {
+			ds, err := blockdev.Depths(img.backing, pos, min(stop, img.backingSize)-pos)
+			if err != nil {
+				return nil, err
+			}
+			if len(ds) == 0 {
+				return nil, fmt.Errorf("qcow2: the backing file reported no depths at %d", pos)
+			}
+			for _, d := range ds {
+				depth := d.Depth
+				if depth > 0 {
+					depth++
+				}
+				add(d.Off, d.Len, depth)
+				pos = d.Off + d.Len
+			}
+		}
+		if pos < stop {
+			add(pos, stop-pos, 0)
+			pos = stop
+		}
+	}
+	return out, nil
 }

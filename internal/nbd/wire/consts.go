@@ -295,3 +295,8 @@ const (
 // MetaContextBaseAllocation is the name of the one context the
 // specification defines.
 const MetaContextBaseAllocation = "base:allocation"
+
+// MetaContextAllocationDepth is qemu's context (in the registered qemu
+// namespace) whose descriptors hold, instead of flags, the depth in the
+// backing chain of the layer that holds each range (0: none).
+const MetaContextAllocationDepth = "qemu:allocation-depth"
