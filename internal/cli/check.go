@@ -35,7 +35,9 @@ func newCheckCmd(e *env) *cobra.Command {
 		Long: `check verifies an image's metadata the way qemu-img check does: every
 cluster's reference count must match the references to it. A count that is
 too low is a corruption (data may be lost); one too high is a leak (wasted
-space, harmless). --repair leaks frees leaked clusters.
+space, harmless). --repair leaks frees leaked clusters; --repair all also
+rebuilds refcounts that are too low and fixes COPIED flags, as qemu-img
+check -r all does (damaged tables are reported, not repaired).
 
 Exit status: 0 clean, 2 corruptions found, 3 only leaks found, 63 the format
 has no checks (raw), 1 the check could not run. --json prints the result as
@@ -47,8 +49,10 @@ an object shaped like qemu-img check --output json.`,
 			case "":
 			case "leaks":
 				opt.RepairLeaks = true
+			case "all":
+				opt.RepairAll = true
 			default:
-				return fmt.Errorf("check: --repair %q: only \"leaks\" is supported (use qemu-img check -r all for more)", repair)
+				return fmt.Errorf("check: --repair %q: want \"leaks\" or \"all\"", repair)
 			}
 			check := func(opt image.CheckOptions) (*image.CheckResult, error) {
 				if s3.IsURL(args[0]) {
@@ -63,13 +67,13 @@ an object shaped like qemu-img check --output json.`,
 			if err != nil {
 				return &exitError{code: checkExitError, err: err}
 			}
-			if opt.RepairLeaks && res.LeaksFixed > 0 {
+			if res.LeaksFixed > 0 || res.CorruptionsFixed > 0 {
 				// Report the state after the repair, as qemu-img does.
-				fixed := res.LeaksFixed
+				leaks, corruptions := res.LeaksFixed, res.CorruptionsFixed
 				if res, err = check(image.CheckOptions{}); err != nil {
 					return &exitError{code: checkExitError, err: err}
 				}
-				res.LeaksFixed = fixed
+				res.LeaksFixed, res.CorruptionsFixed = leaks, corruptions
 			}
 			if asJSON {
 				if err := printJSON(e.stdout, res); err != nil {
@@ -89,7 +93,7 @@ an object shaped like qemu-img check --output json.`,
 	}
 	fl := cmd.Flags()
 	fl.StringVarP(&format, "format", "f", "", "image format (default: probe)")
-	fl.StringVarP(&repair, "repair", "r", "", `repair what can be repaired safely: "leaks"`)
+	fl.StringVarP(&repair, "repair", "r", "", `repair "leaks", or "all" (refcounts and COPIED flags too)`)
 	fl.BoolVar(&asJSON, "json", false, "print the result as JSON")
 	addS3Flags(fl, &s3o)
 	return cmd
@@ -100,8 +104,8 @@ func printCheck(w io.Writer, r *image.CheckResult) {
 	for _, m := range r.Messages {
 		fmt.Fprintln(w, m)
 	}
-	if r.LeaksFixed > 0 {
-		fmt.Fprintf(w, "The following inconsistencies were found and repaired:\n\n    %d leaked clusters\n    0 corruptions\n\n", r.LeaksFixed)
+	if r.LeaksFixed > 0 || r.CorruptionsFixed > 0 {
+		fmt.Fprintf(w, "The following inconsistencies were found and repaired:\n\n    %d leaked clusters\n    %d corruptions\n\n", r.LeaksFixed, r.CorruptionsFixed)
 	}
 	switch {
 	case r.Corruptions > 0:

@@ -80,6 +80,21 @@ func TestCheck(t *testing.T) {
 		runTool(t, "qemu-img", "check", p)
 		runTool(t, "qemu-io", "-c", "read -P 0x42 0 64k", p)
 	})
+	t.Run("repair all", func(t *testing.T) {
+		p := filepath.Join(t.TempDir(), "img.qcow2")
+		runTool(t, "qemu-img", "create", "-q", "-f", "qcow2", p, "100M")
+		runTool(t, "qemu-io", "-c", "write -P 0x42 0 64k", p)
+		setRefcount16(t, p, 3, 0) // a corruption: the data cluster counted 0
+		if code, _, _ := run(t, "check", "--repair", "leaks", p); code != 2 {
+			t.Fatalf("--repair leaks of a corruption: code %d, want 2 (not repairable that way)", code)
+		}
+		code, out, _ := run(t, "check", "--repair", "all", p)
+		if code != 0 || !strings.Contains(out, "1 corruptions") || !strings.Contains(out, "No errors were found") {
+			t.Fatalf("--repair all: code %d, out %q", code, out)
+		}
+		runTool(t, "qemu-img", "check", p)
+		runTool(t, "qemu-io", "-c", "read -P 0x42 0 64k", p)
+	})
 	t.Run("raw", func(t *testing.T) {
 		p := filepath.Join(t.TempDir(), "img.raw")
 		if err := os.WriteFile(p, make([]byte, 4096), 0o644); err != nil {

@@ -45,6 +45,10 @@ type Snapshot struct {
 type CheckOptions struct {
 	// RepairLeaks frees clusters that are allocated but unused.
 	RepairLeaks bool
+	// RepairAll also repairs what qemu-img check -r all does: refcounts
+	// that are too low (rebuilt from the references) and wrong COPIED
+	// flags. Damaged tables (offsets out of range) are not repairable.
+	RepairAll bool
 }
 
 // CheckResult is what Check found, shaped like `qemu-img check --output

@@ -71,7 +71,7 @@ func (c *checker) read(what string, off, n int64) []byte {
 // high is a leak. With opt.RepairLeaks the leaked refcounts are lowered.
 func Check(path string, opt image.CheckOptions) (*image.CheckResult, error) {
 	flag := os.O_RDONLY
-	if opt.RepairLeaks {
+	if opt.RepairLeaks || opt.RepairAll {
 		flag = os.O_RDWR
 	}
 	f, err := os.OpenFile(path, flag, 0)
@@ -79,7 +79,7 @@ func Check(path string, opt image.CheckOptions) (*image.CheckResult, error) {
 		return nil, fmt.Errorf("qcow2: check: %w", err)
 	}
 	defer f.Close()
-	if err := lock(f, image.OpenOptions{ReadOnly: !opt.RepairLeaks}); err != nil {
+	if err := lock(f, image.OpenOptions{ReadOnly: flag == os.O_RDONLY}); err != nil {
 		return nil, fmt.Errorf("%w (checking %s)", err, path)
 	}
 	st, err := f.Stat()
@@ -106,12 +106,52 @@ func checkStore(f store, fsize int64, name string, opt image.CheckOptions) (*ima
 	if err != nil {
 		return nil, err
 	}
-	stored, err := c.compare(opt.RepairLeaks)
+	damaged := c.res.Corruptions > 0 || c.res.CheckErrors > 0 // in the tables themselves
+	stored, err := c.compare(opt.RepairLeaks && !opt.RepairAll)
 	if err != nil {
 		return nil, err
 	}
 	c.checkCopied(stored)
+	if !opt.RepairAll || c.res.Corruptions+c.res.Leaks == 0 {
+		return c.res, nil
+	}
+	if damaged {
+		c.res.Messages = append(c.res.Messages, "The image's tables are damaged (not only refcounts and flags): it cannot be repaired")
+		return c.res, nil
+	}
+	if err := repairAll(f, h, fsize, name); err != nil {
+		return nil, fmt.Errorf("qcow2: repair %s: %w", name, err)
+	}
+	c.res.CorruptionsFixed, c.res.LeaksFixed = c.res.Corruptions, c.res.Leaks
 	return c.res, nil
+}
+
+// keepOpen is a store whose Close leaves the store open: the caller of
+// Check owns it.
+type keepOpen struct{ store }
+
+func (keepOpen) Close() error { return nil }
+
+// repairAll rebuilds the refcounts from the references, then sets the
+// COPIED flags by them, as qemu-img check -r all does.
+func repairAll(f store, h *header, fsize int64, name string) error {
+	if err := repairRefcounts(f, h, fsize, name); err != nil {
+		return err
+	}
+	img, err := openStore(keepOpen{f}, name, image.OpenOptions{NoBacking: true})
+	if err != nil {
+		return err
+	}
+	img.mu.Lock()
+	err = img.fixCopied()
+	if err == nil {
+		err = img.writeMetadata(true)
+	}
+	img.mu.Unlock()
+	if cerr := img.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
 
 // newChecker counts the references of the image in f.

@@ -39,6 +39,11 @@ func TestCheckMatchesQemu(t *testing.T) {
 	runCmd(t, "qemu-io", "-c", "write -P 1 0 100k", "-c", "write -P 3 600k 50k", orig)
 	runCmd(t, "qemu-img", "snapshot", "-c", "s1", orig)
 	runCmd(t, "qemu-io", "-c", "write -P 2 0 20k", "-c", "write -z 300k 8k", orig)
+	origRaw := qemuRaw(t, orig)
+	snapCopy := filepath.Join(dir, "snap.qcow2")
+	runCmd(t, "cp", orig, snapCopy)
+	runCmd(t, "qemu-img", "snapshot", "-a", "s1", snapCopy)
+	snapRaw := qemuRaw(t, snapCopy)
 	base, err := os.ReadFile(orig)
 	if err != nil {
 		t.Fatal(err)
@@ -78,6 +83,22 @@ func TestCheckMatchesQemu(t *testing.T) {
 			if i == 0 && (ours.AllocatedClusters != q.Allocated || ours.FragmentedClusters != q.Fragmented) {
 				t.Errorf("vdisk: %d allocated, %d fragmented; qemu-img: %d, %d", ours.AllocatedClusters, ours.FragmentedClusters, q.Allocated, q.Fragmented)
 			}
+			// --repair all leaves what qemu-img check calls clean, with
+			// the disk and the snapshot as they were.
+			fixed, err := Check(p, image.CheckOptions{RepairAll: true})
+			if err != nil {
+				t.Fatalf("repair all: %v", err)
+			}
+			if fixed.CorruptionsFixed != ours.Corruptions || fixed.LeaksFixed != ours.Leaks {
+				t.Errorf("repair all fixed %d corruptions, %d leaks; found %d, %d", fixed.CorruptionsFixed, fixed.LeaksFixed, ours.Corruptions, ours.Leaks)
+			}
+			qemuCheck(t, p)
+			if again, err := Check(p, image.CheckOptions{}); err != nil || !again.Clean() {
+				t.Fatalf("after repair all: %v %v", again.Messages, err)
+			}
+			mustEqual(t, "disk after repair all", qemuRaw(t, p), origRaw)
+			runCmd(t, "qemu-img", "snapshot", "-a", "s1", p)
+			mustEqual(t, "snapshot after repair all", qemuRaw(t, p), snapRaw)
 		})
 	}
 	q := qemuCheckJSON(t, orig)
