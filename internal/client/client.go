@@ -190,6 +190,8 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 }
 
 // isNoDaemon reports whether a dial error means nobody listens.
+// A reset at connect time comes from a daemon dying with connections in
+// its listener's backlog (killed): none is serving.
 func isNoDaemon(err error) bool {
-	return errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED)
+	return errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET)
 }

@@ -47,12 +47,29 @@ func (c *Client) Ensure(ctx context.Context, sp Spawn) error {
 	if err == nil || !errors.Is(err, ErrNoDaemon) {
 		return err
 	}
+	for range maxSpawns {
+		var again bool
+		if again, err = c.spawn(ctx, sp); !again {
+			return err
+		}
+	}
+	return err
+}
+
+// maxSpawns bounds the daemons Ensure starts: one that exits at once
+// because the previous daemon, killed, still held the socket's lock is
+// followed by another.
+const maxSpawns = 3
+
+// spawn starts one daemon and waits for a daemon to answer. again reports
+// that it exited without any daemon answering, for a retry.
+func (c *Client) spawn(ctx context.Context, sp Spawn) (again bool, err error) {
 	if err := os.MkdirAll(filepath.Dir(sp.LogFile), 0o700); err != nil {
-		return fmt.Errorf("%w: create log directory: %v", ErrDaemonStart, err)
+		return false, fmt.Errorf("%w: create log directory: %v", ErrDaemonStart, err)
 	}
 	logf, err := os.OpenFile(sp.LogFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
-		return fmt.Errorf("%w: open log: %v", ErrDaemonStart, err)
+		return false, fmt.Errorf("%w: open log: %v", ErrDaemonStart, err)
 	}
 	defer logf.Close()
 	fi, _ := logf.Stat()
@@ -65,7 +82,7 @@ func (c *Client) Ensure(ctx context.Context, sp Spawn) error {
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	cmd.Dir = "/"
 	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("%w: %v", ErrDaemonStart, err)
+		return false, fmt.Errorf("%w: %v", ErrDaemonStart, err)
 	}
 	pid := cmd.Process.Pid
 	ctx, cancel := context.WithTimeout(ctx, StartTimeout)
@@ -76,7 +93,7 @@ func (c *Client) Ensure(ctx context.Context, sp Spawn) error {
 	for {
 		_, err := c.Version(ctx)
 		if err == nil {
-			return nil
+			return false, nil
 		}
 		if exitedAt.IsZero() {
 			var ws syscall.WaitStatus
@@ -86,11 +103,11 @@ func (c *Client) Ensure(ctx context.Context, sp Spawn) error {
 		} else if time.Since(exitedAt) > exitGrace {
 			// It exited, and no other daemon (one that won a race to
 			// start) came up meanwhile.
-			return fmt.Errorf("%w: it exited: %s (log: %s)", ErrDaemonStart, tail(sp.LogFile, logStart), sp.LogFile)
+			return true, fmt.Errorf("%w: it exited: %s (log: %s)", ErrDaemonStart, tail(sp.LogFile, logStart), sp.LogFile)
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("%w: no answer on %s after %v (log: %s)", ErrDaemonStart, c.socket, StartTimeout, sp.LogFile)
+			return false, fmt.Errorf("%w: no answer on %s after %v (log: %s)", ErrDaemonStart, c.socket, StartTimeout, sp.LogFile)
 		case <-t.C:
 		}
 	}

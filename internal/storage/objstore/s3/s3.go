@@ -273,11 +273,21 @@ func (s *Store) Put(ctx context.Context, key string, data []byte, opts objstore.
 		in.IfNoneMatch = aws.String("*")
 	}
 	if opts.IfMatch != "" {
-		in.IfMatch = aws.String(opts.IfMatch)
+		// Unquoted: Ceph RGW 16 compares the header's bytes with its
+		// stored, unquoted ETag (a quoted one never matches); versitygw
+		// takes both.
+		in.IfMatch = aws.String(strings.Trim(opts.IfMatch, `"`))
 	}
 	out, err := s.client.PutObject(ctx, in, s3.WithAPIOptions(v4.SwapComputePayloadSHA256ForUnsignedPayloadMiddleware))
 	if err != nil {
-		return objstore.Info{}, fmt.Errorf("s3: put %s: %w", key, mapErr(err))
+		err = mapErr(err)
+		// RGW answers 412, not 404, to an IfMatch put on a missing object.
+		if opts.IfMatch != "" && errors.Is(err, objstore.ErrPreconditionFailed) {
+			if _, herr := s.Head(ctx, key); errors.Is(herr, objstore.ErrNotFound) {
+				err = herr
+			}
+		}
+		return objstore.Info{}, fmt.Errorf("s3: put %s: %w", key, err)
 	}
 	return objstore.Info{Key: key, Size: int64(len(data)), ETag: aws.ToString(out.ETag), ModTime: time.Now()}, nil
 }
