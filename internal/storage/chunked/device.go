@@ -184,7 +184,7 @@ type Device struct {
 	ctx    context.Context // lifetime, cancelled by Close
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
-	pool   sync.Pool // *[]byte of chunkSize: upload snapshots
+	pool   sync.Pool // *[]byte of chunkSize: read-ahead windows
 	sem    chan struct{}
 	// renewMu serialises lease renewals.
 	renewMu sync.Mutex

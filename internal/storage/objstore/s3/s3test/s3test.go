@@ -53,8 +53,10 @@ const (
 	// startTimeout bounds how long the server may take to accept
 	// connections (it is up in well under a second).
 	startTimeout = 30 * time.Second
-	// stopTimeout bounds a graceful stop before SIGKILL.
-	stopTimeout = 10 * time.Second
+	// stopTimeout bounds a graceful stop before SIGKILL: short, because
+	// versitygw waits for its clients' idle keep-alive connections, and
+	// nothing it holds needs a graceful stop (its objects are files).
+	stopTimeout = time.Second
 	// installTimeout bounds `go install` of the server.
 	installTimeout = 15 * time.Minute
 	// hookTimeout bounds a VDISK_TEST_S3_STOP or _START command.
