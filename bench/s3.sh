@@ -6,6 +6,7 @@
 #
 #   bench/s3.sh                    # 512 MiB image, 3 runs of 5 s each
 #   VDISK=/path/to/vdisk bench/s3.sh   # a prebuilt binary (A/B runs)
+#   FORMAT=qcow2 bench/s3.sh       # a qcow2 image in the store (and locally)
 #
 # versitygw runs with keep-alive (VGW_KEEP_ALIVE=true; its default closes
 # every connection after one request, which no production server does) and
@@ -16,6 +17,7 @@ cd "$(dirname "$0")/.."
 SIZE=${SIZE:-512M}
 RUNS=${RUNS:-3}
 RUNTIME=${RUNTIME:-5}
+FORMAT=${FORMAT:-raw}
 OUT=bench/out/s3-$(date +%Y%m%d-%H%M%S)
 mkdir -p "$OUT"
 work=$(mktemp -d /var/tmp/vdisk-bench-s3.XXXXXX)
@@ -30,8 +32,8 @@ if [ -n "${VDISK:-}" ]; then cp "$VDISK" "$work/vdisk"; else go build -o "$work/
 export VGW_KEEP_ALIVE=${VGW_KEEP_ALIVE:-true}
 eval "$(scripts/s3test.sh start "$work/s3" 127.0.0.1:17070)"
 url=s3://$VDISK_S3_BUCKET/bench
-"$work/vdisk" create --size "$SIZE" "$url" >/dev/null
-truncate -s "$SIZE" "$work/local.img"
+"$work/vdisk" create -f "$FORMAT" --size "$SIZE" "$url" >/dev/null
+"$work/vdisk" create -f "$FORMAT" --size "$SIZE" "$work/local.img" >/dev/null
 
 jobs=("seqwrite-1M write 1M 8" "seqread-1M read 1M 8" "randwrite-4k-qd32 randwrite 4k 32" "randread-4k-qd32 randread 4k 32")
 for run in $(seq 1 "$RUNS"); do
