@@ -120,21 +120,35 @@ func (img *Image) WriteCompressed(p []byte, off int64) error {
 	return nil
 }
 
-// allocBytes returns n bytes of host space for compressed data, after the
-// previous compressed cluster when they fit in its host cluster (whose
-// refcount then counts one more user), else at the start of a new one.
+// allocBytes returns n bytes of host space for compressed data, right
+// after the previous compressed cluster, as qemu-img packs them: in the
+// same host cluster when they fit (its refcount then counts one more
+// user), else running on into the next host cluster when that is the one
+// the allocator hands out, else at the start of a new one.
 func (img *Image) allocBytes(n int64) (int64, error) {
-	maxRef := uint64(1)<<img.h.refcountBits() - 1
-	if img.h.refcountBits() == 64 {
-		maxRef = ^uint64(0)
-	}
-	if img.zNext != 0 && img.zNext%img.cs != 0 && img.zNext%img.cs+n <= img.cs {
+	if img.zNext != 0 && img.zNext%img.cs != 0 {
 		cl := img.zNext / img.cs
 		rc, err := img.refcount(cl)
 		if err != nil {
 			return 0, err
 		}
-		if rc >= 1 && rc < maxRef {
+		if rc >= 1 && rc < img.maxRefcount() {
+			if img.zNext%img.cs+n <= img.cs {
+				if err := img.setRefcount(cl, rc+1); err != nil {
+					return 0, err
+				}
+				host := img.zNext
+				img.zNext += n
+				return host, nil
+			}
+			next, err := img.alloc(1)
+			if err != nil {
+				return 0, err
+			}
+			if next != (cl+1)*img.cs {
+				img.zNext = next + n
+				return next, nil
+			}
 			if err := img.setRefcount(cl, rc+1); err != nil {
 				return 0, err
 			}
