@@ -57,6 +57,7 @@ func TestS3(t *testing.T) {
 	t.Run("qcow2", func(t *testing.T) { testS3Qcow2(t, srv) })
 	t.Run("encrypted", func(t *testing.T) { testS3Encrypted(t, srv) })
 	t.Run("check", func(t *testing.T) { testS3Check(t, srv) })
+	t.Run("resize", func(t *testing.T) { testS3Resize(t, srv) })
 	t.Run("outage", func(t *testing.T) { testS3Outage(t, srv) })
 }
 

@@ -303,3 +303,60 @@ func testS3Check(t *testing.T, srv *s3test.Server) {
 		t.Fatalf("check of a raw image in the store: exit %d, want 63 (nothing to check)", code)
 	}
 }
+
+// testS3Resize: vdisk resize of images in the store that are not open: a
+// raw one grows, keeps its data and shrinks with --shrink; a qcow2 one
+// grows past the capacity its file was created with, and qemu-img finds
+// the stored file consistent; an open one is refused naming the writer.
+func testS3Resize(t *testing.T, srv *s3test.Server) {
+	e := newEnv(t)
+	withS3 := s3Env(srv)
+	raw := fmt.Sprintf("s3://%s/e2e-resize-%d", srv.Bucket, time.Now().UnixNano())
+	e.mustWith(withS3, "create", "--size", "10M", raw)
+	dev, id := e.openWith(withS3, raw)
+	ref := filepath.Join(e.dir, "ref.raw")
+	if err := os.WriteFile(ref, make([]byte, 10<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	writePatterns(t, dev, ref, []patternWrite{{0, 64 << 10, 'r'}, {10<<20 - 4096, 4096, 's'}})
+	if _, errs, code := e.runWith(withS3, bin, "resize", "--socket", filepath.Join(e.dir, "no-daemon.sock"), raw, "20M"); code == 0 || !strings.Contains(errs, "in use by") {
+		t.Fatalf("resize of an image open elsewhere: exit %d, %q", code, errs)
+	}
+	e.must("close", id)
+	e.mustWith(withS3, "resize", raw, "+10M")
+	dev, id = e.openWith(withS3, raw)
+	want := append(readFile(t, ref), make([]byte, 10<<20)...)
+	if !bytes.Equal(readFile(t, copyDevice(t, dev)), want) {
+		t.Fatal("after growing, the disk is not the old data followed by zeroes")
+	}
+	e.must("close", id)
+	if _, errs, code := e.runWith(withS3, bin, "resize", raw, "5M"); code == 0 || !strings.Contains(errs, "--shrink") {
+		t.Fatalf("shrink without --shrink: exit %d, %q", code, errs)
+	}
+	e.mustWith(withS3, "resize", "--shrink", raw, "5M")
+	var im api.Image
+	if err := json.Unmarshal([]byte(e.mustWith(withS3, "info", raw, "--json")), &im); err != nil || im.Size != 5<<20 {
+		t.Fatalf("info after the shrink: %+v, %v", im, err)
+	}
+
+	prefix := fmt.Sprintf("e2e-resize-q-%d", time.Now().UnixNano())
+	q := "s3://" + srv.Bucket + "/" + prefix
+	e.mustWith(withS3, "create", "-f", "qcow2", "--size", "64M", q)
+	dev, id = e.openWith(withS3, q)
+	qref := filepath.Join(e.dir, "qref.raw")
+	if err := os.WriteFile(qref, make([]byte, 64<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	writePatterns(t, dev, qref, []patternWrite{{1 << 20, 1 << 20, 'q'}})
+	e.must("close", id)
+	e.mustWith(withS3, "resize", q, "3G") // past the capacity of 64M + 1G
+	if err := json.Unmarshal([]byte(e.mustWith(withS3, "info", q, "--json")), &im); err != nil || im.Size != 3<<30 || im.Store == nil || im.Store.Capacity < 3<<30 {
+		t.Fatalf("info of the grown qcow2 image: %+v (store %+v), %v", im, im.Store, err)
+	}
+	stored := storedFile(t, srv, prefix)
+	sh(t, "qemu-img", "check", "-f", "qcow2", stored)
+	if err := os.Truncate(qref, 3<<30); err != nil { // the old data, then zeroes
+		t.Fatal(err)
+	}
+	sh(t, "qemu-img", "compare", "-f", "qcow2", "-F", "raw", stored, qref)
+}

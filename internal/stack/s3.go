@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"vdisk/internal/blockdev"
+	"vdisk/internal/crypt/luks"
 	"vdisk/internal/image"
 	"vdisk/internal/storage/chunked"
 	"vdisk/internal/storage/objstore/s3"
@@ -247,7 +248,7 @@ func DeleteS3(ctx context.Context, name string, o S3Options) error {
 	if err != nil {
 		return err
 	}
-	if err := chunked.Delete(ctx, st, prefix, chunked.DeleteOptions{ForceTakeover: o.ForceTakeover}); err != nil {
+	if err := chunked.Delete(ctx, st, prefix, chunked.AdminOptions{ForceTakeover: o.ForceTakeover}); err != nil {
 		return fmt.Errorf("%s: %w", name, err)
 	}
 	return nil
@@ -279,4 +280,71 @@ func CheckS3(ctx context.Context, name string, opt image.CheckOptions, o S3Optio
 		err = cerr
 	}
 	return res, err
+}
+
+// resizeS3 resizes an image in an object store that nobody has open: a raw
+// one by its manifest (chunked.Resize), a qcow2 one by growing the file's
+// capacity if it needs more, then its virtual size through the format.
+func resizeS3(ctx context.Context, name string, size int64, shrink bool, o Options) (int64, error) {
+	cfg, prefix, err := o.S3.config(name)
+	if err != nil {
+		return 0, err
+	}
+	st, err := s3.New(ctx, cfg)
+	if err != nil {
+		return 0, err
+	}
+	m, err := chunked.Stat(ctx, st, prefix)
+	if err != nil {
+		return 0, fmt.Errorf("%s: %w", name, err)
+	}
+	admin := chunked.AdminOptions{ForceTakeover: o.S3.ForceTakeover}
+	if m.ImageFormat == "" {
+		ro, err := chunked.Open(ctx, st, prefix, chunked.Options{ReadOnly: true})
+		if err != nil {
+			return 0, fmt.Errorf("%s: %w", name, err)
+		}
+		encrypted := luks.IsLUKS(ro)
+		ro.Close()
+		if encrypted {
+			return m.Size, fmt.Errorf("%s: encrypted images cannot be resized yet", name)
+		}
+		if size < m.Size && !shrink {
+			return m.Size, fmt.Errorf("%s: shrinking from %d to %d bytes drops the data past the new end; pass --shrink if that is what you want", name, m.Size, size)
+		}
+		old, err := chunked.Resize(ctx, st, prefix, size, admin)
+		if err != nil {
+			return old, fmt.Errorf("%s: %w", name, err)
+		}
+		return old, nil
+	}
+	if c := capacity(size); c > m.Size {
+		if _, err := chunked.Resize(ctx, st, prefix, c, admin); err != nil {
+			return 0, fmt.Errorf("%s: grow the %s file's capacity: %w", name, m.ImageFormat, err)
+		}
+	}
+	o.ReadOnly, o.Create, o.KeepEncrypted, o.NoBacking = false, false, true, true
+	d, err := openChunked(ctx, st, name, prefix, o)
+	if err != nil {
+		return 0, err
+	}
+	old := d.Device.Size()
+	r, ok := d.Device.(blockdev.Resizer)
+	switch {
+	case !ok:
+		err = fmt.Errorf("%s: %s images cannot be resized", name, d.Format)
+	case luks.IsLUKS(d.Device):
+		err = fmt.Errorf("%s: encrypted images cannot be resized yet", name)
+	case size < old && !shrink:
+		err = fmt.Errorf("%s: shrinking from %d to %d bytes drops the data past the new end; pass --shrink if that is what you want", name, old, size)
+	default:
+		err = r.Resize(size)
+	}
+	if cerr := d.Device.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return old, fmt.Errorf("%s: %w", name, err)
+	}
+	return old, nil
 }

@@ -225,10 +225,11 @@ func create(ctx context.Context, name string, o CreateOptions) error {
 // Resize changes the virtual size of the image name, which must not be
 // open anywhere (Open takes its lock), from old to size bytes. Growing
 // adds zeroes; shrinking drops the data past the new end and needs shrink.
-// Raw files and qcow2 (growing) can be resized.
+// Raw files and qcow2 (growing) can be resized, locally and in an object
+// store.
 func Resize(ctx context.Context, name string, size int64, shrink bool, o Options) (old int64, err error) {
 	if s3.IsURL(name) {
-		return 0, fmt.Errorf("%s: images in an object store cannot be resized yet", name)
+		return resizeS3(ctx, name, size, shrink, o)
 	}
 	o.ReadOnly, o.Create, o.KeepEncrypted = false, false, true
 	d, err := Open(ctx, name, o)

@@ -9,29 +9,33 @@ import (
 	"vdisk/internal/storage/objstore"
 )
 
-// DeleteOptions say how Delete takes the image from its writer.
-type DeleteOptions struct {
-	// Holder names the deleter in the lease while it deletes; empty
-	// means "hostname:pid".
+// AdminOptions say how Delete and Resize take an image from its writer:
+// they hold its lease while they work, like a writer, so an image someone
+// has open is refused with a *LeaseError naming the holder.
+type AdminOptions struct {
+	// Holder names this process in the lease; empty means "hostname:pid".
 	Holder string
-	// ForceTakeover deletes an image whose writer let its lease expire.
+	// ForceTakeover takes an image whose writer let its lease expire.
 	ForceTakeover bool
 }
 
-// Delete removes the image under prefix for good, as `vdisk rm` does. It
-// first takes the image's lease like a writer would, so an image someone
-// has open is refused with a *LeaseError naming the holder; then Remove
-// deletes the manifest, the chunks and the lease.
-func Delete(ctx context.Context, store objstore.Store, prefix string, o DeleteOptions) error {
-	if _, err := Stat(ctx, store, prefix); err != nil {
-		return err
-	}
+// take acquires the lease of the image under prefix for what (shown to
+// other writers).
+func (o AdminOptions) take(ctx context.Context, store objstore.Store, prefix, what string) (*lease, error) {
 	if o.Holder == "" {
 		host, _ := os.Hostname()
 		o.Holder = fmt.Sprintf("%s:%d", host, os.Getpid())
 	}
-	kp := keyPrefix(prefix)
-	if _, err := acquireLease(ctx, store, kp+leaseName, o.Holder+" (deleting)", DefaultLeaseTTL, o.ForceTakeover, time.Now); err != nil {
+	return acquireLease(ctx, store, keyPrefix(prefix)+leaseName, o.Holder+" ("+what+")", DefaultLeaseTTL, o.ForceTakeover, time.Now)
+}
+
+// Delete removes the image under prefix for good, as `vdisk rm` does:
+// under its lease, Remove deletes the manifest, the chunks and the lease.
+func Delete(ctx context.Context, store objstore.Store, prefix string, o AdminOptions) error {
+	if _, err := Stat(ctx, store, prefix); err != nil {
+		return err
+	}
+	if _, err := o.take(ctx, store, prefix, "deleting"); err != nil {
 		return fmt.Errorf("chunked: delete %s: %w", prefix, err)
 	}
 	return Remove(ctx, store, prefix)

@@ -139,13 +139,13 @@ func TestDelete(t *testing.T) {
 		t.Fatal(err)
 	}
 	var le *LeaseError
-	if err := Delete(ctx, st, prefix, DeleteOptions{}); !errors.As(err, &le) || le.Holder != "test-writer" {
+	if err := Delete(ctx, st, prefix, AdminOptions{}); !errors.As(err, &le) || le.Holder != "test-writer" {
 		t.Fatalf("Delete of an open image: %v, want a LeaseError naming test-writer", err)
 	}
 	if err := d.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if err := Delete(ctx, st, prefix, DeleteOptions{}); err != nil {
+	if err := Delete(ctx, st, prefix, AdminOptions{}); err != nil {
 		t.Fatalf("Delete: %v", err)
 	}
 	if _, err := Stat(ctx, st, prefix); !errors.Is(err, ErrNoImage) {
@@ -154,7 +154,80 @@ func TestDelete(t *testing.T) {
 	if k := chunkKeys(t, st, prefix); len(k) != 0 {
 		t.Fatalf("chunks after Delete: %v", k)
 	}
-	if err := Delete(ctx, st, prefix, DeleteOptions{}); !errors.Is(err, ErrNoImage) {
+	if err := Delete(ctx, st, prefix, AdminOptions{}); !errors.Is(err, ErrNoImage) {
 		t.Fatalf("Delete of nothing: %v, want ErrNoImage", err)
+	}
+}
+
+// Resize grows and shrinks a raw image whose size is not a whole number
+// of chunks: the data below the smaller size stays, what grows reads as
+// zeroes, and bytes dropped by a shrink never come back with a grow.
+func TestResize(t *testing.T) {
+	for _, b := range backends() {
+		t.Run(b.name, func(t *testing.T) {
+			ctx := context.Background()
+			st, prefix := b.store(t), newPrefix(t)
+			size := int64(2*testChunk + testChunk/2)
+			d := create(t, st, prefix, size, testOpts())
+			data := pattern(int(size), 5)
+			mustWrite(t, d, data, 0)
+			if err := d.Close(); err != nil {
+				t.Fatal(err)
+			}
+			check := func(want []byte) {
+				t.Helper()
+				d := open(t, st, prefix, Options{ReadOnly: true})
+				if d.Size() != int64(len(want)) {
+					t.Fatalf("size %d, want %d", d.Size(), len(want))
+				}
+				if got := readAll(t, d); !bytes.Equal(got, want) {
+					t.Fatalf("contents differ from the model at %d", firstDiff(got, want))
+				}
+				d.Close()
+			}
+			// Grow: the short last chunk is padded.
+			if old, err := Resize(ctx, st, prefix, 4*testChunk, AdminOptions{}); err != nil || old != size {
+				t.Fatalf("grow: %d, %v", old, err)
+			}
+			check(append(append([]byte{}, data...), make([]byte, 4*testChunk-size)...))
+			// Shrink into the middle of chunk 1: chunks 2 and 3 go.
+			small := int64(testChunk + 100)
+			if _, err := Resize(ctx, st, prefix, small, AdminOptions{}); err != nil {
+				t.Fatalf("shrink: %v", err)
+			}
+			check(data[:small])
+			if k := chunkKeys(t, st, prefix); len(k) != 2 {
+				t.Fatalf("chunks after the shrink: %v, want 0 and 1", k)
+			}
+			// Grow again: what the shrink dropped reads as zeroes.
+			if _, err := Resize(ctx, st, prefix, size, AdminOptions{}); err != nil {
+				t.Fatalf("grow again: %v", err)
+			}
+			check(append(append([]byte{}, data[:small]...), make([]byte, size-small)...))
+			// Refused while a writer holds the image.
+			w := open(t, st, prefix, testOpts())
+			var le *LeaseError
+			if _, err := Resize(ctx, st, prefix, 8*testChunk, AdminOptions{}); !errors.As(err, &le) {
+				t.Fatalf("resize of an open image: %v, want a LeaseError", err)
+			}
+			w.Close()
+		})
+	}
+}
+
+func TestResizeFormatCapacity(t *testing.T) {
+	ctx := context.Background()
+	st, prefix := objstore.NewMem(), newPrefix(t)
+	if _, err := Create(ctx, st, prefix, 4*testChunk, CreateOptions{ChunkSize: testChunk, ImageFormat: "qcow2"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Resize(ctx, st, prefix, 2*testChunk, AdminOptions{}); !errors.Is(err, blockdev.ErrNotSupported) {
+		t.Fatalf("shrinking a format's capacity: %v, want ErrNotSupported", err)
+	}
+	if _, err := Resize(ctx, st, prefix, 16*testChunk, AdminOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if m, err := Stat(ctx, st, prefix); err != nil || m.Size != 16*testChunk || m.ImageFormat != "qcow2" {
+		t.Fatalf("after growing the capacity: %+v, %v", m, err)
 	}
 }
