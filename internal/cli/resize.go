@@ -29,7 +29,8 @@ func newResizeCmd(e *env) *cobra.Command {
 			"(100M, 10G; a bare number means MiB). The new space reads as zeroes; the\n" +
 			"partitions and file system on the disk are left as they are (grow them with\n" +
 			"growpart and resize2fs). Shrinking drops the data past the new end and needs\n" +
-			"--shrink. Raw images can grow and shrink, qcow2 images can grow.\n\n" +
+			"--shrink. Raw images can grow and shrink, qcow2 images can grow, also in\n" +
+			"an object store (s3://, under the image's lease).\n\n" +
 			"A disk that is open grows in place, attached and mounted: the daemon grows\n" +
 			"the image and the kernel's device (loop, FUSE or nbd) follows, like\n" +
 			"losetup --set-capacity; IMAGE may then also be the disk's id or device.\n" +
