@@ -65,3 +65,63 @@ func TestEncryptedImageEndToEnd(t *testing.T) {
 		t.Fatal("decrypted copy differs from what qemu-io wrote")
 	}
 }
+
+// TestResizeEncrypted: vdisk resize of encrypted images (raw and qcow2,
+// made by vdisk, and a LUKS1 volume cryptsetup made) changes the decrypted
+// disk by the size asked, without the passphrase; the data stays, and
+// cryptsetup still opens the volume and sees the new size.
+func TestResizeEncrypted(t *testing.T) {
+	needTools(t, "cryptsetup", "qemu-io", "nbdinfo", "qemu-img")
+	dir := t.TempDir()
+	key := filepath.Join(dir, "key")
+	if err := os.WriteFile(key, []byte("resize me"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	luks1 := filepath.Join(dir, "luks1.img")
+	if err := os.WriteFile(luks1, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(luks1, 8<<20+2<<20); err != nil { // 2 MiB of LUKS1 header
+		t.Fatal(err)
+	}
+	if b, err := exec.Command("cryptsetup", "luksFormat", "--batch-mode", "--type", "luks1", "--pbkdf-force-iterations", "1000",
+		"--key-file", key, luks1).CombinedOutput(); err != nil {
+		t.Fatalf("cryptsetup luksFormat: %v %s", err, b)
+	}
+	for _, tc := range []struct {
+		name, format string
+	}{{"raw", "raw"}, {"qcow2", "qcow2"}, {"cryptsetup-luks1", ""}} {
+		t.Run(tc.name, func(t *testing.T) {
+			img := luks1
+			if tc.format != "" {
+				img = filepath.Join(dir, tc.name+".img")
+				if code, _, errs := run(t, "create", "-f", tc.format, "--encrypt", "luks2", "--key-file", key,
+					"--pbkdf-force-iterations", "4", "--pbkdf-memory", "32768", img, "--size", "8M"); code != 0 {
+					t.Fatalf("create: %s", errs)
+				}
+			}
+			uri, stop := serving(t, "--key-file", key, img)
+			runTool(t, "qemu-io", "-f", "raw", "-c", "write -P 0x5e 7M 1M", "-c", "flush", uri)
+			stop()
+			if code, out, errs := run(t, "resize", img, "+8M"); code != 0 || !strings.Contains(out, "from 8M to 16M") {
+				t.Fatalf("resize +8M: code %d, %q, %q", code, out, errs)
+			}
+			uri, stop = serving(t, "--key-file", key, img)
+			if got := strings.TrimSpace(runTool(t, "nbdinfo", "--size", uri)); got != "16777216" {
+				t.Fatalf("decrypted size after +8M: %s", got)
+			}
+			out := runTool(t, "qemu-io", "-f", "raw", "-c", "read -P 0x5e 7M 1M", "-c", "read -P 0 8M 8M", "-c", "write -P 0x6f 15M 1M", uri)
+			if strings.Contains(out, "fail") {
+				t.Fatalf("after the resize:\n%s", out)
+			}
+			stop()
+			if tc.format != "qcow2" {
+				if b, err := exec.Command("cryptsetup", "open", "--test-passphrase", "--key-file", key, img).CombinedOutput(); err != nil {
+					t.Fatalf("cryptsetup after the resize: %v %s", err, b)
+				}
+			} else {
+				runTool(t, "qemu-img", "check", img)
+			}
+		})
+	}
+}

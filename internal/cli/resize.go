@@ -20,13 +20,15 @@ func newResizeCmd(e *env) *cobra.Command {
 		format string
 		shrink bool
 		f      daemonFlags
+		s3o    stack.S3Options
 	)
 	cmd := &cobra.Command{
 		Use:   "resize [--shrink] [-f FORMAT] IMAGE [+|-]SIZE",
 		Short: "Change the virtual size of an image that is not open",
 		Long: "resize sets the image's virtual size to SIZE, or grows (+SIZE) or shrinks\n" +
 			"(-SIZE) it by that much, like qemu-img resize. SIZE is written as for create\n" +
-			"(100M, 10G; a bare number means MiB). The new space reads as zeroes; the\n" +
+			"(100M, 10G; a bare number means MiB); for an encrypted image it is the\n" +
+			"decrypted disk's size, and no passphrase is needed. The new space reads as zeroes; the\n" +
 			"partitions and file system on the disk are left as they are (grow them with\n" +
 			"growpart and resize2fs). Shrinking drops the data past the new end and needs\n" +
 			"--shrink. Raw images can grow and shrink, qcow2 images can grow, also in\n" +
@@ -50,23 +52,20 @@ func newResizeCmd(e *env) *cobra.Command {
 				defer c.Close()
 				return resizeOpen(cmd.Context(), e, c, d, sign, n)
 			}
-			if sign != "" {
-				d, err := stack.Open(cmd.Context(), name, stack.Options{Format: format, ReadOnly: true, KeepEncrypted: true, NoBacking: true})
-				if err != nil {
-					return fmt.Errorf("resize: %w", err)
+			newSize := func(old int64) int64 {
+				switch sign {
+				case "+":
+					return old + n
+				case "-":
+					return old - n
 				}
-				cur := d.Device.Size()
-				d.Device.Close()
-				if sign == "+" {
-					n = cur + n
-				} else if n = cur - n; n <= 0 {
-					return fmt.Errorf("resize: %s is %s; it cannot shrink by %s", name, formatSize(cur), arg)
-				}
+				return n
 			}
-			old, err := stack.Resize(cmd.Context(), name, n, shrink, stack.Options{Format: format, Log: e.log})
+			old, err := stack.Resize(cmd.Context(), name, newSize, shrink, stack.Options{Format: format, S3: s3o, Log: e.log})
 			if err != nil {
 				return fmt.Errorf("resize: %w", err)
 			}
+			n = newSize(old)
 			fmt.Fprintf(e.stdout, "resized %s from %s to %s\n", name, formatSize(old), formatSize(n))
 			return nil
 		},
@@ -75,6 +74,7 @@ func newResizeCmd(e *env) *cobra.Command {
 	cmd.Flags().BoolVar(&shrink, "shrink", false, "allow shrinking, which drops the data past the new end")
 	cmd.Flags().SetInterspersed(false)
 	f.add(cmd)
+	addS3Flags(cmd.Flags(), &s3o)
 	return cmd
 }
 

@@ -41,9 +41,9 @@ func (d *Daemon) Resize(id string, size int64) (api.Disk, error) {
 	case dk.rec.ReadOnly:
 		return api.Disk{}, api.Errorf(api.CodeBadRequest, "%s is open read-only", dk.rec.File)
 	case api.IsURL(dk.rec.File):
-		return api.Disk{}, api.Errorf(api.CodeUnsupported, "%s: disks in an object store cannot be resized yet", dk.rec.File)
+		return api.Disk{}, api.Errorf(api.CodeUnsupported, "%s: an open disk in an object store cannot grow in place yet: close it, vdisk resize it, open it again", dk.rec.File)
 	case dk.rec.Encrypted:
-		return api.Disk{}, api.Errorf(api.CodeUnsupported, "%s: encrypted disks cannot be resized yet", dk.rec.File)
+		return api.Disk{}, api.Errorf(api.CodeUnsupported, "%s: an open encrypted disk cannot grow in place yet: close it, vdisk resize it (no passphrase needed), open it again", dk.rec.File)
 	case !resizable:
 		return api.Disk{}, api.Errorf(api.CodeUnsupported, "%s: %s images cannot be resized (raw and qcow2 can)", dk.rec.File, dk.rec.Format)
 	case dk.rec.Via == api.ViaUblk:

@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"vdisk/internal/blockdev"
-	"vdisk/internal/crypt/luks"
 	"vdisk/internal/image"
 	"vdisk/internal/storage/chunked"
 	"vdisk/internal/storage/objstore/s3"
@@ -285,7 +284,7 @@ func CheckS3(ctx context.Context, name string, opt image.CheckOptions, o S3Optio
 // resizeS3 resizes an image in an object store that nobody has open: a raw
 // one by its manifest (chunked.Resize), a qcow2 one by growing the file's
 // capacity if it needs more, then its virtual size through the format.
-func resizeS3(ctx context.Context, name string, size int64, shrink bool, o Options) (int64, error) {
+func resizeS3(ctx context.Context, name string, newSize func(old int64) int64, shrink bool, o Options) (int64, error) {
 	cfg, prefix, err := o.S3.config(name)
 	if err != nil {
 		return 0, err
@@ -299,52 +298,53 @@ func resizeS3(ctx context.Context, name string, size int64, shrink bool, o Optio
 		return 0, fmt.Errorf("%s: %w", name, err)
 	}
 	admin := chunked.AdminOptions{ForceTakeover: o.S3.ForceTakeover}
+	o.ReadOnly, o.Create, o.KeepEncrypted, o.NoBacking = false, false, true, true
 	if m.ImageFormat == "" {
 		ro, err := chunked.Open(ctx, st, prefix, chunked.Options{ReadOnly: true})
 		if err != nil {
 			return 0, fmt.Errorf("%s: %w", name, err)
 		}
-		encrypted := luks.IsLUKS(ro)
+		head, err := payloadOffset(ro)
 		ro.Close()
-		if encrypted {
-			return m.Size, fmt.Errorf("%s: encrypted images cannot be resized yet", name)
-		}
-		if size < m.Size && !shrink {
-			return m.Size, fmt.Errorf("%s: shrinking from %d to %d bytes drops the data past the new end; pass --shrink if that is what you want", name, m.Size, size)
-		}
-		old, err := chunked.Resize(ctx, st, prefix, size, admin)
 		if err != nil {
+			return 0, fmt.Errorf("%s: %w", name, err)
+		}
+		old := m.Size - head
+		size := newSize(old)
+		switch {
+		case size <= 0:
+			return old, fmt.Errorf("%s: a size of %d bytes", name, size)
+		case size < old && !shrink:
+			return old, fmt.Errorf("%s: shrinking from %d to %d bytes drops the data past the new end; pass --shrink if that is what you want", name, old, size)
+		}
+		if _, err := chunked.Resize(ctx, st, prefix, size+head, admin); err != nil {
 			return old, fmt.Errorf("%s: %w", name, err)
 		}
 		return old, nil
 	}
-	if c := capacity(size); c > m.Size {
-		if _, err := chunked.Resize(ctx, st, prefix, c, admin); err != nil {
-			return 0, fmt.Errorf("%s: grow the %s file's capacity: %w", name, m.ImageFormat, err)
-		}
-	}
-	o.ReadOnly, o.Create, o.KeepEncrypted, o.NoBacking = false, false, true, true
+	// A format's file: room for it first (the capacity only grows, and
+	// growing it when unneeded costs nothing), then the format.
 	d, err := openChunked(ctx, st, name, prefix, o)
 	if err != nil {
 		return 0, err
 	}
-	old := d.Device.Size()
-	r, ok := d.Device.(blockdev.Resizer)
-	switch {
-	case !ok:
-		err = fmt.Errorf("%s: %s images cannot be resized", name, d.Format)
-	case luks.IsLUKS(d.Device):
-		err = fmt.Errorf("%s: encrypted images cannot be resized yet", name)
-	case size < old && !shrink:
-		err = fmt.Errorf("%s: shrinking from %d to %d bytes drops the data past the new end; pass --shrink if that is what you want", name, old, size)
-	default:
-		err = r.Resize(size)
-	}
-	if cerr := d.Device.Close(); err == nil {
-		err = cerr
-	}
+	head, err := payloadOffset(d.Device)
+	old := d.Device.Size() - head
+	d.Device.Close()
 	if err != nil {
 		return old, fmt.Errorf("%s: %w", name, err)
 	}
-	return old, nil
+	if c := capacity(newSize(old) + head); c > m.Size {
+		if _, err := chunked.Resize(ctx, st, prefix, c, admin); err != nil {
+			return old, fmt.Errorf("%s: grow the %s file's capacity: %w", name, m.ImageFormat, err)
+		}
+	}
+	if d, err = openChunked(ctx, st, name, prefix, o); err != nil {
+		return old, err
+	}
+	old, err = resizeDevice(name, d, newSize, shrink)
+	if cerr := d.Device.Close(); err == nil && cerr != nil {
+		err = cerr
+	}
+	return old, err
 }

@@ -222,38 +222,68 @@ func create(ctx context.Context, name string, o CreateOptions) error {
 	})
 }
 
-// Resize changes the virtual size of the image name, which must not be
-// open anywhere (Open takes its lock), from old to size bytes. Growing
-// adds zeroes; shrinking drops the data past the new end and needs shrink.
-// Raw files and qcow2 (growing) can be resized, locally and in an object
-// store.
-func Resize(ctx context.Context, name string, size int64, shrink bool, o Options) (old int64, err error) {
+// Resize changes the size of the disk in the image name, which must not
+// be open anywhere (Open takes its lock): newSize gets the disk's size now
+// and returns the new one. Growing adds zeroes; shrinking drops the data
+// past the new end and needs shrink. Raw files and qcow2 (growing) can be
+// resized, locally and in an object store, and so can a LUKS volume in
+// them whose data segment runs to the end (all LUKS1, and LUKS2 as
+// vdisk and cryptsetup make it): the image changes by as much as the
+// decrypted disk, and no passphrase is needed. It returns the old size.
+func Resize(ctx context.Context, name string, newSize func(old int64) int64, shrink bool, o Options) (int64, error) {
 	if s3.IsURL(name) {
-		return resizeS3(ctx, name, size, shrink, o)
+		return resizeS3(ctx, name, newSize, shrink, o)
 	}
 	o.ReadOnly, o.Create, o.KeepEncrypted = false, false, true
 	d, err := Open(ctx, name, o)
 	if err != nil {
 		return 0, err
 	}
-	defer func() {
-		if cerr := d.Device.Close(); err == nil && cerr != nil {
-			err = cerr
-		}
-	}()
-	old = d.Device.Size()
-	if luks.IsLUKS(d.Device) {
-		return old, fmt.Errorf("%s: encrypted images cannot be resized yet", name)
+	old, err := resizeDevice(name, d, newSize, shrink)
+	if cerr := d.Device.Close(); err == nil && cerr != nil {
+		err = cerr
 	}
-	r, ok := d.Device.(blockdev.Resizer)
-	if !ok {
+	return old, err
+}
+
+// resizeDevice resizes the image d holds (opened KeepEncrypted).
+func resizeDevice(name string, d *Disk, newSize func(old int64) int64, shrink bool) (int64, error) {
+	dev := d.Device
+	head, err := payloadOffset(dev)
+	if err != nil {
+		return 0, fmt.Errorf("%s: %w", name, err)
+	}
+	old := dev.Size() - head
+	size := newSize(old)
+	r, ok := dev.(blockdev.Resizer)
+	switch {
+	case !ok:
 		return old, fmt.Errorf("%s: %s images cannot be resized (raw and qcow2 can)", name, d.Format)
-	}
-	if size < old && !shrink {
+	case size <= 0:
+		return old, fmt.Errorf("%s: a size of %d bytes", name, size)
+	case size < old && !shrink:
 		return old, fmt.Errorf("%s: shrinking from %d to %d bytes drops the data past the new end; pass --shrink if that is what you want", name, old, size)
 	}
-	if err := r.Resize(size); err != nil {
+	if err := r.Resize(size + head); err != nil {
 		return old, fmt.Errorf("%s: %w", name, err)
 	}
 	return old, nil
+}
+
+// payloadOffset is where the disk starts in dev: 0, or a LUKS volume's
+// data offset when its data segment runs to the end of dev (so that it
+// follows a resize); a segment of fixed size cannot be resized.
+func payloadOffset(dev blockdev.Device) (int64, error) {
+	if !luks.IsLUKS(dev) {
+		return 0, nil
+	}
+	v, err := luks.Load(dev)
+	if err != nil {
+		return 0, err
+	}
+	segs := v.Info().Segments
+	if len(segs) != 1 || segs[0].Size != "dynamic" {
+		return 0, fmt.Errorf("the LUKS volume's data segment has a fixed size, which vdisk does not change")
+	}
+	return segs[0].Offset, nil
 }
