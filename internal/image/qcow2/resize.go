@@ -13,16 +13,11 @@ import (
 // would drop the data past the new end), and so is an image with internal
 // snapshots, whose sizes qemu keeps in step. It waits for I/O in flight.
 func (img *Image) Resize(size int64) error {
-	if img.readOnly {
-		return blockdev.ErrReadOnly
+	unlock, err := img.exclusive()
+	if err != nil {
+		return err
 	}
-	if img.closed.Load() {
-		return blockdev.ErrClosed
-	}
-	img.ioMu.Lock()
-	defer img.ioMu.Unlock()
-	img.mu.Lock()
-	defer img.mu.Unlock()
+	defer unlock()
 	switch {
 	case size < img.Size():
 		return fmt.Errorf("qcow2: shrinking from %d to %d bytes is not supported: %w", img.Size(), size, blockdev.ErrNotSupported)
@@ -70,4 +65,21 @@ func (img *Image) growL1(n int64) error {
 	img.l1 = l1
 	img.h.l1Off, img.h.l1Size = uint64(off), uint32(n)
 	return img.applyFrees()
+}
+
+// exclusive waits for the I/O in flight and holds off the rest (and the
+// metadata) until unlock: for operations that change the image's shape.
+func (img *Image) exclusive() (unlock func(), err error) {
+	if img.readOnly {
+		return nil, blockdev.ErrReadOnly
+	}
+	if img.closed.Load() {
+		return nil, blockdev.ErrClosed
+	}
+	img.ioMu.Lock()
+	img.mu.Lock()
+	return func() {
+		img.mu.Unlock()
+		img.ioMu.Unlock()
+	}, nil
 }

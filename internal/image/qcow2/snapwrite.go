@@ -169,16 +169,11 @@ func (img *Image) DeleteSnapshot(name string) error {
 // snapshot table read, then writes everything op changed and starts the
 // table caches afresh (op may have freed cached tables).
 func (img *Image) snapshotOp(op func([]snapshot) error) error {
-	if img.readOnly {
-		return blockdev.ErrReadOnly
+	unlock, err := img.exclusive()
+	if err != nil {
+		return err
 	}
-	if img.closed.Load() {
-		return blockdev.ErrClosed
-	}
-	img.ioMu.Lock()
-	defer img.ioMu.Unlock()
-	img.mu.Lock()
-	defer img.mu.Unlock()
+	defer unlock()
 	if err := img.settle(); err != nil {
 		return err
 	}

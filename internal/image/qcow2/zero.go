@@ -100,10 +100,6 @@ func (img *Image) zeroCluster(vc int64, mayTrim bool) error {
 // Extents describes [off, off+n): data, zero clusters, and holes, looking
 // through the backing chain for unallocated ranges.
 func (img *Image) Extents(off, n int64) ([]blockdev.Extent, error) {
-	if err := img.begin(off, n); err != nil {
-		return nil, err
-	}
-	defer img.ioMu.RUnlock()
 	var out []blockdev.Extent
 	add := func(o, l int64, f blockdev.ExtentFlags) {
 		if k := len(out) - 1; k >= 0 && out[k].Flags == f && out[k].Off+out[k].Len == o {
@@ -112,14 +108,7 @@ func (img *Image) Extents(off, n int64) ([]blockdev.Extent, error) {
 		}
 		out = append(out, blockdev.Extent{Off: o, Len: l, Flags: f})
 	}
-	end := off + n
-	for pos := off; pos < end && len(out) < maxExtents; {
-		img.mu.Lock()
-		r, err := img.mapRun(pos, end)
-		img.mu.Unlock()
-		if err != nil {
-			return nil, err
-		}
+	err := img.eachRun(off, n, func(pos int64, r run) (bool, error) {
 		switch r.kind {
 		case kData, kCompressed:
 			add(pos, r.n, 0)
@@ -131,12 +120,37 @@ func (img *Image) Extents(off, n int64) ([]blockdev.Extent, error) {
 			}
 		case kUnalloc:
 			if err := img.backingExtents(pos, r.n, add); err != nil {
-				return nil, err
+				return false, err
 			}
+		}
+		return len(out) < maxExtents, nil
+	})
+	return out, err
+}
+
+// eachRun calls fn for each run of clusters of one kind (mapRun) from off
+// on, up to n bytes, with transfers allowed and the metadata unlocked in
+// between, until fn returns false.
+func (img *Image) eachRun(off, n int64, fn func(pos int64, r run) (bool, error)) error {
+	if err := img.begin(off, n); err != nil {
+		return err
+	}
+	defer img.ioMu.RUnlock()
+	end := off + n
+	for pos := off; pos < end; {
+		img.mu.Lock()
+		r, err := img.mapRun(pos, end)
+		img.mu.Unlock()
+		if err != nil {
+			return err
+		}
+		more, err := fn(pos, r)
+		if err != nil || !more {
+			return err
 		}
 		pos += r.n
 	}
-	return out, nil
+	return nil
 }
 
 // maxExtents bounds the extents one Extents call returns; the caller asks
@@ -168,10 +182,6 @@ func (img *Image) backingExtents(pos, n int64, add func(o, l int64, f blockdev.E
 // plus one where this image leaves it to the backing file, 0 where no
 // layer has it.
 func (img *Image) Depth(off, n int64) ([]blockdev.DepthExtent, error) {
-	if err := img.begin(off, n); err != nil {
-		return nil, err
-	}
-	defer img.ioMu.RUnlock()
 	var out []blockdev.DepthExtent
 	add := func(o, l int64, d uint32) {
 		if k := len(out) - 1; k >= 0 && out[k].Depth == d && out[k].Off+out[k].Len == o {
@@ -180,27 +190,19 @@ func (img *Image) Depth(off, n int64) ([]blockdev.DepthExtent, error) {
 		}
 		out = append(out, blockdev.DepthExtent{Off: o, Len: l, Depth: d})
 	}
-	end := off + n
-	for pos := off; pos < end && len(out) < maxExtents; {
-		img.mu.Lock()
-		r, err := img.mapRun(pos, end)
-		img.mu.Unlock()
-		if err != nil {
-			return nil, err
-		}
+	err := img.eachRun(off, n, func(pos int64, r run) (bool, error) {
 		if r.kind != kUnalloc {
 			add(pos, r.n, 1)
-			pos += r.n
-			continue
+			return len(out) < maxExtents, nil
 		}
 		stop := pos + r.n
 		for pos < stop && img.backing != nil && pos < img.backingSize {
 			ds, err := blockdev.Depths(img.backing, pos, min(stop, img.backingSize)-pos)
 			if err != nil {
-				return nil, err
+				return false, err
 			}
 			if len(ds) == 0 {
-				return nil, fmt.Errorf("qcow2: the backing file reported no depths at %d", pos)
+				return false, fmt.Errorf("qcow2: the backing file reported no depths at %d", pos)
 			}
 			for _, d := range ds {
 				depth := d.Depth
@@ -213,8 +215,8 @@ func (img *Image) Depth(off, n int64) ([]blockdev.DepthExtent, error) {
 		}
 		if pos < stop {
 			add(pos, stop-pos, 0)
-			pos = stop
 		}
-	}
-	return out, nil
+		return len(out) < maxExtents, nil
+	})
+	return out, err
 }
