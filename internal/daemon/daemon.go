@@ -97,9 +97,12 @@ type Daemon struct {
 	closing bool
 
 	// stop is closed by Shutdown; lingering counts the goroutines that
-	// keep lazily detached FUSE disks served (see linger).
-	stop      chan struct{}
-	lingering sync.WaitGroup
+	// keep lazily detached FUSE disks served (see linger); background
+	// counts the other goroutines Shutdown waits for (retakeLater), which
+	// may take opMu and so are waited for after Shutdown releases it.
+	stop       chan struct{}
+	lingering  sync.WaitGroup
+	background sync.WaitGroup
 
 	// probe reports the kernel's module-backed attach paths; tests
 	// replace it.
@@ -212,6 +215,7 @@ func listen(socket string) (ln net.Listener, unlock func(), err error) {
 // detached lazily. It is called by Serve; after it no disk can be opened.
 func (d *Daemon) Shutdown() {
 	d.opMu.Lock()
+	defer d.background.Wait() // runs after the unlock below
 	defer d.opMu.Unlock()
 	d.mu.Lock()
 	if d.closing {

@@ -106,7 +106,9 @@ func (d *Daemon) retakeLater(sd stateDisk, le *chunked.LeaseError) bool {
 	if wait > maxRetakeWait {
 		return false
 	}
+	d.background.Add(1)
 	go func() {
+		defer d.background.Done()
 		t := time.NewTimer(max(wait, 0))
 		defer t.Stop()
 		select {
