@@ -281,7 +281,7 @@ type OpenRequest struct {
 }
 
 // S3Options say how the daemon reaches the object store behind an s3://
-// File. The daemon keeps Endpoint, Region, Profile and CacheDir in its state file
+// File. The daemon keeps Endpoint, Region, Profile, CacheDir and LeaseTTL in its state file
 // to reopen the disk after a restart.
 type S3Options struct {
 	// Endpoint is the store's URL; "" means the daemon's
@@ -297,6 +297,9 @@ type S3Options struct {
 	// ChunkSize is the object size of an image this open creates (0: the
 	// default); it is not remembered.
 	ChunkSize int64 `json:"chunk_size,omitempty"`
+	// LeaseTTL is how long the disk stays locked after the daemon dies
+	// (0: the default).
+	LeaseTTL time.Duration `json:"lease_ttl,omitempty"`
 	// ForceTakeover takes the writer's lease from a holder that let it
 	// expire (this open only; it is not remembered).
 	ForceTakeover bool `json:"force_takeover,omitempty"`

@@ -136,7 +136,7 @@ func openDisk(ctx context.Context, e *env, c *client.Client, req api.OpenRequest
 // endpoint from the flag, else this command's $VDISK_S3_ENDPOINT (the
 // daemon may have been started without it), and an absolute cache dir.
 func s3Request(o stack.S3Options) (*api.S3Options, error) {
-	r := &api.S3Options{Endpoint: o.Endpoint, Region: o.Region, Profile: o.Profile, CacheDir: o.CacheDir, ChunkSize: o.ChunkSize, ForceTakeover: o.ForceTakeover}
+	r := &api.S3Options{Endpoint: o.Endpoint, Region: o.Region, Profile: o.Profile, CacheDir: o.CacheDir, ChunkSize: o.ChunkSize, LeaseTTL: o.LeaseTTL, ForceTakeover: o.ForceTakeover}
 	if r.Endpoint == "" {
 		r.Endpoint = os.Getenv(stack.EnvS3Endpoint)
 	}

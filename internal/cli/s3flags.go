@@ -13,6 +13,7 @@ func addS3Flags(f *pflag.FlagSet, o *stack.S3Options) {
 	f.StringVar(&o.Profile, "s3-profile", "", "profile of the AWS config and credentials files with the s3:// credentials (default $AWS_PROFILE)")
 	f.StringVar(&o.CacheDir, "s3-cache-dir", "", "keep clean chunks of s3:// images in this directory")
 	f.BoolVar(&o.ForceTakeover, "force-takeover", false, "take an s3:// image whose writer's lease has expired")
+	f.DurationVar(&o.LeaseTTL, "s3-lease-ttl", 0, "how long an s3:// image stays locked after its writer dies (default 30s, at least 1s)")
 	f.Var(bytesValue{&o.ChunkSize}, "s3-chunk-size", "object size of a new s3:// image, a power of two from 4K to 256M (default 4M)")
 }
 

@@ -43,7 +43,7 @@ func openImage(sd stateDisk, o openOpts, log *slog.Logger) (*stack.Disk, error) 
 		Log:           log,
 	}
 	if sd.S3 != nil {
-		so.S3 = stack.S3Options{Endpoint: sd.S3.Endpoint, Region: sd.S3.Region, Profile: sd.S3.Profile, CacheDir: sd.S3.CacheDir}
+		so.S3 = stack.S3Options{Endpoint: sd.S3.Endpoint, Region: sd.S3.Region, Profile: sd.S3.Profile, CacheDir: sd.S3.CacheDir, LeaseTTL: sd.S3.LeaseTTL}
 	}
 	so.S3.ForceTakeover, so.S3.ChunkSize = o.forceTakeover, o.chunkSize
 	if len(o.passphrase) > 0 {

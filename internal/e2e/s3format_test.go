@@ -15,6 +15,7 @@ import (
 	"unsafe"
 
 	"vdisk/internal/api"
+	"vdisk/internal/image/imagetest"
 	"vdisk/internal/storage/chunked"
 	"vdisk/internal/storage/objstore/s3/s3test"
 )
@@ -359,4 +360,56 @@ func testS3Resize(t *testing.T, srv *s3test.Server) {
 		t.Fatal(err)
 	}
 	sh(t, "qemu-img", "compare", "-f", "qcow2", "-F", "raw", stored, qref)
+}
+
+// testS3Takeover: a `vdisk serve` writer killed with SIGKILL leaves its
+// lease behind. Until the lease (--s3-lease-ttl 5s) expires another writer
+// is refused naming it; after, it is refused still, with the advice to
+// force; --force-takeover then takes the image, with every write the dead
+// writer flushed.
+func testS3Takeover(t *testing.T, srv *s3test.Server) {
+	imagetest.NeedTool(t, "qemu-io")
+	e := newEnv(t)
+	withS3 := s3Env(srv)
+	url := fmt.Sprintf("s3://%s/e2e-takeover-%d", srv.Bucket, time.Now().UnixNano())
+	e.mustWith(withS3, "create", "--size", "16M", url)
+	serve := func(args ...string) (*exec.Cmd, string) {
+		sock := filepath.Join(t.TempDir(), "nbd.sock")
+		cmd := exec.Command(bin, append([]string{"serve", "--unix", sock}, args...)...)
+		withS3(cmd)
+		cmd.Env = append(os.Environ(), cmd.Env...)
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+		for i := 0; ; i++ {
+			if _, err := os.Stat(sock); err == nil {
+				return cmd, "nbd+unix:///?socket=" + sock
+			}
+			if i > 300 {
+				t.Fatalf("vdisk serve %v did not listen: %s", args, stderr.String())
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	w, uri := serve("--s3-lease-ttl", "5s", url)
+	sh(t, "qemu-io", "-f", "raw", "-c", "write -P 0x7a 3M 512k", "-c", "flush", uri)
+	w.Process.Kill()
+	w.Wait()
+
+	_, errs, code := e.runWith(withS3, bin, "serve", "--unix", filepath.Join(t.TempDir(), "s"), url)
+	if code == 0 || !strings.Contains(errs, "in use by") {
+		t.Fatalf("a second writer while the lease lasts: exit %d, %q", code, errs)
+	}
+	time.Sleep(5500 * time.Millisecond) // the lease runs out at most 5 s after the kill
+	_, errs, code = e.runWith(withS3, bin, "serve", "--unix", filepath.Join(t.TempDir(), "s"), url)
+	if code == 0 || !strings.Contains(errs, "expired") || !strings.Contains(errs, "force") {
+		t.Fatalf("a second writer after the lease expired, without force: exit %d, %q", code, errs)
+	}
+	_, uri = serve("--force-takeover", url)
+	if out := sh(t, "qemu-io", "-f", "raw", "-c", "read -P 0x7a 3M 512k", uri); strings.Contains(out, "fail") {
+		t.Fatalf("the taken image lacks the dead writer's flushed write:\n%s", out)
+	}
 }

@@ -38,6 +38,10 @@ type S3Options struct {
 	// ChunkSize is the object size of an image created now (0: the
 	// default).
 	ChunkSize int64
+	// LeaseTTL is how long this writer's lease lasts unless renewed, that
+	// is how long the image stays locked after the writer dies (0:
+	// chunked.DefaultLeaseTTL).
+	LeaseTTL time.Duration
 }
 
 func (o S3Options) config(name string) (s3.Config, string, error) {
@@ -92,6 +96,7 @@ func openS3(ctx context.Context, name string, o Options) (*Disk, error) {
 // openChunked opens the chunked image under prefix and the format in it.
 func openChunked(ctx context.Context, st *s3.Store, name, prefix string, o Options) (*Disk, error) {
 	dev, err := chunked.Open(ctx, st, prefix, chunked.Options{
+		LeaseTTL:      o.S3.LeaseTTL,
 		ReadOnly:      o.ReadOnly,
 		CacheDir:      o.S3.CacheDir,
 		ForceTakeover: o.S3.ForceTakeover,
