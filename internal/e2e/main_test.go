@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -101,8 +102,11 @@ func newEnv(t *testing.T) *env {
 	return e
 }
 
-// cleanup closes everything and stops the daemon, if one runs.
+// cleanup closes everything and stops the daemon, if one runs, and then
+// any daemon of this test that still lives (one that did not answer in
+// time: a test must not leave daemons behind).
 func (e *env) cleanup() {
+	defer e.killStrays()
 	pid := e.daemonPID()
 	if pid == 0 {
 		return
@@ -113,6 +117,27 @@ func (e *env) cleanup() {
 	e.stopDaemon(pid, syscall.SIGTERM)
 	if b, err := os.ReadFile(filepath.Join(e.base, "run", "vdisk-daemon.log")); err == nil && e.t.Failed() {
 		e.t.Logf("daemon log:\n%s", b)
+	}
+}
+
+// killStrays kills every process still running a daemon on this test's
+// socket, found by its command line.
+func (e *env) killStrays() {
+	dirs, _ := filepath.Glob("/proc/[0-9]*")
+	for _, d := range dirs {
+		b, err := os.ReadFile(filepath.Join(d, "cmdline"))
+		if err != nil || !bytes.Contains(b, []byte("\x00daemon\x00")) {
+			continue
+		}
+		if !bytes.Contains(b, []byte(e.socket)) {
+			continue
+		}
+		pid, err := strconv.Atoi(filepath.Base(d))
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		e.t.Logf("cleanup: killing daemon %d left running", pid)
+		syscall.Kill(pid, syscall.SIGKILL)
 	}
 }
 
