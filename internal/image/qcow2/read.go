@@ -6,6 +6,7 @@ import (
 	"io"
 
 	"vdisk/internal/blockdev"
+	"vdisk/internal/image"
 )
 
 // kind is what a range of guest bytes maps to.
@@ -193,14 +194,9 @@ func (img *Image) readHost(dst []byte, off int64) error {
 // readBacking reads guest bytes at pos from the backing file; bytes past
 // its end, or without one, read as zeroes.
 func (img *Image) readBacking(dst []byte, pos int64) error {
-	n := int64(0)
-	if img.backing != nil && pos < img.backingSize {
-		n = min(int64(len(dst)), img.backingSize-pos)
-		if _, err := img.backing.ReadAt(dst[:n], pos); err != nil {
-			return fmt.Errorf("qcow2: read backing file at %d: %w", pos, err)
-		}
+	if err := image.ReadParent(img.backing, dst, pos); err != nil {
+		return fmt.Errorf("qcow2: %w", err)
 	}
-	clear(dst[n:])
 	return nil
 }
 

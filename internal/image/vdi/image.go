@@ -70,19 +70,9 @@ func Open(path string, opt image.OpenOptions) (*Image, error) {
 	if err := opt.Validate(); err != nil {
 		return nil, err
 	}
-	flag := os.O_RDWR
-	if opt.ReadOnly {
-		flag = os.O_RDONLY
-	}
-	f, err := os.OpenFile(path, flag, 0)
+	f, err := image.OpenFile("vdi", path, opt)
 	if err != nil {
-		return nil, fmt.Errorf("vdi: open: %w", err)
-	}
-	if !opt.NoLock {
-		if err := blockdev.LockFile(f, opt.ReadOnly); err != nil {
-			f.Close()
-			return nil, fmt.Errorf("vdi: %w", err)
-		}
+		return nil, err
 	}
 	img, err := load(f)
 	if err != nil {

@@ -182,13 +182,9 @@ func OpenDynamic(path string, opt image.OpenOptions) (*Image, error) {
 	if err := opt.Validate(); err != nil {
 		return nil, err
 	}
-	flag := os.O_RDWR
-	if opt.ReadOnly {
-		flag = os.O_RDONLY
-	}
-	f, err := os.OpenFile(path, flag, 0)
+	f, err := image.OpenFile("vhd", path, opt)
 	if err != nil {
-		return nil, fmt.Errorf("vhd: open: %w", err)
+		return nil, err
 	}
 	img, err := open(f, path, opt)
 	if err != nil {
@@ -199,11 +195,6 @@ func OpenDynamic(path string, opt image.OpenOptions) (*Image, error) {
 }
 
 func open(f *os.File, path string, opt image.OpenOptions) (*Image, error) {
-	if !opt.NoLock {
-		if err := blockdev.LockFile(f, opt.ReadOnly); err != nil {
-			return nil, fmt.Errorf("vhd: %w", err)
-		}
-	}
 	img, err := load(f, opt.ReadOnly)
 	if err != nil {
 		return nil, err

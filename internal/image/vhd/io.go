@@ -8,6 +8,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"vdisk/internal/blockdev"
+	"vdisk/internal/image"
 )
 
 // seg is a piece of a request inside one block: where its bytes come from.
@@ -121,14 +122,8 @@ func (img *Image) readSeg(b []byte, s seg) error {
 // readParent fills b with the parent's bytes at off (zeroes without a
 // parent, and beyond its end).
 func (img *Image) readParent(b []byte, off int64) error {
-	clear(b)
-	if img.parent == nil {
-		return nil
-	}
-	if n := min(int64(len(b)), img.parent.Size()-off); n > 0 {
-		if _, err := img.parent.ReadAt(b[:n], off); err != nil {
-			return fmt.Errorf("vhd: read parent: %w", err)
-		}
+	if err := image.ReadParent(img.parent, b, off); err != nil {
+		return fmt.Errorf("vhd: %w", err)
 	}
 	return nil
 }

@@ -8,6 +8,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"vdisk/internal/blockdev"
+	"vdisk/internal/image"
 )
 
 // Bounds of one Extents call: the extents it returns and the blocks it
@@ -114,14 +115,8 @@ func (img *Image) readPartial(b []byte, pos, fo int64) error {
 // readParent fills b with the parent's bytes at off (zeroes without a
 // parent, and beyond its end).
 func (img *Image) readParent(b []byte, off int64) error {
-	clear(b)
-	if img.parent == nil {
-		return nil
-	}
-	if n := min(int64(len(b)), img.parent.Size()-off); n > 0 {
-		if _, err := img.parent.ReadAt(b[:n], off); err != nil {
-			return fmt.Errorf("vhdx: read parent: %w", err)
-		}
+	if err := image.ReadParent(img.parent, b, off); err != nil {
+		return fmt.Errorf("vhdx: %w", err)
 	}
 	return nil
 }

@@ -171,20 +171,11 @@ func Open(path string, opt image.OpenOptions) (*Image, error) {
 
 // openFile opens and locks one file of the image.
 func (img *Image) openFile(p string, readOnly, noLock bool) (*os.File, error) {
-	flag := os.O_RDWR
-	if readOnly {
-		flag = os.O_RDONLY
-	}
-	f, err := os.OpenFile(p, flag, 0)
+	f, err := image.OpenFile("vmdk", p, image.OpenOptions{ReadOnly: readOnly, NoLock: noLock})
 	if err != nil {
-		return nil, fmt.Errorf("vmdk: open: %w", err)
+		return nil, err
 	}
 	img.files = append(img.files, f)
-	if !noLock {
-		if err := blockdev.LockFile(f, readOnly); err != nil {
-			return nil, fmt.Errorf("vmdk: %w", err)
-		}
-	}
 	return f, nil
 }
 

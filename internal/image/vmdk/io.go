@@ -7,6 +7,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"vdisk/internal/blockdev"
+	"vdisk/internal/image"
 )
 
 // Bounds of one Extents call: the extents it returns and the grains it
@@ -100,14 +101,8 @@ func (img *Image) read(b []byte, e *extent, pos int64) error {
 // readParent fills b with the parent's bytes at off (zeroes without a
 // parent, and beyond its end).
 func (img *Image) readParent(b []byte, off int64) error {
-	clear(b)
-	if img.parent == nil {
-		return nil
-	}
-	if n := min(int64(len(b)), img.parent.Size()-off); n > 0 {
-		if _, err := img.parent.ReadAt(b[:n], off); err != nil {
-			return fmt.Errorf("vmdk: read parent: %w", err)
-		}
+	if err := image.ReadParent(img.parent, b, off); err != nil {
+		return fmt.Errorf("vmdk: %w", err)
 	}
 	return nil
 }
