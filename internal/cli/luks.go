@@ -199,15 +199,11 @@ func newLUKSAddKeyCmd(e *env) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			pass, err := readPassphrase(e, keyFile, "Enter any existing passphrase: ", false)
+			pass, np, err := readOldAndNew(e, keyFile, newFile, "Enter any existing passphrase: ")
 			if err != nil {
 				return closeDev(dev, err)
 			}
 			defer clear(pass)
-			np, err := readPassphrase(e, newFile, "Enter the new passphrase: ", true)
-			if err != nil {
-				return closeDev(dev, err)
-			}
 			defer clear(np)
 			opt := luks.KeyslotOptions{PBKDF: kf.options()}
 			if cmd.Flags().Changed("key-slot") {
@@ -279,15 +275,11 @@ func newLUKSChangeKeyCmd(e *env) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			pass, err := readPassphrase(e, keyFile, "Enter the passphrase to change: ", false)
+			pass, np, err := readOldAndNew(e, keyFile, newFile, "Enter the passphrase to change: ")
 			if err != nil {
 				return closeDev(dev, err)
 			}
 			defer clear(pass)
-			np, err := readPassphrase(e, newFile, "Enter the new passphrase: ", true)
-			if err != nil {
-				return closeDev(dev, err)
-			}
 			defer clear(np)
 			n, err := v.ChangeKey(pass, np, luks.KeyslotOptions{PBKDF: kf.options()})
 			if err != nil {
@@ -372,4 +364,17 @@ func readKey(r io.Reader, name string) ([]byte, error) {
 		return nil, fmt.Errorf("key file %s is empty", name)
 	}
 	return b, nil
+}
+
+// readOldAndNew reads an existing passphrase (asked with prompt) and a new
+// one (asked twice on a terminal); the caller clears both.
+func readOldAndNew(e *env, keyFile, newFile, prompt string) (pass, np []byte, err error) {
+	if pass, err = readPassphrase(e, keyFile, prompt, false); err != nil {
+		return nil, nil, err
+	}
+	if np, err = readPassphrase(e, newFile, "Enter the new passphrase: ", true); err != nil {
+		clear(pass)
+		return nil, nil, err
+	}
+	return pass, np, nil
 }
