@@ -60,40 +60,7 @@ echo "device $DEV: $(blockdev --getsize64 $DEV) bytes, logical $(blockdev --gets
 [ "$(blockdev --getss $DEV)" = 4096 ] || fail "logical block size"
 [ "$(blockdev --getro $DEV)" = 0 ] || fail "read-only flag on a writable disk"
 
-step "O_DIRECT pattern write and read back"
-dd if=/dev/urandom of=/tmp/pattern bs=64k count=64 2>/dev/null
-dd if=/tmp/pattern of=$DEV bs=64k seek=500 oflag=direct conv=fsync 2>/dev/null || fail "raw write"
-want=$(md5sum </tmp/pattern)
-got=$(dd if=$DEV bs=64k skip=500 count=64 iflag=direct 2>/dev/null | md5sum)
-[ "$got" = "$want" ] || fail "read back differs"
-
-step "blkdiscard: the range reads as zeroes, the rest of the pattern stays"
-blkdiscard -o $((500 * 65536)) -l 1048576 $DEV || fail "blkdiscard"
-zero=$(dd if=/dev/zero bs=64k count=16 2>/dev/null | md5sum)
-got=$(dd if=$DEV bs=64k skip=500 count=16 iflag=direct 2>/dev/null | md5sum)
-[ "$got" = "$zero" ] || fail "discarded range does not read as zeroes"
-want=$(dd if=/tmp/pattern bs=64k skip=16 count=48 2>/dev/null | md5sum)
-got=$(dd if=$DEV bs=64k skip=516 count=48 iflag=direct 2>/dev/null | md5sum)
-[ "$got" = "$want" ] || fail "data after the discarded range changed"
-
-step "parallel O_DIRECT writers and readers on disjoint ranges"
-pids=
-for i in 1 2 3 4 5 6; do
-	dd if=/dev/urandom of=/tmp/par$i bs=64k count=8 2>/dev/null
-	dd if=/tmp/par$i of=$DEV bs=64k seek=$((600 + i * 8)) oflag=direct 2>/dev/null &
-	pids="$pids $!"
-done
-for p in $pids; do wait $p || fail "parallel write"; done
-pids=
-for i in 1 2 3 4 5 6; do
-	(dd if=$DEV bs=64k skip=$((600 + i * 8)) count=8 iflag=direct 2>/dev/null | md5sum >/tmp/got$i) &
-	pids="$pids $!"
-done
-for p in $pids; do wait $p || fail "parallel read"; done
-for i in 1 2 3 4 5 6; do
-	[ "$(cat /tmp/got$i)" = "$(md5sum </tmp/par$i)" ] || fail "parallel range $i differs"
-done
-
+` + vmtest.DeviceChecks + `
 step "mkfs.ext4, mount, write, sync"
 mkfs.ext4 -q -F $DEV || fail "mkfs.ext4"
 mount -t ext4 $DEV $MNT || fail "mount"
