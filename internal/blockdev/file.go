@@ -37,6 +37,9 @@ type FileOptions struct {
 	Size int64
 	// NoLock skips the flock, for callers that lock by themselves.
 	NoLock bool
+	// RegularOnly refuses block devices too: for files an image names,
+	// which must be plain files.
+	RegularOnly bool
 }
 
 // File is a Device over a raw image: a regular file or a block device.
@@ -168,6 +171,14 @@ func openFile(path string, opt FileOptions) (*File, error) {
 	return f, nil
 }
 
+// FromFD makes a File of fd, a descriptor opened by the caller (with
+// O_NONBLOCK, so that a FIFO could not block the open): it checks what fd
+// is, clears O_NONBLOCK, locks it as OpenFile does and takes ownership of
+// fd. On error fd is left open for the caller to close.
+func FromFD(fd int, path string, opt FileOptions) (*File, error) {
+	return setupFile(fd, path, opt)
+}
+
 // setupFile checks what fd is, locks it and builds the File.
 func setupFile(fd int, path string, opt FileOptions) (*File, error) {
 	var st syscall.Stat_t
@@ -180,6 +191,9 @@ func setupFile(fd int, path string, opt FileOptions) (*File, error) {
 	case syscall.S_IFREG:
 		size = st.Size
 	case syscall.S_IFBLK:
+		if opt.RegularOnly {
+			return nil, fmt.Errorf("open %s: a block device, not a regular file", path)
+		}
 		block = true
 		var sz uint64
 		if err := ioctlPtr(fd, ioctlBLKGETSIZE64, unsafe.Pointer(&sz)); err != nil {
@@ -188,6 +202,12 @@ func setupFile(fd int, path string, opt FileOptions) (*File, error) {
 		size = int64(sz)
 	case syscall.S_IFDIR:
 		return nil, fmt.Errorf("open %s: is a directory, not an image", path)
+	case syscall.S_IFIFO:
+		return nil, fmt.Errorf("open %s: a FIFO, not an image file", path)
+	case syscall.S_IFSOCK:
+		return nil, fmt.Errorf("open %s: a socket, not an image file", path)
+	case syscall.S_IFCHR:
+		return nil, fmt.Errorf("open %s: a character device, not an image file", path)
 	default:
 		return nil, fmt.Errorf("open %s: not a regular file or block device", path)
 	}
@@ -289,6 +309,27 @@ func mapNoSpace(err error) error {
 // Fd returns the file descriptor. It stays owned by the File: do not close
 // it, and do not use it after Close.
 func (f *File) Fd() uintptr { return f.f.Fd() }
+
+// OS returns the open file. It stays owned by the File: do not close it,
+// and do not use it after Close.
+func (f *File) OS() *os.File { return f.f }
+
+// IsBlockDevice reports whether the File is a block device.
+func (f *File) IsBlockDevice() bool { return f.block }
+
+// Reload reads a regular file's size again, after it was changed through
+// OS (an image format writing its file before serving it raw).
+func (f *File) Reload() error {
+	if f.block {
+		return nil
+	}
+	st, err := f.f.Stat()
+	if err != nil {
+		return fmt.Errorf("stat %s: %w", f.path, err)
+	}
+	f.size.Store(st.Size())
+	return nil
+}
 
 // Path returns the path the File was opened with.
 func (f *File) Path() string { return f.path }

@@ -28,12 +28,36 @@ type Backend interface {
 // it extend it, Sync flushes and Punch releases a range. Its methods are
 // safe for concurrent use.
 type BackendFile struct {
-	b  Backend
-	mu sync.Mutex // serialises growth
+	b    Backend
+	name string
+	mu   sync.Mutex // serialises growth
 }
+
+var (
+	_ File    = (*BackendFile)(nil)
+	_ Puncher = (*BackendFile)(nil)
+)
 
 // NewBackendFile returns the file view of b.
 func NewBackendFile(b Backend) *BackendFile { return &BackendFile{b: b} }
+
+// NewNamedBackendFile returns the file view of b, called name in
+// messages (its s3:// URL).
+func NewNamedBackendFile(b Backend, name string) *BackendFile {
+	return &BackendFile{b: b, name: name}
+}
+
+// Name names the file in messages.
+func (f *BackendFile) Name() string {
+	if f.name == "" {
+		return "object-store image"
+	}
+	return f.name
+}
+
+// Allocated is the file's length (chunks never written cost nothing, but
+// the store does not say which were).
+func (f *BackendFile) Allocated() int64 { return f.b.Length() }
 
 // Backend returns the Backend under f.
 func (f *BackendFile) Backend() Backend { return f.b }

@@ -22,3 +22,8 @@ var ErrChainTooDeep = errors.New("backing chain too deep")
 // ErrNoCheck is returned by Check for a format that has no consistency
 // checks (raw).
 var ErrNoCheck = errors.New("format does not support checks")
+
+// ErrWrongFormat says a file is not an image of the format it was opened
+// as (--format vhd on a raw file): every format's "not this format"
+// wraps it, so callers can tell a user's mistake from a damaged image.
+var ErrWrongFormat = errors.New("not an image of that format")

@@ -7,10 +7,10 @@ import (
 	"vdisk/internal/blockdev"
 )
 
-// OpenFile opens a file of an image in format for Open: read-write unless
+// OpenPath opens a file of an image in format for Open: read-write unless
 // opt.ReadOnly, and locked as blockdev.LockFile locks (shared for readers)
 // unless opt.NoLock. Errors name the format; on error nothing stays open.
-func OpenFile(format, path string, opt OpenOptions) (*os.File, error) {
+func OpenPath(format, path string, opt OpenOptions) (*os.File, error) {
 	flag := os.O_RDWR
 	if opt.ReadOnly {
 		flag = os.O_RDONLY

@@ -74,6 +74,22 @@ type Format struct {
 	CreateBackend func(b Backend, opt CreateOptions) error
 	// CheckBackend, when set, checks an image whose file is a Backend.
 	CheckBackend func(b Backend, name string, opt CheckOptions) (*CheckResult, error)
+
+	// OpenFile opens the image whose file is f. On success the Device
+	// owns f (closing it closes f); on error the caller closes f. Files
+	// the image names are opened through opt.Names only.
+	OpenFile func(f File, opt OpenOptions) (blockdev.Device, error)
+	// CreateFile writes a new image into f, an empty file, and syncs it;
+	// it does not close f. Files it names are opened or made through
+	// opt.Names only.
+	CreateFile func(f File, opt CreateOptions) error
+	// StreamFile is Stream into an empty file f (not closed).
+	StreamFile func(f File, src blockdev.Device, opt CreateOptions) (handled bool, err error)
+	// InfoFile reads the facts of the image in f without opening any
+	// file it names.
+	InfoFile func(f File) (*Facts, error)
+	// CheckFile checks the image in f (repairing opens it read-write).
+	CheckFile func(f File, opt CheckOptions) (*CheckResult, error)
 }
 
 // Inspector is a Device, opened by a format, that reports the facts Info
@@ -105,7 +121,12 @@ type OpenOptions struct {
 	NoBacking bool
 	// BackingDir, when set, is the safe mode for untrusted images: every
 	// backing file must resolve (after symlinks) to a path inside it.
+	// Deprecated: formats on OpenFile use Names.
 	BackingDir string
+	// Names opens the files the image names (backing files, parents,
+	// extents) under the trust policy; nil means LocalNames with no
+	// further directories.
+	Names Names
 	// MaxChainDepth bounds the number of backing files below this image;
 	// zero means DefaultMaxChainDepth.
 	MaxChainDepth int
@@ -156,6 +177,10 @@ type CreateOptions struct {
 	// Options holds format-specific settings (qcow2: compat, refcount_bits,
 	// lazy_refcounts, extended_l2).
 	Options map[string]string
+	// Names opens the backing file (to learn its size or format) and
+	// makes further files (VMDK extents) under the trust policy; nil means
+	// LocalNames with no further directories.
+	Names Names
 }
 
 // Validate checks the options.
@@ -174,7 +199,7 @@ var registry = map[string]*Format{}
 // Register adds a format. It is called from init functions and panics on a
 // duplicate name (programmer error).
 func Register(f Format) {
-	if f.Name == "" || f.Open == nil {
+	if f.Name == "" || f.Open == nil && f.OpenFile == nil {
 		panic("image: Register of a format without a name or Open")
 	}
 	if _, ok := registry[f.Name]; ok {
@@ -237,28 +262,33 @@ func probe(header, tail []byte, size int64) string {
 // Probe reads the start (and the end) of the file at path and returns the
 // format it holds; Raw when no format's magic matches.
 func Probe(path string) (string, error) {
-	f, err := os.Open(path)
+	f, err := OpenLocal(path, LocalOptions{ReadOnly: true, NoLock: true})
 	if err != nil {
 		return "", fmt.Errorf("image: probe: %w", err)
 	}
 	defer f.Close()
-	buf := make([]byte, ProbeSize)
-	n, err := io.ReadFull(f, buf)
-	if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF) {
-		return "", fmt.Errorf("image: probe %s: %w", path, err)
+	return ProbeFile(f)
+}
+
+// ProbeFile reads the start (and the end) of f and returns the format it
+// holds; Raw when no format's magic matches.
+func ProbeFile(f File) (string, error) {
+	size, err := f.Size()
+	if err != nil {
+		return "", fmt.Errorf("image: probe %s: %w", f.Name(), err)
+	}
+	buf := make([]byte, min(size, ProbeSize))
+	if _, err := f.ReadAt(buf, 0); err != nil && !errors.Is(err, io.EOF) {
+		return "", fmt.Errorf("image: probe %s: %w", f.Name(), err)
 	}
 	var tail []byte
-	size, err := f.Seek(0, io.SeekEnd)
-	if err != nil {
-		return "", fmt.Errorf("image: probe %s: %w", path, err)
-	}
 	if size >= ProbeTailSize {
 		tail = make([]byte, ProbeTailSize)
-		if _, err := f.ReadAt(tail, size-ProbeTailSize); err != nil {
-			return "", fmt.Errorf("image: probe %s: %w", path, err)
+		if _, err := f.ReadAt(tail, size-ProbeTailSize); err != nil && !errors.Is(err, io.EOF) {
+			return "", fmt.Errorf("image: probe %s: %w", f.Name(), err)
 		}
 	}
-	return probe(buf[:n], tail, size), nil
+	return probe(buf, tail, size), nil
 }
 
 // resolve returns the format to use for path: the explicit one, or the
@@ -273,7 +303,9 @@ func resolve(path, format string) (*Format, error) {
 	return Lookup(format)
 }
 
-// Open opens the image at path as a Device.
+// Open opens the image at path, a file or block device the user named, as
+// a Device. The files it names are opened under opt.Names (by default:
+// regular files inside its own directory tree).
 func Open(path string, opt OpenOptions) (blockdev.Device, error) {
 	if err := opt.Validate(); err != nil {
 		return nil, err
@@ -283,10 +315,67 @@ func Open(path string, opt OpenOptions) (blockdev.Device, error) {
 		return nil, err
 	}
 	opt.Format = f.Name
-	return f.Open(path, opt)
+	if f.OpenFile == nil {
+		return f.Open(path, opt)
+	}
+	lf, err := OpenLocal(path, LocalOptions{ReadOnly: opt.ReadOnly, NoLock: opt.NoLock})
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", f.Name, err)
+	}
+	if opt.Names == nil {
+		opt.Names = localNames(opt)
+	}
+	return OpenFile(lf, opt)
 }
 
-// Create makes a new image.
+// localNames is the default policy for opt: LocalNames with its
+// BackingDir.
+func localNames(opt OpenOptions) Names {
+	n := LocalNames{NoLock: opt.NoLock}
+	if opt.BackingDir != "" {
+		n.Dirs = []string{opt.BackingDir}
+	}
+	return n
+}
+
+// OpenFile opens the image whose file is f as a Device (format "" probes
+// f). The Device owns f; on error f is closed.
+func OpenFile(f File, opt OpenOptions) (blockdev.Device, error) {
+	if err := opt.Validate(); err != nil {
+		f.Close()
+		return nil, err
+	}
+	if opt.Format == "" {
+		var err error
+		if opt.Format, err = ProbeFile(f); err != nil {
+			f.Close()
+			return nil, err
+		}
+	}
+	fm, err := Lookup(opt.Format)
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	opt.Format = fm.Name
+	if fm.OpenFile == nil {
+		f.Close()
+		return nil, fmt.Errorf("image: %s: %s: %w", f.Name(), fm.Name, ErrNoBackend)
+	}
+	if opt.Names == nil {
+		opt.Names = localNames(opt)
+	}
+	dev, err := fm.OpenFile(f, opt)
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return dev, nil
+}
+
+// Create makes a new image at path, a new file of mode 0600 (its
+// directory synced); it fails if path exists, and removes what it made
+// when it fails.
 func Create(path string, opt CreateOptions) error {
 	if err := opt.Validate(); err != nil {
 		return err
@@ -295,10 +384,51 @@ func Create(path string, opt CreateOptions) error {
 	if err != nil {
 		return err
 	}
-	if f.Create == nil {
-		return fmt.Errorf("image: create %s: %w", f.Name, ErrUnsupported)
+	if f.CreateFile == nil {
+		if f.Create == nil {
+			return fmt.Errorf("image: create %s: %w", f.Name, ErrUnsupported)
+		}
+		return f.Create(path, opt)
 	}
-	return f.Create(path, opt)
+	lf, err := CreateLocal(path)
+	if err != nil {
+		return fmt.Errorf("%s: %w", f.Name, err)
+	}
+	if opt.Names == nil {
+		opt.Names = LocalNames{}
+	}
+	err = CreateIn(lf, opt)
+	if cerr := lf.Close(); err == nil && cerr != nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(path)
+		return err
+	}
+	return nil
+}
+
+// CreateIn writes a new image of opt.Format into f, an empty file, and
+// syncs it; it does not close f.
+func CreateIn(f File, opt CreateOptions) error {
+	if err := opt.Validate(); err != nil {
+		return err
+	}
+	fm, err := Lookup(opt.Format)
+	if err != nil {
+		return err
+	}
+	opt.Format = fm.Name
+	if fm.CreateFile == nil {
+		return fmt.Errorf("image: create %s in %s: %w", fm.Name, f.Name(), ErrNoBackend)
+	}
+	if n, err := f.Size(); err != nil || n != 0 {
+		return fmt.Errorf("image: create %s in %s: not an empty file (%d bytes, %v)", fm.Name, f.Name(), n, err)
+	}
+	if opt.Names == nil {
+		opt.Names = NoNames{Why: "this image cannot name other files"}
+	}
+	return fm.CreateFile(f, opt)
 }
 
 // Stream writes src as a new image in one pass when opt asks for a
@@ -312,29 +442,115 @@ func Stream(path string, src blockdev.Device, opt CreateOptions) (handled bool, 
 	if err != nil {
 		return false, err
 	}
-	if f.Stream == nil {
-		return false, nil
+	switch {
+	case f.StreamFile != nil:
+		lf, err := CreateLocal(path)
+		if err != nil {
+			return false, fmt.Errorf("%s: %w", f.Name, err)
+		}
+		handled, err := f.StreamFile(lf, src, opt)
+		if cerr := lf.Close(); err == nil && cerr != nil {
+			err = cerr
+		}
+		if err != nil || !handled {
+			os.Remove(path)
+		}
+		return handled, err
+	case f.Stream != nil:
+		return f.Stream(path, src, opt)
 	}
-	return f.Stream(path, src, opt)
+	return false, nil
 }
 
-// Info describes the image at path (format "" probes).
+// StreamIn is Stream into f, an empty file (not closed).
+func StreamIn(f File, src blockdev.Device, opt CreateOptions) (handled bool, err error) {
+	if err := opt.Validate(); err != nil {
+		return false, err
+	}
+	fm, err := Lookup(opt.Format)
+	if err != nil {
+		return false, err
+	}
+	if fm.StreamFile == nil {
+		return false, nil
+	}
+	return fm.StreamFile(f, src, opt)
+}
+
+// Info describes the image at path (format "" probes); it opens no file
+// the image names.
 func Info(path, format string) (*Facts, error) {
 	f, err := resolve(path, format)
 	if err != nil {
 		return nil, err
 	}
-	return f.Info(path)
+	if f.InfoFile == nil {
+		return f.Info(path)
+	}
+	lf, err := OpenLocal(path, LocalOptions{ReadOnly: true, NoLock: true})
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", f.Name, err)
+	}
+	defer lf.Close()
+	return f.InfoFile(lf)
 }
 
-// Check verifies the image at path (format "" probes).
+// InfoOf describes the image in f (format "" probes); it does not close f.
+func InfoOf(f File, format string) (*Facts, error) {
+	if format == "" {
+		var err error
+		if format, err = ProbeFile(f); err != nil {
+			return nil, err
+		}
+	}
+	fm, err := Lookup(format)
+	if err != nil {
+		return nil, err
+	}
+	if fm.InfoFile == nil {
+		return nil, fmt.Errorf("image: info %s: %s: %w", f.Name(), fm.Name, ErrNoBackend)
+	}
+	return fm.InfoFile(f)
+}
+
+// Check verifies the image at path (format "" probes); repairing takes
+// the image's lock, checking shares it.
 func Check(path, format string, opt CheckOptions) (*CheckResult, error) {
 	f, err := resolve(path, format)
 	if err != nil {
 		return nil, err
 	}
-	if f.Check == nil {
-		return nil, fmt.Errorf("image: check %s (%s): %w", path, f.Name, ErrNoCheck)
+	if f.CheckFile == nil {
+		if f.Check == nil {
+			return nil, fmt.Errorf("image: check %s (%s): %w", path, f.Name, ErrNoCheck)
+		}
+		return f.Check(path, opt)
 	}
-	return f.Check(path, opt)
+	lf, err := OpenLocal(path, LocalOptions{ReadOnly: !opt.RepairLeaks && !opt.RepairAll, RegularOnly: false})
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", f.Name, err)
+	}
+	res, err := f.CheckFile(lf, opt)
+	if cerr := lf.Close(); err == nil && cerr != nil {
+		err = cerr
+	}
+	return res, err
+}
+
+// CheckOf verifies the image in f (format "" probes); it does not close f.
+func CheckOf(f File, format string, opt CheckOptions) (*CheckResult, error) {
+	if format == "" {
+		var err error
+		if format, err = ProbeFile(f); err != nil {
+			return nil, err
+		}
+	}
+	fm, err := Lookup(format)
+	if err != nil {
+		return nil, err
+	}
+	if fm.CheckFile == nil {
+		return nil, fmt.Errorf("image: check %s (%s): %w", f.Name(), fm.Name, ErrNoCheck)
+	}
+	return fm.CheckFile(f, opt)
 }

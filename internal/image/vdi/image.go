@@ -70,7 +70,7 @@ func Open(path string, opt image.OpenOptions) (*Image, error) {
 	if err := opt.Validate(); err != nil {
 		return nil, err
 	}
-	f, err := image.OpenFile("vdi", path, opt)
+	f, err := image.OpenPath("vdi", path, opt)
 	if err != nil {
 		return nil, err
 	}

@@ -182,7 +182,7 @@ func OpenDynamic(path string, opt image.OpenOptions) (*Image, error) {
 	if err := opt.Validate(); err != nil {
 		return nil, err
 	}
-	f, err := image.OpenFile("vhd", path, opt)
+	f, err := image.OpenPath("vhd", path, opt)
 	if err != nil {
 		return nil, err
 	}

@@ -99,7 +99,7 @@ func Open(path string, opt image.OpenOptions) (*Image, error) {
 	if err := opt.Validate(); err != nil {
 		return nil, err
 	}
-	f, err := image.OpenFile("vhdx", path, opt)
+	f, err := image.OpenPath("vhdx", path, opt)
 	if err != nil {
 		return nil, err
 	}

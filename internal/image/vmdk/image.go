@@ -171,7 +171,7 @@ func Open(path string, opt image.OpenOptions) (*Image, error) {
 
 // openFile opens and locks one file of the image.
 func (img *Image) openFile(p string, readOnly, noLock bool) (*os.File, error) {
-	f, err := image.OpenFile("vmdk", p, image.OpenOptions{ReadOnly: readOnly, NoLock: noLock})
+	f, err := image.OpenPath("vmdk", p, image.OpenOptions{ReadOnly: readOnly, NoLock: noLock})
 	if err != nil {
 		return nil, err
 	}
