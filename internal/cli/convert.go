@@ -28,7 +28,7 @@ type convertOptions struct {
 	workers     int
 	writers     int
 	clusterSize string
-	backingDir  string
+	backingDirs []string
 	options     []string
 	s3          stack.S3Options
 	crypt       cryptFlags
@@ -69,7 +69,7 @@ existing image of the same size.`,
 	f.StringSliceVarP(&o.options, "option", "o", nil, "destination format option key=value, as vdisk create takes (e.g. subformat=streamOptimized for vmdk)")
 	addS3Flags(f, &o.s3)
 	o.crypt.add(f)
-	f.StringVar(&o.backingDir, "backing-dir", "", "refuse source backing files outside this directory")
+	f.StringArrayVar(&o.backingDirs, "backing-dir", nil, "also follow files the source image names (backing files, parents, extents) inside this directory tree (repeatable); by default only the image's own directory is trusted")
 	return c
 }
 
@@ -83,7 +83,7 @@ func runConvert(ctx context.Context, e *env, o convertOptions, srcPath, dstPath 
 			return fmt.Errorf("convert: --cluster-size: %w", err)
 		}
 	}
-	src, err := stack.Open(ctx, srcPath, stack.Options{Format: o.srcFormat, ReadOnly: true, BackingDir: o.backingDir, S3: o.s3, Log: e.log,
+	src, err := stack.Open(ctx, srcPath, stack.Options{Format: o.srcFormat, ReadOnly: true, BackingDirs: o.backingDirs, S3: o.s3, Log: e.log,
 		Passphrase: o.crypt.passphrase(e), KeepEncrypted: o.crypt.noDecrypt})
 	if err != nil {
 		return fmt.Errorf("convert: source: %w", err)

@@ -39,7 +39,7 @@ type serveOptions struct {
 	maxInFlight int
 	maxConns    int
 	noBacking   bool
-	backingDir  string
+	backingDirs []string
 	s3          stack.S3Options
 	crypt       cryptFlags
 }
@@ -78,7 +78,7 @@ serves.`,
 	addS3Flags(f, &o.s3)
 	o.crypt.add(f)
 	f.BoolVar(&o.noBacking, "no-backing", false, "serve the top image of a backing chain alone")
-	f.StringVar(&o.backingDir, "backing-dir", "", "refuse backing files outside this directory (for untrusted images)")
+	f.StringArrayVar(&o.backingDirs, "backing-dir", nil, "also follow files the image names (backing files, parents, extents) inside this directory tree (repeatable); by default only the image's own directory is trusted")
 	f.BoolVar(&o.create, "create", false, "create a missing image of --size")
 	f.StringVar(&o.size, "size", "100M", "size for --create (K, M, G, T; bare number = MiB)")
 	f.StringVar(&o.tlsCert, "tls-cert", "", "TLS certificate (PEM); enables and requires TLS")
@@ -174,14 +174,14 @@ func runServe(ctx context.Context, e *env, o serveOptions, images []string) erro
 // openServeImage opens one image for export.
 func openServeImage(ctx context.Context, e *env, path string, o serveOptions, createSize int64) (blockdev.Device, error) {
 	d, err := stack.Open(ctx, path, stack.Options{
-		Format:     o.format,
-		ReadOnly:   o.readOnly,
-		Create:     o.create,
-		Size:       createSize,
-		NoBacking:  o.noBacking,
-		BackingDir: o.backingDir,
-		S3:         o.s3,
-		Log:        e.log,
+		Format:      o.format,
+		ReadOnly:    o.readOnly,
+		Create:      o.create,
+		Size:        createSize,
+		NoBacking:   o.noBacking,
+		BackingDirs: o.backingDirs,
+		S3:          o.s3,
+		Log:         e.log,
 
 		Passphrase:    o.crypt.passphrase(e),
 		KeepEncrypted: o.crypt.noDecrypt,

@@ -38,9 +38,10 @@ type Options struct {
 	NoLock bool
 	// NoBacking serves the top layer of a backing chain alone.
 	NoBacking bool
-	// BackingDir confines backing files to this directory (safe mode for
-	// untrusted images).
-	BackingDir string
+	// BackingDirs are directory trees, beside each image's own, that the
+	// files an image names (backing files, parents, extents) may lie in:
+	// by default nothing outside the image's directory is followed.
+	BackingDirs []string
 	// S3 says how to reach an object store for s3:// names.
 	S3 S3Options
 	// Passphrase unlocks an encrypted (LUKS) image; without it such an
@@ -114,12 +115,12 @@ func Open(ctx context.Context, name string, o Options) (*Disk, error) {
 		}
 	}
 	dev, err := image.Open(name, image.OpenOptions{
-		Format:     format,
-		ReadOnly:   o.ReadOnly,
-		NoLock:     o.NoLock,
-		NoBacking:  o.NoBacking,
-		BackingDir: o.BackingDir,
-		Log:        o.Log,
+		Format:    format,
+		ReadOnly:  o.ReadOnly,
+		NoLock:    o.NoLock,
+		NoBacking: o.NoBacking,
+		Names:     image.LocalNames{Dirs: o.BackingDirs, NoLock: o.NoLock},
+		Log:       o.Log,
 	})
 	if err != nil {
 		if created {
