@@ -75,6 +75,10 @@ type Format struct {
 	// CheckBackend, when set, checks an image whose file is a Backend.
 	CheckBackend func(b Backend, name string, opt CheckOptions) (*CheckResult, error)
 
+	// ReadOnly says the format never writes (iso): its file is opened
+	// read-only whatever OpenOptions.ReadOnly says.
+	ReadOnly bool
+
 	// OpenFile opens the image whose file is f. On success the Device
 	// owns f (closing it closes f); on error the caller closes f. Files
 	// the image names are opened through opt.Names only.
@@ -318,7 +322,7 @@ func Open(path string, opt OpenOptions) (blockdev.Device, error) {
 	if f.OpenFile == nil {
 		return f.Open(path, opt)
 	}
-	lf, err := OpenLocal(path, LocalOptions{ReadOnly: opt.ReadOnly, NoLock: opt.NoLock})
+	lf, err := OpenLocal(path, LocalOptions{ReadOnly: opt.ReadOnly || f.ReadOnly, NoLock: opt.NoLock})
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", f.Name, err)
 	}

@@ -114,7 +114,9 @@ func (n LocalNames) Open(from File, name string, readOnly bool) (File, error) {
 	cands := []string{p}
 	if c, err := filepath.EvalSymlinks(p); err == nil && c != p {
 		cands = append(cands, c)
-	} else if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ENOTDIR) {
+	} else if (errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ENOTDIR)) && under(p, roots) {
+		// Said only inside the trusted trees: outside them, whether a
+		// file exists is none of the image's business.
 		return nil, fmt.Errorf("%q (%s) does not exist", name, p)
 	}
 	for _, root := range roots {
@@ -145,6 +147,16 @@ func (n LocalNames) Open(from File, name string, readOnly bool) (File, error) {
 	}
 	return nil, fmt.Errorf("%q resolves to %s, outside %s; if you trust the image, allow that directory with %s %s: %w",
 		name, where, outside, BackingDirFlag, filepath.Dir(where), ErrBackingRefused)
+}
+
+// under reports whether the path p lies lexically inside one of roots.
+func under(p string, roots []string) bool {
+	for _, r := range roots {
+		if rel, err := filepath.Rel(r, p); err == nil && filepath.IsLocal(rel) {
+			return true
+		}
+	}
+	return false
 }
 
 // evalOr is p with symlinks resolved, or p.

@@ -335,3 +335,69 @@ func (f *DeviceFile) Punch(off, n int64) error { return blockdev.WriteZeroes(f.d
 
 // RawDevice returns the device.
 func (f *DeviceFile) RawDevice() (blockdev.Device, error) { return f.dev, nil }
+
+// AsDevice serves the bytes of f as a raw disk of f's current size: the
+// file's own RawDevice when it has one, else reads and writes through f.
+// The Device owns f. readOnly refuses writes.
+func AsDevice(f File, readOnly bool) (blockdev.Device, error) {
+	var dev blockdev.Device
+	if rf, ok := f.(RawFile); ok {
+		d, err := rf.RawDevice()
+		if err != nil {
+			return nil, err
+		}
+		dev = d
+	} else {
+		n, err := f.Size()
+		if err != nil {
+			return nil, err
+		}
+		dev = &fileDevice{f: f, size: n}
+	}
+	if readOnly && !blockdev.InfoOf(dev).ReadOnly {
+		dev = blockdev.ReadOnly(dev)
+	}
+	return dev, nil
+}
+
+// fileDevice is a fixed-size Device over a File without a RawDevice.
+type fileDevice struct {
+	f    File
+	size int64
+}
+
+func (d *fileDevice) Size() int64 { return d.size }
+
+func (d *fileDevice) Info() blockdev.Info {
+	return blockdev.Info{LogicalBlockSize: 512, PhysicalBlockSize: 4096}
+}
+
+func (d *fileDevice) ReadAt(p []byte, off int64) (int, error) {
+	if err := blockdev.CheckRange(off, int64(len(p)), d.size); err != nil {
+		return 0, err
+	}
+	n, err := d.f.ReadAt(p, off)
+	if errors.Is(err, io.EOF) {
+		clear(p[n:]) // past the file's end, within the disk: zeroes
+		return len(p), nil
+	}
+	return n, err
+}
+
+func (d *fileDevice) WriteAt(p []byte, off int64) (int, error) {
+	if err := blockdev.CheckRange(off, int64(len(p)), d.size); err != nil {
+		return 0, err
+	}
+	return d.f.WriteAt(p, off)
+}
+
+func (d *fileDevice) Flush() error { return d.f.Sync() }
+
+func (d *fileDevice) Close() error { return d.f.Close() }
+
+func (d *fileDevice) Trim(off, n int64) error {
+	if err := blockdev.CheckRange(off, n, d.size); err != nil {
+		return err
+	}
+	return Punch(d.f, off, n)
+}

@@ -12,9 +12,7 @@ package iso
 
 import (
 	"fmt"
-	"os"
 	"sync/atomic"
-	"syscall"
 
 	"vdisk/internal/blockdev"
 	"vdisk/internal/image"
@@ -25,17 +23,18 @@ const Name = "iso"
 
 func init() {
 	image.Register(image.Format{
-		Name:  Name,
-		Probe: probe,
-		Open:  func(path string, opt image.OpenOptions) (blockdev.Device, error) { return Open(path, opt) },
-		Info:  Info,
-		Check: Check,
+		Name:      Name,
+		Probe:     probe,
+		ReadOnly:  true,
+		OpenFile:  func(f image.File, opt image.OpenOptions) (blockdev.Device, error) { return Open(f, opt) },
+		InfoFile:  Info,
+		CheckFile: Check,
 	})
 }
 
 // Image is an open ISO image.
 type Image struct {
-	f        *blockdev.File
+	f        blockdev.Device
 	fileSize int64
 	size     int64
 	vol      *Volume
@@ -48,18 +47,22 @@ var (
 	_ blockdev.Describer = (*Image)(nil)
 )
 
-// Open opens the ISO image at path, read-only whatever opt.ReadOnly says.
-func Open(path string, opt image.OpenOptions) (*Image, error) {
-	f, err := blockdev.OpenFile(path, blockdev.FileOptions{ReadOnly: true, NoLock: opt.NoLock})
+// Open opens the ISO image in f, read-only whatever opt.ReadOnly says. On
+// success the Image owns f.
+func Open(f image.File, opt image.OpenOptions) (*Image, error) {
+	fsize, err := f.Size()
 	if err != nil {
 		return nil, fmt.Errorf("iso: %w", err)
 	}
-	vol, err := readVolume(f, f.Size())
+	vol, err := readVolume(f, fsize)
 	if err != nil {
-		f.Close()
-		return nil, fmt.Errorf("%w (in %s)", err, path)
+		return nil, fmt.Errorf("%w (in %s)", err, f.Name())
 	}
-	return &Image{f: f, fileSize: f.Size(), size: (f.Size() + BlockSize - 1) &^ (BlockSize - 1), vol: vol}, nil
+	dev, err := image.AsDevice(f, true)
+	if err != nil {
+		return nil, fmt.Errorf("iso: %w", err)
+	}
+	return &Image{f: dev, fileSize: fsize, size: (fsize + BlockSize - 1) &^ (BlockSize - 1), vol: vol}, nil
 }
 
 // Volume returns what the primary volume descriptor says.
@@ -130,46 +133,32 @@ func (img *Image) Extents(off, n int64) ([]blockdev.Extent, error) {
 	if off >= img.fileSize {
 		return []blockdev.Extent{{Off: off, Len: n, Flags: blockdev.ExtentHole | blockdev.ExtentZero}}, nil
 	}
-	return img.f.Extents(off, min(n, img.fileSize-off))
+	return blockdev.Extents(img.f, off, min(n, img.fileSize-off))
 }
 
 // Info reads the facts `vdisk info` shows. Facts has no media or block
 // size field: ClusterSize carries the 2048-byte block size; Media and
 // BlockSize name the rest.
-func Info(path string) (*image.Facts, error) {
-	f, err := os.Open(path)
+func Info(f image.File) (*image.Facts, error) {
+	size, err := f.Size()
 	if err != nil {
 		return nil, fmt.Errorf("iso: %w", err)
 	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return nil, fmt.Errorf("iso: %w", err)
+	if _, err := readVolume(f, size); err != nil {
+		return nil, fmt.Errorf("%w (in %s)", err, f.Name())
 	}
-	if _, err := readVolume(f, st.Size()); err != nil {
-		return nil, fmt.Errorf("%w (in %s)", err, path)
-	}
-	fa := &image.Facts{Filename: path, Format: Name, VirtualSize: (st.Size() + BlockSize - 1) &^ (BlockSize - 1), ClusterSize: BlockSize, DiskSize: st.Size()}
-	if s, ok := st.Sys().(*syscall.Stat_t); ok {
-		fa.DiskSize = s.Blocks * 512
-	}
-	return fa, nil
+	return &image.Facts{Filename: f.Name(), Format: Name, VirtualSize: (size + BlockSize - 1) &^ (BlockSize - 1), ClusterSize: BlockSize, DiskSize: image.DiskSize(f)}, nil
 }
 
 // Check verifies the volume descriptor set: a primary descriptor whose
 // volume fits the file, and a terminator.
-func Check(path string, opt image.CheckOptions) (*image.CheckResult, error) {
-	f, err := os.Open(path)
+func Check(f image.File, opt image.CheckOptions) (*image.CheckResult, error) {
+	size, err := f.Size()
 	if err != nil {
 		return nil, fmt.Errorf("iso: %w", err)
 	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return nil, fmt.Errorf("iso: %w", err)
-	}
-	r := &image.CheckResult{Filename: path, Format: Name, ImageEndOffset: st.Size()}
-	vol, err := readVolume(f, st.Size())
+	r := &image.CheckResult{Filename: f.Name(), Format: Name, ImageEndOffset: size}
+	vol, err := readVolume(f, size)
 	if err != nil {
 		r.Corruptions++
 		r.Messages = append(r.Messages, err.Error())

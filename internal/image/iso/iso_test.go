@@ -97,11 +97,11 @@ func TestReadGenisoimage(t *testing.T) {
 	if v := d.(*Image).Volume(); v.ID != "VDISKTEST" || v.BlockSize != BlockSize || v.Size() != int64(len(want)) {
 		t.Fatalf("volume %+v", v)
 	}
-	fa, err := Info(p)
+	fa, err := image.Info(p, Name)
 	if err != nil || fa.VirtualSize != int64(len(want)) || fa.ClusterSize != BlockSize || fa.Format != Name {
 		t.Fatalf("Info %+v, %v", fa, err)
 	}
-	if r, err := Check(p, image.CheckOptions{}); err != nil || !r.Clean() {
+	if r, err := image.Check(p, Name, image.CheckOptions{}); err != nil || !r.Clean() {
 		t.Fatalf("Check %+v, %v", r, err)
 	}
 }
@@ -112,7 +112,7 @@ func TestPadding(t *testing.T) {
 	b := append(makeISO(40*BlockSize, "PAD"), "tail"...)
 	p := filepath.Join(t.TempDir(), "pad.iso")
 	os.WriteFile(p, b, 0o644)
-	d, err := Open(p, image.OpenOptions{})
+	d, err := openPath(p, image.OpenOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -156,7 +156,7 @@ func TestHostile(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			p := filepath.Join(t.TempDir(), "bad.iso")
 			os.WriteFile(p, tc.mutate(makeISO(40*BlockSize, "BAD")), 0o644)
-			_, err := Open(p, image.OpenOptions{})
+			_, err := openPath(p, image.OpenOptions{})
 			if err == nil {
 				t.Fatal("opened")
 			}
@@ -166,7 +166,7 @@ func TestHostile(t *testing.T) {
 			if !strings.Contains(err.Error(), tc.want) {
 				t.Errorf("error %q does not mention %q", err, tc.want)
 			}
-			if r, err := Check(p, image.CheckOptions{}); err != nil || r.Clean() {
+			if r, err := image.Check(p, Name, image.CheckOptions{}); err != nil || r.Clean() {
 				t.Errorf("Check: %+v, %v", r, err)
 			}
 		})
@@ -180,7 +180,7 @@ func TestConformance(t *testing.T) {
 		if err := os.WriteFile(p, makeISO(size, "CONF"), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		d, err := Open(p, image.OpenOptions{})
+		d, err := openPath(p, image.OpenOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -196,9 +196,9 @@ func FuzzOpen(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) {
 		p := filepath.Join(t.TempDir(), "f.iso")
 		os.WriteFile(p, b, 0o644)
-		Info(p)
-		Check(p, image.CheckOptions{})
-		d, err := Open(p, image.OpenOptions{})
+		image.Info(p, Name)
+		image.Check(p, Name, image.CheckOptions{})
+		d, err := openPath(p, image.OpenOptions{})
 		if err != nil {
 			return
 		}
@@ -208,4 +208,17 @@ func FuzzOpen(f *testing.F) {
 			t.Fatal(err)
 		}
 	})
+}
+
+// openPath opens the ISO image at path.
+func openPath(path string, opt image.OpenOptions) (*Image, error) {
+	f, err := image.OpenLocal(path, image.LocalOptions{ReadOnly: true})
+	if err != nil {
+		return nil, err
+	}
+	img, err := Open(f, opt)
+	if err != nil {
+		f.Close()
+	}
+	return img, err
 }

@@ -1,13 +1,11 @@
 // Package raw is the raw image format: the file's bytes are the disk's
-// bytes. It registers itself with the image registry; opening is
-// blockdev.OpenFile, so a raw image is read and written in parallel
-// without locks of its own.
+// bytes. It registers itself with the image registry. A local raw image
+// is served as a blockdev.File (pread and pwrite in parallel, without
+// locks of its own), one in an object store as the store's Device.
 package raw
 
 import (
 	"fmt"
-	"os"
-	"syscall"
 
 	"vdisk/internal/blockdev"
 	"vdisk/internal/image"
@@ -15,65 +13,45 @@ import (
 
 func init() {
 	image.Register(image.Format{
-		Name:   image.Raw,
-		Open:   Open,
-		Create: Create,
-		Info:   Info,
+		Name:       image.Raw,
+		OpenFile:   Open,
+		CreateFile: Create,
+		InfoFile:   Info,
 	})
 }
 
-// Open opens the raw image at path. A raw image never has a backing file.
-func Open(path string, opt image.OpenOptions) (blockdev.Device, error) {
-	f, err := blockdev.OpenFile(path, blockdev.FileOptions{ReadOnly: opt.ReadOnly, NoLock: opt.NoLock})
+// Open serves the raw image in f. A raw image never names another file.
+func Open(f image.File, opt image.OpenOptions) (blockdev.Device, error) {
+	dev, err := image.AsDevice(f, opt.ReadOnly)
 	if err != nil {
 		return nil, fmt.Errorf("raw: %w", err)
 	}
-	return f, nil
+	return dev, nil
 }
 
-// Create makes a sparse raw image of opt.Size bytes at path, which must
-// not exist. Raw images have no backing file and no clusters.
-func Create(path string, opt image.CreateOptions) error {
-	if err := opt.Validate(); err != nil {
-		return err
-	}
+// Create makes f, an empty file, a sparse raw image of opt.Size bytes.
+// Raw images have no backing file and no clusters.
+func Create(f image.File, opt image.CreateOptions) error {
 	if opt.BackingFile != "" {
 		return fmt.Errorf("raw: a raw image cannot have a backing file: %w", image.ErrUnsupported)
 	}
 	if opt.ClusterSize != 0 || len(opt.Options) > 0 {
 		return fmt.Errorf("raw: cluster size and format options do not apply to raw images: %w", image.ErrUnsupported)
 	}
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
-	if err != nil {
-		return fmt.Errorf("raw: create: %w", err)
+	if err := f.Truncate(opt.Size); err != nil {
+		return fmt.Errorf("raw: create %s: %w", f.Name(), err)
 	}
-	err = f.Truncate(opt.Size)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		os.Remove(path)
-		return fmt.Errorf("raw: create %s: %w", path, err)
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("raw: create %s: %w", f.Name(), err)
 	}
 	return nil
 }
 
-// Info describes the raw image at path.
-func Info(path string) (*image.Facts, error) {
-	f, err := blockdev.OpenFile(path, blockdev.FileOptions{ReadOnly: true, NoLock: true})
+// Info describes the raw image in f.
+func Info(f image.File) (*image.Facts, error) {
+	n, err := f.Size()
 	if err != nil {
 		return nil, fmt.Errorf("raw: %w", err)
 	}
-	defer f.Close()
-	fa := &image.Facts{Filename: path, Format: image.Raw, VirtualSize: f.Size()}
-	if st, err := os.Stat(path); err == nil {
-		fa.DiskSize = st.Size()
-		if s, ok := st.Sys().(*syscall.Stat_t); ok && st.Mode().IsRegular() {
-			fa.DiskSize = s.Blocks * 512
-		}
-	}
-	return fa, nil
+	return &image.Facts{Filename: f.Name(), Format: image.Raw, VirtualSize: n, DiskSize: image.DiskSize(f)}, nil
 }
