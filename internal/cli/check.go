@@ -10,7 +10,6 @@ import (
 	"vdisk/internal/image"
 	_ "vdisk/internal/image/all" // every format
 	"vdisk/internal/stack"
-	"vdisk/internal/storage/objstore/s3"
 )
 
 // Exit statuses of vdisk check, as qemu-img check has them.
@@ -55,10 +54,7 @@ an object shaped like qemu-img check --output json.`,
 				return fmt.Errorf("check: --repair %q: want \"leaks\" or \"all\"", repair)
 			}
 			check := func(opt image.CheckOptions) (*image.CheckResult, error) {
-				if s3.IsURL(args[0]) {
-					return stack.CheckS3(cmd.Context(), args[0], opt, s3o)
-				}
-				return image.Check(args[0], format, opt)
+				return stack.Check(cmd.Context(), args[0], format, opt, s3o)
 			}
 			res, err := check(opt)
 			if errors.Is(err, image.ErrNoCheck) {

@@ -15,7 +15,6 @@ import (
 	"vdisk/internal/convert"
 	"vdisk/internal/image"
 	"vdisk/internal/stack"
-	"vdisk/internal/storage/objstore/s3"
 )
 
 type convertOptions struct {
@@ -100,15 +99,14 @@ func runConvert(ctx context.Context, e *env, o convertOptions, srcPath, dstPath 
 			return err
 		}
 	}
-	if !o.noCreate && !s3.IsURL(dstPath) {
+	if !o.noCreate {
 		if _, err := os.Lstat(dstPath); err == nil {
 			return fmt.Errorf("convert: %s exists; remove it, or pass -n to write into it", dstPath)
 		}
 		start := time.Now()
-		copt := image.CreateOptions{Format: o.dstFormat, Size: size, ClusterSize: cluster, Options: fopts}
-		if handled, err := image.Stream(dstPath, src.Device, copt); handled {
+		copt := stack.CreateOptions{Format: o.dstFormat, Size: size, ClusterSize: cluster, Options: fopts, S3: o.s3}
+		if handled, err := stack.Stream(ctx, dstPath, src.Device, copt); handled {
 			if err != nil {
-				os.Remove(dstPath)
 				return fmt.Errorf("convert: %w", err)
 			}
 			fmt.Fprintf(e.stdout, "converted %s (%s, %s) to %s (%s, written in one pass) in %s\n",

@@ -10,7 +10,6 @@ import (
 	"vdisk/internal/image"
 	_ "vdisk/internal/image/all" // every format
 	"vdisk/internal/stack"
-	"vdisk/internal/storage/objstore/s3"
 )
 
 func init() { register(newCreateCmd) }
@@ -85,11 +84,7 @@ an object store, --cluster-size being its chunk size (default 4M).`,
 			if err := stack.Create(cmd.Context(), args[0], opt); err != nil {
 				return err
 			}
-			if s3.IsURL(args[0]) {
-				fmt.Fprintf(e.stdout, "created %s: %s, %s\n", args[0], opt.Format, formatSize(opt.Size))
-				return nil
-			}
-			fa, err := image.Info(args[0], format)
+			fa, err := stack.Info(cmd.Context(), args[0], format, opt.S3)
 			if err != nil {
 				return err
 			}

@@ -364,6 +364,9 @@ func OpenFile(f File, opt OpenOptions) (blockdev.Device, error) {
 	opt.Format = fm.Name
 	if fm.OpenFile == nil {
 		f.Close()
+		if _, ok := f.(*LocalFile); ok && fm.Open != nil { // legacy: until every format takes a File
+			return fm.Open(f.Name(), opt)
+		}
 		return nil, fmt.Errorf("image: %s: %s: %w", f.Name(), fm.Name, ErrNoBackend)
 	}
 	if opt.Names == nil {
@@ -511,6 +514,9 @@ func InfoOf(f File, format string) (*Facts, error) {
 	if err != nil {
 		return nil, err
 	}
+	if _, ok := f.(*LocalFile); ok && fm.InfoFile == nil && fm.Info != nil { // legacy
+		return fm.Info(f.Name())
+	}
 	if fm.InfoFile == nil {
 		return nil, fmt.Errorf("image: info %s: %s: %w", f.Name(), fm.Name, ErrNoBackend)
 	}
@@ -552,6 +558,9 @@ func CheckOf(f File, format string, opt CheckOptions) (*CheckResult, error) {
 	fm, err := Lookup(format)
 	if err != nil {
 		return nil, err
+	}
+	if _, ok := f.(*LocalFile); ok && fm.CheckFile == nil && fm.Check != nil { // legacy
+		return fm.Check(f.Name(), opt)
 	}
 	if fm.CheckFile == nil {
 		return nil, fmt.Errorf("image: check %s (%s): %w", f.Name(), fm.Name, ErrNoCheck)

@@ -8,7 +8,6 @@ import (
 	"os"
 	"time"
 
-	"vdisk/internal/blockdev"
 	"vdisk/internal/image"
 	"vdisk/internal/storage/chunked"
 	"vdisk/internal/storage/objstore/s3"
@@ -54,82 +53,34 @@ func (o S3Options) config(name string) (s3.Config, string, error) {
 	return cfg, prefix, err
 }
 
-// openS3 opens a chunked image in an object store. The chunks are the raw
-// disk, or, when the manifest names a format (fixed at create), that
-// format's file.
-func openS3(ctx context.Context, name string, o Options) (*Disk, error) {
-	cfg, prefix, err := o.S3.config(name)
+// existsS3 reports whether the object store holds the image name.
+func existsS3(ctx context.Context, name string, o S3Options) (bool, error) {
+	st, prefix, err := o.store(ctx, name)
 	if err != nil {
-		return nil, err
+		return false, err
+	}
+	_, err = chunked.Stat(ctx, st, prefix)
+	switch {
+	case errors.Is(err, chunked.ErrNoImage):
+		return false, nil
+	case err != nil:
+		return false, fmt.Errorf("%s: %w", name, err)
+	}
+	return true, nil
+}
+
+// store connects to the object store of the s3:// name and returns it
+// with the image's prefix.
+func (o S3Options) store(ctx context.Context, name string) (*s3.Store, string, error) {
+	cfg, prefix, err := o.config(name)
+	if err != nil {
+		return nil, "", err
 	}
 	st, err := s3.New(ctx, cfg)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
-	created := false
-	if o.Create {
-		_, err := chunked.Stat(ctx, st, prefix)
-		switch {
-		case errors.Is(err, chunked.ErrNoImage):
-			if o.ReadOnly {
-				return nil, fmt.Errorf("%s does not exist, and a read-only open cannot create it", name)
-			}
-			if err := Create(ctx, name, CreateOptions{Format: o.Format, Size: o.Size, S3: o.S3, Encrypt: o.Encrypt}); err != nil {
-				return nil, err
-			}
-			created = true
-		case err != nil:
-			return nil, fmt.Errorf("%s: %w", name, err)
-		}
-	}
-	d, err := openChunked(ctx, st, name, prefix, o)
-	if err != nil {
-		if created {
-			removeS3(st, name, prefix, o.Log)
-		}
-		return nil, err
-	}
-	d.Created = created
-	return d, nil
-}
-
-// openChunked opens the chunked image under prefix and the format in it.
-func openChunked(ctx context.Context, st *s3.Store, name, prefix string, o Options) (*Disk, error) {
-	dev, err := chunked.Open(ctx, st, prefix, chunked.Options{
-		LeaseTTL:      o.S3.LeaseTTL,
-		ReadOnly:      o.ReadOnly,
-		CacheDir:      o.S3.CacheDir,
-		ForceTakeover: o.S3.ForceTakeover,
-		Logger:        o.Log,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", name, err)
-	}
-	format := dev.Manifest().ImageFormat
-	if format == "" {
-		format = image.Raw
-	}
-	if o.Format != "" && o.Format != format {
-		dev.Close()
-		return nil, fmt.Errorf("%s holds a %s image, not %s", name, format, o.Format)
-	}
-	var top blockdev.Device = dev
-	if format != image.Raw {
-		top, err = image.OpenBackend(dev, name, format, image.OpenOptions{
-			ReadOnly:  o.ReadOnly,
-			NoBacking: o.NoBacking,
-			Log:       o.Log,
-		})
-		if err != nil {
-			return nil, err
-		}
-	}
-	d, err := finish(name, top, format, false, o)
-	if err != nil {
-		return nil, err
-	}
-	d.Degraded, d.Stats = dev.Degraded, dev.Stats
-	return d, nil
+	return st, prefix, nil
 }
 
 // removeS3 deletes an image this process just created and could not
@@ -171,55 +122,63 @@ func capacity(size int64) int64 {
 	return min(c, chunked.MaxSize)
 }
 
-// createS3 makes a new image in an object store: raw chunks, or a format's
-// file (qcow2) that the format writes into them.
+// createS3 makes a new image in an object store: raw chunks that are the
+// disk, or the file of any other format, written into chunks by the
+// format itself.
 func createS3(ctx context.Context, name string, o CreateOptions) error {
 	if o.BackingFile != "" {
 		return fmt.Errorf("%s: an image in an object store cannot have a backing file", name)
 	}
-	cfg, prefix, err := o.S3.config(name)
+	if o.Format != image.Raw {
+		_, err := createS3Format(ctx, name, o, func(f image.File) (bool, error) {
+			return true, image.CreateIn(f, image.CreateOptions{Format: o.Format, Size: o.Size, ClusterSize: o.ClusterSize, Options: o.Options, Names: storeNames})
+		})
+		return err
+	}
+	st, prefix, err := o.S3.store(ctx, name)
 	if err != nil {
 		return err
 	}
-	st, err := s3.New(ctx, cfg)
-	if err != nil {
-		return err
+	cs := o.S3.ChunkSize
+	if cs == 0 {
+		cs = o.ClusterSize // a raw image's allocation unit is its chunk
 	}
-	if o.Format == image.Raw {
-		cs := o.S3.ChunkSize
-		if cs == 0 {
-			cs = o.ClusterSize // a raw image's allocation unit is its chunk
-		}
-		if _, err := chunked.Create(ctx, st, prefix, o.Size, chunked.CreateOptions{ChunkSize: cs}); err != nil {
-			return fmt.Errorf("%s: %w", name, err)
-		}
-		return nil
-	}
-	f, err := image.Lookup(o.Format)
-	if err != nil {
-		return err
-	}
-	if f.CreateBackend == nil {
-		return fmt.Errorf("%s: %s: %w", name, o.Format, image.ErrNoBackend)
-	}
-	if o.Size <= 0 {
-		return fmt.Errorf("%s: a %s image in an object store needs a size", name, o.Format)
-	}
-	if _, err := chunked.Create(ctx, st, prefix, capacity(o.Size), chunked.CreateOptions{ChunkSize: o.S3.ChunkSize, ImageFormat: o.Format}); err != nil {
-		return fmt.Errorf("%s: %w", name, err)
-	}
-	dev, err := chunked.Open(ctx, st, prefix, chunked.Options{ForceTakeover: o.S3.ForceTakeover})
-	if err == nil {
-		err = image.CreateBackend(dev, image.CreateOptions{Format: o.Format, Size: o.Size, ClusterSize: o.ClusterSize, Options: o.Options})
-		if cerr := dev.Close(); err == nil {
-			err = cerr
-		}
-	}
-	if err != nil {
-		removeS3(st, name, prefix, nil)
+	if _, err := chunked.Create(ctx, st, prefix, o.Size, chunked.CreateOptions{ChunkSize: cs}); err != nil {
 		return fmt.Errorf("%s: %w", name, err)
 	}
 	return nil
+}
+
+// createS3Format makes a new s3:// image whose chunks hold a file of
+// o.Format, and lets write fill that file. When write reports not
+// handled, or fails, the image is deleted again.
+func createS3Format(ctx context.Context, name string, o CreateOptions, write func(image.File) (bool, error)) (bool, error) {
+	if o.Size <= 0 {
+		return false, fmt.Errorf("%s: a %s image in an object store needs a size", name, o.Format)
+	}
+	st, prefix, err := o.S3.store(ctx, name)
+	if err != nil {
+		return false, err
+	}
+	if _, err := chunked.Create(ctx, st, prefix, capacity(o.Size), chunked.CreateOptions{ChunkSize: o.S3.ChunkSize, ImageFormat: o.Format}); err != nil {
+		return false, fmt.Errorf("%s: %w", name, err)
+	}
+	handled := false
+	dev, err := chunked.Open(ctx, st, prefix, chunked.Options{ForceTakeover: o.S3.ForceTakeover})
+	if err == nil {
+		f := image.NewNamedBackendFile(dev, name)
+		handled, err = write(f)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+	}
+	if err != nil || !handled {
+		removeS3(st, name, prefix, nil)
+	}
+	if err != nil {
+		return handled, fmt.Errorf("%s: %w", name, err)
+	}
+	return handled, nil
 }
 
 // InspectS3 reads what the object store holds of the s3:// image name:
@@ -256,34 +215,6 @@ func DeleteS3(ctx context.Context, name string, o S3Options) error {
 		return fmt.Errorf("%s: %w", name, err)
 	}
 	return nil
-}
-
-// CheckS3 checks the image in the object store at name as image.Check does
-// a file: a qcow2 image's metadata; a raw one has nothing to check
-// (image.ErrNoCheck). Repairing leaks takes the image's lease.
-func CheckS3(ctx context.Context, name string, opt image.CheckOptions, o S3Options) (*image.CheckResult, error) {
-	cfg, prefix, err := o.config(name)
-	if err != nil {
-		return nil, err
-	}
-	st, err := s3.New(ctx, cfg)
-	if err != nil {
-		return nil, err
-	}
-	dev, err := chunked.Open(ctx, st, prefix, chunked.Options{ReadOnly: !opt.RepairLeaks, ForceTakeover: o.ForceTakeover})
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", name, err)
-	}
-	format := dev.Manifest().ImageFormat
-	if format == "" {
-		dev.Close()
-		return nil, fmt.Errorf("image: check %s (raw): %w", name, image.ErrNoCheck)
-	}
-	res, err := image.CheckBackend(dev, name, format, opt)
-	if cerr := dev.Close(); err == nil && cerr != nil {
-		err = cerr
-	}
-	return res, err
 }
 
 // resizeS3 resizes an image in an object store that nobody has open: a raw
@@ -329,7 +260,7 @@ func resizeS3(ctx context.Context, name string, newSize func(old int64) int64, s
 	}
 	// A format's file: room for it first (the capacity only grows, and
 	// growing it when unneeded costs nothing), then the format.
-	d, err := openChunked(ctx, st, name, prefix, o)
+	d, err := open(ctx, name, o)
 	if err != nil {
 		return 0, err
 	}
@@ -344,7 +275,7 @@ func resizeS3(ctx context.Context, name string, newSize func(old int64) int64, s
 			return old, fmt.Errorf("%s: grow the %s file's capacity: %w", name, m.ImageFormat, err)
 		}
 	}
-	if d, err = openChunked(ctx, st, name, prefix, o); err != nil {
+	if d, err = open(ctx, name, o); err != nil {
 		return old, err
 	}
 	old, err = resizeDevice(name, d, newSize, shrink)

@@ -88,47 +88,63 @@ func Open(ctx context.Context, name string, o Options) (*Disk, error) {
 		}
 		o.Format = f.Name // "vpc" is vhd
 	}
-	if s3.IsURL(name) {
-		return openS3(ctx, name, o)
-	}
 	created := false
 	if o.Create {
-		_, err := os.Stat(name)
+		ok, err := exists(ctx, name, o.S3)
 		switch {
-		case errors.Is(err, fs.ErrNotExist):
-			if o.ReadOnly {
-				return nil, fmt.Errorf("%s does not exist, and a read-only open cannot create it", name)
-			}
+		case err != nil:
+			return nil, err
+		case !ok && o.ReadOnly:
+			return nil, fmt.Errorf("%s does not exist, and a read-only open cannot create it", name)
+		case !ok:
 			if err := Create(ctx, name, CreateOptions{Format: o.Format, Size: o.Size, S3: o.S3, Encrypt: o.Encrypt}); err != nil {
 				return nil, err
 			}
 			created = true
-		case err != nil:
-			return nil, err
 		}
 	}
-	format := o.Format
-	if format == "" {
-		var err error
-		if format, err = image.Probe(name); err != nil {
-			return nil, err
-		}
-	}
-	dev, err := image.Open(name, image.OpenOptions{
-		Format:    format,
-		ReadOnly:  o.ReadOnly,
-		NoLock:    o.NoLock,
-		NoBacking: o.NoBacking,
-		Names:     image.LocalNames{Dirs: o.BackingDirs, NoLock: o.NoLock},
-		Log:       o.Log,
-	})
+	d, err := open(ctx, name, o)
 	if err != nil {
 		if created {
-			os.Remove(name)
+			Remove(name, o.S3)
 		}
 		return nil, err
 	}
-	return finish(name, dev, format, created, o)
+	d.Created = created
+	return d, nil
+}
+
+// open opens the stack of an existing image.
+func open(ctx context.Context, name string, o Options) (*Disk, error) {
+	src, err := openSource(ctx, name, o)
+	if err != nil {
+		return nil, err
+	}
+	dev, format, err := openFormat(name, src, o)
+	if err != nil {
+		return nil, err
+	}
+	d, err := finish(name, dev, format, false, o)
+	if err != nil {
+		return nil, err
+	}
+	d.Degraded, d.Stats = src.degraded, src.stats
+	return d, nil
+}
+
+// exists reports whether the image name exists.
+func exists(ctx context.Context, name string, o S3Options) (bool, error) {
+	if s3.IsURL(name) {
+		return existsS3(ctx, name, o)
+	}
+	_, err := os.Lstat(name)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return false, nil
+	case err != nil:
+		return false, err
+	}
+	return true, nil
 }
 
 // finish puts the layers above the format on dev: decryption, then the
@@ -170,6 +186,9 @@ type CreateOptions struct {
 	// Encrypt encrypts the new image: Size is then the decrypted size, and
 	// the image is larger by the LUKS header.
 	Encrypt EncryptOptions
+	// BackingDirs are directory trees, beside the new image's own and the
+	// backing file's, that files the backing chain names may lie in.
+	BackingDirs []string
 }
 
 // Create makes a new image named name; it fails if one exists.
@@ -220,6 +239,7 @@ func create(ctx context.Context, name string, o CreateOptions) error {
 		BackingFormat: o.BackingFormat,
 		ClusterSize:   o.ClusterSize,
 		Options:       o.Options,
+		Names:         createNames(name, o),
 	})
 }
 
@@ -235,8 +255,8 @@ func Resize(ctx context.Context, name string, newSize func(old int64) int64, shr
 	if s3.IsURL(name) {
 		return resizeS3(ctx, name, newSize, shrink, o)
 	}
-	o.ReadOnly, o.Create, o.KeepEncrypted = false, false, true
-	d, err := Open(ctx, name, o)
+	o.ReadOnly, o.Create, o.KeepEncrypted, o.NoBacking = false, false, true, true
+	d, err := open(ctx, name, o)
 	if err != nil {
 		return 0, err
 	}
