@@ -6,7 +6,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"vdisk/internal/crypt/luks"
 	"vdisk/internal/image"
 	_ "vdisk/internal/image/all" // every format
 	"vdisk/internal/stack"
@@ -79,7 +78,7 @@ an object store, --cluster-size being its chunk size (default 4M).`,
 					return fmt.Errorf("create: %w", err)
 				}
 				opt.Encrypt = stack.EncryptOptions{Type: encrypt, Passphrase: pass,
-					LUKS: luks.FormatOptions{Cipher: cipher, PBKDF: kf.options()}}
+					LUKS: stack.LUKSFormatOptions{Cipher: cipher, PBKDF: kf.options()}}
 			}
 			if err := stack.Create(cmd.Context(), args[0], opt); err != nil {
 				return err

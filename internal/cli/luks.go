@@ -2,6 +2,7 @@ package cli
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -12,9 +13,7 @@ import (
 	"golang.org/x/term"
 
 	"vdisk/internal/blockdev"
-	"vdisk/internal/crypt/luks"
-	"vdisk/internal/image"
-	_ "vdisk/internal/image/all" // every format
+	"vdisk/internal/stack"
 )
 
 // maxKeyFileSize bounds a key file (cryptsetup's default limit).
@@ -57,24 +56,20 @@ func (f *pbkdfFlags) add(cmd *cobra.Command) {
 	fl.Uint32Var(&f.parallel, "pbkdf-parallel", 0, "argon2 threads (default min(4, CPUs))")
 }
 
-func (f *pbkdfFlags) options() luks.PBKDFOptions {
-	return luks.PBKDFOptions{Type: f.kind, Hash: f.hash, IterTime: f.iterTime, Iterations: f.iterations,
+func (f *pbkdfFlags) options() stack.PBKDFOptions {
+	return stack.PBKDFOptions{Type: f.kind, Hash: f.hash, IterTime: f.iterTime, Iterations: f.iterations,
 		MemoryKiB: f.memoryKiB, Parallel: f.parallel}
 }
 
-// openLUKSImage opens IMAGE's data (any format) and reads its LUKS header.
-// The caller closes the returned Device.
-func openLUKSImage(path, format string, readOnly bool) (blockdev.Device, *luks.Volume, error) {
-	dev, err := image.Open(path, image.OpenOptions{Format: format, ReadOnly: readOnly})
+// openLUKSImage opens IMAGE's data (any format, local or s3://) through
+// the stack and reads its LUKS header. The caller closes the returned
+// Device.
+func openLUKSImage(ctx context.Context, path, format string, readOnly bool) (blockdev.Device, *stack.LUKSVolume, error) {
+	d, v, err := stack.OpenLUKS(ctx, path, stack.Options{Format: format, ReadOnly: readOnly})
 	if err != nil {
 		return nil, nil, err
 	}
-	v, err := luks.Load(dev)
-	if err != nil {
-		dev.Close()
-		return nil, nil, fmt.Errorf("%s: %w", path, err)
-	}
-	return dev, v, nil
+	return d.Device, v, nil
 }
 
 // closeDev closes dev and returns the first of err and the close error.
@@ -87,7 +82,7 @@ func closeDev(dev blockdev.Device, err error) error {
 
 func newLUKSFormatCmd(e *env) *cobra.Command {
 	var (
-		opt      luks.FormatOptions
+		opt      stack.LUKSFormatOptions
 		keyBits  int
 		kf       pbkdfFlags
 		keyFile  string
@@ -110,11 +105,12 @@ func newLUKSFormatCmd(e *env) *cobra.Command {
 			}
 			opt.PBKDF = kf.options()
 			opt.DigestIterations = digestIt
-			dev, err := image.Open(args[0], image.OpenOptions{Format: format})
+			d, err := stack.Open(cmd.Context(), args[0], stack.Options{Format: format, KeepEncrypted: true})
 			if err != nil {
 				return err
 			}
-			if luks.IsLUKS(dev) && !force {
+			dev := d.Device
+			if stack.IsLUKS(dev) && !force {
 				return closeDev(dev, fmt.Errorf("%s already holds a LUKS header; --force overwrites it (and loses its data)", args[0]))
 			}
 			pass, err := readPassphrase(e, keyFile, "Enter passphrase for the new volume: ", true)
@@ -122,7 +118,7 @@ func newLUKSFormatCmd(e *env) *cobra.Command {
 				return closeDev(dev, err)
 			}
 			defer clear(pass)
-			v, err := luks.Format(dev, pass, opt)
+			v, err := stack.FormatLUKS(d, pass, opt)
 			if err != nil {
 				return closeDev(dev, fmt.Errorf("%s: %w", args[0], err))
 			}
@@ -162,7 +158,7 @@ func newLUKSDumpCmd(e *env) *cobra.Command {
 			"luks.Info. A damaged primary LUKS2 header is reported (header copy: secondary).",
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			dev, v, err := openLUKSImage(args[0], format, true)
+			dev, v, err := openLUKSImage(cmd.Context(), args[0], format, true)
 			if err != nil {
 				return err
 			}
@@ -195,7 +191,7 @@ func newLUKSAddKeyCmd(e *env) *cobra.Command {
 			if keyFile == "-" && newFile == "-" {
 				return errors.New("--key-file and --new-key-file cannot both be stdin")
 			}
-			dev, v, err := openLUKSImage(args[0], format, false)
+			dev, v, err := openLUKSImage(cmd.Context(), args[0], format, false)
 			if err != nil {
 				return err
 			}
@@ -205,7 +201,7 @@ func newLUKSAddKeyCmd(e *env) *cobra.Command {
 			}
 			defer clear(pass)
 			defer clear(np)
-			opt := luks.KeyslotOptions{PBKDF: kf.options()}
+			opt := stack.KeyslotOptions{PBKDF: kf.options()}
 			if cmd.Flags().Changed("key-slot") {
 				opt.Keyslot = &slot
 			}
@@ -235,7 +231,7 @@ func newLUKSRemoveKeyCmd(e *env) *cobra.Command {
 			"material. It refuses to remove the last keyslot (the data would be lost).",
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			dev, v, err := openLUKSImage(args[0], format, false)
+			dev, v, err := openLUKSImage(cmd.Context(), args[0], format, false)
 			if err != nil {
 				return err
 			}
@@ -271,7 +267,7 @@ func newLUKSChangeKeyCmd(e *env) *cobra.Command {
 			if keyFile == "-" && newFile == "-" {
 				return errors.New("--key-file and --new-key-file cannot both be stdin")
 			}
-			dev, v, err := openLUKSImage(args[0], format, false)
+			dev, v, err := openLUKSImage(cmd.Context(), args[0], format, false)
 			if err != nil {
 				return err
 			}
@@ -281,7 +277,7 @@ func newLUKSChangeKeyCmd(e *env) *cobra.Command {
 			}
 			defer clear(pass)
 			defer clear(np)
-			n, err := v.ChangeKey(pass, np, luks.KeyslotOptions{PBKDF: kf.options()})
+			n, err := v.ChangeKey(pass, np, stack.KeyslotOptions{PBKDF: kf.options()})
 			if err != nil {
 				return closeDev(dev, fmt.Errorf("%s: %w", args[0], err))
 			}

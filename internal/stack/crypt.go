@@ -1,6 +1,7 @@
 package stack
 
 import (
+	"context"
 	"errors"
 	"fmt"
 
@@ -61,4 +62,42 @@ func luksOptions(e EncryptOptions) luks.FormatOptions {
 	opt := e.LUKS
 	opt.Type = e.Type
 	return opt
+}
+
+// The LUKS types that `vdisk luks` and `vdisk create --encrypt` fill in:
+// the crypt layer's own, named here so that the stack stays the one
+// package that reaches into the layers.
+type (
+	LUKSVolume        = luks.Volume
+	LUKSFormatOptions = luks.FormatOptions
+	PBKDFOptions      = luks.PBKDFOptions
+	KeyslotOptions    = luks.KeyslotOptions
+)
+
+// ErrWrongPassphrase is returned when no keyslot opens with the
+// passphrase given.
+var ErrWrongPassphrase = luks.ErrWrongPassphrase
+
+// IsLUKS reports whether dev starts with a LUKS header.
+func IsLUKS(dev blockdev.Device) bool { return luks.IsLUKS(dev) }
+
+// OpenLUKS opens the image name as stored (any format, local or s3://,
+// under the trust policy of o) and reads the LUKS header in it, for
+// managing its keyslots. The caller closes d.Device.
+func OpenLUKS(ctx context.Context, name string, o Options) (d *Disk, v *LUKSVolume, err error) {
+	o.KeepEncrypted, o.Create = true, false
+	if d, err = Open(ctx, name, o); err != nil {
+		return nil, nil, err
+	}
+	if v, err = luks.Load(d.Device); err != nil {
+		d.Device.Close()
+		return nil, nil, fmt.Errorf("%s: %w", name, err)
+	}
+	return d, v, nil
+}
+
+// FormatLUKS writes a new LUKS volume over the disk d (opened with
+// KeepEncrypted), its first keyslot opened by pass.
+func FormatLUKS(d *Disk, pass []byte, opt LUKSFormatOptions) (*LUKSVolume, error) {
+	return luks.Format(d.Device, pass, opt)
 }
