@@ -16,7 +16,47 @@ const (
 	luks2MaxObjects  = 64 // segments or digests
 	luks2MaxDigest   = 64 // bytes
 	luks2MaxSalt     = 64 // bytes
+	// luks2MaxKeyslotsSize is the largest keyslots area, as cryptsetup's
+	// LUKS2_MAX_KEYSLOTS_SIZE (which it refuses beyond when reading too).
+	luks2MaxKeyslotsSize = 128 << 20
+	// luks2MaxRefs bounds the lists of ids in a digest or token.
+	luks2MaxRefs = luks2MaxObjects
 )
+
+// objectMap is a JSON object of objects (keyslots, tokens, segments,
+// digests) decoded with at most luks2MaxObjects distinct members, refused
+// as soon as one more is read: a 4 MiB JSON area could otherwise fill a
+// map with half a million members before they are counted.
+type objectMap map[string]json.RawMessage
+
+func (m *objectMap) UnmarshalJSON(b []byte) error {
+	if string(b) == "null" {
+		*m = nil
+		return nil
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
+		return fmt.Errorf("want an object, have %s", truncate(b))
+	}
+	out := objectMap{}
+	for dec.More() {
+		t, err := dec.Token()
+		if err != nil {
+			return err
+		}
+		k, _ := t.(string) // object keys are strings
+		var v json.RawMessage
+		if err := dec.Decode(&v); err != nil {
+			return err
+		}
+		if _, dup := out[k]; !dup && len(out) == luks2MaxObjects {
+			return fmt.Errorf("more than %d objects", luks2MaxObjects)
+		}
+		out[k] = v
+	}
+	*m = out
+	return nil
+}
 
 // u64 is a LUKS2 JSON number stored as a decimal string ("16777216").
 type u64 int64
@@ -146,11 +186,11 @@ func parseLUKS2JSON(area []byte, hdrSize int64) (*luks2Meta, error) {
 		return nil, fmt.Errorf("JSON area is not NUL-terminated: %w", ErrCorrupt)
 	}
 	var top struct {
-		Keyslots map[string]json.RawMessage `json:"keyslots"`
-		Tokens   map[string]json.RawMessage `json:"tokens"`
-		Segments map[string]json.RawMessage `json:"segments"`
-		Digests  map[string]json.RawMessage `json:"digests"`
-		Config   json.RawMessage            `json:"config"`
+		Keyslots objectMap       `json:"keyslots"`
+		Tokens   objectMap       `json:"tokens"`
+		Segments objectMap       `json:"segments"`
+		Digests  objectMap       `json:"digests"`
+		Config   json.RawMessage `json:"config"`
 	}
 	if err := json.Unmarshal(area[:end], &top); err != nil {
 		return nil, fmt.Errorf("JSON metadata: %v: %w", err, ErrCorrupt)
@@ -185,7 +225,7 @@ func parseLUKS2JSON(area []byte, hdrSize int64) (*luks2Meta, error) {
 
 // decodeObjects decodes a JSON object of objects keyed by decimal ids below
 // limit.
-func decodeObjects[T any](what string, raw map[string]json.RawMessage, limit int) (map[int]*T, error) {
+func decodeObjects[T any](what string, raw objectMap, limit int) (map[int]*T, error) {
 	out := make(map[int]*T, len(raw))
 	for k, v := range raw {
 		id, err := strconv.Atoi(k)
@@ -210,8 +250,8 @@ func (m *luks2Meta) validate(hdrSize int64) error {
 		return fmt.Errorf("json_size %d in a %d-byte header: %w", c.JSONSize, hdrSize, ErrCorrupt)
 	}
 	areaStart, areaEnd := 2*hdrSize, 2*hdrSize+int64(c.KeyslotsSize)
-	if c.KeyslotsSize%luks1Align != 0 || areaEnd < areaStart {
-		return fmt.Errorf("keyslots_size %d: %w", c.KeyslotsSize, ErrCorrupt)
+	if c.KeyslotsSize%luks1Align != 0 || c.KeyslotsSize > luks2MaxKeyslotsSize {
+		return fmt.Errorf("keyslots_size %d (a multiple of 4096, at most %d): %w", c.KeyslotsSize, luks2MaxKeyslotsSize, ErrCorrupt)
 	}
 	for id, ks := range m.keyslots {
 		if ks.Type != "luks2" {
@@ -252,6 +292,9 @@ func (m *luks2Meta) validate(hdrSize int64) error {
 		}
 	}
 	for id, d := range m.digests {
+		if len(d.Keyslots) > luks2MaxRefs || len(d.Segments) > luks2MaxRefs {
+			return fmt.Errorf("digest %d: %d keyslots, %d segments: %w", id, len(d.Keyslots), len(d.Segments), ErrCorrupt)
+		}
 		if len(d.Digest) == 0 || len(d.Digest) > luks2MaxDigest || len(d.Salt) == 0 || len(d.Salt) > luks2MaxSalt {
 			return fmt.Errorf("digest %d: %d-byte digest, %d-byte salt: %w", id, len(d.Digest), len(d.Salt), ErrCorrupt)
 		}
@@ -263,6 +306,9 @@ func (m *luks2Meta) validate(hdrSize int64) error {
 		}
 	}
 	for id, t := range m.tokens {
+		if len(t.Keyslots) > luks2MaxRefs {
+			return fmt.Errorf("token %d: %d keyslots: %w", id, len(t.Keyslots), ErrCorrupt)
+		}
 		if err := checkRefs(t.Keyslots, m.keyslots); err != nil {
 			return fmt.Errorf("token %d: keyslot %w", id, err)
 		}
