@@ -83,7 +83,8 @@ func (l Limits) orDefaults() Limits {
 }
 
 // overLimit is the error for a keyslot parameter over its limit: asked
-// and limit are the values with their units.
+// and limit are the values with their units, field the Limits field that
+// raises it (and how it applies).
 func overLimit(slot int, param, asked, limit, field string) error {
 	return fmt.Errorf("luks: keyslot %d: %s %s exceeds the limit of %s (Limits.%s): %w",
 		slot, param, asked, limit, field, ErrLimit)
@@ -105,8 +106,8 @@ func (l Limits) check(slot int, k KDF) error {
 		mem := max(uint64(k.MemoryKiB), 1)
 		if work, most := uint64(k.Time)*mem, uint64(l.Argon2Time)*uint64(l.Argon2MemoryKiB); work > most {
 			return overLimit(slot, k.Type+" time cost", fmt.Sprintf("%d with %d KiB", k.Time, k.MemoryKiB),
-				fmt.Sprintf("%d with %d KiB (time × memory ≤ %d × %d KiB)", most/mem, k.MemoryKiB, l.Argon2Time, l.Argon2MemoryKiB),
-				"Argon2Time")
+				fmt.Sprintf("%d with %d KiB", most/mem, k.MemoryKiB),
+				fmt.Sprintf("Argon2Time: time × memory ≤ %d × %d KiB", l.Argon2Time, l.Argon2MemoryKiB))
 		}
 	case "pbkdf2":
 		if k.Iterations > l.PBKDF2Iterations {

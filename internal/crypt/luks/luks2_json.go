@@ -19,8 +19,9 @@ const (
 	// luks2MaxKeyslotsSize is the largest keyslots area, as cryptsetup's
 	// LUKS2_MAX_KEYSLOTS_SIZE (which it refuses beyond when reading too).
 	luks2MaxKeyslotsSize = 128 << 20
-	// luks2MaxRefs bounds the lists of ids in a digest or token.
-	luks2MaxRefs = luks2MaxObjects
+	// luks2MaxList bounds every list of strings: the ids in a digest or
+	// token, flags, requirements.
+	luks2MaxList = luks2MaxObjects
 )
 
 // objectMap is a JSON object of objects (keyslots, tokens, segments,
@@ -86,6 +87,39 @@ func truncate(b []byte) string {
 	return string(b)
 }
 
+// strList is a JSON list of strings decoded with at most luks2MaxList
+// entries, refused as soon as one more is read (a 4 MiB list of "0" would
+// otherwise make a million strings).
+type strList []string
+
+func (l *strList) UnmarshalJSON(b []byte) error {
+	if string(b) == "null" {
+		*l = nil
+		return nil
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	if t, err := dec.Token(); err != nil || t != json.Delim('[') {
+		return fmt.Errorf("want a list, have %s", truncate(b))
+	}
+	out := strList{}
+	for dec.More() {
+		if len(out) == luks2MaxList {
+			return fmt.Errorf("a list of more than %d strings", luks2MaxList)
+		}
+		t, err := dec.Token()
+		if err != nil {
+			return err
+		}
+		str, ok := t.(string)
+		if !ok {
+			return fmt.Errorf("want a list of strings, have %v in it", t)
+		}
+		out = append(out, str)
+	}
+	*l = out
+	return nil
+}
+
 // l2Keyslot is a keyslot object.
 type l2Keyslot struct {
 	Type     string `json:"type"`
@@ -133,33 +167,33 @@ type l2Segment struct {
 	Encryption string          `json:"encryption"`
 	SectorSize int             `json:"sector_size"`
 	Integrity  json.RawMessage `json:"integrity,omitempty"`
-	Flags      []string        `json:"flags,omitempty"`
+	Flags      strList         `json:"flags,omitempty"`
 }
 
 // l2Digest is a digest object.
 type l2Digest struct {
-	Type       string   `json:"type"`
-	Keyslots   []string `json:"keyslots"`
-	Segments   []string `json:"segments"`
-	Hash       string   `json:"hash"`
-	Iterations uint32   `json:"iterations"`
-	Salt       []byte   `json:"salt"`
-	Digest     []byte   `json:"digest"`
+	Type       string  `json:"type"`
+	Keyslots   strList `json:"keyslots"`
+	Segments   strList `json:"segments"`
+	Hash       string  `json:"hash"`
+	Iterations uint32  `json:"iterations"`
+	Salt       []byte  `json:"salt"`
+	Digest     []byte  `json:"digest"`
 }
 
 // l2Token is what this package reads of a token object.
 type l2Token struct {
-	Type     string   `json:"type"`
-	Keyslots []string `json:"keyslots"`
+	Type     string  `json:"type"`
+	Keyslots strList `json:"keyslots"`
 }
 
 // l2Config is the config object.
 type l2Config struct {
-	JSONSize     u64      `json:"json_size"`
-	KeyslotsSize u64      `json:"keyslots_size"`
-	Flags        []string `json:"flags,omitempty"`
+	JSONSize     u64     `json:"json_size"`
+	KeyslotsSize u64     `json:"keyslots_size"`
+	Flags        strList `json:"flags,omitempty"`
 	Requirements *struct {
-		Mandatory []string `json:"mandatory"`
+		Mandatory strList `json:"mandatory"`
 	} `json:"requirements,omitempty"`
 }
 
@@ -186,32 +220,39 @@ func parseLUKS2JSON(area []byte, hdrSize int64) (*luks2Meta, error) {
 		return nil, fmt.Errorf("JSON area is not NUL-terminated: %w", ErrCorrupt)
 	}
 	var top struct {
-		Keyslots objectMap       `json:"keyslots"`
-		Tokens   objectMap       `json:"tokens"`
-		Segments objectMap       `json:"segments"`
-		Digests  objectMap       `json:"digests"`
-		Config   json.RawMessage `json:"config"`
+		Keyslots, Tokens, Segments, Digests json.RawMessage
+		Config                              json.RawMessage
 	}
 	if err := json.Unmarshal(area[:end], &top); err != nil {
 		return nil, fmt.Errorf("JSON metadata: %v: %w", err, ErrCorrupt)
 	}
-	if top.Keyslots == nil || top.Tokens == nil || top.Segments == nil || top.Digests == nil || top.Config == nil {
+	var sections [4]objectMap
+	for i, raw := range []json.RawMessage{top.Keyslots, top.Tokens, top.Segments, top.Digests} {
+		if raw == nil {
+			continue
+		}
+		if err := json.Unmarshal(raw, &sections[i]); err != nil {
+			return nil, fmt.Errorf("JSON metadata: %s: %v: %w", []string{"keyslots", "tokens", "segments", "digests"}[i], err, ErrCorrupt)
+		}
+	}
+	keyslots, tokens, segments, digests := sections[0], sections[1], sections[2], sections[3]
+	if keyslots == nil || tokens == nil || segments == nil || digests == nil || top.Config == nil {
 		return nil, fmt.Errorf("JSON metadata lacks keyslots, tokens, segments, digests or config: %w", ErrCorrupt)
 	}
 	m := &luks2Meta{
-		rawKeyslots: top.Keyslots, rawTokens: top.Tokens, rawSegments: top.Segments, rawConfig: top.Config,
+		rawKeyslots: keyslots, rawTokens: tokens, rawSegments: segments, rawConfig: top.Config,
 	}
 	var err error
-	if m.keyslots, err = decodeObjects[l2Keyslot]("keyslot", top.Keyslots, luks2MaxKeyslots); err != nil {
+	if m.keyslots, err = decodeObjects[l2Keyslot]("keyslot", keyslots, luks2MaxKeyslots); err != nil {
 		return nil, err
 	}
-	if m.tokens, err = decodeObjects[l2Token]("token", top.Tokens, luks2MaxTokens); err != nil {
+	if m.tokens, err = decodeObjects[l2Token]("token", tokens, luks2MaxTokens); err != nil {
 		return nil, err
 	}
-	if m.segments, err = decodeObjects[l2Segment]("segment", top.Segments, luks2MaxObjects); err != nil {
+	if m.segments, err = decodeObjects[l2Segment]("segment", segments, luks2MaxObjects); err != nil {
 		return nil, err
 	}
-	if m.digests, err = decodeObjects[l2Digest]("digest", top.Digests, luks2MaxObjects); err != nil {
+	if m.digests, err = decodeObjects[l2Digest]("digest", digests, luks2MaxObjects); err != nil {
 		return nil, err
 	}
 	if err := json.Unmarshal(top.Config, &m.config); err != nil {
@@ -292,9 +333,6 @@ func (m *luks2Meta) validate(hdrSize int64) error {
 		}
 	}
 	for id, d := range m.digests {
-		if len(d.Keyslots) > luks2MaxRefs || len(d.Segments) > luks2MaxRefs {
-			return fmt.Errorf("digest %d: %d keyslots, %d segments: %w", id, len(d.Keyslots), len(d.Segments), ErrCorrupt)
-		}
 		if len(d.Digest) == 0 || len(d.Digest) > luks2MaxDigest || len(d.Salt) == 0 || len(d.Salt) > luks2MaxSalt {
 			return fmt.Errorf("digest %d: %d-byte digest, %d-byte salt: %w", id, len(d.Digest), len(d.Salt), ErrCorrupt)
 		}
@@ -306,9 +344,6 @@ func (m *luks2Meta) validate(hdrSize int64) error {
 		}
 	}
 	for id, t := range m.tokens {
-		if len(t.Keyslots) > luks2MaxRefs {
-			return fmt.Errorf("token %d: %d keyslots: %w", id, len(t.Keyslots), ErrCorrupt)
-		}
 		if err := checkRefs(t.Keyslots, m.keyslots); err != nil {
 			return fmt.Errorf("token %d: keyslot %w", id, err)
 		}
