@@ -364,8 +364,12 @@ func (v *Volume) slotDigest(id int) int {
 func (v *Volume) fits(seg segment) error {
 	size := v.dev.Size()
 	if seg.offset > size || seg.size > size-seg.offset {
-		return fmt.Errorf("luks: data segment of %d bytes at %d does not fit the %d-byte device: %w",
-			seg.size, seg.offset, size, ErrCorrupt)
+		what := "to the end"
+		if seg.size > 0 {
+			what = fmt.Sprintf("of %d bytes", seg.size)
+		}
+		return fmt.Errorf("luks: data segment at %d %s does not fit the %d-byte device: %w",
+			seg.offset, what, size, ErrCorrupt)
 	}
 	return nil
 }
