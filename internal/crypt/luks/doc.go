@@ -34,7 +34,25 @@
 //	if err != nil { ... }            // ErrNotLUKS, ErrCorrupt, ...
 //	d, slot, err := v.Open(pass, luks.OpenOptions{})
 //	if errors.Is(err, luks.ErrWrongPassphrase) { ... }
+//	if errors.Is(err, luks.ErrLimit) { ... } // a keyslot's KDF asks too much
 //	defer d.Close()                  // closes dev too
+//
+// # Hostile headers
+//
+// A header is untrusted input. Load bounds what it reads before
+// allocating: a LUKS2 header copy is at most 4 MiB (the sizes LUKS2
+// allows), its JSON sections are counted while decoded (at most 64 objects
+// each, 32 keyslots and tokens, lists of at most 64 strings), keyslots_size
+// is at most 128 MiB (as cryptsetup), key sizes at most 512 bytes, AF
+// stripes at most 4000 (so key material is at most 2 MB), LUKS1 offsets
+// within the device. Unlocking checks each keyslot's KDF against Limits
+// (argon2 memory, threads and work, PBKDF2 iterations of the keyslot and of
+// the volume key digest) before deriving anything, and that its key
+// material and the data segment lie within the device; keyslots are tried
+// one at a time, and a context stops unlocking between them:
+//
+//	d, err := luks.OpenContext(ctx, dev, pass, luks.OpenOptions{Limits: luks.Limits{Argon2MemoryKiB: 4 << 20}})
+//	if errors.Is(err, luks.ErrLimit) { ... } // names keyslot, parameter, value, limit
 //
 // # Secrets
 //
@@ -44,7 +62,7 @@
 // the AES key schedules inside crypto/aes, the passphrase copy crypto/pbkdf2
 // makes (it takes a string), argon2's memory, and copies the garbage
 // collector may have moved. A wrong passphrase costs exactly the KDFs of
-// the keyslots tried, nothing more.
+// the keyslots tried (each within Limits), nothing more.
 //
 // # Concurrency
 //

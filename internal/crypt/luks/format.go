@@ -111,8 +111,8 @@ func (o *FormatOptions) Validate() error {
 		if o.KeyslotsSize == 0 {
 			o.KeyslotsSize = defaultDataOffset - 2*o.MetadataSize
 		}
-		if o.KeyslotsSize%luks2AreaAlign != 0 || o.KeyslotsSize < keyslotAreaSize(o.KeySize) {
-			return fmt.Errorf("luks: keyslots area of %d bytes (a multiple of 4096 holding at least one %d-byte keyslot): %w",
+		if o.KeyslotsSize%luks2AreaAlign != 0 || o.KeyslotsSize < keyslotAreaSize(o.KeySize) || o.KeyslotsSize > luks2MaxKeyslotsSize {
+			return fmt.Errorf("luks: keyslots area of %d bytes (a multiple of 4096 holding at least one %d-byte keyslot, at most 128 MiB): %w",
 				o.KeyslotsSize, keyslotAreaSize(o.KeySize), ErrOptions)
 		}
 	default:

@@ -2,7 +2,9 @@ package luks
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -34,6 +36,34 @@ func memOf(b []byte) blockdev.Device {
 	m := blockdev.NewMem(int64(len(b)))
 	m.WriteAt(b, 0)
 	return m
+}
+
+// fuzzLimits keep a fuzzed unlock cheap.
+var fuzzLimits = Limits{Argon2MemoryKiB: 64, Argon2Threads: 2, Argon2Time: 4, PBKDF2Iterations: 2000}
+
+// hostileJSON returns variants of the LUKS2 metadata js asking for too
+// much: 4 GiB of argon2 memory, 2^32-1 PBKDF2 iterations, 64 threads, a
+// huge time cost, and 65 tokens.
+func hostileJSON(js []byte) [][]byte {
+	var out [][]byte
+	for _, r := range [][2]string{
+		{`"memory":32768`, `"memory":4194304`},
+		{`"iterations":1000`, `"iterations":4294967295`},
+		{`"cpus":2`, `"cpus":64`},
+		{`"time":4`, `"time":4294967295`},
+	} {
+		if h := bytes.Replace(js, []byte(r[0]), []byte(r[1]), 1); !bytes.Equal(h, js) {
+			out = append(out, h)
+		}
+	}
+	var toks strings.Builder
+	for i := range 65 {
+		fmt.Fprintf(&toks, `"%d":{"type":"t","keyslots":[]},`, i)
+	}
+	if h := bytes.Replace(js, []byte(`"tokens":{`), []byte(`"tokens":{`+toks.String()), 1); !bytes.Equal(h, js) {
+		out = append(out, bytes.Replace(h, []byte(`,}`), []byte(`}`), 1))
+	}
+	return out
 }
 
 // TestFixtures checks that cryptsetup's headers parse into what its
@@ -87,6 +117,11 @@ func FuzzLUKS1Header(f *testing.F) {
 	for name, b := range fixtures(f) {
 		if strings.HasPrefix(name, "luks1") {
 			f.Add(b)
+			for _, at := range []int{l1MKDigestIter, l1Slots + 4} { // 2^32-1 iterations
+				h := bytes.Clone(b)
+				binary.BigEndian.PutUint32(h[at:], 1<<32-1)
+				f.Add(h)
+			}
 		}
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
@@ -94,7 +129,11 @@ func FuzzLUKS1Header(f *testing.F) {
 		if err != nil {
 			return
 		}
-		_ = (&Volume{v1: h}).Info().WriteText(new(bytes.Buffer))
+		v := &Volume{v1: h}
+		_ = v.Info().WriteText(new(bytes.Buffer))
+		for _, s := range v.slots() {
+			_ = v.slotCost(s, DefaultLimits())
+		}
 		h2, err := parseLUKS1(h.marshal(), 1<<40)
 		if err != nil {
 			t.Fatalf("a parsed header does not parse after encoding: %v", err)
@@ -118,6 +157,9 @@ func FuzzLUKS2Header(f *testing.F) {
 			f.Add(b[:512], js, true, false)
 			f.Add(b[:512], js, true, true)
 			f.Add(b[:512], js, false, false)
+			for _, h := range hostileJSON(js) {
+				f.Add(b[:512], h, true, false)
+			}
 		}
 	}
 	f.Fuzz(func(t *testing.T, hdr, js []byte, fixSums, damagePrimary bool) {
@@ -153,6 +195,11 @@ func FuzzLUKS2Header(f *testing.F) {
 		_ = v.Info().WriteText(new(bytes.Buffer))
 		_, _ = v.usable()
 		_ = v.slots()
+		// Unlocking with limits this small derives cheaply (or not at
+		// all): it exercises the checks before and after the KDF.
+		if key, _, err := v.UnlockKeyContext(context.Background(), []byte("fixture!"), fuzzLimits); err == nil {
+			clear(key)
+		}
 		js2, err := v.meta.marshal()
 		if err != nil {
 			t.Fatal(err)
@@ -171,7 +218,11 @@ func FuzzLUKS2Header(f *testing.F) {
 func FuzzLUKS2JSON(f *testing.F) {
 	for name, b := range fixtures(f) {
 		if strings.HasPrefix(name, "luks2") {
-			f.Add(bytes.TrimRight(b[luks2BinSize:16<<10], "\x00"))
+			js := bytes.TrimRight(b[luks2BinSize:16<<10], "\x00")
+			f.Add(js)
+			for _, h := range hostileJSON(js) {
+				f.Add(h)
+			}
 		}
 	}
 	f.Fuzz(func(t *testing.T, js []byte) {
@@ -187,6 +238,8 @@ func FuzzLUKS2JSON(f *testing.F) {
 		v := &Volume{v2: &luks2Bin{hdrSize: 16 << 10}, meta: m}
 		_ = v.Info().WriteText(new(bytes.Buffer))
 		_, _ = v.usable()
-		_ = v.slots()
+		for _, s := range v.slots() {
+			_ = v.slotCost(s, DefaultLimits())
+		}
 	})
 }

@@ -18,6 +18,7 @@ import (
 	"golang.org/x/crypto/xts"
 
 	"vdisk/internal/blockdev"
+	"vdisk/internal/image/imagetest"
 )
 
 // toolTimeout bounds each run of an external tool.
@@ -29,14 +30,11 @@ var fastKDF = PBKDFOptions{Type: "argon2id", Iterations: 4, MemoryKiB: 32, Paral
 // fastPBKDF2 is a cheap pbkdf2 for tests.
 var fastPBKDF2 = PBKDFOptions{Type: "pbkdf2", Iterations: 1000}
 
-// needTool skips the test when a tool is not installed.
-func needTool(t *testing.T, name string) string {
+// needTool skips the test when a tool is not installed, and fails it under
+// CI=true (imagetest.NeedTool).
+func needTool(t *testing.T, name string) {
 	t.Helper()
-	p, err := exec.LookPath(name)
-	if err != nil {
-		t.Skipf("%s is not installed", name)
-	}
-	return p
+	imagetest.NeedTool(t, name)
 }
 
 // run runs a command and returns its stdout, failing the test on error.

@@ -2,6 +2,7 @@ package luks
 
 import (
 	"cmp"
+	"context"
 	"encoding/json"
 	"fmt"
 	"slices"
@@ -16,6 +17,9 @@ type KeyslotOptions struct {
 	// PBKDF chooses the new keyslot's KDF (default argon2id benchmarked for
 	// LUKS2, pbkdf2 with the volume's hash for LUKS1).
 	PBKDF PBKDFOptions
+	// Limits bound the KDF cost of each keyslot tried to unlock the volume
+	// with the current passphrase; zero fields are the defaults.
+	Limits Limits
 }
 
 // newSlotKDF resolves o for a new keyslot of v.
@@ -50,7 +54,7 @@ func (v *Volume) activeSlots() []int {
 // AddKey adds a keyslot opened by newPass, after unlocking the volume with
 // pass, and returns its number.
 func (v *Volume) AddKey(pass, newPass []byte, opt KeyslotOptions) (int, error) {
-	vk, _, err := v.UnlockKey(pass)
+	vk, _, err := v.UnlockKeyContext(context.Background(), pass, opt.Limits)
 	if err != nil {
 		return -1, err
 	}
@@ -70,9 +74,16 @@ func (v *Volume) AddKey(pass, newPass []byte, opt KeyslotOptions) (int, error) {
 }
 
 // RemoveKey removes the keyslot that pass opens and returns its number. It
-// refuses (ErrLastKeyslot) to remove the only active keyslot.
+// refuses (ErrLastKeyslot) to remove the only active keyslot. It unlocks
+// with the default Limits: RemoveKeyContext with a background context.
 func (v *Volume) RemoveKey(pass []byte) (int, error) {
-	vk, id, err := v.UnlockKey(pass)
+	return v.RemoveKeyContext(context.Background(), pass, Limits{})
+}
+
+// RemoveKeyContext is RemoveKey unlocking with ctx and lim (see
+// UnlockKeyContext).
+func (v *Volume) RemoveKeyContext(ctx context.Context, pass []byte, lim Limits) (int, error) {
+	vk, id, err := v.UnlockKeyContext(ctx, pass, lim)
 	if err != nil {
 		return -1, err
 	}
@@ -114,7 +125,7 @@ func (v *Volume) KillSlot(id int) error {
 // old passphrase working); LUKS1 moves the key to a free keyslot and
 // removes the old one. opt.Keyslot is ignored.
 func (v *Volume) ChangeKey(pass, newPass []byte, opt KeyslotOptions) (int, error) {
-	vk, id, err := v.UnlockKey(pass)
+	vk, id, err := v.UnlockKeyContext(context.Background(), pass, opt.Limits)
 	if err != nil {
 		return -1, err
 	}

@@ -16,7 +16,48 @@ const (
 	luks2MaxObjects  = 64 // segments or digests
 	luks2MaxDigest   = 64 // bytes
 	luks2MaxSalt     = 64 // bytes
+	// luks2MaxKeyslotsSize is the largest keyslots area, as cryptsetup's
+	// LUKS2_MAX_KEYSLOTS_SIZE (which it refuses beyond when reading too).
+	luks2MaxKeyslotsSize = 128 << 20
+	// luks2MaxList bounds every list of strings: the ids in a digest or
+	// token, flags, requirements.
+	luks2MaxList = luks2MaxObjects
 )
+
+// objectMap is a JSON object of objects (keyslots, tokens, segments,
+// digests) decoded with at most luks2MaxObjects distinct members, refused
+// as soon as one more is read: a 4 MiB JSON area could otherwise fill a
+// map with half a million members before they are counted.
+type objectMap map[string]json.RawMessage
+
+func (m *objectMap) UnmarshalJSON(b []byte) error {
+	if string(b) == "null" {
+		*m = nil
+		return nil
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
+		return fmt.Errorf("want an object, have %s", truncate(b))
+	}
+	out := objectMap{}
+	for dec.More() {
+		t, err := dec.Token()
+		if err != nil {
+			return err
+		}
+		k, _ := t.(string) // object keys are strings
+		var v json.RawMessage
+		if err := dec.Decode(&v); err != nil {
+			return err
+		}
+		if _, dup := out[k]; !dup && len(out) == luks2MaxObjects {
+			return fmt.Errorf("more than %d objects", luks2MaxObjects)
+		}
+		out[k] = v
+	}
+	*m = out
+	return nil
+}
 
 // u64 is a LUKS2 JSON number stored as a decimal string ("16777216").
 type u64 int64
@@ -44,6 +85,39 @@ func truncate(b []byte) string {
 		return string(b[:max]) + "…"
 	}
 	return string(b)
+}
+
+// strList is a JSON list of strings decoded with at most luks2MaxList
+// entries, refused as soon as one more is read (a 4 MiB list of "0" would
+// otherwise make a million strings).
+type strList []string
+
+func (l *strList) UnmarshalJSON(b []byte) error {
+	if string(b) == "null" {
+		*l = nil
+		return nil
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	if t, err := dec.Token(); err != nil || t != json.Delim('[') {
+		return fmt.Errorf("want a list, have %s", truncate(b))
+	}
+	out := strList{}
+	for dec.More() {
+		if len(out) == luks2MaxList {
+			return fmt.Errorf("a list of more than %d strings", luks2MaxList)
+		}
+		t, err := dec.Token()
+		if err != nil {
+			return err
+		}
+		str, ok := t.(string)
+		if !ok {
+			return fmt.Errorf("want a list of strings, have %v in it", t)
+		}
+		out = append(out, str)
+	}
+	*l = out
+	return nil
 }
 
 // l2Keyslot is a keyslot object.
@@ -93,33 +167,33 @@ type l2Segment struct {
 	Encryption string          `json:"encryption"`
 	SectorSize int             `json:"sector_size"`
 	Integrity  json.RawMessage `json:"integrity,omitempty"`
-	Flags      []string        `json:"flags,omitempty"`
+	Flags      strList         `json:"flags,omitempty"`
 }
 
 // l2Digest is a digest object.
 type l2Digest struct {
-	Type       string   `json:"type"`
-	Keyslots   []string `json:"keyslots"`
-	Segments   []string `json:"segments"`
-	Hash       string   `json:"hash"`
-	Iterations uint32   `json:"iterations"`
-	Salt       []byte   `json:"salt"`
-	Digest     []byte   `json:"digest"`
+	Type       string  `json:"type"`
+	Keyslots   strList `json:"keyslots"`
+	Segments   strList `json:"segments"`
+	Hash       string  `json:"hash"`
+	Iterations uint32  `json:"iterations"`
+	Salt       []byte  `json:"salt"`
+	Digest     []byte  `json:"digest"`
 }
 
 // l2Token is what this package reads of a token object.
 type l2Token struct {
-	Type     string   `json:"type"`
-	Keyslots []string `json:"keyslots"`
+	Type     string  `json:"type"`
+	Keyslots strList `json:"keyslots"`
 }
 
 // l2Config is the config object.
 type l2Config struct {
-	JSONSize     u64      `json:"json_size"`
-	KeyslotsSize u64      `json:"keyslots_size"`
-	Flags        []string `json:"flags,omitempty"`
+	JSONSize     u64     `json:"json_size"`
+	KeyslotsSize u64     `json:"keyslots_size"`
+	Flags        strList `json:"flags,omitempty"`
 	Requirements *struct {
-		Mandatory []string `json:"mandatory"`
+		Mandatory strList `json:"mandatory"`
 	} `json:"requirements,omitempty"`
 }
 
@@ -146,32 +220,39 @@ func parseLUKS2JSON(area []byte, hdrSize int64) (*luks2Meta, error) {
 		return nil, fmt.Errorf("JSON area is not NUL-terminated: %w", ErrCorrupt)
 	}
 	var top struct {
-		Keyslots map[string]json.RawMessage `json:"keyslots"`
-		Tokens   map[string]json.RawMessage `json:"tokens"`
-		Segments map[string]json.RawMessage `json:"segments"`
-		Digests  map[string]json.RawMessage `json:"digests"`
-		Config   json.RawMessage            `json:"config"`
+		Keyslots, Tokens, Segments, Digests json.RawMessage
+		Config                              json.RawMessage
 	}
 	if err := json.Unmarshal(area[:end], &top); err != nil {
 		return nil, fmt.Errorf("JSON metadata: %v: %w", err, ErrCorrupt)
 	}
-	if top.Keyslots == nil || top.Tokens == nil || top.Segments == nil || top.Digests == nil || top.Config == nil {
+	var sections [4]objectMap
+	for i, raw := range []json.RawMessage{top.Keyslots, top.Tokens, top.Segments, top.Digests} {
+		if raw == nil {
+			continue
+		}
+		if err := json.Unmarshal(raw, &sections[i]); err != nil {
+			return nil, fmt.Errorf("JSON metadata: %s: %v: %w", []string{"keyslots", "tokens", "segments", "digests"}[i], err, ErrCorrupt)
+		}
+	}
+	keyslots, tokens, segments, digests := sections[0], sections[1], sections[2], sections[3]
+	if keyslots == nil || tokens == nil || segments == nil || digests == nil || top.Config == nil {
 		return nil, fmt.Errorf("JSON metadata lacks keyslots, tokens, segments, digests or config: %w", ErrCorrupt)
 	}
 	m := &luks2Meta{
-		rawKeyslots: top.Keyslots, rawTokens: top.Tokens, rawSegments: top.Segments, rawConfig: top.Config,
+		rawKeyslots: keyslots, rawTokens: tokens, rawSegments: segments, rawConfig: top.Config,
 	}
 	var err error
-	if m.keyslots, err = decodeObjects[l2Keyslot]("keyslot", top.Keyslots, luks2MaxKeyslots); err != nil {
+	if m.keyslots, err = decodeObjects[l2Keyslot]("keyslot", keyslots, luks2MaxKeyslots); err != nil {
 		return nil, err
 	}
-	if m.tokens, err = decodeObjects[l2Token]("token", top.Tokens, luks2MaxTokens); err != nil {
+	if m.tokens, err = decodeObjects[l2Token]("token", tokens, luks2MaxTokens); err != nil {
 		return nil, err
 	}
-	if m.segments, err = decodeObjects[l2Segment]("segment", top.Segments, luks2MaxObjects); err != nil {
+	if m.segments, err = decodeObjects[l2Segment]("segment", segments, luks2MaxObjects); err != nil {
 		return nil, err
 	}
-	if m.digests, err = decodeObjects[l2Digest]("digest", top.Digests, luks2MaxObjects); err != nil {
+	if m.digests, err = decodeObjects[l2Digest]("digest", digests, luks2MaxObjects); err != nil {
 		return nil, err
 	}
 	if err := json.Unmarshal(top.Config, &m.config); err != nil {
@@ -185,7 +266,7 @@ func parseLUKS2JSON(area []byte, hdrSize int64) (*luks2Meta, error) {
 
 // decodeObjects decodes a JSON object of objects keyed by decimal ids below
 // limit.
-func decodeObjects[T any](what string, raw map[string]json.RawMessage, limit int) (map[int]*T, error) {
+func decodeObjects[T any](what string, raw objectMap, limit int) (map[int]*T, error) {
 	out := make(map[int]*T, len(raw))
 	for k, v := range raw {
 		id, err := strconv.Atoi(k)
@@ -210,8 +291,8 @@ func (m *luks2Meta) validate(hdrSize int64) error {
 		return fmt.Errorf("json_size %d in a %d-byte header: %w", c.JSONSize, hdrSize, ErrCorrupt)
 	}
 	areaStart, areaEnd := 2*hdrSize, 2*hdrSize+int64(c.KeyslotsSize)
-	if c.KeyslotsSize%luks1Align != 0 || areaEnd < areaStart {
-		return fmt.Errorf("keyslots_size %d: %w", c.KeyslotsSize, ErrCorrupt)
+	if c.KeyslotsSize%luks1Align != 0 || c.KeyslotsSize > luks2MaxKeyslotsSize {
+		return fmt.Errorf("keyslots_size %d (a multiple of 4096, at most %d): %w", c.KeyslotsSize, luks2MaxKeyslotsSize, ErrCorrupt)
 	}
 	for id, ks := range m.keyslots {
 		if ks.Type != "luks2" {

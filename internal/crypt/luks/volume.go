@@ -2,6 +2,7 @@ package luks
 
 import (
 	"bytes"
+	"context"
 	"crypto/subtle"
 	"errors"
 	"fmt"
@@ -202,7 +203,7 @@ func (v *Volume) slots() []slot {
 
 // keyFromSlot derives the key of slot s from pass and recovers the volume
 // key from its material. The caller checks it against the digest and wipes
-// it.
+// it. Everything that can be checked is checked before the derivation.
 func (v *Volume) keyFromSlot(s slot, pass []byte) ([]byte, error) {
 	if s.afHash == "" {
 		return nil, fmt.Errorf("luks: keyslot %d: no AF hash: %w", s.id, ErrCorrupt)
@@ -211,17 +212,27 @@ func (v *Volume) keyFromSlot(s slot, pass []byte) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("luks: keyslot %d: %w", s.id, err)
 	}
+	n := afSize(s.keySize, s.stripes) // at most maxKeySize × afStripes, checked at parse
+	if size := v.dev.Size(); s.areaOffset < 0 || s.areaOffset > size || n > size-s.areaOffset {
+		return nil, fmt.Errorf("luks: keyslot %d: %d bytes of key material at %d beyond the %d-byte device: %w",
+			s.id, n, s.areaOffset, size, ErrCorrupt)
+	}
+	probe := make([]byte, s.areaKeySize)
+	c, err := crypt.NewCipher(s.areaCipher, probe)
+	if err != nil {
+		return nil, fmt.Errorf("luks: keyslot %d: %w (%w)", s.id, err, ErrUnsupported)
+	}
+	c.Wipe()
 	k, err := s.kdf.derive(pass, s.salt, s.areaKeySize)
 	if err != nil {
 		return nil, fmt.Errorf("luks: keyslot %d: %w", s.id, err)
 	}
 	defer clear(k)
-	c, err := crypt.NewCipher(s.areaCipher, k)
-	if err != nil {
+	if c, err = crypt.NewCipher(s.areaCipher, k); err != nil {
 		return nil, fmt.Errorf("luks: keyslot %d: %w (%w)", s.id, err, ErrUnsupported)
 	}
 	defer c.Wipe()
-	mat := make([]byte, afSize(s.keySize, s.stripes))
+	mat := make([]byte, n)
 	defer clear(mat)
 	if _, err := v.dev.ReadAt(mat, s.areaOffset); err != nil {
 		return nil, fmt.Errorf("luks: read keyslot %d material at %d: %w", s.id, s.areaOffset, err)
@@ -244,34 +255,57 @@ func (v *Volume) checkKey(id int, key []byte) (bool, error) {
 		}
 		return subtle.ConstantTimeCompare(d, h.mkDigest[:]) == 1, nil
 	}
-	sid := strconv.Itoa(id)
-	for _, did := range ids(v.meta.digests) {
-		dg := v.meta.digests[did]
-		if !slices.Contains(dg.Keyslots, sid) {
-			continue
-		}
-		if dg.Type != "pbkdf2" {
-			return false, fmt.Errorf("luks: digest %d of type %q: %w", did, dg.Type, ErrUnsupported)
-		}
-		d, err := pbkdf2Key(dg.Hash, key, dg.Salt, int(dg.Iterations), len(dg.Digest))
-		if err != nil {
-			return false, fmt.Errorf("luks: digest %d: %w", did, err)
-		}
-		return subtle.ConstantTimeCompare(d, dg.Digest) == 1, nil
+	did := v.slotDigest(id)
+	if did < 0 {
+		return false, fmt.Errorf("luks: keyslot %d has no digest: %w", id, ErrCorrupt)
 	}
-	return false, fmt.Errorf("luks: keyslot %d has no digest: %w", id, ErrCorrupt)
+	dg := v.meta.digests[did]
+	if dg.Type != "pbkdf2" {
+		return false, fmt.Errorf("luks: digest %d of type %q: %w", did, dg.Type, ErrUnsupported)
+	}
+	d, err := pbkdf2Key(dg.Hash, key, dg.Salt, int(dg.Iterations), len(dg.Digest))
+	if err != nil {
+		return false, fmt.Errorf("luks: digest %d: %w", did, err)
+	}
+	return subtle.ConstantTimeCompare(d, dg.Digest) == 1, nil
 }
 
 // UnlockKey returns the volume key that pass opens, and the keyslot that
-// opened it. It tries every active keyslot (the time a wrong passphrase
-// takes is the sum of their KDFs) and returns ErrWrongPassphrase when none
-// opens. The caller must wipe the key (clear) when done with it.
+// opened it, with the default Limits: UnlockKeyContext with a background
+// context.
 func (v *Volume) UnlockKey(pass []byte) (key []byte, keyslot int, err error) {
-	if _, err := v.usable(); err != nil {
+	return v.UnlockKeyContext(context.Background(), pass, Limits{})
+}
+
+// UnlockKeyContext returns the volume key that pass opens, and the keyslot
+// that opened it. It tries the active keyslots one at a time (the time a
+// wrong passphrase takes is the sum of their KDFs), each checked against
+// lim before anything is derived from it: one over a limit is skipped.
+// It returns ErrWrongPassphrase when no keyslot opens, or ErrLimit naming
+// the keyslots skipped when some were. ctx is checked before each keyslot:
+// once it is done no new derivation starts and its error is returned (a
+// derivation under way runs to its end; the limits bound it). The caller
+// must wipe the key (clear) when done with it.
+func (v *Volume) UnlockKeyContext(ctx context.Context, pass []byte, lim Limits) (key []byte, keyslot int, err error) {
+	seg, err := v.usable()
+	if err != nil {
 		return nil, -1, err
 	}
-	var errs []error
+	if err := v.fits(seg); err != nil {
+		return nil, -1, err
+	}
+	lim = lim.orDefaults()
+	var errs, skipped []error
+	tried := 0
 	for _, s := range v.slots() {
+		if err := ctx.Err(); err != nil {
+			return nil, -1, fmt.Errorf("luks: unlocking stopped before keyslot %d: %w", s.id, err)
+		}
+		if err := v.slotCost(s, lim); err != nil {
+			skipped = append(skipped, err)
+			continue
+		}
+		tried++
 		key, err := v.keyFromSlot(s, pass)
 		if err != nil {
 			errs = append(errs, err) // an unusable slot must not hide a usable one
@@ -286,24 +320,83 @@ func (v *Volume) UnlockKey(pass []byte) (key []byte, keyslot int, err error) {
 			errs = append(errs, err)
 		}
 	}
+	if len(skipped) > 0 {
+		msg := "luks: no keyslot can be tried"
+		if tried > 0 {
+			msg = fmt.Sprintf("luks: none of the %d keyslots tried opens with this passphrase, and %d were not tried", tried, len(skipped))
+		}
+		return nil, -1, fmt.Errorf("%s: %w", msg, errors.Join(append(skipped, errs...)...))
+	}
 	if len(errs) > 0 {
 		return nil, -1, fmt.Errorf("%w (and: %w)", ErrWrongPassphrase, errors.Join(errs...))
 	}
 	return nil, -1, ErrWrongPassphrase
 }
 
+// slotCost returns an ErrLimit when trying keyslot s costs more than lim
+// allows: its KDF, or the PBKDF2 of the digest its key is checked against.
+func (v *Volume) slotCost(s slot, lim Limits) error {
+	if err := lim.check(s.id, s.kdf); err != nil {
+		return err
+	}
+	if h := v.v1; h != nil {
+		return lim.checkDigest(s.id, h.mkDigestIter)
+	}
+	if did := v.slotDigest(s.id); did >= 0 {
+		return lim.checkDigest(s.id, v.meta.digests[did].Iterations)
+	}
+	return nil // checkKey reports the missing digest
+}
+
+// slotDigest returns the id of the LUKS2 digest of keyslot id, or -1.
+func (v *Volume) slotDigest(id int) int {
+	sid := strconv.Itoa(id)
+	for _, did := range ids(v.meta.digests) {
+		if slices.Contains(v.meta.digests[did].Keyslots, sid) {
+			return did
+		}
+	}
+	return -1
+}
+
+// fits checks that the data segment lies within the device (a header may
+// be read from a truncated copy, but not unlocked there).
+func (v *Volume) fits(seg segment) error {
+	size := v.dev.Size()
+	if seg.offset > size || seg.size > size-seg.offset {
+		what := "to the end"
+		if seg.size > 0 {
+			what = fmt.Sprintf("of %d bytes", seg.size)
+		}
+		return fmt.Errorf("luks: data segment at %d %s does not fit the %d-byte device: %w",
+			seg.offset, what, size, ErrCorrupt)
+	}
+	return nil
+}
+
 // OpenOptions tune Open.
 type OpenOptions struct {
 	// AllowDiscards passes discards to the device (see crypt.Config).
 	AllowDiscards bool
+	// Limits bound the KDF cost of each keyslot tried; zero fields are
+	// the defaults (see Limits).
+	Limits Limits
 }
 
 // Open unlocks the volume with pass and returns the plaintext Device of its
-// data segment, and the keyslot that opened. The Device owns v's device
-// from then on (closing it closes the device); v must not be used after.
-// On error the device stays the caller's.
+// data segment, and the keyslot that opened: OpenContext with a background
+// context.
 func (v *Volume) Open(pass []byte, opt OpenOptions) (blockdev.Device, int, error) {
-	key, slot, err := v.UnlockKey(pass)
+	return v.OpenContext(context.Background(), pass, opt)
+}
+
+// OpenContext unlocks the volume with pass (see UnlockKeyContext: ctx stops
+// it between keyslots, opt.Limits bounds each) and returns the plaintext
+// Device of its data segment, and the keyslot that opened. The Device owns
+// v's device from then on (closing it closes the device); v must not be
+// used after. On error the device stays the caller's.
+func (v *Volume) OpenContext(ctx context.Context, pass []byte, opt OpenOptions) (blockdev.Device, int, error) {
+	key, slot, err := v.UnlockKeyContext(ctx, pass, opt.Limits)
 	if err != nil {
 		return nil, -1, err
 	}
@@ -339,11 +432,17 @@ func (v *Volume) OpenWithKey(key []byte, opt OpenOptions) (blockdev.Device, erro
 // or the bytes of a key file): a shortcut for Load and Volume.Open. The
 // returned Device owns dev; on error dev stays the caller's to close.
 func Open(dev blockdev.Device, pass []byte, opt OpenOptions) (blockdev.Device, error) {
+	return OpenContext(context.Background(), dev, pass, opt)
+}
+
+// OpenContext is Open with a context that stops unlocking between
+// keyslots (see Volume.UnlockKeyContext).
+func OpenContext(ctx context.Context, dev blockdev.Device, pass []byte, opt OpenOptions) (blockdev.Device, error) {
 	v, err := Load(dev)
 	if err != nil {
 		return nil, err
 	}
-	d, _, err := v.Open(pass, opt)
+	d, _, err := v.OpenContext(ctx, pass, opt)
 	return d, err
 }
 
