@@ -21,7 +21,7 @@ type Passphrase func(name string) ([]byte, error)
 // unlock opens the LUKS volume in dev when there is one: the returned Device
 // decrypts, and owns dev. A dev that holds no LUKS volume, or one the caller
 // asked to keep encrypted, comes back as it is.
-func unlock(name string, dev blockdev.Device, o Options) (blockdev.Device, bool, error) {
+func unlock(ctx context.Context, name string, dev blockdev.Device, o Options) (blockdev.Device, bool, error) {
 	if o.KeepEncrypted || !luks.IsLUKS(dev) {
 		return dev, false, nil
 	}
@@ -33,7 +33,9 @@ func unlock(name string, dev blockdev.Device, o Options) (blockdev.Device, bool,
 		return nil, true, err
 	}
 	defer clear(pass)
-	d, err := luks.Open(dev, pass, luks.OpenOptions{AllowDiscards: o.AllowDiscards})
+	// Keyslots are tried one at a time, each within the KDF limits, and
+	// ctx (a client that hung up, a deadline) stops between them.
+	d, err := luks.OpenContext(ctx, dev, pass, luks.OpenOptions{AllowDiscards: o.AllowDiscards})
 	if err != nil {
 		return nil, true, fmt.Errorf("%s: %w", name, err)
 	}

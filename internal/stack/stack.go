@@ -124,7 +124,7 @@ func open(ctx context.Context, name string, o Options) (*Disk, error) {
 	if err != nil {
 		return nil, err
 	}
-	d, err := finish(name, dev, format, false, o)
+	d, err := finish(ctx, name, dev, format, false, o)
 	if err != nil {
 		return nil, err
 	}
@@ -149,8 +149,8 @@ func exists(ctx context.Context, name string, o S3Options) (bool, error) {
 
 // finish puts the layers above the format on dev: decryption, then the
 // read-only guard. On error it closes dev.
-func finish(name string, dev blockdev.Device, format string, created bool, o Options) (*Disk, error) {
-	top, encrypted, err := unlock(name, dev, o)
+func finish(ctx context.Context, name string, dev blockdev.Device, format string, created bool, o Options) (*Disk, error) {
+	top, encrypted, err := unlock(ctx, name, dev, o)
 	if err != nil {
 		dev.Close()
 		return nil, err
