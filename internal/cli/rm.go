@@ -5,8 +5,8 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"vdisk/internal/api"
 	"vdisk/internal/stack"
-	"vdisk/internal/storage/objstore/s3"
 )
 
 func init() { register(newRmCmd) }
@@ -23,7 +23,7 @@ func newRmCmd(e *env) *cobra.Command {
 			"(A local image is a file: remove it with rm(1).)",
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if !s3.IsURL(args[0]) {
+			if !api.IsURL(args[0]) {
 				return fmt.Errorf("rm: %s is not an s3:// image; a local image is a file, remove it with rm(1)", args[0])
 			}
 			if err := stack.DeleteS3(cmd.Context(), args[0], s3o); err != nil {
