@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"syscall"
 	"testing"
@@ -150,10 +151,10 @@ func TestOpenCloseLoop(t *testing.T) {
 	if err != nil || r.Device != d.Device {
 		t.Fatalf("reuse: %+v, %v", r, err)
 	}
-	if g, err := td.c.Disk(ctx, d.ID); err != nil || *g != *d {
+	if g, err := td.c.Disk(ctx, d.ID); err != nil || !reflect.DeepEqual(*g, *d) {
 		t.Fatalf("get: %+v, %v", g, err)
 	}
-	if l, err := td.c.List(ctx); err != nil || len(l) != 1 || l[0] != *d {
+	if l, err := td.c.List(ctx); err != nil || len(l) != 1 || !reflect.DeepEqual(l[0], *d) {
 		t.Fatalf("list: %+v, %v", l, err)
 	}
 	im, err := td.c.Inspect(ctx, api.InspectRequest{File: file})
