@@ -302,13 +302,21 @@ func (d *Daemon) beginOp(parent context.Context) (ctx context.Context, end func(
 	}
 	d.ops.Add(1)
 	d.mu.Unlock()
+	ctx, cancel := d.withLife(parent)
+	return ctx, func() {
+		cancel()
+		d.ops.Done()
+	}, nil
+}
+
+// withLife returns parent, cancelled as well when shutdown starts.
+func (d *Daemon) withLife(parent context.Context) (context.Context, context.CancelFunc) {
 	ctx, cancel := context.WithCancel(parent)
 	stop := context.AfterFunc(d.life, cancel)
 	return ctx, func() {
 		stop()
 		cancel()
-		d.ops.Done()
-	}, nil
+	}
 }
 
 // imageLock is the lock of one image: a value in ch is the holder's.

@@ -232,6 +232,8 @@ func (d *Daemon) Inspect(ctx context.Context, req api.InspectRequest) (api.Image
 	if req.BackingDirs, err = backingDirs(path, req.BackingDirs); err != nil {
 		return api.Image{}, err
 	}
+	ctx, stop := d.withLife(ctx)
+	defer stop()
 	ctx, cancel := d.opContext(ctx)
 	defer cancel()
 	id := api.DiskID(path)
