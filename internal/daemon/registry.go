@@ -48,17 +48,31 @@ type disk struct {
 	s3            *api.S3Options
 }
 
-// view is the record of dk as the API shows it: an open disk whose backend
-// is failing is StateDegraded, with the reason. The caller holds d.mu.
-func (dk *disk) view() api.Disk {
-	r := dk.rec
-	if r.State == api.StateOpen && dk.degraded != nil {
-		if err := dk.degraded(); err != nil {
+// diskView is what the API shows of a disk, taken under d.mu: its record
+// and how to ask its backend about its health.
+type diskView struct {
+	rec      api.Disk
+	degraded func() error
+	stats    func() chunked.Stats
+}
+
+// snapshot takes the view of dk. The caller holds d.mu.
+func (dk *disk) snapshot() diskView {
+	return diskView{rec: dk.rec, degraded: dk.degraded, stats: dk.stats}
+}
+
+// view is the record as the API shows it: an open disk whose backend is
+// failing is StateDegraded, with the reason. It asks the backend without
+// d.mu, which a backend busy with its store must not hold up.
+func (v diskView) view() api.Disk {
+	r := v.rec
+	if r.State == api.StateOpen && v.degraded != nil {
+		if err := v.degraded(); err != nil {
 			r.State, r.Error = api.StateDegraded, err.Error()
 		}
 	}
-	if (r.State == api.StateOpen || r.State == api.StateDegraded) && dk.stats != nil {
-		s := dk.stats()
+	if (r.State == api.StateOpen || r.State == api.StateDegraded) && v.stats != nil {
+		s := v.stats()
 		r.Cache = &api.CacheStats{DirtyBytes: s.DirtyBytes, DirtyChunks: s.DirtyChunks, CachedBytes: s.CachedBytes, StoredChunks: s.StoredChunks}
 	}
 	return r
@@ -67,10 +81,14 @@ func (dk *disk) view() api.Disk {
 // List returns every disk, sorted by file.
 func (d *Daemon) List() []api.Disk {
 	d.mu.Lock()
-	defer d.mu.Unlock()
-	out := make([]api.Disk, 0, len(d.disks))
+	views := make([]diskView, 0, len(d.disks))
 	for _, dk := range d.disks {
-		out = append(out, dk.view())
+		views = append(views, dk.snapshot())
+	}
+	d.mu.Unlock()
+	out := make([]api.Disk, 0, len(views))
+	for _, v := range views {
+		out = append(out, v.view())
 	}
 	slices.SortFunc(out, func(a, b api.Disk) int { return cmp.Compare(a.File, b.File) })
 	return out
@@ -79,12 +97,16 @@ func (d *Daemon) List() []api.Disk {
 // Get returns the disk with the id.
 func (d *Daemon) Get(id string) (api.Disk, error) {
 	d.mu.Lock()
-	defer d.mu.Unlock()
 	dk, ok := d.disks[id]
+	var v diskView
+	if ok {
+		v = dk.snapshot()
+	}
+	d.mu.Unlock()
 	if !ok {
 		return api.Disk{}, api.Errorf(api.CodeNotFound, "no open disk has id %s", id)
 	}
-	return dk.view(), nil
+	return v.view(), nil
 }
 
 // Open opens req.File as a disk. It returns the disk and whether it was

@@ -68,8 +68,9 @@ func (d *Daemon) Resize(ctx context.Context, id string, size int64) (api.Disk, e
 	}
 	d.mu.Lock()
 	dk.rec.Size, dk.rec.Sectors, dk.rec.Geometry = size, api.Sectors(size), api.CHS(size)
-	rec := dk.view()
+	v := dk.snapshot()
 	d.mu.Unlock()
+	rec := v.view()
 	d.save()
 	d.log.Info("resized", "id", id, "file", dk.rec.File, "device", dk.rec.Device, "from", old, "to", size)
 	return rec, nil
