@@ -228,6 +228,13 @@ type Disk struct {
 	Encrypted bool `json:"encrypted,omitempty"`
 	// Cache is, for an open s3:// disk, the state of its write-back cache.
 	Cache *CacheStats `json:"cache,omitempty"`
+	// BackingDirs are the directory trees, beside the image's own, in
+	// which the files the image names (backing files, parents, extents)
+	// were allowed to lie when it was opened (OpenRequest.BackingDirs).
+	BackingDirs []string `json:"backing_dirs,omitempty"`
+	// NoBacking reports that only the top layer of the image's backing
+	// chain is served (OpenRequest.NoBacking).
+	NoBacking bool `json:"no_backing,omitempty"`
 }
 
 // CacheStats describe the write-back cache of a disk in an object store.
@@ -278,6 +285,16 @@ type OpenRequest struct {
 	// File. Credentials are not part of it: they come from the daemon's
 	// environment (AWS_ACCESS_KEY_ID, ...).
 	S3 *S3Options `json:"s3,omitempty"`
+	// BackingDirs are absolute directory trees, beside the image's own
+	// directory, in which the files the image names (backing files,
+	// parents, VMDK extents) may lie. By default only the image's own
+	// directory tree is trusted: a name leading anywhere else is refused
+	// (CodeUnsupported). They do not apply to s3:// images, which name no
+	// files. The daemon keeps them to reopen the disk after a restart.
+	BackingDirs []string `json:"backing_dirs,omitempty"`
+	// NoBacking serves the top layer of the image alone, without opening
+	// any file it names: what its backing file holds reads as zeroes.
+	NoBacking bool `json:"no_backing,omitempty"`
 }
 
 // S3Options say how the daemon reaches the object store behind an s3://
@@ -317,6 +334,10 @@ type InspectRequest struct {
 	Format string `json:"format,omitempty"`
 	// S3 says how to reach the object store of an s3:// File.
 	S3 *S3Options `json:"s3,omitempty"`
+	// BackingDirs and NoBacking are as in OpenRequest, for an image that
+	// is not open.
+	BackingDirs []string `json:"backing_dirs,omitempty"`
+	NoBacking   bool     `json:"no_backing,omitempty"`
 }
 
 // VersionInfo answers GET /v1/version.

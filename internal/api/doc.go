@@ -63,5 +63,17 @@
 // are the Code constants; an encrypted image opened without a passphrase
 // answers "passphrase_required", and the client asks and tries again.
 //
+// An open request may carry "backing_dirs" (absolute directory trees,
+// beside the image's own, in which the files the image names - backing
+// files, parents, VMDK extents - may lie) and "no_backing" (serve the top
+// layer alone); the disk's record shows both, and the daemon keeps them to
+// reopen the disk after a restart. By default only the image's own
+// directory tree is trusted.
+//
+// The daemon answers every request at once whatever one image is doing: an
+// open runs under its request (a client that hangs up cancels it) and
+// under the daemon's open timeout, after which it answers "timeout"
+// (504). Two requests on the same image take turns.
+//
 // Fields are only ever added. Clients ignore fields they do not know.
 package api

@@ -56,6 +56,11 @@ const (
 	// (the message names the holder); --force-takeover takes an expired
 	// one.
 	CodeLeaseHeld = "lease_held"
+	// CodeTimeout: the daemon gave up on the request after its deadline
+	// (vdisk daemon --open-timeout): an image whose storage does not
+	// answer (an object store that accepts connections and never
+	// replies, a hung network file system).
+	CodeTimeout = "timeout"
 	// CodeShuttingDown: the daemon is stopping.
 	CodeShuttingDown = "shutting_down"
 	// CodeInternal: anything else; the message says what.

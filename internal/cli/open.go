@@ -27,6 +27,8 @@ func newOpenCmd(e *env) *cobra.Command {
 		keyFile                 string
 		allowDiscards           bool
 		s3o                     stack.S3Options
+		backingDirs             []string
+		noBacking               bool
 	)
 	cmd := &cobra.Command{
 		Use:   "open FILE",
@@ -45,8 +47,13 @@ func newOpenCmd(e *env) *cobra.Command {
 			"--size bytes when missing). Credentials and region come from the daemon's\n" +
 			"environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, ...): a\n" +
 			"daemon that vdisk starts inherits the environment of the command that starts\n" +
-			"it, so set them before the first vdisk command; a running daemon keeps its own.",
+			"it, so set them before the first vdisk command; a running daemon keeps its own.\n\n" +
+			"The files an image names (a qcow2 or VHD backing file, a VMDK's extents) are\n" +
+			"followed only inside the image's own directory tree, as regular files; name\n" +
+			"more trusted trees with --backing-dir, or serve the top layer alone with\n" +
+			"--no-backing. The daemon keeps both to reopen the disk after a restart.",
 		Example: "  vdisk open disk.img --size 10G\n  vdisk open disk.qcow2 --via nbd\n  vdisk open disk.img --via fuse --json\n" +
+			"  vdisk open overlay.qcow2 --backing-dir /srv/base-images\n" +
 			"  vdisk open secret.img --key-file key.txt\n  vdisk open s3://bucket/disk1 --s3-endpoint http://127.0.0.1:7070 --size 10G",
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -79,12 +86,22 @@ func newOpenCmd(e *env) *cobra.Command {
 				if path, err = resolveFile(path); err != nil {
 					return err
 				}
+				if req.BackingDirs, err = resolveBackingDirs(backingDirs); err != nil {
+					return err
+				}
 				if _, err := os.Stat(path); err == nil && req.Size != 0 {
 					e.log.Debug("--size ignored: the file exists", "file", path)
 				}
 			}
+			if api.IsURL(path) && len(backingDirs) > 0 {
+				return fmt.Errorf("%s is an s3:// image: it names no files, so --backing-dir does not apply", path)
+			}
+			if noBacking && len(backingDirs) > 0 {
+				return errors.New("--no-backing follows no file the image names: --backing-dir does not apply")
+			}
 			req.File = path
 			req.AllowDiscards = allowDiscards
+			req.NoBacking = noBacking
 			c, err := f.connect(cmd.Context(), e)
 			if err != nil {
 				return err
@@ -110,8 +127,35 @@ func newOpenCmd(e *env) *cobra.Command {
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the disk record as JSON")
 	cmd.Flags().StringVar(&keyFile, "key-file", "", "passphrase of an encrypted image, from this file (- for stdin); default: ask on the terminal")
 	cmd.Flags().BoolVar(&allowDiscards, "allow-discards", false, "pass trims through the encryption (reveals which blocks are unused)")
+	cmd.Flags().StringArrayVar(&backingDirs, "backing-dir", nil, "also follow files the image names (backing files, parents, extents) inside this directory tree; by default only the image's own directory is trusted")
+	cmd.Flags().BoolVar(&noBacking, "no-backing", false, "serve the top layer alone: follow no file the image names (a backing file's data reads as zeroes)")
 	addS3Flags(cmd.Flags(), &s3o)
 	return cmd
+}
+
+// resolveBackingDirs returns the absolute paths of --backing-dir
+// arguments (the daemon has another working directory), refusing what is
+// not a directory.
+func resolveBackingDirs(dirs []string) ([]string, error) {
+	out := make([]string, 0, len(dirs))
+	for _, dir := range dirs {
+		abs, err := filepath.Abs(dir)
+		if err != nil {
+			return nil, fmt.Errorf("--backing-dir %s: %w", dir, err)
+		}
+		fi, err := os.Stat(abs)
+		if err != nil {
+			return nil, fmt.Errorf("--backing-dir: %w", err)
+		}
+		if !fi.IsDir() {
+			return nil, fmt.Errorf("--backing-dir %s is not a directory", dir)
+		}
+		out = append(out, abs)
+	}
+	if len(out) == 0 {
+		return nil, nil
+	}
+	return out, nil
 }
 
 // openDisk asks the daemon to open req.File. When the daemon answers that

@@ -1,11 +1,13 @@
 package cli
 
 import (
+	"bytes"
 	"encoding/json"
 	"flag"
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 
@@ -168,6 +170,70 @@ func TestOpenViaMissingModule(t *testing.T) {
 			}
 			if _, err := os.Stat(file); !os.IsNotExist(err) {
 				t.Fatalf("a refused open created %s: %v", file, err)
+			}
+		})
+	}
+}
+
+// TestOpenBackingDir: --backing-dir trusts a directory for the files a
+// qcow2 overlay names (its backing file is read through it) and the
+// disk's record shows it; --no-backing serves the overlay alone. (That the
+// file is refused without --backing-dir is the formats' part: image.Names.)
+func TestOpenBackingDir(t *testing.T) {
+	socket, dir := inProcessDaemon(t)
+	baseDir, topDir := filepath.Join(dir, "base"), filepath.Join(dir, "top")
+	for _, d := range []string{baseDir, topDir} {
+		if err := os.Mkdir(d, 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	base := make([]byte, 1<<20)
+	copy(base, "the backing file's first sector")
+	if err := os.WriteFile(filepath.Join(baseDir, "base.img"), base, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	top := filepath.Join(topDir, "top.qcow2")
+	mustRun(t, "create", "-f", "qcow2", top, "--size", "1M", "--backing", "../base/base.img", "--backing-format", "raw")
+
+	code, _, errs := run(t, "open", "--socket", socket, top, "--no-backing", "--backing-dir", baseDir)
+	if code == 0 || !strings.Contains(errs, "--backing-dir does not apply") {
+		t.Fatalf("--no-backing with --backing-dir: exit %d, stderr %q", code, errs)
+	}
+
+	firstSector := func(d api.Disk) []byte {
+		t.Helper()
+		f, err := os.Open(d.Device)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		b := make([]byte, 512)
+		if _, err := f.ReadAt(b, 0); err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	for _, tt := range []struct {
+		name string
+		args []string
+		dirs []string
+		want []byte
+	}{
+		{name: "backing-dir", args: []string{"--backing-dir", filepath.Join(topDir, "..", "base")}, dirs: []string{baseDir}, want: base[:512]},
+		{name: "no-backing", args: []string{"--no-backing"}, want: make([]byte, 512)},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			var d api.Disk
+			out := mustRun(t, append([]string{"open", "--socket", socket, top, "--json"}, tt.args...)...)
+			if err := json.Unmarshal([]byte(out), &d); err != nil {
+				t.Fatal(err)
+			}
+			defer mustRun(t, "close", "--socket", socket, d.ID)
+			if !slices.Equal(d.BackingDirs, tt.dirs) || d.NoBacking != (tt.dirs == nil) {
+				t.Fatalf("record: backing dirs %q, no backing %v; want %q", d.BackingDirs, d.NoBacking, tt.dirs)
+			}
+			if got := firstSector(d); !bytes.Equal(got, tt.want) {
+				t.Fatalf("first sector %q, want %q", got[:40], tt.want[:40])
 			}
 		})
 	}

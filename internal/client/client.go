@@ -2,9 +2,10 @@
 // (package api), spoken as HTTP+JSON over the daemon's unix socket. The CLI
 // is its main user.
 //
-// A Client is safe for concurrent use. Every method takes a context first;
-// errors the daemon reports come back as *api.Error carrying the daemon's
-// code and message.
+// A Client is safe for concurrent use. Every method takes a context first:
+// cancelling it hangs up, and the daemon cancels what it was doing for the
+// call (an open stuck on an image's storage). Errors the daemon reports
+// come back as *api.Error carrying the daemon's code and message.
 package client
 
 import (

@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -19,8 +20,9 @@ import (
 // chooseVia). With adopt (a restart), a raw image still attached to a loop
 // device is taken over as it is, a FUSE disk's stale mount and loop device
 // are cleared first, and an nbd or ublk disk takes back the device the
-// previous daemon left waiting. The caller holds opMu.
-func (d *Daemon) attach(sd stateDisk, adopt bool, o openOpts) (*disk, error) {
+// previous daemon left waiting. The caller holds the image's lock; ctx
+// bounds the opening and the kernel device's setup.
+func (d *Daemon) attach(ctx context.Context, sd stateDisk, adopt bool, o openOpts) (*disk, error) {
 	var paths kernelPaths
 	switch sd.Via {
 	case "":
@@ -45,7 +47,7 @@ func (d *Daemon) attach(sd stateDisk, adopt bool, o openOpts) (*disk, error) {
 	// An adopted loop device keeps the previous daemon's locked open file:
 	// the lock is ours already.
 	o.noLock = adopted != nil
-	sk, err := openImage(sd, o, d.log)
+	sk, err := openImage(ctx, sd, o, d.log)
 	if err != nil {
 		return nil, err
 	}
@@ -93,7 +95,7 @@ func (d *Daemon) attach(sd stateDisk, adopt bool, o openOpts) (*disk, error) {
 		if via == api.ViaUblk {
 			attachKernel = d.attachUblk
 		}
-		if dk.kern, err = attachKernel(sd, dev, adopt); err != nil {
+		if dk.kern, err = attachKernel(ctx, sd, dev, adopt); err != nil {
 			dev.Close()
 			return nil, err
 		}
@@ -206,6 +208,8 @@ func record(sd stateDisk, dev blockdev.Device, format, via, reason string, node 
 		OpenedAt:          sd.OpenedAt,
 		State:             api.StateOpen,
 		Encrypted:         sd.Encrypted,
+		BackingDirs:       sd.BackingDirs,
+		NoBacking:         sd.NoBacking,
 	}
 	if node.path != "" {
 		r.Device = node.path

@@ -55,6 +55,13 @@ func startDaemon(t *testing.T, stateDir string) *testDaemon {
 // reports them (nil: the real kernel's).
 func startDaemonProbe(t *testing.T, stateDir string, probe func() kernelPaths) *testDaemon {
 	t.Helper()
+	return startDaemonWith(t, stateDir, probe, nil)
+}
+
+// startDaemonWith is startDaemonProbe with options set by opt (nil: the
+// defaults).
+func startDaemonWith(t *testing.T, stateDir string, probe func() kernelPaths, opt func(*Options)) *testDaemon {
+	t.Helper()
 	base := t.TempDir()
 	if stateDir == "" {
 		stateDir = filepath.Join(base, "state")
@@ -63,7 +70,11 @@ func startDaemonProbe(t *testing.T, stateDir string, probe func() kernelPaths) *
 	if err := os.Mkdir(td.dir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	d, err := New(Options{Socket: td.socket, StateDir: stateDir, Version: "test", Logger: logger(t)})
+	o := Options{Socket: td.socket, StateDir: stateDir, Version: "test", Logger: logger(t)}
+	if opt != nil {
+		opt(&o)
+	}
+	d, err := New(o)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -82,8 +82,8 @@ func (n *nbdDisk) Close() error {
 // recorded index it first takes back that /dev/nbdN, which the previous
 // daemon left waiting (Reconfigure); when the kernel no longer has it (it
 // gave up, or the host rebooted) it connects a new device.
-func (d *Daemon) attachNBD(sd stateDisk, dev blockdev.Device, adopt bool) (kernelDisk, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), attachTimeout)
+func (d *Daemon) attachNBD(ctx context.Context, sd stateDisk, dev blockdev.Device, adopt bool) (kernelDisk, error) {
+	ctx, cancel := context.WithTimeout(ctx, attachTimeout)
 	defer cancel()
 	srv := &nbd.Server{
 		Exports: []nbd.Export{{Name: nbdExport, Device: dev, ReadOnly: sd.ReadOnly}},
@@ -122,8 +122,8 @@ func (u ublkDisk) Index() int { return u.ID() }
 // recovers that /dev/ublkbN, whose I/O has waited since the previous daemon
 // died; a device that cannot be recovered (created without recovery, gone)
 // is deleted, and a new one is made.
-func (d *Daemon) attachUblk(sd stateDisk, dev blockdev.Device, adopt bool) (kernelDisk, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), attachTimeout)
+func (d *Daemon) attachUblk(ctx context.Context, sd stateDisk, dev blockdev.Device, adopt bool) (kernelDisk, error) {
+	ctx, cancel := context.WithTimeout(ctx, attachTimeout)
 	defer cancel()
 	opt := ublk.Options{Queues: ublkQueues, ReadOnly: sd.ReadOnly, Recoverable: true, Logger: d.log.With("disk", sd.ID, "via", api.ViaUblk)}
 	if adopt && sd.Index != nil {

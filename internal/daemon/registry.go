@@ -2,10 +2,12 @@ package daemon
 
 import (
 	"cmp"
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
+	"path/filepath"
 	"slices"
 	"syscall"
 	"time"
@@ -46,17 +48,31 @@ type disk struct {
 	s3            *api.S3Options
 }
 
-// view is the record of dk as the API shows it: an open disk whose backend
-// is failing is StateDegraded, with the reason. The caller holds d.mu.
-func (dk *disk) view() api.Disk {
-	r := dk.rec
-	if r.State == api.StateOpen && dk.degraded != nil {
-		if err := dk.degraded(); err != nil {
+// diskView is what the API shows of a disk, taken under d.mu: its record
+// and how to ask its backend about its health.
+type diskView struct {
+	rec      api.Disk
+	degraded func() error
+	stats    func() chunked.Stats
+}
+
+// snapshot takes the view of dk. The caller holds d.mu.
+func (dk *disk) snapshot() diskView {
+	return diskView{rec: dk.rec, degraded: dk.degraded, stats: dk.stats}
+}
+
+// view is the record as the API shows it: an open disk whose backend is
+// failing is StateDegraded, with the reason. It asks the backend without
+// d.mu, which a backend busy with its store must not hold up.
+func (v diskView) view() api.Disk {
+	r := v.rec
+	if r.State == api.StateOpen && v.degraded != nil {
+		if err := v.degraded(); err != nil {
 			r.State, r.Error = api.StateDegraded, err.Error()
 		}
 	}
-	if (r.State == api.StateOpen || r.State == api.StateDegraded) && dk.stats != nil {
-		s := dk.stats()
+	if (r.State == api.StateOpen || r.State == api.StateDegraded) && v.stats != nil {
+		s := v.stats()
 		r.Cache = &api.CacheStats{DirtyBytes: s.DirtyBytes, DirtyChunks: s.DirtyChunks, CachedBytes: s.CachedBytes, StoredChunks: s.StoredChunks}
 	}
 	return r
@@ -65,10 +81,14 @@ func (dk *disk) view() api.Disk {
 // List returns every disk, sorted by file.
 func (d *Daemon) List() []api.Disk {
 	d.mu.Lock()
-	defer d.mu.Unlock()
-	out := make([]api.Disk, 0, len(d.disks))
+	views := make([]diskView, 0, len(d.disks))
 	for _, dk := range d.disks {
-		out = append(out, dk.view())
+		views = append(views, dk.snapshot())
+	}
+	d.mu.Unlock()
+	out := make([]api.Disk, 0, len(views))
+	for _, v := range views {
+		out = append(out, v.view())
 	}
 	slices.SortFunc(out, func(a, b api.Disk) int { return cmp.Compare(a.File, b.File) })
 	return out
@@ -77,17 +97,23 @@ func (d *Daemon) List() []api.Disk {
 // Get returns the disk with the id.
 func (d *Daemon) Get(id string) (api.Disk, error) {
 	d.mu.Lock()
-	defer d.mu.Unlock()
 	dk, ok := d.disks[id]
+	var v diskView
+	if ok {
+		v = dk.snapshot()
+	}
+	d.mu.Unlock()
 	if !ok {
 		return api.Disk{}, api.Errorf(api.CodeNotFound, "no open disk has id %s", id)
 	}
-	return dk.view(), nil
+	return v.view(), nil
 }
 
 // Open opens req.File as a disk. It returns the disk and whether it was
-// already open (only with req.Reuse).
-func (d *Daemon) Open(req api.OpenRequest) (api.Disk, bool, error) {
+// already open (only with req.Reuse). ctx is the request's: cancelling it
+// (the client hung up) cancels the open; Options.OpenTimeout bounds it.
+// Only this image's lock is held meanwhile.
+func (d *Daemon) Open(ctx context.Context, req api.OpenRequest) (api.Disk, bool, error) {
 	defer clear(req.Passphrase)
 	path, err := api.Canonical(req.File)
 	if err != nil {
@@ -101,22 +127,35 @@ func (d *Daemon) Open(req api.OpenRequest) (api.Disk, bool, error) {
 	if req.S3 != nil && !url {
 		return api.Disk{}, false, api.Errorf(api.CodeBadRequest, "%s is not an s3:// image: object store options do not apply", path)
 	}
-	d.opMu.Lock()
-	defer d.opMu.Unlock()
-	d.mu.Lock()
-	closing := d.closing
-	old, open := d.disks[id]
-	d.mu.Unlock()
-	if closing {
-		return api.Disk{}, false, api.Errorf(api.CodeShuttingDown, "the vdisk daemon is shutting down")
+	dirs, err := backingDirs(path, req.BackingDirs)
+	if err != nil {
+		return api.Disk{}, false, err
 	}
-	if open && old.rec.State == api.StateOpen {
+	ctx, end, err := d.beginOp(ctx)
+	if err != nil {
+		return api.Disk{}, false, err
+	}
+	defer end()
+	ctx, cancel := d.opContext(ctx)
+	defer cancel()
+	unlock, err := d.lockImage(ctx, id, path)
+	if err != nil {
+		return api.Disk{}, false, err
+	}
+	defer unlock()
+	d.mu.Lock()
+	old, open := d.disks[id]
+	var oldRec api.Disk
+	if open {
+		oldRec = old.rec
+	}
+	d.mu.Unlock()
+	if open && oldRec.State == api.StateOpen {
 		if req.Reuse {
-			return old.rec, true, nil
+			return oldRec, true, nil
 		}
-		e := api.Errorf(api.CodeAlreadyOpen, "%s is already open as %s (id %s)", path, old.rec.Device, id)
-		rec := old.rec
-		e.Disk = &rec
+		e := api.Errorf(api.CodeAlreadyOpen, "%s is already open as %s (id %s)", path, oldRec.Device, id)
+		e.Disk = &oldRec
 		return api.Disk{}, false, e
 	}
 	if url {
@@ -143,13 +182,16 @@ func (d *Daemon) Open(req api.OpenRequest) (api.Disk, bool, error) {
 		if size == 0 {
 			size = api.DefaultSize
 		}
-		if err := createImage(path, req.Format, size); err != nil {
+		if err := createImage(ctx, path, req.Format, size); err != nil {
+			if ctx.Err() != nil {
+				err = d.ctxError(ctx, "create "+path)
+			}
 			return api.Disk{}, false, err
 		}
 		created = true
 	}
 	sd := stateDisk{ID: id, File: path, Format: req.Format, ReadOnly: req.ReadOnly, Via: req.Via, AllowDiscards: req.AllowDiscards,
-		OpenedAt: time.Now().UTC().Truncate(time.Second)}
+		BackingDirs: dirs, NoBacking: req.NoBacking, OpenedAt: time.Now().UTC().Truncate(time.Second)}
 	o := openOpts{passphrase: req.Passphrase}
 	if url {
 		o.create, o.size = req.Create, req.Size
@@ -160,31 +202,69 @@ func (d *Daemon) Open(req api.OpenRequest) (api.Disk, bool, error) {
 	}
 	// A disk the daemon had and could not restore (locked, failed) is
 	// opened again the way it was, taking back what the previous daemon
-	// left (a stale FUSE mount, an nbd or ublk device).
+	// left (a stale FUSE mount, an nbd or ublk device); a request that
+	// says nothing of backing files keeps the trust the disk had.
 	adopt := open
 	if open {
-		sd.OpenedAt, sd.Index, sd.Device = old.rec.OpenedAt, old.index, old.rec.Device
+		sd.OpenedAt, sd.Index, sd.Device = oldRec.OpenedAt, old.index, oldRec.Device
 		if req.Via == "" {
-			sd.Via, sd.ViaReason = old.rec.Via, old.rec.ViaReason
+			sd.Via, sd.ViaReason = oldRec.Via, oldRec.ViaReason
 		}
 		if sd.S3 == nil {
 			sd.S3 = old.s3
 		}
 		sd.AllowDiscards = sd.AllowDiscards || old.allowDiscards
+		if len(req.BackingDirs) == 0 && !req.NoBacking {
+			sd.BackingDirs, sd.NoBacking = oldRec.BackingDirs, oldRec.NoBacking
+		}
 	}
-	dk, err := d.attach(sd, adopt, o)
+	dk, err := d.attach(ctx, sd, adopt, o)
 	if err != nil {
 		if created {
 			os.Remove(path)
+		}
+		if ctx.Err() != nil {
+			err = d.ctxError(ctx, "open "+path)
 		}
 		return api.Disk{}, false, err
 	}
 	d.mu.Lock()
 	d.disks[id] = dk
+	rec := dk.rec
 	d.mu.Unlock()
-	d.saveLocked()
-	d.log.Info("opened", "id", id, "file", path, "device", dk.rec.Device, "via", dk.rec.Via, "format", dk.rec.Format, "encrypted", dk.rec.Encrypted)
-	return dk.rec, false, nil
+	d.save()
+	d.log.Info("opened", "id", id, "file", path, "device", rec.Device, "via", rec.Via, "format", rec.Format, "encrypted", rec.Encrypted)
+	return rec, false, nil
+}
+
+// backingDirs checks the directory trees an open request trusts for the
+// files an image names: absolute paths of directories, for a local image.
+// It returns them cleaned.
+func backingDirs(path string, dirs []string) ([]string, error) {
+	if len(dirs) == 0 {
+		return nil, nil
+	}
+	if api.IsURL(path) {
+		return nil, api.Errorf(api.CodeBadRequest, "%s is an s3:// image: it names no files, so backing directories do not apply", path)
+	}
+	out := make([]string, 0, len(dirs))
+	for _, dir := range dirs {
+		if !filepath.IsAbs(dir) {
+			return nil, api.Errorf(api.CodeBadRequest, "backing directory %q is not an absolute path", dir)
+		}
+		dir = filepath.Clean(dir)
+		fi, err := os.Stat(dir)
+		switch {
+		case err != nil:
+			return nil, api.Errorf(api.CodeBadRequest, "backing directory %s: %v", dir, err)
+		case !fi.IsDir():
+			return nil, api.Errorf(api.CodeBadRequest, "backing directory %s is not a directory", dir)
+		}
+		if !slices.Contains(out, dir) {
+			out = append(out, dir)
+		}
+	}
+	return out, nil
 }
 
 // checkFile refuses what cannot be an image: a directory, a device, a
@@ -216,10 +296,20 @@ func checkFile(path string, req api.OpenRequest) error {
 }
 
 // Close closes the disk with the id and returns its last record. A busy
-// device fails with CodeBusy unless force, which detaches it lazily.
-func (d *Daemon) Close(id string, force bool) (api.Disk, error) {
-	d.opMu.Lock()
-	defer d.opMu.Unlock()
+// device fails with CodeBusy unless force, which detaches it lazily. An
+// operation on the same image in flight (an open) finishes first; ctx
+// bounds that wait only.
+func (d *Daemon) Close(ctx context.Context, id string, force bool) (api.Disk, error) {
+	ctx, end, err := d.beginOp(ctx)
+	if err != nil {
+		return api.Disk{}, err
+	}
+	defer end()
+	unlock, err := d.lockImage(ctx, id, "disk "+id)
+	if err != nil {
+		return api.Disk{}, err
+	}
+	defer unlock()
 	d.mu.Lock()
 	dk, ok := d.disks[id]
 	d.mu.Unlock()
@@ -229,7 +319,7 @@ func (d *Daemon) Close(id string, force bool) (api.Disk, error) {
 	if err := d.closeDisk(dk, force); err != nil {
 		return api.Disk{}, err
 	}
-	d.saveLocked()
+	d.save()
 	d.log.Info("closed", "id", id, "file", dk.rec.File, "device", dk.rec.Device, "force", force)
 	return dk.rec, nil
 }
@@ -238,7 +328,7 @@ func (d *Daemon) Close(id string, force bool) (api.Disk, error) {
 // it returns nil, every write the kernel acknowledged is durable in the
 // image. With force a busy device is detached lazily: it goes away when its
 // last user lets go, and a FUSE export goes on serving it until then (see
-// linger). The caller holds opMu.
+// linger). The caller holds the image's lock, or is shutdown.
 func (d *Daemon) closeDisk(dk *disk, force bool) error {
 	lazy := false
 	if dk.rec.State != api.StateOpen && dk.rec.Via == api.ViaFUSE {
@@ -251,7 +341,9 @@ func (d *Daemon) closeDisk(dk *disk, force bool) error {
 		if err := releaseKernelDisk(dk.rec, dk.kern, force); err != nil {
 			return err
 		}
+		d.mu.Lock() // save reads it
 		dk.kern = nil
+		d.mu.Unlock()
 	}
 	if dk.index != nil && dk.rec.Via == api.ViaNBD {
 		d.releaseStaleNBD(dk.rec.ID, *dk.index)
@@ -329,10 +421,11 @@ func (d *Daemon) linger(rec api.Disk, exp fuseExport, dev blockdev.Device) {
 	}()
 }
 
-// saveLocked writes the state file from the registry. The caller holds
-// opMu. A failure is logged: the disks stay open, and the next change
-// tries again.
-func (d *Daemon) saveLocked() {
+// save writes the state file from the registry. A failure is logged: the
+// disks stay open, and the next change tries again.
+func (d *Daemon) save() {
+	d.saveMu.Lock()
+	defer d.saveMu.Unlock()
 	d.mu.Lock()
 	var sds []stateDisk
 	for _, dk := range d.disks {
@@ -340,6 +433,7 @@ func (d *Daemon) saveLocked() {
 			ID: dk.rec.ID, File: dk.rec.File, Format: dk.rec.Format, ReadOnly: dk.rec.ReadOnly,
 			Via: dk.rec.Via, ViaReason: dk.rec.ViaReason, Device: dk.rec.Device, OpenedAt: dk.rec.OpenedAt,
 			Index: dk.index, Encrypted: dk.rec.Encrypted, AllowDiscards: dk.allowDiscards, S3: dk.s3,
+			BackingDirs: dk.rec.BackingDirs, NoBacking: dk.rec.NoBacking,
 		}
 		if dk.kern != nil {
 			i := dk.kern.Index()

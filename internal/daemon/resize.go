@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"context"
 	"errors"
 	"fmt"
 
@@ -16,10 +17,19 @@ import (
 // FUSE: the exported file, then the loop device on it; nbd:
 // NBD_CMD_RECONFIGURE). The file system on the disk is grown separately
 // (resize2fs). An open disk only grows; ublk devices cannot change size on
-// the kernels vdisk supports.
-func (d *Daemon) Resize(id string, size int64) (api.Disk, error) {
-	d.opMu.Lock()
-	defer d.opMu.Unlock()
+// the kernels vdisk supports. It holds the image's lock; ctx bounds the
+// wait for it (an open or close of the same image in flight).
+func (d *Daemon) Resize(ctx context.Context, id string, size int64) (api.Disk, error) {
+	ctx, end, err := d.beginOp(ctx)
+	if err != nil {
+		return api.Disk{}, err
+	}
+	defer end()
+	unlock, err := d.lockImage(ctx, id, "disk "+id)
+	if err != nil {
+		return api.Disk{}, err
+	}
+	defer unlock()
 	d.mu.Lock()
 	dk, ok := d.disks[id]
 	d.mu.Unlock()
@@ -58,9 +68,10 @@ func (d *Daemon) Resize(id string, size int64) (api.Disk, error) {
 	}
 	d.mu.Lock()
 	dk.rec.Size, dk.rec.Sectors, dk.rec.Geometry = size, api.Sectors(size), api.CHS(size)
-	rec := dk.view()
+	v := dk.snapshot()
 	d.mu.Unlock()
-	d.saveLocked()
+	rec := v.view()
+	d.save()
 	d.log.Info("resized", "id", id, "file", dk.rec.File, "device", dk.rec.Device, "from", old, "to", size)
 	return rec, nil
 }

@@ -9,6 +9,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -24,39 +25,67 @@ import (
 // A disk that cannot be restored stays in the registry in StateLocked,
 // StateMissing or StateFailed with the reason, so that list shows it and
 // close forgets it. Restore is called by Serve before the API answers.
+// The disks are restored side by side, each under its image's lock and
+// Options.OpenTimeout, so that one image whose storage does not answer
+// delays the start by that timeout at most; ctx cancels them all.
 func (d *Daemon) Restore(ctx context.Context) {
 	sds, err := loadState(d.opt.StateDir)
 	if err != nil {
 		d.log.Error("cannot restore disks", "err", err)
 		return
 	}
-	d.opMu.Lock()
-	defer d.opMu.Unlock()
-	for _, sd := range sds {
-		if ctx.Err() != nil {
-			break
-		}
-		sd.ID = api.DiskID(sd.File)
-		dk, err := d.restoreOne(sd)
-		d.mu.Lock()
-		d.disks[sd.ID] = dk
-		d.mu.Unlock()
-		if err != nil {
-			d.log.Error("could not restore disk", "id", sd.ID, "file", sd.File, "state", dk.rec.State, "err", err)
-			continue
-		}
-		d.log.Info("restored", "id", sd.ID, "file", sd.File, "device", dk.rec.Device, "via", dk.rec.Via)
+	ctx, end, err := d.beginOp(ctx)
+	if err != nil {
+		return
 	}
-	d.saveLocked()
+	defer end()
+	var wg sync.WaitGroup
+	for _, sd := range sds {
+		sd.ID = api.DiskID(sd.File)
+		wg.Go(func() { d.restoreLocked(ctx, sd) })
+	}
+	wg.Wait()
+	d.save()
+}
+
+// restoreLocked restores one disk under its image's lock and records it.
+func (d *Daemon) restoreLocked(ctx context.Context, sd stateDisk) {
+	ctx, cancel := d.opContext(ctx)
+	defer cancel()
+	// Nothing else holds the lock at start but a restore of the same
+	// disk named twice: wait for it even when cancelled, so that every
+	// disk of the state file is recorded (failed, if cancelled) and kept.
+	unlock, err := d.lockImage(context.WithoutCancel(ctx), sd.ID, sd.File)
+	if err != nil {
+		d.log.Error("could not restore disk", "id", sd.ID, "file", sd.File, "err", err)
+		return
+	}
+	defer unlock()
+	d.mu.Lock()
+	_, dup := d.disks[sd.ID]
+	d.mu.Unlock()
+	if dup {
+		d.log.Warn("the state file names a disk twice; restored once", "id", sd.ID, "file", sd.File)
+		return
+	}
+	dk, err := d.restoreOne(ctx, sd)
+	d.mu.Lock()
+	d.disks[sd.ID] = dk
+	d.mu.Unlock()
+	if err != nil {
+		d.log.Error("could not restore disk", "id", sd.ID, "file", sd.File, "state", dk.rec.State, "err", err)
+		return
+	}
+	d.log.Info("restored", "id", sd.ID, "file", sd.File, "device", dk.rec.Device, "via", dk.rec.Via)
 }
 
 // restoreOne re-opens one disk; on failure the disk it returns records why.
-func (d *Daemon) restoreOne(sd stateDisk) (*disk, error) {
+func (d *Daemon) restoreOne(ctx context.Context, sd stateDisk) (*disk, error) {
 	fail := func(state string, err error) (*disk, error) {
 		return &disk{index: sd.Index, allowDiscards: sd.AllowDiscards, s3: sd.S3, rec: api.Disk{Encrypted: sd.Encrypted,
 			ID: sd.ID, File: sd.File, Format: sd.Format, ReadOnly: sd.ReadOnly, Writable: !sd.ReadOnly,
 			Via: sd.Via, ViaReason: sd.ViaReason, UniqueID: api.UniqueID(sd.File), OpenedAt: sd.OpenedAt, Hotplug: true,
-			MediaType: api.MediaFixed, State: state, Error: err.Error(),
+			MediaType: api.MediaFixed, State: state, Error: err.Error(), BackingDirs: sd.BackingDirs, NoBacking: sd.NoBacking,
 		}}, err
 	}
 	if !api.IsURL(sd.File) {
@@ -69,13 +98,16 @@ func (d *Daemon) restoreOne(sd stateDisk) (*disk, error) {
 		// stored.
 		return fail(api.StateLocked, ErrEncryptedLocked)
 	}
-	dk, err := d.attach(sd, true, openOpts{})
+	dk, err := d.attach(ctx, sd, true, openOpts{})
 	if errors.Is(err, blockdev.ErrLocked) {
 		var le *chunked.LeaseError
 		if errors.As(err, &le) && d.retakeLater(sd, le) {
 			err = fmt.Errorf("%w; its holder is gone, so it is taken back when the lease expires", err)
 		}
 		return fail(api.StateLocked, err)
+	}
+	if err != nil && ctx.Err() != nil {
+		err = d.ctxError(ctx, "restore "+sd.File)
 	}
 	if err != nil {
 		return fail(api.StateFailed, err)
@@ -112,28 +144,42 @@ func (d *Daemon) retakeLater(sd stateDisk, le *chunked.LeaseError) bool {
 		t := time.NewTimer(max(wait, 0))
 		defer t.Stop()
 		select {
-		case <-d.stop:
-			return
+		case <-d.life.Done():
+			return // shutting down
 		case <-t.C:
 		}
-		d.opMu.Lock()
-		defer d.opMu.Unlock()
+		ctx, end, err := d.beginOp(d.life)
+		if err != nil {
+			return
+		}
+		defer end()
+		ctx, cancel := d.opContext(ctx)
+		defer cancel()
+		unlock, err := d.lockImage(ctx, sd.ID, sd.File)
+		if err != nil {
+			d.log.Error("could not take back disk after its lease expired", "id", sd.ID, "file", sd.File, "err", err)
+			return
+		}
+		defer unlock()
 		d.mu.Lock()
 		cur, ok := d.disks[sd.ID]
-		closing := d.closing
+		locked := ok && cur.rec.State == api.StateLocked
 		d.mu.Unlock()
-		if closing || !ok || cur.rec.State != api.StateLocked {
+		if !locked {
 			return // closed, or opened again by hand meanwhile
 		}
-		dk, err := d.attach(sd, true, openOpts{forceTakeover: true})
+		dk, err := d.attach(ctx, sd, true, openOpts{forceTakeover: true})
 		if err != nil {
+			if ctx.Err() != nil {
+				err = d.ctxError(ctx, "take back "+sd.File)
+			}
 			d.log.Error("could not take back disk after its lease expired", "id", sd.ID, "file", sd.File, "err", err)
 			return
 		}
 		d.mu.Lock()
 		d.disks[sd.ID] = dk
 		d.mu.Unlock()
-		d.saveLocked()
+		d.save()
 		d.log.Info("restored after the dead holder's lease expired", "id", sd.ID, "file", sd.File, "device", dk.rec.Device, "holder", le.Holder)
 	}()
 	return true

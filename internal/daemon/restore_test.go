@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -123,4 +124,42 @@ func TestShutdownClosesAll(t *testing.T) {
 		}
 		h.Close()
 	}
+}
+
+// TestRestoreKeepsTrust: the directories an open trusted for the files the
+// image names, and NoBacking, are kept in the state file, and a restarted
+// daemon reopens the disk with them and shows them.
+func TestRestoreKeepsTrust(t *testing.T) {
+	needKernel(t)
+	ctx := context.Background()
+	first := startDaemon(t, "")
+	base := filepath.Join(first.dir, "base")
+	if err := os.Mkdir(base, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	req := api.OpenRequest{File: filepath.Join(first.dir, "a.img"), Create: true, Size: 1 << 20,
+		BackingDirs: []string{base + "/", base}, NoBacking: true}
+	d, err := first.c.Open(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(d.BackingDirs, []string{base}) || !d.NoBacking {
+		t.Fatalf("opened with backing dirs %q, no backing %v; want [%s], true", d.BackingDirs, d.NoBacking, base)
+	}
+	sds, err := loadState(first.stateDir)
+	if err != nil || len(sds) != 1 || !slices.Equal(sds[0].BackingDirs, []string{base}) || !sds[0].NoBacking {
+		t.Fatalf("state %+v, %v", sds, err)
+	}
+	second := startDaemon(t, first.stateDir)
+	got, err := second.c.Disk(ctx, d.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.State != api.StateOpen || !slices.Equal(got.BackingDirs, []string{base}) || !got.NoBacking {
+		t.Fatalf("restored %+v", got)
+	}
+	if _, err := second.c.CloseDisk(ctx, d.ID, false); err != nil {
+		t.Fatal(err)
+	}
+	first.stop()
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"net/http"
 	"os"
@@ -42,7 +43,7 @@ func (d *Daemon) Handler() http.Handler {
 			replyErr(w, api.Errorf(api.CodeBadRequest, "no file given"))
 			return
 		}
-		rec, reused, err := d.Open(req)
+		rec, reused, err := d.Open(r.Context(), req)
 		if err != nil {
 			replyErr(w, err)
 			return
@@ -71,7 +72,7 @@ func (d *Daemon) Handler() http.Handler {
 			replyErr(w, api.Errorf(api.CodeBadRequest, "force=%q: want true or false", r.URL.Query().Get("force")))
 			return
 		}
-		rec, err := d.Close(r.PathValue("id"), force)
+		rec, err := d.Close(r.Context(), r.PathValue("id"), force)
 		if err != nil {
 			replyErr(w, err)
 			return
@@ -83,7 +84,7 @@ func (d *Daemon) Handler() http.Handler {
 		if !decode(w, r, &req) {
 			return
 		}
-		rec, err := d.Resize(r.PathValue("id"), req.Size)
+		rec, err := d.Resize(r.Context(), r.PathValue("id"), req.Size)
 		if err != nil {
 			replyErr(w, err)
 			return
@@ -95,7 +96,7 @@ func (d *Daemon) Handler() http.Handler {
 		if !decode(w, r, &req) {
 			return
 		}
-		im, err := d.Inspect(req)
+		im, err := d.Inspect(r.Context(), req)
 		if err != nil {
 			replyErr(w, err)
 			return
@@ -109,9 +110,20 @@ func (d *Daemon) Handler() http.Handler {
 }
 
 // decode reads a JSON request body into v, answering the error itself.
+// It reads the body to its end: only then does the server watch the
+// connection, and cancel the request's context when the client hangs up.
 func decode(w http.ResponseWriter, r *http.Request, v any) bool {
 	r.Body = http.MaxBytesReader(w, r.Body, maxRequest)
-	if err := json.NewDecoder(r.Body).Decode(v); err != nil {
+	dec := json.NewDecoder(r.Body)
+	err := dec.Decode(v)
+	if err == nil {
+		if _, err = dec.Token(); err == io.EOF {
+			err = nil
+		} else if err == nil {
+			err = errors.New("data after the JSON document")
+		}
+	}
+	if err != nil {
 		replyErr(w, api.Errorf(api.CodeBadRequest, "malformed request body: %v", err))
 		return false
 	}
@@ -170,6 +182,8 @@ func toAPIError(err error) *api.Error {
 		code = api.CodeUnsupported
 	case errors.Is(err, blockdev.ErrCorrupt):
 		code = api.CodeCorrupt
+	case errors.Is(err, context.DeadlineExceeded):
+		code = api.CodeTimeout
 	case errors.Is(err, fs.ErrPermission), errors.Is(err, syscall.EROFS):
 		code = api.CodePermission
 	case errors.Is(err, fs.ErrNotExist):
@@ -192,6 +206,8 @@ func statusOf(code string) int {
 		return http.StatusUnauthorized
 	case api.CodePermission:
 		return http.StatusForbidden
+	case api.CodeTimeout:
+		return http.StatusGatewayTimeout
 	case api.CodeShuttingDown, api.CodeNoLoop, api.CodeFUSEUnavailable, api.CodeViaUnavailable, api.CodeNoSpace:
 		return http.StatusServiceUnavailable
 	}
@@ -199,8 +215,10 @@ func statusOf(code string) int {
 }
 
 // Inspect returns the facts of an image file: from the registry when it is
-// open, else by opening it read-only without taking its lock.
-func (d *Daemon) Inspect(req api.InspectRequest) (api.Image, error) {
+// open, else by opening it read-only without taking its lock (nor the
+// daemon's image lock: it changes nothing). ctx (the request's) and
+// Options.OpenTimeout bound it.
+func (d *Daemon) Inspect(ctx context.Context, req api.InspectRequest) (api.Image, error) {
 	path, err := api.Canonical(req.File)
 	if err != nil {
 		return api.Image{}, err
@@ -211,17 +229,31 @@ func (d *Daemon) Inspect(req api.InspectRequest) (api.Image, error) {
 			return api.Image{}, err
 		}
 	}
+	if req.BackingDirs, err = backingDirs(path, req.BackingDirs); err != nil {
+		return api.Image{}, err
+	}
+	ctx, stop := d.withLife(ctx)
+	defer stop()
+	ctx, cancel := d.opContext(ctx)
+	defer cancel()
 	id := api.DiskID(path)
 	im := api.Image{ID: id, File: path, UniqueID: api.UniqueID(path)}
 	d.mu.Lock()
 	dk, open := d.disks[id]
+	var r api.Disk
+	var openS3 *api.S3Options
+	if open {
+		r, openS3 = dk.rec, dk.s3
+	}
 	d.mu.Unlock()
-	if open && dk.rec.State == api.StateOpen {
-		r := dk.rec
+	if open && r.State == api.StateOpen {
 		im.Format, im.Size, im.LogicalBlockSize, im.PhysicalBlockSize = r.Format, r.Size, r.LogicalBlockSize, r.PhysicalBlockSize
 		im.MediaType, im.Open, im.Encrypted = r.MediaType, true, r.Encrypted
 	} else {
-		sk, err := inspectImage(path, req.Format, req.S3, d.log)
+		sk, err := inspectImage(ctx, path, req, d.log)
+		if err != nil && ctx.Err() != nil {
+			return api.Image{}, d.ctxError(ctx, "inspect "+path)
+		}
 		if err != nil {
 			return api.Image{}, fmt.Errorf("inspect %s: %w", path, err)
 		}
@@ -246,13 +278,13 @@ func (d *Daemon) Inspect(req api.InspectRequest) (api.Image, error) {
 		im.Writable = true
 		s3o := req.S3
 		if open && s3o == nil {
-			s3o = dk.s3
+			s3o = openS3
 		}
 		so := stack.S3Options{}
 		if s3o != nil {
 			so = stack.S3Options{Endpoint: s3o.Endpoint, Region: s3o.Region, Profile: s3o.Profile}
 		}
-		if r, err := stack.InspectS3(context.Background(), path, so); err == nil {
+		if r, err := stack.InspectS3(ctx, path, so); err == nil {
 			im.Allocated = r.StoredBytes
 			im.Store = storeDetails(r)
 		} else {

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"syscall"
 	"testing"
@@ -19,6 +20,11 @@ import (
 func TestOpenErrors(t *testing.T) {
 	td := startDaemon(t, "")
 	ctx := context.Background()
+	// A FIFO would block an open that waited for a writer.
+	fifo := filepath.Join(td.dir, "fifo")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	tests := []struct {
 		name string
 		req  api.OpenRequest
@@ -35,6 +41,11 @@ func TestOpenErrors(t *testing.T) {
 		{name: "bad via", req: api.OpenRequest{File: filepath.Join(td.dir, "a.img"), Create: true, Via: "iscsi"}, code: api.CodeBadVia, msg: "attach path"},
 		{name: "unknown format", req: api.OpenRequest{File: filepath.Join(td.dir, "a.img"), Create: true, Format: "qcow9"}, code: api.CodeUnknownFormat, msg: "qcow9"},
 		{name: "no file", req: api.OpenRequest{}, code: api.CodeBadRequest, msg: "no file"},
+		{name: "fifo", req: api.OpenRequest{File: fifo, Create: true}, code: api.CodeBadRequest, msg: "not a regular file"},
+		{name: "relative backing dir", req: api.OpenRequest{File: filepath.Join(td.dir, "a.img"), Create: true, BackingDirs: []string{"base"}}, code: api.CodeBadRequest, msg: "not an absolute path"},
+		{name: "backing dir missing", req: api.OpenRequest{File: filepath.Join(td.dir, "a.img"), Create: true, BackingDirs: []string{filepath.Join(td.dir, "none")}}, code: api.CodeBadRequest, msg: "backing directory"},
+		{name: "backing dir a file", req: api.OpenRequest{File: filepath.Join(td.dir, "a.img"), Create: true, BackingDirs: []string{fifo}}, code: api.CodeBadRequest, msg: "not a directory"},
+		{name: "backing dir of s3", req: api.OpenRequest{File: "s3://bucket/x", BackingDirs: []string{td.dir}}, code: api.CodeBadRequest, msg: "backing directories do not apply"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -150,10 +161,10 @@ func TestOpenCloseLoop(t *testing.T) {
 	if err != nil || r.Device != d.Device {
 		t.Fatalf("reuse: %+v, %v", r, err)
 	}
-	if g, err := td.c.Disk(ctx, d.ID); err != nil || *g != *d {
+	if g, err := td.c.Disk(ctx, d.ID); err != nil || !reflect.DeepEqual(*g, *d) {
 		t.Fatalf("get: %+v, %v", g, err)
 	}
-	if l, err := td.c.List(ctx); err != nil || len(l) != 1 || l[0] != *d {
+	if l, err := td.c.List(ctx); err != nil || len(l) != 1 || !reflect.DeepEqual(l[0], *d) {
 		t.Fatalf("list: %+v, %v", l, err)
 	}
 	im, err := td.c.Inspect(ctx, api.InspectRequest{File: file})

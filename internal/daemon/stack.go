@@ -32,7 +32,8 @@ type openOpts struct {
 // place where the daemon asks for a stack; internal/stack wires the
 // layers. An encrypted image without o.passphrase fails with
 // stack.ErrNeedPassphrase.
-func openImage(sd stateDisk, o openOpts, log *slog.Logger) (*stack.Disk, error) {
+// ctx bounds the opening.
+func openImage(ctx context.Context, sd stateDisk, o openOpts, log *slog.Logger) (*stack.Disk, error) {
 	so := stack.Options{
 		Format:        sd.Format,
 		ReadOnly:      sd.ReadOnly,
@@ -40,6 +41,8 @@ func openImage(sd stateDisk, o openOpts, log *slog.Logger) (*stack.Disk, error) 
 		AllowDiscards: sd.AllowDiscards,
 		Create:        o.create,
 		Size:          o.size,
+		BackingDirs:   sd.BackingDirs,
+		NoBacking:     sd.NoBacking,
 		Log:           log,
 	}
 	if sd.S3 != nil {
@@ -54,23 +57,26 @@ func openImage(sd stateDisk, o openOpts, log *slog.Logger) (*stack.Disk, error) 
 	if so.Size == 0 {
 		so.Size = api.DefaultSize
 	}
-	return stack.Open(context.Background(), sd.File, so)
+	return stack.Open(ctx, sd.File, so)
 }
 
 // inspectImage opens the image at path read-only, without its lock and
-// without unlocking an encrypted volume (the Device is the ciphertext).
-func inspectImage(path, format string, s3 *api.S3Options, log *slog.Logger) (*stack.Disk, error) {
-	so := stack.Options{Format: format, ReadOnly: true, NoLock: true, KeepEncrypted: true, Log: log}
+// without unlocking an encrypted volume (the Device is the ciphertext),
+// following the files it names as req says. ctx bounds the opening.
+func inspectImage(ctx context.Context, path string, req api.InspectRequest, log *slog.Logger) (*stack.Disk, error) {
+	so := stack.Options{Format: req.Format, ReadOnly: true, NoLock: true, KeepEncrypted: true,
+		BackingDirs: req.BackingDirs, NoBacking: req.NoBacking, Log: log}
+	s3 := req.S3
 	if s3 != nil {
 		so.S3 = stack.S3Options{Endpoint: s3.Endpoint, Region: s3.Region, Profile: s3.Profile, CacheDir: s3.CacheDir}
 	}
-	return stack.Open(context.Background(), path, so)
+	return stack.Open(ctx, path, so)
 }
 
 // createImage creates a new image of size bytes at path, in format (empty
-// means raw). It fails if path exists.
-func createImage(path, format string, size int64) error {
-	return stack.Create(context.Background(), path, stack.CreateOptions{Format: format, Size: size})
+// means raw). It fails if path exists. ctx bounds it.
+func createImage(ctx context.Context, path, format string, size int64) error {
+	return stack.Create(ctx, path, stack.CreateOptions{Format: format, Size: size})
 }
 
 // formatISO is the registry name of ISO 9660 images, shown to the kernel

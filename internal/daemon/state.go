@@ -46,6 +46,10 @@ type stateDisk struct {
 	// credentials come from the daemon's environment). ForceTakeover is
 	// never kept.
 	S3 *api.S3Options `json:"s3,omitempty"`
+	// BackingDirs and NoBacking are the trust the open request gave the
+	// files the image names (api.OpenRequest): a restore trusts no more.
+	BackingDirs []string `json:"backing_dirs,omitempty"`
+	NoBacking   bool     `json:"no_backing,omitempty"`
 }
 
 // stateDoc is the state file.

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"syscall"
 	"testing"
@@ -107,7 +108,7 @@ func TestSeveralDisks(t *testing.T) {
 	if err := json.Unmarshal([]byte(e.must("info", "--json", disks[1].dev)), &info); err != nil {
 		t.Fatal(err)
 	}
-	if info != l.Disks[1] {
+	if !reflect.DeepEqual(info, l.Disks[1]) {
 		t.Fatalf("info %+v, list %+v", info, l.Disks[1])
 	}
 	e.must("close", "--all")
