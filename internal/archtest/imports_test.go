@@ -7,14 +7,22 @@ package archtest
 
 import (
 	"encoding/json"
+	"go/ast"
+	"go/parser"
+	"go/token"
 	"os/exec"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 )
 
 type pkg struct {
 	ImportPath string
+	Dir        string
 	Deps       []string
+	Imports    []string // direct, not tests'
+	GoFiles    []string
 }
 
 // rule forbids packages matching from to depend on packages matching any
@@ -92,6 +100,27 @@ func TestImportGraph(t *testing.T) {
 			deny: func(p string) bool { return strings.HasPrefix(p, mod) && !under("api", "client")(p) },
 		},
 	}
+	// Direct imports: only the stack composes layers, so only it (and the
+	// layers' own trees) imports the object store and LUKS.
+	direct := []rule{
+		{
+			name: "only internal/stack composes layers: nothing else imports storage or crypt/luks",
+			from: func(p string) bool { return strings.HasPrefix(p, mod) && !under("stack", "storage", "crypt")(p) },
+			deny: under("storage", "crypt/luks"),
+		},
+	}
+	for _, p := range pkgs {
+		for _, r := range direct {
+			if !r.from(p.ImportPath) {
+				continue
+			}
+			for _, d := range p.Imports {
+				if r.deny(d) {
+					t.Errorf("%s imports %s: %s", p.ImportPath, d, r.name)
+				}
+			}
+		}
+	}
 	for _, p := range pkgs {
 		for _, r := range rules {
 			if !r.from(p.ImportPath) {
@@ -102,6 +131,69 @@ func TestImportGraph(t *testing.T) {
 					t.Errorf("%s imports %s: %s", p.ImportPath, d, r.name)
 				}
 			}
+		}
+	}
+}
+
+// TestCLIDiskCommandsUseTheAPI: open, close and list reach disks through
+// the daemon's API only, never the layers.
+func TestCLIDiskCommandsUseTheAPI(t *testing.T) {
+	out, err := exec.Command("go", "list", "-f", "{{.Dir}}", mod+"internal/cli").Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	dir := strings.TrimSpace(string(out))
+	allowed := map[string]bool{mod + "internal/api": true, mod + "internal/client": true}
+	for _, name := range []string{"open.go", "close.go", "list.go"} {
+		f, err := parser.ParseFile(token.NewFileSet(), filepath.Join(dir, name), nil, parser.ImportsOnly)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, im := range f.Imports {
+			p, _ := strconv.Unquote(im.Path.Value)
+			if strings.HasPrefix(p, mod) && !allowed[p] {
+				t.Errorf("internal/cli/%s imports %s: open, close and list talk to the daemon's API only", name, p)
+			}
+		}
+	}
+}
+
+// TestFormatsOpenNoPaths: formats reach files only through image.File and
+// image.Names (the trust policy), never by opening or resolving a path.
+func TestFormatsOpenNoPaths(t *testing.T) {
+	out, err := exec.Command("go", "list", "-f", "{{.Dir}}", mod+"internal/image/...").Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	banned := map[string]bool{
+		"os.Open": true, "os.OpenFile": true, "os.Create": true, "os.Stat": true, "os.Lstat": true,
+		"os.ReadFile": true, "os.Readlink": true, "filepath.EvalSymlinks": true, "filepath.Abs": true,
+		"syscall.Open": true, "unix.Open": true, "unix.Openat2": true, "blockdev.OpenFile": true,
+	}
+	for _, dir := range strings.Fields(string(out)) {
+		base := filepath.Base(dir)
+		if base == "image" || base == "imagetest" {
+			continue // the registry, the policy itself, and test helpers
+		}
+		files, _ := filepath.Glob(filepath.Join(dir, "*.go"))
+		for _, name := range files {
+			if strings.HasSuffix(name, "_test.go") {
+				continue
+			}
+			f, err := parser.ParseFile(token.NewFileSet(), name, nil, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ast.Inspect(f, func(n ast.Node) bool {
+				sel, ok := n.(*ast.SelectorExpr)
+				if !ok {
+					return true
+				}
+				if x, ok := sel.X.(*ast.Ident); ok && banned[x.Name+"."+sel.Sel.Name] {
+					t.Errorf("%s calls %s.%s: formats open files through image.Names only", name, x.Name, sel.Sel.Name)
+				}
+				return true
+			})
 		}
 	}
 }

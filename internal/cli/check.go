@@ -7,6 +7,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"vdisk/internal/api"
 	"vdisk/internal/image"
 	_ "vdisk/internal/image/all" // every format
 	"vdisk/internal/stack"
@@ -26,7 +27,7 @@ func newCheckCmd(e *env) *cobra.Command {
 	var (
 		format, repair string
 		asJSON         bool
-		s3o            stack.S3Options
+		s3o            api.S3Options
 	)
 	cmd := &cobra.Command{
 		Use:   "check IMAGE",
@@ -54,7 +55,7 @@ an object shaped like qemu-img check --output json.`,
 				return fmt.Errorf("check: --repair %q: want \"leaks\" or \"all\"", repair)
 			}
 			check := func(opt image.CheckOptions) (*image.CheckResult, error) {
-				return stack.Check(cmd.Context(), args[0], format, opt, s3o)
+				return stack.Check(cmd.Context(), args[0], format, opt, stackS3(s3o))
 			}
 			res, err := check(opt)
 			if errors.Is(err, image.ErrNoCheck) {

@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 
+	"vdisk/internal/api"
 	"vdisk/internal/convert"
 	"vdisk/internal/image"
 	"vdisk/internal/stack"
@@ -29,7 +30,7 @@ type convertOptions struct {
 	clusterSize string
 	backingDirs []string
 	options     []string
-	s3          stack.S3Options
+	s3          api.S3Options
 	crypt       cryptFlags
 }
 
@@ -82,7 +83,7 @@ func runConvert(ctx context.Context, e *env, o convertOptions, srcPath, dstPath 
 			return fmt.Errorf("convert: --cluster-size: %w", err)
 		}
 	}
-	src, err := stack.Open(ctx, srcPath, stack.Options{Format: o.srcFormat, ReadOnly: true, BackingDirs: o.backingDirs, S3: o.s3, Log: e.log,
+	src, err := stack.Open(ctx, srcPath, stack.Options{Format: o.srcFormat, ReadOnly: true, BackingDirs: o.backingDirs, S3: stackS3(o.s3), Log: e.log,
 		Passphrase: o.crypt.passphrase(e), KeepEncrypted: o.crypt.noDecrypt})
 	if err != nil {
 		return fmt.Errorf("convert: source: %w", err)
@@ -104,7 +105,7 @@ func runConvert(ctx context.Context, e *env, o convertOptions, srcPath, dstPath 
 			return fmt.Errorf("convert: %s exists; remove it, or pass -n to write into it", dstPath)
 		}
 		start := time.Now()
-		copt := stack.CreateOptions{Format: o.dstFormat, Size: size, ClusterSize: cluster, Options: fopts, S3: o.s3}
+		copt := stack.CreateOptions{Format: o.dstFormat, Size: size, ClusterSize: cluster, Options: fopts, S3: stackS3(o.s3)}
 		if handled, err := stack.Stream(ctx, dstPath, src.Device, copt); handled {
 			if err != nil {
 				return fmt.Errorf("convert: %w", err)
@@ -123,17 +124,17 @@ func runConvert(ctx context.Context, e *env, o convertOptions, srcPath, dstPath 
 		} else if !errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("convert: %w", err)
 		}
-		if err := stack.Create(ctx, dstPath, stack.CreateOptions{Format: o.dstFormat, Size: size, ClusterSize: cluster, Options: fopts, S3: o.s3}); err != nil {
+		if err := stack.Create(ctx, dstPath, stack.CreateOptions{Format: o.dstFormat, Size: size, ClusterSize: cluster, Options: fopts, S3: stackS3(o.s3)}); err != nil {
 			return fmt.Errorf("convert: create destination: %w", err)
 		}
 		created = true
 		defer func() {
 			if err != nil {
-				stack.Remove(dstPath, o.s3)
+				stack.Remove(dstPath, stackS3(o.s3))
 			}
 		}()
 	}
-	dst, err := stack.Open(ctx, dstPath, stack.Options{Format: o.dstFormat, S3: o.s3, Log: e.log})
+	dst, err := stack.Open(ctx, dstPath, stack.Options{Format: o.dstFormat, S3: stackS3(o.s3), Log: e.log})
 	if err != nil {
 		return fmt.Errorf("convert: destination: %w", err)
 	}

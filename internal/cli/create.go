@@ -6,6 +6,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"vdisk/internal/api"
 	"vdisk/internal/image"
 	_ "vdisk/internal/image/all" // every format
 	"vdisk/internal/stack"
@@ -19,7 +20,7 @@ func newCreateCmd(e *env) *cobra.Command {
 		options                                    []string
 		encrypt, keyFile, cipher                   string
 		kf                                         pbkdfFlags
-		s3o                                        stack.S3Options
+		s3o                                        api.S3Options
 	)
 	cmd := &cobra.Command{
 		Use:   "create FILE [--size N]",
@@ -45,7 +46,7 @@ an object store, --cluster-size being its chunk size (default 4M).`,
   vdisk create --encrypt luks2 --key-file key.txt secret.img --size 1G`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			opt := stack.CreateOptions{Format: format, BackingFile: backing, BackingFormat: backingFmt, S3: s3o}
+			opt := stack.CreateOptions{Format: format, BackingFile: backing, BackingFormat: backingFmt, S3: stackS3(s3o)}
 			if size != "" {
 				n, err := parseSize(size)
 				if err != nil {

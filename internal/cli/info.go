@@ -20,7 +20,7 @@ func newInfoCmd(e *env) *cobra.Command {
 		f      daemonFlags
 		format string
 		asJSON bool
-		s3o    stack.S3Options
+		s3o    api.S3Options
 	)
 	cmd := &cobra.Command{
 		Use:   "info FILE|ID|DEVICE",

@@ -14,7 +14,6 @@ import (
 
 	"vdisk/internal/api"
 	"vdisk/internal/client"
-	"vdisk/internal/stack"
 )
 
 func init() { register(newOpenCmd) }
@@ -26,7 +25,7 @@ func newOpenCmd(e *env) *cobra.Command {
 		readOnly, reuse, asJSON bool
 		keyFile                 string
 		allowDiscards           bool
-		s3o                     stack.S3Options
+		s3o                     api.S3Options
 		backingDirs             []string
 		noBacking               bool
 	)
@@ -174,24 +173,6 @@ func openDisk(ctx context.Context, e *env, c *client.Client, req api.OpenRequest
 	defer clear(pass)
 	req.Passphrase = pass
 	return c.Open(ctx, req)
-}
-
-// s3Request returns the object store options of an open request: the
-// endpoint from the flag, else this command's $VDISK_S3_ENDPOINT (the
-// daemon may have been started without it), and an absolute cache dir.
-func s3Request(o stack.S3Options) (*api.S3Options, error) {
-	r := &api.S3Options{Endpoint: o.Endpoint, Region: o.Region, Profile: o.Profile, CacheDir: o.CacheDir, ChunkSize: o.ChunkSize, LeaseTTL: o.LeaseTTL, ForceTakeover: o.ForceTakeover}
-	if r.Endpoint == "" {
-		r.Endpoint = os.Getenv(stack.EnvS3Endpoint)
-	}
-	if r.CacheDir != "" {
-		abs, err := filepath.Abs(r.CacheDir)
-		if err != nil {
-			return nil, fmt.Errorf("--s3-cache-dir: %w", err)
-		}
-		r.CacheDir = abs
-	}
-	return r, nil
 }
 
 // resolveFile returns the canonical path of an image file argument and

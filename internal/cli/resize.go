@@ -20,7 +20,7 @@ func newResizeCmd(e *env) *cobra.Command {
 		format string
 		shrink bool
 		f      daemonFlags
-		s3o    stack.S3Options
+		s3o    api.S3Options
 	)
 	cmd := &cobra.Command{
 		Use:   "resize [--shrink] [-f FORMAT] IMAGE [+|-]SIZE",
@@ -61,7 +61,7 @@ func newResizeCmd(e *env) *cobra.Command {
 				}
 				return n
 			}
-			old, err := stack.Resize(cmd.Context(), name, newSize, shrink, stack.Options{Format: format, S3: s3o, Log: e.log})
+			old, err := stack.Resize(cmd.Context(), name, newSize, shrink, stack.Options{Format: format, S3: stackS3(s3o), Log: e.log})
 			if err != nil {
 				return fmt.Errorf("resize: %w", err)
 			}

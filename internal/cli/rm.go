@@ -12,7 +12,7 @@ import (
 func init() { register(newRmCmd) }
 
 func newRmCmd(e *env) *cobra.Command {
-	var s3o stack.S3Options
+	var s3o api.S3Options
 	cmd := &cobra.Command{
 		Use:   "rm s3://BUCKET/PREFIX",
 		Short: "Delete an image from an object store",
@@ -26,7 +26,7 @@ func newRmCmd(e *env) *cobra.Command {
 			if !api.IsURL(args[0]) {
 				return fmt.Errorf("rm: %s is not an s3:// image; a local image is a file, remove it with rm(1)", args[0])
 			}
-			if err := stack.DeleteS3(cmd.Context(), args[0], s3o); err != nil {
+			if err := stack.DeleteS3(cmd.Context(), args[0], stackS3(s3o)); err != nil {
 				return fmt.Errorf("rm: %w", err)
 			}
 			fmt.Fprintf(e.stdout, "deleted %s\n", args[0])

@@ -1,13 +1,20 @@
 package cli
 
 import (
+	"fmt"
+	"os"
+	"path/filepath"
+
 	"github.com/spf13/pflag"
 
+	"vdisk/internal/api"
 	"vdisk/internal/stack"
 )
 
-// addS3Flags adds the flags that say how to reach s3:// images.
-func addS3Flags(f *pflag.FlagSet, o *stack.S3Options) {
+// addS3Flags adds the flags that say how to reach s3:// images, into the
+// API's options (what open sends the daemon; local commands turn them
+// into the stack's with stackS3).
+func addS3Flags(f *pflag.FlagSet, o *api.S3Options) {
 	f.StringVar(&o.Endpoint, "s3-endpoint", "", "object store URL for s3:// images (default $"+stack.EnvS3Endpoint+" or the AWS configuration)")
 	f.StringVar(&o.Region, "s3-region", "", "region of the object store (default the AWS configuration's, else us-east-1)")
 	f.StringVar(&o.Profile, "s3-profile", "", "profile of the AWS config and credentials files with the s3:// credentials (default $AWS_PROFILE)")
@@ -38,3 +45,27 @@ func (v bytesValue) Set(s string) error {
 }
 
 func (v bytesValue) Type() string { return "bytes" }
+
+// stackS3 is o for a command that opens the image itself.
+func stackS3(o api.S3Options) stack.S3Options {
+	return stack.S3Options{Endpoint: o.Endpoint, Region: o.Region, Profile: o.Profile, CacheDir: o.CacheDir,
+		ForceTakeover: o.ForceTakeover, ChunkSize: o.ChunkSize, LeaseTTL: o.LeaseTTL}
+}
+
+// s3Request returns the object store options of a request to the daemon:
+// the endpoint from the flag, else this command's $VDISK_S3_ENDPOINT (the
+// daemon may have been started without it), and an absolute cache dir.
+func s3Request(o api.S3Options) (*api.S3Options, error) {
+	r := o
+	if r.Endpoint == "" {
+		r.Endpoint = os.Getenv(stack.EnvS3Endpoint)
+	}
+	if r.CacheDir != "" {
+		abs, err := filepath.Abs(r.CacheDir)
+		if err != nil {
+			return nil, fmt.Errorf("--s3-cache-dir: %w", err)
+		}
+		r.CacheDir = abs
+	}
+	return &r, nil
+}

@@ -15,6 +15,7 @@ import (
 	sddaemon "github.com/coreos/go-systemd/v22/daemon"
 	"github.com/spf13/cobra"
 
+	"vdisk/internal/api"
 	"vdisk/internal/blockdev"
 	"vdisk/internal/nbd"
 	"vdisk/internal/stack"
@@ -40,7 +41,7 @@ type serveOptions struct {
 	maxConns    int
 	noBacking   bool
 	backingDirs []string
-	s3          stack.S3Options
+	s3          api.S3Options
 	crypt       cryptFlags
 }
 
@@ -180,7 +181,7 @@ func openServeImage(ctx context.Context, e *env, path string, o serveOptions, cr
 		Size:        createSize,
 		NoBacking:   o.noBacking,
 		BackingDirs: o.backingDirs,
-		S3:          o.s3,
+		S3:          stackS3(o.s3),
 		Log:         e.log,
 
 		Passphrase:    o.crypt.passphrase(e),

@@ -16,7 +16,7 @@ import (
 	"vdisk/internal/blockdev"
 	"vdisk/internal/fuseexport"
 	"vdisk/internal/loop"
-	"vdisk/internal/storage/chunked"
+	"vdisk/internal/stack"
 )
 
 // disk is one entry of the registry: an open disk, or one the daemon had
@@ -41,7 +41,7 @@ type disk struct {
 	// nil when the Device cannot say.
 	degraded func() error
 	// stats, for an s3:// disk, reports its cache.
-	stats func() chunked.Stats
+	stats func() stack.StoreStats
 	// allowDiscards and s3 are kept in the state file to reopen the disk
 	// the same way (s3 without ForceTakeover).
 	allowDiscards bool
@@ -53,7 +53,7 @@ type disk struct {
 type diskView struct {
 	rec      api.Disk
 	degraded func() error
-	stats    func() chunked.Stats
+	stats    func() stack.StoreStats
 }
 
 // snapshot takes the view of dk. The caller holds d.mu.

@@ -15,7 +15,7 @@ import (
 
 	"vdisk/internal/api"
 	"vdisk/internal/blockdev"
-	"vdisk/internal/storage/chunked"
+	"vdisk/internal/stack"
 )
 
 // Restore re-opens the disks of the state file: a raw disk still attached
@@ -100,7 +100,7 @@ func (d *Daemon) restoreOne(ctx context.Context, sd stateDisk) (*disk, error) {
 	}
 	dk, err := d.attach(ctx, sd, true, openOpts{})
 	if errors.Is(err, blockdev.ErrLocked) {
-		var le *chunked.LeaseError
+		var le *stack.LeaseError
 		if errors.As(err, &le) && d.retakeLater(sd, le) {
 			err = fmt.Errorf("%w; its holder is gone, so it is taken back when the lease expires", err)
 		}
@@ -124,7 +124,7 @@ const maxRetakeWait = 10 * time.Minute
 // a holder that is somehow alive has stopped writing (a writer stops
 // before its lease runs out), which is what makes --force-takeover safe.
 // It reports whether it will try.
-func (d *Daemon) retakeLater(sd stateDisk, le *chunked.LeaseError) bool {
+func (d *Daemon) retakeLater(sd stateDisk, le *stack.LeaseError) bool {
 	i := strings.LastIndexByte(le.Holder, ':')
 	host, _ := os.Hostname()
 	if i < 0 || le.Holder[:i] != host {

@@ -13,12 +13,10 @@ import (
 
 	"vdisk/internal/api"
 	"vdisk/internal/blockdev"
-	"vdisk/internal/crypt/luks"
 	"vdisk/internal/image"
 	"vdisk/internal/loop"
 	"vdisk/internal/nbd/kernel"
 	"vdisk/internal/stack"
-	"vdisk/internal/storage/chunked"
 	"vdisk/internal/ublk"
 )
 
@@ -156,11 +154,11 @@ func toAPIError(err error) *api.Error {
 	switch {
 	case errors.Is(err, stack.ErrNeedPassphrase):
 		code = api.CodePassphraseRequired
-	case errors.Is(err, luks.ErrWrongPassphrase):
+	case errors.Is(err, stack.ErrWrongPassphrase):
 		code = api.CodeWrongPassphrase
-	case errors.Is(err, chunked.ErrLeaseHeld):
+	case errors.Is(err, stack.ErrLeaseHeld):
 		code = api.CodeLeaseHeld
-	case errors.Is(err, chunked.ErrNoImage):
+	case errors.Is(err, stack.ErrNoImage):
 		code = api.CodeNoFile
 	case errors.Is(err, blockdev.ErrLocked):
 		code = api.CodeLocked
@@ -261,7 +259,7 @@ func (d *Daemon) Inspect(ctx context.Context, req api.InspectRequest) (api.Image
 		info := blockdev.InfoOf(dev)
 		im.Format, im.Size = sk.Format, dev.Size()
 		im.LogicalBlockSize, im.PhysicalBlockSize = info.LogicalBlockSize, info.PhysicalBlockSize
-		im.Encrypted = luks.IsLUKS(dev)
+		im.Encrypted = stack.IsLUKS(dev)
 		im.MediaType = api.MediaFixed
 		if sk.Format == formatISO {
 			im.MediaType = api.MediaCDROM
@@ -294,7 +292,7 @@ func (d *Daemon) Inspect(ctx context.Context, req api.InspectRequest) (api.Image
 	}
 	im.Writable = im.MediaType != api.MediaCDROM && syscall.Access(path, 2 /* W_OK */) == nil
 	if im.Format != image.Raw {
-		if fa, err := image.Info(path, im.Format); err == nil {
+		if fa, err := stack.Info(ctx, path, im.Format, stack.S3Options{}); err == nil {
 			im.Details = formatDetails(fa)
 		}
 	}
@@ -306,7 +304,7 @@ func (d *Daemon) Inspect(ctx context.Context, req api.InspectRequest) (api.Image
 }
 
 // storeDetails copies what the object store holds of an image.
-func storeDetails(r chunked.Report) *api.StoreDetails {
+func storeDetails(r stack.StoreReport) *api.StoreDetails {
 	m := r.Manifest
 	sd := &api.StoreDetails{ChunkSize: m.ChunkSize, Chunks: r.Chunks, Created: m.Created, LeaseHolder: r.Holder}
 	if m.ImageFormat != "" {

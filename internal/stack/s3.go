@@ -284,3 +284,22 @@ func resizeS3(ctx context.Context, name string, newSize func(old int64) int64, s
 	}
 	return old, err
 }
+
+// What the object store layer reports, named here for the daemon and the
+// CLI, which reach the layers only through the stack.
+type (
+	// StoreStats is an open s3:// disk's write-back cache.
+	StoreStats = chunked.Stats
+	// StoreReport is what the store holds of an s3:// image (InspectS3).
+	StoreReport = chunked.Report
+	// LeaseError says who holds an s3:// image's lease.
+	LeaseError = chunked.LeaseError
+)
+
+// Errors of images in an object store.
+var (
+	// ErrLeaseHeld: another writer holds the image.
+	ErrLeaseHeld = chunked.ErrLeaseHeld
+	// ErrNoImage: the store holds no image under that name.
+	ErrNoImage = chunked.ErrNoImage
+)
