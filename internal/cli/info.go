@@ -17,10 +17,12 @@ func init() { register(newInfoCmd) }
 
 func newInfoCmd(e *env) *cobra.Command {
 	var (
-		f      daemonFlags
-		format string
-		asJSON bool
-		s3o    api.S3Options
+		f           daemonFlags
+		format      string
+		asJSON      bool
+		s3o         api.S3Options
+		backingDirs []string
+		noBacking   bool
 	)
 	cmd := &cobra.Command{
 		Use:   "info FILE|ID|DEVICE",
@@ -50,7 +52,10 @@ func newInfoCmd(e *env) *cobra.Command {
 			if !errors.As(err, &notOpen) || api.IsID(args[0]) {
 				return err
 			}
-			req := api.InspectRequest{File: args[0], Format: format}
+			req := api.InspectRequest{File: args[0], Format: format, NoBacking: noBacking}
+			if req.BackingDirs, err = resolveBackingDirs(backingDirs); err != nil {
+				return err
+			}
 			if api.IsURL(args[0]) {
 				if req.S3, err = s3Request(s3o); err != nil {
 					return err
@@ -71,6 +76,8 @@ func newInfoCmd(e *env) *cobra.Command {
 	f.add(cmd)
 	cmd.Flags().StringVar(&format, "format", "", "image format of a file that is not open (default: detect)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the record as JSON")
+	cmd.Flags().StringArrayVar(&backingDirs, "backing-dir", nil, "also follow files the image names (backing files, parents, extents) inside this directory tree (repeatable); by default only the image's own directory is trusted")
+	cmd.Flags().BoolVar(&noBacking, "no-backing", false, "describe the top image of a backing chain alone")
 	cmd.Flags().StringVar(&s3o.Endpoint, "s3-endpoint", "", "object store URL for an s3:// image that is not open (default $"+stack.EnvS3Endpoint+")")
 	return cmd
 }

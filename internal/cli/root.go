@@ -49,9 +49,15 @@ func newRoot(e *env) *cobra.Command {
 	var level, cpuProfile string
 	var stopProfile func()
 	root := &cobra.Command{
-		Use:           "vdisk",
-		Short:         "Turn files and disk images into disks",
-		Long:          "vdisk turns ordinary files and disk images into block devices and NBD exports.",
+		Use:   "vdisk",
+		Short: "Turn files and disk images into disks",
+		Long: "vdisk turns ordinary files and disk images into block devices and NBD exports.\n\n" +
+			"Images are untrusted: a file an image names (backing file, parent, extent) is\n" +
+			"followed only inside the directory tree of the image that names it, and only\n" +
+			"if it is a regular file; qemu follows any path, vdisk deliberately does not.\n" +
+			"To open a trusted chain that spans directories, name each further directory\n" +
+			"with --backing-dir DIR (repeatable) on open, serve, info and convert, or look\n" +
+			"at the top layer alone with --no-backing.",
 		Version:       Version,
 		SilenceUsage:  true,
 		SilenceErrors: true,
