@@ -58,6 +58,7 @@ func TestS3(t *testing.T) {
 	t.Run("encrypted", func(t *testing.T) { testS3Encrypted(t, srv) })
 	t.Run("check", func(t *testing.T) { testS3Check(t, srv) })
 	t.Run("resize", func(t *testing.T) { testS3Resize(t, srv) })
+	t.Run("formats", func(t *testing.T) { testS3Formats(t, srv) })
 	t.Run("takeover", func(t *testing.T) { testS3Takeover(t, srv) })
 	t.Run("outage", func(t *testing.T) { testS3Outage(t, srv) })
 }
