@@ -137,3 +137,50 @@ func must(t *testing.T, err error) {
 		t.Fatal(err)
 	}
 }
+
+// FuzzLocalNames: whatever name an image records, LocalNames opens
+// nothing outside the trusted trees (here: the secret beside them).
+func FuzzLocalNames(f *testing.F) {
+	for _, s := range []string{"base.img", "../secret/s", "/etc/passwd", "link/s", "sub/../../secret/s", "./sub/deep.img",
+		"sub/../base.img", "json:{}", "nbd:x", "//secret", "sub/./../link/s", "\x00", ".", ".."} {
+		f.Add(s)
+	}
+	root := f.TempDir()
+	dir := filepath.Join(root, "imgs")
+	for _, d := range []string{filepath.Join(dir, "sub"), filepath.Join(root, "secret")} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			f.Fatal(err)
+		}
+	}
+	for _, p := range []string{filepath.Join(dir, "top.img"), filepath.Join(dir, "base.img"), filepath.Join(dir, "sub", "deep.img"), filepath.Join(root, "secret", "s")} {
+		if err := os.WriteFile(p, []byte("x"), 0o600); err != nil {
+			f.Fatal(err)
+		}
+	}
+	if err := os.Symlink("../secret", filepath.Join(dir, "link")); err != nil {
+		f.Fatal(err)
+	}
+	var secret syscall.Stat_t
+	if err := syscall.Stat(filepath.Join(root, "secret", "s"), &secret); err != nil {
+		f.Fatal(err)
+	}
+	from, err := image.OpenLocal(filepath.Join(dir, "top.img"), image.LocalOptions{ReadOnly: true, NoLock: true})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Cleanup(func() { from.Close() })
+	f.Fuzz(func(t *testing.T, name string) {
+		g, err := image.LocalNames{NoLock: true}.Open(from, name, true)
+		if err != nil {
+			return
+		}
+		defer g.Close()
+		var st syscall.Stat_t
+		if err := syscall.Fstat(int(g.(*image.LocalFile).OS().Fd()), &st); err != nil {
+			t.Fatal(err)
+		}
+		if st.Dev == secret.Dev && st.Ino == secret.Ino {
+			t.Fatalf("%q opened the file outside the image's directory", name)
+		}
+	})
+}
