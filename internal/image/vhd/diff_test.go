@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"vdisk/internal/image/imagetest"
 
@@ -31,10 +32,11 @@ func TestDifferencing(t *testing.T) {
 		t.Fatal(err)
 	}
 	child := filepath.Join(sub, "child.vhd")
-	if err := Create(child, image.CreateOptions{Format: Name, BackingFile: "../base.vhd"}); err != nil {
+	if err := image.Create(child, image.CreateOptions{Format: Name, BackingFile: "../base.vhd", Names: image.LocalNames{Dirs: []string{dir}}}); err != nil {
 		t.Fatal(err)
 	}
-	d, err := Open(child, image.OpenOptions{})
+	trusted := image.OpenOptions{BackingDir: dir} // the parent lies outside sub
+	d, err := image.Open(child, trusted)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -63,13 +65,13 @@ func TestDifferencing(t *testing.T) {
 		t.Fatal(err)
 	}
 	imagetest.MustEqual(t, "parent after child writes", imagetest.QemuRaw(t, base, "vpc"), baseRaw)
-	d, err = Open(child, image.OpenOptions{ReadOnly: true})
+	d, err = image.Open(child, image.OpenOptions{ReadOnly: true, BackingDir: dir})
 	if err != nil {
 		t.Fatal(err)
 	}
 	imagetest.MustEqual(t, "reopened child", imagetest.ReadAll(t, d), ref)
 	d.Close()
-	fa, err := Info(child)
+	fa, err := image.Info(child, Name)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -80,17 +82,17 @@ func TestDifferencing(t *testing.T) {
 	t.Run("no-backing-matches-qemu", func(t *testing.T) {
 		// Only the fixed pieces: the random writes are in ref but not in
 		// layer, so compare the layer where qemu sees the child alone.
-		d, err := Open(child, image.OpenOptions{ReadOnly: true, NoBacking: true})
+		d, err := image.Open(child, image.OpenOptions{ReadOnly: true, NoBacking: true})
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer d.Close()
 		imagetest.MustEqual(t, "child layer", imagetest.ReadAll(t, d), imagetest.QemuRaw(t, child, "vpc"))
 	})
-	t.Run("backing-dir-refuses", func(t *testing.T) {
-		_, err := Open(child, image.OpenOptions{ReadOnly: true, BackingDir: sub})
-		if !errors.Is(err, image.ErrBackingRefused) {
-			t.Fatalf("open with parent outside BackingDir: %v", err)
+	t.Run("outside-refused", func(t *testing.T) {
+		_, err := image.Open(child, image.OpenOptions{ReadOnly: true})
+		if !errors.Is(err, image.ErrBackingRefused) || !strings.Contains(err.Error(), image.BackingDirFlag) {
+			t.Fatalf("open with the parent outside the image's directory: %v", err)
 		}
 	})
 	t.Run("missing-parent", func(t *testing.T) {
@@ -98,8 +100,8 @@ func TestDifferencing(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer os.Rename(base+".away", base)
-		_, err := Open(child, image.OpenOptions{ReadOnly: true})
-		if !errors.Is(err, image.ErrBackingRefused) {
+		_, err := image.Open(child, image.OpenOptions{ReadOnly: true, BackingDir: dir})
+		if err == nil || !strings.Contains(err.Error(), "does not exist") {
 			t.Fatalf("open with a missing parent: %v", err)
 		}
 	})
@@ -108,7 +110,7 @@ func TestDifferencing(t *testing.T) {
 		a := filepath.Join(dir2, "a.vhd")
 		imagetest.Run(t, "qemu-img", "create", "-q", "-f", "vpc", a, "1M")
 		b := filepath.Join(dir2, "b.vhd")
-		if err := Create(b, image.CreateOptions{Format: Name, BackingFile: "a.vhd"}); err != nil {
+		if err := image.Create(b, image.CreateOptions{Format: Name, BackingFile: "a.vhd"}); err != nil {
 			t.Fatal(err)
 		}
 		// Make a's parent b: copy b's differencing header over a.
@@ -121,7 +123,7 @@ func TestDifferencing(t *testing.T) {
 		if err := os.Symlink("a.vhd", b); err != nil {
 			t.Fatal(err)
 		}
-		_, err := Open(a, image.OpenOptions{ReadOnly: true})
+		_, err := image.Open(a, image.OpenOptions{ReadOnly: true})
 		if !errors.Is(err, image.ErrBackingRefused) {
 			t.Fatalf("open of a self-referencing chain: %v", err)
 		}

@@ -30,9 +30,9 @@ func FuzzOpen(f *testing.F) {
 		if err := os.WriteFile(p, b, 0o644); err != nil {
 			t.Fatal(err)
 		}
-		Info(p)
-		Check(p, image.CheckOptions{})
-		d, err := Open(p, image.OpenOptions{ReadOnly: true, NoBacking: true})
+		image.Info(p, Name)
+		image.Check(p, Name, image.CheckOptions{})
+		d, err := image.Open(p, image.OpenOptions{ReadOnly: true, NoBacking: true})
 		if err != nil {
 			return
 		}

@@ -17,10 +17,10 @@ import (
 func smallImage(t testing.TB) []byte {
 	t.Helper()
 	p := filepath.Join(t.TempDir(), "small.vhd")
-	if err := Create(p, image.CreateOptions{Format: Name, Size: 4 << 20, ClusterSize: 64 << 10, Options: map[string]string{"force_size": "on"}}); err != nil {
+	if err := image.Create(p, image.CreateOptions{Format: Name, Size: 4 << 20, ClusterSize: 64 << 10, Options: map[string]string{"force_size": "on"}}); err != nil {
 		t.Fatal(err)
 	}
-	d, err := Open(p, image.OpenOptions{})
+	d, err := image.Open(p, image.OpenOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -73,7 +73,7 @@ func TestHostile(t *testing.T) {
 		{name: "header-offset", mutate: func(b []byte) []byte { be.PutUint64(b[16:], 1<<40); refooter(b); return b }, want: "dynamic header offset", corrupt: true},
 		{name: "block-size", mutate: func(b []byte) []byte { be.PutUint32(b[sectorSize+32:], 3000); reheader(b); return b }, want: "block size 3000", corrupt: true},
 		{name: "bat-too-small", mutate: func(b []byte) []byte { be.PutUint32(b[sectorSize+28:], 1); reheader(b); return b }, want: "too small", corrupt: true},
-		{name: "bat-huge", mutate: func(b []byte) []byte { be.PutUint32(b[sectorSize+28:], 0xfffffff0); reheader(b); return b }, want: "larger than the VHD limit", corrupt: true},
+		{name: "bat-huge", mutate: func(b []byte) []byte { be.PutUint32(b[sectorSize+28:], 0xfffffff0); reheader(b); return b }, want: "max table entries", corrupt: true},
 		{name: "bat-outside-file", mutate: func(b []byte) []byte { be.PutUint64(b[sectorSize+16:], 1<<50); reheader(b); return b }, want: "outside the file", corrupt: true},
 		{name: "bat-past-eof", mutate: func(b []byte) []byte { be.PutUint32(b[bat:], 0x00fffff0); return b }, want: "past the end of the file", corrupt: true},
 		{name: "bat-into-metadata", mutate: func(b []byte) []byte { be.PutUint32(b[bat:], 1); return b }, want: "overlaps the image metadata", corrupt: true},
@@ -90,7 +90,7 @@ func TestHostile(t *testing.T) {
 			if err := os.WriteFile(p, b, 0o644); err != nil {
 				t.Fatal(err)
 			}
-			d, err := Open(p, image.OpenOptions{ReadOnly: true})
+			d, err := image.Open(p, image.OpenOptions{Format: Name, ReadOnly: true})
 			if err == nil {
 				d.Close()
 				t.Fatal("opened")
@@ -104,10 +104,10 @@ func TestHostile(t *testing.T) {
 			if !strings.Contains(err.Error(), tc.want) {
 				t.Errorf("error %q does not mention %q", err, tc.want)
 			}
-			if _, err := Info(p); err == nil {
+			if _, err := image.Info(p, Name); err == nil {
 				t.Errorf("Info accepted the image")
 			}
-			if r, err := Check(p, image.CheckOptions{}); err == nil && r.Clean() {
+			if r, err := image.Check(p, Name, image.CheckOptions{}); err == nil && r.Clean() {
 				t.Errorf("Check found it clean")
 			}
 		})
