@@ -334,3 +334,45 @@ func TestHostileEntries(t *testing.T) {
 		})
 	}
 }
+
+// mirrored is a toy whose table units are written twice, the second copy
+// at mirror (a Locator, like vmdk's redundant grain tables).
+type mirrored struct {
+	*toy
+	mirror int64
+	placed []int64
+}
+
+func (c *mirrored) TableAt(u int64, write bool) ([]int64, error) {
+	if write {
+		c.placed = append(c.placed, u)
+	}
+	return []int64{toyTable + u*512, c.mirror + u*512}, nil
+}
+
+// TestLocator checks that a Codec's Locator places the units written and
+// that Flush writes each copy.
+func TestLocator(t *testing.T) {
+	o := toyOpts{size: 64 << 20, bs: 64 << 10}
+	f := memFile()
+	mirror := o.dataStart()
+	f.Truncate(mirror + o.dataStart())
+	c := &mirrored{toy: &toy{f: f, bs: o.bs}, mirror: mirror}
+	m, err := New(Config{Name: "toy", File: f, Size: o.size, BlockSize: o.bs, Blocks: o.blocks(), Table: make([]byte, 4*o.blocks()),
+		Codec: c, Reserved: []Span{{0, mirror + o.dataStart()}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.WriteAt([]byte("x"), 900*o.bs); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	a, b := make([]byte, 512), make([]byte, 512)
+	f.ReadAt(a, toyTable+7*512)
+	f.ReadAt(b, mirror+7*512)
+	if fmt.Sprint(c.placed) != "[7]" || !bytes.Equal(a, b) || binary.LittleEndian.Uint32(a[4*(900-7*128):]) == 0 {
+		t.Fatalf("placed %v; unit 7 %x, its copy %x", c.placed, a[:16], b[:16])
+	}
+}
