@@ -2,6 +2,7 @@ package vhd
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"os"
 	"path/filepath"
@@ -126,6 +127,49 @@ func TestDifferencing(t *testing.T) {
 		_, err := image.Open(a, image.OpenOptions{ReadOnly: true})
 		if !errors.Is(err, image.ErrBackingRefused) {
 			t.Fatalf("open of a self-referencing chain: %v", err)
+		}
+	})
+	t.Run("absolute-parent", func(t *testing.T) {
+		// The name is recorded as given (an absolute W2ku locator); the
+		// parent is opened only where the user trusts it.
+		other := filepath.Join(t.TempDir(), "child.vhd")
+		if err := image.Create(other, image.CreateOptions{Format: Name, BackingFile: base}); !errors.Is(err, image.ErrBackingRefused) {
+			t.Fatalf("create with an untrusted parent: %v", err)
+		}
+		trust := image.LocalNames{Dirs: []string{dir}}
+		if err := image.Create(other, image.CreateOptions{Format: Name, BackingFile: base, Names: trust}); err != nil {
+			t.Fatal(err)
+		}
+		if fa, err := image.Info(other, Name); err != nil || fa.BackingFile != base {
+			t.Fatalf("Info: %+v, %v", fa, err)
+		}
+		if _, err := image.Open(other, image.OpenOptions{ReadOnly: true}); !errors.Is(err, image.ErrBackingRefused) {
+			t.Fatalf("open with an untrusted absolute parent: %v", err)
+		}
+		d, err := image.Open(other, image.OpenOptions{ReadOnly: true, BackingDir: dir})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer d.Close()
+		imagetest.MustEqual(t, "child of an absolute parent", imagetest.ReadAll(t, d), baseRaw)
+	})
+	t.Run("protocol-name", func(t *testing.T) {
+		// A locator naming nbd: is refused before anything is opened.
+		b := imagetest.ReadFile(t, child)
+		md, err := load(memFile(t, b))
+		if err != nil {
+			t.Fatal(err)
+		}
+		l := md.dh.locators[0]
+		name := encodeUTF16("nbd:evil:10809", binary.LittleEndian)
+		copy(b[l.offset:l.offset+uint64(l.length)], append(name, make([]byte, l.length)...))
+		p := filepath.Join(sub, "evil.vhd")
+		if err := os.WriteFile(p, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		_, err = image.Open(p, image.OpenOptions{ReadOnly: true, BackingDir: dir})
+		if !errors.Is(err, image.ErrBackingRefused) || !strings.Contains(err.Error(), "protocol") {
+			t.Fatalf("open of a child naming nbd:: %v", err)
 		}
 	})
 }
