@@ -87,7 +87,6 @@
 package blockmap
 
 import (
-	"cmp"
 	"errors"
 	"fmt"
 	"maps"
@@ -219,6 +218,11 @@ type Config struct {
 	Blocks int64
 }
 
+// MaxTable is the largest table a Map holds in memory (8 Mi entries of 4
+// bytes: 16 TiB in 2 MiB blocks). Formats refuse a larger one, naming
+// the header field, before they read it.
+const MaxTable = 32 << 20
+
 // Bounds of one Extents call: the extents it returns and the blocks it
 // looks at; of the clean sector bitmaps kept in memory.
 const (
@@ -277,6 +281,9 @@ func New(c Config) (*Map, error) {
 	if c.TableName == "" {
 		c.TableName = "table"
 	}
+	if len(c.Table) > MaxTable {
+		return nil, fmt.Errorf("%s: %s of %d bytes is larger than the %d vdisk holds: %w", c.Name, c.TableName, len(c.Table), MaxTable, image.ErrUnsupported)
+	}
 	if c.BlockSize <= 0 || c.Size < 0 || c.Blocks < (c.Size+c.BlockSize-1)/c.BlockSize {
 		return nil, fmt.Errorf("%s: %d blocks of %d bytes do not hold a disk of %d bytes: %w", c.Name, c.Blocks, c.BlockSize, c.Size, blockdev.ErrCorrupt)
 	}
@@ -291,50 +298,64 @@ func New(c Config) (*Map, error) {
 }
 
 // check verifies the entries and returns the end of the last block or
-// reserved span.
+// reserved span. It holds 8 bytes per allocated block.
 func (m *Map) check() (int64, error) {
 	fsize, err := m.f.Size()
 	if err != nil {
 		return 0, fmt.Errorf("%s: %w", m.c.Name, err)
 	}
-	type span struct {
-		Span
-		blk int64
-	}
 	var end int64
 	for _, r := range m.c.Reserved {
 		end = max(end, r.End)
 	}
-	var blocks []span
+	// The last block of the disk needs storage only for what is in it.
+	bs := m.c.BlockSize
+	lastBlk, lastOff := (m.c.Size-1)/bs, int64(-1)
+	tail := m.c.Size - lastBlk*bs
+	var starts []int64
 	for blk := range m.c.Blocks {
 		e := m.c.Codec.Get(m.table, blk)
 		if !e.Has() {
 			continue
 		}
-		// The last block of the disk needs storage only for what is in it.
-		need := m.c.BlockSize
-		if rest := m.c.Size - blk*need; rest > 0 && rest < need {
-			need = rest
+		need := bs
+		if blk == lastBlk {
+			need, lastOff = tail, e.Off
 		}
-		s := span{Span{e.Off - m.c.Lead, e.Off + need}, blk}
-		if s.Start < 0 || s.End > fsize {
+		if e.Off-m.c.Lead < 0 || e.Off > fsize-need {
 			return 0, m.corruptf("%s entry %d: block at %#x past the end of the file of %d bytes: truncated", m.c.TableName, blk, e.Off, fsize)
 		}
 		for _, r := range m.c.Reserved {
-			if s.Start < r.End && r.Start < s.End {
+			if e.Off-m.c.Lead < r.End && r.Start < e.Off+need {
 				return 0, m.corruptf("%s entry %d: block at %#x overlaps the image metadata at %#x", m.c.TableName, blk, e.Off, r.Start)
 			}
 		}
-		blocks = append(blocks, s)
-		end = max(end, s.End)
+		starts = append(starts, e.Off)
+		end = max(end, e.Off+need)
 	}
-	slices.SortFunc(blocks, func(a, b span) int { return cmp.Compare(a.Start, b.Start) })
-	for i := 1; i < len(blocks); i++ {
-		if blocks[i].Start < blocks[i-1].End {
-			return 0, m.corruptf("%s entries %d and %d share the block at %#x", m.c.TableName, blocks[i-1].blk, blocks[i].blk, blocks[i].Start)
+	slices.Sort(starts)
+	for i := 1; i < len(starts); i++ {
+		need := bs
+		if starts[i-1] == lastOff {
+			need = tail
+		}
+		if starts[i]-m.c.Lead < starts[i-1]+need {
+			return 0, m.shared(starts[i-1], starts[i])
 		}
 	}
 	return end, nil
+}
+
+// shared names two blocks whose storage overlaps, at a and b.
+func (m *Map) shared(a, b int64) error {
+	var blks []int64
+	for blk := range m.c.Blocks {
+		if e := m.c.Codec.Get(m.table, blk); e.Has() && (e.Off == a || e.Off == b) && len(blks) < 2 {
+			blks = append(blks, blk)
+		}
+	}
+	blks = append(blks, -1, -1)
+	return m.corruptf("%s entries %d and %d share the block at %#x", m.c.TableName, blks[0], blks[1], b)
 }
 
 // Size returns the virtual disk size.

@@ -6,6 +6,7 @@ import (
 
 	"vdisk/internal/blockdev"
 	"vdisk/internal/image"
+	"vdisk/internal/image/blockmap"
 )
 
 // Layout of the VDI header (version 1.1, little-endian), as VirtualBox
@@ -130,6 +131,9 @@ func parseHeader(b []byte, fsize int64) (*header, error) {
 	}
 	if h.bmapOff < headerSize || h.bmapOff%sectorSize != 0 || h.bmapOff+4*h.blocks > fsize {
 		return nil, corruptf("block map of %d entries at %#x outside the file of %d bytes", h.blocks, h.bmapOff, fsize)
+	}
+	if 4*h.blocks > blockmap.MaxTable {
+		return nil, fmt.Errorf("vdi: block map of %d blocks (blocks in image) is larger than the %d MiB vdisk reads: %w", h.blocks, blockmap.MaxTable>>20, image.ErrUnsupported)
 	}
 	if h.dataOff%sectorSize != 0 || h.dataOff < h.bmapOff+4*h.blocks {
 		return nil, corruptf("data offset %#x overlaps the block map at %#x", h.dataOff, h.bmapOff)

@@ -17,7 +17,7 @@ import (
 // memFile is an in-memory image.File holding b.
 func memFile(t testing.TB, b []byte) image.File {
 	t.Helper()
-	f := image.NewBackendFile(imagetest.NewMemBackend(max(int64(len(b)), 1<<20)))
+	f := image.NewBackendFile(imagetest.NewMemBackend(max(int64(len(b)), 64<<20)))
 	if _, err := f.WriteAt(b, 0); err != nil {
 		t.Fatal(err)
 	}
@@ -36,6 +36,7 @@ func TestHostile(t *testing.T) {
 		want        string
 		corrupt     bool
 		unsupported bool
+		size        int64 // the file's length, when more than the bytes
 	}{
 		{name: "version", mutate: func(b []byte) []byte { le.PutUint32(b[offVersion:], 0x00020000); return b }, want: "version 2.0", unsupported: true},
 		{name: "type", mutate: func(b []byte) []byte { le.PutUint32(b[offType:], 9); return b }, want: "image type 9", corrupt: true},
@@ -51,6 +52,13 @@ func TestHostile(t *testing.T) {
 			le.PutUint32(b[offBlocks:], 4<<20)
 			return append(b, make([]byte, 1<<20)...)[:1<<20]
 		}, want: "block map of 4194304 entries at 0x200 outside the file of 1048576 bytes", corrupt: true},
+		{name: "table-beyond-vdisk", mutate: func(b []byte) []byte {
+			// 9 TiB in 1 MiB blocks: a block map of 36 MiB, in a sparse
+			// file of 48 MiB that holds it.
+			le.PutUint64(b[offDiskSize:], 9<<40)
+			le.PutUint32(b[offBlocks:], 9<<20)
+			return b
+		}, size: 48 << 20, want: "block map of 9437184 blocks (blocks in image) is larger than the 32 MiB vdisk reads", unsupported: true},
 		{name: "data-overlaps-bmap", mutate: func(b []byte) []byte { le.PutUint32(b[offData:], 0x200); return b }, want: "overlaps the block map", corrupt: true},
 		{name: "entry-beyond", mutate: func(b []byte) []byte { le.PutUint32(b[bmap:], 77); return b }, want: "beyond the 3 blocks", corrupt: true},
 		{name: "entry-shared", mutate: func(b []byte) []byte { copy(b[bmap+4:bmap+8], b[bmap:bmap+4]); return b }, want: "share the block", corrupt: true},
@@ -63,9 +71,17 @@ func TestHostile(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			b := tc.mutate(append([]byte(nil), orig...))
+			file := func() image.File {
+				f := memFile(t, b)
+				if err := f.Truncate(max(tc.size, int64(len(b)))); err != nil {
+					t.Fatal(err)
+				}
+				return f
+			}
+			f := file()
 			var before, after runtime.MemStats
 			runtime.ReadMemStats(&before)
-			d, err := image.OpenFile(memFile(t, b), image.OpenOptions{Format: Name, ReadOnly: true})
+			d, err := image.OpenFile(f, image.OpenOptions{Format: Name, ReadOnly: true})
 			runtime.ReadMemStats(&after)
 			if err == nil {
 				d.Close()
@@ -85,10 +101,10 @@ func TestHostile(t *testing.T) {
 			if !strings.Contains(err.Error(), tc.want) {
 				t.Errorf("error %q does not mention %q", err, tc.want)
 			}
-			if _, err := image.InfoOf(memFile(t, b), Name); err == nil {
+			if _, err := image.InfoOf(file(), Name); err == nil {
 				t.Errorf("Info accepted the image")
 			}
-			if r, err := image.CheckOf(memFile(t, b), Name, image.CheckOptions{}); err == nil && r.Clean() {
+			if r, err := image.CheckOf(file(), Name, image.CheckOptions{}); err == nil && r.Clean() {
 				t.Errorf("Check found it clean")
 			}
 		})

@@ -53,7 +53,7 @@ func reheader(b []byte) {
 // memFile is an in-memory image.File holding b.
 func memFile(t testing.TB, b []byte) image.File {
 	t.Helper()
-	f := image.NewBackendFile(imagetest.NewMemBackend(max(int64(len(b)), 1<<20)))
+	f := image.NewBackendFile(imagetest.NewMemBackend(max(int64(len(b)), 64<<20)))
 	if _, err := f.WriteAt(b, 0); err != nil {
 		t.Fatal(err)
 	}
@@ -72,6 +72,7 @@ func TestHostile(t *testing.T) {
 		want    string
 		notVHD  bool
 		corrupt bool
+		size    int64 // the file's length, when more than the bytes
 	}{
 		{name: "footer-checksum", mutate: func(b []byte) []byte { b[45]++; return b }, want: "footer checksum", corrupt: true},
 		{name: "header-checksum", mutate: func(b []byte) []byte { b[sectorSize+30]++; return b }, want: "dynamic disk header checksum", corrupt: true},
@@ -97,6 +98,17 @@ func TestHostile(t *testing.T) {
 			reheader(b)
 			return append(b, make([]byte, 1<<20)...)[:1<<20]
 		}, want: "BAT of 4278190080 entries at 0x600 outside the file of 1048576 bytes", corrupt: true},
+		{name: "table-beyond-vdisk", mutate: func(b []byte) []byte {
+			// 5 GiB in 512-byte blocks: a BAT of 40 MiB, in a sparse file
+			// of 48 MiB that holds it.
+			copy(b[28:], "win ")
+			be.PutUint64(b[48:], 5<<30)
+			refooter(b)
+			be.PutUint32(b[sectorSize+28:], 10<<20)
+			be.PutUint32(b[sectorSize+32:], 512)
+			reheader(b)
+			return b
+		}, size: 48 << 20, want: "BAT of 10485760 entries (max table entries) is larger than the 32 MiB vdisk reads"},
 		{name: "bat-outside-file", mutate: func(b []byte) []byte { be.PutUint64(b[sectorSize+16:], 1<<50); reheader(b); return b }, want: "outside the file", corrupt: true},
 		{name: "bat-past-eof", mutate: func(b []byte) []byte { be.PutUint32(b[bat:], 0x00fffff0); return b }, want: "past the end of the file", corrupt: true},
 		{name: "bat-into-metadata", mutate: func(b []byte) []byte { be.PutUint32(b[bat:], 1); return b }, want: "overlaps the image metadata", corrupt: true},
@@ -109,9 +121,17 @@ func TestHostile(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			b := tc.mutate(append([]byte(nil), orig...))
+			file := func() image.File {
+				f := memFile(t, b)
+				if err := f.Truncate(max(tc.size, int64(len(b)))); err != nil {
+					t.Fatal(err)
+				}
+				return f
+			}
+			f := file()
 			var before, after runtime.MemStats
 			runtime.ReadMemStats(&before)
-			d, err := image.OpenFile(memFile(t, b), image.OpenOptions{Format: Name, ReadOnly: true})
+			d, err := image.OpenFile(f, image.OpenOptions{Format: Name, ReadOnly: true})
 			runtime.ReadMemStats(&after)
 			if err == nil {
 				d.Close()
@@ -129,10 +149,10 @@ func TestHostile(t *testing.T) {
 			if !strings.Contains(err.Error(), tc.want) {
 				t.Errorf("error %q does not mention %q", err, tc.want)
 			}
-			if _, err := image.InfoOf(memFile(t, b), Name); err == nil {
+			if _, err := image.InfoOf(file(), Name); err == nil {
 				t.Errorf("Info accepted the image")
 			}
-			if r, err := image.CheckOf(memFile(t, b), Name, image.CheckOptions{}); err == nil && r.Clean() {
+			if r, err := image.CheckOf(file(), Name, image.CheckOptions{}); err == nil && r.Clean() {
 				t.Errorf("Check found it clean")
 			}
 		})

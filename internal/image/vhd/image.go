@@ -172,6 +172,9 @@ func load(f image.File) (*meta, error) {
 	if dh.tableOffset < footerSize || dh.tableOffset > uint64(fsize) || int64(dh.tableOffset)+batBytes > fsize {
 		return nil, corruptf("BAT of %d entries at %#x outside the file of %d bytes", dh.maxEntries, dh.tableOffset, fsize)
 	}
+	if batBytes > blockmap.MaxTable {
+		return nil, fmt.Errorf("vhd: BAT of %d entries (max table entries) is larger than the %d MiB vdisk reads: %w", dh.maxEntries, blockmap.MaxTable>>20, image.ErrUnsupported)
+	}
 	md.bat = make([]byte, batBytes)
 	if _, err := f.ReadAt(md.bat, int64(dh.tableOffset)); err != nil {
 		return nil, fmt.Errorf("vhd: read BAT: %w", err)
