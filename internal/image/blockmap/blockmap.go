@@ -384,8 +384,8 @@ func (m *Map) Lookup(blk int64) Entry {
 	return m.c.Codec.Get(m.table, blk)
 }
 
-// Allocated counts the blocks with storage.
-func (m *Map) Allocated() int64 {
+// AllocatedBlocks counts the blocks with storage.
+func (m *Map) AllocatedBlocks() int64 {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	var n int64

@@ -34,7 +34,7 @@ func Check(f image.File, opt image.CheckOptions) (*image.CheckResult, error) {
 		return r, nil
 	}
 	r.TotalClusters = img.h.blocks
-	r.AllocatedClusters = img.Allocated()
+	r.AllocatedClusters = img.AllocatedBlocks()
 	if r.AllocatedClusters != img.h.allocated {
 		r.Leaks++
 		r.Messages = append(r.Messages, fmt.Sprintf("header counts %d allocated blocks, the block map %d", img.h.allocated, r.AllocatedClusters))

@@ -226,3 +226,26 @@ func smallImage(t testing.TB) []byte {
 	}
 	return b
 }
+
+// TestInMemoryFile creates, writes and reopens a VDI whose file is an
+// object store's (in memory), and has qemu-img check and compare it.
+func TestInMemoryFile(t *testing.T) {
+	imagetest.NeedTool(t, "qemu-img")
+	mb := imagetest.NewMemBackend(64 << 20)
+	if err := image.CreateIn(image.NewBackendFile(mb), image.CreateOptions{Format: Name, Size: 5<<20 + 512}); err != nil {
+		t.Fatal(err)
+	}
+	d, err := image.OpenFile(image.NewBackendFile(mb.Reopen()), image.OpenOptions{Format: Name})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := make([]byte, d.Size())
+	imagetest.RandomWrites(t, d, ref, 11, 30, 700<<10)
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(t.TempDir(), "img.vdi")
+	mb.WriteFile(t, p)
+	imagetest.Run(t, "qemu-img", "check", "-f", "vdi", p)
+	imagetest.MustEqual(t, "qemu read", imagetest.QemuRaw(t, p, "vdi"), ref)
+}

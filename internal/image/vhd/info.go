@@ -53,7 +53,7 @@ func Check(f image.File, opt image.CheckOptions) (*image.CheckResult, error) {
 		return r, nil
 	}
 	r.TotalClusters = int64(md.dh.maxEntries)
-	r.AllocatedClusters = img.Allocated()
+	r.AllocatedClusters = img.AllocatedBlocks()
 	r.ImageEndOffset = img.End() + footerSize
 	return r, nil
 }

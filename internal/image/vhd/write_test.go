@@ -198,3 +198,36 @@ func TestConformance(t *testing.T) {
 		})
 	})
 }
+
+// TestInMemoryFile creates, writes and reopens dynamic and fixed VHDs
+// whose file is an object store's (in memory), and has qemu-img read
+// them.
+func TestInMemoryFile(t *testing.T) {
+	imagetest.NeedTool(t, "qemu-img")
+	for _, sub := range []string{"dynamic", "fixed"} {
+		t.Run(sub, func(t *testing.T) {
+			mb := imagetest.NewMemBackend(64 << 20)
+			opt := image.CreateOptions{Format: Name, Size: 5<<20 + 512, Options: map[string]string{"subformat": sub, "force_size": "on"}}
+			if err := image.CreateIn(image.NewBackendFile(mb), opt); err != nil {
+				t.Fatal(err)
+			}
+			d, err := image.OpenFile(image.NewBackendFile(mb.Reopen()), image.OpenOptions{Format: Name})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ref := make([]byte, d.Size())
+			imagetest.RandomWrites(t, d, ref, 11, 30, 700<<10)
+			if err := blockdev.WriteZeroes(d, 1<<20, 1<<20, true); err != nil {
+				t.Fatal(err)
+			}
+			clear(ref[1<<20 : 2<<20])
+			if err := d.Close(); err != nil {
+				t.Fatal(err)
+			}
+			p := filepath.Join(t.TempDir(), "img.vhd")
+			mb.WriteFile(t, p)
+			imagetest.MustEqual(t, "qemu read", imagetest.QemuRaw(t, p, "vpc"), ref)
+			checkClean(t, p)
+		})
+	}
+}
