@@ -67,23 +67,26 @@
 // writes nothing (the headers' write GUIDs are the format's business
 // before the first change, through a hook of its own around WriteAt).
 //
-// VMDK: one Map per sparse extent, over that extent's File; flat and
-// ZERO extents need no map (a ZERO extent is a Map whose Codec says Zero
-// everywhere, a flat one a Map whose Codec says Data at a fixed offset,
-// as vhd's fixed disks do). The table of a sparse extent is its grain
-// tables side by side in guest order, Unit one grain table; Get decodes
-// 0 as Unallocated, 1 (with the zeroed-grain flag) as Zero and a sector
-// as Data (SectorSize is the grain, so Partial is never used). The one
-// thing vmdk needs that vhd and vdi do not is a table whose units lie
-// anywhere in the file and may not exist yet: the Codec then implements
-// Locator, whose TableAt gives each unit's file offsets (the grain
-// directory's entry, and the redundant directory's) and places a missing
-// grain table at the end of the file on the first allocation in it; the
-// directory itself is written by Commit. Units that lie nowhere read as
-// all-Unallocated entries, so the table can be loaded without reading
-// absent grain tables. Compressed grains (streamOptimized) stay outside
-// the core: such extents are read-only, and their Codec reports Data
-// while the format's read hook inflates the grain.
+// VMDK: one Map per extent, over that extent's File, and the image's
+// loop over extents hands each piece to its extent's Map. A flat
+// extent's Codec says Data at its offset in the file (as vhd's fixed
+// disks do), a ZERO extent's Zero everywhere. A sparse extent's table is
+// its grain tables side by side in guest order, Unit one grain table;
+// Get decodes 0 as Unallocated, 1 (with the zeroed-grain flag) as Zero
+// and a sector as Data (SectorSize is the grain, so no Partial blocks);
+// with a parent the extent is Layered and new grains are copied up. What
+// vmdk needs beyond vhd and vdi is a table whose units lie anywhere in
+// the file and may not exist yet: its Codec implements Locator, whose
+// TableAt gives a unit's file offsets (the grain directory's entry and
+// the redundant directory's), and Place, when the grain's table does not
+// exist, puts the new grain table (and its copy) at end and the grain
+// after it, recording them in the directory that Commit writes. A new
+// table reads as zeroes until Flush writes it (everything the core
+// allocates does), so a directory that reaches the file first points at
+// a table of unallocated grains. Units that lie nowhere are loaded as
+// zeroes, without reading. Compressed grains (streamOptimized extents,
+// read-only) stay outside the core, served by the format's own read
+// path.
 package blockmap
 
 import (
@@ -146,9 +149,10 @@ type Codec interface {
 	// Put encodes e as block blk's entry into the table and returns the
 	// offset in the table of the bytes it changed.
 	Put(table []byte, blk int64, e Entry) int64
-	// Place gives block blk storage at end, the first byte past every
-	// allocated block and the metadata, or fails (a table that cannot
-	// address more: wrap blockdev.ErrNoSpace).
+	// Place gives block blk storage at or after end, the first byte past
+	// every allocated block and the metadata, or fails (a table that
+	// cannot address more: wrap blockdev.ErrNoSpace). Everything from end
+	// to the new end reads as zeroes until written.
 	Place(blk, end int64) (Placement, error)
 	// Commit writes the format's own metadata after allocations (end is
 	// the new end): called by Flush after the data and the bitmaps are
@@ -164,10 +168,10 @@ type Bitmapper interface {
 
 // Locator is a Codec whose table is not one run of the file: TableAt
 // returns the file offsets (one, or a redundant copy too) of the table's
-// unit u, placing it when write is set and it has none. (vmdk's grain
-// tables; see the package comment.)
+// unit u, which Place has placed. (vmdk's grain tables; see the package
+// comment.)
 type Locator interface {
-	TableAt(u int64, write bool) ([]int64, error)
+	TableAt(u int64) ([]int64, error)
 }
 
 // Span is a range of the file [Start, End).
@@ -708,9 +712,9 @@ func (m *Map) allocate(blk int64) (Entry, error) {
 		return Entry{}, err
 	}
 	e := pl.Entry
-	// Whatever lies past the block's start (a crash's leftovers, the old
-	// footer) is cut, and the block is extended as zeroes.
-	for _, n := range []int64{e.Off, e.Off + m.c.BlockSize} {
+	// Whatever lies past the end (a crash's leftovers, the old footer) is
+	// cut, and the new space is extended as zeroes.
+	for _, n := range []int64{m.end, max(pl.End, e.Off+m.c.BlockSize)} {
 		if err := m.f.Truncate(n); err != nil {
 			return Entry{}, fmt.Errorf("%s: allocate block %d: %w", m.c.Name, blk, noSpace(err))
 		}
@@ -730,25 +734,15 @@ func (m *Map) allocate(blk int64) (Entry, error) {
 	if pl.Meta != nil {
 		m.meta = append(m.meta, pl)
 	}
-	if err := m.put(blk, e); err != nil {
-		return Entry{}, err
-	}
+	m.put(blk, e)
 	m.end, m.grown = pl.End, true
 	return e, nil
 }
 
 // put records block blk's entry and marks its table unit. Called with mu
 // held.
-func (m *Map) put(blk int64, e Entry) error {
-	pos := m.c.Codec.Put(m.table, blk, e)
-	u := pos / m.c.Unit
-	if l, ok := m.c.Codec.(Locator); ok {
-		if _, err := l.TableAt(u, true); err != nil {
-			return err
-		}
-	}
-	m.dirty[u] = true
-	return nil
+func (m *Map) put(blk int64, e Entry) {
+	m.dirty[m.c.Codec.Put(m.table, blk, e)/m.c.Unit] = true
 }
 
 // Flush makes every completed write durable: the data first, then the
@@ -813,7 +807,7 @@ func (m *Map) writeUnit(u int64) error {
 	offs := []int64{m.c.TableOff + lo}
 	if l, ok := m.c.Codec.(Locator); ok {
 		var err error
-		if offs, err = l.TableAt(u, false); err != nil {
+		if offs, err = l.TableAt(u); err != nil {
 			return err
 		}
 	}
