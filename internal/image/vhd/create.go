@@ -175,7 +175,7 @@ func parentFields(f image.File, opt image.CreateOptions, ft *footer, dh *dynHead
 		}
 	}
 	dh.parentName = name
-	code, p := uint32(platformW2ru), toWindows(filepath.ToSlash(name))
+	code, p := uint32(platformW2ru), toWindows(name)
 	if filepath.IsAbs(name) {
 		code, p = platformW2ku, name
 	}
