@@ -441,11 +441,21 @@ func (m *Map) each(off, n int64, fn func(blk, pos, c int64) error) (int64, error
 
 // ReadAt reads len(p) bytes at off (see the package comment for n on
 // error).
-func (m *Map) ReadAt(p []byte, off int64) (int, error) {
-	if err := m.guard(off, int64(len(p)), false); err != nil {
+func (m *Map) ReadAt(p []byte, off int64) (int, error) { return m.rw(p, off, false) }
+
+// WriteAt writes len(p) bytes at off, allocating blocks as needed (see
+// the package comment for n on error).
+func (m *Map) WriteAt(p []byte, off int64) (int, error) { return m.rw(p, off, true) }
+
+// rw serves ReadAt and WriteAt block by block.
+func (m *Map) rw(p []byte, off int64, write bool) (int, error) {
+	if err := m.guard(off, int64(len(p)), write); err != nil {
 		return 0, err
 	}
 	n, err := m.each(off, int64(len(p)), func(blk, pos, c int64) error {
+		if write {
+			return m.write(p[pos-off:pos-off+c], blk, pos)
+		}
 		return m.read(p[pos-off:pos-off+c], blk, pos)
 	})
 	return int(n), err
@@ -580,18 +590,6 @@ func (m *Map) evict() {
 			delete(m.bitmaps, k)
 		}
 	}
-}
-
-// WriteAt writes len(p) bytes at off, allocating blocks as needed (see
-// the package comment for n on error).
-func (m *Map) WriteAt(p []byte, off int64) (int, error) {
-	if err := m.guard(off, int64(len(p)), true); err != nil {
-		return 0, err
-	}
-	n, err := m.each(off, int64(len(p)), func(blk, pos, c int64) error {
-		return m.write(p[pos-off:pos-off+c], blk, pos)
-	})
-	return int(n), err
 }
 
 // write stores b at guest offset pos inside block blk.
