@@ -4,7 +4,6 @@ import (
 	"crypto/rand"
 	"encoding/binary"
 	"fmt"
-	"os"
 
 	"vdisk/internal/image"
 )
@@ -12,11 +11,11 @@ import (
 // headerText is the text at the start of the images vdisk makes.
 const headerText = "<<< vdisk VDI Disk Image >>>\n"
 
-// Create makes a new VDI at path (it must not exist). opt.Options may set
+// Create writes a new VDI into f, an empty file, and syncs it. opt.Options may set
 // static (on: every block allocated up front, in order; off, the default:
 // dynamic); subformat=static|dynamic says the same. The block size is
 // 1 MiB, the only one qemu reads; VDI has no backing files.
-func Create(path string, opt image.CreateOptions) error {
+func Create(f image.File, opt image.CreateOptions) error {
 	if err := opt.Validate(); err != nil {
 		return err
 	}
@@ -67,23 +66,15 @@ func Create(path string, opt image.CreateOptions) error {
 		}
 		binary.LittleEndian.PutUint32(buf[h.bmapOff+4*i:], e)
 	}
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
-	if err != nil {
-		return fmt.Errorf("vdi: create: %w", err)
-	}
-	_, err = f.WriteAt(buf, 0)
+	_, err := f.WriteAt(buf, 0)
 	if err == nil {
 		err = f.Truncate(fileSize)
 	}
 	if err == nil {
 		err = f.Sync()
 	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
 	if err != nil {
-		os.Remove(path)
-		return fmt.Errorf("vdi: create %s: %w", path, err)
+		return fmt.Errorf("vdi: create %s: %w", f.Name(), err)
 	}
 	return nil
 }

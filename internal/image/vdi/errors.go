@@ -1,7 +1,11 @@
 package vdi
 
-import "errors"
+import (
+	"fmt"
+
+	"vdisk/internal/image"
+)
 
 // ErrNotVDI is returned by Open and Info for a file without the VDI
-// signature.
-var ErrNotVDI = errors.New("not a VDI image")
+// signature. It wraps image.ErrWrongFormat.
+var ErrNotVDI = fmt.Errorf("not a VDI image: %w", image.ErrWrongFormat)

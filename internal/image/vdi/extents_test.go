@@ -15,10 +15,10 @@ func TestExtentsSeeFileHoles(t *testing.T) {
 	for _, static := range []string{"on", "off"} {
 		t.Run("static="+static, func(t *testing.T) {
 			p := filepath.Join(t.TempDir(), "img.vdi")
-			if err := Create(p, image.CreateOptions{Format: Name, Size: 4 << 20, Options: map[string]string{"static": static}}); err != nil {
+			if err := image.Create(p, image.CreateOptions{Format: Name, Size: 4 << 20, Options: map[string]string{"static": static}}); err != nil {
 				t.Fatal(err)
 			}
-			d, err := Open(p, image.OpenOptions{})
+			d, err := image.Open(p, image.OpenOptions{Format: Name})
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -6,6 +6,7 @@ import (
 
 	"vdisk/internal/blockdev"
 	"vdisk/internal/image"
+	"vdisk/internal/image/blockmap"
 )
 
 // Layout of the VDI header (version 1.1, little-endian), as VirtualBox
@@ -22,6 +23,9 @@ const (
 	DefaultBlockSize = 1 << 20
 	// maxBlocks bounds blocks_in_image (qemu's VDI_BLOCKS_IN_IMAGE_MAX).
 	maxBlocks = 0x3fffffff
+	// blockSlack is how many blocks past what the disk size needs an
+	// image may have (4 KiB of block map at most).
+	blockSlack = 1024
 
 	blockFree = 0xffffffff // VDI_UNALLOCATED: reads as zeroes
 	blockZero = 0xfffffffe // VDI_DISCARDED: reads as zeroes
@@ -122,8 +126,14 @@ func parseHeader(b []byte, fsize int64) (*header, error) {
 	if h.diskSize < 0 || h.diskSize > h.blocks*bs {
 		return nil, corruptf("disk size %d does not fit %d blocks of %d bytes", h.diskSize, h.blocks, bs)
 	}
+	if need := (h.diskSize + bs - 1) / bs; h.blocks > need+blockSlack {
+		return nil, corruptf("%d blocks (blocks in image) is more than the %d that a disk of %d bytes in %d-byte blocks needs", h.blocks, need, h.diskSize, bs)
+	}
 	if h.bmapOff < headerSize || h.bmapOff%sectorSize != 0 || h.bmapOff+4*h.blocks > fsize {
 		return nil, corruptf("block map of %d entries at %#x outside the file of %d bytes", h.blocks, h.bmapOff, fsize)
+	}
+	if 4*h.blocks > blockmap.MaxTable {
+		return nil, fmt.Errorf("vdi: block map of %d blocks (blocks in image) is larger than the %d MiB vdisk reads: %w", h.blocks, blockmap.MaxTable>>20, image.ErrUnsupported)
 	}
 	if h.dataOff%sectorSize != 0 || h.dataOff < h.bmapOff+4*h.blocks {
 		return nil, corruptf("data offset %#x overlaps the block map at %#x", h.dataOff, h.bmapOff)

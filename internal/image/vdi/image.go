@@ -1,26 +1,21 @@
 // Package vdi reads and writes VirtualBox VDI images (version 1.1, dynamic
-// and static) as blockdev Devices. It registers itself with the image
-// registry as "vdi".
+// and static) as blockdev Devices over an image.File. It registers itself
+// with the image registry as "vdi".
 //
-// An Image serves reads and writes from many goroutines at once. One mutex
-// (mu) guards the block map and the allocator; data is read and written
-// outside it. A new block gets space at the end of the file (extended
-// sparse, so it reads as zeroes until written); Flush syncs the data, then
-// writes the block map entries and the header's count of allocated blocks,
-// then syncs again. A crash before a Flush loses unflushed writes and leaves
-// at most unreferenced space at the end of the file, which the next
-// allocation reuses.
+// An Image is the blockmap core over the block map: entries are indices
+// of blocks in the data area (or "free" and "zero", which read as
+// zeroes). A new block takes the next index at the end of the file; the
+// core writes the header's count of allocated blocks and then the block
+// map entries at Flush, after the data is durable.
 package vdi
 
 import (
 	"encoding/binary"
 	"fmt"
-	"log/slog"
-	"os"
-	"sync"
 
 	"vdisk/internal/blockdev"
 	"vdisk/internal/image"
+	"vdisk/internal/image/blockmap"
 )
 
 // Name is the format's name in the image registry.
@@ -28,72 +23,45 @@ const Name = "vdi"
 
 func init() {
 	image.Register(image.Format{
-		Name:   Name,
-		Probe:  probe,
-		Open:   func(path string, opt image.OpenOptions) (blockdev.Device, error) { return Open(path, opt) },
-		Create: Create,
-		Info:   Info,
-		Check:  Check,
+		Name:       Name,
+		Probe:      probe,
+		OpenFile:   func(f image.File, opt image.OpenOptions) (blockdev.Device, error) { return Open(f, opt) },
+		CreateFile: Create,
+		InfoFile:   Info,
+		CheckFile:  Check,
 	})
 }
 
-// Image is an open VDI image. See the package comment for its concurrency
-// contract.
+// Image is an open VDI image.
 type Image struct {
-	f        *os.File
-	path     string
-	h        *header
-	size     int64
-	bs       int64
-	readOnly bool
-	log      *slog.Logger
-
-	mu       sync.Mutex
-	closed   bool
-	bmap     []uint32
-	dirty    map[int64]bool // block map sectors to write
-	next     int64          // index of the next block to allocate
-	fileSize int64
-	hdrDirty bool // the allocated-block count changed
+	*blockmap.Map
+	h *header
 }
 
-var (
-	_ blockdev.Device     = (*Image)(nil)
-	_ blockdev.Trimmer    = (*Image)(nil)
-	_ blockdev.ZeroWriter = (*Image)(nil)
-	_ blockdev.Extenter   = (*Image)(nil)
-	_ blockdev.Describer  = (*Image)(nil)
-)
-
-// Open opens the VDI at path.
-func Open(path string, opt image.OpenOptions) (*Image, error) {
+// Open opens the VDI in f.
+func Open(f image.File, opt image.OpenOptions) (*Image, error) {
 	if err := opt.Validate(); err != nil {
 		return nil, err
 	}
-	f, err := image.OpenPath("vdi", path, opt)
+	img, err := load(f, opt.ReadOnly)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%w (in %s)", err, f.Name())
 	}
-	img, err := load(f)
-	if err != nil {
-		f.Close()
-		return nil, fmt.Errorf("%w (in %s)", err, path)
-	}
-	img.path, img.readOnly, img.log = path, opt.ReadOnly, opt.Log
 	return img, nil
 }
 
-// load reads and validates the header and the block map.
-func load(f *os.File) (*Image, error) {
-	st, err := f.Stat()
+// load reads and checks the header, then the block map (bounded by the
+// header's checks against the disk size and the file size), and serves
+// the image on the blockmap core, which checks every entry.
+func load(f image.File, readOnly bool) (*Image, error) {
+	fsize, err := f.Size()
 	if err != nil {
 		return nil, fmt.Errorf("vdi: %w", err)
 	}
-	fsize := st.Size()
-	b := make([]byte, headerSize)
 	if fsize < headerSize {
 		return nil, fmt.Errorf("vdi: file of %d bytes is too short for a header: %w", fsize, ErrNotVDI)
 	}
+	b := make([]byte, headerSize)
 	if _, err := f.ReadAt(b, 0); err != nil {
 		return nil, fmt.Errorf("vdi: read header: %w", err)
 	}
@@ -101,62 +69,66 @@ func load(f *os.File) (*Image, error) {
 	if err != nil {
 		return nil, err
 	}
-	raw := make([]byte, 4*h.blocks)
-	if _, err := f.ReadAt(raw, h.bmapOff); err != nil {
+	bmap := make([]byte, 4*h.blocks)
+	if _, err := f.ReadAt(bmap, h.bmapOff); err != nil {
 		return nil, fmt.Errorf("vdi: read block map: %w", err)
 	}
-	img := &Image{f: f, h: h, size: h.diskSize, bs: h.blockSize, bmap: make([]uint32, h.blocks), dirty: map[int64]bool{}, fileSize: fsize}
-	used := make(map[uint32]int, h.allocated)
-	img.next = h.allocated
-	for i := range img.bmap {
-		e := binary.LittleEndian.Uint32(raw[4*i:])
-		img.bmap[i] = e
-		if e == blockFree || e == blockZero {
-			continue
-		}
-		if int64(e) >= h.blocks {
+	for i := range h.blocks {
+		if e := binary.LittleEndian.Uint32(bmap[4*i:]); e < blockZero && int64(e) >= h.blocks {
 			return nil, corruptf("block map entry %d (%d) is beyond the %d blocks of the image", i, e, h.blocks)
 		}
-		if end := h.dataOff + (int64(e)+1)*h.blockSize; end > fsize {
-			return nil, corruptf("block map entry %d (%d) ends at %d, past the end of the file of %d bytes: truncated", i, e, end, fsize)
-		}
-		if j, ok := used[e]; ok {
-			return nil, corruptf("block map entries %d and %d share block %d", j, i, e)
-		}
-		used[e] = i
-		img.next = max(img.next, int64(e)+1)
 	}
-	return img, nil
+	m, err := blockmap.New(blockmap.Config{
+		Name: "vdi", File: f, Size: h.diskSize, BlockSize: h.blockSize, Blocks: h.blocks,
+		Table: bmap, TableOff: h.bmapOff, TableName: "block map", Codec: &codec{f: f, h: h},
+		Reserved: []blockmap.Span{{Start: 0, End: h.dataOff}},
+		End:      h.dataOff + h.allocated*h.blockSize,
+		ReadOnly: readOnly,
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &Image{Map: m, h: h}, nil
 }
 
-// Size returns the virtual disk size.
-func (img *Image) Size() int64 { return img.size }
-
-// BlockSize returns the size of the image's blocks.
-func (img *Image) BlockSize() int64 { return img.bs }
-
-// Info reports block sizes and whether the image is read-only.
-func (img *Image) Info() blockdev.Info {
-	return blockdev.Info{LogicalBlockSize: sectorSize, PhysicalBlockSize: 4096, ReadOnly: img.readOnly}
+// codec maps the block map: little-endian indices of blocks in the data
+// area.
+type codec struct {
+	f image.File
+	h *header
 }
 
-// Close flushes every change and releases the file.
-func (img *Image) Close() error {
-	img.mu.Lock()
-	if img.closed {
-		img.mu.Unlock()
-		return blockdev.ErrClosed
+func (c *codec) Get(t []byte, blk int64) blockmap.Entry {
+	switch e := binary.LittleEndian.Uint32(t[4*blk:]); e {
+	case blockFree:
+		return blockmap.Entry{}
+	case blockZero:
+		return blockmap.Entry{State: blockmap.Zero}
+	default:
+		return blockmap.Entry{State: blockmap.Data, Off: c.h.dataOff + int64(e)*c.h.blockSize}
 	}
-	img.mu.Unlock()
-	var err error
-	if !img.readOnly {
-		err = img.Flush()
+}
+
+func (c *codec) Put(t []byte, blk int64, e blockmap.Entry) int64 {
+	binary.LittleEndian.PutUint32(t[4*blk:], uint32((e.Off-c.h.dataOff)/c.h.blockSize))
+	return 4 * blk
+}
+
+// Place gives the block the next index, at end.
+func (c *codec) Place(blk, end int64) (blockmap.Placement, error) {
+	if next := (end - c.h.dataOff) / c.h.blockSize; next >= c.h.blocks {
+		return blockmap.Placement{}, corruptf("no free block left for block %d: %d of %d in use", blk, next, c.h.blocks)
 	}
-	img.mu.Lock()
-	img.closed = true
-	img.mu.Unlock()
-	if cerr := img.f.Close(); err == nil && cerr != nil {
-		err = fmt.Errorf("vdi: close: %w", cerr)
+	return blockmap.Placement{Entry: blockmap.Entry{State: blockmap.Data, Off: end}, End: end + c.h.blockSize}, nil
+}
+
+// Commit writes the header's count of allocated blocks.
+func (c *codec) Commit(end int64) error {
+	c.h.allocated = (end - c.h.dataOff) / c.h.blockSize
+	var b [4]byte
+	binary.LittleEndian.PutUint32(b[:], uint32(c.h.allocated))
+	if _, err := c.f.WriteAt(b[:], offAllocated); err != nil {
+		return fmt.Errorf("vdi: write header: %w", err)
 	}
-	return err
+	return nil
 }

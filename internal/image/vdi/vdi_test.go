@@ -1,11 +1,8 @@
 package vdi
 
 import (
-	"encoding/binary"
-	"errors"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"testing"
 	"vdisk/internal/image/imagetest"
@@ -46,13 +43,13 @@ func TestReadQemuImages(t *testing.T) {
 			if got, err := image.Probe(p); err != nil || got != Name {
 				t.Fatalf("probe: %q, %v", got, err)
 			}
-			d, err := Open(p, image.OpenOptions{ReadOnly: true})
+			d, err := image.Open(p, image.OpenOptions{Format: Name, ReadOnly: true})
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer d.Close()
 			imagetest.MustEqual(t, "read", imagetest.ReadAll(t, d), want)
-			fa, err := Info(p)
+			fa, err := image.Info(p, Name)
 			if err != nil || fa.VirtualSize != int64(len(want)) || fa.ClusterSize != DefaultBlockSize {
 				t.Errorf("Info: %+v, %v", fa, err)
 			}
@@ -75,11 +72,11 @@ func TestWriteMatchesQemu(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := filepath.Join(t.TempDir(), "img.vdi")
-			if err := Create(p, image.CreateOptions{Format: Name, Size: tc.size, Options: tc.opts}); err != nil {
+			if err := image.Create(p, image.CreateOptions{Format: Name, Size: tc.size, Options: tc.opts}); err != nil {
 				t.Fatal(err)
 			}
 			imagetest.Run(t, "qemu-img", "check", p)
-			d, err := Open(p, image.OpenOptions{})
+			d, err := image.Open(p, image.OpenOptions{Format: Name})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -112,11 +109,11 @@ func TestWriteMatchesQemu(t *testing.T) {
 				t.Fatal(err)
 			}
 			imagetest.Run(t, "qemu-img", "compare", "-f", "vdi", "-F", "raw", p, refPath)
-			r, err := Check(p, image.CheckOptions{})
+			r, err := image.Check(p, Name, image.CheckOptions{})
 			if err != nil || !r.Clean() || r.AllocatedClusters == 0 {
 				t.Fatalf("check: %+v, %v", r, err)
 			}
-			d2, err := Open(p, image.OpenOptions{ReadOnly: true})
+			d2, err := image.Open(p, image.OpenOptions{Format: Name, ReadOnly: true})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -137,10 +134,10 @@ func (nopClose) Close() error { return nil }
 func TestUnflushedAllocation(t *testing.T) {
 	imagetest.NeedTool(t, "qemu-img")
 	p := filepath.Join(t.TempDir(), "img.vdi")
-	if err := Create(p, image.CreateOptions{Format: Name, Size: 4 << 20}); err != nil {
+	if err := image.Create(p, image.CreateOptions{Format: Name, Size: 4 << 20}); err != nil {
 		t.Fatal(err)
 	}
-	d, err := Open(p, image.OpenOptions{})
+	d, err := image.Open(p, image.OpenOptions{Format: Name})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -154,9 +151,9 @@ func TestUnflushedAllocation(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Simulate the crash: release the file without the final Flush.
-	d.f.Close()
+	d.(*Image).File().Close()
 	imagetest.Run(t, "qemu-img", "check", p)
-	d, err = Open(p, image.OpenOptions{})
+	d, err = image.Open(p, image.OpenOptions{Format: Name})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -190,10 +187,10 @@ func TestConformance(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			blockdevtest.Run(t, func(t *testing.T, size int64) blockdev.Device {
 				p := filepath.Join(t.TempDir(), "img.vdi")
-				if err := Create(p, image.CreateOptions{Format: Name, Size: size, Options: tc.opts}); err != nil {
+				if err := image.Create(p, image.CreateOptions{Format: Name, Size: size, Options: tc.opts}); err != nil {
 					t.Fatal(err)
 				}
-				d, err := Open(p, image.OpenOptions{ReadOnly: tc.ro})
+				d, err := image.Open(p, image.OpenOptions{Format: Name, ReadOnly: tc.ro})
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -208,10 +205,10 @@ func TestConformance(t *testing.T) {
 func smallImage(t testing.TB) []byte {
 	t.Helper()
 	p := filepath.Join(t.TempDir(), "small.vdi")
-	if err := Create(p, image.CreateOptions{Format: Name, Size: 3 << 20}); err != nil {
+	if err := image.Create(p, image.CreateOptions{Format: Name, Size: 3 << 20}); err != nil {
 		t.Fatal(err)
 	}
-	d, err := Open(p, image.OpenOptions{})
+	d, err := image.Open(p, image.OpenOptions{Format: Name})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -230,97 +227,25 @@ func smallImage(t testing.TB) []byte {
 	return b
 }
 
-// TestHostile opens damaged and malicious images: each is refused with an
-// error naming the problem.
-func TestHostile(t *testing.T) {
-	le := binary.LittleEndian
-	const bmap = headerSize
-	tests := []struct {
-		name        string
-		mutate      func(b []byte) []byte
-		want        string
-		corrupt     bool
-		unsupported bool
-	}{
-		{name: "version", mutate: func(b []byte) []byte { le.PutUint32(b[offVersion:], 0x00020000); return b }, want: "version 2.0", unsupported: true},
-		{name: "type", mutate: func(b []byte) []byte { le.PutUint32(b[offType:], 9); return b }, want: "image type 9", corrupt: true},
-		{name: "differencing", mutate: func(b []byte) []byte { le.PutUint32(b[offType:], typeDiff); return b }, want: "differencing", unsupported: true},
-		{name: "sector-size", mutate: func(b []byte) []byte { le.PutUint32(b[offSectorSize:], 4096); return b }, want: "sector size", corrupt: true},
-		{name: "block-size", mutate: func(b []byte) []byte { le.PutUint32(b[offBlockSize:], 1000); return b }, want: "block size 1000", corrupt: true},
-		{name: "huge-disk", mutate: func(b []byte) []byte { le.PutUint64(b[offDiskSize:], 1<<62); return b }, want: "does not fit", corrupt: true},
-		{name: "too-many-blocks", mutate: func(b []byte) []byte { le.PutUint32(b[offBlocks:], 0xffffffff); return b }, want: "more than the VDI limit", corrupt: true},
-		{name: "bmap-outside", mutate: func(b []byte) []byte { le.PutUint32(b[offBlocks:], 0x3ffffff0); return b }, want: "outside the file", corrupt: true},
-		{name: "data-overlaps-bmap", mutate: func(b []byte) []byte { le.PutUint32(b[offData:], 0x200); return b }, want: "overlaps the block map", corrupt: true},
-		{name: "entry-beyond", mutate: func(b []byte) []byte { le.PutUint32(b[bmap:], 77); return b }, want: "beyond the 3 blocks", corrupt: true},
-		{name: "entry-shared", mutate: func(b []byte) []byte { copy(b[bmap+4:bmap+8], b[bmap:bmap+4]); return b }, want: "share block", corrupt: true},
-		{name: "truncated", mutate: func(b []byte) []byte { return b[:len(b)-5000] }, want: "truncated", corrupt: true},
-		{name: "parent-link", mutate: func(b []byte) []byte { b[offUUIDParent] = 1; return b }, want: "parent", unsupported: true},
-		{name: "not-vdi", mutate: func(b []byte) []byte { return []byte(strings.Repeat("y", 1024)) }},
-		{name: "short", mutate: func(b []byte) []byte { return b[:100] }},
+// TestInMemoryFile creates, writes and reopens a VDI whose file is an
+// object store's (in memory), and has qemu-img check and compare it.
+func TestInMemoryFile(t *testing.T) {
+	imagetest.NeedTool(t, "qemu-img")
+	mb := imagetest.NewMemBackend(64 << 20)
+	if err := image.CreateIn(image.NewBackendFile(mb), image.CreateOptions{Format: Name, Size: 5<<20 + 512}); err != nil {
+		t.Fatal(err)
 	}
-	orig := smallImage(t)
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			b := tc.mutate(append([]byte(nil), orig...))
-			p := filepath.Join(t.TempDir(), "bad.vdi")
-			if err := os.WriteFile(p, b, 0o644); err != nil {
-				t.Fatal(err)
-			}
-			d, err := Open(p, image.OpenOptions{ReadOnly: true})
-			if err == nil {
-				d.Close()
-				t.Fatal("opened")
-			}
-			switch {
-			case tc.corrupt && !errors.Is(err, blockdev.ErrCorrupt):
-				t.Errorf("error does not wrap ErrCorrupt: %v", err)
-			case tc.unsupported && !errors.Is(err, image.ErrUnsupported):
-				t.Errorf("error does not wrap ErrUnsupported: %v", err)
-			case !tc.corrupt && !tc.unsupported && !errors.Is(err, ErrNotVDI):
-				t.Errorf("error does not wrap ErrNotVDI: %v", err)
-			}
-			if !strings.Contains(err.Error(), tc.want) {
-				t.Errorf("error %q does not mention %q", err, tc.want)
-			}
-		})
+	d, err := image.OpenFile(image.NewBackendFile(mb.Reopen()), image.OpenOptions{Format: Name})
+	if err != nil {
+		t.Fatal(err)
 	}
-}
-
-// fuzzReadLimit bounds how much of an opened image FuzzOpen reads.
-const fuzzReadLimit = 1 << 20
-
-// FuzzOpen opens arbitrary bytes as a VDI: it must never panic, hang or
-// allocate without bound, and what opens must read and describe its
-// extents without error.
-func FuzzOpen(f *testing.F) {
-	seeds, _ := filepath.Glob("testdata/*.vdi")
-	for _, s := range seeds {
-		b, err := os.ReadFile(s)
-		if err != nil {
-			f.Fatal(err)
-		}
-		f.Add(b)
+	ref := make([]byte, d.Size())
+	imagetest.RandomWrites(t, d, ref, 11, 30, 700<<10)
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
 	}
-	f.Add(smallImage(f))
-	f.Fuzz(func(t *testing.T, b []byte) {
-		p := filepath.Join(t.TempDir(), "f.vdi")
-		if err := os.WriteFile(p, b, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		Info(p)
-		Check(p, image.CheckOptions{})
-		d, err := Open(p, image.OpenOptions{ReadOnly: true})
-		if err != nil {
-			return
-		}
-		defer d.Close()
-		n := min(d.Size(), fuzzReadLimit)
-		buf := make([]byte, n)
-		if _, err := d.ReadAt(buf, d.Size()-n); err != nil {
-			t.Fatalf("read of an opened image: %v", err)
-		}
-		if _, err := blockdev.Extents(d, 0, d.Size()); err != nil {
-			t.Fatalf("extents of an opened image: %v", err)
-		}
-	})
+	p := filepath.Join(t.TempDir(), "img.vdi")
+	mb.WriteFile(t, p)
+	imagetest.Run(t, "qemu-img", "check", "-f", "vdi", p)
+	imagetest.MustEqual(t, "qemu read", imagetest.QemuRaw(t, p, "vdi"), ref)
 }

@@ -17,13 +17,10 @@ import (
 func TestUnflushedAllocation(t *testing.T) {
 	imagetest.NeedTool(t, "qemu-img")
 	p := filepath.Join(t.TempDir(), "img.vhd")
-	if err := Create(p, image.CreateOptions{Format: Name, Size: 8 << 20, ClusterSize: 1 << 20, Options: map[string]string{"force_size": "on"}}); err != nil {
+	if err := image.Create(p, image.CreateOptions{Format: Name, Size: 8 << 20, ClusterSize: 1 << 20, Options: map[string]string{"force_size": "on"}}); err != nil {
 		t.Fatal(err)
 	}
-	d, err := OpenDynamic(p, image.OpenOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	d := openImage(t, p, image.OpenOptions{})
 	kept := bytes.Repeat([]byte("kept"), 1024)
 	if _, err := d.WriteAt(kept, 1<<20); err != nil {
 		t.Fatal(err)
@@ -34,11 +31,11 @@ func TestUnflushedAllocation(t *testing.T) {
 	if _, err := d.WriteAt([]byte("lost"), 5<<20); err != nil {
 		t.Fatal(err)
 	}
-	d.f.Close() // the crash: no Flush
+	d.File().Close() // the crash: no Flush
 	ref := make([]byte, 8<<20)
 	copy(ref[1<<20:], kept)
 	imagetest.MustEqual(t, "qemu after the crash", imagetest.QemuRaw(t, p, "vpc"), ref)
-	d2, err := Open(p, image.OpenOptions{})
+	d2, err := image.Open(p, image.OpenOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -52,4 +49,18 @@ func TestUnflushedAllocation(t *testing.T) {
 	}
 	imagetest.MustEqual(t, "qemu after more writes", imagetest.QemuRaw(t, p, "vpc"), ref)
 	checkClean(t, p)
+}
+
+// openImage opens the VHD at p as an *Image.
+func openImage(t testing.TB, p string, opt image.OpenOptions) *Image {
+	t.Helper()
+	d, err := image.Open(p, opt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, ok := d.(*Image)
+	if !ok {
+		t.Fatalf("opened a %T", d)
+	}
+	return img
 }

@@ -21,14 +21,15 @@ var vhdEpoch = time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)
 
 func timestamp(t time.Time) uint32 { return uint32(t.Sub(vhdEpoch) / time.Second) }
 
-// Create makes a new VHD at path (it must not exist). opt.Options may set
+// Create writes a new VHD into f, an empty file, and syncs it. opt.Options may set
 // subformat (dynamic, the default, or fixed) and force_size (on: the size
 // is kept exactly and the geometry set to its maximum, as qemu's
 // force_size does; off: the size is rounded up to a whole CHS geometry).
 // opt.ClusterSize sets a dynamic disk's block size (default 2 MiB). With
 // opt.BackingFile, a differencing disk of the parent's size is made; its
-// parent must be a VHD.
-func Create(path string, opt image.CreateOptions) error {
+// parent must be a VHD, opened through opt.Names to read its size and
+// identity; its name is recorded as given.
+func Create(f image.File, opt image.CreateOptions) error {
 	if err := opt.Validate(); err != nil {
 		return err
 	}
@@ -74,41 +75,36 @@ func Create(path string, opt image.CreateOptions) error {
 	dh := &dynHeader{blockSize: uint32(bs), tableOffset: 3 * sectorSize}
 	var locData [][]byte
 	if opt.BackingFile != "" {
-		if err := parentFields(path, opt, ft, dh, &locData); err != nil {
+		if err := parentFields(f, opt, ft, dh, &locData); err != nil {
 			return err
 		}
 	} else if err := sizeFields(ft, opt.Size, force); err != nil {
 		return err
 	}
-	var buf []byte
-	var fileSize int64
 	if fixed {
 		ft.diskType = typeFixed
-		fileSize = int64(ft.currentSize) + footerSize
-		buf = ft.encode()
-	} else {
-		ft.dataOffset = sectorSize
-		entries := (int64(ft.currentSize) + bs - 1) / bs
-		dh.maxEntries = uint32(entries)
-		batBytes := (entries*4 + sectorSize - 1) &^ (sectorSize - 1)
-		end := 3*sectorSize + batBytes
-		for i, d := range locData {
-			dh.locators[i].offset = uint64(end)
-			end += (int64(len(d)) + sectorSize - 1) &^ (sectorSize - 1)
-		}
-		buf = make([]byte, end+footerSize)
-		copy(buf, ft.encode())
-		copy(buf[sectorSize:], dh.encode())
-		for i := 3 * sectorSize; i < 3*sectorSize+int(entries)*4; i++ {
-			buf[i] = 0xff
-		}
-		for i, d := range locData {
-			copy(buf[dh.locators[i].offset:], d)
-		}
-		copy(buf[end:], ft.raw[:])
-		fileSize = int64(len(buf))
+		return writeNew(f, ft.encode(), int64(ft.currentSize))
 	}
-	return writeNew(path, buf, fileSize)
+	ft.dataOffset = sectorSize
+	entries := (int64(ft.currentSize) + bs - 1) / bs
+	dh.maxEntries = uint32(entries)
+	batBytes := (entries*4 + sectorSize - 1) &^ (sectorSize - 1)
+	end := 3*sectorSize + batBytes
+	for i, d := range locData {
+		dh.locators[i].offset = uint64(end)
+		end += (int64(len(d)) + sectorSize - 1) &^ (sectorSize - 1)
+	}
+	buf := make([]byte, end+footerSize)
+	copy(buf, ft.encode())
+	copy(buf[sectorSize:], dh.encode())
+	for i := 3 * sectorSize; i < 3*sectorSize+int(entries)*4; i++ {
+		buf[i] = 0xff
+	}
+	for i, d := range locData {
+		copy(buf[dh.locators[i].offset:], d)
+	}
+	copy(buf[end:], ft.raw[:])
+	return writeNew(f, buf, 0)
 }
 
 // sizeFields sets the footer's size and geometry for a disk of size bytes,
@@ -139,29 +135,32 @@ func sizeFields(ft *footer, size int64, force bool) error {
 }
 
 // parentFields fills a differencing disk's footer and header from its
-// parent, and returns the parent locators' data.
-func parentFields(path string, opt image.CreateOptions, ft *footer, dh *dynHeader, locData *[][]byte) error {
+// parent, and returns the parent locator's data: the name as given, as a
+// relative or an absolute Windows path.
+func parentFields(f image.File, opt image.CreateOptions, ft *footer, dh *dynHeader, locData *[][]byte) error {
 	if opt.BackingFormat != "" && opt.BackingFormat != Name {
 		return fmt.Errorf("vhd: parent format %q: a differencing disk's parent must be a VHD: %w", opt.BackingFormat, image.ErrUnsupported)
 	}
 	name := opt.BackingFile
-	pp := name
-	if !filepath.IsAbs(pp) {
-		pp = filepath.Join(filepath.Dir(path), pp)
-	}
-	pft, _, err := readFooter(pp)
-	if err != nil {
-		return fmt.Errorf("vhd: parent: %w", err)
-	}
-	psize, err := pft.virtualSize()
-	if err != nil {
-		return fmt.Errorf("vhd: parent: %w", err)
-	}
-	if opt.Size != 0 && opt.Size != psize {
-		return fmt.Errorf("vhd: a differencing disk has its parent's size %d, not %d: %w", psize, opt.Size, image.ErrUnsupported)
-	}
 	if utf16Len(name) > 512 {
 		return fmt.Errorf("vhd: parent name %q is longer than 256 UTF-16 characters", name)
+	}
+	names := opt.Names
+	if names == nil {
+		names = image.LocalNames{}
+	}
+	pf, err := names.Open(f, name, true)
+	if err != nil {
+		return fmt.Errorf("vhd: parent: %w", err)
+	}
+	defer pf.Close()
+	md, err := load(pf)
+	if err != nil {
+		return fmt.Errorf("vhd: parent %s: %w", pf.Name(), err)
+	}
+	pft, psize := md.ft, md.size
+	if opt.Size != 0 && opt.Size != psize {
+		return fmt.Errorf("vhd: a differencing disk has its parent's size %d, not %d: %w", psize, opt.Size, image.ErrUnsupported)
 	}
 	ft.diskType = typeDifferencing
 	ft.cyls, ft.heads, ft.spt, ft.currentSize = pft.cyls, pft.heads, pft.spt, pft.currentSize
@@ -170,28 +169,19 @@ func parentFields(path string, opt image.CreateOptions, ft *footer, dh *dynHeade
 		ft.creatorApp = pft.creatorApp // keep the parent's size semantics
 	}
 	dh.parentUUID = pft.uuid
-	if st, err := os.Stat(pp); err == nil {
-		dh.parentTimestamp = timestamp(st.ModTime())
-	}
-	dh.parentName = name
-	abs, err := filepath.Abs(pp)
-	if err != nil {
-		return fmt.Errorf("vhd: parent: %w", err)
-	}
-	rel := name
-	if filepath.IsAbs(rel) {
-		if r, err := filepath.Rel(filepath.Dir(path), abs); err == nil {
-			rel = r
+	if o, ok := pf.(interface{ OS() *os.File }); ok {
+		if st, err := o.OS().Stat(); err == nil {
+			dh.parentTimestamp = timestamp(st.ModTime())
 		}
 	}
-	for i, l := range []struct {
-		code uint32
-		path string
-	}{{platformW2ru, toWindows(rel)}, {platformW2ku, abs}} {
-		d := encodeUTF16(l.path, binary.LittleEndian)
-		dh.locators[i] = locator{platform: l.code, space: uint32((len(d) + sectorSize - 1) / sectorSize), length: uint32(len(d))}
-		*locData = append(*locData, d)
+	dh.parentName = name
+	code, p := uint32(platformW2ru), toWindows(name)
+	if filepath.IsAbs(name) {
+		code, p = platformW2ku, name
 	}
+	d := encodeUTF16(p, binary.LittleEndian)
+	dh.locators[0] = locator{platform: code, space: uint32((len(d) + sectorSize - 1) / sectorSize), length: uint32(len(d))}
+	*locData = append(*locData, d)
 	return nil
 }
 
@@ -208,29 +198,21 @@ func toWindows(p string) string {
 	return string(out)
 }
 
-// writeNew creates path exclusively with buf at its start, sized fileSize.
-func writeNew(path string, buf []byte, fileSize int64) error {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
-	if err != nil {
-		return fmt.Errorf("vhd: create: %w", err)
+// writeNew writes buf into the new file f, at its start, or for a fixed
+// disk (dataSize > 0) at its end after dataSize bytes, and syncs it.
+func writeNew(f image.File, buf []byte, dataSize int64) error {
+	var err error
+	if dataSize > 0 {
+		err = f.Truncate(dataSize)
 	}
-	if len(buf) == footerSize && fileSize > footerSize { // fixed: footer at the end
-		err = f.Truncate(fileSize)
-		if err == nil {
-			_, err = f.WriteAt(buf, fileSize-footerSize)
-		}
-	} else {
-		_, err = f.WriteAt(buf, 0)
+	if err == nil {
+		_, err = f.WriteAt(buf, dataSize)
 	}
 	if err == nil {
 		err = f.Sync()
 	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
 	if err != nil {
-		os.Remove(path)
-		return fmt.Errorf("vhd: create %s: %w", path, err)
+		return fmt.Errorf("vhd: create %s: %w", f.Name(), err)
 	}
 	return nil
 }

@@ -2,9 +2,11 @@ package vhd
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"vdisk/internal/image/imagetest"
 
@@ -31,10 +33,11 @@ func TestDifferencing(t *testing.T) {
 		t.Fatal(err)
 	}
 	child := filepath.Join(sub, "child.vhd")
-	if err := Create(child, image.CreateOptions{Format: Name, BackingFile: "../base.vhd"}); err != nil {
+	if err := image.Create(child, image.CreateOptions{Format: Name, BackingFile: "../base.vhd", Names: image.LocalNames{Dirs: []string{dir}}}); err != nil {
 		t.Fatal(err)
 	}
-	d, err := Open(child, image.OpenOptions{})
+	trusted := image.OpenOptions{BackingDir: dir} // the parent lies outside sub
+	d, err := image.Open(child, trusted)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -63,13 +66,13 @@ func TestDifferencing(t *testing.T) {
 		t.Fatal(err)
 	}
 	imagetest.MustEqual(t, "parent after child writes", imagetest.QemuRaw(t, base, "vpc"), baseRaw)
-	d, err = Open(child, image.OpenOptions{ReadOnly: true})
+	d, err = image.Open(child, image.OpenOptions{ReadOnly: true, BackingDir: dir})
 	if err != nil {
 		t.Fatal(err)
 	}
 	imagetest.MustEqual(t, "reopened child", imagetest.ReadAll(t, d), ref)
 	d.Close()
-	fa, err := Info(child)
+	fa, err := image.Info(child, Name)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -80,17 +83,17 @@ func TestDifferencing(t *testing.T) {
 	t.Run("no-backing-matches-qemu", func(t *testing.T) {
 		// Only the fixed pieces: the random writes are in ref but not in
 		// layer, so compare the layer where qemu sees the child alone.
-		d, err := Open(child, image.OpenOptions{ReadOnly: true, NoBacking: true})
+		d, err := image.Open(child, image.OpenOptions{ReadOnly: true, NoBacking: true})
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer d.Close()
 		imagetest.MustEqual(t, "child layer", imagetest.ReadAll(t, d), imagetest.QemuRaw(t, child, "vpc"))
 	})
-	t.Run("backing-dir-refuses", func(t *testing.T) {
-		_, err := Open(child, image.OpenOptions{ReadOnly: true, BackingDir: sub})
-		if !errors.Is(err, image.ErrBackingRefused) {
-			t.Fatalf("open with parent outside BackingDir: %v", err)
+	t.Run("outside-refused", func(t *testing.T) {
+		_, err := image.Open(child, image.OpenOptions{ReadOnly: true})
+		if !errors.Is(err, image.ErrBackingRefused) || !strings.Contains(err.Error(), image.BackingDirFlag) {
+			t.Fatalf("open with the parent outside the image's directory: %v", err)
 		}
 	})
 	t.Run("missing-parent", func(t *testing.T) {
@@ -98,8 +101,8 @@ func TestDifferencing(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer os.Rename(base+".away", base)
-		_, err := Open(child, image.OpenOptions{ReadOnly: true})
-		if !errors.Is(err, image.ErrBackingRefused) {
+		_, err := image.Open(child, image.OpenOptions{ReadOnly: true, BackingDir: dir})
+		if err == nil || !strings.Contains(err.Error(), "does not exist") {
 			t.Fatalf("open with a missing parent: %v", err)
 		}
 	})
@@ -108,7 +111,7 @@ func TestDifferencing(t *testing.T) {
 		a := filepath.Join(dir2, "a.vhd")
 		imagetest.Run(t, "qemu-img", "create", "-q", "-f", "vpc", a, "1M")
 		b := filepath.Join(dir2, "b.vhd")
-		if err := Create(b, image.CreateOptions{Format: Name, BackingFile: "a.vhd"}); err != nil {
+		if err := image.Create(b, image.CreateOptions{Format: Name, BackingFile: "a.vhd"}); err != nil {
 			t.Fatal(err)
 		}
 		// Make a's parent b: copy b's differencing header over a.
@@ -121,9 +124,52 @@ func TestDifferencing(t *testing.T) {
 		if err := os.Symlink("a.vhd", b); err != nil {
 			t.Fatal(err)
 		}
-		_, err := Open(a, image.OpenOptions{ReadOnly: true})
+		_, err := image.Open(a, image.OpenOptions{ReadOnly: true})
 		if !errors.Is(err, image.ErrBackingRefused) {
 			t.Fatalf("open of a self-referencing chain: %v", err)
+		}
+	})
+	t.Run("absolute-parent", func(t *testing.T) {
+		// The name is recorded as given (an absolute W2ku locator); the
+		// parent is opened only where the user trusts it.
+		other := filepath.Join(t.TempDir(), "child.vhd")
+		if err := image.Create(other, image.CreateOptions{Format: Name, BackingFile: base}); !errors.Is(err, image.ErrBackingRefused) {
+			t.Fatalf("create with an untrusted parent: %v", err)
+		}
+		trust := image.LocalNames{Dirs: []string{dir}}
+		if err := image.Create(other, image.CreateOptions{Format: Name, BackingFile: base, Names: trust}); err != nil {
+			t.Fatal(err)
+		}
+		if fa, err := image.Info(other, Name); err != nil || fa.BackingFile != base {
+			t.Fatalf("Info: %+v, %v", fa, err)
+		}
+		if _, err := image.Open(other, image.OpenOptions{ReadOnly: true}); !errors.Is(err, image.ErrBackingRefused) {
+			t.Fatalf("open with an untrusted absolute parent: %v", err)
+		}
+		d, err := image.Open(other, image.OpenOptions{ReadOnly: true, BackingDir: dir})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer d.Close()
+		imagetest.MustEqual(t, "child of an absolute parent", imagetest.ReadAll(t, d), baseRaw)
+	})
+	t.Run("protocol-name", func(t *testing.T) {
+		// A locator naming nbd: is refused before anything is opened.
+		b := imagetest.ReadFile(t, child)
+		md, err := load(memFile(t, b))
+		if err != nil {
+			t.Fatal(err)
+		}
+		l := md.dh.locators[0]
+		name := encodeUTF16("nbd:evil:10809", binary.LittleEndian)
+		copy(b[l.offset:l.offset+uint64(l.length)], append(name, make([]byte, l.length)...))
+		p := filepath.Join(sub, "evil.vhd")
+		if err := os.WriteFile(p, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		_, err = image.Open(p, image.OpenOptions{ReadOnly: true, BackingDir: dir})
+		if !errors.Is(err, image.ErrBackingRefused) || !strings.Contains(err.Error(), "protocol") {
+			t.Fatalf("open of a child naming nbd:: %v", err)
 		}
 	})
 }

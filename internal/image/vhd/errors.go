@@ -1,7 +1,11 @@
 package vhd
 
-import "errors"
+import (
+	"fmt"
+
+	"vdisk/internal/image"
+)
 
 // ErrNotVHD is returned by Open and Info for a file that has no VHD footer
-// ("conectix") at its start or its end.
-var ErrNotVHD = errors.New("not a VHD image")
+// ("conectix") at its start or its end. It wraps image.ErrWrongFormat.
+var ErrNotVHD = fmt.Errorf("not a VHD image: %w", image.ErrWrongFormat)

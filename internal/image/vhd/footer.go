@@ -15,6 +15,12 @@ const (
 	dynHeaderSize = 1024
 	sectorSize    = 512
 
+	// batSlack is how many BAT entries past what the virtual size needs
+	// an image may have (writers round the table up; 16 KiB at most).
+	batSlack = 4096
+	// fixedBlock is the piece a fixed disk is served in.
+	fixedBlock = 16 << 20
+
 	// maxSectors is the largest virtual size qemu accepts: 2040 GiB.
 	maxSectors = 0xff000000
 	// maxGeometry is the largest CHS geometry, 65535 x 16 x 255 sectors;

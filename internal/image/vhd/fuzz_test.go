@@ -26,13 +26,9 @@ func FuzzOpen(f *testing.F) {
 	}
 	f.Add(smallImage(f))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		p := filepath.Join(t.TempDir(), "f.vhd")
-		if err := os.WriteFile(p, b, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		Info(p)
-		Check(p, image.CheckOptions{})
-		d, err := Open(p, image.OpenOptions{ReadOnly: true, NoBacking: true})
+		image.InfoOf(memFile(t, b), Name)
+		image.CheckOf(memFile(t, b), Name, image.CheckOptions{})
+		d, err := image.OpenFile(memFile(t, b), image.OpenOptions{Format: Name, ReadOnly: true, NoBacking: true})
 		if err != nil {
 			return
 		}

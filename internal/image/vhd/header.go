@@ -3,6 +3,7 @@ package vhd
 import (
 	"bytes"
 	"encoding/binary"
+	"net/url"
 	"strings"
 	"unicode/utf16"
 )
@@ -116,3 +117,24 @@ func windowsPath(p string) string {
 	p = strings.ReplaceAll(p, `\`, "/")
 	return strings.TrimPrefix(p, "./")
 }
+
+// locatorPath decodes the path of a parent locator of platform from b:
+// "" when it is not usable here (a Windows drive letter, a URL that is
+// not file://).
+func locatorPath(platform uint32, b []byte) string {
+	if platform == platformMacX {
+		u, err := url.Parse(string(bytes.TrimRight(b, "\x00")))
+		if err != nil || u.Scheme != "file" {
+			return ""
+		}
+		return u.Path
+	}
+	p := windowsPath(decodeUTF16(b, binary.LittleEndian))
+	if len(p) >= 2 && p[1] == ':' {
+		return ""
+	}
+	return p
+}
+
+// utf16Len is the length in bytes of s encoded as UTF-16.
+func utf16Len(s string) int { return 2 * len(utf16.Encode([]rune(s))) }

@@ -5,11 +5,13 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 
 	"vdisk/internal/blockdev"
 	"vdisk/internal/image"
+	"vdisk/internal/image/imagetest"
 )
 
 // smallImage returns the bytes of a 4 MiB dynamic VHD with 64 KiB blocks
@@ -17,10 +19,10 @@ import (
 func smallImage(t testing.TB) []byte {
 	t.Helper()
 	p := filepath.Join(t.TempDir(), "small.vhd")
-	if err := Create(p, image.CreateOptions{Format: Name, Size: 4 << 20, ClusterSize: 64 << 10, Options: map[string]string{"force_size": "on"}}); err != nil {
+	if err := image.Create(p, image.CreateOptions{Format: Name, Size: 4 << 20, ClusterSize: 64 << 10, Options: map[string]string{"force_size": "on"}}); err != nil {
 		t.Fatal(err)
 	}
-	d, err := Open(p, image.OpenOptions{})
+	d, err := image.Open(p, image.OpenOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -48,9 +50,19 @@ func reheader(b []byte) {
 	binary.BigEndian.PutUint32(h[36:], checksum(h, 36))
 }
 
+// memFile is an in-memory image.File holding b.
+func memFile(t testing.TB, b []byte) image.File {
+	t.Helper()
+	f := image.NewBackendFile(imagetest.NewMemBackend(max(int64(len(b)), 64<<20)))
+	if _, err := f.WriteAt(b, 0); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
 // TestHostile opens damaged and malicious images: each is refused with an
-// error that wraps blockdev.ErrCorrupt (or names a non-VHD) and names the
-// problem.
+// error that wraps blockdev.ErrCorrupt (or image.ErrWrongFormat) and names
+// the problem, without a large allocation; Info and Check refuse it too.
 func TestHostile(t *testing.T) {
 	be := binary.BigEndian
 	const bat = 3 * sectorSize
@@ -60,6 +72,7 @@ func TestHostile(t *testing.T) {
 		want    string
 		notVHD  bool
 		corrupt bool
+		size    int64 // the file's length, when more than the bytes
 	}{
 		{name: "footer-checksum", mutate: func(b []byte) []byte { b[45]++; return b }, want: "footer checksum", corrupt: true},
 		{name: "header-checksum", mutate: func(b []byte) []byte { b[sectorSize+30]++; return b }, want: "dynamic disk header checksum", corrupt: true},
@@ -73,41 +86,73 @@ func TestHostile(t *testing.T) {
 		{name: "header-offset", mutate: func(b []byte) []byte { be.PutUint64(b[16:], 1<<40); refooter(b); return b }, want: "dynamic header offset", corrupt: true},
 		{name: "block-size", mutate: func(b []byte) []byte { be.PutUint32(b[sectorSize+32:], 3000); reheader(b); return b }, want: "block size 3000", corrupt: true},
 		{name: "bat-too-small", mutate: func(b []byte) []byte { be.PutUint32(b[sectorSize+28:], 1); reheader(b); return b }, want: "too small", corrupt: true},
-		{name: "bat-huge", mutate: func(b []byte) []byte { be.PutUint32(b[sectorSize+28:], 0xfffffff0); reheader(b); return b }, want: "larger than the VHD limit", corrupt: true},
+		{name: "bat-huge", mutate: func(b []byte) []byte { be.PutUint32(b[sectorSize+28:], 0xfffffff0); reheader(b); return b },
+			want: "BAT of 4294967280 entries (max table entries) is larger than the 64 that 4194304 bytes of 65536-byte blocks need", corrupt: true},
+		{name: "terabytes-in-1MiB", mutate: func(b []byte) []byte {
+			// 2040 GiB in 512-byte blocks: a BAT of 16 GiB in a 1 MiB file.
+			copy(b[28:], "win ")
+			be.PutUint64(b[48:], 2040<<30)
+			refooter(b)
+			be.PutUint32(b[sectorSize+28:], 0xff000000)
+			be.PutUint32(b[sectorSize+32:], 512)
+			reheader(b)
+			return append(b, make([]byte, 1<<20)...)[:1<<20]
+		}, want: "BAT of 4278190080 entries at 0x600 outside the file of 1048576 bytes", corrupt: true},
+		{name: "table-beyond-vdisk", mutate: func(b []byte) []byte {
+			// 5 GiB in 512-byte blocks: a BAT of 40 MiB, in a sparse file
+			// of 48 MiB that holds it.
+			copy(b[28:], "win ")
+			be.PutUint64(b[48:], 5<<30)
+			refooter(b)
+			be.PutUint32(b[sectorSize+28:], 10<<20)
+			be.PutUint32(b[sectorSize+32:], 512)
+			reheader(b)
+			return b
+		}, size: 48 << 20, want: "BAT of 10485760 entries (max table entries) is larger than the 32 MiB vdisk reads"},
 		{name: "bat-outside-file", mutate: func(b []byte) []byte { be.PutUint64(b[sectorSize+16:], 1<<50); reheader(b); return b }, want: "outside the file", corrupt: true},
 		{name: "bat-past-eof", mutate: func(b []byte) []byte { be.PutUint32(b[bat:], 0x00fffff0); return b }, want: "past the end of the file", corrupt: true},
 		{name: "bat-into-metadata", mutate: func(b []byte) []byte { be.PutUint32(b[bat:], 1); return b }, want: "overlaps the image metadata", corrupt: true},
 		{name: "bat-shared-block", mutate: func(b []byte) []byte { copy(b[bat+4:bat+8], b[bat:bat+4]); return b }, want: "share the block", corrupt: true},
 		{name: "truncated", mutate: func(b []byte) []byte { return b[:len(b)-40000] }, want: "truncated", corrupt: true},
-		{name: "not-vhd", mutate: func(b []byte) []byte { return []byte(strings.Repeat("x", 4096)) }, notVHD: true},
-		{name: "empty", mutate: func(b []byte) []byte { return nil }, notVHD: true},
+		{name: "not-vhd", mutate: func(b []byte) []byte { return []byte(strings.Repeat("x", 4096)) }, want: "not a VHD", notVHD: true},
+		{name: "empty", mutate: func(b []byte) []byte { return nil }, want: "too short", notVHD: true},
 	}
 	orig := smallImage(t)
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			b := tc.mutate(append([]byte(nil), orig...))
-			p := filepath.Join(t.TempDir(), "bad.vhd")
-			if err := os.WriteFile(p, b, 0o644); err != nil {
-				t.Fatal(err)
+			file := func() image.File {
+				f := memFile(t, b)
+				if err := f.Truncate(max(tc.size, int64(len(b)))); err != nil {
+					t.Fatal(err)
+				}
+				return f
 			}
-			d, err := Open(p, image.OpenOptions{ReadOnly: true})
+			f := file()
+			var before, after runtime.MemStats
+			runtime.ReadMemStats(&before)
+			d, err := image.OpenFile(f, image.OpenOptions{Format: Name, ReadOnly: true})
+			runtime.ReadMemStats(&after)
 			if err == nil {
 				d.Close()
 				t.Fatal("opened")
 			}
+			if grew := after.TotalAlloc - before.TotalAlloc; grew > 64<<20 {
+				t.Errorf("the refused open allocated %d MiB", grew>>20)
+			}
 			if tc.corrupt && !errors.Is(err, blockdev.ErrCorrupt) {
 				t.Errorf("error does not wrap ErrCorrupt: %v", err)
 			}
-			if tc.notVHD && !errors.Is(err, ErrNotVHD) {
-				t.Errorf("error does not wrap ErrNotVHD: %v", err)
+			if tc.notVHD && (!errors.Is(err, ErrNotVHD) || !errors.Is(err, image.ErrWrongFormat)) {
+				t.Errorf("error does not wrap ErrNotVHD and image.ErrWrongFormat: %v", err)
 			}
 			if !strings.Contains(err.Error(), tc.want) {
 				t.Errorf("error %q does not mention %q", err, tc.want)
 			}
-			if _, err := Info(p); err == nil {
+			if _, err := image.InfoOf(file(), Name); err == nil {
 				t.Errorf("Info accepted the image")
 			}
-			if r, err := Check(p, image.CheckOptions{}); err == nil && r.Clean() {
+			if r, err := image.CheckOf(file(), Name, image.CheckOptions{}); err == nil && r.Clean() {
 				t.Errorf("Check found it clean")
 			}
 		})

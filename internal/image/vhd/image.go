@@ -1,53 +1,43 @@
 // Package vhd reads and writes VHD images (Microsoft's Virtual Hard Disk
 // format, "vpc" in qemu): fixed, dynamic and differencing disks, as
-// blockdev Devices. It registers itself with the image registry as "vhd".
+// blockdev Devices over an image.File. It registers itself with the image
+// registry as "vhd".
 //
-// A fixed disk is its data followed by a footer; Open serves it as a
-// window on the raw file. Fixed disks have no magic at their start, so
-// probing (like qemu's) sees them as raw: open them with format "vhd".
-//
-// A dynamic or differencing disk is an *Image. One mutex (mu) guards the
-// block allocation table (BAT), the sector bitmaps and the allocator; data
-// of allocated blocks is read and written outside it, so requests proceed in
-// parallel. Writes that must change a differencing disk's sector bitmap
-// (copying a partial sector up from the parent) run under mu.
-//
-// Metadata reaches the file in an order that keeps the image consistent:
-// new blocks and their data are written first, and the bitmaps, the footer
-// at the new end of the file and the BAT entries that point at them are
-// written by Flush, after a sync of the data. A crash before a Flush loses
-// unflushed writes and leaves at most unreferenced space at the end of the
-// file; the copy of the footer at offset 0 keeps the image readable.
+// Every disk is an *Image on the blockmap core. A fixed disk is its data
+// followed by a footer: every block is in the file where the guest sees
+// it. Fixed disks have no magic at their start; probing finds them by a
+// footer at the end that describes the file exactly. A dynamic disk's
+// block allocation table (BAT) maps each block to its sector bitmap and
+// data; a differencing disk's blocks are partial (the bitmap says which
+// sectors are in the file, the rest comes from the parent, opened through
+// image.OpenBacking). New blocks go at the end of the file; their bitmaps,
+// the footer at the new end and the BAT entries reach the file at Flush,
+// in the core's crash-safe order; the copy of the footer at offset 0
+// keeps the image readable meanwhile.
 package vhd
 
 import (
+	"encoding/binary"
 	"fmt"
-	"io"
-	"log/slog"
-	"os"
-	"sort"
-	"sync"
+	"path"
 
 	"vdisk/internal/blockdev"
 	"vdisk/internal/image"
+	"vdisk/internal/image/blockmap"
 )
 
 // Name is the format's name in the image registry.
 const Name = "vhd"
 
-// maxCachedBitmaps bounds the clean sector bitmaps a differencing image
-// keeps in memory.
-const maxCachedBitmaps = 4096
-
 func init() {
 	image.Register(image.Format{
-		Name:      Name,
-		Probe:     probe,
-		ProbeTail: probeTail,
-		Open:      Open,
-		Create:    Create,
-		Info:      Info,
-		Check:     Check,
+		Name:       Name,
+		Probe:      probe,
+		ProbeTail:  probeTail,
+		OpenFile:   func(f image.File, opt image.OpenOptions) (blockdev.Device, error) { return Open(f, opt) },
+		CreateFile: Create,
+		InfoFile:   Info,
+		CheckFile:  Check,
 	})
 }
 
@@ -69,96 +59,52 @@ func probeTail(b []byte, size int64) bool {
 	return err == nil && vs <= size-footerSize && int64(ft.currentSize) == size-footerSize
 }
 
-// Image is an open dynamic or differencing VHD. See the package comment for
-// its concurrency contract.
+// Image is an open VHD.
 type Image struct {
-	f          *os.File
-	path       string
-	ft         *footer
-	dh         *dynHeader
-	size       int64
-	blockSize  int64
-	bitmapSize int64
-	diff       bool
-	readOnly   bool
-	log        *slog.Logger
-	parent     blockdev.Device // differencing disks without NoBacking
-
-	mu       sync.Mutex
-	closed   bool
-	bat      []uint32
-	batDirty map[int64]bool    // BAT sectors to write
-	bitmaps  map[int64]*bitmap // block → its sector bitmap (differencing, and new blocks)
-	freeOff  int64             // where the next block goes (and the footer sits)
-	grown    bool              // the footer must be rewritten at freeOff
+	*blockmap.Map
+	ft *footer
 }
 
-// bitmap is a block's sector bitmap: bit 7 of byte 0 is the block's first
-// sector; a set bit means the sector is in this file.
-type bitmap struct {
-	b     []byte
-	dirty bool
+// meta is what load reads and checks: the footer and, for dynamic and
+// differencing disks, the dynamic header and the BAT.
+type meta struct {
+	ft          *footer
+	dh          *dynHeader
+	size, fsize int64
+	bat         []byte
 }
 
-func (m *bitmap) has(s int64) bool { return m.b[s/8]&(0x80>>(s%8)) != 0 }
-func (m *bitmap) set(s int64)      { m.b[s/8] |= 0x80 >> (s % 8) }
+func (md *meta) diff() bool { return md.ft.diskType == typeDifferencing }
 
-var (
-	_ blockdev.Device     = (*Image)(nil)
-	_ blockdev.Trimmer    = (*Image)(nil)
-	_ blockdev.ZeroWriter = (*Image)(nil)
-	_ blockdev.Extenter   = (*Image)(nil)
-	_ blockdev.Describer  = (*Image)(nil)
-)
-
-// Open opens the VHD at path: a fixed disk as a window on its file (with
-// the file's Trimmer, ZeroWriter and Extenter), a dynamic or differencing
-// one as an *Image.
-func Open(path string, opt image.OpenOptions) (blockdev.Device, error) {
+// Open opens the VHD in f. A differencing disk's parent is opened
+// through opt.Names, unless opt.NoBacking.
+func Open(f image.File, opt image.OpenOptions) (*Image, error) {
 	if err := opt.Validate(); err != nil {
 		return nil, err
 	}
-	ft, fsize, err := readFooter(path)
+	md, err := load(f)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%w (in %s)", err, f.Name())
 	}
-	size, err := ft.virtualSize()
+	var parent blockdev.Device
+	if md.diff() && !opt.NoBacking {
+		if parent, err = openParent(f, md, opt); err != nil {
+			return nil, err
+		}
+	}
+	img, err := newImage(f, md, opt.ReadOnly, parent)
 	if err != nil {
-		return nil, fmt.Errorf("%w (in %s)", err, path)
-	}
-	if ft.diskType == typeFixed {
-		if size > fsize-footerSize {
-			return nil, fmt.Errorf("%w (in %s)", corruptf("fixed disk of %d bytes in a file of %d: truncated", size, fsize), path)
+		if parent != nil {
+			parent.Close()
 		}
-		f, err := blockdev.OpenFile(path, blockdev.FileOptions{ReadOnly: opt.ReadOnly, NoLock: opt.NoLock})
-		if err != nil {
-			return nil, fmt.Errorf("vhd: %w", err)
-		}
-		return blockdev.Section(f, 0, size), nil
+		return nil, fmt.Errorf("%w (in %s)", err, f.Name())
 	}
-	return OpenDynamic(path, opt)
+	return img, nil
 }
 
-// readFooter finds the footer: the copy at offset 0 of a dynamic disk, or
+// footerOf finds the footer: the copy at offset 0 of a dynamic disk, or
 // the last 512 bytes of the file.
-func readFooter(path string) (*footer, int64, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, 0, fmt.Errorf("vhd: %w", err)
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return nil, 0, fmt.Errorf("vhd: %w", err)
-	}
-	ft, err := footerOf(f, st.Size())
-	if err != nil {
-		return nil, 0, fmt.Errorf("%w (in %s)", err, path)
-	}
-	return ft, st.Size(), nil
-}
-
-func footerOf(f io.ReaderAt, fsize int64) (*footer, error) {
+func footerOf(f image.File, fsize int64) (*footer, error) {
 	if fsize < footerSize {
 		return nil, fmt.Errorf("vhd: file of %d bytes is too short for a footer: %w", fsize, ErrNotVHD)
 	}
@@ -177,57 +123,28 @@ func footerOf(f io.ReaderAt, fsize int64) (*footer, error) {
 	return parseFooter(b)
 }
 
-// OpenDynamic opens a dynamic or differencing VHD.
-func OpenDynamic(path string, opt image.OpenOptions) (*Image, error) {
-	if err := opt.Validate(); err != nil {
-		return nil, err
-	}
-	f, err := image.OpenPath("vhd", path, opt)
-	if err != nil {
-		return nil, err
-	}
-	img, err := open(f, path, opt)
-	if err != nil {
-		f.Close()
-		return nil, fmt.Errorf("%w (in %s)", err, path)
-	}
-	return img, nil
-}
-
-func open(f *os.File, path string, opt image.OpenOptions) (*Image, error) {
-	img, err := load(f, opt.ReadOnly)
-	if err != nil {
-		return nil, err
-	}
-	img.path, img.log = path, opt.Log
-	if img.diff && !opt.NoBacking {
-		if img.parent, err = openParent(path, img.dh, opt); err != nil {
-			return nil, err
-		}
-		if img.parent.Size() < img.size {
-			img.log.Warn("parent is smaller than the differencing disk; the rest reads as zeroes", "image", path, "parent-size", img.parent.Size(), "size", img.size)
-		}
-	}
-	return img, nil
-}
-
-// load reads and validates the metadata of a dynamic or differencing disk.
-func load(f *os.File, readOnly bool) (*Image, error) {
-	st, err := f.Stat()
+// load reads and bounds the metadata: the BAT is at most what the
+// virtual size needs plus batSlack entries, and lies inside the file,
+// before a byte of it is read.
+func load(f image.File) (*meta, error) {
+	fsize, err := f.Size()
 	if err != nil {
 		return nil, fmt.Errorf("vhd: %w", err)
 	}
-	fsize := st.Size()
 	ft, err := footerOf(f, fsize)
 	if err != nil {
 		return nil, err
 	}
-	if ft.diskType == typeFixed {
-		return nil, fmt.Errorf("vhd: fixed disk where a dynamic one was expected: %w", image.ErrUnsupported)
-	}
 	size, err := ft.virtualSize()
 	if err != nil {
 		return nil, err
+	}
+	md := &meta{ft: ft, size: size, fsize: fsize}
+	if ft.diskType == typeFixed {
+		if size > fsize-footerSize {
+			return nil, corruptf("fixed disk of %d bytes in a file of %d: truncated", size, fsize)
+		}
+		return md, nil
 	}
 	if ft.dataOffset > uint64(fsize) || int64(ft.dataOffset) > fsize-dynHeaderSize || ft.dataOffset < footerSize {
 		return nil, corruptf("dynamic header offset %#x outside the file of %d bytes", ft.dataOffset, fsize)
@@ -236,10 +153,10 @@ func load(f *os.File, readOnly bool) (*Image, error) {
 	if _, err := f.ReadAt(hb, int64(ft.dataOffset)); err != nil {
 		return nil, fmt.Errorf("vhd: read dynamic header: %w", err)
 	}
-	dh, err := parseDynHeader(hb)
-	if err != nil {
+	if md.dh, err = parseDynHeader(hb); err != nil {
 		return nil, err
 	}
+	dh := md.dh
 	bs := int64(dh.blockSize)
 	if bs < sectorSize || bs > maxBlockSize || bs&(bs-1) != 0 {
 		return nil, corruptf("block size %d is not a power of two from 512 to %d", bs, maxBlockSize)
@@ -248,116 +165,164 @@ func load(f *os.File, readOnly bool) (*Image, error) {
 	if int64(dh.maxEntries) < need {
 		return nil, corruptf("BAT of %d entries is too small for %d bytes of %d-byte blocks", dh.maxEntries, size, bs)
 	}
-	if int64(dh.maxEntries) > (maxSectors*sectorSize+bs-1)/bs {
-		return nil, corruptf("BAT of %d entries is larger than the VHD limit", dh.maxEntries)
+	if int64(dh.maxEntries) > need+batSlack {
+		return nil, corruptf("BAT of %d entries (max table entries) is larger than the %d that %d bytes of %d-byte blocks need", dh.maxEntries, need, size, bs)
 	}
 	batBytes := int64(dh.maxEntries) * 4
 	if dh.tableOffset < footerSize || dh.tableOffset > uint64(fsize) || int64(dh.tableOffset)+batBytes > fsize {
 		return nil, corruptf("BAT of %d entries at %#x outside the file of %d bytes", dh.maxEntries, dh.tableOffset, fsize)
 	}
-	img := &Image{
-		f: f, ft: ft, dh: dh, size: size, blockSize: bs,
-		bitmapSize: (bs/sectorSize/8 + sectorSize - 1) &^ (sectorSize - 1),
-		diff:       ft.diskType == typeDifferencing,
-		readOnly:   readOnly,
-		batDirty:   map[int64]bool{},
-		bitmaps:    map[int64]*bitmap{},
+	if batBytes > blockmap.MaxTable {
+		return nil, fmt.Errorf("vhd: BAT of %d entries (max table entries) is larger than the %d MiB vdisk reads: %w", dh.maxEntries, blockmap.MaxTable>>20, image.ErrUnsupported)
 	}
-	raw := make([]byte, batBytes)
-	if _, err := f.ReadAt(raw, int64(dh.tableOffset)); err != nil {
+	md.bat = make([]byte, batBytes)
+	if _, err := f.ReadAt(md.bat, int64(dh.tableOffset)); err != nil {
 		return nil, fmt.Errorf("vhd: read BAT: %w", err)
 	}
-	img.bat = make([]uint32, dh.maxEntries)
-	for i := range img.bat {
-		img.bat[i] = uint32(raw[4*i])<<24 | uint32(raw[4*i+1])<<16 | uint32(raw[4*i+2])<<8 | uint32(raw[4*i+3])
-	}
-	batEnd := (int64(dh.tableOffset) + batBytes + sectorSize - 1) &^ (sectorSize - 1)
-	if img.freeOff, err = img.checkBAT(fsize, batEnd); err != nil {
-		return nil, err
-	}
-	return img, nil
+	return md, nil
 }
 
-// checkBAT verifies that every allocated block lies inside the file, clear
-// of the metadata and of every other block, and returns the end of the last
-// one (or of the metadata): where the next block goes.
-func (img *Image) checkBAT(fsize, batEnd int64) (int64, error) {
-	type span struct{ start, end int64 }
-	meta := []span{
-		{0, footerSize},
-		{int64(img.ft.dataOffset), int64(img.ft.dataOffset) + dynHeaderSize},
-		{int64(img.dh.tableOffset), batEnd},
-	}
-	for _, l := range img.dh.locators {
-		if l.platform != 0 && l.length > 0 && l.offset < uint64(fsize) {
-			meta = append(meta, span{int64(l.offset), int64(l.offset) + (int64(l.length)+sectorSize-1)&^(sectorSize-1)})
+// newImage serves the disk md describes on the blockmap core, checking
+// every BAT entry.
+func newImage(f image.File, md *meta, readOnly bool, parent blockdev.Device) (*Image, error) {
+	c := blockmap.Config{Name: "vhd", File: f, Size: md.size, ReadOnly: readOnly, TableName: "BAT"}
+	if md.dh == nil {
+		c.BlockSize = fixedBlock
+		c.Blocks = (md.size + fixedBlock - 1) / fixedBlock
+		c.Codec = fixedCodec{}
+		c.Reserved = []blockmap.Span{{Start: md.size, End: md.size + footerSize}}
+	} else {
+		dh := md.dh
+		bs := int64(dh.blockSize)
+		bmSize := (bs/sectorSize/8 + sectorSize - 1) &^ (sectorSize - 1)
+		cd := &codec{f: f, ft: md.ft, diff: md.diff(), bmSize: bmSize, bs: bs}
+		batEnd := (int64(dh.tableOffset) + int64(len(md.bat)) + sectorSize - 1) &^ (sectorSize - 1)
+		c.BlockSize, c.Blocks, c.Codec = bs, int64(dh.maxEntries), cd
+		c.Table, c.TableOff = md.bat, int64(dh.tableOffset)
+		c.Lead, c.BitmapSize = bmSize, bmSize
+		c.Parent, c.Layered = parent, md.diff()
+		c.Reserved = []blockmap.Span{
+			{Start: 0, End: footerSize},
+			{Start: int64(md.ft.dataOffset), End: int64(md.ft.dataOffset) + dynHeaderSize},
+			{Start: int64(dh.tableOffset), End: batEnd},
 		}
-	}
-	var blocks []span
-	free := batEnd
-	for _, s := range meta {
-		free = max(free, s.end)
-	}
-	step := img.bitmapSize + img.blockSize
-	for i, e := range img.bat {
-		if e == batUnused {
-			continue
-		}
-		start := int64(e) * sectorSize
-		if start+step > fsize {
-			return 0, corruptf("BAT entry %d (sector %#x) points past the end of the file of %d bytes: truncated", i, e, fsize)
-		}
-		for _, m := range meta {
-			if start < m.end && m.start < start+step {
-				return 0, corruptf("BAT entry %d (sector %#x) overlaps the image metadata", i, e)
+		for _, l := range dh.locators {
+			if end := int64(l.offset) + int64(l.length); l.platform != 0 && l.length > 0 && l.offset < uint64(md.fsize) && end <= md.fsize {
+				c.Reserved = append(c.Reserved, blockmap.Span{Start: int64(l.offset), End: (end + sectorSize - 1) &^ (sectorSize - 1)})
 			}
 		}
-		blocks = append(blocks, span{start, start + step})
-		free = max(free, start+step)
 	}
-	sort.Slice(blocks, func(i, j int) bool { return blocks[i].start < blocks[j].start })
-	for i := 1; i < len(blocks); i++ {
-		if blocks[i].start < blocks[i-1].end {
-			return 0, corruptf("two BAT entries share the block at %#x", blocks[i].start)
+	m, err := blockmap.New(c)
+	if err != nil {
+		return nil, err
+	}
+	return &Image{Map: m, ft: md.ft}, nil
+}
+
+// codec maps a dynamic or differencing disk's BAT: big-endian sector
+// numbers of each block's sector bitmap, the data right after it.
+type codec struct {
+	f      image.File
+	ft     *footer
+	diff   bool
+	bmSize int64
+	bs     int64
+}
+
+func (c *codec) Get(t []byte, blk int64) blockmap.Entry {
+	e := binary.BigEndian.Uint32(t[4*blk:])
+	switch {
+	case e == batUnused:
+		return blockmap.Entry{}
+	case c.diff:
+		return blockmap.Entry{State: blockmap.Partial, Off: int64(e)*sectorSize + c.bmSize}
+	}
+	return blockmap.Entry{State: blockmap.Data, Off: int64(e)*sectorSize + c.bmSize}
+}
+
+func (c *codec) Put(t []byte, blk int64, e blockmap.Entry) int64 {
+	binary.BigEndian.PutUint32(t[4*blk:], uint32((e.Off-c.bmSize)/sectorSize))
+	return 4 * blk
+}
+
+// Place puts the block's bitmap and data at end: all set for a dynamic
+// disk, as qemu writes it; clear (nothing from this file yet) for a
+// differencing one.
+func (c *codec) Place(blk, end int64) (blockmap.Placement, error) {
+	pl := blockmap.Placement{Entry: blockmap.Entry{State: blockmap.Data, Off: end + c.bmSize}, End: end + c.bmSize + c.bs}
+	if pl.End/sectorSize >= batUnused {
+		return pl, fmt.Errorf("vhd: file would outgrow the 2 TiB the BAT can address: %w", blockdev.ErrNoSpace)
+	}
+	if c.diff {
+		pl.Entry.State = blockmap.Partial
+	} else {
+		pl.Meta, pl.MetaOff = make([]byte, c.bmSize), end
+		for i := range pl.Meta {
+			pl.Meta[i] = 0xff
 		}
 	}
-	return free, nil
+	return pl, nil
 }
 
-// Size returns the virtual disk size.
-func (img *Image) Size() int64 { return img.size }
+func (c *codec) BitmapAt(blk int64, e blockmap.Entry) (int64, error) { return e.Off - c.bmSize, nil }
 
-// BlockSize returns the size of the image's blocks.
-func (img *Image) BlockSize() int64 { return img.blockSize }
-
-// Parent returns the parent device of a differencing disk, nil without one.
-func (img *Image) Parent() blockdev.Device { return img.parent }
-
-// Info reports block sizes and whether the image is read-only.
-func (img *Image) Info() blockdev.Info {
-	return blockdev.Info{LogicalBlockSize: sectorSize, PhysicalBlockSize: 4096, ReadOnly: img.readOnly}
+// Commit moves the footer to the new end of the file.
+func (c *codec) Commit(end int64) error {
+	if _, err := c.f.WriteAt(c.ft.raw[:], end); err != nil {
+		return fmt.Errorf("vhd: write footer: %w", err)
+	}
+	return nil
 }
 
-// Close flushes every change and releases the file and the parent.
-func (img *Image) Close() error {
-	img.mu.Lock()
-	if img.closed {
-		img.mu.Unlock()
-		return blockdev.ErrClosed
+// fixedCodec maps a fixed disk: every block where the guest sees it.
+type fixedCodec struct{}
+
+func (fixedCodec) Get(_ []byte, blk int64) blockmap.Entry {
+	return blockmap.Entry{State: blockmap.Data, Off: blk * fixedBlock}
+}
+func (fixedCodec) Put([]byte, int64, blockmap.Entry) int64 { return 0 }
+func (fixedCodec) Place(int64, int64) (blockmap.Placement, error) {
+	return blockmap.Placement{}, fmt.Errorf("vhd: a fixed disk allocates nothing")
+}
+func (fixedCodec) Commit(int64) error { return nil }
+
+// parentName is the name a differencing disk records for its parent, as
+// a slash path (relative to the image's directory): its first usable
+// locator of the relative Windows path, the absolute one and the Mac URL,
+// in that order, or else the file name the header records.
+func parentName(f image.File, md *meta) string {
+	for _, want := range []uint32{platformW2ru, platformW2ku, platformMacX} {
+		for _, l := range md.dh.locators {
+			if l.platform != want || l.length == 0 || l.length > maxLocatorLen ||
+				l.offset > uint64(md.fsize) || int64(l.offset)+int64(l.length) > md.fsize {
+				continue
+			}
+			b := make([]byte, l.length)
+			if _, err := f.ReadAt(b, int64(l.offset)); err != nil {
+				continue
+			}
+			if p := locatorPath(want, b); p != "" {
+				return p
+			}
+		}
 	}
-	img.mu.Unlock()
-	var err error
-	if !img.readOnly {
-		err = img.Flush()
+	if md.dh.parentName == "" {
+		return ""
 	}
-	img.mu.Lock()
-	img.closed = true
-	img.mu.Unlock()
-	if img.parent != nil {
-		img.parent.Close()
+	return path.Base(windowsPath(md.dh.parentName))
+}
+
+// openParent opens a differencing disk's parent, a VHD, read-only.
+func openParent(f image.File, md *meta, opt image.OpenOptions) (blockdev.Device, error) {
+	d, err := image.OpenBacking(f, image.Backing{Name: parentName(f, md), Format: Name, What: "parent"}, opt)
+	if err != nil {
+		return nil, fmt.Errorf("vhd: %w", err)
 	}
-	if cerr := img.f.Close(); err == nil && cerr != nil {
-		err = fmt.Errorf("vhd: close: %w", cerr)
+	if p, ok := d.(*Image); ok && p.ft.uuid != md.dh.parentUUID {
+		opt.Log.Warn("parent's unique id differs from the one the differencing disk recorded", "image", f.Name(), "parent", md.dh.parentName)
 	}
-	return err
+	if d.Size() < md.size {
+		opt.Log.Warn("parent is smaller than the differencing disk; the rest reads as zeroes", "image", f.Name(), "parent-size", d.Size(), "size", md.size)
+	}
+	return d, nil
 }

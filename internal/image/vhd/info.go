@@ -3,79 +3,42 @@ package vhd
 import (
 	"errors"
 	"fmt"
-	"os"
-	"syscall"
 
 	"vdisk/internal/blockdev"
 	"vdisk/internal/image"
 )
 
-// Info reads the facts `vdisk info` shows from the VHD at path, without
+// Info reads the facts `vdisk info` shows from the VHD in f, without
 // opening its parent.
-func Info(path string) (*image.Facts, error) {
-	ft, _, err := readFooter(path)
+func Info(f image.File) (*image.Facts, error) {
+	md, err := load(f)
+	if err == nil {
+		_, err = newImage(f, md, true, nil)
+	}
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%w (in %s)", err, f.Name())
 	}
-	size, err := ft.virtualSize()
-	if err != nil {
-		return nil, fmt.Errorf("%w (in %s)", err, path)
+	fa := &image.Facts{Filename: f.Name(), Format: Name, VirtualSize: md.size, DiskSize: image.DiskSize(f)}
+	if md.dh != nil {
+		fa.ClusterSize = int64(md.dh.blockSize)
 	}
-	fa := &image.Facts{Filename: path, Format: Name, VirtualSize: size, DiskSize: diskSize(path)}
-	if ft.diskType == typeFixed {
-		return fa, nil
-	}
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, fmt.Errorf("vhd: %w", err)
-	}
-	defer f.Close()
-	img, err := load(f, true)
-	if err != nil {
-		return nil, fmt.Errorf("%w (in %s)", err, path)
-	}
-	fa.ClusterSize = img.blockSize
-	if img.diff {
-		fa.BackingFile = img.dh.parentName
+	if md.diff() {
+		fa.BackingFile = md.dh.parentName
 		fa.BackingFormat = Name
 	}
 	return fa, nil
-}
-
-// diskSize returns the bytes the file really occupies.
-func diskSize(path string) int64 {
-	st, err := os.Stat(path)
-	if err != nil {
-		return 0
-	}
-	if s, ok := st.Sys().(*syscall.Stat_t); ok {
-		return s.Blocks * 512
-	}
-	return st.Size()
 }
 
 // Check verifies the VHD's footer, dynamic header and BAT: checksums,
 // sizes, and blocks that lie inside the file without overlapping. A
 // problem is counted as a corruption and named in Messages; vhd has
 // nothing to repair.
-func Check(path string, opt image.CheckOptions) (*image.CheckResult, error) {
-	r := &image.CheckResult{Filename: path, Format: Name}
-	ft, fsize, err := readFooter(path)
-	if err == nil {
-		_, err = ft.virtualSize()
-	}
-	if err == nil && ft.diskType == typeFixed {
-		r.ImageEndOffset = fsize
-		return r, nil
-	}
+func Check(f image.File, opt image.CheckOptions) (*image.CheckResult, error) {
+	r := &image.CheckResult{Filename: f.Name(), Format: Name}
+	md, err := load(f)
 	var img *Image
 	if err == nil {
-		var f *os.File
-		if f, err = os.Open(path); err != nil {
-			return nil, fmt.Errorf("vhd: %w", err)
-		}
-		defer f.Close()
-		img, err = load(f, true)
+		img, err = newImage(f, md, true, nil)
 	}
 	if err != nil {
 		if !errors.Is(err, blockdev.ErrCorrupt) && !errors.Is(err, ErrNotVHD) {
@@ -85,12 +48,12 @@ func Check(path string, opt image.CheckOptions) (*image.CheckResult, error) {
 		r.Messages = append(r.Messages, err.Error())
 		return r, nil
 	}
-	r.TotalClusters = int64(len(img.bat))
-	for _, e := range img.bat {
-		if e != batUnused {
-			r.AllocatedClusters++
-		}
+	if md.dh == nil {
+		r.ImageEndOffset = md.fsize
+		return r, nil
 	}
-	r.ImageEndOffset = img.freeOff + footerSize
+	r.TotalClusters = int64(md.dh.maxEntries)
+	r.AllocatedClusters = img.AllocatedBlocks()
+	r.ImageEndOffset = img.End() + footerSize
 	return r, nil
 }

@@ -46,13 +46,13 @@ func TestReadQemuImages(t *testing.T) {
 				imagetest.Run(t, "qemu-io", "-f", "vpc", "-c", c, p)
 			}
 			want := imagetest.QemuRaw(t, p, "vpc")
-			d, err := Open(p, image.OpenOptions{ReadOnly: true})
+			d, err := image.Open(p, image.OpenOptions{ReadOnly: true})
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer d.Close()
 			imagetest.MustEqual(t, "read", imagetest.ReadAll(t, d), want)
-			fa, err := Info(p)
+			fa, err := image.Info(p, Name)
 			if err != nil {
 				t.Fatal(err)
 			}

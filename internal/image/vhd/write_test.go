@@ -33,10 +33,10 @@ func TestWriteMatchesQemu(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			p := filepath.Join(t.TempDir(), "img.vhd")
-			if err := Create(p, image.CreateOptions{Format: Name, Size: tc.size, ClusterSize: tc.cs, Options: tc.opts}); err != nil {
+			if err := image.Create(p, image.CreateOptions{Format: Name, Size: tc.size, ClusterSize: tc.cs, Options: tc.opts}); err != nil {
 				t.Fatal(err)
 			}
-			d, err := Open(p, image.OpenOptions{})
+			d, err := image.Open(p, image.OpenOptions{})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -75,7 +75,7 @@ func TestWriteMatchesQemu(t *testing.T) {
 			if tc.opts["subformat"] != "fixed" && r.AllocatedClusters == 0 {
 				t.Errorf("check found no allocated blocks")
 			}
-			d2, err := Open(p, image.OpenOptions{ReadOnly: true})
+			d2, err := image.Open(p, image.OpenOptions{ReadOnly: true})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -88,7 +88,7 @@ func TestWriteMatchesQemu(t *testing.T) {
 // checkClean runs Check and fails unless the image is clean.
 func checkClean(t *testing.T, p string) *image.CheckResult {
 	t.Helper()
-	r, err := Check(p, image.CheckOptions{})
+	r, err := image.Check(p, Name, image.CheckOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -110,7 +110,7 @@ func TestCreateReadByQemu(t *testing.T) {
 	for _, sub := range []string{"dynamic", "fixed"} {
 		t.Run(sub, func(t *testing.T) {
 			p := filepath.Join(t.TempDir(), "img.vhd")
-			if err := Create(p, image.CreateOptions{Format: Name, Size: 10 << 20, Options: map[string]string{"subformat": sub}}); err != nil {
+			if err := image.Create(p, image.CreateOptions{Format: Name, Size: 10 << 20, Options: map[string]string{"subformat": sub}}); err != nil {
 				t.Fatal(err)
 			}
 			out := imagetest.Run(t, "qemu-img", "info", "-f", "vpc", p)
@@ -118,10 +118,10 @@ func TestCreateReadByQemu(t *testing.T) {
 			if !strings.Contains(out, "(10514432 bytes)") {
 				t.Fatalf("qemu-img info:\n%s", out)
 			}
-			if fa, _ := Info(p); fa.VirtualSize != 10514432 {
+			if fa, _ := image.Info(p, Name); fa.VirtualSize != 10514432 {
 				t.Errorf("Info: virtual size %d", fa.VirtualSize)
 			}
-			d, err := Open(p, image.OpenOptions{})
+			d, err := image.Open(p, image.OpenOptions{})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -147,10 +147,10 @@ func TestConformance(t *testing.T) {
 				if sub == "fixed" {
 					cs = 0
 				}
-				if err := Create(p, image.CreateOptions{Format: Name, Size: size, ClusterSize: cs, Options: opts}); err != nil {
+				if err := image.Create(p, image.CreateOptions{Format: Name, Size: size, ClusterSize: cs, Options: opts}); err != nil {
 					t.Fatal(err)
 				}
-				d, err := Open(p, image.OpenOptions{})
+				d, err := image.Open(p, image.OpenOptions{})
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -162,10 +162,10 @@ func TestConformance(t *testing.T) {
 		blockdevtest.Run(t, func(t *testing.T, size int64) blockdev.Device {
 			dir := t.TempDir()
 			base := filepath.Join(dir, "base.vhd")
-			if err := Create(base, image.CreateOptions{Format: Name, Size: size, ClusterSize: 64 << 10, Options: map[string]string{"force_size": "on"}}); err != nil {
+			if err := image.Create(base, image.CreateOptions{Format: Name, Size: size, ClusterSize: 64 << 10, Options: map[string]string{"force_size": "on"}}); err != nil {
 				t.Fatal(err)
 			}
-			bd, err := Open(base, image.OpenOptions{})
+			bd, err := image.Open(base, image.OpenOptions{})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -174,10 +174,10 @@ func TestConformance(t *testing.T) {
 				t.Fatal(err)
 			}
 			p := filepath.Join(dir, "child.vhd")
-			if err := Create(p, image.CreateOptions{Format: Name, BackingFile: "base.vhd", ClusterSize: 64 << 10}); err != nil {
+			if err := image.Create(p, image.CreateOptions{Format: Name, BackingFile: "base.vhd", ClusterSize: 64 << 10}); err != nil {
 				t.Fatal(err)
 			}
-			d, err := Open(p, image.OpenOptions{})
+			d, err := image.Open(p, image.OpenOptions{})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -187,14 +187,47 @@ func TestConformance(t *testing.T) {
 	t.Run("read-only", func(t *testing.T) {
 		blockdevtest.Run(t, func(t *testing.T, size int64) blockdev.Device {
 			p := filepath.Join(t.TempDir(), "img.vhd")
-			if err := Create(p, image.CreateOptions{Format: Name, Size: size, ClusterSize: 64 << 10, Options: map[string]string{"force_size": "on"}}); err != nil {
+			if err := image.Create(p, image.CreateOptions{Format: Name, Size: size, ClusterSize: 64 << 10, Options: map[string]string{"force_size": "on"}}); err != nil {
 				t.Fatal(err)
 			}
-			d, err := Open(p, image.OpenOptions{ReadOnly: true})
+			d, err := image.Open(p, image.OpenOptions{ReadOnly: true})
 			if err != nil {
 				t.Fatal(err)
 			}
 			return d
 		})
 	})
+}
+
+// TestInMemoryFile creates, writes and reopens dynamic and fixed VHDs
+// whose file is an object store's (in memory), and has qemu-img read
+// them.
+func TestInMemoryFile(t *testing.T) {
+	imagetest.NeedTool(t, "qemu-img")
+	for _, sub := range []string{"dynamic", "fixed"} {
+		t.Run(sub, func(t *testing.T) {
+			mb := imagetest.NewMemBackend(64 << 20)
+			opt := image.CreateOptions{Format: Name, Size: 5<<20 + 512, Options: map[string]string{"subformat": sub, "force_size": "on"}}
+			if err := image.CreateIn(image.NewBackendFile(mb), opt); err != nil {
+				t.Fatal(err)
+			}
+			d, err := image.OpenFile(image.NewBackendFile(mb.Reopen()), image.OpenOptions{Format: Name})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ref := make([]byte, d.Size())
+			imagetest.RandomWrites(t, d, ref, 11, 30, 700<<10)
+			if err := blockdev.WriteZeroes(d, 1<<20, 1<<20, true); err != nil {
+				t.Fatal(err)
+			}
+			clear(ref[1<<20 : 2<<20])
+			if err := d.Close(); err != nil {
+				t.Fatal(err)
+			}
+			p := filepath.Join(t.TempDir(), "img.vhd")
+			mb.WriteFile(t, p)
+			imagetest.MustEqual(t, "qemu read", imagetest.QemuRaw(t, p, "vpc"), ref)
+			checkClean(t, p)
+		})
+	}
 }
