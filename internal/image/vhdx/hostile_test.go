@@ -6,6 +6,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -25,10 +26,10 @@ const (
 func template(t testing.TB) []byte {
 	t.Helper()
 	p := filepath.Join(t.TempDir(), "t.vhdx")
-	if err := Create(p, image.CreateOptions{Format: Name, Size: 9 << 20, ClusterSize: mib}); err != nil {
+	if err := createPath(p, image.CreateOptions{Format: Name, Size: 9 << 20, ClusterSize: mib}); err != nil {
 		t.Fatal(err)
 	}
-	d, err := Open(p, image.OpenOptions{})
+	d, err := openPath(p, image.OpenOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -125,15 +126,35 @@ func TestHostile(t *testing.T) {
 		{"bat-state", func(b []byte) []byte { le.PutUint64(b[tmplBAT+8:], 4); return b }, "state 4", blockdev.ErrCorrupt},
 		{"bat-partial", func(b []byte) []byte { b[tmplBAT] |= 7; return b }, "partially present", blockdev.ErrCorrupt},
 		{"truncated", func(b []byte) []byte { return b[:len(b)-mib] }, "truncated", blockdev.ErrCorrupt},
+		{"metadata-twice", func(b []byte) []byte {
+			copy(b[tmplMeta+32+32*1:tmplMeta+32+32*2], b[tmplMeta+32:tmplMeta+64])
+			return b
+		}, "listed twice", blockdev.ErrCorrupt},
+		// A file of 1 MiB that claims 64 TiB, and a small image whose
+		// metadata claims 64 TiB of 1 MiB blocks: a BAT of 512 MiB.
+		{"terabytes-in-1MiB", func(b []byte) []byte {
+			le.PutUint64(b[item(1):], 64<<40)
+			return b[:mib]
+		}, "too short", image.ErrWrongFormat},
+		{"terabytes-small-bat", func(b []byte) []byte { le.PutUint64(b[item(1):], 64<<40); return b }, "too small for the 67125247 entries", blockdev.ErrCorrupt},
+		{"log-too-large", func(b []byte) []byte {
+			b = append(b, make([]byte, 40*mib-len(b))...)
+			for _, h := range []int{header1Off, header2Off} {
+				le.PutUint32(b[h+68:], 33*mib)
+				copy(b[h+48:h+64], "dirty log guid!!")
+			}
+			fixHeaders(b)
+			return b
+		}, "log of 34603008 bytes is larger than", image.ErrUnsupported},
 	}
 	orig := template(t)
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			p := filepath.Join(t.TempDir(), "bad.vhdx")
-			if err := os.WriteFile(p, tc.mutate(bytes.Clone(orig)), 0o644); err != nil {
-				t.Fatal(err)
-			}
-			d, err := Open(p, image.OpenOptions{})
+			b := tc.mutate(bytes.Clone(orig))
+			var before, after runtime.MemStats
+			runtime.ReadMemStats(&before)
+			d, err := image.OpenFile(newMemFile(bytes.Clone(b)), image.OpenOptions{Format: Name, Names: image.NoNames{Why: "test"}})
+			runtime.ReadMemStats(&after)
 			if err == nil {
 				d.Close()
 				t.Fatal("opened")
@@ -144,7 +165,10 @@ func TestHostile(t *testing.T) {
 			if !strings.Contains(err.Error(), tc.want) {
 				t.Errorf("error %q does not mention %q", err, tc.want)
 			}
-			if r, err := Check(p, image.CheckOptions{}); err == nil && r.Clean() {
+			if n := after.TotalAlloc - before.TotalAlloc; n > 64<<20 {
+				t.Errorf("open allocated %d bytes", n)
+			}
+			if r, err := image.CheckOf(newMemFile(b), Name, image.CheckOptions{}); err == nil && r.Clean() {
 				t.Error("Check found it clean")
 			}
 		})
@@ -174,7 +198,7 @@ func TestHostileLog(t *testing.T) {
 			p := filepath.Join(t.TempDir(), "bad.vhdx")
 			os.WriteFile(p, b, 0o644)
 			setLogGUID(t, p, g)
-			_, err := Open(p, image.OpenOptions{})
+			_, err := openPath(p, image.OpenOptions{})
 			if !errors.Is(err, blockdev.ErrCorrupt) || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("open: %v (want %q)", err, tc.want)
 			}
