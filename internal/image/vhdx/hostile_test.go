@@ -75,8 +75,8 @@ func TestHostile(t *testing.T) {
 		want   string
 		kind   error
 	}{
-		{"signature", func(b []byte) []byte { copy(b, "vhdxFILE"); return b }, "not a VHDX", ErrNotVHDX},
-		{"short", func(b []byte) []byte { return b[:mib] }, "too short", ErrNotVHDX},
+		{"signature", func(b []byte) []byte { copy(b, "vhdxFILE"); return b }, "not a VHDX", image.ErrWrongFormat},
+		{"short", func(b []byte) []byte { return b[:2*mib] }, "too short", blockdev.ErrCorrupt},
 		{"headers-crc", func(b []byte) []byte { b[header1Off+20]++; b[header2Off+20]++; return b }, "neither header", blockdev.ErrCorrupt},
 		{"headers-same-seq", func(b []byte) []byte {
 			copy(b[header2Off+8:header2Off+16], b[header1Off+8:header1Off+16])
@@ -135,7 +135,7 @@ func TestHostile(t *testing.T) {
 		{"terabytes-in-1MiB", func(b []byte) []byte {
 			le.PutUint64(b[item(1):], 64<<40)
 			return b[:mib]
-		}, "too short", image.ErrWrongFormat},
+		}, "too short", blockdev.ErrCorrupt},
 		{"terabytes-small-bat", func(b []byte) []byte { le.PutUint64(b[item(1):], 64<<40); return b }, "too small for the 67125247 entries", blockdev.ErrCorrupt},
 		{"log-too-large", func(b []byte) []byte {
 			b = append(b, make([]byte, 40*mib-len(b))...)

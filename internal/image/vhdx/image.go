@@ -1,7 +1,9 @@
 // Package vhdx reads and writes VHDX images (Microsoft's MS-VHDX format)
-// as blockdev Devices: fixed, dynamic and differencing disks (the parent
-// opened through the registry, sector bitmaps honoured). It registers
-// itself with the image registry as "vhdx".
+// as blockdev Devices: fixed, dynamic and differencing disks (sector
+// bitmaps honoured). It registers itself with the image registry as
+// "vhdx" and works on an image.File, wherever its bytes live; the parent
+// of a differencing disk is opened through image.OpenBacking, under the
+// trust policy of the options' Names.
 //
 // Opening an image whose log is dirty (a writer crashed with updates only
 // in the log) replays the log's active sequence and clears the log GUID,
@@ -116,11 +118,11 @@ func load(f image.File, readOnly bool) (*Image, error) {
 		return nil, fmt.Errorf("vhdx: %w", err)
 	}
 	id := make([]byte, 8)
-	if fsize < 2*mib {
-		return nil, fmt.Errorf("vhdx: file of %d bytes is too short: %w", fsize, ErrNotVHDX)
-	}
 	if _, err := f.ReadAt(id, 0); err != nil || !probe(id) {
 		return nil, ErrNotVHDX
+	}
+	if fsize < 3*mib {
+		return nil, corruptf("file of %d bytes is too short (the headers, the BAT and the metadata take at least 3 MiB)", fsize)
 	}
 	img := &Image{f: f, readOnly: readOnly, batDirty: map[int64]bool{}, sbm: map[int64]*bitmapSlice{}}
 	if img.hdrs, img.cur, err = readHeaders(f, fsize); err != nil {
