@@ -69,7 +69,10 @@ func createFile(f image.File, opt image.CreateOptions) error {
 	batLen := (entries*8 + mib - 1) / mib * mib
 	metaOff := batOff + batLen
 	dataOff := metaOff + mib
-	head := make([]byte, dataOff)
+	// The first 2 MiB (identifier, headers, region tables, an empty log)
+	// and the metadata are built whole; a fixed disk's BAT a MiB at a
+	// time; the rest of the file is left sparse.
+	head := make([]byte, batOff)
 	le := binary.LittleEndian
 	copy(head, signatureFileID)
 	for i, c := range utf16.Encode([]rune(creator)) {
@@ -95,13 +98,14 @@ func createFile(f image.File, opt image.CreateOptions) error {
 	le.PutUint32(rt[4:], checksum(rt, 4))
 	copy(head[region1Off:], rt)
 	copy(head[region2Off:], rt)
-	mt := head[metaOff:]
+	mt := make([]byte, mib)
 	copy(mt, signatureMetaTab)
-	items := []struct {
+	type item struct {
 		g     guid
 		data  []byte
 		flags uint32
-	}{
+	}
+	items := []item{
 		{metaFileParams, le.AppendUint32(le.AppendUint32(nil, uint32(bs)), leaveAllocated(fixed)), 4},
 		{metaDiskSize, le.AppendUint64(nil, uint64(size)), 6},
 		{metaPage83, m.diskID[:], 6},
@@ -110,11 +114,7 @@ func createFile(f image.File, opt image.CreateOptions) error {
 	}
 	if locator != nil {
 		le.PutUint32(items[0].data[4:], 2) // has parent
-		items = append(items, struct {
-			g     guid
-			data  []byte
-			flags uint32
-		}{metaParentLoc, locator, 6})
+		items = append(items, item{metaParentLoc, locator, 6})
 	}
 	le.PutUint16(mt[10:], uint16(len(items)))
 	at := int64(metaTabSize)
@@ -127,18 +127,25 @@ func createFile(f image.File, opt image.CreateOptions) error {
 		copy(mt[at:], it.data)
 		at += int64(len(it.data))
 	}
-	fileSize := dataOff
-	if fixed {
-		blocks := (size + bs - 1) / bs
-		for b := range blocks {
-			i := b + b/m.chunkRatio()
-			le.PutUint64(head[batOff+8*i:], uint64((dataOff+b*bs)/mib)<<batOffsetShift|stateFullPresent)
-		}
-		fileSize += blocks * bs
-	}
 	_, err := f.WriteAt(head, 0)
 	if err == nil {
-		err = f.Truncate(fileSize)
+		_, err = f.WriteAt(mt, metaOff)
+	}
+	blocks := (size + bs - 1) / bs
+	end := dataOff
+	if fixed {
+		bat, cr := make([]byte, mib), m.chunkRatio() // BAT bytes [at, at+1 MiB)
+		for at, b := int64(0), int64(0); b < blocks && err == nil; at += mib {
+			clear(bat)
+			for ; b < blocks && (b+b/cr)*8 < at+mib; b++ {
+				le.PutUint64(bat[(b+b/cr)*8-at:], uint64((end+b*bs)/mib)<<batOffsetShift|stateFullPresent)
+			}
+			_, err = f.WriteAt(bat, batOff+at)
+		}
+		end += blocks * bs
+	}
+	if err == nil {
+		err = f.Truncate(end)
 	}
 	if err == nil {
 		err = f.Sync()
