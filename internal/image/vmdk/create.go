@@ -79,11 +79,7 @@ func createFile(f image.File, opt image.CreateOptions) error {
 	d.ddb = ddb(sectors)
 	if sub == MonolithicSparse {
 		d.extents = []extentLine{{access: "RW", sectors: sectors, kind: kindSparse, file: filepath.Base(f.Name())}}
-		buf, fsize, err := sparseLayout(sectors, grain/sectorSize, d.encode())
-		if err != nil {
-			return err
-		}
-		return writeNew(f, buf, fsize)
+		return writeSparse(f, sectors, grain/sectorSize, d.encode())
 	}
 	base := strings.TrimSuffix(filepath.Base(f.Name()), ".vmdk")
 	for i, left := 0, sectors; left > 0; i++ {
@@ -92,23 +88,22 @@ func createFile(f image.File, opt image.CreateOptions) error {
 			n = min(left, splitSize/sectorSize)
 		}
 		l := extentLine{access: "RW", sectors: n, kind: kindFlat, file: fmt.Sprintf("%s-f%03d.vmdk", base, i+1)}
-		var buf []byte
-		fsize := n * sectorSize
 		switch sub {
 		case MonolithicFlat:
 			l.file = base + "-flat.vmdk"
 		case TwoGbMaxExtentSparse:
 			l.kind, l.file = kindSparse, fmt.Sprintf("%s-s%03d.vmdk", base, i+1)
-			if buf, fsize, err = sparseLayout(n, grain/sectorSize, ""); err != nil {
-				return err
-			}
 		}
 		d.extents = append(d.extents, l)
 		ef, err := opt.Names.Create(f, l.file)
 		if err != nil {
 			return fmt.Errorf("vmdk: extent %s: %w", l.file, err)
 		}
-		err = writeNew(ef, buf, fsize)
+		if l.kind == kindSparse {
+			err = writeSparse(ef, n, grain/sectorSize, "")
+		} else {
+			err = writeNew(ef, nil, n*sectorSize)
+		}
 		if cerr := ef.Close(); err == nil && cerr != nil {
 			err = fmt.Errorf("vmdk: create %s: %w", ef.Name(), cerr)
 		}
@@ -147,48 +142,39 @@ func newCID() string {
 	return hex.EncodeToString(b[:])
 }
 
-// sparseLayout returns the metadata of an empty sparse extent of sectors
-// sectors with grain-sector grains (qemu's layout: header, descriptor,
-// redundant directory and tables, directory and tables) and the file size
-// (its overhead).
-func sparseLayout(sectors, grain int64, desc string) ([]byte, int64, error) {
+// writeSparse writes an empty sparse extent of sectors sectors with
+// grain-sector grains into the new file f, in qemu's layout: header,
+// descriptor, redundant directory and tables, directory and tables. The
+// tables are left as holes (empty), so only the directories are built in
+// memory.
+func writeSparse(f image.File, sectors, grain int64, desc string) error {
 	const gtes = 512
-	descOff, descSize := int64(0), int64(0)
-	next := int64(1)
+	h := &sparseHeader{version: 1, flags: flagNLDetect | flagRGD, capacity: sectors, grain: grain, gtes: gtes, rgdOff: 1}
 	if desc != "" {
-		descOff, descSize = 1, embeddedDescSectors
-		if int64(len(desc)) > descSize*sectorSize {
-			return nil, 0, fmt.Errorf("vmdk: descriptor of %d bytes does not fit %d sectors", len(desc), descSize)
+		if int64(len(desc)) > embeddedDescSectors*sectorSize {
+			return fmt.Errorf("vmdk: descriptor of %d bytes does not fit %d sectors", len(desc), embeddedDescSectors)
 		}
-		next = descOff + descSize
+		h.descOff, h.descSize, h.rgdOff = 1, embeddedDescSectors, 1+embeddedDescSectors
 	}
 	gtCount := (sectors + gtes*grain - 1) / (gtes * grain)
 	gdSectors := (gtCount*4 + sectorSize - 1) / sectorSize
 	gtSectors := int64(gtes * 4 / sectorSize)
-	rgd := next
-	gd := rgd + gdSectors + gtCount*gtSectors
-	end := gd + gdSectors + gtCount*gtSectors
-	overhead := (end + grain - 1) / grain * grain
-	buf := make([]byte, end*sectorSize)
-	le := binary.LittleEndian
-	le.PutUint32(buf, magicKDMV)
-	le.PutUint32(buf[4:], 1)
-	le.PutUint32(buf[8:], flagNLDetect|flagRGD)
-	le.PutUint64(buf[12:], uint64(sectors))
-	le.PutUint64(buf[20:], uint64(grain))
-	le.PutUint64(buf[28:], uint64(descOff))
-	le.PutUint64(buf[36:], uint64(descSize))
-	le.PutUint32(buf[44:], gtes)
-	le.PutUint64(buf[48:], uint64(rgd))
-	le.PutUint64(buf[56:], uint64(gd))
-	le.PutUint64(buf[64:], uint64(overhead))
-	copy(buf[73:], "\n \r\n")
-	copy(buf[descOff*sectorSize:], desc)
-	for i := range gtCount {
-		le.PutUint32(buf[rgd*sectorSize+4*i:], uint32(rgd+gdSectors+i*gtSectors))
-		le.PutUint32(buf[gd*sectorSize+4*i:], uint32(gd+gdSectors+i*gtSectors))
+	h.gdOff = uint64(h.rgdOff + gdSectors + gtCount*gtSectors)
+	end := int64(h.gdOff) + gdSectors + gtCount*gtSectors
+	h.overhead = (end + grain - 1) / grain * grain
+	dir := make([]byte, gdSectors*sectorSize)
+	for _, at := range []int64{h.rgdOff, int64(h.gdOff)} {
+		for i := range gtCount {
+			binary.LittleEndian.PutUint32(dir[4*i:], uint32(at+gdSectors+i*gtSectors))
+		}
+		if _, err := f.WriteAt(dir, at*sectorSize); err != nil {
+			return fmt.Errorf("vmdk: create %s: %w", f.Name(), err)
+		}
 	}
-	return buf, overhead * sectorSize, nil
+	head := make([]byte, h.rgdOff*sectorSize)
+	copy(head, h.encode())
+	copy(head[sectorSize:], desc)
+	return writeNew(f, head, h.overhead*sectorSize)
 }
 
 // writeNew writes buf at the start of the new file f, sizes it size

@@ -100,6 +100,26 @@ func parseSparseHeader(b []byte) (*sparseHeader, error) {
 	return h, nil
 }
 
+// encode returns the header as a sector.
+func (h *sparseHeader) encode() []byte {
+	le := binary.LittleEndian
+	b := make([]byte, sectorSize)
+	le.PutUint32(b, magicKDMV)
+	le.PutUint32(b[4:], h.version)
+	le.PutUint32(b[8:], h.flags)
+	le.PutUint64(b[12:], uint64(h.capacity))
+	le.PutUint64(b[20:], uint64(h.grain))
+	le.PutUint64(b[28:], uint64(h.descOff))
+	le.PutUint64(b[36:], uint64(h.descSize))
+	le.PutUint32(b[44:], uint32(h.gtes))
+	le.PutUint64(b[48:], uint64(h.rgdOff))
+	le.PutUint64(b[56:], h.gdOff)
+	le.PutUint64(b[64:], uint64(h.overhead))
+	copy(b[73:], "\n \r\n")
+	le.PutUint16(b[77:], h.compressAlgo)
+	return b
+}
+
 // sparse is an open sparse extent. Its mutex guards the grain directory,
 // the grain table cache and the allocator.
 type sparse struct {

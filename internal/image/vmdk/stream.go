@@ -155,21 +155,9 @@ func isZeroRange(src blockdev.Device, off, n int64) (bool, error) {
 
 // streamHeader returns the header sector of a stream-optimized extent.
 func streamHeader(sectors, grain, descSectors int64, gdOff uint64, overhead int64) []byte {
-	le := binary.LittleEndian
-	b := make([]byte, sectorSize)
-	le.PutUint32(b, magicKDMV)
-	le.PutUint32(b[4:], 3)
-	le.PutUint32(b[8:], flagNLDetect|flagCompressed|flagMarkers)
-	le.PutUint64(b[12:], uint64(sectors))
-	le.PutUint64(b[20:], uint64(grain))
-	le.PutUint64(b[28:], 1)
-	le.PutUint64(b[36:], uint64(descSectors))
-	le.PutUint32(b[44:], 512)
-	le.PutUint64(b[56:], gdOff)
-	le.PutUint64(b[64:], uint64(overhead))
-	copy(b[73:], "\n \r\n")
-	le.PutUint16(b[77:], compressDeflate)
-	return b
+	h := &sparseHeader{version: 3, flags: flagNLDetect | flagCompressed | flagMarkers, capacity: sectors, grain: grain,
+		descOff: 1, descSize: descSectors, gtes: 512, gdOff: gdOff, overhead: overhead, compressAlgo: compressDeflate}
+	return h.encode()
 }
 
 // streamWriter writes sequentially, remembering its position and the
