@@ -135,30 +135,55 @@ func parseLogEntry(log2x []byte, pos int64, want guid) *logEntry {
 // row in log2x): the chain of entries, each the next sequence number,
 // from the tail named by the entry with the highest sequence number for
 // which that chain is complete. nil when the log holds none.
+//
+// An entry's successor is the entry right after it when that one has the
+// next sequence number. No valid entry starts inside another, so an entry
+// has at most one predecessor, and sequence numbers rise along the way:
+// the entries form disjoint runs, numbered once, and a head's chain is
+// complete when its tail lies before it in its run.
 func activeSequence(log2x []byte, want guid) []*logEntry {
 	logLen := int64(len(log2x) / 2)
 	entries := map[int64]*logEntry{}
-	var heads []*logEntry
+	var all []*logEntry
 	for pos := int64(0); pos < logLen; pos += logSector {
 		if e := parseLogEntry(log2x, pos, want); e != nil {
 			entries[pos] = e
-			heads = append(heads, e)
+			all = append(all, e)
 		}
 	}
-	sort.Slice(heads, func(i, j int) bool { return heads[i].seq > heads[j].seq })
-	for _, h := range heads {
-		var chain []*logEntry
-		pos := h.tail
-		for steps := int64(0); steps <= logLen/logSector; steps++ {
-			e := entries[pos]
-			if e == nil || (len(chain) > 0 && e.seq != chain[len(chain)-1].seq+1) {
-				break
-			}
-			chain = append(chain, e)
-			if e == h {
-				return chain
-			}
-			pos = (pos + e.length) % logLen
+	next := func(e *logEntry) *logEntry {
+		if n := entries[(e.pos+e.length)%logLen]; n != nil && n.seq == e.seq+1 {
+			return n
+		}
+		return nil
+	}
+	type place struct{ run, index int }
+	at := map[*logEntry]place{}
+	for _, e := range all {
+		if n := next(e); n != nil {
+			at[n] = place{-1, 0} // has a predecessor: numbered from its run's start
+		}
+	}
+	for r, e := range all {
+		if _, inside := at[e]; inside {
+			continue
+		}
+		for i := 0; e != nil && i <= len(all); e, i = next(e), i+1 {
+			at[e] = place{r, i}
+		}
+	}
+	sort.Slice(all, func(i, j int) bool { return all[i].seq > all[j].seq })
+	for _, h := range all {
+		t := entries[h.tail]
+		if t == nil || at[t].run != at[h].run || at[t].index > at[h].index {
+			continue
+		}
+		chain := []*logEntry{t}
+		for e := t; e != h && e != nil; chain = append(chain, e) {
+			e = next(e)
+		}
+		if chain[len(chain)-1] == h {
+			return chain
 		}
 	}
 	return nil
