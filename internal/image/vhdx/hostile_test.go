@@ -140,20 +140,39 @@ func TestHostile(t *testing.T) {
 		{"log-too-large", func(b []byte) []byte {
 			b = append(b, make([]byte, 40*mib-len(b))...)
 			for _, h := range []int{header1Off, header2Off} {
-				le.PutUint32(b[h+68:], 33*mib)
+				le.PutUint32(b[h+68:], 17*mib)
 				copy(b[h+48:h+64], "dirty log guid!!")
 			}
 			fixHeaders(b)
 			return b
-		}, "log of 34603008 bytes is larger than", image.ErrUnsupported},
+		}, "log of 17825792 bytes is larger than", image.ErrUnsupported},
+		// A 16 MiB log of one entry of half a million descriptors, each
+		// zeroing the same 4 KiB: 2 GiB of zeroes.
+		{"log-zeroes-too-much", func(b []byte) []byte {
+			b = append(b, make([]byte, 24*mib-len(b))...)
+			g := mustGUID("aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee")
+			descs := make([]testDesc, (16*mib-logHdrSize)/logDescSize)
+			for i := range descs {
+				descs[i] = testDesc{off: 4 * mib, zeroLen: logSector}
+			}
+			copy(b[8*mib:], encodeLogEntry(1, 0, g, 24*mib, 24*mib, descs))
+			for _, h := range []int{header1Off, header2Off} {
+				le.PutUint64(b[h+72:], 8*mib)
+				le.PutUint32(b[h+68:], 16*mib)
+				copy(b[h+48:h+64], g[:])
+			}
+			fixHeaders(b)
+			return b
+		}, "zero more than", blockdev.ErrCorrupt},
 	}
 	orig := template(t)
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			b := tc.mutate(bytes.Clone(orig))
+			m := newMemFile(bytes.Clone(b))
 			var before, after runtime.MemStats
 			runtime.ReadMemStats(&before)
-			d, err := image.OpenFile(newMemFile(bytes.Clone(b)), image.OpenOptions{Format: Name, Names: image.NoNames{Why: "test"}})
+			d, err := image.OpenFile(m, image.OpenOptions{Format: Name, Names: image.NoNames{Why: "test"}})
 			runtime.ReadMemStats(&after)
 			if err == nil {
 				d.Close()

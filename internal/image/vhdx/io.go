@@ -280,16 +280,25 @@ func (img *Image) zeroFile(off, n int64, mayTrim bool) error {
 
 // zeroRange makes n bytes of f at off read as zeroes: a local file's range
 // is punched (mayTrim) or zeroed with fallocate (blockdev.ZeroFileRange),
-// another File's punched when it can, else written with zeroes.
+// another File's punched when it can and may, else written with zeroes.
 func zeroRange(f image.File, off, n int64, mayTrim bool) error {
 	if lf, ok := f.(interface{ OS() *os.File }); ok {
 		return blockdev.ZeroFileRange(lf.OS(), off, n, mayTrim)
 	}
-	if !mayTrim {
-		f = struct{ image.File }{f} // hide Puncher: keep the storage
+	if p, ok := f.(image.Puncher); ok && mayTrim {
+		return p.Punch(off, n)
 	}
-	return image.Punch(f, off, n)
+	for ; n > 0; n -= int64(len(zeroes)) {
+		if _, err := f.WriteAt(zeroes[:min(n, int64(len(zeroes)))], off); err != nil {
+			return err
+		}
+		off += int64(len(zeroes))
+	}
+	return nil
 }
+
+// zeroes is what zeroRange writes.
+var zeroes = make([]byte, 256<<10)
 
 // fileExtents adds the extents of the file range [off, off+n) at guest
 // offset guest: a local file's holes read as zeroes

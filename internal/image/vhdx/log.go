@@ -20,7 +20,7 @@ const (
 	sigLogData  = 0x61746164 // "data"
 	// maxLog bounds the log a replay reads (twice over, so that an entry
 	// may wrap): Hyper-V and qemu make 1 MiB logs.
-	maxLog = 32 << 20
+	maxLog = 16 << 20
 	// maxReplayEnd bounds where replayed writes may reach: 64 TiB of data
 	// plus room for the metadata.
 	maxReplayEnd = maxSize + 1<<40
@@ -56,13 +56,28 @@ func (d logDesc) sector(log2x, buf []byte) []byte {
 	return buf
 }
 
-// logEntry is a valid log entry.
+// logEntry is a valid log entry, with n descriptors.
 type logEntry struct {
 	pos, length       int64
 	seq               uint64
 	tail              int64
 	flushed, lastFile int64
-	descs             []logDesc
+	n                 int64
+}
+
+// updates calls fn with each update of the valid entry e, in order.
+func (e *logEntry) updates(log2x []byte, fn func(logDesc) error) error {
+	data := e.pos + (logHdrSize+logDescSize*e.n+logSector-1)/logSector*logSector
+	for i := range e.n {
+		d := logDesc{desc: e.pos + logHdrSize + logDescSize*i, data: -1}
+		if binary.LittleEndian.Uint32(log2x[d.desc:]) == sigLogDesc {
+			d.data, data = data, data+logSector
+		}
+		if err := fn(d); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // parseLogEntry returns the valid entry at pos of the log (given twice in
@@ -88,6 +103,7 @@ func parseLogEntry(log2x []byte, pos int64, want guid) *logEntry {
 	e := &logEntry{pos: pos, length: length, seq: le.Uint64(b[16:]), tail: int64(le.Uint32(b[12:])),
 		flushed: int64(le.Uint64(b[48:])), lastFile: int64(le.Uint64(b[56:]))}
 	n := int64(le.Uint32(b[24:]))
+	e.n = n
 	if g != want || e.seq == 0 || e.tail%logSector != 0 || e.tail >= logLen || n > length/logDescSize {
 		return nil
 	}
@@ -107,7 +123,6 @@ func parseLogEntry(log2x []byte, pos int64, want guid) *logEntry {
 			if zl := int64(le.Uint64(d[8:])); zl%logSector != 0 || zl < 0 {
 				return nil
 			}
-			e.descs = append(e.descs, logDesc{desc: pos + at, data: -1})
 		case sigLogDesc:
 			if data+logSector > length {
 				return nil
@@ -116,7 +131,6 @@ func parseLogEntry(log2x []byte, pos int64, want guid) *logEntry {
 			if le.Uint32(s) != sigLogData || le.Uint32(s[4:]) != uint32(e.seq>>32) || le.Uint32(s[4092:]) != uint32(e.seq) {
 				return nil
 			}
-			e.descs = append(e.descs, logDesc{desc: pos + at, data: pos + data})
 			data += logSector
 		default:
 			return nil
@@ -215,25 +229,25 @@ func replay(f image.File, fsize int64, h *header) (int64, error) {
 	}
 	limit := max(fsize, head.lastFile)
 	// Past dirty the file was extended here and reads as zeroes, so
-	// zeroing it is left out: zeroing costs at most the file's size and
-	// the log's.
-	dirty := fsize
+	// zeroing it is left out; what is zeroed is bounded by a few times the
+	// file, however often the log repeats itself.
+	dirty, budget := fsize, 4*(fsize+h.logLen)
 	buf := make([]byte, logSector)
 	for _, e := range seq {
-		for _, d := range e.descs {
+		err := e.updates(log2x, func(d logDesc) error {
 			off, n := d.fileOff(log2x), d.length(log2x)
 			if off > limit || n > limit-off {
-				return 0, corruptf("log entry %d writes [%#x, +%d) beyond the file's %d bytes", e.seq, off, n, limit)
+				return corruptf("log entry %d writes [%#x, +%d) beyond the file's %d bytes", e.seq, off, n, limit)
 			}
 			if off < mib {
-				return 0, corruptf("log entry %d writes over the file identifier, headers or region tables at %#x", e.seq, off)
+				return corruptf("log entry %d writes over the file identifier, headers or region tables at %#x", e.seq, off)
 			}
 			if off < h.logOff+h.logLen && h.logOff < off+n {
-				return 0, corruptf("log entry %d writes into the log itself at %#x", e.seq, off)
+				return corruptf("log entry %d writes into the log itself at %#x", e.seq, off)
 			}
 			if end := off + n; end > fsize {
 				if err := f.Truncate(end); err != nil {
-					return 0, fmt.Errorf("vhdx: replay log: %w", err)
+					return fmt.Errorf("vhdx: replay log: %w", err)
 				}
 				fsize = end
 			}
@@ -242,11 +256,18 @@ func replay(f image.File, fsize int64, h *header) (int64, error) {
 				_, err = f.WriteAt(d.sector(log2x, buf), off)
 				dirty = max(dirty, off+n)
 			} else if z := min(off+n, dirty) - off; z > 0 {
+				if budget -= z; budget < 0 {
+					return corruptf("log entries zero more than %d bytes, four times the file and the log", 4*(fsize+h.logLen))
+				}
 				err = zeroRange(f, off, z, false)
 			}
 			if err != nil {
-				return 0, fmt.Errorf("vhdx: replay log entry %d at %#x: %w", e.seq, off, err)
+				return fmt.Errorf("vhdx: replay log entry %d at %#x: %w", e.seq, off, err)
 			}
+			return nil
+		})
+		if err != nil {
+			return 0, err
 		}
 	}
 	if head.lastFile > fsize {
