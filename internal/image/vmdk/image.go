@@ -194,6 +194,9 @@ func readDescriptor(f image.File) (d *descriptor, self *sparseHeader, text []byt
 		if !probe(text) && !strings.Contains(string(text), "createType") {
 			return nil, nil, nil, 0, ErrNotVMDK
 		}
+		if fsize > maxDescriptor {
+			return nil, nil, nil, 0, corruptf("descriptor file of %d bytes is larger than %d", fsize, maxDescriptor)
+		}
 		d, err = parseDescriptor(string(text))
 		return d, nil, text, 0, err
 	}
