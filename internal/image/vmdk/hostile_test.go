@@ -157,7 +157,7 @@ func TestHostileDescriptor(t *testing.T) {
 		{"vmfssparse", desc(`RW 2048 VMFSSPARSE "small-flat.vmdk"`), "VMFSSPARSE", image.ErrUnsupported},
 		{"noaccess", desc(`NOACCESS 2048 FLAT "small-flat.vmdk" 0`), "NOACCESS", image.ErrUnsupported},
 		{"no-extents", desc(""), "no extents", blockdev.ErrCorrupt},
-		{"huge-descriptor", desc(`RW 2048 FLAT "small-flat.vmdk" 0`+"\n"+strings.Repeat("#", 1<<20)), "larger than", blockdev.ErrCorrupt},
+		{"huge-descriptor", desc(`RW 2048 FLAT "small-flat.vmdk" 0` + "\n" + strings.Repeat("#", 1<<20)), "larger than", blockdev.ErrCorrupt},
 		{"same-file-twice", desc("RW 1024 FLAT \"small-flat.vmdk\" 0\nRW 1024 FLAT \"small-flat.vmdk\" 1024\n"), "named twice", blockdev.ErrCorrupt},
 		{"parent-self", desc(`RW 2048 FLAT "small-flat.vmdk" 0` + "\nparentCID=1\nparentFileNameHint=\"bad.vmdk\"\n"), "loops back", image.ErrBackingRefused},
 		{"parent-protocol", desc(`RW 2048 FLAT "small-flat.vmdk" 0` + "\nparentCID=1\nparentFileNameHint=\"nbd://host/x\"\n"), "protocol", image.ErrBackingRefused},
