@@ -39,6 +39,9 @@ const (
 // names a VMDK parent, opened through opt.Names (its size is used when
 // opt.Size is zero) and recorded as given.
 func createFile(f image.File, opt image.CreateOptions) error {
+	if opt.Names == nil {
+		opt.Names = image.LocalNames{}
+	}
 	sub := MonolithicSparse
 	for k, v := range opt.Options {
 		switch {

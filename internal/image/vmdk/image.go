@@ -166,6 +166,9 @@ func openFile(f image.File, opt image.OpenOptions) (blockdev.Device, error) {
 
 // open opens the VMDK in f; on error it closes what it opened, not f.
 func open(f image.File, opt image.OpenOptions) (*Image, error) {
+	if opt.Names == nil {
+		opt.Names = image.LocalNames{NoLock: opt.NoLock}
+	}
 	img := &Image{f: f, readOnly: opt.ReadOnly, log: opt.Log}
 	err := img.open(opt)
 	if err != nil {
