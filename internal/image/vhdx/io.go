@@ -288,11 +288,10 @@ func zeroRange(f image.File, off, n int64, mayTrim bool) error {
 	if p, ok := f.(image.Puncher); ok && mayTrim {
 		return p.Punch(off, n)
 	}
-	for ; n > 0; n -= int64(len(zeroes)) {
-		if _, err := f.WriteAt(zeroes[:min(n, int64(len(zeroes)))], off); err != nil {
+	for end := off + n; off < end; off += int64(len(zeroes)) {
+		if _, err := f.WriteAt(zeroes[:min(end-off, int64(len(zeroes)))], off); err != nil {
 			return err
 		}
-		off += int64(len(zeroes))
 	}
 	return nil
 }

@@ -26,36 +26,6 @@ const (
 	maxReplayEnd = maxSize + 1<<40
 )
 
-// logDesc is one update of a log entry, kept as the offsets of its
-// descriptor and data sector in the doubled log: a 4 KiB sector of data,
-// or a range of zeroes (data < 0).
-type logDesc struct {
-	desc, data int64
-}
-
-// fileOff is where the update goes in the file.
-func (d logDesc) fileOff(log2x []byte) int64 {
-	return int64(binary.LittleEndian.Uint64(log2x[d.desc+16:]))
-}
-
-// length is the bytes the update covers.
-func (d logDesc) length(log2x []byte) int64 {
-	if d.data >= 0 {
-		return logSector
-	}
-	return int64(binary.LittleEndian.Uint64(log2x[d.desc+8:]))
-}
-
-// sector builds in buf the 4 KiB a data update writes: the descriptor
-// holds its first eight and last four bytes, the data sector the rest.
-func (d logDesc) sector(log2x, buf []byte) []byte {
-	le := binary.LittleEndian
-	le.PutUint64(buf, le.Uint64(log2x[d.desc+8:]))
-	copy(buf[8:4092], log2x[d.data+8:d.data+4092])
-	le.PutUint32(buf[4092:], le.Uint32(log2x[d.desc+4:]))
-	return buf
-}
-
 // logEntry is a valid log entry, with n descriptors.
 type logEntry struct {
 	pos, length       int64
@@ -65,15 +35,23 @@ type logEntry struct {
 	n                 int64
 }
 
-// updates calls fn with each update of the valid entry e, in order.
-func (e *logEntry) updates(log2x []byte, fn func(logDesc) error) error {
+// updates calls fn with each update of the valid entry e, in order: n
+// bytes at file offset off, with the 4 KiB sector to write there (built
+// in buf: the descriptor holds its first eight and last four bytes, a
+// data sector the rest), or nil for zeroes.
+func (e *logEntry) updates(log2x, buf []byte, fn func(off, n int64, sector []byte) error) error {
+	le := binary.LittleEndian
 	data := e.pos + (logHdrSize+logDescSize*e.n+logSector-1)/logSector*logSector
 	for i := range e.n {
-		d := logDesc{desc: e.pos + logHdrSize + logDescSize*i, data: -1}
-		if binary.LittleEndian.Uint32(log2x[d.desc:]) == sigLogDesc {
-			d.data, data = data, data+logSector
+		d := log2x[e.pos+logHdrSize+logDescSize*i:]
+		off, n, sector := int64(le.Uint64(d[16:])), int64(le.Uint64(d[8:])), []byte(nil)
+		if le.Uint32(d) == sigLogDesc {
+			le.PutUint64(buf, le.Uint64(d[8:]))
+			copy(buf[8:4092], log2x[data+8:data+4092])
+			le.PutUint32(buf[4092:], le.Uint32(d[4:]))
+			n, sector, data = logSector, buf, data+logSector
 		}
-		if err := fn(d); err != nil {
+		if err := fn(off, n, sector); err != nil {
 			return err
 		}
 	}
@@ -149,55 +127,23 @@ func parseLogEntry(log2x []byte, pos int64, want guid) *logEntry {
 // row in log2x): the chain of entries, each the next sequence number,
 // from the tail named by the entry with the highest sequence number for
 // which that chain is complete. nil when the log holds none.
-//
-// An entry's successor is the entry right after it when that one has the
-// next sequence number. No valid entry starts inside another, so an entry
-// has at most one predecessor, and sequence numbers rise along the way:
-// the entries form disjoint runs, numbered once, and a head's chain is
-// complete when its tail lies before it in its run.
 func activeSequence(log2x []byte, want guid) []*logEntry {
 	logLen := int64(len(log2x) / 2)
 	entries := map[int64]*logEntry{}
-	var all []*logEntry
+	var heads []*logEntry
 	for pos := int64(0); pos < logLen; pos += logSector {
 		if e := parseLogEntry(log2x, pos, want); e != nil {
 			entries[pos] = e
-			all = append(all, e)
+			heads = append(heads, e)
 		}
 	}
-	next := func(e *logEntry) *logEntry {
-		if n := entries[(e.pos+e.length)%logLen]; n != nil && n.seq == e.seq+1 {
-			return n
-		}
-		return nil
-	}
-	type place struct{ run, index int }
-	at := map[*logEntry]place{}
-	for _, e := range all {
-		if n := next(e); n != nil {
-			at[n] = place{-1, 0} // has a predecessor: numbered from its run's start
-		}
-	}
-	for r, e := range all {
-		if _, inside := at[e]; inside {
-			continue
-		}
-		for i := 0; e != nil && i <= len(all); e, i = next(e), i+1 {
-			at[e] = place{r, i}
-		}
-	}
-	sort.Slice(all, func(i, j int) bool { return all[i].seq > all[j].seq })
-	for _, h := range all {
-		t := entries[h.tail]
-		if t == nil || at[t].run != at[h].run || at[t].index > at[h].index {
-			continue
-		}
-		chain := []*logEntry{t}
-		for e := t; e != h && e != nil; chain = append(chain, e) {
-			e = next(e)
-		}
-		if chain[len(chain)-1] == h {
-			return chain
+	sort.Slice(heads, func(i, j int) bool { return heads[i].seq > heads[j].seq })
+	for _, h := range heads {
+		var chain []*logEntry
+		for e := entries[h.tail]; e != nil && (len(chain) == 0 || e.seq == chain[len(chain)-1].seq+1); e = entries[(e.pos+e.length)%logLen] {
+			if chain = append(chain, e); e == h {
+				return chain
+			}
 		}
 	}
 	return nil
@@ -234,8 +180,7 @@ func replay(f image.File, fsize int64, h *header) (int64, error) {
 	dirty, budget := fsize, 4*(fsize+h.logLen)
 	buf := make([]byte, logSector)
 	for _, e := range seq {
-		err := e.updates(log2x, func(d logDesc) error {
-			off, n := d.fileOff(log2x), d.length(log2x)
+		err := e.updates(log2x, buf, func(off, n int64, sector []byte) error {
 			if off > limit || n > limit-off {
 				return corruptf("log entry %d writes [%#x, +%d) beyond the file's %d bytes", e.seq, off, n, limit)
 			}
@@ -252,8 +197,8 @@ func replay(f image.File, fsize int64, h *header) (int64, error) {
 				fsize = end
 			}
 			var err error
-			if d.data >= 0 {
-				_, err = f.WriteAt(d.sector(log2x, buf), off)
+			if sector != nil {
+				_, err = f.WriteAt(sector, off)
 				dirty = max(dirty, off+n)
 			} else if z := min(off+n, dirty) - off; z > 0 {
 				if budget -= z; budget < 0 {
