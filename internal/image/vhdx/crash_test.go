@@ -17,10 +17,10 @@ import (
 func TestUnflushedAllocation(t *testing.T) {
 	imagetest.NeedTool(t, "qemu-img")
 	p := filepath.Join(t.TempDir(), "img.vhdx")
-	if err := Create(p, image.CreateOptions{Format: Name, Size: 8 << 20, ClusterSize: mib}); err != nil {
+	if err := createPath(p, image.CreateOptions{Format: Name, Size: 8 << 20, ClusterSize: mib}); err != nil {
 		t.Fatal(err)
 	}
-	d, err := Open(p, image.OpenOptions{})
+	d, err := openPath(p, image.OpenOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -39,7 +39,7 @@ func TestUnflushedAllocation(t *testing.T) {
 	ref := make([]byte, 8<<20)
 	copy(ref[mib:], kept)
 	imagetest.MustEqual(t, "qemu after the crash", imagetest.QemuRaw(t, p, "vhdx"), ref)
-	d2, err := Open(p, image.OpenOptions{})
+	d2, err := openPath(p, image.OpenOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

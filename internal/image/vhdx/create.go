@@ -3,7 +3,6 @@ package vhdx
 import (
 	"encoding/binary"
 	"fmt"
-	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -21,17 +20,15 @@ const (
 	creator          = "vdisk"
 )
 
-// Create makes a new VHDX at path (it must not exist). opt.Options may set
-// subformat (dynamic, the default, or fixed) and logical_sector_size (512,
-// the default, or 4096). opt.ClusterSize sets the block size (a power of
-// two from 1 MiB to 256 MiB). With opt.BackingFile a differencing disk of
-// its VHDX parent is made: the parent's size and sector size, and a parent
-// locator with the parent's data-write GUID, its path relative to the new
-// disk and its absolute path.
-func Create(path string, opt image.CreateOptions) error {
-	if err := opt.Validate(); err != nil {
-		return err
-	}
+// createFile writes a new VHDX into f, an empty file (the registry's
+// CreateFile). opt.Options may set subformat (dynamic, the default, or
+// fixed) and logical_sector_size (512, the default, or 4096).
+// opt.ClusterSize sets the block size (a power of two from 1 MiB to 256
+// MiB). With opt.BackingFile a differencing disk of its VHDX parent
+// (opened through opt.Names) is made: the parent's size and sector size,
+// and a parent locator with the parent's data-write GUID and the name as
+// given (relative_path, or absolute_win32_path for an absolute one).
+func createFile(f image.File, opt image.CreateOptions) error {
 	fixed, lss := false, int64(512)
 	for k, v := range opt.Options {
 		switch {
@@ -58,7 +55,7 @@ func Create(path string, opt image.CreateOptions) error {
 			return fmt.Errorf("vhdx: a fixed disk cannot have a parent: %w", errUnsupported)
 		}
 		var err error
-		if locator, size, lss, err = parentFor(path, opt); err != nil {
+		if locator, size, lss, err = parentFor(f, opt); err != nil {
 			return err
 		}
 	}
@@ -72,7 +69,10 @@ func Create(path string, opt image.CreateOptions) error {
 	batLen := (entries*8 + mib - 1) / mib * mib
 	metaOff := batOff + batLen
 	dataOff := metaOff + mib
-	head := make([]byte, dataOff)
+	// The first 2 MiB (identifier, headers, region tables, an empty log)
+	// and the metadata are built whole; a fixed disk's BAT a MiB at a
+	// time; the rest of the file is left sparse.
+	head := make([]byte, batOff)
 	le := binary.LittleEndian
 	copy(head, signatureFileID)
 	for i, c := range utf16.Encode([]rune(creator)) {
@@ -98,13 +98,14 @@ func Create(path string, opt image.CreateOptions) error {
 	le.PutUint32(rt[4:], checksum(rt, 4))
 	copy(head[region1Off:], rt)
 	copy(head[region2Off:], rt)
-	mt := head[metaOff:]
+	mt := make([]byte, mib)
 	copy(mt, signatureMetaTab)
-	items := []struct {
+	type item struct {
 		g     guid
 		data  []byte
 		flags uint32
-	}{
+	}
+	items := []item{
 		{metaFileParams, le.AppendUint32(le.AppendUint32(nil, uint32(bs)), leaveAllocated(fixed)), 4},
 		{metaDiskSize, le.AppendUint64(nil, uint64(size)), 6},
 		{metaPage83, m.diskID[:], 6},
@@ -113,11 +114,7 @@ func Create(path string, opt image.CreateOptions) error {
 	}
 	if locator != nil {
 		le.PutUint32(items[0].data[4:], 2) // has parent
-		items = append(items, struct {
-			g     guid
-			data  []byte
-			flags uint32
-		}{metaParentLoc, locator, 6})
+		items = append(items, item{metaParentLoc, locator, 6})
 	}
 	le.PutUint16(mt[10:], uint16(len(items)))
 	at := int64(metaTabSize)
@@ -130,32 +127,31 @@ func Create(path string, opt image.CreateOptions) error {
 		copy(mt[at:], it.data)
 		at += int64(len(it.data))
 	}
-	fileSize := dataOff
-	if fixed {
-		blocks := (size + bs - 1) / bs
-		for b := range blocks {
-			i := b + b/m.chunkRatio()
-			le.PutUint64(head[batOff+8*i:], uint64((dataOff+b*bs)/mib)<<batOffsetShift|stateFullPresent)
-		}
-		fileSize += blocks * bs
-	}
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
-	if err != nil {
-		return fmt.Errorf("vhdx: create: %w", err)
-	}
-	_, err = f.WriteAt(head, 0)
+	_, err := f.WriteAt(head, 0)
 	if err == nil {
-		err = f.Truncate(fileSize)
+		_, err = f.WriteAt(mt, metaOff)
+	}
+	blocks := (size + bs - 1) / bs
+	end := dataOff
+	if fixed {
+		bat, cr := make([]byte, mib), m.chunkRatio() // BAT bytes [at, at+1 MiB)
+		for at, b := int64(0), int64(0); b < blocks && err == nil; at += mib {
+			clear(bat)
+			for ; b < blocks && (b+b/cr)*8 < at+mib; b++ {
+				le.PutUint64(bat[(b+b/cr)*8-at:], uint64((end+b*bs)/mib)<<batOffsetShift|stateFullPresent)
+			}
+			_, err = f.WriteAt(bat, batOff+at)
+		}
+		end += blocks * bs
+	}
+	if err == nil {
+		err = f.Truncate(end)
 	}
 	if err == nil {
 		err = f.Sync()
 	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
 	if err != nil {
-		os.Remove(path)
-		return fmt.Errorf("vhdx: create %s: %w", path, err)
+		return fmt.Errorf("vhdx: create %s: %w", f.Name(), err)
 	}
 	return nil
 }
@@ -168,36 +164,27 @@ func leaveAllocated(fixed bool) uint32 {
 	return 0
 }
 
-// parentFor opens the parent a differencing disk at path names and returns
-// the parent locator, its size and logical sector size.
-func parentFor(path string, opt image.CreateOptions) ([]byte, int64, int64, error) {
+// parentFor opens, through opt.Names, the parent a differencing disk in
+// f names and returns the parent locator, its size and logical sector
+// size.
+func parentFor(f image.File, opt image.CreateOptions) ([]byte, int64, int64, error) {
 	if opt.BackingFormat != "" && opt.BackingFormat != Name {
 		return nil, 0, 0, fmt.Errorf("vhdx: parent format %q: a differencing disk's parent must be a VHDX: %w", opt.BackingFormat, errUnsupported)
 	}
-	pp := opt.BackingFile
-	if !filepath.IsAbs(pp) {
-		pp = filepath.Join(filepath.Dir(path), pp)
-	}
-	p, err := Open(pp, image.OpenOptions{ReadOnly: true, NoBacking: true, NoLock: true})
+	d, err := image.OpenBacking(f, image.Backing{Name: opt.BackingFile, Format: Name, What: "parent"},
+		image.OpenOptions{ReadOnly: true, Names: opt.Names})
 	if err != nil {
-		return nil, 0, 0, fmt.Errorf("vhdx: parent: %w", err)
+		return nil, 0, 0, fmt.Errorf("vhdx: %w", err)
 	}
-	defer p.Close()
+	defer d.Close()
+	p := d.(*Image)
 	if opt.Size != 0 && opt.Size != p.m.size {
 		return nil, 0, 0, fmt.Errorf("vhdx: a differencing disk has its parent's size %d, not %d: %w", p.m.size, opt.Size, errUnsupported)
 	}
-	abs, err := filepath.Abs(pp)
-	if err != nil {
-		return nil, 0, 0, fmt.Errorf("vhdx: parent: %w", err)
+	where := [2]string{"relative_path", `.\` + strings.ReplaceAll(opt.BackingFile, "/", `\`)}
+	if filepath.IsAbs(opt.BackingFile) {
+		where = [2]string{"absolute_win32_path", opt.BackingFile}
 	}
-	rel, err := filepath.Rel(filepath.Dir(path), pp)
-	if err != nil {
-		rel = opt.BackingFile
-	}
-	loc := encodeLocator([][2]string{
-		{"parent_linkage", p.hdrs[p.cur].dataWrite.String()},
-		{"relative_path", `.\` + strings.ReplaceAll(rel, "/", `\`)},
-		{"absolute_win32_path", abs},
-	})
+	loc := encodeLocator([][2]string{{"parent_linkage", p.hdrs[p.cur].dataWrite.String()}, where})
 	return loc, p.m.size, p.m.lss, nil
 }

@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"vdisk/internal/image/imagetest"
@@ -29,16 +30,8 @@ func makeDiff(t *testing.T, child, parent string, parentRaw []byte) []byte {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	img, err := load(f, true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pf, _ := os.Open(parent)
-	pimg, err := load(pf, true)
-	pf.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
+	img := loadPath(t, child)
+	pimg := loadPath(t, parent)
 	meta := img.metaReg.off
 	var flags [4]byte
 	le.PutUint32(flags[:], 2) // has parent
@@ -102,11 +95,11 @@ func TestDifferencingRead(t *testing.T) {
 	child := filepath.Join(dir, "child.vhdx")
 	const size = 9 << 20
 	for _, p := range []string{parent, child} {
-		if err := Create(p, image.CreateOptions{Format: Name, Size: size, ClusterSize: mib}); err != nil {
+		if err := createPath(p, image.CreateOptions{Format: Name, Size: size, ClusterSize: mib}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	pd, err := Open(parent, image.OpenOptions{})
+	pd, err := openPath(parent, image.OpenOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -117,7 +110,7 @@ func TestDifferencingRead(t *testing.T) {
 	}
 	want := makeDiff(t, child, parent, parentRaw)
 
-	d, err := Open(child, image.OpenOptions{ReadOnly: true})
+	d, err := openPath(child, image.OpenOptions{ReadOnly: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -146,7 +139,7 @@ func TestDifferencingRead(t *testing.T) {
 	}
 	d.Close()
 
-	nb, err := Open(child, image.OpenOptions{ReadOnly: true, NoBacking: true})
+	nb, err := openPath(child, image.OpenOptions{ReadOnly: true, NoBacking: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -156,16 +149,28 @@ func TestDifferencingRead(t *testing.T) {
 	if !blockdev.IsZero(got[5*mib:]) || !blockdev.IsZero(got[:1024]) {
 		t.Error("unallocated sectors read non-zero without the parent")
 	}
-	fa, err := Info(child)
+	fa, err := infoPath(child)
 	if err != nil || fa.BackingFile != `.\parent.vhdx` || fa.BackingFormat != Name {
 		t.Fatalf("Info %+v, %v", fa, err)
 	}
-	if r, err := Check(child, image.CheckOptions{}); err != nil || !r.Clean() || r.AllocatedClusters != 2 {
+	if r, err := checkPath(child, image.CheckOptions{}); err != nil || !r.Clean() || r.AllocatedClusters != 2 {
 		t.Fatalf("Check %+v, %v", r, err)
 	}
-	if _, err := Open(child, image.OpenOptions{ReadOnly: true, BackingDir: t.TempDir()}); !errors.Is(err, image.ErrBackingRefused) {
-		t.Fatalf("parent outside BackingDir: %v", err)
+	// Elsewhere, the child finds no parent at relative_path, and the one
+	// at absolute_win32_path is outside its directory unless trusted.
+	moved := filepath.Join(t.TempDir(), "child.vhdx")
+	if err := os.WriteFile(moved, imagetest.ReadFile(t, child), 0o600); err != nil {
+		t.Fatal(err)
 	}
+	if _, err := openPath(moved, image.OpenOptions{ReadOnly: true}); !errors.Is(err, image.ErrBackingRefused) || !strings.Contains(err.Error(), image.BackingDirFlag) {
+		t.Fatalf("parent outside the child's directory: %v", err)
+	}
+	d, err = openPath(moved, image.OpenOptions{ReadOnly: true, BackingDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	imagetest.MustEqual(t, "moved child", imagetest.ReadAll(t, d), want)
+	d.Close()
 }
 
 // TestDifferencingWrite creates a differencing disk over a parent with
@@ -179,10 +184,10 @@ func TestDifferencingWrite(t *testing.T) {
 	dir := t.TempDir()
 	parent := filepath.Join(dir, "parent.vhdx")
 	const size = 9 << 20
-	if err := Create(parent, image.CreateOptions{Format: Name, Size: size, ClusterSize: mib}); err != nil {
+	if err := createPath(parent, image.CreateOptions{Format: Name, Size: size, ClusterSize: mib}); err != nil {
 		t.Fatal(err)
 	}
-	pd, err := Open(parent, image.OpenOptions{})
+	pd, err := openPath(parent, image.OpenOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -194,14 +199,14 @@ func TestDifferencingWrite(t *testing.T) {
 	sub := filepath.Join(dir, "sub")
 	os.Mkdir(sub, 0o755)
 	child := filepath.Join(sub, "child.vhdx")
-	if err := Create(child, image.CreateOptions{Format: Name, BackingFile: "../parent.vhdx", ClusterSize: mib}); err != nil {
+	if err := createPath(child, image.CreateOptions{Format: Name, BackingFile: "../parent.vhdx", ClusterSize: mib, Names: image.LocalNames{Dirs: []string{dir}}}); err != nil {
 		t.Fatal(err)
 	}
-	fa, err := Info(child)
+	fa, err := infoPath(child)
 	if err != nil || fa.BackingFile != `.\..\parent.vhdx` || fa.VirtualSize != size {
 		t.Fatalf("Info %+v, %v", fa, err)
 	}
-	d, err := Open(child, image.OpenOptions{})
+	d, err := openPath(child, image.OpenOptions{BackingDir: dir})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -225,24 +230,24 @@ func TestDifferencingWrite(t *testing.T) {
 	if err := d.Close(); err != nil {
 		t.Fatal(err)
 	}
-	d, err = Open(child, image.OpenOptions{ReadOnly: true})
+	d, err = openPath(child, image.OpenOptions{ReadOnly: true, BackingDir: dir})
 	if err != nil {
 		t.Fatal(err)
 	}
 	imagetest.MustEqual(t, "reopened child", imagetest.ReadAll(t, d), ref)
 	d.Close()
 	imagetest.MustEqual(t, "parent untouched", imagetest.QemuRaw(t, parent, "vhdx"), parentRaw)
-	if r, err := Check(child, image.CheckOptions{}); err != nil || !r.Clean() {
+	if r, err := checkPath(child, image.CheckOptions{}); err != nil || !r.Clean() {
 		t.Fatalf("Check %+v, %v", r, err)
 	}
 
 	// A crash on a fresh child: flushed writes stay; the block allocated
 	// after the last Flush is not referenced, so the parent shows again.
 	crash := filepath.Join(sub, "crash.vhdx")
-	if err := Create(crash, image.CreateOptions{Format: Name, BackingFile: "../parent.vhdx", ClusterSize: mib}); err != nil {
+	if err := createPath(crash, image.CreateOptions{Format: Name, BackingFile: "../parent.vhdx", ClusterSize: mib, Names: image.LocalNames{Dirs: []string{dir}}}); err != nil {
 		t.Fatal(err)
 	}
-	d, err = Open(crash, image.OpenOptions{})
+	d, err = openPath(crash, image.OpenOptions{BackingDir: dir})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -258,13 +263,13 @@ func TestDifferencingWrite(t *testing.T) {
 		t.Fatal(err)
 	}
 	d.f.Close() // no Flush
-	d, err = Open(crash, image.OpenOptions{ReadOnly: true})
+	d, err = openPath(crash, image.OpenOptions{ReadOnly: true, BackingDir: dir})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer d.Close()
 	imagetest.MustEqual(t, "after the crash", imagetest.ReadAll(t, d), want)
-	if r, err := Check(crash, image.CheckOptions{}); err != nil || !r.Clean() {
+	if r, err := checkPath(crash, image.CheckOptions{}); err != nil || !r.Clean() {
 		t.Fatalf("Check after the crash %+v, %v", r, err)
 	}
 }
@@ -275,10 +280,10 @@ func TestDifferencingConformance(t *testing.T) {
 	blockdevtest.Run(t, func(t *testing.T, size int64) blockdev.Device {
 		dir := t.TempDir()
 		parent := filepath.Join(dir, "parent.vhdx")
-		if err := Create(parent, image.CreateOptions{Format: Name, Size: size, ClusterSize: mib}); err != nil {
+		if err := createPath(parent, image.CreateOptions{Format: Name, Size: size, ClusterSize: mib}); err != nil {
 			t.Fatal(err)
 		}
-		pd, err := Open(parent, image.OpenOptions{})
+		pd, err := openPath(parent, image.OpenOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -287,10 +292,10 @@ func TestDifferencingConformance(t *testing.T) {
 			t.Fatal(err)
 		}
 		child := filepath.Join(dir, "child.vhdx")
-		if err := Create(child, image.CreateOptions{Format: Name, BackingFile: "parent.vhdx", ClusterSize: mib}); err != nil {
+		if err := createPath(child, image.CreateOptions{Format: Name, BackingFile: "parent.vhdx", ClusterSize: mib}); err != nil {
 			t.Fatal(err)
 		}
-		d, err := Open(child, image.OpenOptions{})
+		d, err := openPath(child, image.OpenOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}

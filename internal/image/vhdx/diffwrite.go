@@ -189,9 +189,6 @@ func (img *Image) writeDiff(b []byte, pos int64) error {
 // pwrite writes b at file offset off.
 func (img *Image) pwrite(b []byte, off int64) error {
 	if _, err := img.f.WriteAt(b, off); err != nil {
-		if errors.Is(err, unix.ENOSPC) {
-			err = blockdev.ErrNoSpace
-		}
 		return fmt.Errorf("vhdx: write at %#x: %w", off, err)
 	}
 	return nil

@@ -1,10 +1,15 @@
 package vhdx
 
-import "errors"
+import (
+	"errors"
+	"fmt"
 
-// ErrNotVHDX is returned by Open and Info for a file without the
-// "vhdxfile" signature.
-var ErrNotVHDX = errors.New("not a VHDX image")
+	"vdisk/internal/image"
+)
+
+// ErrNotVHDX is returned for a file without the "vhdxfile" signature; it
+// wraps image.ErrWrongFormat.
+var ErrNotVHDX = fmt.Errorf("not a VHDX image: %w", image.ErrWrongFormat)
 
 // ErrDirtyLog is returned by a read-only Open of an image whose log holds
 // updates that were never applied (the writer crashed): replaying them

@@ -15,10 +15,10 @@ func TestExtentsSeeFileHoles(t *testing.T) {
 	for _, sub := range []string{"fixed", "dynamic"} {
 		t.Run(sub, func(t *testing.T) {
 			p := filepath.Join(t.TempDir(), "img.vhdx")
-			if err := Create(p, image.CreateOptions{Format: Name, Size: 4 << 20, Options: map[string]string{"subformat": sub}, ClusterSize: 1 << 20}); err != nil {
+			if err := createPath(p, image.CreateOptions{Format: Name, Size: 4 << 20, Options: map[string]string{"subformat": sub}, ClusterSize: 1 << 20}); err != nil {
 				t.Fatal(err)
 			}
-			d, err := Open(p, image.OpenOptions{})
+			d, err := openPath(p, image.OpenOptions{})
 			if err != nil {
 				t.Fatal(err)
 			}

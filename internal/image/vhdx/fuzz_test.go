@@ -3,8 +3,6 @@ package vhdx
 import (
 	"bytes"
 	"encoding/binary"
-	"os"
-	"path/filepath"
 	"testing"
 
 	"vdisk/internal/blockdev"
@@ -27,7 +25,7 @@ func FuzzLog(f *testing.F) {
 		if n == 0 || n > 64*logSector {
 			return
 		}
-		seq := activeSequence(b[:n], g)
+		seq := activeSequence(append(bytes.Clone(b[:n]), b[:n]...), g)
 		for i, e := range seq {
 			if i > 0 && e.seq != seq[i-1].seq+1 {
 				t.Fatalf("sequence numbers %d then %d", seq[i-1].seq, e.seq)
@@ -59,13 +57,9 @@ func FuzzOpen(f *testing.F) {
 			copy(b[off:], patches[:n])
 			patches = patches[n:]
 		}
-		p := filepath.Join(t.TempDir(), "f.vhdx")
-		if err := os.WriteFile(p, b, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		Info(p)
-		Check(p, image.CheckOptions{})
-		d, err := Open(p, image.OpenOptions{NoBacking: true})
+		image.InfoOf(newMemFile(bytes.Clone(b)), Name)
+		image.CheckOf(newMemFile(bytes.Clone(b)), Name, image.CheckOptions{})
+		d, err := image.OpenFile(newMemFile(b), image.OpenOptions{Format: Name, NoBacking: true})
 		if err != nil {
 			return
 		}

@@ -29,8 +29,6 @@ const (
 	// maxBAT bounds the BAT region (a 64 TiB disk of 1 MiB blocks needs
 	// 512 MiB; we refuse more than that).
 	maxBAT = 512 << 20
-	// maxLog bounds the log region read for replay.
-	maxLog = 256 << 20
 
 	sigHeader = 0x64616568 // "head"
 	sigRegion = 0x69676572 // "regi"
@@ -227,6 +225,9 @@ func readMetadata(f io.ReaderAt, r region) (*metadata, error) {
 		copy(g[:], e[:16])
 		off, length, flags := int64(le.Uint32(e[16:])), int64(le.Uint32(e[20:])), le.Uint32(e[24:])
 		want := map[guid]int64{metaFileParams: 8, metaDiskSize: 8, metaPage83: 16, metaLogicalSS: 4, metaPhysicalSS: 4}
+		if found[g] {
+			return nil, corruptf("metadata item %s is listed twice", g)
+		}
 		if w, ok := want[g]; ok && length < w {
 			return nil, corruptf("metadata item %s of %d bytes (want %d)", g, length, w)
 		}

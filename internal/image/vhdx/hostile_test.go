@@ -6,6 +6,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -25,10 +26,10 @@ const (
 func template(t testing.TB) []byte {
 	t.Helper()
 	p := filepath.Join(t.TempDir(), "t.vhdx")
-	if err := Create(p, image.CreateOptions{Format: Name, Size: 9 << 20, ClusterSize: mib}); err != nil {
+	if err := createPath(p, image.CreateOptions{Format: Name, Size: 9 << 20, ClusterSize: mib}); err != nil {
 		t.Fatal(err)
 	}
-	d, err := Open(p, image.OpenOptions{})
+	d, err := openPath(p, image.OpenOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -74,8 +75,8 @@ func TestHostile(t *testing.T) {
 		want   string
 		kind   error
 	}{
-		{"signature", func(b []byte) []byte { copy(b, "vhdxFILE"); return b }, "not a VHDX", ErrNotVHDX},
-		{"short", func(b []byte) []byte { return b[:mib] }, "too short", ErrNotVHDX},
+		{"signature", func(b []byte) []byte { copy(b, "vhdxFILE"); return b }, "not a VHDX", image.ErrWrongFormat},
+		{"short", func(b []byte) []byte { return b[:2*mib] }, "too short", blockdev.ErrCorrupt},
 		{"headers-crc", func(b []byte) []byte { b[header1Off+20]++; b[header2Off+20]++; return b }, "neither header", blockdev.ErrCorrupt},
 		{"headers-same-seq", func(b []byte) []byte {
 			copy(b[header2Off+8:header2Off+16], b[header1Off+8:header1Off+16])
@@ -125,15 +126,54 @@ func TestHostile(t *testing.T) {
 		{"bat-state", func(b []byte) []byte { le.PutUint64(b[tmplBAT+8:], 4); return b }, "state 4", blockdev.ErrCorrupt},
 		{"bat-partial", func(b []byte) []byte { b[tmplBAT] |= 7; return b }, "partially present", blockdev.ErrCorrupt},
 		{"truncated", func(b []byte) []byte { return b[:len(b)-mib] }, "truncated", blockdev.ErrCorrupt},
+		{"metadata-twice", func(b []byte) []byte {
+			copy(b[tmplMeta+32+32*1:tmplMeta+32+32*2], b[tmplMeta+32:tmplMeta+64])
+			return b
+		}, "listed twice", blockdev.ErrCorrupt},
+		// A file of 1 MiB that claims 64 TiB, and a small image whose
+		// metadata claims 64 TiB of 1 MiB blocks: a BAT of 512 MiB.
+		{"terabytes-in-1MiB", func(b []byte) []byte {
+			le.PutUint64(b[item(1):], 64<<40)
+			return b[:mib]
+		}, "too short", blockdev.ErrCorrupt},
+		{"terabytes-small-bat", func(b []byte) []byte { le.PutUint64(b[item(1):], 64<<40); return b }, "too small for the 67125247 entries", blockdev.ErrCorrupt},
+		{"log-too-large", func(b []byte) []byte {
+			b = append(b, make([]byte, 40*mib-len(b))...)
+			for _, h := range []int{header1Off, header2Off} {
+				le.PutUint32(b[h+68:], 17*mib)
+				copy(b[h+48:h+64], "dirty log guid!!")
+			}
+			fixHeaders(b)
+			return b
+		}, "log of 17825792 bytes is larger than", image.ErrUnsupported},
+		// A 16 MiB log of one entry of half a million descriptors, each
+		// zeroing the same 4 KiB: 2 GiB of zeroes.
+		{"log-zeroes-too-much", func(b []byte) []byte {
+			b = append(b, make([]byte, 24*mib-len(b))...)
+			g := mustGUID("aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee")
+			descs := make([]testDesc, (16*mib-logHdrSize)/logDescSize)
+			for i := range descs {
+				descs[i] = testDesc{off: 4 * mib, zeroLen: logSector}
+			}
+			copy(b[8*mib:], encodeLogEntry(1, 0, g, 24*mib, 24*mib, descs))
+			for _, h := range []int{header1Off, header2Off} {
+				le.PutUint64(b[h+72:], 8*mib)
+				le.PutUint32(b[h+68:], 16*mib)
+				copy(b[h+48:h+64], g[:])
+			}
+			fixHeaders(b)
+			return b
+		}, "zero more than", blockdev.ErrCorrupt},
 	}
 	orig := template(t)
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			p := filepath.Join(t.TempDir(), "bad.vhdx")
-			if err := os.WriteFile(p, tc.mutate(bytes.Clone(orig)), 0o644); err != nil {
-				t.Fatal(err)
-			}
-			d, err := Open(p, image.OpenOptions{})
+			b := tc.mutate(bytes.Clone(orig))
+			m := newMemFile(bytes.Clone(b))
+			var before, after runtime.MemStats
+			runtime.ReadMemStats(&before)
+			d, err := image.OpenFile(m, image.OpenOptions{Format: Name, Names: image.NoNames{Why: "test"}})
+			runtime.ReadMemStats(&after)
 			if err == nil {
 				d.Close()
 				t.Fatal("opened")
@@ -144,7 +184,10 @@ func TestHostile(t *testing.T) {
 			if !strings.Contains(err.Error(), tc.want) {
 				t.Errorf("error %q does not mention %q", err, tc.want)
 			}
-			if r, err := Check(p, image.CheckOptions{}); err == nil && r.Clean() {
+			if n := after.TotalAlloc - before.TotalAlloc; n > 64<<20 {
+				t.Errorf("open allocated %d bytes", n)
+			}
+			if r, err := image.CheckOf(newMemFile(b), Name, image.CheckOptions{}); err == nil && r.Clean() {
 				t.Error("Check found it clean")
 			}
 		})
@@ -174,7 +217,7 @@ func TestHostileLog(t *testing.T) {
 			p := filepath.Join(t.TempDir(), "bad.vhdx")
 			os.WriteFile(p, b, 0o644)
 			setLogGUID(t, p, g)
-			_, err := Open(p, image.OpenOptions{})
+			_, err := openPath(p, image.OpenOptions{})
 			if !errors.Is(err, blockdev.ErrCorrupt) || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("open: %v (want %q)", err, tc.want)
 			}

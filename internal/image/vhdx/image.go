@@ -1,7 +1,9 @@
 // Package vhdx reads and writes VHDX images (Microsoft's MS-VHDX format)
-// as blockdev Devices: fixed, dynamic and differencing disks (the parent
-// opened through the registry, sector bitmaps honoured). It registers
-// itself with the image registry as "vhdx".
+// as blockdev Devices: fixed, dynamic and differencing disks (sector
+// bitmaps honoured). It registers itself with the image registry as
+// "vhdx" and works on an image.File, wherever its bytes live; the parent
+// of a differencing disk is opened through image.OpenBacking, under the
+// trust policy of the options' Names.
 //
 // Opening an image whose log is dirty (a writer crashed with updates only
 // in the log) replays the log's active sequence and clears the log GUID,
@@ -31,11 +33,8 @@ import (
 	"encoding/binary"
 	"fmt"
 	"log/slog"
-	"os"
 	"sort"
 	"sync"
-
-	"golang.org/x/sys/unix"
 
 	"vdisk/internal/blockdev"
 	"vdisk/internal/image"
@@ -49,12 +48,12 @@ var errUnsupported = image.ErrUnsupported
 
 func init() {
 	image.Register(image.Format{
-		Name:   Name,
-		Probe:  probe,
-		Open:   func(path string, opt image.OpenOptions) (blockdev.Device, error) { return Open(path, opt) },
-		Create: Create,
-		Info:   Info,
-		Check:  Check,
+		Name:       Name,
+		Probe:      probe,
+		OpenFile:   openFile,
+		CreateFile: createFile,
+		InfoFile:   info,
+		CheckFile:  check,
 	})
 }
 
@@ -64,8 +63,7 @@ func probe(b []byte) bool { return len(b) >= 8 && bytes.Equal(b[:8], signatureFi
 // Image is an open VHDX. See the package comment for its concurrency
 // contract.
 type Image struct {
-	f        *os.File
-	path     string
+	f        image.File
 	m        *metadata
 	batReg   region
 	metaReg  region
@@ -93,44 +91,38 @@ var (
 	_ blockdev.Describer  = (*Image)(nil)
 )
 
-// Open opens the VHDX at path. A dirty log is replayed (read-write opens
-// only).
-func Open(path string, opt image.OpenOptions) (*Image, error) {
-	if err := opt.Validate(); err != nil {
-		return nil, err
-	}
-	f, err := image.OpenPath("vhdx", path, opt)
-	if err != nil {
-		return nil, err
-	}
+// openFile opens the VHDX in f (the registry's OpenFile; f is the
+// Image's from then on). A dirty log is replayed (read-write opens only);
+// the parent of a differencing disk is opened through opt.Names.
+func openFile(f image.File, opt image.OpenOptions) (blockdev.Device, error) {
 	img, err := load(f, opt.ReadOnly)
 	if err == nil {
-		img.path, img.log = path, opt.Log
+		img.log = opt.Log
 		if img.m.hasParent && !opt.NoBacking {
 			img.parent, err = openParent(img, opt)
 		}
 	}
 	if err != nil {
-		f.Close()
-		return nil, fmt.Errorf("%w (in %s)", err, path)
+		return nil, fmt.Errorf("%w (in %s)", err, f.Name())
 	}
 	return img, nil
 }
 
 // load reads the headers (replaying a dirty log when writable), the region
-// table, the metadata and the BAT, and checks them.
-func load(f *os.File, readOnly bool) (*Image, error) {
-	st, err := f.Stat()
+// table, the metadata and the BAT, and checks them: every table is sized
+// by what the virtual size needs and checked against the file before it
+// is read.
+func load(f image.File, readOnly bool) (*Image, error) {
+	fsize, err := f.Size()
 	if err != nil {
 		return nil, fmt.Errorf("vhdx: %w", err)
 	}
-	fsize := st.Size()
 	id := make([]byte, 8)
-	if fsize < 2*mib {
-		return nil, fmt.Errorf("vhdx: file of %d bytes is too short: %w", fsize, ErrNotVHDX)
-	}
 	if _, err := f.ReadAt(id, 0); err != nil || !probe(id) {
 		return nil, ErrNotVHDX
+	}
+	if fsize < 3*mib {
+		return nil, corruptf("file of %d bytes is too short (the headers, the BAT and the metadata take at least 3 MiB)", fsize)
 	}
 	img := &Image{f: f, readOnly: readOnly, batDirty: map[int64]bool{}, sbm: map[int64]*bitmapSlice{}}
 	if img.hdrs, img.cur, err = readHeaders(f, fsize); err != nil {
@@ -156,7 +148,8 @@ func load(f *os.File, readOnly bool) (*Image, error) {
 	img.cr = img.m.chunkRatio()
 	n := img.m.batEntries()
 	if n*8 > img.batReg.length || n*8 > maxBAT {
-		return nil, corruptf("BAT region of %d bytes is too small for %d entries", img.batReg.length, n)
+		return nil, corruptf("BAT region of %d bytes (in a file of %d) is too small for the %d entries a disk of %d bytes in %d-byte blocks needs",
+			img.batReg.length, fsize, n, img.m.size, img.m.blockSize)
 	}
 	raw := make([]byte, n*8)
 	if _, err := f.ReadAt(raw, img.batReg.off); err != nil {
@@ -250,7 +243,7 @@ func (img *Image) updateHeaders(logGUID guid, newData bool) error {
 		if _, err := img.f.WriteAt(nh.encode(), off); err != nil {
 			return fmt.Errorf("vhdx: write header %d: %w", slot+1, err)
 		}
-		if err := unix.Fdatasync(int(img.f.Fd())); err != nil {
+		if err := img.f.Sync(); err != nil {
 			return fmt.Errorf("vhdx: sync header: %w", err)
 		}
 		img.hdrs[slot], img.cur = &nh, slot

@@ -2,10 +2,8 @@ package vhdx
 
 import (
 	"encoding/binary"
-	"errors"
 	"fmt"
-
-	"golang.org/x/sys/unix"
+	"os"
 
 	"vdisk/internal/blockdev"
 	"vdisk/internal/image"
@@ -141,14 +139,11 @@ func (img *Image) WriteAt(p []byte, off int64) (int, error) {
 			continue
 		}
 		fo, err := img.mapForWrite(pos)
+		if err == nil {
+			err = img.pwrite(p[done:done+n], fo)
+		}
 		if err != nil {
 			return int(done), err
-		}
-		if _, err := img.f.WriteAt(p[done:done+n], fo); err != nil {
-			if errors.Is(err, unix.ENOSPC) {
-				err = blockdev.ErrNoSpace
-			}
-			return int(done), fmt.Errorf("vhdx: write at %d: %w", pos, err)
 		}
 		done += n
 	}
@@ -181,16 +176,11 @@ func (img *Image) mapForWrite(pos int64) (int64, error) {
 	if e := img.bat[i]; e&7 == stateFullPresent {
 		return int64(e>>batOffsetShift)*mib + pos%bs, nil
 	}
-	start := img.fileEnd
-	if err := img.f.Truncate(start + bs); err != nil {
-		if errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EFBIG) {
-			return 0, fmt.Errorf("vhdx: allocate block: %w", blockdev.ErrNoSpace)
-		}
-		return 0, fmt.Errorf("vhdx: allocate block: %w", err)
+	start, err := img.grow(bs)
+	if err != nil {
+		return 0, err
 	}
-	img.fileEnd = start + bs
-	img.bat[i] = uint64(start/mib)<<batOffsetShift | stateFullPresent
-	img.batDirty[i*8/4096] = true
+	img.setEntry(i, start, stateFullPresent)
 	return start + pos%bs, nil
 }
 
@@ -235,7 +225,7 @@ func (img *Image) Flush() error {
 
 // sync makes every write to the file durable.
 func (img *Image) sync() error {
-	if err := unix.Fdatasync(int(img.f.Fd())); err != nil {
+	if err := img.f.Sync(); err != nil {
 		return fmt.Errorf("vhdx: sync: %w", err)
 	}
 	return nil
@@ -282,10 +272,42 @@ func (img *Image) WriteZeroes(off, n int64, mayTrim bool) error {
 
 // zeroFile zeroes n bytes of the file at off.
 func (img *Image) zeroFile(off, n int64, mayTrim bool) error {
-	if err := blockdev.ZeroFileRange(img.f, off, n, mayTrim); err != nil {
+	if err := zeroRange(img.f, off, n, mayTrim); err != nil {
 		return fmt.Errorf("vhdx: zero at %#x: %w", off, err)
 	}
 	return nil
+}
+
+// zeroRange makes n bytes of f at off read as zeroes: a local file's range
+// is punched (mayTrim) or zeroed with fallocate (blockdev.ZeroFileRange),
+// another File's punched when it can and may, else written with zeroes.
+func zeroRange(f image.File, off, n int64, mayTrim bool) error {
+	if lf, ok := f.(interface{ OS() *os.File }); ok {
+		return blockdev.ZeroFileRange(lf.OS(), off, n, mayTrim)
+	}
+	if p, ok := f.(image.Puncher); ok && mayTrim {
+		return p.Punch(off, n)
+	}
+	for end := off + n; off < end; off += int64(len(zeroes)) {
+		if _, err := f.WriteAt(zeroes[:min(end-off, int64(len(zeroes)))], off); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// zeroes is what zeroRange writes.
+var zeroes = make([]byte, 256<<10)
+
+// fileExtents adds the extents of the file range [off, off+n) at guest
+// offset guest: a local file's holes read as zeroes
+// (blockdev.FileExtents); another File's range is data.
+func fileExtents(f image.File, off, n, guest int64, add func(o, l int64, fl blockdev.ExtentFlags)) {
+	if lf, ok := f.(interface{ OS() *os.File }); ok {
+		blockdev.FileExtents(lf.OS(), off, n, guest, add)
+		return
+	}
+	add(guest, n, 0)
 }
 
 // Extents describes [off, off+n): blocks with data (fully or partially
@@ -304,7 +326,7 @@ func (img *Image) Extents(off, n int64) ([]blockdev.Extent, error) {
 		e := img.entry(off)
 		switch st := e & 7; {
 		case st == stateFullPresent:
-			blockdev.FileExtents(img.f, int64(e>>batOffsetShift)*mib+off%bs, c, off, add)
+			fileExtents(img.f, int64(e>>batOffsetShift)*mib+off%bs, c, off, add)
 		case st == statePartPresent:
 			add(off, c, 0)
 		case img.fromParent(st) && img.parent != nil:

@@ -29,10 +29,10 @@ func TestLogReplay(t *testing.T) {
 			dir := t.TempDir()
 			p := filepath.Join(dir, "dirty.vhdx")
 			const bs = 1 << 20
-			if err := Create(p, image.CreateOptions{Format: Name, Size: 9 << 20, ClusterSize: bs}); err != nil {
+			if err := createPath(p, image.CreateOptions{Format: Name, Size: 9 << 20, ClusterSize: bs}); err != nil {
 				t.Fatal(err)
 			}
-			d, err := Open(p, image.OpenOptions{})
+			d, err := openPath(p, image.OpenOptions{})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -47,15 +47,7 @@ func TestLogReplay(t *testing.T) {
 			if err := d.Close(); err != nil {
 				t.Fatal(err)
 			}
-			f, err := os.OpenFile(p, os.O_RDWR, 0)
-			if err != nil {
-				t.Fatal(err)
-			}
-			img, err := load(f, true)
-			if err != nil {
-				t.Fatal(err)
-			}
-			f.Close()
+			img := loadPath(t, p)
 			blockOff := func(b int64) int64 { return int64(img.bat[img.payloadIndex(b)]>>batOffsetShift) * mib }
 			st, _ := os.Stat(p)
 			fsize := st.Size()
@@ -97,10 +89,10 @@ func TestLogReplay(t *testing.T) {
 			wf.Close()
 			setLogGUID(t, p, mustGUID("11111111-2222-4333-8444-555555555555"))
 
-			if _, err := Open(p, image.OpenOptions{ReadOnly: true}); !errors.Is(err, ErrDirtyLog) {
+			if _, err := openPath(p, image.OpenOptions{ReadOnly: true}); !errors.Is(err, ErrDirtyLog) {
 				t.Fatalf("read-only open of a dirty image: %v", err)
 			}
-			if fa, err := Info(p); err != nil || !fa.Dirty {
+			if fa, err := infoPath(p); err != nil || !fa.Dirty {
 				t.Fatalf("Info of a dirty image: %+v, %v", fa, err)
 			}
 			cp := filepath.Join(dir, "copy.vhdx")
@@ -110,7 +102,7 @@ func TestLogReplay(t *testing.T) {
 			qemu := imagetest.QemuRaw(t, cp, "vhdx")
 			imagetest.MustEqual(t, "qemu's replay", qemu, want)
 
-			d, err = Open(p, image.OpenOptions{})
+			d, err = openPath(p, image.OpenOptions{})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -118,7 +110,7 @@ func TestLogReplay(t *testing.T) {
 			if err := d.Close(); err != nil {
 				t.Fatal(err)
 			}
-			if fa, err := Info(p); err != nil || fa.Dirty {
+			if fa, err := infoPath(p); err != nil || fa.Dirty {
 				t.Fatalf("Info after replay: %+v, %v", fa, err)
 			}
 			imagetest.Run(t, "qemu-img", "check", p)

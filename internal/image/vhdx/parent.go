@@ -1,92 +1,58 @@
 package vhdx
 
 import (
+	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
-	"slices"
 	"strings"
 
 	"vdisk/internal/blockdev"
 	"vdisk/internal/image"
 )
 
-// canonical returns the absolute path of p with symlinks resolved.
-func canonical(p string) (string, error) {
-	abs, err := filepath.Abs(p)
-	if err != nil {
-		return "", err
-	}
-	return filepath.EvalSymlinks(abs)
-}
-
-// parentCandidates returns the paths a parent locator names, in the order
-// they are tried: relative_path (against the disk's directory), then
-// absolute_win32_path and volume_path when they are usable here.
-func parentCandidates(imagePath string, kv map[string]string) []string {
+// parentNames returns the names a parent locator gives its parent, in
+// the order they are tried: relative_path, then absolute_win32_path and
+// volume_path, with Windows separators made slashes. Where they lead is
+// opt.Names' business (image.OpenBacking).
+func parentNames(kv map[string]string) []string {
 	var out []string
 	if r := kv["relative_path"]; r != "" {
-		r = strings.TrimPrefix(strings.ReplaceAll(r, `\`, "/"), "./")
-		out = append(out, filepath.Join(filepath.Dir(imagePath), r))
+		out = append(out, strings.TrimPrefix(strings.ReplaceAll(r, `\`, "/"), "./"))
 	}
 	for _, k := range []string{"absolute_win32_path", "volume_path"} {
-		if p := strings.ReplaceAll(kv[k], `\`, "/"); strings.HasPrefix(p, "/") {
-			out = append(out, p)
+		if p := kv[k]; p != "" {
+			out = append(out, strings.ReplaceAll(p, `\`, "/"))
 		}
 	}
 	return out
 }
 
-// openParent opens the parent of the differencing disk img, read-only.
+// openParent opens the parent of the differencing disk img, read-only,
+// through image.OpenBacking: the first of the locator's names that opens;
+// when none does, the errors of all.
 func openParent(img *Image, opt image.OpenOptions) (blockdev.Device, error) {
-	me, err := canonical(img.path)
-	if err != nil {
-		return nil, fmt.Errorf("vhdx: %w", err)
+	names := parentNames(img.m.parent)
+	if len(names) == 0 {
+		return nil, corruptf("parent locator names no parent (relative_path, absolute_win32_path or volume_path)")
 	}
-	chain := append(slices.Clone(opt.Chain), me)
-	if len(chain) > opt.MaxChainDepth {
-		return nil, fmt.Errorf("vhdx: parent chain of more than %d images: %w", opt.MaxChainDepth, image.ErrChainTooDeep)
-	}
-	cands := parentCandidates(img.path, img.m.parent)
-	var pp string
-	for _, c := range cands {
-		if _, err := os.Stat(c); err == nil {
-			pp = c
+	var d blockdev.Device
+	var errs []error
+	for _, n := range names {
+		var err error
+		if d, err = image.OpenBacking(img.f, image.Backing{Name: n, Format: Name, What: "parent"}, opt); err == nil {
 			break
 		}
+		errs = append(errs, err)
 	}
-	if pp == "" {
-		return nil, fmt.Errorf("vhdx: parent not found (tried %q): %w", cands, image.ErrBackingRefused)
+	if d == nil {
+		return nil, fmt.Errorf("vhdx: %w", errors.Join(errs...))
 	}
-	pc, err := canonical(pp)
-	if err != nil {
-		return nil, fmt.Errorf("vhdx: parent %s: %w", pp, err)
-	}
-	if opt.BackingDir != "" {
-		dir, err := canonical(opt.BackingDir)
-		if err != nil {
-			return nil, fmt.Errorf("vhdx: backing dir: %w", err)
-		}
-		if rel, err := filepath.Rel(dir, pc); err != nil || !filepath.IsLocal(rel) {
-			return nil, fmt.Errorf("vhdx: parent %s resolves to %s, outside %s: %w", pp, pc, dir, image.ErrBackingRefused)
-		}
-	}
-	if slices.Contains(chain, pc) {
-		return nil, fmt.Errorf("vhdx: parent %s loops back: %w", pp, image.ErrBackingRefused)
-	}
-	d, err := Open(pp, image.OpenOptions{
-		Format: Name, ReadOnly: true, BackingDir: opt.BackingDir, MaxChainDepth: opt.MaxChainDepth,
-		CacheSize: opt.CacheSize, NoLock: opt.NoLock, Chain: chain, Log: opt.Log,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("vhdx: open parent %s: %w", pp, err)
-	}
-	if link := img.m.parent["parent_linkage"]; link != "" && !strings.EqualFold(link, d.hdrs[d.cur].dataWrite.String()) {
-		opt.Log.Warn("parent's data-write GUID differs from the differencing disk's parent_linkage", "image", img.path, "parent", pp)
+	p, _ := d.(*Image)
+	if link := img.m.parent["parent_linkage"]; p != nil && link != "" && !strings.EqualFold(link, p.hdrs[p.cur].dataWrite.String()) {
+		opt.Log.Warn("parent's data-write GUID differs from the differencing disk's parent_linkage", "image", img.f.Name(), "parent", p.f.Name())
 	}
 	if d.Size() != img.m.size {
 		d.Close()
-		return nil, corruptf("parent %s is %d bytes, the differencing disk %d", pp, d.Size(), img.m.size)
+		return nil, corruptf("parent is %d bytes, the differencing disk %d", d.Size(), img.m.size)
 	}
 	return d, nil
 }

@@ -1,8 +1,10 @@
 package vhdx
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"vdisk/internal/image/imagetest"
@@ -46,17 +48,17 @@ func TestReadQemuImages(t *testing.T) {
 			if got, err := image.Probe(p); err != nil || got != Name {
 				t.Fatalf("probe: %q, %v", got, err)
 			}
-			d, err := Open(p, image.OpenOptions{ReadOnly: true})
+			d, err := openPath(p, image.OpenOptions{ReadOnly: true})
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer d.Close()
 			imagetest.MustEqual(t, "read", imagetest.ReadAll(t, d), want)
-			fa, err := Info(p)
+			fa, err := infoPath(p)
 			if err != nil || fa.VirtualSize != int64(len(want)) || fa.Dirty {
 				t.Fatalf("Info: %+v, %v", fa, err)
 			}
-			if r, err := Check(p, image.CheckOptions{}); err != nil || !r.Clean() {
+			if r, err := checkPath(p, image.CheckOptions{}); err != nil || !r.Clean() {
 				t.Fatalf("Check: %+v, %v", r, err)
 			}
 		})
@@ -91,11 +93,11 @@ func TestWriteMatchesQemu(t *testing.T) {
 			const size = 9 << 20
 			if tc.qemuOpt != "" {
 				imagetest.Run(t, "qemu-img", "create", "-q", "-f", "vhdx", "-o", tc.qemuOpt, p, "9M")
-			} else if err := Create(p, image.CreateOptions{Format: Name, Size: size, ClusterSize: tc.cs, Options: tc.opts}); err != nil {
+			} else if err := createPath(p, image.CreateOptions{Format: Name, Size: size, ClusterSize: tc.cs, Options: tc.opts}); err != nil {
 				t.Fatal(err)
 			}
 			imagetest.Run(t, "qemu-img", "check", p)
-			d, err := Open(p, image.OpenOptions{})
+			d, err := openPath(p, image.OpenOptions{})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -127,7 +129,7 @@ func TestWriteMatchesQemu(t *testing.T) {
 				t.Fatal(err)
 			}
 			imagetest.Run(t, "qemu-img", "compare", "-f", "vhdx", "-F", "raw", p, refPath)
-			d2, err := Open(p, image.OpenOptions{ReadOnly: true})
+			d2, err := openPath(p, image.OpenOptions{ReadOnly: true})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -150,15 +152,47 @@ func TestConformance(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			blockdevtest.Run(t, func(t *testing.T, size int64) blockdev.Device {
 				p := filepath.Join(t.TempDir(), "img.vhdx")
-				if err := Create(p, image.CreateOptions{Format: Name, Size: size, ClusterSize: 1 << 20, Options: tc.opts}); err != nil {
+				if err := createPath(p, image.CreateOptions{Format: Name, Size: size, ClusterSize: 1 << 20, Options: tc.opts}); err != nil {
 					t.Fatal(err)
 				}
-				d, err := Open(p, image.OpenOptions{ReadOnly: tc.ro})
+				d, err := openPath(p, image.OpenOptions{ReadOnly: tc.ro})
 				if err != nil {
 					t.Fatal(err)
 				}
 				return d
 			})
 		})
+	}
+}
+
+// TestMemFile makes, writes and reopens a VHDX in an in-memory File (as
+// in an object store); a differencing disk there cannot name its parent.
+func TestMemFile(t *testing.T) {
+	m := newMemFile(nil)
+	if err := image.CreateIn(m, image.CreateOptions{Format: Name, Size: 5 << 20, ClusterSize: mib}); err != nil {
+		t.Fatal(err)
+	}
+	d, err := image.OpenFile(m, image.OpenOptions{Format: Name})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := make([]byte, 5<<20)
+	imagetest.RandomWrites(t, d, ref, 7, 20, 300<<10)
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	d, err = image.OpenFile(m, image.OpenOptions{Format: Name, ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	imagetest.MustEqual(t, "reopened", imagetest.ReadAll(t, d), ref)
+	d.Close()
+	if fa, err := image.InfoOf(m, Name); err != nil || fa.VirtualSize != 5<<20 || fa.DiskSize != int64(len(m.b)) {
+		t.Fatalf("Info %+v, %v", fa, err)
+	}
+	err = image.CreateIn(newMemFile(nil), image.CreateOptions{Format: Name, BackingFile: "parent.vhdx",
+		Names: image.NoNames{Why: "images in an object store name no files"}})
+	if !errors.Is(err, image.ErrBackingRefused) || !strings.Contains(err.Error(), "object store") {
+		t.Fatalf("differencing disk in memory: %v", err)
 	}
 }

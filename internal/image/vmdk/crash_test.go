@@ -19,10 +19,10 @@ func TestUnflushedAllocation(t *testing.T) {
 	for _, sub := range []string{MonolithicSparse, TwoGbMaxExtentSparse} {
 		t.Run(sub, func(t *testing.T) {
 			p := filepath.Join(t.TempDir(), "img.vmdk")
-			if err := Create(p, image.CreateOptions{Format: Name, Size: 8 << 20, Options: map[string]string{"subformat": sub}}); err != nil {
+			if err := createPath(p, image.CreateOptions{Format: Name, Size: 8 << 20, Options: map[string]string{"subformat": sub}}); err != nil {
 				t.Fatal(err)
 			}
-			d, err := Open(p, image.OpenOptions{})
+			d, err := openPath(p, image.OpenOptions{})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -37,11 +37,12 @@ func TestUnflushedAllocation(t *testing.T) {
 				t.Fatal(err)
 			}
 			d.release() // the crash: no Flush
+			d.f.Close()
 			imagetest.Run(t, "qemu-img", "check", p)
 			ref := make([]byte, 8<<20)
 			copy(ref[1<<20:], kept)
 			imagetest.MustEqual(t, "qemu after the crash", imagetest.QemuRaw(t, p, "vmdk"), ref)
-			d2, err := Open(p, image.OpenOptions{})
+			d2, err := openPath(p, image.OpenOptions{})
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
-	"os"
 	"path/filepath"
 	"strings"
 
@@ -31,15 +30,17 @@ const (
 	TwoGbMaxExtentFlat   = "twoGbMaxExtentFlat"
 )
 
-// Create makes a new VMDK at path (it must not exist). opt.Options may set
-// subformat (monolithicSparse, the default, monolithicFlat,
-// twoGbMaxExtentSparse or twoGbMaxExtentFlat). opt.ClusterSize sets the
-// grain size of sparse extents (a power of two from 4 KiB to 1 MiB; default
-// 64 KiB). opt.BackingFile names a VMDK parent (its size is used when
-// opt.Size is zero).
-func Create(path string, opt image.CreateOptions) error {
-	if err := opt.Validate(); err != nil {
-		return err
+// createFile writes a new VMDK into f, an empty file (the registry's
+// CreateFile). opt.Options may set subformat (monolithicSparse, the
+// default, monolithicFlat, twoGbMaxExtentSparse or twoGbMaxExtentFlat);
+// the extent files of the last three are made beside f through
+// opt.Names. opt.ClusterSize sets the grain size of sparse extents (a
+// power of two from 4 KiB to 1 MiB; default 64 KiB). opt.BackingFile
+// names a VMDK parent, opened through opt.Names (its size is used when
+// opt.Size is zero) and recorded as given.
+func createFile(f image.File, opt image.CreateOptions) error {
+	if opt.Names == nil {
+		opt.Names = image.LocalNames{}
 	}
 	sub := MonolithicSparse
 	for k, v := range opt.Options {
@@ -52,12 +53,9 @@ func Create(path string, opt image.CreateOptions) error {
 			return fmt.Errorf("vmdk: unknown option %q (known: subformat)", k)
 		}
 	}
-	grain := opt.ClusterSize
-	if grain == 0 {
-		grain = DefaultGrainSize
-	}
-	if grain < 4096 || grain > 1<<20 || grain&(grain-1) != 0 {
-		return fmt.Errorf("vmdk: grain size %d: want a power of two from 4 KiB to 1 MiB", grain)
+	grain, err := grainSize(opt.ClusterSize)
+	if err != nil {
+		return err
 	}
 	d := &descriptor{version: 1, parentCID: noParent, createType: sub, cid: newCID()}
 	size := opt.Size
@@ -65,93 +63,76 @@ func Create(path string, opt image.CreateOptions) error {
 		if opt.BackingFormat != "" && opt.BackingFormat != Name {
 			return fmt.Errorf("vmdk: parent format %q: a VMDK's parent must be a VMDK: %w", opt.BackingFormat, errUnsupported)
 		}
-		pp, err := resolveParent(path, opt.BackingFile, "")
+		pd, err := image.OpenBacking(f, image.Backing{Name: opt.BackingFile, Format: Name, What: "parent"},
+			image.OpenOptions{ReadOnly: true, Names: opt.Names})
 		if err != nil {
-			return err
+			return fmt.Errorf("vmdk: %w", err)
 		}
-		parent, err := Open(pp, image.OpenOptions{ReadOnly: true, NoBacking: true, NoLock: true})
-		if err != nil {
-			return fmt.Errorf("vmdk: parent: %w", err)
-		}
-		d.parentCID, d.parentHint = parent.desc.cid, opt.BackingFile
+		d.parentCID, d.parentHint = pd.(*Image).desc.cid, opt.BackingFile
 		if size == 0 {
-			size = parent.Size()
+			size = pd.Size()
 		}
-		parent.Close()
+		pd.Close()
 	}
 	size = (size + sectorSize - 1) &^ (sectorSize - 1)
-	if size/sectorSize > maxSectors {
-		return fmt.Errorf("vmdk: size %d is larger than 64 TiB", size)
-	}
 	sectors := size / sectorSize
-	if sectors == 0 {
-		return fmt.Errorf("vmdk: size must be positive")
+	if sectors <= 0 || sectors > maxSectors {
+		return fmt.Errorf("vmdk: size %d: want 1 byte to 64 TiB", opt.Size)
 	}
-	cyl := min(sectors/(16*63), 16383)
-	d.ddb = []string{`ddb.virtualHWVersion = "4"`, fmt.Sprintf(`ddb.geometry.cylinders = "%d"`, cyl),
-		`ddb.geometry.heads = "16"`, `ddb.geometry.sectors = "63"`, `ddb.adapterType = "ide"`}
-
-	base := strings.TrimSuffix(filepath.Base(path), ".vmdk")
-	dir := filepath.Dir(path)
-	var made []string
-	fail := func(err error) error {
-		for _, p := range made {
-			os.Remove(p)
-		}
-		return err
-	}
-	write := func(p string, buf []byte, size int64) error {
-		err := writeNew(p, buf, size)
-		if err == nil {
-			made = append(made, p)
-		}
-		return err
-	}
+	d.ddb = ddb(sectors)
 	if sub == MonolithicSparse {
-		d.extents = []extentLine{{access: "RW", sectors: sectors, kind: kindSparse, file: filepath.Base(path)}}
-		buf, fsize, err := sparseLayout(sectors, grain/sectorSize, d.encode())
-		if err != nil {
-			return err
-		}
-		if err := write(path, buf, fsize); err != nil {
-			return fail(err)
-		}
-		return nil
+		d.extents = []extentLine{{access: "RW", sectors: sectors, kind: kindSparse, file: filepath.Base(f.Name())}}
+		return writeSparse(f, sectors, grain/sectorSize, d.encode())
 	}
+	base := strings.TrimSuffix(filepath.Base(f.Name()), ".vmdk")
 	for i, left := 0, sectors; left > 0; i++ {
 		n := left
 		if sub != MonolithicFlat {
 			n = min(left, splitSize/sectorSize)
 		}
-		var name string
-		var buf []byte
-		fsize := n * sectorSize
+		l := extentLine{access: "RW", sectors: n, kind: kindFlat, file: fmt.Sprintf("%s-f%03d.vmdk", base, i+1)}
 		switch sub {
 		case MonolithicFlat:
-			name = base + "-flat.vmdk"
-		case TwoGbMaxExtentFlat:
-			name = fmt.Sprintf("%s-f%03d.vmdk", base, i+1)
+			l.file = base + "-flat.vmdk"
 		case TwoGbMaxExtentSparse:
-			name = fmt.Sprintf("%s-s%03d.vmdk", base, i+1)
-			var err error
-			if buf, fsize, err = sparseLayout(n, grain/sectorSize, ""); err != nil {
-				return fail(err)
-			}
+			l.kind, l.file = kindSparse, fmt.Sprintf("%s-s%03d.vmdk", base, i+1)
 		}
-		kind := kindFlat
-		if sub == TwoGbMaxExtentSparse {
-			kind = kindSparse
+		d.extents = append(d.extents, l)
+		ef, err := opt.Names.Create(f, l.file)
+		if err != nil {
+			return fmt.Errorf("vmdk: extent %s: %w", l.file, err)
 		}
-		d.extents = append(d.extents, extentLine{access: "RW", sectors: n, kind: kind, file: name})
-		if err := write(filepath.Join(dir, name), buf, fsize); err != nil {
-			return fail(err)
+		if l.kind == kindSparse {
+			err = writeSparse(ef, n, grain/sectorSize, "")
+		} else {
+			err = writeNew(ef, nil, n*sectorSize)
+		}
+		if cerr := ef.Close(); err == nil && cerr != nil {
+			err = fmt.Errorf("vmdk: create %s: %w", ef.Name(), cerr)
+		}
+		if err != nil {
+			return err
 		}
 		left -= n
 	}
-	if err := write(path, []byte(d.encode()), -1); err != nil {
-		return fail(err)
+	return writeNew(f, []byte(d.encode()), -1)
+}
+
+// grainSize checks a grain size in bytes (0 means DefaultGrainSize).
+func grainSize(grain int64) (int64, error) {
+	if grain == 0 {
+		grain = DefaultGrainSize
 	}
-	return nil
+	if grain < 4096 || grain > 1<<20 || grain&(grain-1) != 0 {
+		return 0, fmt.Errorf("vmdk: grain size %d: want a power of two from 4 KiB to 1 MiB", grain)
+	}
+	return grain, nil
+}
+
+// ddb is the disk data base of a new disk of sectors sectors.
+func ddb(sectors int64) []string {
+	return []string{`ddb.virtualHWVersion = "4"`, fmt.Sprintf(`ddb.geometry.cylinders = "%d"`, min(sectors/(16*63), 16383)),
+		`ddb.geometry.heads = "16"`, `ddb.geometry.sectors = "63"`, `ddb.adapterType = "ide"`}
 }
 
 // newCID returns a random content id.
@@ -164,70 +145,53 @@ func newCID() string {
 	return hex.EncodeToString(b[:])
 }
 
-// sparseLayout returns the metadata of an empty sparse extent of sectors
-// sectors with grain-sector grains (qemu's layout: header, descriptor,
-// redundant directory and tables, directory and tables) and the file size
-// (its overhead).
-func sparseLayout(sectors, grain int64, desc string) ([]byte, int64, error) {
+// writeSparse writes an empty sparse extent of sectors sectors with
+// grain-sector grains into the new file f, in qemu's layout: header,
+// descriptor, redundant directory and tables, directory and tables. The
+// tables are left as holes (empty), so only the directories are built in
+// memory.
+func writeSparse(f image.File, sectors, grain int64, desc string) error {
 	const gtes = 512
-	descOff, descSize := int64(0), int64(0)
-	next := int64(1)
+	h := &sparseHeader{version: 1, flags: flagNLDetect | flagRGD, capacity: sectors, grain: grain, gtes: gtes, rgdOff: 1}
 	if desc != "" {
-		descOff, descSize = 1, embeddedDescSectors
-		if int64(len(desc)) > descSize*sectorSize {
-			return nil, 0, fmt.Errorf("vmdk: descriptor of %d bytes does not fit %d sectors", len(desc), descSize)
+		if int64(len(desc)) > embeddedDescSectors*sectorSize {
+			return fmt.Errorf("vmdk: descriptor of %d bytes does not fit %d sectors", len(desc), embeddedDescSectors)
 		}
-		next = descOff + descSize
+		h.descOff, h.descSize, h.rgdOff = 1, embeddedDescSectors, 1+embeddedDescSectors
 	}
 	gtCount := (sectors + gtes*grain - 1) / (gtes * grain)
 	gdSectors := (gtCount*4 + sectorSize - 1) / sectorSize
 	gtSectors := int64(gtes * 4 / sectorSize)
-	rgd := next
-	gd := rgd + gdSectors + gtCount*gtSectors
-	end := gd + gdSectors + gtCount*gtSectors
-	overhead := (end + grain - 1) / grain * grain
-	buf := make([]byte, end*sectorSize)
-	le := binary.LittleEndian
-	le.PutUint32(buf, magicKDMV)
-	le.PutUint32(buf[4:], 1)
-	le.PutUint32(buf[8:], flagNLDetect|flagRGD)
-	le.PutUint64(buf[12:], uint64(sectors))
-	le.PutUint64(buf[20:], uint64(grain))
-	le.PutUint64(buf[28:], uint64(descOff))
-	le.PutUint64(buf[36:], uint64(descSize))
-	le.PutUint32(buf[44:], gtes)
-	le.PutUint64(buf[48:], uint64(rgd))
-	le.PutUint64(buf[56:], uint64(gd))
-	le.PutUint64(buf[64:], uint64(overhead))
-	copy(buf[73:], "\n \r\n")
-	copy(buf[descOff*sectorSize:], desc)
-	for i := range gtCount {
-		le.PutUint32(buf[rgd*sectorSize+4*i:], uint32(rgd+gdSectors+i*gtSectors))
-		le.PutUint32(buf[gd*sectorSize+4*i:], uint32(gd+gdSectors+i*gtSectors))
+	h.gdOff = uint64(h.rgdOff + gdSectors + gtCount*gtSectors)
+	end := int64(h.gdOff) + gdSectors + gtCount*gtSectors
+	h.overhead = (end + grain - 1) / grain * grain
+	dir := make([]byte, gdSectors*sectorSize)
+	for _, at := range []int64{h.rgdOff, int64(h.gdOff)} {
+		for i := range gtCount {
+			binary.LittleEndian.PutUint32(dir[4*i:], uint32(at+gdSectors+i*gtSectors))
+		}
+		if _, err := f.WriteAt(dir, at*sectorSize); err != nil {
+			return fmt.Errorf("vmdk: create %s: %w", f.Name(), err)
+		}
 	}
-	return buf, overhead * sectorSize, nil
+	head := make([]byte, h.rgdOff*sectorSize)
+	copy(head, h.encode())
+	copy(head[sectorSize:], desc)
+	return writeNew(f, head, h.overhead*sectorSize)
 }
 
-// writeNew creates path exclusively with buf at its start, sized size
-// (len(buf) when size is negative).
-func writeNew(path string, buf []byte, size int64) error {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
-	if err != nil {
-		return fmt.Errorf("vmdk: create: %w", err)
-	}
-	_, err = f.WriteAt(buf, 0)
+// writeNew writes buf at the start of the new file f, sizes it size
+// (len(buf) when size is negative) and syncs it.
+func writeNew(f image.File, buf []byte, size int64) error {
+	_, err := f.WriteAt(buf, 0)
 	if err == nil && size >= 0 {
 		err = f.Truncate(size)
 	}
 	if err == nil {
 		err = f.Sync()
 	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
 	if err != nil {
-		os.Remove(path)
-		return fmt.Errorf("vmdk: create %s: %w", path, err)
+		return fmt.Errorf("vmdk: create %s: %w", f.Name(), err)
 	}
 	return nil
 }

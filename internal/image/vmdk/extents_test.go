@@ -15,10 +15,10 @@ func TestExtentsSeeFileHoles(t *testing.T) {
 	for _, sub := range []string{MonolithicFlat, TwoGbMaxExtentFlat, MonolithicSparse} {
 		t.Run(sub, func(t *testing.T) {
 			p := filepath.Join(t.TempDir(), "img.vmdk")
-			if err := Create(p, image.CreateOptions{Format: Name, Size: 4 << 20, Options: map[string]string{"subformat": sub}}); err != nil {
+			if err := createPath(p, image.CreateOptions{Format: Name, Size: 4 << 20, Options: map[string]string{"subformat": sub}}); err != nil {
 				t.Fatal(err)
 			}
-			d, err := Open(p, image.OpenOptions{})
+			d, err := openPath(p, image.OpenOptions{})
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -1,6 +1,7 @@
 package vmdk
 
 import (
+	"bytes"
 	"os"
 	"path/filepath"
 	"testing"
@@ -12,8 +13,8 @@ import (
 // fuzzReadLimit bounds how much of an opened image FuzzOpen reads.
 const fuzzReadLimit = 1 << 20
 
-// FuzzOpen opens arbitrary bytes as a monolithic sparse VMDK (or a
-// descriptor next to a 1 MiB flat extent "f.raw"): never a panic, hang or
+// FuzzOpen opens arbitrary bytes, in memory, as a monolithic sparse VMDK
+// (or a descriptor next to a 1 MiB flat extent "f.raw"): never a panic, hang or
 // unbounded allocation; what opens reads and describes its extents, or
 // fails with an error.
 func FuzzOpen(f *testing.F) {
@@ -27,14 +28,9 @@ func FuzzOpen(f *testing.F) {
 	}
 	f.Add(smallImage(f))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		dir := t.TempDir()
-		os.WriteFile(filepath.Join(dir, "f.raw"), make([]byte, 1<<20), 0o644)
-		p := filepath.Join(dir, "f.vmdk")
-		if err := os.WriteFile(p, b, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		Info(p)
-		d, err := Open(p, image.OpenOptions{ReadOnly: true, NoBacking: true})
+		names := memNames{"f.raw": newMemFile("f.raw", make([]byte, 1<<20))}
+		image.InfoOf(newMemFile("f.vmdk", bytes.Clone(b)), Name)
+		d, err := image.OpenFile(newMemFile("f.vmdk", b), image.OpenOptions{Format: Name, ReadOnly: true, NoBacking: true, Names: names})
 		if err != nil {
 			return
 		}

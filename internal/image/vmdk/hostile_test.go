@@ -1,10 +1,12 @@
 package vmdk
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -17,10 +19,10 @@ import (
 func smallImage(t testing.TB) []byte {
 	t.Helper()
 	p := filepath.Join(t.TempDir(), "small.vmdk")
-	if err := Create(p, image.CreateOptions{Format: Name, Size: 1 << 20, ClusterSize: 4096}); err != nil {
+	if err := createPath(p, image.CreateOptions{Format: Name, Size: 1 << 20, ClusterSize: 4096}); err != nil {
 		t.Fatal(err)
 	}
-	d, err := Open(p, image.OpenOptions{})
+	d, err := openPath(p, image.OpenOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -39,9 +41,9 @@ func smallImage(t testing.TB) []byte {
 	return b
 }
 
-// TestHostileSparse opens damaged monolithicSparse files: each is refused
-// (at open, or at the read that meets the damage) with an error naming the
-// problem.
+// TestHostileSparse opens damaged monolithicSparse files in memory: each
+// is refused (at open, or at the read that meets the damage) with an error
+// naming the problem, without allocating what the damage claims.
 func TestHostileSparse(t *testing.T) {
 	le := binary.LittleEndian
 	orig := smallImage(t)
@@ -70,15 +72,33 @@ func TestHostileSparse(t *testing.T) {
 		}, want: "not key=value", kind: blockdev.ErrCorrupt},
 		{name: "descriptor-outside", mutate: func(b []byte) []byte { le.PutUint64(b[28:], 1<<40); return b }, want: "embedded descriptor", kind: blockdev.ErrCorrupt},
 		{name: "truncated", mutate: func(b []byte) []byte { return b[:len(b)-2048] }, want: "outside the data area", atRead: true, kind: blockdev.ErrCorrupt},
-		{name: "not-vmdk", mutate: func(b []byte) []byte { return []byte(strings.Repeat("z", 4096)) }, want: "not a VMDK", kind: ErrNotVMDK},
+		{name: "not-vmdk", mutate: func(b []byte) []byte { return []byte(strings.Repeat("z", 4096)) }, want: "not a VMDK", kind: image.ErrWrongFormat},
+		// A file of 1 MiB whose header and descriptor claim 64 TiB: its
+		// grain directory would take 128 MiB.
+		{name: "terabytes-in-1MiB", mutate: func(b []byte) []byte {
+			le.PutUint64(b[12:], maxSectors)
+			desc := b[sectorSize : sectorSize+embeddedDescSectors*sectorSize]
+			copy(desc, bytes.Replace(bytes.Clone(desc), []byte("RW 2048 SPARSE"), []byte("RW 137438953472 SPARSE"), 1))
+			return append(b, make([]byte, 1<<20-len(b))...)
+		}, want: "grain directory of 33554432 entries (a capacity of 137438953472 sectors in grains of 8 sectors, 512 per table) at sector", kind: blockdev.ErrCorrupt},
+		{name: "gd-overlap", mutate: func(b []byte) []byte {
+			le.PutUint64(b[12:], 8192)
+			copy(b[gd+4:gd+8], b[gd:gd+4])
+			return b
+		}, want: "overlapping grain tables", kind: blockdev.ErrCorrupt},
+		{name: "compressed-huge-grain", mutate: func(b []byte) []byte {
+			le.PutUint32(b[8:], le.Uint32(b[8:])|flagCompressed)
+			le.PutUint16(b[77:], compressDeflate)
+			le.PutUint64(b[20:], 1<<18)
+			return b
+		}, want: "compressed grains of 262144 sectors", kind: image.ErrUnsupported},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			p := filepath.Join(t.TempDir(), "bad.vmdk")
-			if err := os.WriteFile(p, tc.mutate(append([]byte(nil), orig...)), 0o644); err != nil {
-				t.Fatal(err)
-			}
-			d, err := Open(p, image.OpenOptions{ReadOnly: true})
+			b := tc.mutate(bytes.Clone(orig))
+			var before, after runtime.MemStats
+			runtime.ReadMemStats(&before)
+			d, err := image.OpenFile(newMemFile("bad.vmdk", bytes.Clone(b)), image.OpenOptions{Format: Name, ReadOnly: true, Names: image.NoNames{Why: "test"}})
 			if tc.atRead {
 				if err != nil {
 					t.Fatalf("open: %v", err)
@@ -89,13 +109,17 @@ func TestHostileSparse(t *testing.T) {
 				d.Close()
 				t.Fatal("opened")
 			}
+			runtime.ReadMemStats(&after)
 			if !errors.Is(err, tc.kind) {
 				t.Errorf("error does not wrap %v: %v", tc.kind, err)
 			}
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Errorf("error %v does not mention %q", err, tc.want)
 			}
-			if r, err := Check(p, image.CheckOptions{}); err == nil && r.Clean() {
+			if n := after.TotalAlloc - before.TotalAlloc; n > 64<<20 {
+				t.Errorf("open allocated %d bytes", n)
+			}
+			if r, err := image.CheckOf(newMemFile("bad.vmdk", b), Name, image.CheckOptions{}); err == nil && r.Clean() {
 				t.Errorf("Check found it clean")
 			}
 		})
@@ -121,9 +145,9 @@ func TestHostileDescriptor(t *testing.T) {
 		name, text, want string
 		kind             error
 	}{
-		{"dotdot", desc(`RW 2048 FLAT "../secret.raw" 0`), "outside the descriptor", ErrExtentPath},
-		{"absolute", desc(`RW 2048 FLAT "` + secret + `" 0`), "outside the descriptor", ErrExtentPath},
-		{"symlink", desc(`RW 2048 FLAT "link.vmdk" 0`), "outside the descriptor", ErrExtentPath},
+		{"dotdot", desc(`RW 2048 FLAT "../secret.raw" 0`), "outside", image.ErrBackingRefused},
+		{"absolute", desc(`RW 2048 FLAT "` + secret + `" 0`), "outside", image.ErrBackingRefused},
+		{"symlink", desc(`RW 2048 FLAT "link.vmdk" 0`), "outside", image.ErrBackingRefused},
 		{"flat-truncated", desc(`RW 4096 FLAT "small-flat.vmdk" 0`), "truncated", blockdev.ErrCorrupt},
 		{"flat-offset", desc(`RW 2048 FLAT "small-flat.vmdk" 1`), "truncated", blockdev.ErrCorrupt},
 		{"bad-size", desc(`RW -5 FLAT "small-flat.vmdk" 0`), "extent size", blockdev.ErrCorrupt},
@@ -133,6 +157,7 @@ func TestHostileDescriptor(t *testing.T) {
 		{"vmfssparse", desc(`RW 2048 VMFSSPARSE "small-flat.vmdk"`), "VMFSSPARSE", image.ErrUnsupported},
 		{"noaccess", desc(`NOACCESS 2048 FLAT "small-flat.vmdk" 0`), "NOACCESS", image.ErrUnsupported},
 		{"no-extents", desc(""), "no extents", blockdev.ErrCorrupt},
+		{"huge-descriptor", desc(`RW 2048 FLAT "small-flat.vmdk" 0` + "\n" + strings.Repeat("#", 1<<20)), "larger than", blockdev.ErrCorrupt},
 		{"same-file-twice", desc("RW 1024 FLAT \"small-flat.vmdk\" 0\nRW 1024 FLAT \"small-flat.vmdk\" 1024\n"), "named twice", blockdev.ErrCorrupt},
 		{"parent-self", desc(`RW 2048 FLAT "small-flat.vmdk" 0` + "\nparentCID=1\nparentFileNameHint=\"bad.vmdk\"\n"), "loops back", image.ErrBackingRefused},
 		{"parent-protocol", desc(`RW 2048 FLAT "small-flat.vmdk" 0` + "\nparentCID=1\nparentFileNameHint=\"nbd://host/x\"\n"), "protocol", image.ErrBackingRefused},
@@ -145,7 +170,7 @@ func TestHostileDescriptor(t *testing.T) {
 			if err := os.WriteFile(p, []byte(tc.text), 0o644); err != nil {
 				t.Fatal(err)
 			}
-			d, err := Open(p, image.OpenOptions{ReadOnly: true})
+			d, err := openPath(p, image.OpenOptions{ReadOnly: true})
 			if err == nil {
 				d.Close()
 				t.Fatal("opened")
@@ -160,17 +185,17 @@ func TestHostileDescriptor(t *testing.T) {
 	}
 	t.Run("parent-outside-backing-dir", func(t *testing.T) {
 		base := filepath.Join(outer, "base.vmdk")
-		if err := Create(base, image.CreateOptions{Format: Name, Size: 1 << 20}); err != nil {
+		if err := createPath(base, image.CreateOptions{Format: Name, Size: 1 << 20}); err != nil {
 			t.Fatal(err)
 		}
 		child := filepath.Join(dir, "child.vmdk")
-		if err := Create(child, image.CreateOptions{Format: Name, BackingFile: "../base.vmdk"}); err != nil {
+		if err := createPath(child, image.CreateOptions{Format: Name, BackingFile: "../base.vmdk", Names: image.LocalNames{Dirs: []string{outer}}}); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := Open(child, image.OpenOptions{ReadOnly: true, BackingDir: dir}); !errors.Is(err, image.ErrBackingRefused) {
+		if _, err := openPath(child, image.OpenOptions{ReadOnly: true, BackingDir: dir}); !errors.Is(err, image.ErrBackingRefused) {
 			t.Fatalf("open: %v", err)
 		}
-		d, err := Open(child, image.OpenOptions{ReadOnly: true, BackingDir: outer})
+		d, err := openPath(child, image.OpenOptions{ReadOnly: true, BackingDir: outer})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -1,13 +1,15 @@
 // Package vmdk reads and writes VMware VMDK images (Virtual Disk Format
 // 5.0) as blockdev Devices: monolithicSparse, monolithicFlat,
 // twoGbMaxExtentSparse and twoGbMaxExtentFlat read and write,
-// streamOptimized (compressed grains) read-only, with parent links
-// (parentFileNameHint) opened through the image registry. It registers
-// itself as "vmdk".
+// streamOptimized (compressed grains) read-only and streamed, with parent
+// links (parentFileNameHint) opened through image.OpenBacking. It
+// registers itself as "vmdk".
 //
-// Extent files are named relative to the descriptor; a name that is
-// absolute, climbs out with "..", or resolves through symlinks to a file
-// outside the descriptor's directory is refused.
+// The format works on an image.File: the descriptor, or the single file
+// of a monolithicSparse or streamOptimized disk. Every extent file the
+// descriptor names is opened (and at create made) through the Names of
+// the options, the one trust policy: so a single-file VMDK works over any
+// File, and a descriptor that names files works where Names allows it.
 //
 // An Image serves reads and writes from many goroutines at once. Each
 // sparse extent has a mutex guarding its grain directory, grain tables and
@@ -23,15 +25,12 @@ import (
 	"encoding/binary"
 	"fmt"
 	"log/slog"
-	"os"
 	"path/filepath"
 	"regexp"
 	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
-
-	"golang.org/x/sys/unix"
 
 	"vdisk/internal/blockdev"
 	"vdisk/internal/image"
@@ -45,19 +44,19 @@ var errUnsupported = image.ErrUnsupported
 
 func init() {
 	image.Register(image.Format{
-		Name:   Name,
-		Probe:  probe,
-		Open:   func(path string, opt image.OpenOptions) (blockdev.Device, error) { return Open(path, opt) },
-		Create: Create,
-		Stream: stream,
-		Info:   Info,
-		Check:  Check,
+		Name:       Name,
+		Probe:      probe,
+		OpenFile:   openFile,
+		CreateFile: createFile,
+		StreamFile: stream,
+		InfoFile:   info,
+		CheckFile:  check,
 	})
 }
 
-// stream writes a streamOptimized image (-o subformat=streamOptimized);
-// every other subformat is created in place.
-func stream(path string, src blockdev.Device, opt image.CreateOptions) (bool, error) {
+// stream writes a streamOptimized image (-o subformat=streamOptimized)
+// into f; every other subformat is created in place.
+func stream(f image.File, src blockdev.Device, opt image.CreateOptions) (bool, error) {
 	if opt.Options["subformat"] != StreamOptimized {
 		return false, nil
 	}
@@ -69,7 +68,7 @@ func stream(path string, src blockdev.Device, opt image.CreateOptions) (bool, er
 	if opt.BackingFile != "" {
 		return true, fmt.Errorf("vmdk: a %s image has no parent", StreamOptimized)
 	}
-	return true, WriteStreamOptimized(path, src, opt.ClusterSize)
+	return true, writeStreamOptimized(f, src, opt.ClusterSize)
 }
 
 // probe matches a sparse extent's magic or a descriptor file's first line.
@@ -90,18 +89,18 @@ type extent struct {
 	start, sectors int64 // guest sectors
 	kind           string
 	readOnly       bool
-	file           *os.File // flat extents
-	fileOff        int64    // bytes, flat extents
-	sp             *sparse  // sparse extents
+	file           image.File // flat extents
+	fileOff        int64      // bytes, flat extents
+	sp             *sparse    // sparse extents
 }
 
 // Image is an open VMDK. See the package comment for its concurrency
 // contract.
 type Image struct {
-	path     string
+	f        image.File   // the descriptor or the single file
+	named    []image.File // the extent files f names
 	desc     *descriptor
 	extents  []*extent
-	files    []*os.File
 	size     int64
 	readOnly bool
 	parent   blockdev.Device
@@ -110,8 +109,7 @@ type Image struct {
 
 	// The descriptor's CID changes before the first write, as VMware
 	// and qemu do, so children made before it no longer match.
-	cidFile *os.File // where the descriptor is; nil when there is none
-	cidAt   int64    // file offset of the CID's eight hex digits
+	cidAt   int64 // offset of the CID's eight hex digits in f; 0 when none
 	cidMu   sync.Mutex
 	cidDone atomic.Bool
 }
@@ -119,17 +117,17 @@ type Image struct {
 // cidLine finds the descriptor's CID value.
 var cidLine = regexp.MustCompile(`(?m)^CID=([0-9a-fA-F]{8})[ \t\r]*$`)
 
-// noteCID remembers where the CID of the descriptor text at file offset
-// base of f is.
-func (img *Image) noteCID(f *os.File, text []byte, base int64) {
+// noteCID remembers where the CID of the descriptor text at offset base
+// of f is.
+func (img *Image) noteCID(text []byte, base int64) {
 	if m := cidLine.FindSubmatchIndex(text); m != nil {
-		img.cidFile, img.cidAt = f, base+int64(m[2])
+		img.cidAt = base + int64(m[2])
 	}
 }
 
 // changeCID gives the descriptor a new CID before the first write.
 func (img *Image) changeCID() error {
-	if img.cidDone.Load() || img.cidFile == nil {
+	if img.cidDone.Load() || img.cidAt == 0 {
 		return nil
 	}
 	img.cidMu.Lock()
@@ -138,10 +136,10 @@ func (img *Image) changeCID() error {
 		return nil
 	}
 	cid := newCID()
-	if _, err := img.cidFile.WriteAt([]byte(cid), img.cidAt); err != nil {
+	if _, err := img.f.WriteAt([]byte(cid), img.cidAt); err != nil {
 		return fmt.Errorf("vmdk: update the descriptor's CID: %w", err)
 	}
-	if err := unix.Fdatasync(int(img.cidFile.Fd())); err != nil {
+	if err := img.f.Sync(); err != nil {
 		return fmt.Errorf("vmdk: sync the descriptor: %w", err)
 	}
 	img.desc.cid = cid
@@ -155,100 +153,110 @@ var (
 	_ blockdev.Describer = (*Image)(nil)
 )
 
-// Open opens the VMDK whose descriptor (or monolithic sparse file) is at
-// path.
-func Open(path string, opt image.OpenOptions) (*Image, error) {
-	if err := opt.Validate(); err != nil {
+// openFile opens the VMDK whose descriptor (or single sparse file) is f
+// (the registry's OpenFile): the extents it names through opt.Names, the
+// parent through image.OpenBacking.
+func openFile(f image.File, opt image.OpenOptions) (blockdev.Device, error) {
+	img, err := open(f, opt)
+	if err != nil {
 		return nil, err
-	}
-	img := &Image{path: path, readOnly: opt.ReadOnly, log: opt.Log}
-	if err := img.open(opt); err != nil {
-		img.release()
-		return nil, fmt.Errorf("%w (in %s)", err, path)
 	}
 	return img, nil
 }
 
-// openFile opens and locks one file of the image.
-func (img *Image) openFile(p string, readOnly, noLock bool) (*os.File, error) {
-	f, err := image.OpenPath("vmdk", p, image.OpenOptions{ReadOnly: readOnly, NoLock: noLock})
-	if err != nil {
-		return nil, err
+// open opens the VMDK in f; on error it closes what it opened, not f.
+func open(f image.File, opt image.OpenOptions) (*Image, error) {
+	if opt.Names == nil {
+		opt.Names = image.LocalNames{NoLock: opt.NoLock}
 	}
-	img.files = append(img.files, f)
-	return f, nil
+	img := &Image{f: f, readOnly: opt.ReadOnly, log: opt.Log}
+	err := img.open(opt)
+	if err != nil {
+		img.release()
+		return nil, fmt.Errorf("%w (in %s)", err, f.Name())
+	}
+	return img, nil
 }
 
-func (img *Image) open(opt image.OpenOptions) error {
-	f, err := img.openFile(img.path, opt.ReadOnly, opt.NoLock)
+// readDescriptor reads the descriptor of the VMDK in f: embedded in a
+// sparse file (whose header it returns), or the file itself. A lone
+// sparse extent gets the descriptor of a disk of its capacity. base is
+// the descriptor's offset in f, text its text.
+func readDescriptor(f image.File) (d *descriptor, self *sparseHeader, text []byte, base int64, err error) {
+	fsize, err := f.Size()
 	if err != nil {
-		return err
-	}
-	st, err := f.Stat()
-	if err != nil {
-		return fmt.Errorf("vmdk: %w", err)
+		return nil, nil, nil, 0, fmt.Errorf("vmdk: %w", err)
 	}
 	head := make([]byte, sectorSize)
 	n, _ := f.ReadAt(head, 0)
-	var self *sparseHeader
-	if n == sectorSize && binary.LittleEndian.Uint32(head) == magicKDMV {
-		if self, err = parseSparseHeader(head); err != nil {
-			return err
-		}
-		if self.descSize == 0 {
-			// A lone sparse extent: a disk of its capacity.
-			img.desc = &descriptor{parentCID: noParent, createType: "monolithicSparse",
-				extents: []extentLine{{access: "RW", sectors: self.capacity, kind: kindSparse, file: filepath.Base(img.path)}}}
-		} else {
-			if self.descOff < 1 || (self.descOff+self.descSize)*sectorSize > st.Size() {
-				return corruptf("embedded descriptor at sector %d outside the file", self.descOff)
-			}
-			text := make([]byte, self.descSize*sectorSize)
-			if _, err := f.ReadAt(text, self.descOff*sectorSize); err != nil {
-				return fmt.Errorf("vmdk: read embedded descriptor: %w", err)
-			}
-			if i := strings.IndexByte(string(text), 0); i >= 0 {
-				text = text[:i]
-			}
-			if img.desc, err = parseDescriptor(string(text)); err != nil {
-				return err
-			}
-			img.noteCID(f, text, self.descOff*sectorSize)
-			if len(img.desc.extents) != 1 || img.desc.extents[0].kind != kindSparse {
-				return corruptf("embedded descriptor must name one sparse extent, the file itself")
-			}
-		}
-	} else {
-		text := make([]byte, min(st.Size(), maxDescriptor))
+	if n < sectorSize || binary.LittleEndian.Uint32(head) != magicKDMV {
+		text = make([]byte, min(fsize, maxDescriptor))
 		if _, err := f.ReadAt(text, 0); err != nil {
-			return fmt.Errorf("vmdk: read descriptor: %w", err)
+			return nil, nil, nil, 0, fmt.Errorf("vmdk: read descriptor: %w", err)
 		}
 		if !probe(text) && !strings.Contains(string(text), "createType") {
-			return ErrNotVMDK
+			return nil, nil, nil, 0, ErrNotVMDK
 		}
-		if img.desc, err = parseDescriptor(string(text)); err != nil {
-			return err
+		if fsize > maxDescriptor {
+			return nil, nil, nil, 0, corruptf("descriptor file of %d bytes is larger than %d", fsize, maxDescriptor)
 		}
-		img.noteCID(f, text, 0)
+		d, err = parseDescriptor(string(text))
+		return d, nil, text, 0, err
 	}
-	if err := img.openExtents(f, self, opt); err != nil {
+	if self, err = parseSparseHeader(head); err != nil {
+		return nil, nil, nil, 0, err
+	}
+	if self.descSize == 0 {
+		d = &descriptor{parentCID: noParent, createType: MonolithicSparse,
+			extents: []extentLine{{access: "RW", sectors: self.capacity, kind: kindSparse, file: filepath.Base(f.Name())}}}
+		return d, self, nil, 0, nil
+	}
+	if self.descOff < 1 || self.descOff > fsize/sectorSize || self.descSize > fsize/sectorSize-self.descOff {
+		return nil, nil, nil, 0, corruptf("embedded descriptor of %d sectors at sector %d outside the file of %d bytes", self.descSize, self.descOff, fsize)
+	}
+	base = self.descOff * sectorSize
+	text = make([]byte, self.descSize*sectorSize)
+	if _, err := f.ReadAt(text, base); err != nil {
+		return nil, nil, nil, 0, fmt.Errorf("vmdk: read embedded descriptor: %w", err)
+	}
+	if i := strings.IndexByte(string(text), 0); i >= 0 {
+		text = text[:i]
+	}
+	if d, err = parseDescriptor(string(text)); err != nil {
+		return nil, nil, nil, 0, err
+	}
+	if len(d.extents) != 1 || d.extents[0].kind != kindSparse {
+		return nil, nil, nil, 0, corruptf("embedded descriptor must name one sparse extent, the file itself")
+	}
+	return d, self, text, base, nil
+}
+
+func (img *Image) open(opt image.OpenOptions) error {
+	d, self, text, base, err := readDescriptor(img.f)
+	if err != nil {
+		return err
+	}
+	img.desc = d
+	img.noteCID(text, base)
+	if err := img.openExtents(self, opt); err != nil {
 		return err
 	}
 	if img.desc.parentCID != noParent && !opt.NoBacking {
 		if img.desc.parentHint == "" {
 			return corruptf("parentCID %s without a parentFileNameHint", img.desc.parentCID)
 		}
-		if img.parent, err = openParent(img.path, img.desc.parentHint, opt); err != nil {
-			return err
+		img.parent, err = image.OpenBacking(img.f, image.Backing{Name: img.desc.parentHint, Format: Name, What: "parent"}, opt)
+		if err != nil {
+			return fmt.Errorf("vmdk: %w", err)
 		}
 	}
 	return nil
 }
 
-// openExtents opens every extent the descriptor names. self is the header
-// of the file at img.path when it is a sparse extent itself.
-func (img *Image) openExtents(f *os.File, self *sparseHeader, opt image.OpenOptions) error {
-	dir := filepath.Dir(img.path)
+// openExtents opens every extent the descriptor names, through
+// opt.Names. self is the header of img.f when it is a sparse extent
+// itself.
+func (img *Image) openExtents(self *sparseHeader, opt image.OpenOptions) error {
 	seen := map[string]bool{}
 	var start int64
 	for i, l := range img.desc.extents {
@@ -256,53 +264,19 @@ func (img *Image) openExtents(f *os.File, self *sparseHeader, opt image.OpenOpti
 			return fmt.Errorf("vmdk: extent %d is NOACCESS: %w", i, errUnsupported)
 		}
 		e := &extent{start: start, sectors: l.sectors, kind: l.kind, readOnly: l.access == "RDONLY"}
-		ro := opt.ReadOnly || e.readOnly
 		if start += l.sectors; start > maxSectors {
 			return corruptf("extents add up to more than 64 TiB")
 		}
+		var err error
 		switch {
 		case l.kind == kindZero:
 		case self != nil:
-			sp, err := openSparse(f, img.path, self, l.sectors)
-			if err != nil {
-				return err
-			}
-			e.sp = sp
+			e.sp, err = openSparse(img.f, self, l.sectors)
 		default:
-			p, err := extentPath(dir, l.file)
-			if err != nil {
-				return err
-			}
-			if seen[p] {
-				return corruptf("extent file %q named twice", l.file)
-			}
-			seen[p] = true
-			ef, err := img.openFile(p, ro, opt.NoLock)
-			if err != nil {
-				return err
-			}
-			st, err := ef.Stat()
-			if err != nil {
-				return fmt.Errorf("vmdk: %w", err)
-			}
-			if l.kind == kindSparse {
-				head := make([]byte, sectorSize)
-				if _, err := ef.ReadAt(head, 0); err != nil {
-					return fmt.Errorf("vmdk: read header of extent %s: %w", l.file, err)
-				}
-				h, err := parseSparseHeader(head)
-				if err != nil {
-					return fmt.Errorf("vmdk: extent %s: %w", l.file, err)
-				}
-				if e.sp, err = openSparse(ef, p, h, l.sectors); err != nil {
-					return fmt.Errorf("vmdk: extent %s: %w", l.file, err)
-				}
-			} else {
-				e.file, e.fileOff = ef, l.offset*sectorSize
-				if end := e.fileOff + l.sectors*sectorSize; end > st.Size() {
-					return corruptf("flat extent %s needs %d bytes, the file has %d: truncated", l.file, end, st.Size())
-				}
-			}
+			err = img.openNamed(e, l, seen, opt)
+		}
+		if err != nil {
+			return err
 		}
 		if e.sp != nil && e.sp.compressed && !opt.ReadOnly {
 			return fmt.Errorf("vmdk: stream-optimized (compressed) extents are read-only here; open read-only or convert: %w", errUnsupported)
@@ -313,36 +287,59 @@ func (img *Image) openExtents(f *os.File, self *sparseHeader, opt image.OpenOpti
 	return nil
 }
 
-// extentPath resolves an extent file name against the descriptor's
-// directory, refusing names that leave it.
-func extentPath(dir, name string) (string, error) {
-	if !filepath.IsLocal(name) {
-		return "", fmt.Errorf("vmdk: extent %q: %w", name, ErrExtentPath)
-	}
-	p := filepath.Join(dir, name)
-	cdir, err := filepath.EvalSymlinks(dir)
+// openNamed opens the extent file of line l through opt.Names into e.
+// seen holds the identities of the files opened so far.
+func (img *Image) openNamed(e *extent, l extentLine, seen map[string]bool, opt image.OpenOptions) error {
+	ef, err := opt.Names.Open(img.f, l.file, opt.ReadOnly || e.readOnly)
 	if err != nil {
-		return "", fmt.Errorf("vmdk: %w", err)
+		return fmt.Errorf("vmdk: extent %q: %w", l.file, err)
 	}
-	cp, err := filepath.EvalSymlinks(p)
+	img.named = append(img.named, ef)
+	id := ef.Name()
+	if i, ok := ef.(image.Identified); ok {
+		id = i.Identity()
+	}
+	if seen[id] {
+		return corruptf("extent file %q named twice", l.file)
+	}
+	seen[id] = true
+	if l.kind == kindSparse {
+		head := make([]byte, sectorSize)
+		if _, err := ef.ReadAt(head, 0); err != nil {
+			return fmt.Errorf("vmdk: read header of extent %s: %w", l.file, err)
+		}
+		h, err := parseSparseHeader(head)
+		if err == nil {
+			e.sp, err = openSparse(ef, h, l.sectors)
+		}
+		if err != nil {
+			return fmt.Errorf("vmdk: extent %s: %w", l.file, err)
+		}
+		return nil
+	}
+	size, err := ef.Size()
 	if err != nil {
-		return "", fmt.Errorf("vmdk: extent %q: %w", name, err)
+		return fmt.Errorf("vmdk: %w", err)
 	}
-	if rel, err := filepath.Rel(cdir, cp); err != nil || !filepath.IsLocal(rel) {
-		return "", fmt.Errorf("vmdk: extent %q resolves to %s: %w", name, cp, ErrExtentPath)
+	e.file, e.fileOff = ef, l.offset*sectorSize
+	if end := e.fileOff + l.sectors*sectorSize; end > size {
+		return corruptf("flat extent %s needs %d bytes, the file has %d: truncated", l.file, end, size)
 	}
-	return p, nil
+	return nil
 }
 
-// release closes everything open has opened.
+// release closes the extent files and the parent (not f).
 func (img *Image) release() {
 	if img.parent != nil {
 		img.parent.Close()
 	}
-	for _, f := range img.files {
+	for _, f := range img.named {
 		f.Close()
 	}
 }
+
+// files are every file of the image: f and the extents it names.
+func (img *Image) files() []image.File { return append([]image.File{img.f}, img.named...) }
 
 // Size returns the virtual disk size.
 func (img *Image) Size() int64 { return img.size }
@@ -372,8 +369,8 @@ func (img *Image) Flush() error {
 	if img.readOnly {
 		return nil
 	}
-	for _, f := range img.files {
-		if err := unix.Fdatasync(int(f.Fd())); err != nil {
+	for _, f := range img.files() {
+		if err := f.Sync(); err != nil {
 			return fmt.Errorf("vmdk: sync %s: %w", f.Name(), err)
 		}
 	}
@@ -395,5 +392,8 @@ func (img *Image) Close() error {
 	err := img.Flush()
 	img.closed.Store(true)
 	img.release()
+	if cerr := img.f.Close(); err == nil && cerr != nil {
+		err = fmt.Errorf("vmdk: close: %w", cerr)
+	}
 	return err
 }

@@ -3,62 +3,55 @@ package vmdk
 import (
 	"errors"
 	"fmt"
-	"syscall"
 
 	"vdisk/internal/blockdev"
 	"vdisk/internal/image"
 )
 
-// Info reads the facts `vdisk info` shows from the VMDK at path, without
-// opening its parent. Facts has no subformat field: CreateType on an open
-// Image gives it.
-func Info(path string) (*image.Facts, error) {
-	img, err := Open(path, image.OpenOptions{ReadOnly: true, NoBacking: true, NoLock: true})
+// info reads the facts `vdisk info` shows from the VMDK in f (the
+// registry's InfoFile), from its descriptor and header only: no extent
+// file it names is opened, so DiskSize is f's alone and ClusterSize is
+// known only for a single sparse file. Facts has no subformat field:
+// CreateType on an open Image gives it.
+func info(f image.File) (*image.Facts, error) {
+	d, self, _, _, err := readDescriptor(f)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%w (in %s)", err, f.Name())
 	}
-	defer img.Close()
-	fa := &image.Facts{Filename: path, Format: Name, VirtualSize: img.size, BackingFile: img.desc.parentHint}
-	if img.desc.parentHint != "" {
+	fa := &image.Facts{Filename: f.Name(), Format: Name, BackingFile: d.parentHint, DiskSize: image.DiskSize(f)}
+	if d.parentHint != "" {
 		fa.BackingFormat = Name
 	}
-	for _, f := range img.files {
-		if st, err := f.Stat(); err == nil {
-			if s, ok := st.Sys().(*syscall.Stat_t); ok {
-				fa.DiskSize += s.Blocks * 512
-			} else {
-				fa.DiskSize += st.Size()
-			}
-		}
+	for _, l := range d.extents {
+		fa.VirtualSize += l.sectors * sectorSize
 	}
-	for _, e := range img.extents {
-		if e.sp != nil {
-			fa.ClusterSize = e.sp.grainBytes
-			break
-		}
+	if self != nil {
+		fa.ClusterSize = self.grain * sectorSize
 	}
 	return fa, nil
 }
 
-// Check opens the VMDK (without its parent) and reads every grain table,
-// verifying the header, the descriptor, the extent paths and every grain
-// directory and table entry. A problem is counted as a corruption and
-// named in Messages; vmdk has nothing to repair.
-func Check(path string, opt image.CheckOptions) (*image.CheckResult, error) {
-	r := &image.CheckResult{Filename: path, Format: Name}
+// check opens the VMDK in f (without its parent; the extents it names
+// through image.LocalNames, as CheckOptions carry no policy) and reads
+// every grain table, verifying the header, the descriptor and every
+// grain directory and table entry (the registry's CheckFile). A problem
+// is counted as a corruption and named in Messages; vmdk has nothing to
+// repair.
+func check(f image.File, opt image.CheckOptions) (*image.CheckResult, error) {
+	r := &image.CheckResult{Filename: f.Name(), Format: Name}
 	corrupt := func(err error) (*image.CheckResult, error) {
-		if !errors.Is(err, blockdev.ErrCorrupt) && !errors.Is(err, ErrNotVMDK) && !errors.Is(err, ErrExtentPath) {
+		if !errors.Is(err, blockdev.ErrCorrupt) && !errors.Is(err, ErrNotVMDK) {
 			return nil, err
 		}
 		r.Corruptions++
 		r.Messages = append(r.Messages, err.Error())
 		return r, nil
 	}
-	img, err := Open(path, image.OpenOptions{ReadOnly: true, NoBacking: true, NoLock: true})
+	img, err := open(f, image.OpenOptions{ReadOnly: true, NoBacking: true, Names: image.LocalNames{NoLock: true}})
 	if err != nil {
 		return corrupt(err)
 	}
-	defer img.Close()
+	defer img.release()
 	for _, e := range img.extents {
 		s := e.sp
 		if s == nil {
@@ -66,15 +59,38 @@ func Check(path string, opt image.CheckOptions) (*image.CheckResult, error) {
 		}
 		grains := (e.sectors*sectorSize + s.grainBytes - 1) / s.grainBytes
 		r.TotalClusters += grains
+		if n, err := s.f.Size(); err == nil {
+			r.ImageEndOffset = max(r.ImageEndOffset, n)
+		}
 		s.mu.Lock()
-		for g := int64(0); g < grains; g++ {
-			if g%s.h.gtes == 0 && len(s.gts) >= maxCachedGTs/2 {
-				clear(s.gts)
-			}
-			st, _, err := s.lookup(g)
+		err := s.count(grains, r)
+		s.mu.Unlock()
+		if err != nil {
+			return corrupt(fmt.Errorf("%w (in %s)", err, f.Name()))
+		}
+	}
+	return r, nil
+}
+
+// count adds the allocated and compressed grains among the first grains
+// of the extent to r, reading every grain table (and skipping the ones
+// the directory lacks). Called with mu held.
+func (s *sparse) count(grains int64, r *image.CheckResult) error {
+	for g := int64(0); g < grains; g += s.h.gtes {
+		if len(s.gts) >= maxCachedGTs/2 {
+			clear(s.gts)
+		}
+		t, err := s.table(g / s.h.gtes)
+		if err != nil {
+			return err
+		}
+		if t == nil {
+			continue
+		}
+		for j := g; j < min(grains, g+s.h.gtes); j++ {
+			st, _, err := s.lookup(j)
 			if err != nil {
-				s.mu.Unlock()
-				return corrupt(fmt.Errorf("%w (in %s)", err, path))
+				return err
 			}
 			if st == grainData || st == grainCompressed {
 				r.AllocatedClusters++
@@ -83,10 +99,6 @@ func Check(path string, opt image.CheckOptions) (*image.CheckResult, error) {
 				}
 			}
 		}
-		s.mu.Unlock()
-		if st, err := s.f.Stat(); err == nil {
-			r.ImageEndOffset = max(r.ImageEndOffset, st.Size())
-		}
 	}
-	return r, nil
+	return nil
 }

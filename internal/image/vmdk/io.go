@@ -3,8 +3,7 @@ package vmdk
 import (
 	"errors"
 	"fmt"
-
-	"golang.org/x/sys/unix"
+	"os"
 
 	"vdisk/internal/blockdev"
 	"vdisk/internal/image"
@@ -92,7 +91,7 @@ func (img *Image) read(b []byte, e *extent, pos int64) error {
 		clear(b)
 	case grainData:
 		if _, err := s.f.ReadAt(b, fo+in%s.grainBytes); err != nil {
-			return fmt.Errorf("vmdk: read %s at %#x: %w", s.path, fo+in%s.grainBytes, err)
+			return fmt.Errorf("vmdk: read %s at %#x: %w", s.f.Name(), fo+in%s.grainBytes, err)
 		}
 	}
 	return nil
@@ -182,17 +181,22 @@ func (img *Image) write(b []byte, e *extent, pos int64) error {
 }
 
 // pwrite writes b at off in f.
-func pwrite(f interface {
-	WriteAt([]byte, int64) (int, error)
-	Name() string
-}, b []byte, off int64) error {
+func pwrite(f image.File, b []byte, off int64) error {
 	if _, err := f.WriteAt(b, off); err != nil {
-		if errors.Is(err, unix.ENOSPC) {
-			return fmt.Errorf("vmdk: write %s at %#x: %w", f.Name(), off, blockdev.ErrNoSpace)
-		}
 		return fmt.Errorf("vmdk: write %s at %#x: %w", f.Name(), off, err)
 	}
 	return nil
+}
+
+// fileExtents adds the extents of the file range [off, off+n) at guest
+// offset guest: a local file's holes read as zeroes
+// (blockdev.FileExtents); another File's range is data.
+func fileExtents(f image.File, off, n, guest int64, add func(o, l int64, fl blockdev.ExtentFlags)) {
+	if lf, ok := f.(interface{ OS() *os.File }); ok {
+		blockdev.FileExtents(lf.OS(), off, n, guest, add)
+		return
+	}
+	add(guest, n, 0)
 }
 
 // Extents describes [off, off+n): ZERO extents, zeroed grains,
@@ -218,7 +222,7 @@ func (img *Image) Extents(off, n int64) ([]blockdev.Extent, error) {
 			add(pos, c, blockdev.ExtentHole|blockdev.ExtentZero)
 			return nil
 		case e.sp == nil:
-			blockdev.FileExtents(e.file, e.fileOff+pos-e.start*sectorSize, c, pos, add)
+			fileExtents(e.file, e.fileOff+pos-e.start*sectorSize, c, pos, add)
 			return nil
 		}
 		s := e.sp

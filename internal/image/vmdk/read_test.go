@@ -55,7 +55,7 @@ func TestReadQemuImages(t *testing.T) {
 		p := filepath.Join(dir, "img.vmdk")
 		imagetest.Run(t, "qemu-img", "convert", "-O", "vmdk", "-o", "subformat=streamOptimized", src, p)
 		compareWithQemu(t, p)
-		if _, err := Open(p, image.OpenOptions{}); err == nil {
+		if _, err := openPath(p, image.OpenOptions{}); err == nil {
 			t.Fatal("a stream-optimized image opened read-write")
 		}
 	})
@@ -69,17 +69,17 @@ func compareWithQemu(t *testing.T, p string) {
 	if got, err := image.Probe(p); err != nil || got != Name {
 		t.Fatalf("probe: %q, %v", got, err)
 	}
-	d, err := Open(p, image.OpenOptions{ReadOnly: true})
+	d, err := openPath(p, image.OpenOptions{ReadOnly: true})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer d.Close()
 	imagetest.MustEqual(t, "read", imagetest.ReadAll(t, d), want)
-	fa, err := Info(p)
+	fa, err := infoPath(p)
 	if err != nil || fa.VirtualSize != int64(len(want)) {
 		t.Fatalf("Info: %+v, %v", fa, err)
 	}
-	if r, err := Check(p, image.CheckOptions{}); err != nil || !r.Clean() {
+	if r, err := checkPath(p, image.CheckOptions{}); err != nil || !r.Clean() {
 		t.Fatalf("Check: %+v, %v", r, err)
 	}
 }
@@ -133,7 +133,7 @@ func TestReadTwoGbExtents(t *testing.T) {
 			for _, c := range bigWrites {
 				imagetest.Run(t, "qemu-io", "-f", "vmdk", "-c", c, p)
 			}
-			d, err := Open(p, image.OpenOptions{ReadOnly: true})
+			d, err := openPath(p, image.OpenOptions{ReadOnly: true})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -161,7 +161,7 @@ func TestReadBacking(t *testing.T) {
 	imagetest.Run(t, "qemu-img", "create", "-q", "-f", "vmdk", "-b", "base.vmdk", "-F", "vmdk", child)
 	imagetest.Run(t, "qemu-io", "-f", "vmdk", "-c", "write -P 0x77 1000 100", "-c", "write -P 0x78 5100k 200k", child)
 	compareWithQemu(t, child)
-	fa, err := Info(child)
+	fa, err := infoPath(child)
 	if err != nil || fa.BackingFile != "base.vmdk" {
 		t.Fatalf("Info: %+v, %v", fa, err)
 	}

@@ -7,12 +7,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
+	"slices"
 	"sync"
 
 	"golang.org/x/sys/unix"
 
 	"vdisk/internal/blockdev"
+	"vdisk/internal/image"
 )
 
 // Sparse extent layout (VMware Virtual Disk Format 5.0, "Hosted Sparse
@@ -35,6 +36,9 @@ const (
 	maxSectors = 64 << 40 / sectorSize
 	// maxGrain bounds the grain size (qemu's limit: 128 MiB).
 	maxGrain = 128 << 20
+	// maxCompressedGrain bounds the grain size of compressed extents,
+	// which are read a grain at a time (VMware and qemu use 64 KiB).
+	maxCompressedGrain = 1 << 20
 	// maxGTEs bounds the entries of one grain table (VMware uses 512).
 	maxGTEs = 512
 	// maxCachedGTs bounds the clean grain tables an extent keeps.
@@ -88,17 +92,38 @@ func parseSparseHeader(b []byte) (*sparseHeader, error) {
 		return nil, corruptf("%d entries per grain table (want 1 to %d)", h.gtes, maxGTEs)
 	case h.flags&flagCompressed != 0 && h.compressAlgo != compressDeflate:
 		return nil, fmt.Errorf("vmdk: compression algorithm %d: %w", h.compressAlgo, errUnsupported)
+	case h.flags&flagCompressed != 0 && h.grain*sectorSize > maxCompressedGrain:
+		return nil, fmt.Errorf("vmdk: compressed grains of %d sectors (at most %d bytes): %w", h.grain, maxCompressedGrain, errUnsupported)
 	case h.descOff < 0 || h.descSize < 0 || h.descSize*sectorSize > maxDescriptor:
 		return nil, corruptf("embedded descriptor of %d sectors at sector %d", h.descSize, h.descOff)
 	}
 	return h, nil
 }
 
+// encode returns the header as a sector.
+func (h *sparseHeader) encode() []byte {
+	le := binary.LittleEndian
+	b := make([]byte, sectorSize)
+	le.PutUint32(b, magicKDMV)
+	le.PutUint32(b[4:], h.version)
+	le.PutUint32(b[8:], h.flags)
+	le.PutUint64(b[12:], uint64(h.capacity))
+	le.PutUint64(b[20:], uint64(h.grain))
+	le.PutUint64(b[28:], uint64(h.descOff))
+	le.PutUint64(b[36:], uint64(h.descSize))
+	le.PutUint32(b[44:], uint32(h.gtes))
+	le.PutUint64(b[48:], uint64(h.rgdOff))
+	le.PutUint64(b[56:], h.gdOff)
+	le.PutUint64(b[64:], uint64(h.overhead))
+	copy(b[73:], "\n \r\n")
+	le.PutUint16(b[77:], h.compressAlgo)
+	return b
+}
+
 // sparse is an open sparse extent. Its mutex guards the grain directory,
 // the grain table cache and the allocator.
 type sparse struct {
-	f          *os.File
-	path       string
+	f          image.File
 	h          *sparseHeader
 	sectors    int64 // sectors of the disk this extent serves
 	grainBytes int64
@@ -134,12 +159,11 @@ const (
 
 // openSparse reads the header and grain directory of the sparse extent in
 // f, which serves sectors sectors of the disk.
-func openSparse(f *os.File, path string, h *sparseHeader, sectors int64) (*sparse, error) {
-	st, err := f.Stat()
+func openSparse(f image.File, h *sparseHeader, sectors int64) (*sparse, error) {
+	fsize, err := f.Size()
 	if err != nil {
 		return nil, fmt.Errorf("vmdk: %w", err)
 	}
-	fsize := st.Size()
 	if h.gdOff == gdAtEnd {
 		// A stream-optimized extent written in one pass: the real header
 		// is the footer, in the second-to-last sector.
@@ -161,7 +185,7 @@ func openSparse(f *os.File, path string, h *sparseHeader, sectors int64) (*spars
 		return nil, corruptf("extent of %d sectors in the descriptor, %d in its header", sectors, h.capacity)
 	}
 	s := &sparse{
-		f: f, path: path, h: h, sectors: sectors, grainBytes: h.grain * sectorSize,
+		f: f, h: h, sectors: sectors, grainBytes: h.grain * sectorSize,
 		compressed: h.flags&flagCompressed != 0,
 		zeroGrain:  h.flags&flagZeroGrain != 0,
 		gts:        map[int64]*grainTable{},
@@ -185,20 +209,33 @@ func openSparse(f *os.File, path string, h *sparseHeader, sectors int64) (*spars
 }
 
 // readDirectory reads and checks a grain directory of n entries at sector
-// off.
+// off: n is what the capacity needs, and the directory must lie in the
+// file before it is read. The tables it points at lie in the file and
+// apart, so walking them all costs at most the file's size.
 func (s *sparse) readDirectory(what string, off, n, fsize int64) ([]uint32, error) {
-	if off < 1 || off > fsize/sectorSize || off*sectorSize+4*n > fsize {
-		return nil, corruptf("%s of %d entries at sector %d outside the file of %d bytes", what, n, off, fsize)
+	if off < 1 || off > fsize/sectorSize || 4*n > fsize-off*sectorSize {
+		return nil, corruptf("%s of %d entries (a capacity of %d sectors in grains of %d sectors, %d per table) at sector %d outside the file of %d bytes",
+			what, n, s.h.capacity, s.h.grain, s.h.gtes, off, fsize)
 	}
 	raw := make([]byte, 4*n)
 	if _, err := s.f.ReadAt(raw, off*sectorSize); err != nil {
 		return nil, fmt.Errorf("vmdk: read %s: %w", what, err)
 	}
 	gd := make([]uint32, n)
+	var used []uint32
 	for i := range gd {
 		gd[i] = binary.LittleEndian.Uint32(raw[4*i:])
 		if gd[i] != 0 && int64(gd[i])*sectorSize+4*s.h.gtes > fsize {
 			return nil, corruptf("%s entry %d (sector %d) points past the end of the file of %d bytes", what, i, gd[i], fsize)
+		}
+		if gd[i] != 0 {
+			used = append(used, gd[i])
+		}
+	}
+	slices.Sort(used)
+	for i := 1; i < len(used); i++ {
+		if int64(used[i]-used[i-1])*sectorSize < 4*s.h.gtes {
+			return nil, corruptf("%s points at overlapping grain tables at sectors %d and %d", what, used[i-1], used[i])
 		}
 	}
 	return gd, nil
@@ -237,7 +274,7 @@ func (s *sparse) table(i int64) (*grainTable, error) {
 			need = 12
 		}
 		if off < s.minData || off+need > s.fileEnd {
-			return nil, corruptf("grain table %d entry %d (sector %d) outside the data area of %s [%d, %d)", i, j, e, s.path, s.minData, s.fileEnd)
+			return nil, corruptf("grain table %d entry %d (sector %d) outside the data area of %s [%d, %d)", i, j, e, s.f.Name(), s.minData, s.fileEnd)
 		}
 	}
 	s.gts[i] = t
@@ -319,13 +356,13 @@ func (s *sparse) allocTable(i int64) (*grainTable, error) {
 // grow extends the file by n zero bytes at fileEnd. Called with mu held.
 func (s *sparse) grow(n int64) error {
 	if (s.fileEnd+n)/sectorSize > 0xffffffff {
-		return fmt.Errorf("vmdk: extent %s would outgrow the 2 TiB its tables can address: %w", s.path, blockdev.ErrNoSpace)
+		return fmt.Errorf("vmdk: extent %s would outgrow the 2 TiB its tables can address: %w", s.f.Name(), blockdev.ErrNoSpace)
 	}
 	if err := s.f.Truncate(s.fileEnd + n); err != nil {
 		if errors.Is(err, unix.ENOSPC) {
-			return fmt.Errorf("vmdk: grow %s: %w", s.path, blockdev.ErrNoSpace)
+			return fmt.Errorf("vmdk: grow %s: %w", s.f.Name(), blockdev.ErrNoSpace)
 		}
-		return fmt.Errorf("vmdk: grow %s: %w", s.path, err)
+		return fmt.Errorf("vmdk: grow %s: %w", s.f.Name(), err)
 	}
 	s.fileEnd += n
 	return nil
@@ -356,8 +393,8 @@ func (s *sparse) flush() error {
 		t.dirty, wrote = false, true
 	}
 	if s.gdDirty {
-		if err := unix.Fdatasync(int(s.f.Fd())); err != nil {
-			return fmt.Errorf("vmdk: sync %s: %w", s.path, err)
+		if err := s.f.Sync(); err != nil {
+			return fmt.Errorf("vmdk: sync %s: %w", s.f.Name(), err)
 		}
 		for _, d := range []struct {
 			gd  []uint32
@@ -377,8 +414,8 @@ func (s *sparse) flush() error {
 		s.gdDirty, wrote = false, true
 	}
 	if wrote {
-		if err := unix.Fdatasync(int(s.f.Fd())); err != nil {
-			return fmt.Errorf("vmdk: sync %s: %w", s.path, err)
+		if err := s.f.Sync(); err != nil {
+			return fmt.Errorf("vmdk: sync %s: %w", s.f.Name(), err)
 		}
 	}
 	return nil

@@ -6,10 +6,11 @@ import (
 	"compress/zlib"
 	"encoding/binary"
 	"fmt"
-	"os"
+	"io"
 	"path/filepath"
 
 	"vdisk/internal/blockdev"
+	"vdisk/internal/image"
 )
 
 // StreamOptimized is the subformat WriteStreamOptimized makes.
@@ -23,46 +24,31 @@ const (
 	markerFooter = 3
 )
 
-// WriteStreamOptimized writes the content of src as a new stream-optimized
-// VMDK at path (it must not exist), in one sequential pass: each grain that
-// is not all zeroes is compressed (zlib) behind a grain marker, each grain
-// table and then the grain directory behind their markers, and the header
-// again as a footer, as VMware's streamOptimized subformat lays it out.
-// Ranges src reports as zero through Extents are skipped without reading.
-// grain is the grain size in bytes (0 means DefaultGrainSize). The result
-// is read by Open (read-only), qemu and VMware.
-func WriteStreamOptimized(path string, src blockdev.Device, grain int64) (err error) {
-	if grain == 0 {
-		grain = DefaultGrainSize
-	}
-	if grain < 4096 || grain > 1<<20 || grain&(grain-1) != 0 {
-		return fmt.Errorf("vmdk: grain size %d: want a power of two from 4 KiB to 1 MiB", grain)
+// writeStreamOptimized writes the content of src as a new
+// stream-optimized VMDK into f, an empty file, in one sequential pass:
+// each grain that is not all zeroes is compressed (zlib) behind a grain
+// marker, each grain table and then the grain directory behind their
+// markers, and the header again as a footer, as VMware's streamOptimized
+// subformat lays it out. Ranges src reports as zero through Extents are
+// skipped without reading. grain is the grain size in bytes (0 means
+// DefaultGrainSize). The result is read by Open (read-only), qemu and
+// VMware.
+func writeStreamOptimized(f image.File, src blockdev.Device, grain int64) error {
+	grain, err := grainSize(grain)
+	if err != nil {
+		return err
 	}
 	size := src.Size()
 	sectors := (size + sectorSize - 1) / sectorSize
 	if sectors == 0 || sectors > maxSectors {
 		return fmt.Errorf("vmdk: size %d: want 1 byte to 64 TiB", size)
 	}
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
-	if err != nil {
-		return fmt.Errorf("vmdk: create: %w", err)
-	}
-	defer func() {
-		if cerr := f.Close(); err == nil && cerr != nil {
-			err = fmt.Errorf("vmdk: create %s: %w", path, cerr)
-		}
-		if err != nil {
-			os.Remove(path)
-		}
-	}()
-	w := &streamWriter{w: bufio.NewWriterSize(f, 1<<20)}
+	w := &streamWriter{w: bufio.NewWriterSize(io.NewOffsetWriter(f, 0), 1<<20)}
 	gs := grain / sectorSize
 	const gtes = 512
 	gtCount := (sectors + gtes*gs - 1) / (gtes * gs)
 	d := &descriptor{version: 1, cid: newCID(), parentCID: noParent, createType: StreamOptimized,
-		extents: []extentLine{{access: "RW", sectors: sectors, kind: kindSparse, file: filepath.Base(path)}},
-		ddb: []string{`ddb.virtualHWVersion = "4"`, fmt.Sprintf(`ddb.geometry.cylinders = "%d"`, min(sectors/(16*63), 16383)),
-			`ddb.geometry.heads = "16"`, `ddb.geometry.sectors = "63"`, `ddb.adapterType = "ide"`}}
+		extents: []extentLine{{access: "RW", sectors: sectors, kind: kindSparse, file: filepath.Base(f.Name())}}, ddb: ddb(sectors)}
 	desc := d.encode()
 	descSectors := int64(embeddedDescSectors)
 	overhead := (1 + descSectors + gs - 1) / gs * gs
@@ -142,7 +128,7 @@ func WriteStreamOptimized(path string, src blockdev.Device, grain int64) (err er
 		w.err = f.Sync()
 	}
 	if w.err != nil {
-		return fmt.Errorf("vmdk: write %s: %w", path, w.err)
+		return fmt.Errorf("vmdk: write %s: %w", f.Name(), w.err)
 	}
 	if w.pos/sectorSize > 0xffffffff {
 		return fmt.Errorf("vmdk: stream-optimized file of %d bytes is too large for its tables", w.pos)
@@ -169,21 +155,9 @@ func isZeroRange(src blockdev.Device, off, n int64) (bool, error) {
 
 // streamHeader returns the header sector of a stream-optimized extent.
 func streamHeader(sectors, grain, descSectors int64, gdOff uint64, overhead int64) []byte {
-	le := binary.LittleEndian
-	b := make([]byte, sectorSize)
-	le.PutUint32(b, magicKDMV)
-	le.PutUint32(b[4:], 3)
-	le.PutUint32(b[8:], flagNLDetect|flagCompressed|flagMarkers)
-	le.PutUint64(b[12:], uint64(sectors))
-	le.PutUint64(b[20:], uint64(grain))
-	le.PutUint64(b[28:], 1)
-	le.PutUint64(b[36:], uint64(descSectors))
-	le.PutUint32(b[44:], 512)
-	le.PutUint64(b[56:], gdOff)
-	le.PutUint64(b[64:], uint64(overhead))
-	copy(b[73:], "\n \r\n")
-	le.PutUint16(b[77:], compressDeflate)
-	return b
+	h := &sparseHeader{version: 3, flags: flagNLDetect | flagCompressed | flagMarkers, capacity: sectors, grain: grain,
+		descOff: 1, descSize: descSectors, gtes: 512, gdOff: gdOff, overhead: overhead, compressAlgo: compressDeflate}
+	return h.encode()
 }
 
 // streamWriter writes sequentially, remembering its position and the

@@ -47,14 +47,14 @@ func TestWriteStreamOptimized(t *testing.T) {
 			}
 			defer sd.Close()
 			p := filepath.Join(dir, "out.vmdk")
-			if err := WriteStreamOptimized(p, sd, tc.grain); err != nil {
+			if err := streamPath(p, sd, tc.grain); err != nil {
 				t.Fatal(err)
 			}
 			imagetest.Run(t, "qemu-img", "check", p)
 			padded := make([]byte, (tc.size+511)/512*512)
 			copy(padded, ref)
 			imagetest.MustEqual(t, "qemu read", imagetest.QemuRaw(t, p, "vmdk"), padded)
-			d, err := Open(p, image.OpenOptions{ReadOnly: true})
+			d, err := openPath(p, image.OpenOptions{ReadOnly: true})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -63,14 +63,14 @@ func TestWriteStreamOptimized(t *testing.T) {
 				t.Errorf("create type %q", d.CreateType())
 			}
 			imagetest.MustEqual(t, "vdisk read", imagetest.ReadAll(t, d), padded)
-			if err := WriteStreamOptimized(p, sd, 0); err == nil {
-				t.Error("overwrote an existing file")
+			if err := streamPath(p, sd, 0); !errors.Is(err, os.ErrExist) {
+				t.Errorf("stream over an existing file: %v", err)
 			}
 		})
 	}
 	t.Run("empty-source", func(t *testing.T) {
 		p := filepath.Join(t.TempDir(), "empty.vmdk")
-		if err := WriteStreamOptimized(p, blockdev.NewMem(4<<20), 0); err != nil {
+		if err := streamPath(p, blockdev.NewMem(4<<20), 0); err != nil {
 			t.Fatal(err)
 		}
 		imagetest.Run(t, "qemu-img", "check", p)
@@ -90,7 +90,7 @@ func TestHostileStream(t *testing.T) {
 		t.Fatal(err)
 	}
 	p := filepath.Join(dir, "s.vmdk")
-	if err := WriteStreamOptimized(p, src, 0); err != nil {
+	if err := streamPath(p, src, 0); err != nil {
 		t.Fatal(err)
 	}
 	orig, err := os.ReadFile(p)
@@ -112,7 +112,7 @@ func TestHostileStream(t *testing.T) {
 			tc.mutate(b)
 			bad := filepath.Join(t.TempDir(), "bad.vmdk")
 			os.WriteFile(bad, b, 0o644)
-			d, err := Open(bad, image.OpenOptions{ReadOnly: true})
+			d, err := openPath(bad, image.OpenOptions{ReadOnly: true})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -122,5 +122,79 @@ func TestHostileStream(t *testing.T) {
 				t.Fatalf("read: %v (want %q)", err, tc.want)
 			}
 		})
+	}
+}
+
+// TestMemFile makes, writes and reads monolithicSparse and
+// streamOptimized VMDKs in in-memory Files (as in an object store); a
+// monolithicFlat descriptor there names a file, which NoNames refuses,
+// and which Names that have it open.
+func TestMemFile(t *testing.T) {
+	noNames := image.NoNames{Why: "images in an object store name no files"}
+	m := newMemFile("sparse.vmdk", nil)
+	if err := image.CreateIn(m, image.CreateOptions{Format: Name, Size: 3 << 20, ClusterSize: 4096, Names: noNames}); err != nil {
+		t.Fatal(err)
+	}
+	d, err := image.OpenFile(m, image.OpenOptions{Format: Name, Names: noNames})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := make([]byte, 3<<20)
+	imagetest.RandomWrites(t, d, ref, 9, 20, 200<<10)
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := image.CheckOf(m, Name, image.CheckOptions{}); err != nil || !r.Clean() || r.AllocatedClusters == 0 {
+		t.Fatalf("Check %+v, %v", r, err)
+	}
+	s := newMemFile("stream.vmdk", nil)
+	src, err := image.OpenFile(m, image.OpenOptions{Format: Name, ReadOnly: true, Names: noNames})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if handled, err := image.StreamIn(s, src, image.CreateOptions{Format: Name, Options: map[string]string{"subformat": StreamOptimized}}); err != nil || !handled {
+		t.Fatalf("stream: %v, %v", handled, err)
+	}
+	src.Close()
+	for _, f := range []*memFile{m, s} {
+		d, err := image.OpenFile(f, image.OpenOptions{Format: Name, ReadOnly: true, Names: noNames})
+		if err != nil {
+			t.Fatal(err)
+		}
+		imagetest.MustEqual(t, f.Name(), imagetest.ReadAll(t, d), ref)
+		d.Close()
+		if fa, err := image.InfoOf(f, Name); err != nil || fa.VirtualSize != 3<<20 {
+			t.Fatalf("Info %+v, %v", fa, err)
+		}
+	}
+
+	flat := newMemFile("flat.vmdk", nil)
+	opt := image.CreateOptions{Format: Name, Size: 1 << 20, Options: map[string]string{"subformat": MonolithicFlat}}
+	opt.Names = noNames
+	if err := image.CreateIn(flat, opt); !errors.Is(err, image.ErrBackingRefused) || !strings.Contains(err.Error(), noNames.Why) {
+		t.Fatalf("create monolithicFlat with NoNames: %v", err)
+	}
+	names := memNames{}
+	opt.Names = names
+	if err := image.CreateIn(flat, opt); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := names["flat-flat.vmdk"]; !ok {
+		t.Fatalf("extents made: %v", names)
+	}
+	_, err = image.OpenFile(flat, image.OpenOptions{Format: Name, Names: noNames})
+	if !errors.Is(err, image.ErrBackingRefused) || !strings.Contains(err.Error(), noNames.Why) || !strings.Contains(err.Error(), "flat-flat.vmdk") {
+		t.Fatalf("open monolithicFlat with NoNames: %v", err)
+	}
+	d, err = image.OpenFile(flat, image.OpenOptions{Format: Name, Names: names})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.WriteAt([]byte("flat"), 1000); err != nil {
+		t.Fatal(err)
+	}
+	d.Close()
+	if got := string(names["flat-flat.vmdk"].b[1000:1004]); got != "flat" {
+		t.Fatalf("extent holds %q", got)
 	}
 }

@@ -32,11 +32,11 @@ func TestWriteMatchesQemu(t *testing.T) {
 		t.Run(tc.sub, func(t *testing.T) {
 			p := filepath.Join(t.TempDir(), "img.vmdk")
 			const size = 9<<20 + 512
-			if err := Create(p, image.CreateOptions{Format: Name, Size: size, ClusterSize: tc.grain, Options: map[string]string{"subformat": tc.sub}}); err != nil {
+			if err := createPath(p, image.CreateOptions{Format: Name, Size: size, ClusterSize: tc.grain, Options: map[string]string{"subformat": tc.sub}}); err != nil {
 				t.Fatal(err)
 			}
 			imagetest.Run(t, "qemu-img", "check", p)
-			d, err := Open(p, image.OpenOptions{})
+			d, err := openPath(p, image.OpenOptions{})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -64,10 +64,10 @@ func TestWriteMatchesQemu(t *testing.T) {
 				t.Fatal(err)
 			}
 			imagetest.Run(t, "qemu-img", "compare", "-f", "vmdk", "-F", "raw", p, refPath)
-			if r, err := Check(p, image.CheckOptions{}); err != nil || !r.Clean() {
+			if r, err := checkPath(p, image.CheckOptions{}); err != nil || !r.Clean() {
 				t.Fatalf("Check: %+v, %v", r, err)
 			}
-			d2, err := Open(p, image.OpenOptions{ReadOnly: true})
+			d2, err := openPath(p, image.OpenOptions{ReadOnly: true})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -84,10 +84,10 @@ func TestWriteTwoGbExtents(t *testing.T) {
 	for _, sub := range []string{TwoGbMaxExtentSparse, TwoGbMaxExtentFlat} {
 		t.Run(sub, func(t *testing.T) {
 			p := filepath.Join(t.TempDir(), "big.vmdk")
-			if err := Create(p, image.CreateOptions{Format: Name, Size: 4608 << 20, Options: map[string]string{"subformat": sub}}); err != nil {
+			if err := createPath(p, image.CreateOptions{Format: Name, Size: 4608 << 20, Options: map[string]string{"subformat": sub}}); err != nil {
 				t.Fatal(err)
 			}
-			d, err := Open(p, image.OpenOptions{})
+			d, err := openPath(p, image.OpenOptions{})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -101,7 +101,7 @@ func TestWriteTwoGbExtents(t *testing.T) {
 				t.Fatal(err)
 			}
 			imagetest.Run(t, "qemu-img", "check", p)
-			d, err = Open(p, image.OpenOptions{ReadOnly: true})
+			d, err = openPath(p, image.OpenOptions{ReadOnly: true})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -128,10 +128,10 @@ func TestWriteChild(t *testing.T) {
 	}
 	baseRaw := imagetest.QemuRaw(t, base, "vmdk")
 	child := filepath.Join(dir, "child.vmdk")
-	if err := Create(child, image.CreateOptions{Format: Name, BackingFile: "base.vmdk"}); err != nil {
+	if err := createPath(child, image.CreateOptions{Format: Name, BackingFile: "base.vmdk"}); err != nil {
 		t.Fatal(err)
 	}
-	d, err := Open(child, image.OpenOptions{})
+	d, err := openPath(child, image.OpenOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -154,10 +154,10 @@ func TestConformance(t *testing.T) {
 		t.Run(sub, func(t *testing.T) {
 			blockdevtest.Run(t, func(t *testing.T, size int64) blockdev.Device {
 				p := filepath.Join(t.TempDir(), "img.vmdk")
-				if err := Create(p, image.CreateOptions{Format: Name, Size: size, ClusterSize: 4096, Options: map[string]string{"subformat": sub}}); err != nil {
+				if err := createPath(p, image.CreateOptions{Format: Name, Size: size, ClusterSize: 4096, Options: map[string]string{"subformat": sub}}); err != nil {
 					t.Fatal(err)
 				}
-				d, err := Open(p, image.OpenOptions{})
+				d, err := openPath(p, image.OpenOptions{})
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -169,10 +169,10 @@ func TestConformance(t *testing.T) {
 		blockdevtest.Run(t, func(t *testing.T, size int64) blockdev.Device {
 			dir := t.TempDir()
 			base := filepath.Join(dir, "base.vmdk")
-			if err := Create(base, image.CreateOptions{Format: Name, Size: size}); err != nil {
+			if err := createPath(base, image.CreateOptions{Format: Name, Size: size}); err != nil {
 				t.Fatal(err)
 			}
-			bd, err := Open(base, image.OpenOptions{})
+			bd, err := openPath(base, image.OpenOptions{})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -181,10 +181,10 @@ func TestConformance(t *testing.T) {
 				t.Fatal(err)
 			}
 			p := filepath.Join(dir, "child.vmdk")
-			if err := Create(p, image.CreateOptions{Format: Name, BackingFile: "base.vmdk"}); err != nil {
+			if err := createPath(p, image.CreateOptions{Format: Name, BackingFile: "base.vmdk"}); err != nil {
 				t.Fatal(err)
 			}
-			d, err := Open(p, image.OpenOptions{})
+			d, err := openPath(p, image.OpenOptions{})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -194,10 +194,10 @@ func TestConformance(t *testing.T) {
 	t.Run("read-only", func(t *testing.T) {
 		blockdevtest.Run(t, func(t *testing.T, size int64) blockdev.Device {
 			p := filepath.Join(t.TempDir(), "img.vmdk")
-			if err := Create(p, image.CreateOptions{Format: Name, Size: size}); err != nil {
+			if err := createPath(p, image.CreateOptions{Format: Name, Size: size}); err != nil {
 				t.Fatal(err)
 			}
-			d, err := Open(p, image.OpenOptions{ReadOnly: true})
+			d, err := openPath(p, image.OpenOptions{ReadOnly: true})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -214,11 +214,11 @@ func TestCIDChanges(t *testing.T) {
 	for _, sub := range []string{MonolithicSparse, MonolithicFlat} {
 		t.Run(sub, func(t *testing.T) {
 			p := filepath.Join(t.TempDir(), "img.vmdk")
-			if err := Create(p, image.CreateOptions{Format: Name, Size: 1 << 20, Options: map[string]string{"subformat": sub}}); err != nil {
+			if err := createPath(p, image.CreateOptions{Format: Name, Size: 1 << 20, Options: map[string]string{"subformat": sub}}); err != nil {
 				t.Fatal(err)
 			}
 			cid := func() string {
-				d, err := Open(p, image.OpenOptions{ReadOnly: true})
+				d, err := openPath(p, image.OpenOptions{ReadOnly: true})
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -226,7 +226,7 @@ func TestCIDChanges(t *testing.T) {
 				return d.desc.cid
 			}
 			before := cid()
-			d, err := Open(p, image.OpenOptions{})
+			d, err := openPath(p, image.OpenOptions{})
 			if err != nil {
 				t.Fatal(err)
 			}
