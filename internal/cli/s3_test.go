@@ -84,7 +84,7 @@ func TestS3BadInput(t *testing.T) {
 		want string
 	}{
 		{"missing image", []string{"serve", "--s3-endpoint", srv.Endpoint, "--unix", t.TempDir() + "/s", url}, "no image"},
-		{"vhdx over s3", []string{"convert", "--s3-endpoint", srv.Endpoint, "-O", "vhdx", src, url}, "object store"},
+		{"vmdk with extent files over s3", []string{"convert", "--s3-endpoint", srv.Endpoint, "-O", "vmdk", "-o", "subformat=monolithicFlat", src, url}, "cannot name other files"},
 		{"backing file over s3", []string{"create", "--s3-endpoint", srv.Endpoint, "-f", "qcow2", "-b", src, "-F", "raw", url}, "backing file"},
 		{"no bucket", []string{"serve", "--s3-endpoint", srv.Endpoint, "s3://"}, "s3://"},
 	} {

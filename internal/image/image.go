@@ -18,6 +18,7 @@ import (
 	"log/slog"
 	"os"
 	"sort"
+	"sync"
 
 	"vdisk/internal/blockdev"
 )
@@ -404,15 +405,40 @@ func Create(path string, opt CreateOptions) error {
 	if opt.Names == nil {
 		opt.Names = LocalNames{}
 	}
+	made := &madeNames{Names: opt.Names}
+	opt.Names = made
 	err = CreateIn(lf, opt)
 	if cerr := lf.Close(); err == nil && cerr != nil {
 		err = cerr
 	}
 	if err != nil {
 		os.Remove(path)
+		for _, p := range made.paths {
+			os.Remove(p) // the extents of a VMDK that failed half made
+		}
 		return err
 	}
 	return nil
+}
+
+// madeNames remembers the local files a create made through its Names, so
+// that a failed create removes them too.
+type madeNames struct {
+	Names
+	mu    sync.Mutex
+	paths []string
+}
+
+func (m *madeNames) Create(from File, name string) (File, error) {
+	f, err := m.Names.Create(from, name)
+	if err == nil {
+		if _, ok := f.(*LocalFile); ok {
+			m.mu.Lock()
+			m.paths = append(m.paths, f.Name())
+			m.mu.Unlock()
+		}
+	}
+	return f, err
 }
 
 // CreateIn writes a new image of opt.Format into f, an empty file, and
