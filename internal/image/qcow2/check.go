@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 
 	"vdisk/internal/image"
 )
@@ -16,7 +15,7 @@ const maxCheckClusters = 1 << 26
 
 // checker holds the state of one Check.
 type checker struct {
-	f        store
+	f        image.File
 	h        *header
 	cs       int64
 	fileSize int64
@@ -65,44 +64,21 @@ func (c *checker) read(what string, off, n int64) []byte {
 	return b
 }
 
-// Check verifies the metadata of the qcow2 image at path the way `qemu-img
-// check` does: every cluster's refcount must equal the number of
-// references to it. A refcount that is too low is a corruption; one too
-// high is a leak. With opt.RepairLeaks the leaked refcounts are lowered.
-func Check(path string, opt image.CheckOptions) (*image.CheckResult, error) {
-	flag := os.O_RDONLY
-	if opt.RepairLeaks || opt.RepairAll {
-		flag = os.O_RDWR
+// CheckFile verifies the metadata of the qcow2 image in f the way
+// `qemu-img check` does: every cluster's refcount must equal the number
+// of references to it. A refcount that is too low is a corruption; one
+// too high is a leak. With opt.RepairLeaks the leaked refcounts are
+// lowered; with opt.RepairAll the refcounts are rebuilt. It does not
+// close f.
+func CheckFile(f image.File, opt image.CheckOptions) (*image.CheckResult, error) {
+	if err := qemuLock(f, !opt.RepairLeaks && !opt.RepairAll, false); err != nil {
+		return nil, fmt.Errorf("%w (checking %s)", err, f.Name())
 	}
-	f, err := os.OpenFile(path, flag, 0)
+	h, fsize, err := readHeader(f)
 	if err != nil {
-		return nil, fmt.Errorf("qcow2: check: %w", err)
+		return nil, fmt.Errorf("%w (in %s)", err, f.Name())
 	}
-	defer f.Close()
-	if err := lock(f, image.OpenOptions{ReadOnly: flag == os.O_RDONLY}); err != nil {
-		return nil, fmt.Errorf("%w (checking %s)", err, path)
-	}
-	st, err := f.Stat()
-	if err != nil {
-		return nil, fmt.Errorf("qcow2: %w", err)
-	}
-	return checkStore(fileStore{f}, st.Size(), path, opt)
-}
-
-// CheckBackend checks the qcow2 image whose file is b (an object store's
-// chunks) as Check does a local file; name labels it. Repairing leaks
-// needs b open for writing.
-func CheckBackend(b image.Backend, name string, opt image.CheckOptions) (*image.CheckResult, error) {
-	return checkStore(image.NewBackendFile(b), b.Length(), name, opt)
-}
-
-// checkStore checks the image in f, of fsize bytes.
-func checkStore(f store, fsize int64, name string, opt image.CheckOptions) (*image.CheckResult, error) {
-	h, err := readHeader(f, fsize)
-	if err != nil {
-		return nil, fmt.Errorf("%w (in %s)", err, name)
-	}
-	c, err := newChecker(f, h, fsize, name)
+	c, err := newChecker(f, h, fsize)
 	if err != nil {
 		return nil, err
 	}
@@ -119,26 +95,27 @@ func checkStore(f store, fsize int64, name string, opt image.CheckOptions) (*ima
 		c.res.Messages = append(c.res.Messages, "The image's tables are damaged (not only refcounts and flags): it cannot be repaired")
 		return c.res, nil
 	}
-	if err := repairAll(f, h, fsize, name); err != nil {
-		return nil, fmt.Errorf("qcow2: repair %s: %w", name, err)
+	if err := repairAll(f, h, fsize); err != nil {
+		return nil, fmt.Errorf("qcow2: repair %s: %w", f.Name(), err)
 	}
 	c.res.CorruptionsFixed, c.res.LeaksFixed = c.res.Corruptions, c.res.Leaks
 	return c.res, nil
 }
 
-// keepOpen is a store whose Close leaves the store open: the caller of
-// Check owns it.
-type keepOpen struct{ store }
+// keepOpen is a File whose Close leaves it open: the caller of
+// CheckFile owns it.
+type keepOpen struct{ image.File }
 
-func (keepOpen) Close() error { return nil }
+func (keepOpen) Close() error               { return nil }
+func (k keepOpen) Punch(off, n int64) error { return image.Punch(k.File, off, n) }
 
 // repairAll rebuilds the refcounts from the references, then sets the
 // COPIED flags by them, as qemu-img check -r all does.
-func repairAll(f store, h *header, fsize int64, name string) error {
-	if err := repairRefcounts(f, h, fsize, name); err != nil {
+func repairAll(f image.File, h *header, fsize int64) error {
+	if err := repairRefcounts(f, h, fsize); err != nil {
 		return err
 	}
-	img, err := openStore(keepOpen{f}, name, image.OpenOptions{NoBacking: true})
+	img, err := open(keepOpen{f}, image.OpenOptions{NoBacking: true})
 	if err != nil {
 		return err
 	}
@@ -155,12 +132,12 @@ func repairAll(f store, h *header, fsize int64, name string) error {
 }
 
 // newChecker counts the references of the image in f.
-func newChecker(f store, h *header, fsize int64, path string) (*checker, error) {
+func newChecker(f image.File, h *header, fsize int64) (*checker, error) {
 	c := &checker{f: f, h: h, cs: h.clusterSize(), fileSize: fsize,
-		res: &image.CheckResult{Filename: path, Format: "qcow2"}}
+		res: &image.CheckResult{Filename: f.Name(), Format: "qcow2"}}
 	n := (fsize + c.cs - 1) / c.cs
 	if n > maxCheckClusters {
-		return nil, fmt.Errorf("qcow2: check %s: %d clusters is more than %d", path, n, maxCheckClusters)
+		return nil, fmt.Errorf("qcow2: check %s: %d clusters is more than %d", f.Name(), n, maxCheckClusters)
 	}
 	c.refs = make([]uint32, n)
 	c.res.TotalClusters = int64((h.size + uint64(c.cs) - 1) / uint64(c.cs))
@@ -285,10 +262,6 @@ func compressedRange(h *header, e uint64) (int64, int64) {
 // walkBitmaps counts the clusters of the persistent-bitmap extension.
 func (c *checker) walkBitmaps() {
 	h := c.h
-	if h.bitmapDirSize > 64<<20 {
-		c.corrupt("bitmap directory of %d bytes", h.bitmapDirSize)
-		return
-	}
 	c.ref("bitmap directory", int64(h.bitmapDirOff), int64(h.bitmapDirSize))
 	dir := c.read("bitmap directory", int64(h.bitmapDirOff), int64(h.bitmapDirSize))
 	be := binary.BigEndian
