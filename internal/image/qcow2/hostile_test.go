@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"vdisk/internal/blockdev"
@@ -52,15 +53,18 @@ func bitmapsExt(t *testing.T, f image.File, nb uint32, size uint64) {
 	patch(t, f, 112, ext)
 }
 
-// snapshotAt writes one snapshot entry at 0x40000 with an L1 table of
-// l1Size entries at l1Off and extra bytes of extra data, and points the
-// header at it.
-func snapshotAt(t *testing.T, f image.File, l1Off uint64, l1Size, extra uint32) {
+// snapshotAt writes n snapshot entries at 0x40000, each with an L1
+// table of l1Size entries at l1Off and extra bytes of extra data, and
+// points the header at them.
+func snapshotAt(t *testing.T, f image.File, l1Off uint64, l1Size, extra uint32, n int) {
 	e := append(be64(l1Off), be32(l1Size)...)
 	e = append(append(e, be16(1)...), be16(1)...)
 	e = append(append(e, make([]byte, 20)...), be32(extra)...)
-	patch(t, f, 0x40000, append(e, "1s"...))
-	patch(t, f, 60, append(be32(1), be64(0x40000)...))
+	e = append(e, "1s\x00\x00\x00\x00\x00\x00"...)
+	for i := range n {
+		patch(t, f, 0x40000+int64(i*len(e)), e)
+	}
+	patch(t, f, 60, append(be32(uint32(n)), be64(0x40000)...))
 }
 
 // TestHostileImages opens damaged and malicious images, each a 1 MiB file
@@ -109,9 +113,10 @@ func TestHostileImages(t *testing.T) {
 		{name: "encrypted", damage: func(t *testing.T, f image.File) { patch(t, f, 32, be32(2)) }, is: image.ErrUnsupported, message: "LUKS"},
 		{name: "too many snapshots", damage: func(t *testing.T, f image.File) { patch(t, f, 60, be32(1<<30)) }, is: blockdev.ErrCorrupt, message: "nb_snapshots 1073741824"},
 		{name: "snapshot table past EOF", damage: func(t *testing.T, f image.File) { patch(t, f, 60, append(be32(60000), be64(0x30000)...)) }, is: blockdev.ErrCorrupt, message: "snapshot table (snapshots_offset, nb_snapshots) at 0x30000+2400000 past the end of the file"},
-		{name: "snapshot L1 past EOF", damage: func(t *testing.T, f image.File) { snapshotAt(t, f, 1<<40, 16, 0) }, is: blockdev.ErrCorrupt, message: `snapshot "s" L1 table at 0x10000000000+128 past the end of the file`, via: info},
-		{name: "snapshot L1 too large", damage: func(t *testing.T, f image.File) { snapshotAt(t, f, 0x50000, 1<<30, 0) }, is: blockdev.ErrCorrupt, message: `snapshot "s" L1 table at 0x50000 (1073741824 entries) invalid`, via: info},
-		{name: "snapshot extra data", damage: func(t *testing.T, f image.File) { snapshotAt(t, f, 0x50000, 1, 1<<30) }, is: blockdev.ErrCorrupt, message: "1073741824 bytes of extra data", via: info},
+		{name: "snapshot L1 past EOF", damage: func(t *testing.T, f image.File) { snapshotAt(t, f, 1<<40, 16, 0, 1) }, is: blockdev.ErrCorrupt, message: `snapshot "s" L1 table at 0x10000000000+128 past the end of the file`, via: info},
+		{name: "snapshot L1 too large", damage: func(t *testing.T, f image.File) { snapshotAt(t, f, 0x50000, 1<<30, 0, 1) }, is: blockdev.ErrCorrupt, message: `snapshot "s" L1 table at 0x50000 (1073741824 entries) invalid`, via: info},
+		{name: "snapshot extra data", damage: func(t *testing.T, f image.File) { snapshotAt(t, f, 0x50000, 1, 1<<30, 1) }, is: blockdev.ErrCorrupt, message: "1073741824 bytes of extra data", via: info},
+		{name: "snapshots sharing an L1 table", damage: func(t *testing.T, f image.File) { snapshotAt(t, f, 0x50000, 8192, 0, 20) }, is: blockdev.ErrCorrupt, message: "snapshot L1 tables of more than 1114112 bytes in all in a file of 1048576 bytes", via: info},
 		{name: "huge bitmap directory", damage: func(t *testing.T, f image.File) { bitmapsExt(t, f, 1, 1<<40) }, is: blockdev.ErrCorrupt, message: "bitmap_directory_size 1099511627776 invalid"},
 		{name: "too many bitmaps", damage: func(t *testing.T, f image.File) { bitmapsExt(t, f, 1<<20, 1<<20) }, is: blockdev.ErrCorrupt, message: "nb_bitmaps 1048576"},
 		{name: "bitmap directory past EOF", damage: func(t *testing.T, f image.File) { bitmapsExt(t, f, 1000, 1<<24) }, is: blockdev.ErrCorrupt, message: "bitmap directory (bitmap_directory_offset, bitmap_directory_size) at 0x40000+16777216 past the end"},
@@ -362,5 +367,46 @@ func TestMemoryChain(t *testing.T) {
 	}
 	if _, err := OpenFile(top.Reopen(), image.OpenOptions{Names: image.NoNames{Why: "no names here"}}); !errors.Is(err, image.ErrBackingRefused) || !strings.Contains(err.Error(), "no names here") {
 		t.Fatalf("open without names: %v", err)
+	}
+}
+
+// countingFile counts the bytes read from a File.
+type countingFile struct {
+	image.File
+	read atomic.Int64
+}
+
+func (c *countingFile) ReadAt(p []byte, off int64) (int, error) {
+	c.read.Add(int64(len(p)))
+	return c.File.ReadAt(p, off)
+}
+
+// TestCheckSharedTables checks an image whose 4096 L1 entries all name one
+// L2 table, whose entries all name one data cluster: the references are
+// counted (and the damage reported) reading each table once, not once per
+// reference.
+func TestCheckSharedTables(t *testing.T) {
+	f := hostileFile(t)
+	patch(t, f, 24, be64(4096<<29))
+	patch(t, f, 36, be32(4096))
+	var l1, l2 []byte
+	for range 4096 {
+		l1 = append(l1, be64(0x40000|flagCopied)...)
+	}
+	for range 8192 {
+		l2 = append(l2, be64(0x50000|flagCopied)...)
+	}
+	patch(t, f, 0x30000, l1)
+	patch(t, f, 0x40000, l2)
+	cf := &countingFile{File: f}
+	res, err := CheckFile(cf, image.CheckOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Corruptions == 0 {
+		t.Fatalf("no corruption found: %v", res.Messages)
+	}
+	if n := cf.read.Load(); n > 8<<20 {
+		t.Fatalf("read %d bytes of a 1 MiB file", n)
 	}
 }

@@ -43,7 +43,14 @@ func readSnapshots(f io.ReaderAt, h *header, fileSize int64) ([]snapshot, error)
 		if err != nil {
 			return nil, err
 		}
+		// Each snapshot has an L1 table of its own clusters, so together
+		// they fit in the file: this bounds the work of walking them.
+		total := int64(0)
 		for _, s := range snaps {
+			total += int64(s.l1Size) * 8
+			if total > fileSize {
+				return nil, corruptf("snapshot L1 tables of more than %d bytes in all in a file of %d bytes", total, fileSize)
+			}
 			if err := checkTable(fmt.Sprintf("snapshot %q L1 table", s.info.Name), s.l1Off, uint64(s.l1Size)*8, h.clusterSize(), fileSize); err != nil {
 				return nil, err
 			}
