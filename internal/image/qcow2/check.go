@@ -9,11 +9,11 @@ import (
 	"vdisk/internal/image"
 )
 
-// maxCheckClusters bounds the host clusters Check counts references for
+// maxCheckClusters bounds the host clusters CheckFile counts references for
 // (one 32-bit counter each: 256 MiB; 4 TiB of file at 64 KiB clusters).
 const maxCheckClusters = 1 << 26
 
-// checker holds the state of one Check.
+// checker holds the state of one CheckFile.
 type checker struct {
 	f        image.File
 	h        *header

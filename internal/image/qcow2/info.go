@@ -52,7 +52,7 @@ func facts(f image.File, h *header, snaps []snapshot) *image.Facts {
 	return fa
 }
 
-// Facts describes the open image (the same facts Info reads from a file).
+// Facts describes the open image (the same facts InfoFile reads from a file).
 func (img *Image) Facts() *image.Facts {
 	img.mu.Lock()
 	h, end := *img.h, img.fileEnd
