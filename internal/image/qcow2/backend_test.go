@@ -1,6 +1,7 @@
 package qcow2
 
 import (
+	"errors"
 	"math/rand/v2"
 	"path/filepath"
 	"strings"
@@ -10,20 +11,32 @@ import (
 	"vdisk/internal/image/imagetest"
 )
 
+// openBackend opens the qcow2 image in b as the stack does: image.OpenFile
+// on a named BackendFile, whose image can name no other file.
+func openBackend(b image.Backend, name string, opt image.OpenOptions) (*Image, error) {
+	opt.Format = "qcow2"
+	opt.Names = image.NoNames{Why: "an image in an object store cannot name other files"}
+	d, err := image.OpenFile(image.NewNamedBackendFile(b, name), opt)
+	if err != nil {
+		return nil, err
+	}
+	return d.(*Image), nil
+}
+
 // A qcow2 image kept in a Backend (an object store's chunks in vdisk) is
 // the same file a local one would be: qemu-img checks the bytes the
 // Backend holds and reads the guest data back from them.
 func TestBackend(t *testing.T) {
-	needTool(t, "qemu-img")
+	imagetest.NeedTool(t, "qemu-img")
 	const size = 8<<20 + 4096
 	b := imagetest.NewMemBackend(64 << 20)
-	if err := CreateBackend(b, image.CreateOptions{Format: "qcow2", Size: size}); err != nil {
-		t.Fatalf("CreateBackend: %v", err)
+	if err := image.CreateIn(image.NewBackendFile(b), image.CreateOptions{Format: "qcow2", Size: size}); err != nil {
+		t.Fatalf("CreateIn: %v", err)
 	}
 	if b.Length() == 0 {
-		t.Fatal("CreateBackend left the file empty")
+		t.Fatal("CreateIn left the file empty")
 	}
-	img, err := OpenBackend(b, "s3://bucket/img", image.OpenOptions{CacheSize: 64 << 10})
+	img, err := openBackend(b, "s3://bucket/img", image.OpenOptions{CacheSize: 64 << 10})
 	if err != nil {
 		t.Fatalf("OpenBackend: %v", err)
 	}
@@ -44,68 +57,68 @@ func TestBackend(t *testing.T) {
 	p := filepath.Join(dir, "img.qcow2")
 	b.WriteFile(t, p)
 	qemuCheck(t, p)
-	runCmd(t, "qemu-img", "compare", "-f", "qcow2", "-F", "raw", p, writeFile(t, dir, "ref.raw", m.ref))
+	imagetest.Run(t, "qemu-img", "compare", "-f", "qcow2", "-F", "raw", p, writeFile(t, dir, "ref.raw", m.ref))
 
-	img, err = OpenBackend(b.Reopen(), "s3://bucket/img", image.OpenOptions{ReadOnly: true})
+	img, err = openBackend(b.Reopen(), "s3://bucket/img", image.OpenOptions{ReadOnly: true})
 	if err != nil {
 		t.Fatalf("reopen: %v", err)
 	}
 	defer img.Close()
-	mustEqual(t, "reopened", readAll(t, img), m.ref)
+	imagetest.MustEqual(t, "reopened", imagetest.ReadAll(t, img), m.ref)
 }
 
 // A qcow2 image that qemu-img made, put into a Backend, opens there.
 func TestBackendQemuImage(t *testing.T) {
-	needTool(t, "qemu-img")
+	imagetest.NeedTool(t, "qemu-img")
 	dir := t.TempDir()
 	data := pattern(2<<20, 3)
 	src := writeFile(t, dir, "src.raw", data)
 	p := filepath.Join(dir, "img.qcow2")
-	runCmd(t, "qemu-img", "convert", "-O", "qcow2", src, p)
+	imagetest.Run(t, "qemu-img", "convert", "-O", "qcow2", src, p)
 	b := imagetest.NewMemBackend(16 << 20)
 	f := image.NewBackendFile(b)
 	if _, err := f.WriteAt(imagetest.ReadFile(t, p), 0); err != nil {
 		t.Fatal(err)
 	}
-	img, err := OpenBackend(b, "s3://bucket/q", image.OpenOptions{ReadOnly: true})
+	img, err := openBackend(b, "s3://bucket/q", image.OpenOptions{ReadOnly: true})
 	if err != nil {
 		t.Fatalf("OpenBackend: %v", err)
 	}
 	defer img.Close()
-	mustEqual(t, "qemu's image", readAll(t, img), data)
+	imagetest.MustEqual(t, "qemu's image", imagetest.ReadAll(t, img), data)
 }
 
 // Backing files are refused in a Backend: they would name a path on
 // whichever host opens the image.
 func TestBackendRefusesBacking(t *testing.T) {
 	b := imagetest.NewMemBackend(16 << 20)
-	err := CreateBackend(b, image.CreateOptions{Format: "qcow2", Size: 1 << 20, BackingFile: "base.raw", BackingFormat: "raw"})
-	if err == nil || !strings.Contains(err.Error(), "backing file") {
-		t.Fatalf("CreateBackend with a backing file: %v", err)
+	err := image.CreateIn(image.NewBackendFile(b), image.CreateOptions{Format: "qcow2", Size: 1 << 20, BackingFile: "base.raw", BackingFormat: "raw"})
+	if !errors.Is(err, image.ErrBackingRefused) || !strings.Contains(err.Error(), "base.raw") {
+		t.Fatalf("CreateIn with a backing file: %v", err)
 	}
-	needTool(t, "qemu-img")
+	imagetest.NeedTool(t, "qemu-img")
 	dir := t.TempDir()
 	writeFile(t, dir, "base.raw", make([]byte, 1<<20))
 	p := filepath.Join(dir, "top.qcow2")
-	runCmd(t, "qemu-img", "create", "-f", "qcow2", "-b", "base.raw", "-F", "raw", p)
+	imagetest.Run(t, "qemu-img", "create", "-f", "qcow2", "-b", "base.raw", "-F", "raw", p)
 	f := image.NewBackendFile(b)
 	if _, err := f.WriteAt(imagetest.ReadFile(t, p), 0); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := OpenBackend(b, "s3://bucket/top", image.OpenOptions{}); err == nil || !strings.Contains(err.Error(), "cannot have one") {
+	if _, err := openBackend(b, "s3://bucket/top", image.OpenOptions{}); !errors.Is(err, image.ErrBackingRefused) || !strings.Contains(err.Error(), "cannot name other files") {
 		t.Fatalf("OpenBackend of an image with a backing file: %v", err)
 	}
-	img, err := OpenBackend(b.Reopen(), "s3://bucket/top", image.OpenOptions{NoBacking: true, ReadOnly: true})
+	img, err := openBackend(b.Reopen(), "s3://bucket/top", image.OpenOptions{NoBacking: true, ReadOnly: true})
 	if err != nil {
 		t.Fatalf("OpenBackend --no-backing: %v", err)
 	}
 	img.Close()
 }
 
-// CheckBackend finds what Check finds in the same bytes: a leak qemu-img
+// image.CheckOf on a BackendFile finds what a local check finds in the same bytes: a leak qemu-img
 // reports in a file is reported, and repaired, in a Backend too.
-func TestCheckBackend(t *testing.T) {
-	needTool(t, "qemu-img")
+func TestCheckOfBackend(t *testing.T) {
+	imagetest.NeedTool(t, "qemu-img")
 	dir := t.TempDir()
 	p := filepath.Join(dir, "leak.qcow2")
 	create(t, p, 4<<20, 0, nil, "", "")
@@ -127,14 +140,14 @@ func TestCheckBackend(t *testing.T) {
 	if _, err := image.NewBackendFile(b).WriteAt(imagetest.ReadFile(t, p), 0); err != nil {
 		t.Fatal(err)
 	}
-	res, err := CheckBackend(b, "s3://bucket/leak", image.CheckOptions{})
+	res, err := image.CheckOf(image.NewNamedBackendFile(b, "s3://bucket/leak"), "qcow2", image.CheckOptions{})
 	if err != nil || res.Leaks != 1 || res.Corruptions != 0 {
-		t.Fatalf("CheckBackend: %+v, %v; want one leak", res, err)
+		t.Fatalf("CheckOf: %+v, %v; want one leak", res, err)
 	}
-	if res, err = CheckBackend(b, "s3://bucket/leak", image.CheckOptions{RepairLeaks: true}); err != nil || res.LeaksFixed != 1 {
-		t.Fatalf("CheckBackend --repair leaks: %+v, %v", res, err)
+	if res, err = image.CheckOf(image.NewNamedBackendFile(b, "s3://bucket/leak"), "qcow2", image.CheckOptions{RepairLeaks: true}); err != nil || res.LeaksFixed != 1 {
+		t.Fatalf("CheckOf --repair leaks: %+v, %v", res, err)
 	}
-	if res, err = CheckBackend(b, "s3://bucket/leak", image.CheckOptions{}); err != nil || !res.Clean() {
+	if res, err = image.CheckOf(image.NewNamedBackendFile(b, "s3://bucket/leak"), "qcow2", image.CheckOptions{}); err != nil || !res.Clean() {
 		t.Fatalf("after the repair: %+v, %v", res, err)
 	}
 	b.WriteFile(t, p)

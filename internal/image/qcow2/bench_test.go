@@ -18,10 +18,10 @@ const benchSize = 256 << 20
 func benchImage(b *testing.B, fill float64) *Image {
 	b.Helper()
 	p := filepath.Join(b.TempDir(), "bench.qcow2")
-	if err := Create(p, image.CreateOptions{Format: "qcow2", Size: benchSize}); err != nil {
+	if err := createPath(p, image.CreateOptions{Format: "qcow2", Size: benchSize}); err != nil {
 		b.Fatal(err)
 	}
-	img, err := Open(p, image.OpenOptions{})
+	img, err := openPath(p, image.OpenOptions{})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -146,10 +146,10 @@ func BenchmarkSeqWrite1M(b *testing.B) {
 // BenchmarkExtentsSparse maps a 1 TiB image with one allocated cluster.
 func BenchmarkExtentsSparse(b *testing.B) {
 	p := filepath.Join(b.TempDir(), "big.qcow2")
-	if err := Create(p, image.CreateOptions{Format: "qcow2", Size: 1 << 40}); err != nil {
+	if err := createPath(p, image.CreateOptions{Format: "qcow2", Size: 1 << 40}); err != nil {
 		b.Fatal(err)
 	}
-	img, err := Open(p, image.OpenOptions{})
+	img, err := openPath(p, image.OpenOptions{})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -5,23 +5,35 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 
 	"vdisk/internal/image"
 )
 
-// maxCheckClusters bounds the host clusters Check counts references for
+// maxCheckClusters bounds the host clusters CheckFile counts references for
 // (one 32-bit counter each: 256 MiB; 4 TiB of file at 64 KiB clusters).
 const maxCheckClusters = 1 << 26
 
-// checker holds the state of one Check.
+// checker holds the state of one CheckFile.
 type checker struct {
-	f        store
+	f        image.File
 	h        *header
 	cs       int64
 	fileSize int64
 	refs     []uint32 // computed references per host cluster
 	res      *image.CheckResult
+	// uses counts the references to each L2 table from every L1 table;
+	// l2s lists the tables in the order first met (the active L1's
+	// first), so each is read once however often it is referenced.
+	uses     map[int64]*l2use
+	l2s      []int64
+	lastHost int64 // the active walk's last data cluster (fragmentation)
+}
+
+// l2use is how often L1 tables reference an L2 table, and the L1 index
+// that first did (for messages).
+type l2use struct {
+	n     uint32
+	index int64
 }
 
 func (c *checker) corrupt(format string, a ...any) {
@@ -30,7 +42,10 @@ func (c *checker) corrupt(format string, a ...any) {
 }
 
 // ref counts a reference to every cluster of [off, off+n).
-func (c *checker) ref(what string, off, n int64) {
+func (c *checker) ref(what string, off, n int64) { c.refN(what, off, n, 1) }
+
+// refN counts k references to every cluster of [off, off+n).
+func (c *checker) refN(what string, off, n int64, k uint32) {
 	if n <= 0 {
 		return
 	}
@@ -45,7 +60,7 @@ func (c *checker) ref(what string, off, n int64) {
 			c.corrupt("%s at %#x is past the end of the file", what, cl*c.cs)
 			return
 		}
-		c.refs[cl]++
+		c.refs[cl] = max(c.refs[cl], c.refs[cl]+k) // saturating
 	}
 }
 
@@ -65,44 +80,21 @@ func (c *checker) read(what string, off, n int64) []byte {
 	return b
 }
 
-// Check verifies the metadata of the qcow2 image at path the way `qemu-img
-// check` does: every cluster's refcount must equal the number of
-// references to it. A refcount that is too low is a corruption; one too
-// high is a leak. With opt.RepairLeaks the leaked refcounts are lowered.
-func Check(path string, opt image.CheckOptions) (*image.CheckResult, error) {
-	flag := os.O_RDONLY
-	if opt.RepairLeaks || opt.RepairAll {
-		flag = os.O_RDWR
+// CheckFile verifies the metadata of the qcow2 image in f the way
+// `qemu-img check` does: every cluster's refcount must equal the number
+// of references to it. A refcount that is too low is a corruption; one
+// too high is a leak. With opt.RepairLeaks the leaked refcounts are
+// lowered; with opt.RepairAll the refcounts are rebuilt. It does not
+// close f.
+func CheckFile(f image.File, opt image.CheckOptions) (*image.CheckResult, error) {
+	if err := qemuLock(f, !opt.RepairLeaks && !opt.RepairAll, false); err != nil {
+		return nil, fmt.Errorf("%w (checking %s)", err, f.Name())
 	}
-	f, err := os.OpenFile(path, flag, 0)
+	h, fsize, err := readHeader(f)
 	if err != nil {
-		return nil, fmt.Errorf("qcow2: check: %w", err)
+		return nil, fmt.Errorf("%w (in %s)", err, f.Name())
 	}
-	defer f.Close()
-	if err := lock(f, image.OpenOptions{ReadOnly: flag == os.O_RDONLY}); err != nil {
-		return nil, fmt.Errorf("%w (checking %s)", err, path)
-	}
-	st, err := f.Stat()
-	if err != nil {
-		return nil, fmt.Errorf("qcow2: %w", err)
-	}
-	return checkStore(fileStore{f}, st.Size(), path, opt)
-}
-
-// CheckBackend checks the qcow2 image whose file is b (an object store's
-// chunks) as Check does a local file; name labels it. Repairing leaks
-// needs b open for writing.
-func CheckBackend(b image.Backend, name string, opt image.CheckOptions) (*image.CheckResult, error) {
-	return checkStore(image.NewBackendFile(b), b.Length(), name, opt)
-}
-
-// checkStore checks the image in f, of fsize bytes.
-func checkStore(f store, fsize int64, name string, opt image.CheckOptions) (*image.CheckResult, error) {
-	h, err := readHeader(f, fsize)
-	if err != nil {
-		return nil, fmt.Errorf("%w (in %s)", err, name)
-	}
-	c, err := newChecker(f, h, fsize, name)
+	c, err := newChecker(f, h, fsize)
 	if err != nil {
 		return nil, err
 	}
@@ -119,26 +111,27 @@ func checkStore(f store, fsize int64, name string, opt image.CheckOptions) (*ima
 		c.res.Messages = append(c.res.Messages, "The image's tables are damaged (not only refcounts and flags): it cannot be repaired")
 		return c.res, nil
 	}
-	if err := repairAll(f, h, fsize, name); err != nil {
-		return nil, fmt.Errorf("qcow2: repair %s: %w", name, err)
+	if err := repairAll(f, h, fsize); err != nil {
+		return nil, fmt.Errorf("qcow2: repair %s: %w", f.Name(), err)
 	}
 	c.res.CorruptionsFixed, c.res.LeaksFixed = c.res.Corruptions, c.res.Leaks
 	return c.res, nil
 }
 
-// keepOpen is a store whose Close leaves the store open: the caller of
-// Check owns it.
-type keepOpen struct{ store }
+// keepOpen is a File whose Close leaves it open: the caller of
+// CheckFile owns it.
+type keepOpen struct{ image.File }
 
-func (keepOpen) Close() error { return nil }
+func (keepOpen) Close() error               { return nil }
+func (k keepOpen) Punch(off, n int64) error { return image.Punch(k.File, off, n) }
 
 // repairAll rebuilds the refcounts from the references, then sets the
 // COPIED flags by them, as qemu-img check -r all does.
-func repairAll(f store, h *header, fsize int64, name string) error {
-	if err := repairRefcounts(f, h, fsize, name); err != nil {
+func repairAll(f image.File, h *header, fsize int64) error {
+	if err := repairRefcounts(f, h, fsize); err != nil {
 		return err
 	}
-	img, err := openStore(keepOpen{f}, name, image.OpenOptions{NoBacking: true})
+	img, err := open(keepOpen{f}, image.OpenOptions{NoBacking: true})
 	if err != nil {
 		return err
 	}
@@ -155,12 +148,12 @@ func repairAll(f store, h *header, fsize int64, name string) error {
 }
 
 // newChecker counts the references of the image in f.
-func newChecker(f store, h *header, fsize int64, path string) (*checker, error) {
+func newChecker(f image.File, h *header, fsize int64) (*checker, error) {
 	c := &checker{f: f, h: h, cs: h.clusterSize(), fileSize: fsize,
-		res: &image.CheckResult{Filename: path, Format: "qcow2"}}
+		res: &image.CheckResult{Filename: f.Name(), Format: "qcow2"}}
 	n := (fsize + c.cs - 1) / c.cs
 	if n > maxCheckClusters {
-		return nil, fmt.Errorf("qcow2: check %s: %d clusters is more than %d", path, n, maxCheckClusters)
+		return nil, fmt.Errorf("qcow2: check %s: %d clusters is more than %d", f.Name(), n, maxCheckClusters)
 	}
 	c.refs = make([]uint32, n)
 	c.res.TotalClusters = int64((h.size + uint64(c.cs) - 1) / uint64(c.cs))
@@ -191,10 +184,16 @@ func (c *checker) walk() {
 	if h.hasBitmaps {
 		c.walkBitmaps()
 	}
-	c.walkL1("active L1 table", int64(h.l1Off), int64(h.l1Size), true)
+	c.uses = map[int64]*l2use{}
+	c.walkL1("active L1 table", int64(h.l1Off), int64(h.l1Size))
+	active := len(c.l2s)
 	for _, s := range snaps {
 		c.ref("snapshot L1 table", int64(s.l1Off), int64(s.l1Size)*8)
-		c.walkL1("snapshot "+s.info.Name+" L1 table", int64(s.l1Off), int64(s.l1Size), false)
+		c.walkL1("snapshot "+s.info.Name+" L1 table", int64(s.l1Off), int64(s.l1Size))
+	}
+	c.lastHost = -1
+	for k, off := range c.l2s {
+		c.walkL2(off, c.uses[off], k < active)
 	}
 	rt := c.read("refcount table", int64(h.refTableOff), int64(h.refTableClusters)*c.cs)
 	for i := 0; i+8 <= len(rt); i += 8 {
@@ -214,14 +213,11 @@ func (c *checker) walk() {
 // size (readSnapshots keeps only what it decoded).
 func extraLen(s snapshot) int { return s.extra }
 
-// walkL1 counts the L2 tables and clusters an L1 table references.
-func (c *checker) walkL1(what string, off, n int64, active bool) {
+// walkL1 counts the references of an L1 table to L2 tables.
+func (c *checker) walkL1(what string, off, n int64) {
 	l1 := c.read(what, off, n*8)
-	l2n := c.h.l2Entries()
-	var lastHost int64 = -1
 	for i := int64(0); i < int64(len(l1))/8; i++ {
-		e := binary.BigEndian.Uint64(l1[i*8:])
-		l2off := int64(e & offsetMask)
+		l2off := int64(binary.BigEndian.Uint64(l1[i*8:]) & offsetMask)
 		if l2off == 0 {
 			continue
 		}
@@ -230,46 +226,59 @@ func (c *checker) walkL1(what string, off, n int64, active bool) {
 			continue
 		}
 		c.ref("L2 table", l2off, c.cs)
-		l2 := c.read("L2 table", l2off, c.cs)
-		for j := int64(0); j < l2n && l2 != nil; j++ {
-			var e, bm uint64
-			if c.h.extL2() {
-				e, bm = binary.BigEndian.Uint64(l2[j*16:]), binary.BigEndian.Uint64(l2[j*16+8:])
-			} else {
-				e = binary.BigEndian.Uint64(l2[j*8:])
-			}
-			vc := i*l2n + j
-			if e&flagCompressed != 0 {
-				coff, clen := compressedRange(c.h, e)
-				c.ref("compressed cluster", coff, clen)
-				if active {
-					c.res.AllocatedClusters++
-					c.res.CompressedClusters++
-				}
-				continue
-			}
-			host := int64(e & offsetMask)
-			if c.h.extL2() && bm&(bm>>32)&0xffffffff != 0 {
-				c.corrupt("guest cluster %d: subclusters both allocated and zero (bitmap %#x)", vc, bm)
-			}
-			if c.h.extL2() && bm&allSubclusters != 0 && host == 0 {
-				c.corrupt("guest cluster %d: subclusters allocated without a host cluster", vc)
-			}
-			if host == 0 {
-				continue
-			}
-			if host%c.cs != 0 {
-				c.corrupt("guest cluster %d: host offset %#x unaligned", vc, host)
-				continue
-			}
-			c.ref("data cluster", host, c.cs)
-			if active && (c.h.version < 3 || e&flagZero == 0) {
+		if u := c.uses[l2off]; u != nil {
+			u.n++
+			continue
+		}
+		c.uses[l2off] = &l2use{n: 1, index: i}
+		c.l2s = append(c.l2s, l2off)
+	}
+}
+
+// walkL2 counts the clusters the L2 table at off references, once for
+// every reference to the table; active counts the active disk's
+// allocated, compressed and fragmented clusters too.
+func (c *checker) walkL2(off int64, u *l2use, active bool) {
+	l2 := c.read("L2 table", off, c.cs)
+	l2n := c.h.l2Entries()
+	for j := int64(0); j < l2n && l2 != nil; j++ {
+		var e, bm uint64
+		if c.h.extL2() {
+			e, bm = binary.BigEndian.Uint64(l2[j*16:]), binary.BigEndian.Uint64(l2[j*16+8:])
+		} else {
+			e = binary.BigEndian.Uint64(l2[j*8:])
+		}
+		vc := u.index*l2n + j
+		if e&flagCompressed != 0 {
+			coff, clen := compressedRange(c.h, e)
+			c.refN("compressed cluster", coff, clen, u.n)
+			if active {
 				c.res.AllocatedClusters++
-				if lastHost >= 0 && host != lastHost+c.cs {
-					c.res.FragmentedClusters++
-				}
-				lastHost = host
+				c.res.CompressedClusters++
 			}
+			continue
+		}
+		host := int64(e & offsetMask)
+		if c.h.extL2() && bm&(bm>>32)&0xffffffff != 0 {
+			c.corrupt("guest cluster %d: subclusters both allocated and zero (bitmap %#x)", vc, bm)
+		}
+		if c.h.extL2() && bm&allSubclusters != 0 && host == 0 {
+			c.corrupt("guest cluster %d: subclusters allocated without a host cluster", vc)
+		}
+		if host == 0 {
+			continue
+		}
+		if host%c.cs != 0 {
+			c.corrupt("guest cluster %d: host offset %#x unaligned", vc, host)
+			continue
+		}
+		c.refN("data cluster", host, c.cs, u.n)
+		if active && (c.h.version < 3 || e&flagZero == 0) {
+			c.res.AllocatedClusters++
+			if c.lastHost >= 0 && host != c.lastHost+c.cs {
+				c.res.FragmentedClusters++
+			}
+			c.lastHost = host
 		}
 	}
 }
@@ -285,16 +294,17 @@ func compressedRange(h *header, e uint64) (int64, int64) {
 // walkBitmaps counts the clusters of the persistent-bitmap extension.
 func (c *checker) walkBitmaps() {
 	h := c.h
-	if h.bitmapDirSize > 64<<20 {
-		c.corrupt("bitmap directory of %d bytes", h.bitmapDirSize)
-		return
-	}
 	c.ref("bitmap directory", int64(h.bitmapDirOff), int64(h.bitmapDirSize))
 	dir := c.read("bitmap directory", int64(h.bitmapDirOff), int64(h.bitmapDirSize))
 	be := binary.BigEndian
+	total := int64(0) // each bitmap table has clusters of its own
 	for pos := 0; pos+24 <= len(dir); {
 		tOff, tSize := int64(be.Uint64(dir[pos:])), int64(be.Uint32(dir[pos+8:]))
 		nameLen, extra := int(be.Uint16(dir[pos+18:])), int(be.Uint32(dir[pos+20:]))
+		if total += tSize * 8; total > c.fileSize {
+			c.corrupt("bitmap tables of more than %d bytes in all in a file of %d bytes", total, c.fileSize)
+			return
+		}
 		c.ref("bitmap table", tOff, tSize*8)
 		if t := c.read("bitmap table", tOff, tSize*8); t != nil {
 			for i := 0; i < len(t); i += 8 {
@@ -392,6 +402,9 @@ func (c *checker) checkCopied(stored []uint64) {
 		}
 		if (e&flagCopied != 0) != (rc(off) == 1) {
 			c.corrupt("OFLAG_COPIED L2 cluster: l1_index=%d l1_entry=%x refcount=%d", i/8, e, rc(off))
+		}
+		if u := c.uses[off]; u == nil || u.index != int64(i/8) {
+			continue // read once, for the entry that first referenced it
 		}
 		l2 := c.read("L2 table", off, c.cs)
 		for j := int64(0); j < l2n && l2 != nil; j++ {

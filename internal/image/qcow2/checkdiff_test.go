@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"vdisk/internal/image"
+	"vdisk/internal/image/imagetest"
 )
 
 // qemuCheckJSON runs qemu-img check --output json.
@@ -31,18 +32,18 @@ func qemuCheckJSON(t *testing.T, path string) (res struct {
 // TestCheckMatchesQemu damages refcounts and copied flags of an image with
 // a snapshot at random and compares Check's counts with qemu-img check's.
 func TestCheckMatchesQemu(t *testing.T) {
-	needTool(t, "qemu-img")
-	needTool(t, "qemu-io")
+	imagetest.NeedTool(t, "qemu-img")
+	imagetest.NeedTool(t, "qemu-io")
 	dir := t.TempDir()
 	orig := filepath.Join(dir, "orig.qcow2")
-	runCmd(t, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "cluster_size=4k", orig, "1M")
-	runCmd(t, "qemu-io", "-c", "write -P 1 0 100k", "-c", "write -P 3 600k 50k", orig)
-	runCmd(t, "qemu-img", "snapshot", "-c", "s1", orig)
-	runCmd(t, "qemu-io", "-c", "write -P 2 0 20k", "-c", "write -z 300k 8k", orig)
+	imagetest.Run(t, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "cluster_size=4k", orig, "1M")
+	imagetest.Run(t, "qemu-io", "-c", "write -P 1 0 100k", "-c", "write -P 3 600k 50k", orig)
+	imagetest.Run(t, "qemu-img", "snapshot", "-c", "s1", orig)
+	imagetest.Run(t, "qemu-io", "-c", "write -P 2 0 20k", "-c", "write -z 300k 8k", orig)
 	origRaw := qemuRaw(t, orig)
 	snapCopy := filepath.Join(dir, "snap.qcow2")
-	runCmd(t, "cp", orig, snapCopy)
-	runCmd(t, "qemu-img", "snapshot", "-a", "s1", snapCopy)
+	imagetest.Run(t, "cp", orig, snapCopy)
+	imagetest.Run(t, "qemu-img", "snapshot", "-a", "s1", snapCopy)
 	snapRaw := qemuRaw(t, snapCopy)
 	base, err := os.ReadFile(orig)
 	if err != nil {
@@ -72,7 +73,7 @@ func TestCheckMatchesQemu(t *testing.T) {
 		t.Run(what, func(t *testing.T) {
 			p := writeFile(t, t.TempDir(), "img.qcow2", b)
 			q := qemuCheckJSON(t, p)
-			ours, err := Check(p, image.CheckOptions{})
+			ours, err := checkPath(p, image.CheckOptions{})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -85,7 +86,7 @@ func TestCheckMatchesQemu(t *testing.T) {
 			}
 			// --repair all leaves what qemu-img check calls clean, with
 			// the disk and the snapshot as they were.
-			fixed, err := Check(p, image.CheckOptions{RepairAll: true})
+			fixed, err := checkPath(p, image.CheckOptions{RepairAll: true})
 			if err != nil {
 				t.Fatalf("repair all: %v", err)
 			}
@@ -93,16 +94,16 @@ func TestCheckMatchesQemu(t *testing.T) {
 				t.Errorf("repair all fixed %d corruptions, %d leaks; found %d, %d", fixed.CorruptionsFixed, fixed.LeaksFixed, ours.Corruptions, ours.Leaks)
 			}
 			qemuCheck(t, p)
-			if again, err := Check(p, image.CheckOptions{}); err != nil || !again.Clean() {
+			if again, err := checkPath(p, image.CheckOptions{}); err != nil || !again.Clean() {
 				t.Fatalf("after repair all: %v %v", again.Messages, err)
 			}
-			mustEqual(t, "disk after repair all", qemuRaw(t, p), origRaw)
-			runCmd(t, "qemu-img", "snapshot", "-a", "s1", p)
-			mustEqual(t, "snapshot after repair all", qemuRaw(t, p), snapRaw)
+			imagetest.MustEqual(t, "disk after repair all", qemuRaw(t, p), origRaw)
+			imagetest.Run(t, "qemu-img", "snapshot", "-a", "s1", p)
+			imagetest.MustEqual(t, "snapshot after repair all", qemuRaw(t, p), snapRaw)
 		})
 	}
 	q := qemuCheckJSON(t, orig)
-	ours, err := Check(orig, image.CheckOptions{})
+	ours, err := checkPath(orig, image.CheckOptions{})
 	if err != nil || !ours.Clean() || ours.AllocatedClusters != q.Allocated || ours.FragmentedClusters != q.Fragmented || ours.ImageEndOffset != q.End {
 		t.Errorf("clean image: vdisk %+v, qemu-img %+v (%v)", ours, q, err)
 	}

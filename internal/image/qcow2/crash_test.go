@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"vdisk/internal/image"
+	"vdisk/internal/image/imagetest"
 )
 
 // The crash child: TestMain runs crashChild instead of the tests when
@@ -55,7 +56,7 @@ func crashPerm(seed uint64, blocks int) []int {
 // crashChild writes blocks in order, flushing every few ops and reporting
 // "flushed N" (ops 0..N-1 are durable) on stdout, until it is killed.
 func crashChild(p string, seed uint64) error {
-	img, err := Open(p, image.OpenOptions{CacheSize: 16 << 10})
+	img, err := openPath(p, image.OpenOptions{CacheSize: 16 << 10})
 	if err != nil {
 		return err
 	}
@@ -90,7 +91,7 @@ func crashChild(p string, seed uint64) error {
 // qemu-img check must find no corruption (leaks are allowed), and every
 // write flushed before the kill must read back.
 func TestCrash(t *testing.T) {
-	needTool(t, "qemu-img")
+	imagetest.NeedTool(t, "qemu-img")
 	rounds := 12
 	if testing.Short() {
 		rounds = 3

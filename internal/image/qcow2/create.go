@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"math/bits"
-	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 
@@ -32,7 +30,7 @@ type createParams struct {
 	backingFormat string
 }
 
-func parseCreate(path string, opt image.CreateOptions) (*createParams, error) {
+func parseCreate(f image.File, opt image.CreateOptions) (*createParams, error) {
 	p := &createParams{version: 3, refcountOrder: defaultRefcountOrder, backing: opt.BackingFile, backingFormat: opt.BackingFormat}
 	for k, v := range opt.Options {
 		switch k {
@@ -98,37 +96,62 @@ func parseCreate(path string, opt image.CreateOptions) (*createParams, error) {
 	}
 	size := opt.Size
 	if p.backing != "" {
-		bp, err := ResolveBacking(path, p.backing, "")
-		if err != nil {
+		if err := p.learnBacking(f, opt.Names, &size); err != nil {
 			return nil, err
-		}
-		if p.backingFormat == "" {
-			if p.backingFormat, err = image.Probe(bp); err != nil {
-				return nil, err
-			}
-		}
-		if size == 0 {
-			fa, err := image.Info(bp, p.backingFormat)
-			if err != nil {
-				return nil, fmt.Errorf("qcow2: backing file: %w", err)
-			}
-			size = fa.VirtualSize
 		}
 	}
 	p.size = uint64(size)
 	return p, nil
 }
 
-// Create makes a new, empty qcow2 image at path (it must not exist).
-// opt.Options may set compat (0.10 or 1.1), refcount_bits, lazy_refcounts
-// and extended_l2 (on/off) and compression_type (zlib or zstd, for the
-// clusters convert -c writes). With a backing file and no size, the
-// backing file's size is used.
-func Create(path string, opt image.CreateOptions) error {
+// learnBacking opens the backing file p.backing, which f names, through
+// names (nil: image.LocalNames) to learn its format, when none was given,
+// and its size, when *size is zero. A backing file whose format is not
+// given must be a structured image: vdisk never records raw by probing.
+func (p *createParams) learnBacking(f image.File, names image.Names, size *int64) error {
+	if names == nil {
+		names = image.LocalNames{}
+	}
+	bf, err := names.Open(f, p.backing, true)
+	if err != nil {
+		return fmt.Errorf("qcow2: backing file: %w", err)
+	}
+	defer bf.Close()
+	if p.backingFormat == "" {
+		if p.backingFormat, err = image.ProbeFile(bf); err != nil {
+			return fmt.Errorf("qcow2: backing file: %w", err)
+		}
+		if p.backingFormat == image.Raw {
+			return fmt.Errorf("qcow2: backing file %q is not a structured image and vdisk does not guess raw: give its format with -F (-F raw for a raw disk): %w",
+				p.backing, image.ErrBackingRefused)
+		}
+	}
+	if *size != 0 {
+		return nil
+	}
+	if p.backingFormat == image.Raw {
+		*size, err = bf.Size()
+		return err
+	}
+	fa, err := image.InfoOf(bf, p.backingFormat)
+	if err != nil {
+		return fmt.Errorf("qcow2: backing file: %w", err)
+	}
+	*size = fa.VirtualSize
+	return nil
+}
+
+// CreateFile writes a new, empty qcow2 image into f, an empty file, and
+// syncs it. opt.Options may set compat (0.10 or 1.1), refcount_bits,
+// lazy_refcounts and extended_l2 (on/off) and compression_type (zlib or
+// zstd, for the clusters convert -c writes). A backing file is opened
+// through opt.Names (see learnBacking); with no size, its size is used.
+// The backing file's name is recorded as given.
+func CreateFile(f image.File, opt image.CreateOptions) error {
 	if err := opt.Validate(); err != nil {
 		return err
 	}
-	p, err := parseCreate(path, opt)
+	p, err := parseCreate(f, opt)
 	if err != nil {
 		return err
 	}
@@ -136,20 +159,11 @@ func Create(path string, opt image.CreateOptions) error {
 	if err != nil {
 		return err
 	}
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
-	if err != nil {
-		return fmt.Errorf("qcow2: create: %w", err)
+	if _, err := f.WriteAt(buf, 0); err != nil {
+		return fmt.Errorf("qcow2: create %s: %w", f.Name(), err)
 	}
-	_, werr := f.WriteAt(buf, 0)
-	if werr == nil {
-		werr = f.Sync()
-	}
-	if cerr := f.Close(); werr == nil {
-		werr = cerr
-	}
-	if werr != nil {
-		os.Remove(path)
-		return fmt.Errorf("qcow2: create %s: %w", filepath.Base(path), werr)
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("qcow2: create %s: %w", f.Name(), err)
 	}
 	return nil
 }

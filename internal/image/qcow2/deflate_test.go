@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"vdisk/internal/image"
+	"vdisk/internal/image/imagetest"
 )
 
 // WriteCompressed packs compressed clusters as qemu-img convert -c does:
@@ -16,7 +17,7 @@ import (
 // widths down to 1 bit (no sharing possible) and odd image sizes (a short
 // last cluster).
 func TestWriteCompressedMatchesQemu(t *testing.T) {
-	needTool(t, "qemu-img")
+	imagetest.NeedTool(t, "qemu-img")
 	tests := []struct {
 		name string
 		cs   int64
@@ -58,7 +59,7 @@ func TestWriteCompressedMatchesQemu(t *testing.T) {
 			if err := img.WriteCompressed(ref[first:first+cs], first); err == nil || !strings.Contains(err.Error(), "allocated already") {
 				t.Errorf("a second compressed write at %d: %v, want refused", first, err)
 			}
-			mustEqual(t, "read before close", readAll(t, img), ref)
+			imagetest.MustEqual(t, "read before close", imagetest.ReadAll(t, img), ref)
 			if err := img.Close(); err != nil {
 				t.Fatal(err)
 			}
@@ -66,10 +67,10 @@ func TestWriteCompressedMatchesQemu(t *testing.T) {
 			if !strings.Contains(out, "compressed clusters") {
 				t.Errorf("qemu-img check sees no compressed clusters:\n%s", out)
 			}
-			if res, err := Check(p, image.CheckOptions{}); err != nil || !res.Clean() {
+			if res, err := checkPath(p, image.CheckOptions{}); err != nil || !res.Clean() {
 				t.Fatalf("vdisk check: %v %v", res.Messages, err)
 			}
-			mustEqual(t, "qemu-img read", qemuRaw(t, p), ref)
+			imagetest.MustEqual(t, "qemu-img read", qemuRaw(t, p), ref)
 			// Overwriting compressed clusters afterwards releases their
 			// shares of the host clusters.
 			img = openImage(t, p, image.OpenOptions{})
@@ -82,7 +83,7 @@ func TestWriteCompressedMatchesQemu(t *testing.T) {
 				t.Fatal(err)
 			}
 			qemuCheck(t, p)
-			mustEqual(t, "after overwriting", qemuRaw(t, p), ref)
+			imagetest.MustEqual(t, "after overwriting", qemuRaw(t, p), ref)
 		})
 	}
 }

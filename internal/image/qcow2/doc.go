@@ -17,15 +17,19 @@
 // Images qemu-img makes are read whatever their options: versions 2 and 3,
 // 512-byte to 2 MiB clusters, 1- to 64-bit refcounts, zero clusters,
 // zlib and zstd compressed clusters, extended L2 entries (subclusters),
-// internal snapshots (listed by Info, kept intact by writes), persistent
+// internal snapshots (listed by InfoFile, kept intact by writes), persistent
 // bitmaps (marked in use before the first write), and backing chains
-// (opened through the image registry with the recorded format). Encrypted
-// images and external data files are described by Info but refused by
-// Open. Every table offset and size is checked against the file before it
-// is used; errors wrap blockdev.ErrCorrupt and name the problem.
+// (opened by image.OpenBacking through the OpenOptions' Names, with the
+// recorded format). Encrypted images and external data files are
+// described by InfoFile but refused by OpenFile. An image is an
+// image.File, so it may live in a local file or an object store alike.
+// Every table offset and size is checked against the file, and the L1
+// and refcount tables against what the virtual size and the file need,
+// before anything is allocated; errors wrap blockdev.ErrCorrupt and name
+// the header field.
 //
 // An image left dirty by a crash with lazy refcounts has its refcounts
-// rebuilt when it is opened for writing. Check verifies an image the way
+// rebuilt when it is opened for writing. CheckFile verifies an image the way
 // qemu-img check does and can repair leaks.
 //
 // Beyond reading and writing, an Image does what qemu-img does to images:

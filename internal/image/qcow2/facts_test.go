@@ -11,6 +11,7 @@ import (
 
 	"vdisk/internal/blockdev"
 	"vdisk/internal/image"
+	"vdisk/internal/image/imagetest"
 )
 
 // qemuInfo returns qemu-img info --output json for path.
@@ -30,7 +31,7 @@ func qemuInfo(t *testing.T, path string) map[string]any {
 // TestInfoMatchesQemu compares Info with qemu-img info on images with
 // every option, a backing file and snapshots.
 func TestInfoMatchesQemu(t *testing.T) {
-	needTool(t, "qemu-img")
+	imagetest.NeedTool(t, "qemu-img")
 	dir := t.TempDir()
 	base := filepath.Join(dir, "base.raw")
 	writeFile(t, dir, "base.raw", pattern(1<<20, 5))
@@ -42,9 +43,9 @@ func TestInfoMatchesQemu(t *testing.T) {
 	} {
 		t.Run(strings.Join(args, " "), func(t *testing.T) {
 			p := filepath.Join(t.TempDir(), "img.qcow2")
-			runCmd(t, "qemu-img", append(append([]string{"create", "-q", "-f", "qcow2"}, args...), p, "3M")...)
-			runCmd(t, "qemu-img", "snapshot", "-c", "first", p)
-			fa, err := Info(p)
+			imagetest.Run(t, "qemu-img", append(append([]string{"create", "-q", "-f", "qcow2"}, args...), p, "3M")...)
+			imagetest.Run(t, "qemu-img", "snapshot", "-c", "first", p)
+			fa, err := infoPath(p)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -78,7 +79,7 @@ func strOr(v any) string {
 // (a copy taken while it was open, as after a crash) is readable, and is
 // repaired when opened for writing: qemu-img check finds it clean after.
 func TestLazyRefcounts(t *testing.T) {
-	needTool(t, "qemu-img")
+	imagetest.NeedTool(t, "qemu-img")
 	for _, tc := range []struct {
 		name string
 		cs   int64
@@ -91,7 +92,7 @@ func TestLazyRefcounts(t *testing.T) {
 			dir := t.TempDir()
 			p := filepath.Join(dir, "img.qcow2")
 			create(t, p, 4<<20, tc.cs, tc.opts, "", "")
-			img, err := Open(p, image.OpenOptions{CacheSize: 16 << 10})
+			img, err := openPath(p, image.OpenOptions{CacheSize: 16 << 10})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -122,9 +123,9 @@ func TestLazyRefcounts(t *testing.T) {
 			qemuCheck(t, p)
 
 			ro := openImage(t, crashed, image.OpenOptions{ReadOnly: true})
-			mustEqual(t, "dirty image read", readAll(t, ro)[:1<<20], data)
+			imagetest.MustEqual(t, "dirty image read", imagetest.ReadAll(t, ro)[:1<<20], data)
 			ro.Close()
-			rw, err := Open(crashed, image.OpenOptions{})
+			rw, err := openPath(crashed, image.OpenOptions{})
 			if err != nil {
 				t.Fatalf("writable open of a dirty image: %v", err)
 			}
@@ -139,8 +140,8 @@ func TestLazyRefcounts(t *testing.T) {
 			}
 			qemuCheck(t, crashed)
 			got := qemuRaw(t, crashed)
-			mustEqual(t, "repaired image", got[:1<<20], data)
-			mustEqual(t, "written after repair", got[2<<20:2<<20+300<<10], data[:300<<10])
+			imagetest.MustEqual(t, "repaired image", got[:1<<20], data)
+			imagetest.MustEqual(t, "written after repair", got[2<<20:2<<20+300<<10], data[:300<<10])
 		})
 	}
 }
@@ -148,15 +149,15 @@ func TestLazyRefcounts(t *testing.T) {
 // TestExtentsMatchQemuMap compares Extents with qemu-img map over a chain
 // with data, zero clusters, discarded ranges and a short backing file.
 func TestExtentsMatchQemuMap(t *testing.T) {
-	needTool(t, "qemu-img")
-	needTool(t, "qemu-io")
+	imagetest.NeedTool(t, "qemu-img")
+	imagetest.NeedTool(t, "qemu-io")
 	dir := t.TempDir()
 	base := filepath.Join(dir, "base.qcow2")
-	runCmd(t, "qemu-img", "create", "-q", "-f", "qcow2", base, "2M")
-	runCmd(t, "qemu-io", "-c", "write -P 1 0 256k", "-c", "write -z 512k 128k", base)
+	imagetest.Run(t, "qemu-img", "create", "-q", "-f", "qcow2", base, "2M")
+	imagetest.Run(t, "qemu-io", "-c", "write -P 1 0 256k", "-c", "write -z 512k 128k", base)
 	top := filepath.Join(dir, "top.qcow2")
-	runCmd(t, "qemu-img", "create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", top, "4M")
-	runCmd(t, "qemu-io", "-c", "write -P 2 128k 256k", "-c", "write -z 1M 64k", "-c", "write -P 3 3M 64k", "-c", "discard 3M 64k", top)
+	imagetest.Run(t, "qemu-img", "create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", top, "4M")
+	imagetest.Run(t, "qemu-io", "-c", "write -P 2 128k 256k", "-c", "write -z 1M 64k", "-c", "write -P 3 3M 64k", "-c", "discard 3M 64k", top)
 	img := openImage(t, top, image.OpenOptions{ReadOnly: true})
 	out, err := exec.Command("qemu-img", "map", "--output", "json", top).Output()
 	if err != nil {
@@ -200,11 +201,11 @@ func TestExtentsMatchQemuMap(t *testing.T) {
 // TestExtentsSparseMatchQemuMap maps an image whose L1 table has holes
 // (unallocated L2 tables) and compares the extents with qemu-img map.
 func TestExtentsSparseMatchQemuMap(t *testing.T) {
-	needTool(t, "qemu-img")
-	needTool(t, "qemu-io")
+	imagetest.NeedTool(t, "qemu-img")
+	imagetest.NeedTool(t, "qemu-io")
 	p := filepath.Join(t.TempDir(), "sparse.qcow2")
-	runCmd(t, "qemu-img", "create", "-q", "-f", "qcow2", p, "3G")
-	runCmd(t, "qemu-io", "-c", "write -P 5 2G 128k", "-c", "write -P 6 100M 64k", p)
+	imagetest.Run(t, "qemu-img", "create", "-q", "-f", "qcow2", p, "3G")
+	imagetest.Run(t, "qemu-io", "-c", "write -P 5 2G 128k", "-c", "write -P 6 100M 64k", p)
 	img := openImage(t, p, image.OpenOptions{ReadOnly: true})
 	out, err := exec.Command("qemu-img", "map", "--output", "json", p).Output()
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 
 	"vdisk/internal/blockdev"
+	"vdisk/internal/image"
 )
 
 // Flush makes every completed write durable. Metadata goes out in the
@@ -118,11 +119,11 @@ func (img *Image) applyFrees() error {
 	return nil
 }
 
-// punch releases the storage of [off, off+n) in the file. It is
-// best-effort: a file system without hole punching keeps the bytes, which
-// no table references any more.
+// punch releases the storage of [off, off+n) in the file (or zeroes it,
+// see image.Punch). It is best-effort: no table references the bytes any
+// more.
 func (img *Image) punch(off, n int64) {
-	if err := img.f.Punch(off, n); err != nil {
+	if err := image.Punch(img.f, off, n); err != nil {
 		img.log.Debug("qcow2: punch hole", "off", off, "len", n, "err", err)
 	}
 }

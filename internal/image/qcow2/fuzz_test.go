@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"vdisk/internal/image"
+	"vdisk/internal/image/imagetest"
 )
 
 // seeds adds every fixture in testdata to f.
@@ -37,19 +38,16 @@ func FuzzHeader(f *testing.F) {
 	})
 }
 
-// FuzzOpen opens arbitrary bytes as an image, reads, describes and checks
-// it. Backing files are confined to an empty directory.
+// FuzzOpen opens arbitrary bytes as an image in memory, describes,
+// checks and reads it. It can name no other file.
 func FuzzOpen(f *testing.F) {
 	seeds(f)
 	f.Fuzz(func(t *testing.T, b []byte) {
-		dir := t.TempDir()
-		p := filepath.Join(dir, "img.qcow2")
-		if err := os.WriteFile(p, b, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		Info(p)
-		Check(p, image.CheckOptions{})
-		img, err := Open(p, image.OpenOptions{ReadOnly: true, BackingDir: dir})
+		mf := imagetest.NewMemFile("fuzz.qcow2", b)
+		mf.SetMax(int64(len(b)) + 64<<20)
+		InfoFile(mf)
+		CheckFile(mf, image.CheckOptions{})
+		img, err := OpenFile(mf, image.OpenOptions{ReadOnly: true, Names: image.NoNames{Why: "fuzzing"}})
 		if err != nil {
 			return
 		}
@@ -66,13 +64,13 @@ func FuzzOpen(f *testing.F) {
 
 // TestFixtures reads every fixture and compares it with qemu-img.
 func TestFixtures(t *testing.T) {
-	needTool(t, "qemu-img")
+	imagetest.NeedTool(t, "qemu-img")
 	names, _ := filepath.Glob("testdata/*.qcow2")
 	for _, n := range names {
 		t.Run(filepath.Base(n), func(t *testing.T) {
 			img := openImage(t, n, image.OpenOptions{ReadOnly: true})
-			mustEqual(t, "read", readAll(t, img), qemuRaw(t, n))
-			res, err := Check(n, image.CheckOptions{})
+			imagetest.MustEqual(t, "read", imagetest.ReadAll(t, img), qemuRaw(t, n))
+			res, err := checkPath(n, image.CheckOptions{})
 			if err != nil || !res.Clean() {
 				t.Fatalf("check: %+v %v", res, err)
 			}

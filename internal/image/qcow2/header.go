@@ -28,6 +28,10 @@ const (
 	maxSnapshotTableBytes = 64 << 20
 	// maxFeatureNames bounds the feature-name table entries kept.
 	maxFeatureNames = 192
+	// maxBitmaps and maxBitmapDirBytes are qemu's limits on persistent
+	// bitmaps.
+	maxBitmaps        = 65535
+	maxBitmapDirBytes = 64 << 20
 )
 
 // Incompatible and compatible feature bits. vdisk knows no autoclear
@@ -229,42 +233,75 @@ func parseHeader(buf []byte, fileSize int64) (*header, error) {
 	if h.extL2() && h.clusterBits < minExtL2Bits {
 		return nil, corruptf("extended L2 entries with %d-byte clusters (need at least 16 KiB)", cs)
 	}
-	if h.size > 1<<62 {
-		return nil, corruptf("virtual size %d absurd", h.size)
-	}
-	if uint64(h.l1Size) < h.l1Needed() {
-		return nil, corruptf("L1 table of %d entries too small for %d bytes", h.l1Size, h.size)
-	}
-	if uint64(h.l1Size)*8 > maxL1Bytes {
-		return nil, corruptf("L1 table of %d entries too large", h.l1Size)
-	}
-	if err := checkTable("L1 table", h.l1Off, uint64(h.l1Size)*8, cs, fileSize); err != nil {
+	if err := h.checkTables(fileSize); err != nil {
 		return nil, err
-	}
-	if h.refTableClusters == 0 {
-		return nil, corruptf("refcount table has no clusters")
-	}
-	if uint64(h.refTableClusters)*uint64(cs) > maxRefTableBytes {
-		return nil, corruptf("refcount table of %d clusters too large", h.refTableClusters)
-	}
-	if err := checkTable("refcount table", h.refTableOff, uint64(h.refTableClusters)*uint64(cs), cs, fileSize); err != nil {
-		return nil, err
-	}
-	if h.nbSnapshots > maxSnapshots {
-		return nil, corruptf("%d snapshots (limit %d)", h.nbSnapshots, maxSnapshots)
-	}
-	if h.nbSnapshots > 0 {
-		if err := checkTable("snapshot table", h.snapshotsOff, uint64(h.nbSnapshots)*40, cs, fileSize); err != nil {
-			return nil, err
-		}
 	}
 	return h, nil
+}
+
+// checkTables bounds every table the header locates, before anything is
+// allocated or looped over: the L1 table by what the virtual size needs,
+// the refcount table by what the file's size needs, and all of them by
+// the file. The errors name the header fields.
+func (h *header) checkTables(fileSize int64) error {
+	cs := h.clusterSize()
+	if h.size > 1<<62 {
+		return corruptf("size %d (the virtual size) absurd", h.size)
+	}
+	need := h.l1Needed()
+	switch l1 := uint64(h.l1Size); {
+	case l1 < need:
+		return corruptf("l1_size %d too small: size %d needs %d L1 entries", l1, h.size, need)
+	case l1 > 2*need+uint64(cs/8):
+		return corruptf("l1_size %d is more than size %d needs (%d L1 entries, plus slack)", l1, h.size, need)
+	case l1*8 > maxL1Bytes:
+		return corruptf("l1_size %d too large: an L1 table above %d bytes", l1, maxL1Bytes)
+	}
+	if err := checkTable("L1 table (l1_table_offset, l1_size)", h.l1Off, uint64(h.l1Size)*8, cs, fileSize); err != nil {
+		return err
+	}
+	// The refcount table must cover the file; qemu and vdisk grow it by
+	// half or double it, so twice that and two clusters is plenty.
+	rt := uint64(h.refTableClusters)
+	perTable := uint64(cs/8) * uint64(cs*8/int64(h.refcountBits())) // clusters one table cluster covers
+	rtNeed := (uint64(fileSize+cs-1)/uint64(cs) + perTable - 1) / perTable
+	switch {
+	case rt == 0:
+		return corruptf("refcount_table_clusters is 0")
+	case rt*uint64(cs) > maxRefTableBytes:
+		return corruptf("refcount_table_clusters %d too large: a refcount table above %d bytes", rt, maxRefTableBytes)
+	case rt > 2*rtNeed+2:
+		return corruptf("refcount_table_clusters %d is more than a file of %d bytes needs (%d)", rt, fileSize, rtNeed)
+	}
+	if err := checkTable("refcount table (refcount_table_offset, refcount_table_clusters)", h.refTableOff, rt*uint64(cs), cs, fileSize); err != nil {
+		return err
+	}
+	if h.nbSnapshots > maxSnapshots {
+		return corruptf("nb_snapshots %d: more snapshots than %d", h.nbSnapshots, maxSnapshots)
+	}
+	if h.nbSnapshots > 0 {
+		if err := checkTable("snapshot table (snapshots_offset, nb_snapshots)", h.snapshotsOff, uint64(h.nbSnapshots)*40, cs, fileSize); err != nil {
+			return err
+		}
+	}
+	if h.hasBitmaps {
+		switch {
+		case h.nbBitmaps == 0 || h.nbBitmaps > maxBitmaps:
+			return corruptf("bitmaps extension: nb_bitmaps %d outside [1, %d]", h.nbBitmaps, maxBitmaps)
+		case h.bitmapDirSize > maxBitmapDirBytes || h.bitmapDirSize < uint64(h.nbBitmaps)*24:
+			return corruptf("bitmaps extension: bitmap_directory_size %d invalid for %d bitmaps", h.bitmapDirSize, h.nbBitmaps)
+		}
+		if err := checkTable("bitmap directory (bitmap_directory_offset, bitmap_directory_size)", h.bitmapDirOff, h.bitmapDirSize, cs, fileSize); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // checkTable validates a table's offset and length against the file.
 func checkTable(what string, off, n uint64, cs int64, fileSize int64) error {
 	if off%uint64(cs) != 0 {
-		return corruptf("%s offset %#x not cluster aligned", what, off)
+		return corruptf("%s at %#x: not cluster aligned", what, off)
 	}
 	if off == 0 && n > 0 {
 		return corruptf("%s at offset 0 overlaps the header", what)
@@ -324,7 +361,8 @@ func (h *header) parseExtensions(buf []byte) error {
 			if n < 24 {
 				return corruptf("bitmaps extension of %d bytes (want 24)", n)
 			}
-			h.hasBitmaps = true
+			// qemu ignores the extension without the autoclear bit.
+			h.hasBitmaps = h.autoclear&autoclearBitmaps != 0
 			h.nbBitmaps = be.Uint32(data)
 			h.bitmapDirSize = be.Uint64(data[8:])
 			h.bitmapDirOff = be.Uint64(data[16:])

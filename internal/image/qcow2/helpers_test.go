@@ -1,7 +1,7 @@
 package qcow2
 
 import (
-	"bytes"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -10,26 +10,8 @@ import (
 
 	"vdisk/internal/blockdev"
 	"vdisk/internal/image"
-	_ "vdisk/internal/image/raw"
+	"vdisk/internal/image/imagetest"
 )
-
-// needTool skips the test when a qemu tool is missing.
-func needTool(t *testing.T, name string) {
-	t.Helper()
-	if _, err := exec.LookPath(name); err != nil {
-		t.Skipf("%s not installed (apt-get install qemu-utils)", name)
-	}
-}
-
-// runCmd runs a command and fails the test on error.
-func runCmd(t *testing.T, name string, args ...string) string {
-	t.Helper()
-	out, err := exec.Command(name, args...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("%s %q: %v\n%s", name, args, err, out)
-	}
-	return string(out)
-}
 
 // pattern returns size bytes of test content: random, text-like
 // (compressible) and zero runs, in 16 KiB pieces, from seed.
@@ -67,7 +49,7 @@ func writeFile(t *testing.T, dir, name string, b []byte) string {
 func qemuRaw(t *testing.T, img string) []byte {
 	t.Helper()
 	out := filepath.Join(t.TempDir(), "ref.raw")
-	runCmd(t, "qemu-img", "convert", "-O", "raw", img, out)
+	imagetest.Run(t, "qemu-img", "convert", "-O", "raw", img, out)
 	b, err := os.ReadFile(out)
 	if err != nil {
 		t.Fatal(err)
@@ -75,40 +57,35 @@ func qemuRaw(t *testing.T, img string) []byte {
 	return b
 }
 
-// readAll reads the whole device, in pieces of odd sizes to cross cluster
-// boundaries.
-func readAll(t *testing.T, d blockdev.Device) []byte {
-	t.Helper()
-	b := make([]byte, d.Size())
-	step := int64(192<<10 + 512)
-	for off := int64(0); off < d.Size(); off += step {
-		end := min(off+step, d.Size())
-		if _, err := d.ReadAt(b[off:end], off); err != nil {
-			t.Fatalf("read at %d: %v", off, err)
-		}
+// openPath opens the qcow2 image at path as vdisk does (image.Open: a
+// locked LocalFile, backing files under image.LocalNames).
+func openPath(path string, opt image.OpenOptions) (*Image, error) {
+	opt.Format = "qcow2"
+	d, err := image.Open(path, opt)
+	if err != nil {
+		return nil, err
 	}
-	return b
+	return d.(*Image), nil
 }
 
-// mustEqual fails when a and b differ, naming the first difference.
-func mustEqual(t *testing.T, what string, got, want []byte) {
-	t.Helper()
-	if len(got) != len(want) {
-		t.Fatalf("%s: %d bytes, want %d", what, len(got), len(want))
-	}
-	if !bytes.Equal(got, want) {
-		for i := range got {
-			if got[i] != want[i] {
-				t.Fatalf("%s: first difference at byte %d: %#x, want %#x", what, i, got[i], want[i])
-			}
-		}
-	}
+// createPath makes a new qcow2 image at path (image.Create).
+func createPath(path string, opt image.CreateOptions) error {
+	opt.Format = "qcow2"
+	return image.Create(path, opt)
 }
+
+// checkPath checks the qcow2 image at path (image.Check).
+func checkPath(path string, opt image.CheckOptions) (*image.CheckResult, error) {
+	return image.Check(path, "qcow2", opt)
+}
+
+// infoPath describes the qcow2 image at path (image.Info).
+func infoPath(path string) (*image.Facts, error) { return image.Info(path, "qcow2") }
 
 // openImage opens path with opt and registers its Close.
 func openImage(t *testing.T, path string, opt image.OpenOptions) *Image {
 	t.Helper()
-	img, err := Open(path, opt)
+	img, err := openPath(path, opt)
 	if err != nil {
 		t.Fatalf("open %s: %v", path, err)
 	}
@@ -125,4 +102,16 @@ func qemuCheck(t *testing.T, path string) string {
 		t.Fatalf("qemu-img check %s: %v\n%s", path, err, out)
 	}
 	return string(out)
+}
+
+// The raw format, as a backing file recorded as raw needs it, stands in
+// here for image/raw: the file's own bytes (image.RawFile).
+func init() {
+	image.Register(image.Format{Name: image.Raw, OpenFile: func(f image.File, opt image.OpenOptions) (blockdev.Device, error) {
+		rf, ok := f.(image.RawFile)
+		if !ok {
+			return nil, fmt.Errorf("%s: not a raw file", f.Name())
+		}
+		return rf.RawDevice()
+	}})
 }

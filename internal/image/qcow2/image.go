@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
 	"sync"
 	"sync/atomic"
 
@@ -29,8 +28,7 @@ const (
 // Image is an open qcow2 image. See the package comment for its concurrency
 // contract.
 type Image struct {
-	f        store
-	path     string
+	f        image.File
 	h        *header
 	cs       int64        // cluster size
 	l2n      int64        // entries per L2 table
@@ -80,67 +78,52 @@ var (
 
 func init() {
 	image.Register(image.Format{
-		Name:   "qcow2",
-		Probe:  probe,
-		Open:   func(path string, opt image.OpenOptions) (blockdev.Device, error) { return Open(path, opt) },
-		Create: Create,
-		Info:   Info,
-		Check:  Check,
-
-		OpenBackend: func(b image.Backend, name string, opt image.OpenOptions) (blockdev.Device, error) {
-			return OpenBackend(b, name, opt)
+		Name:  "qcow2",
+		Probe: probe,
+		OpenFile: func(f image.File, opt image.OpenOptions) (blockdev.Device, error) {
+			return OpenFile(f, opt)
 		},
-		CreateBackend: CreateBackend,
-		CheckBackend:  CheckBackend,
+		CreateFile: CreateFile,
+		InfoFile:   InfoFile,
+		CheckFile:  CheckFile,
 	})
 }
 
-// readHeader reads and parses the header of a file of size bytes.
-func readHeader(r io.ReaderAt, size int64) (*header, error) {
-	buf := make([]byte, min(size, 1<<maxClusterBits))
-	if _, err := r.ReadAt(buf, 0); err != nil && !errors.Is(err, io.EOF) {
-		return nil, fmt.Errorf("qcow2: read header: %w", err)
+// readHeader reads and parses the header of f.
+func readHeader(f image.File) (*header, int64, error) {
+	size, err := f.Size()
+	if err != nil {
+		return nil, 0, fmt.Errorf("qcow2: %w", err)
 	}
-	return parseHeader(buf, size)
+	buf := make([]byte, min(size, 1<<maxClusterBits))
+	if _, err := f.ReadAt(buf, 0); err != nil && !errors.Is(err, io.EOF) {
+		return nil, 0, fmt.Errorf("qcow2: read header: %w", err)
+	}
+	h, err := parseHeader(buf, size)
+	return h, size, err
 }
 
-// Open opens the qcow2 image at path. opt must have passed Validate (Open
-// fills defaults itself when called directly).
-func Open(path string, opt image.OpenOptions) (*Image, error) {
-	if err := opt.Validate(); err != nil {
-		return nil, err
+// OpenFile opens the qcow2 image in f. The Image owns f: closing it
+// closes f; on error the caller closes f. The backing file is opened
+// through opt.Names (image.OpenBacking). A local file also takes qemu's
+// lock bytes unless opt.NoLock, so qemu and vdisk see each other's opens.
+func OpenFile(f image.File, opt image.OpenOptions) (*Image, error) {
+	if err := qemuLock(f, opt.ReadOnly, opt.NoLock); err != nil {
+		return nil, fmt.Errorf("%w (in %s)", err, f.Name())
 	}
-	flag := os.O_RDWR
-	if opt.ReadOnly {
-		flag = os.O_RDONLY
-	}
-	f, err := os.OpenFile(path, flag, 0)
+	img, err := open(f, opt)
 	if err != nil {
-		return nil, fmt.Errorf("qcow2: open: %w", err)
-	}
-	if err := lock(f, opt); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("%w (in %s)", err, path)
-	}
-	img, err := openStore(fileStore{f}, path, opt)
-	if err != nil {
-		f.Close()
-		return nil, fmt.Errorf("%w (in %s)", err, path)
+		return nil, fmt.Errorf("%w (in %s)", err, f.Name())
 	}
 	return img, nil
 }
 
-// openStore opens the image in f; path names it (backing files resolve
-// against its directory). On error the caller closes f.
-func openStore(f store, path string, opt image.OpenOptions) (*Image, error) {
+// open opens the image in f without locking it.
+func open(f image.File, opt image.OpenOptions) (*Image, error) {
 	if err := opt.Validate(); err != nil {
 		return nil, err
 	}
-	fsize, err := f.Size()
-	if err != nil {
-		return nil, err
-	}
-	h, err := readHeader(f, fsize)
+	h, fsize, err := readHeader(f)
 	if err != nil {
 		return nil, err
 	}
@@ -150,8 +133,8 @@ func openStore(f store, path string, opt image.OpenOptions) (*Image, error) {
 	if !opt.ReadOnly && h.incompat&incDirty != 0 {
 		// Left dirty by an unclean shutdown with lazy refcounts: rebuild
 		// the refcounts before anything is allocated.
-		opt.Log.Warn("qcow2: image was not closed cleanly; repairing refcounts", "image", path)
-		if err := repairRefcounts(f, h, fsize, path); err != nil {
+		opt.Log.Warn("qcow2: image was not closed cleanly; repairing refcounts", "image", f.Name())
+		if err := repairRefcounts(f, h, fsize); err != nil {
 			return nil, fmt.Errorf("qcow2: repair dirty image: %w", err)
 		}
 		if fsize, err = f.Size(); err != nil {
@@ -159,7 +142,7 @@ func openStore(f store, path string, opt image.OpenOptions) (*Image, error) {
 		}
 	}
 	img := &Image{
-		f: f, path: path, h: h,
+		f: f, h: h,
 		cs:       h.clusterSize(),
 		l2n:      h.l2Entries(),
 		readOnly: opt.ReadOnly,
@@ -189,8 +172,9 @@ func openStore(f store, path string, opt image.OpenOptions) (*Image, error) {
 		}
 	}
 	if !opt.NoBacking && h.backingFile != "" {
-		if img.backing, err = openBacking(path, h, opt); err != nil {
-			return nil, err
+		b := image.Backing{Name: h.backingFile, Format: h.backingFormat}
+		if img.backing, err = image.OpenBacking(f, b, opt); err != nil {
+			return nil, fmt.Errorf("qcow2: %w", err)
 		}
 		img.backingSize = img.backing.Size()
 	}
@@ -216,10 +200,6 @@ func (img *Image) invalidateBitmaps() error {
 	h := img.h
 	keep := uint64(0)
 	if h.autoclear&autoclearBitmaps != 0 && h.hasBitmaps {
-		if h.bitmapDirSize > 64<<20 || h.bitmapDirOff%uint64(img.cs) != 0 ||
-			h.bitmapDirOff+h.bitmapDirSize > uint64(img.fileEnd) {
-			return corruptf("bitmap directory at %#x+%d invalid", h.bitmapDirOff, h.bitmapDirSize)
-		}
 		dir := make([]byte, h.bitmapDirSize)
 		if _, err := img.f.ReadAt(dir, int64(h.bitmapDirOff)); err != nil {
 			return fmt.Errorf("qcow2: read bitmap directory: %w", err)

@@ -2,42 +2,31 @@ package qcow2
 
 import (
 	"fmt"
-	"os"
 
 	"vdisk/internal/image"
 )
 
-// Info reads the facts `vdisk info` shows from the image at path, without
-// opening its backing chain. It also describes images Open refuses
-// (encrypted, external data file).
-func Info(path string) (*image.Facts, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, fmt.Errorf("qcow2: %w", err)
+// InfoFile reads the facts `vdisk info` shows from the image in f,
+// without opening its backing chain. It also describes images OpenFile
+// refuses (encrypted, external data file).
+func InfoFile(f image.File) (*image.Facts, error) {
+	h, fsize, err := readHeader(f)
+	var snaps []snapshot
+	if err == nil {
+		snaps, err = readSnapshots(f, h, fsize)
 	}
-	defer f.Close()
-	st, err := f.Stat()
 	if err != nil {
-		return nil, fmt.Errorf("qcow2: %w", err)
+		return nil, fmt.Errorf("%w (in %s)", err, f.Name())
 	}
-	fsize := st.Size()
-	h, err := readHeader(f, fsize)
-	if err != nil {
-		return nil, fmt.Errorf("%w (in %s)", err, path)
-	}
-	snaps, err := readSnapshots(f, h, fsize)
-	if err != nil {
-		return nil, fmt.Errorf("%w (in %s)", err, path)
-	}
-	return facts(path, h, snaps), nil
+	return facts(f, h, snaps), nil
 }
 
-func facts(path string, h *header, snaps []snapshot) *image.Facts {
+func facts(f image.File, h *header, snaps []snapshot) *image.Facts {
 	fa := &image.Facts{
-		Filename:      path,
+		Filename:      f.Name(),
 		Format:        "qcow2",
 		VirtualSize:   int64(h.size),
-		DiskSize:      statDiskSize(path),
+		DiskSize:      image.DiskSize(f),
 		ClusterSize:   h.clusterSize(),
 		BackingFile:   h.backingFile,
 		BackingFormat: h.backingFormat,
@@ -63,11 +52,11 @@ func facts(path string, h *header, snaps []snapshot) *image.Facts {
 	return fa
 }
 
-// Facts describes the open image (the same facts Info reads from a file).
+// Facts describes the open image (the same facts InfoFile reads from a file).
 func (img *Image) Facts() *image.Facts {
 	img.mu.Lock()
 	h, end := *img.h, img.fileEnd
 	img.mu.Unlock()
 	snaps, _ := readSnapshots(img.f, &h, end)
-	return facts(img.path, &h, snaps)
+	return facts(img.f, &h, snaps)
 }

@@ -25,28 +25,22 @@ const (
 	permResize = 3 // BLK_PERM_RESIZE
 )
 
-// lock takes the locks of an open image: vdisk's own flock (exclusive for
-// writing, shared for reading) and qemu's permission bytes. A writer uses
-// read and write and shares neither write nor resize; a reader uses read
-// and does not share write.
-func lock(f *os.File, opt image.OpenOptions) error {
-	if opt.NoLock {
+// qemuLock takes qemu's permission bytes on a local file (the File's own
+// flock already keeps other vdisk processes out): a writer uses read and
+// write and shares neither write nor resize; a reader uses read and does
+// not share write. It first checks that no other process unshares what
+// we use or uses what we unshare. Other Files (an object store's) have
+// their own lease.
+func qemuLock(f image.File, readOnly, noLock bool) error {
+	lf, ok := f.(interface{ OS() *os.File })
+	if noLock || !ok {
 		return nil
 	}
-	if err := blockdev.LockFile(f, opt.ReadOnly); err != nil {
-		return fmt.Errorf("qcow2: %w", err)
-	}
 	use, unshare := []int{permRead}, []int{permWrite}
-	if !opt.ReadOnly {
+	if !readOnly {
 		use, unshare = []int{permRead, permWrite}, []int{permWrite, permResize}
 	}
-	return qemuLock(f, use, unshare)
-}
-
-// qemuLock checks that no other process unshares what we use or uses what
-// we unshare, then takes the bytes.
-func qemuLock(f *os.File, use, unshare []int) error {
-	fd := int(f.Fd())
+	fd := int(lf.OS().Fd())
 	for _, b := range use {
 		if err := lockFree(fd, lockSharedBase+b); err != nil {
 			return err

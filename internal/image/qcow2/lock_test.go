@@ -11,13 +11,14 @@ import (
 
 	"vdisk/internal/blockdev"
 	"vdisk/internal/image"
+	"vdisk/internal/image/imagetest"
 )
 
 // TestQemuLocking checks that vdisk and qemu see each other's opens
 // through qemu's lock bytes.
 func TestQemuLocking(t *testing.T) {
-	needTool(t, "qemu-img")
-	needTool(t, "qemu-io")
+	imagetest.NeedTool(t, "qemu-img")
+	imagetest.NeedTool(t, "qemu-io")
 	p := filepath.Join(t.TempDir(), "img.qcow2")
 	create(t, p, 1<<20, 0, nil, "", "")
 	qemuFails := func(what string, args ...string) {
@@ -28,22 +29,22 @@ func TestQemuLocking(t *testing.T) {
 		}
 	}
 
-	img, err := Open(p, image.OpenOptions{})
+	img, err := openPath(p, image.OpenOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	qemuFails("qemu-img check", "qemu-img", "check", p)
 	qemuFails("qemu-io read", "qemu-io", "-c", "read 0 512", p)
-	runCmd(t, "qemu-img", "info", "-U", p) // sharing everything is allowed
+	imagetest.Run(t, "qemu-img", "info", "-U", p) // sharing everything is allowed
 	if err := img.Close(); err != nil {
 		t.Fatal(err)
 	}
 
-	ro, err := Open(p, image.OpenOptions{ReadOnly: true})
+	ro, err := openPath(p, image.OpenOptions{ReadOnly: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	runCmd(t, "qemu-img", "check", p)
+	imagetest.Run(t, "qemu-img", "check", p)
 	qemuFails("qemu-io write", "qemu-io", "-c", "write 0 512", p)
 	ro.Close()
 
@@ -61,14 +62,14 @@ func TestQemuLocking(t *testing.T) {
 	for sc.Scan() && !strings.Contains(sc.Text(), "read 512/512") {
 	}
 	for _, ro := range []bool{false, true} {
-		if img, err := Open(p, image.OpenOptions{ReadOnly: ro}); !errors.Is(err, blockdev.ErrLocked) {
+		if img, err := openPath(p, image.OpenOptions{ReadOnly: ro}); !errors.Is(err, blockdev.ErrLocked) {
 			if err == nil {
 				img.Close()
 			}
 			t.Errorf("open (read-only %v) while qemu-io writes: %v, want ErrLocked", ro, err)
 		}
 	}
-	if _, err := Check(p, image.CheckOptions{}); !errors.Is(err, blockdev.ErrLocked) {
+	if _, err := checkPath(p, image.CheckOptions{}); !errors.Is(err, blockdev.ErrLocked) {
 		t.Errorf("check while qemu-io writes: %v, want ErrLocked", err)
 	}
 	io.WriteString(in, "quit\n")

@@ -14,11 +14,13 @@ import (
 
 	"vdisk/internal/blockdev/blockdevtest"
 	"vdisk/internal/image"
+	"vdisk/internal/image/imagetest"
 )
 
 // crashStore is a store over a blockdevtest.Crashable: Sync is its Flush,
 // so a Crash loses (any subset of) what was written since the last Sync.
 type crashStore struct {
+	path string // where the image would be: its backing file is beside it
 	c    *blockdevtest.Crashable
 	mu   sync.Mutex
 	size int64
@@ -104,6 +106,9 @@ func (s *crashStore) after(keep func(int) bool) []byte {
 
 func (s *crashStore) Punch(off, n int64) error { return s.c.Trim(off, n) }
 func (s *crashStore) Close() error             { return nil }
+func (s *crashStore) Name() string             { return s.path }
+func (s *crashStore) Dir() (string, error)     { return filepath.Dir(s.path), nil }
+func (s *crashStore) Truncate(n int64) error   { return errors.New("crashStore: no truncate") }
 func (s *crashStore) Size() (int64, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -115,7 +120,7 @@ func (s *crashStore) Size() (int64, error) {
 // must find no corruption, and every write flushed before the cut must
 // read back.
 func TestPowerLoss(t *testing.T) {
-	needTool(t, "qemu-img")
+	imagetest.NeedTool(t, "qemu-img")
 	const (
 		size     = 2 << 20
 		capacity = 8 << 20
@@ -156,8 +161,8 @@ func TestPowerLoss(t *testing.T) {
 			}
 			c.Flush()
 			r := rand.New(rand.NewPCG(seed, 1))
-			st := &crashStore{c: c, size: int64(len(b)), crashAt: 1 + r.IntN(80)}
-			img, err := openStore(st, p, image.OpenOptions{CacheSize: 8 * cs})
+			st := &crashStore{path: p, c: c, size: int64(len(b)), crashAt: 1 + r.IntN(80)}
+			img, err := OpenFile(st, image.OpenOptions{CacheSize: 8 * cs})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -206,7 +211,7 @@ func verifyCrash(t *testing.T, dir, name string, disk []byte, withQemu, lazy boo
 	t.Helper()
 	cp := writeFile(t, dir, name, disk)
 	if lazy {
-		img, err := Open(cp, image.OpenOptions{})
+		img, err := openPath(cp, image.OpenOptions{})
 		if err != nil {
 			t.Fatalf("%s: open to repair: %v", name, err)
 		}
@@ -220,7 +225,7 @@ func verifyCrash(t *testing.T, dir, name string, disk []byte, withQemu, lazy boo
 			t.Fatalf("%s: qemu-img check after a power cut (%d flushed ops): %v\n%s", name, flushed, err, out)
 		}
 	}
-	res, err := Check(cp, image.CheckOptions{})
+	res, err := checkPath(cp, image.CheckOptions{})
 	if err != nil || res.Corruptions != 0 {
 		t.Fatalf("%s: vdisk check after a power cut (%d flushed ops): %v %v", name, flushed, res.Messages, err)
 	}

@@ -6,14 +6,15 @@ import (
 	"testing"
 
 	"vdisk/internal/image"
+	"vdisk/internal/image/imagetest"
 )
 
 // TestReadQemuImages reads images qemu-img and qemu-io made with every
 // layout option and compares them byte for byte with qemu-img convert -O
 // raw.
 func TestReadQemuImages(t *testing.T) {
-	needTool(t, "qemu-img")
-	needTool(t, "qemu-io")
+	imagetest.NeedTool(t, "qemu-img")
+	imagetest.NeedTool(t, "qemu-io")
 	const size = 6<<20 + 512
 	tests := []struct {
 		name    string
@@ -53,14 +54,14 @@ func TestReadQemuImages(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			p := filepath.Join(t.TempDir(), "img.qcow2")
 			args := append([]string{"convert", "-O", "qcow2"}, tc.convert...)
-			runCmd(t, "qemu-img", append(args, src, p)...)
+			imagetest.Run(t, "qemu-img", append(args, src, p)...)
 			for _, c := range tc.io {
-				runCmd(t, "qemu-io", "-c", c, p)
+				imagetest.Run(t, "qemu-io", "-c", c, p)
 			}
 			want := qemuRaw(t, p)
 			img := openImage(t, p, image.OpenOptions{ReadOnly: true})
-			mustEqual(t, "read", readAll(t, img), want)
-			if res, err := Check(p, image.CheckOptions{}); err != nil || !res.Clean() {
+			imagetest.MustEqual(t, "read", imagetest.ReadAll(t, img), want)
+			if res, err := checkPath(p, image.CheckOptions{}); err != nil || !res.Clean() {
 				t.Fatalf("vdisk check of a clean qemu image: %v %v", res.Messages, err)
 			}
 		})
@@ -71,26 +72,26 @@ func TestReadQemuImages(t *testing.T) {
 // and absolute names, a backing file smaller than the image, and
 // --no-backing.
 func TestReadBackingChains(t *testing.T) {
-	needTool(t, "qemu-img")
-	needTool(t, "qemu-io")
+	imagetest.NeedTool(t, "qemu-img")
+	imagetest.NeedTool(t, "qemu-io")
 	dir := t.TempDir()
 	const size = 4 << 20
 	writeFile(t, dir, "base.raw", pattern(size/2, 2))
-	runCmd(t, "qemu-img", "create", "-q", "-f", "qcow2", "-b", "base.raw", "-F", "raw", filepath.Join(dir, "mid.qcow2"), fmt.Sprint(size))
-	runCmd(t, "qemu-io", "-c", "write -P 0x77 1M 300k", "-c", "write -z 100k 64k", filepath.Join(dir, "mid.qcow2"))
-	runCmd(t, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "extended_l2=on", "-b", filepath.Join(dir, "mid.qcow2"), "-F", "qcow2", filepath.Join(dir, "top.qcow2"))
-	runCmd(t, "qemu-io", "-c", "write -P 0x88 1100k 3k", "-c", "write -P 0x99 3M 70k", "-c", "discard 1500k 32k", filepath.Join(dir, "top.qcow2"))
+	imagetest.Run(t, "qemu-img", "create", "-q", "-f", "qcow2", "-b", "base.raw", "-F", "raw", filepath.Join(dir, "mid.qcow2"), fmt.Sprint(size))
+	imagetest.Run(t, "qemu-io", "-c", "write -P 0x77 1M 300k", "-c", "write -z 100k 64k", filepath.Join(dir, "mid.qcow2"))
+	imagetest.Run(t, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "extended_l2=on", "-b", filepath.Join(dir, "mid.qcow2"), "-F", "qcow2", filepath.Join(dir, "top.qcow2"))
+	imagetest.Run(t, "qemu-io", "-c", "write -P 0x88 1100k 3k", "-c", "write -P 0x99 3M 70k", "-c", "discard 1500k 32k", filepath.Join(dir, "top.qcow2"))
 	for _, name := range []string{"mid.qcow2", "top.qcow2"} {
 		t.Run(name, func(t *testing.T) {
 			p := filepath.Join(dir, name)
 			img := openImage(t, p, image.OpenOptions{ReadOnly: true})
-			mustEqual(t, "read", readAll(t, img), qemuRaw(t, p))
+			imagetest.MustEqual(t, "read", imagetest.ReadAll(t, img), qemuRaw(t, p))
 		})
 	}
 	t.Run("no-backing", func(t *testing.T) {
 		p := filepath.Join(dir, "top.qcow2")
 		img := openImage(t, p, image.OpenOptions{ReadOnly: true, NoBacking: true})
 		want := qemuRaw(t, "json:{\"driver\":\"qcow2\",\"backing\":null,\"file\":{\"driver\":\"file\",\"filename\":\""+p+"\"}}")
-		mustEqual(t, "read", readAll(t, img), want)
+		imagetest.MustEqual(t, "read", imagetest.ReadAll(t, img), want)
 	})
 }

@@ -3,6 +3,8 @@ package qcow2
 import (
 	"encoding/binary"
 	"fmt"
+
+	"vdisk/internal/image"
 )
 
 // repairRefcounts rebuilds the refcounts of an image left dirty (lazy
@@ -14,8 +16,8 @@ import (
 // place. Otherwise a new refcount table and blocks go past the end of the
 // file and the header switches to them once they are on disk; the old
 // ones become free space.
-func repairRefcounts(f store, h *header, fsize int64, path string) error {
-	c, err := newChecker(f, h, fsize, path)
+func repairRefcounts(f image.File, h *header, fsize int64) error {
+	c, err := newChecker(f, h, fsize)
 	if err != nil {
 		return err
 	}

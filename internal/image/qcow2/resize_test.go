@@ -9,13 +9,14 @@ import (
 
 	"vdisk/internal/blockdev"
 	"vdisk/internal/image"
+	"vdisk/internal/image/imagetest"
 )
 
 // Resize grows an image within its L1 table and past it (a new L1 table);
 // qemu-img finds it consistent, reads the old data and zeroes after it,
 // and writes at the new end.
 func TestResizeMatchesQemu(t *testing.T) {
-	needTool(t, "qemu-img")
+	imagetest.NeedTool(t, "qemu-img")
 	for _, tc := range []struct {
 		name     string
 		cs       int64
@@ -47,7 +48,7 @@ func TestResizeMatchesQemu(t *testing.T) {
 				t.Fatal(err)
 			}
 			qemuCheck(t, p)
-			if res, err := Check(p, image.CheckOptions{}); err != nil || !res.Clean() {
+			if res, err := checkPath(p, image.CheckOptions{}); err != nil || !res.Clean() {
 				t.Fatalf("vdisk check: %v %v", res.Messages, err)
 			}
 			img = openImage(t, p, image.OpenOptions{ReadOnly: true})
@@ -55,8 +56,8 @@ func TestResizeMatchesQemu(t *testing.T) {
 			if _, err := img.ReadAt(got, tc.from-1<<20); err != nil {
 				t.Fatal(err)
 			}
-			mustEqual(t, "old data and the zeroes after it", got, append(append([]byte{}, data...), make([]byte, 1<<20)...))
-			out := runCmd(t, "qemu-io", "-f", "qcow2", "-r", "-c", fmt.Sprintf("read -P 0xee %d 64k", tc.to-64<<10), p)
+			imagetest.MustEqual(t, "old data and the zeroes after it", got, append(append([]byte{}, data...), make([]byte, 1<<20)...))
+			out := imagetest.Run(t, "qemu-io", "-f", "qcow2", "-r", "-c", fmt.Sprintf("read -P 0xee %d 64k", tc.to-64<<10), p)
 			if bytes.Contains([]byte(out), []byte("Pattern verification failed")) {
 				t.Fatalf("qemu-io reads the new end differently:\n%s", out)
 			}

@@ -3,8 +3,10 @@ package qcow2
 import (
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 
+	"vdisk/internal/blockdev"
 	"vdisk/internal/image"
 )
 
@@ -17,18 +19,44 @@ type snapshot struct {
 	raw    []byte // the entry as stored, with its padding
 }
 
-// readSnapshots reads the snapshot table. Every length is checked against
-// the table's bound before anything is allocated.
+// errShortTable says the snapshot table runs past the bytes read.
+var errShortTable = errors.New("runs past the snapshot table")
+
+// readSnapshots reads the snapshot table: first a guess at its size from
+// the entry count, more only when the entries are longer, never past the
+// file or maxSnapshotTableBytes. Every snapshot's L1 table must lie in the
+// file.
 func readSnapshots(f io.ReaderAt, h *header, fileSize int64) ([]snapshot, error) {
 	if h.nbSnapshots == 0 {
 		return nil, nil
 	}
-	n := min(fileSize-int64(h.snapshotsOff), maxSnapshotTableBytes)
-	buf := make([]byte, n)
-	if _, err := f.ReadAt(buf, int64(h.snapshotsOff)); err != nil && !errors.Is(err, io.EOF) {
-		return nil, corruptf("read snapshot table: %v", err)
+	limit := min(fileSize-int64(h.snapshotsOff), maxSnapshotTableBytes)
+	for n := min(limit, int64(h.nbSnapshots)*128+4096); ; n = min(limit, 4*n) {
+		buf := make([]byte, n)
+		if _, err := f.ReadAt(buf, int64(h.snapshotsOff)); err != nil && !errors.Is(err, io.EOF) {
+			return nil, corruptf("read snapshot table: %v", err)
+		}
+		snaps, err := parseSnapshots(buf, h)
+		if errors.Is(err, errShortTable) && n < limit {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		// Each snapshot has an L1 table of its own clusters, so together
+		// they fit in the file: this bounds the work of walking them.
+		total := int64(0)
+		for _, s := range snaps {
+			total += int64(s.l1Size) * 8
+			if total > fileSize {
+				return nil, corruptf("snapshot L1 tables of more than %d bytes in all in a file of %d bytes", total, fileSize)
+			}
+			if err := checkTable(fmt.Sprintf("snapshot %q L1 table", s.info.Name), s.l1Off, uint64(s.l1Size)*8, h.clusterSize(), fileSize); err != nil {
+				return nil, err
+			}
+		}
+		return snaps, nil
 	}
-	return parseSnapshots(buf, h)
 }
 
 // parseSnapshots decodes h.nbSnapshots entries from buf.
@@ -38,7 +66,7 @@ func parseSnapshots(buf []byte, h *header) ([]snapshot, error) {
 	pos := 0
 	for i := range int(h.nbSnapshots) {
 		if len(buf)-pos < 40 {
-			return nil, corruptf("snapshot %d runs past the snapshot table", i)
+			return nil, fmt.Errorf("qcow2: snapshot %d %w: %w", i, errShortTable, blockdev.ErrCorrupt)
 		}
 		b := buf[pos:]
 		s := snapshot{l1Off: be.Uint64(b), l1Size: be.Uint32(b[8:])}
@@ -50,8 +78,11 @@ func parseSnapshots(buf []byte, h *header) ([]snapshot, error) {
 		s.info.VMStateSize = uint64(be.Uint32(b[32:]))
 		extra := int(be.Uint32(b[36:]))
 		total := 40 + extra + idLen + nameLen
-		if extra > 1024 || total > len(b) {
-			return nil, corruptf("snapshot %d of %d bytes runs past the snapshot table", i, total)
+		if extra > 1024 {
+			return nil, corruptf("snapshot %d: %d bytes of extra data (limit 1024)", i, extra)
+		}
+		if total > len(b) {
+			return nil, fmt.Errorf("qcow2: snapshot %d of %d bytes %w: %w", i, total, errShortTable, blockdev.ErrCorrupt)
 		}
 		if extra >= 8 {
 			s.info.VMStateSize = be.Uint64(b[40:])

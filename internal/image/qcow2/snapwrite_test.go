@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"vdisk/internal/image"
+	"vdisk/internal/image/imagetest"
 )
 
 // Snapshots vdisk takes, applies and deletes are qemu's: qemu-img lists
@@ -15,7 +16,7 @@ import (
 // disk after qemu-img snapshot -a; a snapshot qemu-img took, vdisk applies
 // and deletes.
 func TestSnapshotsMatchQemu(t *testing.T) {
-	needTool(t, "qemu-img")
+	imagetest.NeedTool(t, "qemu-img")
 	for _, tc := range []struct {
 		name string
 		cs   int64
@@ -54,33 +55,33 @@ func TestSnapshotsMatchQemu(t *testing.T) {
 			for range 40 {
 				m.op(t, r, 96<<10)
 			}
-			mustEqual(t, "active after two snapshots", readAll(t, img), m.ref)
+			imagetest.MustEqual(t, "active after two snapshots", imagetest.ReadAll(t, img), m.ref)
 			if err := img.Close(); err != nil {
 				t.Fatal(err)
 			}
 			qemuCheck(t, p)
-			if res, err := Check(p, image.CheckOptions{}); err != nil || !res.Clean() {
+			if res, err := checkPath(p, image.CheckOptions{}); err != nil || !res.Clean() {
 				t.Fatalf("vdisk check: %v %v", res.Messages, err)
 			}
-			list := runCmd(t, "qemu-img", "snapshot", "-l", p)
+			list := imagetest.Run(t, "qemu-img", "snapshot", "-l", p)
 			if !strings.Contains(list, "first") || !strings.Contains(list, "second") {
 				t.Fatalf("qemu-img snapshot -l:\n%s", list)
 			}
-			mustEqual(t, "active, read by qemu", qemuRaw(t, p), m.ref)
+			imagetest.MustEqual(t, "active, read by qemu", qemuRaw(t, p), m.ref)
 
 			// qemu applies vdisk's snapshot.
 			q := filepath.Join(dir, "q.qcow2")
-			runCmd(t, "cp", p, q)
-			runCmd(t, "qemu-img", "snapshot", "-a", "second", q)
+			imagetest.Run(t, "cp", p, q)
+			imagetest.Run(t, "qemu-img", "snapshot", "-a", "second", q)
 			qemuCheck(t, q)
-			mustEqual(t, "vdisk's snapshot applied by qemu", qemuRaw(t, q), second)
+			imagetest.MustEqual(t, "vdisk's snapshot applied by qemu", qemuRaw(t, q), second)
 
 			// vdisk applies and deletes.
 			img = openImage(t, p, image.OpenOptions{})
 			if err := img.ApplySnapshot("first"); err != nil {
 				t.Fatalf("ApplySnapshot: %v", err)
 			}
-			mustEqual(t, "after applying first", readAll(t, img), first)
+			imagetest.MustEqual(t, "after applying first", imagetest.ReadAll(t, img), first)
 			if err := img.DeleteSnapshot("1"); err != nil { // by id
 				t.Fatalf("DeleteSnapshot: %v", err)
 			}
@@ -95,8 +96,8 @@ func TestSnapshotsMatchQemu(t *testing.T) {
 				t.Fatal(err)
 			}
 			qemuCheck(t, p)
-			mustEqual(t, "writes after apply and delete", qemuRaw(t, p), m.ref)
-			if list := runCmd(t, "qemu-img", "snapshot", "-l", p); strings.Contains(list, "first") || !strings.Contains(list, "second") {
+			imagetest.MustEqual(t, "writes after apply and delete", qemuRaw(t, p), m.ref)
+			if list := imagetest.Run(t, "qemu-img", "snapshot", "-l", p); strings.Contains(list, "first") || !strings.Contains(list, "second") {
 				t.Fatalf("after deleting first, qemu-img snapshot -l:\n%s", list)
 			}
 			img = openImage(t, p, image.OpenOptions{})
@@ -106,28 +107,28 @@ func TestSnapshotsMatchQemu(t *testing.T) {
 			if err := img.DeleteSnapshot("second"); err != nil {
 				t.Fatal(err)
 			}
-			mustEqual(t, "second applied, then deleted", readAll(t, img), second)
+			imagetest.MustEqual(t, "second applied, then deleted", imagetest.ReadAll(t, img), second)
 			if err := img.Close(); err != nil {
 				t.Fatal(err)
 			}
 			out := qemuCheck(t, p)
-			if res, err := Check(p, image.CheckOptions{}); err != nil || !res.Clean() {
+			if res, err := checkPath(p, image.CheckOptions{}); err != nil || !res.Clean() {
 				t.Fatalf("vdisk check at the end: %v %v\n%s", res.Messages, err, out)
 			}
-			mustEqual(t, "the end, read by qemu", qemuRaw(t, p), second)
+			imagetest.MustEqual(t, "the end, read by qemu", qemuRaw(t, p), second)
 		})
 	}
 }
 
 // A snapshot qemu-img took is applied and deleted by vdisk.
 func TestSnapshotFromQemu(t *testing.T) {
-	needTool(t, "qemu-img")
+	imagetest.NeedTool(t, "qemu-img")
 	dir := t.TempDir()
 	base := pattern(2<<20, 9)
 	p := filepath.Join(dir, "q.qcow2")
-	runCmd(t, "qemu-img", "convert", "-O", "qcow2", writeFile(t, dir, "b.raw", base), p)
-	runCmd(t, "qemu-img", "snapshot", "-c", "qsnap", p)
-	runCmd(t, "qemu-io", "-c", "write -P 0x99 0 1M", p)
+	imagetest.Run(t, "qemu-img", "convert", "-O", "qcow2", writeFile(t, dir, "b.raw", base), p)
+	imagetest.Run(t, "qemu-img", "snapshot", "-c", "qsnap", p)
+	imagetest.Run(t, "qemu-io", "-c", "write -P 0x99 0 1M", p)
 	img := openImage(t, p, image.OpenOptions{})
 	snaps, err := img.Snapshots()
 	if err != nil || len(snaps) != 1 || snaps[0].Name != "qsnap" {
@@ -143,8 +144,8 @@ func TestSnapshotFromQemu(t *testing.T) {
 		t.Fatal(err)
 	}
 	qemuCheck(t, p)
-	mustEqual(t, "qemu's snapshot applied by vdisk", qemuRaw(t, p), base)
-	if list := runCmd(t, "qemu-img", "snapshot", "-l", p); strings.Contains(list, "qsnap") {
+	imagetest.MustEqual(t, "qemu's snapshot applied by vdisk", qemuRaw(t, p), base)
+	if list := imagetest.Run(t, "qemu-img", "snapshot", "-l", p); strings.Contains(list, "qsnap") {
 		t.Fatalf("snapshot still listed:\n%s", list)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"vdisk/internal/image"
+	"vdisk/internal/image/imagetest"
 )
 
 // TestQemuSpecialImages covers qcow2 features vdisk only partly supports:
@@ -16,21 +17,21 @@ import (
 // requires), LUKS encryption and external data files (described by Info,
 // refused by Open with a message naming them).
 func TestQemuSpecialImages(t *testing.T) {
-	needTool(t, "qemu-img")
-	needTool(t, "qemu-io")
+	imagetest.NeedTool(t, "qemu-img")
+	imagetest.NeedTool(t, "qemu-io")
 	dir := t.TempDir()
 
 	t.Run("bitmap", func(t *testing.T) {
 		p := filepath.Join(dir, "bitmap.qcow2")
-		runCmd(t, "qemu-img", "create", "-q", "-f", "qcow2", p, "4M")
-		runCmd(t, "qemu-img", "bitmap", "--add", p, "b0")
-		runCmd(t, "qemu-io", "-c", "write -P 7 0 128k", p)
-		if res, err := Check(p, image.CheckOptions{}); err != nil || !res.Clean() {
+		imagetest.Run(t, "qemu-img", "create", "-q", "-f", "qcow2", p, "4M")
+		imagetest.Run(t, "qemu-img", "bitmap", "--add", p, "b0")
+		imagetest.Run(t, "qemu-io", "-c", "write -P 7 0 128k", p)
+		if res, err := checkPath(p, image.CheckOptions{}); err != nil || !res.Clean() {
 			t.Fatalf("check of an image with a bitmap: %v %v", res.Messages, err)
 		}
 		want := qemuRaw(t, p)
 		img := openImage(t, p, image.OpenOptions{})
-		mustEqual(t, "read", readAll(t, img), want)
+		imagetest.MustEqual(t, "read", imagetest.ReadAll(t, img), want)
 		if _, err := img.WriteAt([]byte("x"), 1<<20); err != nil {
 			t.Fatal(err)
 		}
@@ -38,7 +39,7 @@ func TestQemuSpecialImages(t *testing.T) {
 			t.Fatal(err)
 		}
 		qemuCheck(t, p)
-		if out := runCmd(t, "qemu-img", "info", p); !strings.Contains(out, "in-use") {
+		if out := imagetest.Run(t, "qemu-img", "info", p); !strings.Contains(out, "in-use") {
 			t.Fatalf("bitmap not marked in use after an untracked write:\n%s", out)
 		}
 	})
@@ -61,26 +62,26 @@ func TestQemuSpecialImages(t *testing.T) {
 		if err != nil {
 			t.Fatalf("qemu-img create (LUKS): %v\n%s", err, out)
 		}
-		fa, err := Info(p)
+		fa, err := infoPath(p)
 		if err != nil || !fa.Encrypted {
 			t.Fatalf("info %+v %v", fa, err)
 		}
-		if _, err := Open(p, image.OpenOptions{ReadOnly: true}); !errors.Is(err, image.ErrUnsupported) || !strings.Contains(err.Error(), "LUKS") {
+		if _, err := openPath(p, image.OpenOptions{ReadOnly: true}); !errors.Is(err, image.ErrUnsupported) || !strings.Contains(err.Error(), "LUKS") {
 			t.Fatalf("open: %v", err)
 		}
-		if res, err := Check(p, image.CheckOptions{}); err != nil || !res.Clean() {
+		if res, err := checkPath(p, image.CheckOptions{}); err != nil || !res.Clean() {
 			t.Fatalf("check of a LUKS image: %v %v", res.Messages, err)
 		}
 	})
 
 	t.Run("data file", func(t *testing.T) {
 		p := filepath.Join(dir, "ext.qcow2")
-		runCmd(t, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "data_file="+filepath.Join(dir, "ext.raw"), p, "1M")
-		fa, err := Info(p)
+		imagetest.Run(t, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "data_file="+filepath.Join(dir, "ext.raw"), p, "1M")
+		fa, err := infoPath(p)
 		if err != nil || !strings.HasSuffix(fa.DataFile, "ext.raw") {
 			t.Fatalf("info %+v %v", fa, err)
 		}
-		if _, err := Open(p, image.OpenOptions{ReadOnly: true}); !errors.Is(err, image.ErrUnsupported) || !strings.Contains(err.Error(), "ext.raw") {
+		if _, err := openPath(p, image.OpenOptions{ReadOnly: true}); !errors.Is(err, image.ErrUnsupported) || !strings.Contains(err.Error(), "ext.raw") {
 			t.Fatalf("open: %v", err)
 		}
 	})

@@ -11,12 +11,13 @@ import (
 	"vdisk/internal/blockdev"
 	"vdisk/internal/blockdev/blockdevtest"
 	"vdisk/internal/image"
+	"vdisk/internal/image/imagetest"
 )
 
 // create makes a qcow2 image with vdisk's Create.
 func create(t *testing.T, path string, size int64, cs int64, opts map[string]string, backing, backingFmt string) {
 	t.Helper()
-	err := Create(path, image.CreateOptions{Format: "qcow2", Size: size, ClusterSize: cs, Options: opts,
+	err := createPath(path, image.CreateOptions{Format: "qcow2", Size: size, ClusterSize: cs, Options: opts,
 		BackingFile: backing, BackingFormat: backingFmt})
 	if err != nil {
 		t.Fatalf("create: %v", err)
@@ -79,7 +80,7 @@ func (m *model) opIn(t *testing.T, r *rand.Rand, lo, hi, max int64) {
 // layout option and over backing files, then checks with qemu-img that the
 // image is clean and holds exactly what was written.
 func TestWriteMatchesQemu(t *testing.T) {
-	needTool(t, "qemu-img")
+	imagetest.NeedTool(t, "qemu-img")
 	const size = 3<<20 + 4096
 	tests := []struct {
 		name    string
@@ -113,14 +114,14 @@ func TestWriteMatchesQemu(t *testing.T) {
 			case "qcow2":
 				base := pattern(size, uint64(i))
 				src := writeFile(t, dir, "src.raw", base)
-				runCmd(t, "qemu-img", "convert", "-c", "-O", "qcow2", src, filepath.Join(dir, "base.qcow2"))
+				imagetest.Run(t, "qemu-img", "convert", "-c", "-O", "qcow2", src, filepath.Join(dir, "base.qcow2"))
 				copy(ref, base)
 				create(t, p, 0, tc.cs, tc.opts, "base.qcow2", "")
 			default:
 				create(t, p, size, tc.cs, tc.opts, "", "")
 			}
 			qemuCheck(t, p)
-			img, err := Open(p, image.OpenOptions{CacheSize: 64 << 10})
+			img, err := openPath(p, image.OpenOptions{CacheSize: 64 << 10})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -145,17 +146,17 @@ func TestWriteMatchesQemu(t *testing.T) {
 				}()
 			}
 			wg.Wait()
-			mustEqual(t, "read before close", readAll(t, img), m.ref)
+			imagetest.MustEqual(t, "read before close", imagetest.ReadAll(t, img), m.ref)
 			if err := img.Close(); err != nil {
 				t.Fatal(err)
 			}
 			qemuCheck(t, p)
-			if res, err := Check(p, image.CheckOptions{}); err != nil || !res.Clean() {
+			if res, err := checkPath(p, image.CheckOptions{}); err != nil || !res.Clean() {
 				t.Fatalf("vdisk check: %v %v", res.Messages, err)
 			}
 			refPath := writeFile(t, dir, "ref.raw", m.ref)
-			runCmd(t, "qemu-img", "compare", "-f", "qcow2", "-F", "raw", p, refPath)
-			mustEqual(t, "qemu-img read", qemuRaw(t, p), m.ref)
+			imagetest.Run(t, "qemu-img", "compare", "-f", "qcow2", "-F", "raw", p, refPath)
+			imagetest.MustEqual(t, "qemu-img read", qemuRaw(t, p), m.ref)
 		})
 	}
 }
@@ -163,7 +164,7 @@ func TestWriteMatchesQemu(t *testing.T) {
 // TestParallelWrites writes disjoint clusters from many goroutines and
 // checks the result with qemu-img.
 func TestParallelWrites(t *testing.T) {
-	needTool(t, "qemu-img")
+	imagetest.NeedTool(t, "qemu-img")
 	const size = 8 << 20
 	p := filepath.Join(t.TempDir(), "img.qcow2")
 	create(t, p, size, 4096, nil, "", "")
@@ -193,18 +194,18 @@ func TestParallelWrites(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	mustEqual(t, "read", readAll(t, img), ref)
+	imagetest.MustEqual(t, "read", imagetest.ReadAll(t, img), ref)
 	if err := img.Close(); err != nil {
 		t.Fatal(err)
 	}
 	qemuCheck(t, p)
-	mustEqual(t, "qemu-img read", qemuRaw(t, p), ref)
+	imagetest.MustEqual(t, "qemu-img read", qemuRaw(t, p), ref)
 }
 
 // TestRefcountTableGrows writes enough 512-byte clusters with 64-bit
 // refcounts that the refcount table must be replaced several times.
 func TestRefcountTableGrows(t *testing.T) {
-	needTool(t, "qemu-img")
+	imagetest.NeedTool(t, "qemu-img")
 	const size = 6 << 20
 	p := filepath.Join(t.TempDir(), "img.qcow2")
 	create(t, p, size, 512, map[string]string{"refcount_bits": "64"}, "", "")
@@ -224,20 +225,20 @@ func TestRefcountTableGrows(t *testing.T) {
 		t.Fatal(err)
 	}
 	qemuCheck(t, p)
-	mustEqual(t, "qemu-img read", qemuRaw(t, p), data)
+	imagetest.MustEqual(t, "qemu-img read", qemuRaw(t, p), data)
 }
 
 // TestWriteOverSnapshot writes into an image with an internal snapshot:
 // shared L2 tables and clusters are copied, the snapshot keeps its data.
 func TestWriteOverSnapshot(t *testing.T) {
-	needTool(t, "qemu-img")
+	imagetest.NeedTool(t, "qemu-img")
 	dir := t.TempDir()
 	const size = 2 << 20
 	base := pattern(size, 4)
 	src := writeFile(t, dir, "src.raw", base)
 	p := filepath.Join(dir, "img.qcow2")
-	runCmd(t, "qemu-img", "convert", "-O", "qcow2", "-o", "cluster_size=4k", src, p)
-	runCmd(t, "qemu-img", "snapshot", "-c", "snap1", p)
+	imagetest.Run(t, "qemu-img", "convert", "-O", "qcow2", "-o", "cluster_size=4k", src, p)
+	imagetest.Run(t, "qemu-img", "snapshot", "-c", "snap1", p)
 	img := openImage(t, p, image.OpenOptions{})
 	if got := img.Facts().Snapshots; len(got) != 1 || got[0].Name != "snap1" {
 		t.Fatalf("snapshots %+v, want snap1", got)
@@ -252,13 +253,13 @@ func TestWriteOverSnapshot(t *testing.T) {
 		t.Fatal(err)
 	}
 	qemuCheck(t, p)
-	if res, err := Check(p, image.CheckOptions{}); err != nil || !res.Clean() {
+	if res, err := checkPath(p, image.CheckOptions{}); err != nil || !res.Clean() {
 		t.Fatalf("vdisk check: %v %v", res.Messages, err)
 	}
-	mustEqual(t, "active layer", qemuRaw(t, p), ref)
-	runCmd(t, "qemu-img", "snapshot", "-a", "snap1", p)
+	imagetest.MustEqual(t, "active layer", qemuRaw(t, p), ref)
+	imagetest.Run(t, "qemu-img", "snapshot", "-a", "snap1", p)
 	qemuCheck(t, p)
-	mustEqual(t, "snapshot", qemuRaw(t, p), base)
+	imagetest.MustEqual(t, "snapshot", qemuRaw(t, p), base)
 }
 
 // TestConformance runs the blockdev conformance suite on qcow2 images,
@@ -284,7 +285,7 @@ func TestConformance(t *testing.T) {
 				} else {
 					create(t, p, size, tc.cs, tc.opts, "", "")
 				}
-				img, err := Open(p, image.OpenOptions{})
+				img, err := openPath(p, image.OpenOptions{})
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -299,7 +300,7 @@ func TestCreateRefusesExisting(t *testing.T) {
 	if err := os.WriteFile(p, nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	err := Create(p, image.CreateOptions{Format: "qcow2", Size: 1 << 20})
+	err := createPath(p, image.CreateOptions{Format: "qcow2", Size: 1 << 20})
 	if !errors.Is(err, os.ErrExist) {
 		t.Fatalf("create over an existing file: %v, want ErrExist", err)
 	}
