@@ -1,7 +1,6 @@
 package image
 
 import (
-	"errors"
 	"fmt"
 	"io"
 	"sync"
@@ -126,64 +125,3 @@ func (f *BackendFile) Truncate(n int64) error { return f.b.SetLength(n) }
 
 // Close closes the Backend.
 func (f *BackendFile) Close() error { return f.b.Close() }
-
-// ErrNoBackend says a format cannot keep its file in a Backend.
-var ErrNoBackend = errors.New("format cannot be kept in an object store")
-
-// OpenBackend opens the image of format formatName whose file is b; name
-// labels it in messages. The image owns b: closing it closes b, and on
-// error b is closed.
-func OpenBackend(b Backend, name, formatName string, opt OpenOptions) (blockdev.Device, error) {
-	if err := opt.Validate(); err != nil {
-		b.Close()
-		return nil, err
-	}
-	f, err := Lookup(formatName)
-	if err != nil {
-		b.Close()
-		return nil, err
-	}
-	if f.OpenBackend == nil {
-		b.Close()
-		return nil, fmt.Errorf("image: %s: %s: %w", name, f.Name, ErrNoBackend)
-	}
-	opt.Format = f.Name
-	dev, err := f.OpenBackend(b, name, opt)
-	if err != nil {
-		b.Close()
-		return nil, err
-	}
-	return dev, nil
-}
-
-// CreateBackend writes a new, empty image of opt.Format into b, whose
-// length must be zero. It does not close b.
-func CreateBackend(b Backend, opt CreateOptions) error {
-	if err := opt.Validate(); err != nil {
-		return err
-	}
-	f, err := Lookup(opt.Format)
-	if err != nil {
-		return err
-	}
-	if f.CreateBackend == nil {
-		return fmt.Errorf("image: create %s: %w", f.Name, ErrNoBackend)
-	}
-	if n := b.Length(); n != 0 {
-		return fmt.Errorf("image: create %s in a file of %d bytes, not an empty one", f.Name, n)
-	}
-	return f.CreateBackend(b, opt)
-}
-
-// CheckBackend checks the image of format formatName whose file is b; it
-// does not close b.
-func CheckBackend(b Backend, name, formatName string, opt CheckOptions) (*CheckResult, error) {
-	f, err := Lookup(formatName)
-	if err != nil {
-		return nil, err
-	}
-	if f.CheckBackend == nil {
-		return nil, fmt.Errorf("image: check %s (%s): %w", name, f.Name, ErrNoCheck)
-	}
-	return f.CheckBackend(b, name, opt)
-}

@@ -10,7 +10,7 @@ import (
 	"vdisk/internal/blockdev"
 	"vdisk/internal/image"
 	"vdisk/internal/image/imagetest"
-	_ "vdisk/internal/image/vhd"
+	_ "vdisk/internal/image/all"
 )
 
 func TestBackendFile(t *testing.T) {
@@ -54,11 +54,42 @@ func TestBackendFile(t *testing.T) {
 	}
 }
 
-func TestOpenBackendRefusesFormatsWithoutOne(t *testing.T) {
-	b := imagetest.NewMemBackend(1 << 20)
-	_, err := image.OpenBackend(b, "s3://b/x", "raw", image.OpenOptions{})
-	if !errors.Is(err, image.ErrNoBackend) {
-		t.Fatalf("OpenBackend raw: %v, want ErrNoBackend", err)
+// TestEveryFormatInABackend: every format that creates images creates,
+// writes and reopens one whose file is a Backend (an object store's
+// chunks); none of them names another file.
+func TestEveryFormatInABackend(t *testing.T) {
+	for _, name := range image.Formats() {
+		fm, _ := image.Lookup(name)
+		if fm.CreateFile == nil {
+			continue
+		}
+		t.Run(name, func(t *testing.T) {
+			b := imagetest.NewMemBackend(64 << 20)
+			f := image.NewNamedBackendFile(b, "s3://b/"+name)
+			if err := image.CreateIn(f, image.CreateOptions{Format: name, Size: 4 << 20}); err != nil {
+				t.Fatalf("create: %v", err)
+			}
+			dev, err := image.OpenFile(f, image.OpenOptions{Format: name, Names: image.NoNames{Why: "test"}})
+			if err != nil {
+				t.Fatalf("open: %v", err)
+			}
+			data := bytes.Repeat([]byte{0x5a}, 64<<10)
+			if _, err := dev.WriteAt(data, 1<<20); err != nil {
+				t.Fatalf("write: %v", err)
+			}
+			if err := dev.Close(); err != nil {
+				t.Fatalf("close: %v", err)
+			}
+			dev, err = image.OpenFile(image.NewNamedBackendFile(b, "s3://b/"+name), image.OpenOptions{ReadOnly: true})
+			if err != nil {
+				t.Fatalf("reopen (probed): %v", err)
+			}
+			defer dev.Close()
+			got := make([]byte, len(data))
+			if _, err := dev.ReadAt(got, 1<<20); err != nil || !bytes.Equal(got, data) {
+				t.Fatalf("read back: %v", err)
+			}
+		})
 	}
 }
 

@@ -51,31 +51,6 @@ type Format struct {
 	// file of size bytes, marks this format (a trailer, not a header). It
 	// is asked only when no format's Probe matched; nil never matches.
 	ProbeTail func(tail []byte, size int64) bool
-	// Open opens the image at path.
-	Open func(path string, opt OpenOptions) (blockdev.Device, error)
-	// Create makes a new image at path; it fails if path exists.
-	Create func(path string, opt CreateOptions) error
-	// Stream, when set, writes a whole new image from src in one
-	// sequential pass, for subformats that cannot be written in place
-	// (streamOptimized VMDK). It reports handled=false for options it
-	// does not stream, which Create then makes as usual.
-	Stream func(path string, src blockdev.Device, opt CreateOptions) (handled bool, err error)
-	// Info reads the image's facts without opening its backing chain.
-	Info func(path string) (*Facts, error)
-	// Check verifies the image's metadata and optionally repairs leaks.
-	// nil means the format has nothing to check.
-	Check func(path string, opt CheckOptions) (*CheckResult, error)
-	// OpenBackend, when set, opens an image whose file is a Backend (an
-	// object store's chunks); name labels it in messages. On error the
-	// caller closes b. Backing files are refused: they would name paths
-	// on whichever host opens the image.
-	OpenBackend func(b Backend, name string, opt OpenOptions) (blockdev.Device, error)
-	// CreateBackend, when set, writes a new, empty image into an empty
-	// Backend and flushes it.
-	CreateBackend func(b Backend, opt CreateOptions) error
-	// CheckBackend, when set, checks an image whose file is a Backend.
-	CheckBackend func(b Backend, name string, opt CheckOptions) (*CheckResult, error)
-
 	// ReadOnly says the format never writes (iso): its file is opened
 	// read-only whatever OpenOptions.ReadOnly says.
 	ReadOnly bool
@@ -124,9 +99,9 @@ type OpenOptions struct {
 	// NoBacking serves the top layer alone: unallocated ranges read as
 	// zeroes instead of coming from the backing file.
 	NoBacking bool
-	// BackingDir, when set, is the safe mode for untrusted images: every
-	// backing file must resolve (after symlinks) to a path inside it.
-	// Deprecated: formats on OpenFile use Names.
+	// BackingDir, when set and Names is nil, is a directory tree beside
+	// the image's own that the files it names may lie in (the default
+	// LocalNames' Dirs).
 	BackingDir string
 	// Names opens the files the image names (backing files, parents,
 	// extents) under the trust policy; nil means LocalNames with no
@@ -204,7 +179,7 @@ var registry = map[string]*Format{}
 // Register adds a format. It is called from init functions and panics on a
 // duplicate name (programmer error).
 func Register(f Format) {
-	if f.Name == "" || f.Open == nil && f.OpenFile == nil {
+	if f.Name == "" || f.OpenFile == nil {
 		panic("image: Register of a format without a name or Open")
 	}
 	if _, ok := registry[f.Name]; ok {
@@ -320,9 +295,6 @@ func Open(path string, opt OpenOptions) (blockdev.Device, error) {
 		return nil, err
 	}
 	opt.Format = f.Name
-	if f.OpenFile == nil {
-		return f.Open(path, opt)
-	}
 	lf, err := OpenLocal(path, LocalOptions{ReadOnly: opt.ReadOnly || f.ReadOnly, NoLock: opt.NoLock})
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", f.Name, err)
@@ -363,13 +335,6 @@ func OpenFile(f File, opt OpenOptions) (blockdev.Device, error) {
 		return nil, err
 	}
 	opt.Format = fm.Name
-	if fm.OpenFile == nil {
-		f.Close()
-		if _, ok := f.(*LocalFile); ok && fm.Open != nil { // legacy: until every format takes a File
-			return fm.Open(f.Name(), opt)
-		}
-		return nil, fmt.Errorf("image: %s: %s: %w", f.Name(), fm.Name, ErrNoBackend)
-	}
 	if opt.Names == nil {
 		opt.Names = localNames(opt)
 	}
@@ -393,10 +358,7 @@ func Create(path string, opt CreateOptions) error {
 		return err
 	}
 	if f.CreateFile == nil {
-		if f.Create == nil {
-			return fmt.Errorf("image: create %s: %w", f.Name, ErrUnsupported)
-		}
-		return f.Create(path, opt)
+		return fmt.Errorf("image: create %s: %w", f.Name, ErrUnsupported)
 	}
 	lf, err := CreateLocal(path)
 	if err != nil {
@@ -453,7 +415,7 @@ func CreateIn(f File, opt CreateOptions) error {
 	}
 	opt.Format = fm.Name
 	if fm.CreateFile == nil {
-		return fmt.Errorf("image: create %s in %s: %w", fm.Name, f.Name(), ErrNoBackend)
+		return fmt.Errorf("image: create %s in %s: %w", fm.Name, f.Name(), ErrUnsupported)
 	}
 	if n, err := f.Size(); err != nil || n != 0 {
 		return fmt.Errorf("image: create %s in %s: not an empty file (%d bytes, %v)", fm.Name, f.Name(), n, err)
@@ -475,8 +437,7 @@ func Stream(path string, src blockdev.Device, opt CreateOptions) (handled bool, 
 	if err != nil {
 		return false, err
 	}
-	switch {
-	case f.StreamFile != nil:
+	if f.StreamFile != nil {
 		lf, err := CreateLocal(path)
 		if err != nil {
 			return false, fmt.Errorf("%s: %w", f.Name, err)
@@ -489,8 +450,6 @@ func Stream(path string, src blockdev.Device, opt CreateOptions) (handled bool, 
 			os.Remove(path)
 		}
 		return handled, err
-	case f.Stream != nil:
-		return f.Stream(path, src, opt)
 	}
 	return false, nil
 }
@@ -518,7 +477,7 @@ func Info(path, format string) (*Facts, error) {
 		return nil, err
 	}
 	if f.InfoFile == nil {
-		return f.Info(path)
+		return nil, fmt.Errorf("image: info %s (%s): %w", path, f.Name, ErrUnsupported)
 	}
 	lf, err := OpenLocal(path, LocalOptions{ReadOnly: true, NoLock: true})
 	if err != nil {
@@ -540,11 +499,8 @@ func InfoOf(f File, format string) (*Facts, error) {
 	if err != nil {
 		return nil, err
 	}
-	if _, ok := f.(*LocalFile); ok && fm.InfoFile == nil && fm.Info != nil { // legacy
-		return fm.Info(f.Name())
-	}
 	if fm.InfoFile == nil {
-		return nil, fmt.Errorf("image: info %s: %s: %w", f.Name(), fm.Name, ErrNoBackend)
+		return nil, fmt.Errorf("image: info %s (%s): %w", f.Name(), fm.Name, ErrUnsupported)
 	}
 	return fm.InfoFile(f)
 }
@@ -557,10 +513,7 @@ func Check(path, format string, opt CheckOptions) (*CheckResult, error) {
 		return nil, err
 	}
 	if f.CheckFile == nil {
-		if f.Check == nil {
-			return nil, fmt.Errorf("image: check %s (%s): %w", path, f.Name, ErrNoCheck)
-		}
-		return f.Check(path, opt)
+		return nil, fmt.Errorf("image: check %s (%s): %w", path, f.Name, ErrNoCheck)
 	}
 	lf, err := OpenLocal(path, LocalOptions{ReadOnly: !opt.RepairLeaks && !opt.RepairAll, RegularOnly: false})
 	if err != nil {
@@ -584,9 +537,6 @@ func CheckOf(f File, format string, opt CheckOptions) (*CheckResult, error) {
 	fm, err := Lookup(format)
 	if err != nil {
 		return nil, err
-	}
-	if _, ok := f.(*LocalFile); ok && fm.CheckFile == nil && fm.Check != nil { // legacy
-		return fm.Check(f.Name(), opt)
 	}
 	if fm.CheckFile == nil {
 		return nil, fmt.Errorf("image: check %s (%s): %w", f.Name(), fm.Name, ErrNoCheck)

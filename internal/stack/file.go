@@ -27,7 +27,7 @@ type source struct {
 
 // storeNames is the policy for images in an object store: they name no
 // other file, since a name would be a path on whichever host opens them.
-var storeNames = image.NoNames{Why: "an image in an object store cannot name other files (they would be paths on whichever host opens it)"}
+var storeNames = image.NoNames{Why: "an image in an object store cannot name other files: they would be paths on whichever host opens it (--no-backing shows the top layer alone)"}
 
 // openSource opens the file of the image name: a local path (a file or
 // block device the user named), or an s3:// image's chunks.
