@@ -34,9 +34,16 @@ const (
 	CodeFUSEUnavailable = "fuse_unavailable"
 	// CodeUnknownFormat: the format is not one vdisk knows.
 	CodeUnknownFormat = "unknown_format"
-	// CodeUnsupported: the image uses a feature vdisk does not implement,
-	// or a backing file that is refused.
+	// CodeUnsupported: the image uses a feature vdisk does not implement.
 	CodeUnsupported = "unsupported"
+	// CodeWrongFormat: the file is not an image of the format asked for.
+	CodeWrongFormat = "wrong_format"
+	// CodeRefused: the image names a file the trust policy does not
+	// follow (outside its directory and every --backing-dir, not a
+	// regular file, a json: name, a loop, a chain too deep), or asks for
+	// more than the limits allow (a LUKS key derivation); the message
+	// says which and how to allow it.
+	CodeRefused = "refused"
 	// CodeCorrupt: the image's metadata is malformed.
 	CodeCorrupt = "corrupt"
 	// CodeBadVia: the attach path is unknown or cannot carry the format.

@@ -176,7 +176,11 @@ func toAPIError(err error) *api.Error {
 		code = api.CodeBusy
 	case errors.Is(err, image.ErrUnknownFormat):
 		code = api.CodeUnknownFormat
-	case errors.Is(err, image.ErrUnsupported), errors.Is(err, image.ErrBackingRefused), errors.Is(err, image.ErrChainTooDeep):
+	case errors.Is(err, image.ErrBackingRefused), errors.Is(err, image.ErrChainTooDeep), errors.Is(err, stack.ErrKDFLimit):
+		code = api.CodeRefused
+	case errors.Is(err, image.ErrWrongFormat):
+		code = api.CodeWrongFormat
+	case errors.Is(err, image.ErrUnsupported):
 		code = api.CodeUnsupported
 	case errors.Is(err, blockdev.ErrCorrupt):
 		code = api.CodeCorrupt
@@ -194,8 +198,10 @@ func toAPIError(err error) *api.Error {
 func statusOf(code string) int {
 	switch code {
 	case api.CodeBadRequest, api.CodeInvalidSize, api.CodeIsDirectory, api.CodeIsDevice,
-		api.CodeNoParent, api.CodeUnknownFormat, api.CodeBadVia, api.CodeUnsupported, api.CodeCorrupt:
+		api.CodeNoParent, api.CodeUnknownFormat, api.CodeBadVia, api.CodeUnsupported, api.CodeCorrupt, api.CodeWrongFormat:
 		return http.StatusBadRequest
+	case api.CodeRefused:
+		return http.StatusForbidden
 	case api.CodeNotFound, api.CodeNoFile:
 		return http.StatusNotFound
 	case api.CodeAlreadyOpen, api.CodeLocked, api.CodeBusy, api.CodeLeaseHeld:

@@ -80,6 +80,10 @@ type (
 // passphrase given.
 var ErrWrongPassphrase = luks.ErrWrongPassphrase
 
+// ErrKDFLimit is returned when the keyslots that might open ask for more
+// key-derivation work than the limits allow (a hostile header).
+var ErrKDFLimit = luks.ErrLimit
+
 // IsLUKS reports whether dev starts with a LUKS header.
 func IsLUKS(dev blockdev.Device) bool { return luks.IsLUKS(dev) }
 
