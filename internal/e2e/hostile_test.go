@@ -439,7 +439,9 @@ func TestHostileImages(t *testing.T) {
 				if hc.key && args[0] == "info" {
 					continue // info reads no keyslot
 				}
+				start := time.Now()
 				stdout, stderr, code, rss := e.hostileRun(args...)
+				took := time.Since(start) // logged for the record, never asserted
 				if code == 0 {
 					t.Errorf("vdisk %s: accepted the hostile image: %s", args[0], stdout)
 					if args[0] == "open" {
@@ -456,7 +458,7 @@ func TestHostileImages(t *testing.T) {
 				if rss > maxHostileRSS {
 					t.Errorf("vdisk %s: peak RSS %d MiB", args[0], rss>>20)
 				}
-				t.Logf("vdisk %s: %s", args[0], strings.TrimSpace(stderr))
+				t.Logf("vdisk %s: refused in %s, peak RSS %d MiB: %s", args[0], took.Round(time.Millisecond), rss>>20, strings.TrimSpace(stderr))
 			}
 			if _, err := os.Stat(out); err == nil {
 				t.Errorf("a refused convert left %s behind", out)
