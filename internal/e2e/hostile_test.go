@@ -2,13 +2,10 @@ package e2e
 
 import (
 	"bytes"
-	"context"
 	"crypto/sha256"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -330,35 +327,6 @@ func hostileCases(e *env) []hostileCase {
 	}
 }
 
-// hostileRun runs vdisk with args, bounded by hostileTimeout, and returns
-// its output, exit status and peak RSS in bytes.
-func (e *env) hostileRun(args ...string) (stdout, stderr string, code int, rss int64) {
-	e.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), hostileTimeout)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, bin, args...)
-	var o, er bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &o, &er
-	cmd.Env = append(os.Environ(), "VDISK_SOCKET="+e.socket, "VDISK_STATE_DIR="+e.stateDir)
-	cmd.WaitDelay = time.Second
-	err := cmd.Run()
-	if ctx.Err() != nil {
-		e.t.Errorf("vdisk %s: still running after %s (hung)", strings.Join(args, " "), hostileTimeout)
-	}
-	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
-		rss = ru.Maxrss << 10
-	}
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		return o.String(), er.String(), ee.ExitCode(), rss
-	}
-	if err != nil {
-		e.t.Errorf("vdisk %s: %v", strings.Join(args, " "), err)
-		return o.String(), er.String(), -1, rss
-	}
-	return o.String(), er.String(), 0, rss
-}
-
 // daemonRSS returns the daemon's peak resident memory (VmHWM).
 func (e *env) daemonRSS() int64 {
 	pid := e.daemonPID()
@@ -440,7 +408,7 @@ func TestHostileImages(t *testing.T) {
 					continue // info reads no keyslot
 				}
 				start := time.Now()
-				stdout, stderr, code, rss := e.hostileRun(args...)
+				stdout, stderr, code, rss := e.runFor(hostileTimeout, nil, bin, args...)
 				took := time.Since(start) // logged for the record, never asserted
 				if code == 0 {
 					t.Errorf("vdisk %s: accepted the hostile image: %s", args[0], stdout)

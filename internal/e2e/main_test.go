@@ -198,7 +198,16 @@ func (e *env) run(args ...string) (stdout, stderr string, code int) {
 // exit status.
 func (e *env) runWith(mod func(*exec.Cmd), name string, args ...string) (stdout, stderr string, code int) {
 	e.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), cmdTimeout)
+	stdout, stderr, code, _ = e.runFor(cmdTimeout, mod, name, args...)
+	return stdout, stderr, code
+}
+
+// runFor is runWith bounded by timeout (a command still running then has
+// hung: it is killed and the test fails); it also returns the command's
+// peak resident memory in bytes.
+func (e *env) runFor(timeout time.Duration, mod func(*exec.Cmd), name string, args ...string) (stdout, stderr string, code int, rss int64) {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, name, args...)
 	var o, er bytes.Buffer
@@ -209,16 +218,24 @@ func (e *env) runWith(mod func(*exec.Cmd), name string, args ...string) (stdout,
 		mod(cmd)
 	}
 	err := cmd.Run()
+	if ctx.Err() != nil {
+		e.t.Errorf("%v: still running after %s (hung)", cmd.Args, timeout)
+	}
+	if cmd.ProcessState != nil {
+		if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
+			rss = ru.Maxrss << 10
+		}
+	}
 	var ee *exec.ExitError
 	if errors.As(err, &ee) {
-		return o.String(), er.String(), ee.ExitCode()
+		return o.String(), er.String(), ee.ExitCode(), rss
 	}
 	if err != nil {
 		// Errorf, not Fatalf: this may run in a subtest of e.t.
 		e.t.Errorf("%v: %v", cmd.Args, err)
-		return o.String(), er.String(), -1
+		return o.String(), er.String(), -1, rss
 	}
-	return o.String(), er.String(), 0
+	return o.String(), er.String(), 0, rss
 }
 
 // must runs vdisk with args and fails the test unless it succeeds.

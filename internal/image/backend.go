@@ -2,7 +2,6 @@ package image
 
 import (
 	"fmt"
-	"io"
 	"sync"
 
 	"vdisk/internal/blockdev"
@@ -64,19 +63,7 @@ func (f *BackendFile) Backend() Backend { return f.b }
 // ReadAt reads like a file's ReadAt: a read reaching past the length
 // returns what lies before it and io.EOF.
 func (f *BackendFile) ReadAt(p []byte, off int64) (int, error) {
-	if off < 0 {
-		return 0, fmt.Errorf("image: read at negative offset %d: %w", off, blockdev.ErrOutOfRange)
-	}
-	n := int(max(0, min(int64(len(p)), f.b.Length()-off)))
-	if n > 0 {
-		if _, err := f.b.ReadAt(p[:n], off); err != nil {
-			return 0, err
-		}
-	}
-	if n < len(p) {
-		return n, io.EOF
-	}
-	return n, nil
+	return readBefore(f.b, p, off, f.b.Length())
 }
 
 // WriteAt writes like a file's WriteAt, extending the length when the

@@ -9,8 +9,8 @@ import (
 
 	"vdisk/internal/blockdev"
 	"vdisk/internal/image"
-	"vdisk/internal/image/imagetest"
 	_ "vdisk/internal/image/all"
+	"vdisk/internal/image/imagetest"
 )
 
 func TestBackendFile(t *testing.T) {

@@ -350,15 +350,9 @@ func OpenFile(f File, opt OpenOptions) (blockdev.Device, error) {
 // directory synced); it fails if path exists, and removes what it made
 // when it fails.
 func Create(path string, opt CreateOptions) error {
-	if err := opt.Validate(); err != nil {
-		return err
-	}
-	f, err := Lookup(opt.Format)
+	f, err := creator(opt)
 	if err != nil {
 		return err
-	}
-	if f.CreateFile == nil {
-		return fmt.Errorf("image: create %s: %w", f.Name, ErrUnsupported)
 	}
 	lf, err := CreateLocal(path)
 	if err != nil {
@@ -381,6 +375,21 @@ func Create(path string, opt CreateOptions) error {
 		return err
 	}
 	return nil
+}
+
+// creator is the format that makes images as opt asks.
+func creator(opt CreateOptions) (*Format, error) {
+	if err := opt.Validate(); err != nil {
+		return nil, err
+	}
+	f, err := Lookup(opt.Format)
+	if err != nil {
+		return nil, err
+	}
+	if f.CreateFile == nil {
+		return nil, fmt.Errorf("image: create %s: %w", f.Name, ErrUnsupported)
+	}
+	return f, nil
 }
 
 // madeNames remembers the local files a create made through its Names, so
@@ -406,17 +415,11 @@ func (m *madeNames) Create(from File, name string) (File, error) {
 // CreateIn writes a new image of opt.Format into f, an empty file, and
 // syncs it; it does not close f.
 func CreateIn(f File, opt CreateOptions) error {
-	if err := opt.Validate(); err != nil {
-		return err
-	}
-	fm, err := Lookup(opt.Format)
+	fm, err := creator(opt)
 	if err != nil {
 		return err
 	}
 	opt.Format = fm.Name
-	if fm.CreateFile == nil {
-		return fmt.Errorf("image: create %s in %s: %w", fm.Name, f.Name(), ErrUnsupported)
-	}
 	if n, err := f.Size(); err != nil || n != 0 {
 		return fmt.Errorf("image: create %s in %s: not an empty file (%d bytes, %v)", fm.Name, f.Name(), n, err)
 	}

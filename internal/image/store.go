@@ -294,9 +294,18 @@ func NewDeviceFile(dev blockdev.Device, name string) *DeviceFile {
 
 // ReadAt reads like a file: short with io.EOF at the end.
 func (f *DeviceFile) ReadAt(p []byte, off int64) (int, error) {
-	n := int(max(0, min(int64(len(p)), f.dev.Size()-off)))
+	return readBefore(f.dev, p, off, f.dev.Size())
+}
+
+// readBefore reads p at off from dev like a file of length bytes: what
+// lies before the end, and io.EOF when p reaches past it.
+func readBefore(dev blockdev.Device, p []byte, off, length int64) (int, error) {
+	if off < 0 {
+		return 0, fmt.Errorf("image: read at negative offset %d: %w", off, blockdev.ErrOutOfRange)
+	}
+	n := int(max(0, min(int64(len(p)), length-off)))
 	if n > 0 {
-		if _, err := f.dev.ReadAt(p[:n], off); err != nil {
+		if _, err := dev.ReadAt(p[:n], off); err != nil {
 			return 0, err
 		}
 	}

@@ -3,9 +3,6 @@ package vdi
 import (
 	"encoding/binary"
 	"errors"
-	"os"
-	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 
@@ -13,16 +10,6 @@ import (
 	"vdisk/internal/image"
 	"vdisk/internal/image/imagetest"
 )
-
-// memFile is an in-memory image.File holding b.
-func memFile(t testing.TB, b []byte) image.File {
-	t.Helper()
-	f := image.NewBackendFile(imagetest.NewMemBackend(max(int64(len(b)), 64<<20)))
-	if _, err := f.WriteAt(b, 0); err != nil {
-		t.Fatal(err)
-	}
-	return f
-}
 
 // TestHostile opens damaged and malicious images: each is refused with an
 // error naming the problem, without a large allocation, and Info and
@@ -70,26 +57,7 @@ func TestHostile(t *testing.T) {
 	orig := smallImage(t)
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			b := tc.mutate(append([]byte(nil), orig...))
-			file := func() image.File {
-				f := memFile(t, b)
-				if err := f.Truncate(max(tc.size, int64(len(b)))); err != nil {
-					t.Fatal(err)
-				}
-				return f
-			}
-			f := file()
-			var before, after runtime.MemStats
-			runtime.ReadMemStats(&before)
-			d, err := image.OpenFile(f, image.OpenOptions{Format: Name, ReadOnly: true})
-			runtime.ReadMemStats(&after)
-			if err == nil {
-				d.Close()
-				t.Fatal("opened")
-			}
-			if grew := after.TotalAlloc - before.TotalAlloc; grew > 64<<20 {
-				t.Errorf("the refused open allocated %d MiB", grew>>20)
-			}
+			err := imagetest.Refused(t, Name, tc.mutate(append([]byte(nil), orig...)), tc.size)
 			switch {
 			case tc.corrupt && !errors.Is(err, blockdev.ErrCorrupt):
 				t.Errorf("error does not wrap ErrCorrupt: %v", err)
@@ -101,47 +69,13 @@ func TestHostile(t *testing.T) {
 			if !strings.Contains(err.Error(), tc.want) {
 				t.Errorf("error %q does not mention %q", err, tc.want)
 			}
-			if _, err := image.InfoOf(file(), Name); err == nil {
-				t.Errorf("Info accepted the image")
-			}
-			if r, err := image.CheckOf(file(), Name, image.CheckOptions{}); err == nil && r.Clean() {
-				t.Errorf("Check found it clean")
-			}
 		})
 	}
 }
-
-// fuzzReadLimit bounds how much of an opened image FuzzOpen reads.
-const fuzzReadLimit = 1 << 20
 
 // FuzzOpen opens arbitrary bytes as a VDI (an in-memory file): it must
 // never panic, hang or allocate without bound, and what opens must read
 // and describe its extents without error.
 func FuzzOpen(f *testing.F) {
-	seeds, _ := filepath.Glob("testdata/*.vdi")
-	for _, s := range seeds {
-		b, err := os.ReadFile(s)
-		if err != nil {
-			f.Fatal(err)
-		}
-		f.Add(b)
-	}
-	f.Add(smallImage(f))
-	f.Fuzz(func(t *testing.T, b []byte) {
-		image.InfoOf(memFile(t, b), Name)
-		image.CheckOf(memFile(t, b), Name, image.CheckOptions{})
-		d, err := image.OpenFile(memFile(t, b), image.OpenOptions{Format: Name, ReadOnly: true})
-		if err != nil {
-			return
-		}
-		defer d.Close()
-		n := min(d.Size(), fuzzReadLimit)
-		buf := make([]byte, n)
-		if _, err := d.ReadAt(buf, d.Size()-n); err != nil {
-			t.Fatalf("read of an opened image: %v", err)
-		}
-		if _, err := blockdev.Extents(d, 0, d.Size()); err != nil {
-			t.Fatalf("extents of an opened image: %v", err)
-		}
-	})
+	imagetest.FuzzFormat(f, Name, "testdata/*.vdi", smallImage(f))
 }

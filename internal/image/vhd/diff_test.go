@@ -156,7 +156,7 @@ func TestDifferencing(t *testing.T) {
 	t.Run("protocol-name", func(t *testing.T) {
 		// A locator naming nbd: is refused before anything is opened.
 		b := imagetest.ReadFile(t, child)
-		md, err := load(memFile(t, b))
+		md, err := load(imagetest.NewMemFile("mem.vhd", b))
 		if err != nil {
 			t.Fatal(err)
 		}

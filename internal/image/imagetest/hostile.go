@@ -1,0 +1,90 @@
+package imagetest
+
+import (
+	"os"
+	"path/filepath"
+	"runtime"
+	"testing"
+
+	"vdisk/internal/blockdev"
+	"vdisk/internal/image"
+)
+
+// MaxRefusalAlloc is what refusing a hostile image may allocate at most.
+const MaxRefusalAlloc = 64 << 20
+
+// Refused opens b, a file of size bytes (at least len(b); the rest reads
+// as zeroes), as an image of format, and fails the test unless the open
+// is refused having allocated at most MaxRefusalAlloc, and InfoOf and
+// CheckOf refuse it too. It returns the open's error, for the caller to
+// check what it says.
+func Refused(t testing.TB, format string, b []byte, size int64) error {
+	t.Helper()
+	file := func() image.File {
+		f := NewMemFile("hostile."+format, b)
+		if err := f.Truncate(max(size, int64(len(b)))); err != nil {
+			t.Fatal(err)
+		}
+		return f
+	}
+	f := file()
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	d, err := image.OpenFile(f, image.OpenOptions{Format: format, ReadOnly: true})
+	runtime.ReadMemStats(&after)
+	if err == nil {
+		d.Close()
+		t.Fatal("the hostile image opened")
+	}
+	if grew := after.TotalAlloc - before.TotalAlloc; grew > MaxRefusalAlloc {
+		t.Errorf("the refused open allocated %d MiB", grew>>20)
+	}
+	if _, err := image.InfoOf(file(), format); err == nil {
+		t.Errorf("Info accepted the image")
+	}
+	if r, err := image.CheckOf(file(), format, image.CheckOptions{}); err == nil && r.Clean() {
+		t.Errorf("Check found it clean")
+	}
+	return err
+}
+
+// fuzzReadLimit bounds how much of an opened image FuzzFormat reads.
+const fuzzReadLimit = 1 << 20
+
+// FuzzFormat fuzzes the format's parsers over in-memory files, seeded
+// from the files glob matches and from seeds: describing, checking and
+// opening arbitrary bytes must never panic, hang or allocate without
+// bound, and what opens must read and describe its extents.
+func FuzzFormat(f *testing.F, format, glob string, seeds ...[]byte) {
+	paths, _ := filepath.Glob(glob)
+	for _, p := range paths {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	for _, s := range seeds {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		image.InfoOf(NewMemFile("fuzz", b), format)
+		image.CheckOf(NewMemFile("fuzz", b), format, image.CheckOptions{})
+		d, err := image.OpenFile(NewMemFile("fuzz", b), image.OpenOptions{Format: format, ReadOnly: true, NoBacking: true})
+		if err != nil {
+			return
+		}
+		defer d.Close()
+		n := min(d.Size(), fuzzReadLimit)
+		buf := make([]byte, n)
+		if _, err := d.ReadAt(buf, 0); err != nil {
+			t.Fatalf("read of an opened image: %v", err)
+		}
+		if _, err := d.ReadAt(buf, d.Size()-n); err != nil {
+			t.Fatalf("read of an opened image: %v", err)
+		}
+		if _, err := blockdev.Extents(d, 0, d.Size()); err != nil {
+			t.Fatalf("extents of an opened image: %v", err)
+		}
+	})
+}
