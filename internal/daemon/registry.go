@@ -300,6 +300,20 @@ func checkFile(path string, req api.OpenRequest) error {
 // operation on the same image in flight (an open) finishes first; ctx
 // bounds that wait only.
 func (d *Daemon) Close(ctx context.Context, id string, force bool) (api.Disk, error) {
+	return d.withDisk(ctx, id, func(dk *disk) (api.Disk, error) {
+		if err := d.closeDisk(dk, force); err != nil {
+			return api.Disk{}, err
+		}
+		d.save()
+		d.log.Info("closed", "id", id, "file", dk.rec.File, "device", dk.rec.Device, "force", force)
+		return dk.rec, nil
+	})
+}
+
+// withDisk runs fn on the open disk with the id, as one operation that
+// holds the image's lock (ctx bounds the wait for it: an open or close of
+// the same image in flight).
+func (d *Daemon) withDisk(ctx context.Context, id string, fn func(dk *disk) (api.Disk, error)) (api.Disk, error) {
 	ctx, end, err := d.beginOp(ctx)
 	if err != nil {
 		return api.Disk{}, err
@@ -316,12 +330,7 @@ func (d *Daemon) Close(ctx context.Context, id string, force bool) (api.Disk, er
 	if !ok {
 		return api.Disk{}, api.Errorf(api.CodeNotFound, "no open disk has id %s", id)
 	}
-	if err := d.closeDisk(dk, force); err != nil {
-		return api.Disk{}, err
-	}
-	d.save()
-	d.log.Info("closed", "id", id, "file", dk.rec.File, "device", dk.rec.Device, "force", force)
-	return dk.rec, nil
+	return fn(dk)
 }
 
 // closeDisk flushes and detaches dk and removes it from the registry. When

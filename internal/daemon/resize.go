@@ -20,22 +20,13 @@ import (
 // the kernels vdisk supports. It holds the image's lock; ctx bounds the
 // wait for it (an open or close of the same image in flight).
 func (d *Daemon) Resize(ctx context.Context, id string, size int64) (api.Disk, error) {
-	ctx, end, err := d.beginOp(ctx)
-	if err != nil {
-		return api.Disk{}, err
-	}
-	defer end()
-	unlock, err := d.lockImage(ctx, id, "disk "+id)
-	if err != nil {
-		return api.Disk{}, err
-	}
-	defer unlock()
-	d.mu.Lock()
-	dk, ok := d.disks[id]
-	d.mu.Unlock()
+	return d.withDisk(ctx, id, func(dk *disk) (api.Disk, error) { return d.resize(dk, size) })
+}
+
+// resize grows the open disk dk to size bytes; the caller holds its
+// image's lock.
+func (d *Daemon) resize(dk *disk, size int64) (api.Disk, error) {
 	switch {
-	case !ok:
-		return api.Disk{}, api.Errorf(api.CodeNotFound, "no open disk has id %s", id)
 	case dk.rec.State != api.StateOpen || dk.dev == nil:
 		return api.Disk{}, api.Errorf(api.CodeBadRequest, "%s is %s, not open: close it, then resize the image", dk.rec.File, dk.rec.State)
 	case size <= 0 || size%512 != 0:
@@ -72,7 +63,7 @@ func (d *Daemon) Resize(ctx context.Context, id string, size int64) (api.Disk, e
 	d.mu.Unlock()
 	rec := v.view()
 	d.save()
-	d.log.Info("resized", "id", id, "file", dk.rec.File, "device", dk.rec.Device, "from", old, "to", size)
+	d.log.Info("resized", "id", dk.rec.ID, "file", dk.rec.File, "device", dk.rec.Device, "from", old, "to", size)
 	return rec, nil
 }
 
