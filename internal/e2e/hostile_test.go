@@ -408,7 +408,8 @@ func TestHostileImages(t *testing.T) {
 					continue // info reads no keyslot
 				}
 				start := time.Now()
-				stdout, stderr, code, rss := e.runFor(hostileTimeout, nil, bin, args...)
+				var rss int64
+				stdout, stderr, code := e.runFor(hostileTimeout, &rss, nil, bin, args...)
 				took := time.Since(start) // logged for the record, never asserted
 				if code == 0 {
 					t.Errorf("vdisk %s: accepted the hostile image: %s", args[0], stdout)

@@ -198,17 +198,24 @@ func (e *env) run(args ...string) (stdout, stderr string, code int) {
 // exit status.
 func (e *env) runWith(mod func(*exec.Cmd), name string, args ...string) (stdout, stderr string, code int) {
 	e.t.Helper()
-	stdout, stderr, code, _ = e.runFor(cmdTimeout, mod, name, args...)
-	return stdout, stderr, code
+	return e.runFor(cmdTimeout, nil, mod, name, args...)
 }
 
 // runFor is runWith bounded by timeout (a command still running then has
-// hung: it is killed and the test fails); it also returns the command's
-// peak resident memory in bytes.
-func (e *env) runFor(timeout time.Duration, mod func(*exec.Cmd), name string, args ...string) (stdout, stderr string, code int, rss int64) {
+// hung: it is killed and the test fails). With rss set it also measures
+// the command's peak resident memory in bytes, through GNU time (the
+// kernel's maxrss of a child Go starts counts the test binary it was
+// cloned from).
+func (e *env) runFor(timeout time.Duration, rss *int64, mod func(*exec.Cmd), name string, args ...string) (stdout, stderr string, code int) {
 	e.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
+	rssFile := ""
+	if rss != nil {
+		rssFile = filepath.Join(e.t.TempDir(), "rss")
+		args = append([]string{"-q", "-f", "%M", "-o", rssFile, name}, args...)
+		name = "/usr/bin/time"
+	}
 	cmd := exec.CommandContext(ctx, name, args...)
 	var o, er bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &o, &er
@@ -219,23 +226,22 @@ func (e *env) runFor(timeout time.Duration, mod func(*exec.Cmd), name string, ar
 	}
 	err := cmd.Run()
 	if ctx.Err() != nil {
-		e.t.Errorf("%v: still running after %s (hung)", cmd.Args, timeout)
+		e.t.Errorf("%v: still running after %s (hung)", args, timeout)
 	}
-	if cmd.ProcessState != nil {
-		if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
-			rss = ru.Maxrss << 10
-		}
+	if b, rerr := os.ReadFile(rssFile); rss != nil && rerr == nil {
+		kib, _ := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+		*rss = kib << 10
 	}
 	var ee *exec.ExitError
 	if errors.As(err, &ee) {
-		return o.String(), er.String(), ee.ExitCode(), rss
+		return o.String(), er.String(), ee.ExitCode()
 	}
 	if err != nil {
 		// Errorf, not Fatalf: this may run in a subtest of e.t.
-		e.t.Errorf("%v: %v", cmd.Args, err)
-		return o.String(), er.String(), -1, rss
+		e.t.Errorf("%s %v: %v", name, args, err)
+		return o.String(), er.String(), -1
 	}
-	return o.String(), er.String(), 0, rss
+	return o.String(), er.String(), 0
 }
 
 // must runs vdisk with args and fails the test unless it succeeds.

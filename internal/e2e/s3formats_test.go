@@ -123,7 +123,9 @@ func testS3Formats(t *testing.T, srv *s3test.Server) {
 
 			if f.name != "raw" {
 				stored := storedFile(t, srv, prefix)
-				sh(t, "qemu-img", "check", "-f", f.qemu, stored)
+				if f.qemu != "vpc" { // qemu-img has no checks for VHD
+					sh(t, "qemu-img", "check", "-f", f.qemu, stored)
+				}
 				sh(t, "qemu-img", "compare", "-f", f.qemu, "-F", "raw", stored, ref)
 			}
 			down := filepath.Join(e.dir, f.name+"-down."+f.name)
