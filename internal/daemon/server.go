@@ -270,25 +270,18 @@ func (d *Daemon) Inspect(ctx context.Context, req api.InspectRequest) (api.Image
 		if sk.Format == formatISO {
 			im.MediaType = api.MediaCDROM
 		}
-		if ins, ok := dev.(image.Inspector); ok && url {
-			// A format's file in an object store: the open image has the
-			// facts a local file's Info would read.
-			im.Details = formatDetails(ins.Facts())
-		}
 		dev.Close()
 	}
 	im.Sectors, im.Geometry = api.Sectors(im.Size), api.CHS(im.Size)
+	if im.Format != image.Raw {
+		// The format's facts, read from its file wherever it lives.
+		if fa, err := stack.Info(ctx, path, im.Format, inspectS3(req.S3, openS3)); err == nil {
+			im.Details = formatDetails(fa)
+		}
+	}
 	if url {
 		im.Writable = true
-		s3o := req.S3
-		if open && s3o == nil {
-			s3o = openS3
-		}
-		so := stack.S3Options{}
-		if s3o != nil {
-			so = stack.S3Options{Endpoint: s3o.Endpoint, Region: s3o.Region, Profile: s3o.Profile}
-		}
-		if r, err := stack.InspectS3(ctx, path, so); err == nil {
+		if r, err := stack.InspectS3(ctx, path, inspectS3(req.S3, openS3)); err == nil {
 			im.Allocated = r.StoredBytes
 			im.Store = storeDetails(r)
 		} else {
@@ -297,16 +290,24 @@ func (d *Daemon) Inspect(ctx context.Context, req api.InspectRequest) (api.Image
 		return im, nil
 	}
 	im.Writable = im.MediaType != api.MediaCDROM && syscall.Access(path, 2 /* W_OK */) == nil
-	if im.Format != image.Raw {
-		if fa, err := stack.Info(ctx, path, im.Format, stack.S3Options{}); err == nil {
-			im.Details = formatDetails(fa)
-		}
-	}
 	var st syscall.Stat_t
 	if syscall.Stat(path, &st) == nil {
 		im.Allocated = st.Blocks * 512
 	}
 	return im, nil
+}
+
+// inspectS3 is how to reach the store of an image being inspected: the
+// request's options, else those it was opened with (nil: none).
+func inspectS3(req, open *api.S3Options) stack.S3Options {
+	o := req
+	if o == nil {
+		o = open
+	}
+	if o == nil {
+		return stack.S3Options{}
+	}
+	return stack.S3Options{Endpoint: o.Endpoint, Region: o.Region, Profile: o.Profile}
 }
 
 // storeDetails copies what the object store holds of an image.
