@@ -1,6 +1,7 @@
 package blockmap
 
 import (
+	"cmp"
 	"fmt"
 	"slices"
 	"sync"
@@ -46,6 +47,10 @@ type Placement struct {
 	// the table entry (VHD's all-ones sector bitmap of a dynamic disk).
 	Meta    []byte
 	MetaOff int64
+	// Also are the offsets in the table of further entries Place
+	// changed (vhdx's sector bitmap entry of a new bitmap block): their
+	// units are written with the block's entry.
+	Also []int64
 }
 
 // Codec is what a format tells the Map about its table and its blocks.
@@ -124,6 +129,10 @@ type Config struct {
 	Layered bool
 	// ReadOnly refuses writes.
 	ReadOnly bool
+	// BeforeWrite, when set, is called before each write, zeroing or
+	// trim is served (after its range is checked): vhdx gives its headers
+	// new write GUIDs before the first change.
+	BeforeWrite func() error
 	// Blocks is the number of entries the table holds (at least the
 	// blocks of Size).
 	Blocks int64
@@ -209,14 +218,18 @@ func New(c Config) (*Map, error) {
 }
 
 // check verifies the entries and returns the end of the last block or
-// reserved span. It holds 8 bytes per allocated block.
+// reserved span. It holds 8 bytes per allocated block; the reserved spans
+// may be many (vhdx's sector bitmap blocks): blocks and spans are both
+// sorted and walked once.
 func (m *Map) check() (int64, error) {
 	fsize, err := m.f.Size()
 	if err != nil {
 		return 0, fmt.Errorf("%s: %w", m.c.Name, err)
 	}
+	res := slices.Clone(m.c.Reserved)
+	slices.SortFunc(res, func(a, b Span) int { return cmp.Compare(a.Start, b.Start) })
 	var end int64
-	for _, r := range m.c.Reserved {
+	for _, r := range res {
 		end = max(end, r.End)
 	}
 	// The last block of the disk needs storage only for what is in it.
@@ -236,25 +249,49 @@ func (m *Map) check() (int64, error) {
 		if e.Off-m.c.Lead < 0 || e.Off > fsize-need {
 			return 0, m.corruptf("%s entry %d: block at %#x past the end of the file of %d bytes: truncated", m.c.TableName, blk, e.Off, fsize)
 		}
-		for _, r := range m.c.Reserved {
-			if e.Off-m.c.Lead < r.End && r.Start < e.Off+need {
-				return 0, m.corruptf("%s entry %d: block at %#x overlaps the image metadata at %#x", m.c.TableName, blk, e.Off, r.Start)
-			}
-		}
 		starts = append(starts, e.Off)
-		end = max(end, e.Off+need)
 	}
 	slices.Sort(starts)
-	for i := 1; i < len(starts); i++ {
-		need := bs
-		if starts[i-1] == lastOff {
-			need = tail
+	needAt := func(off int64) int64 {
+		if off == lastOff {
+			return tail
 		}
-		if starts[i]-m.c.Lead < starts[i-1]+need {
-			return 0, m.shared(starts[i-1], starts[i])
+		return bs
+	}
+	// resEnd is the largest end of the reserved spans res[:j], those that
+	// start at or before the block's span; res[j] is the next one.
+	j, resEnd, resAt := 0, int64(-1), int64(0)
+	for i, off := range starts {
+		lo, hi := off-m.c.Lead, off+needAt(off)
+		for ; j < len(res) && res[j].Start <= lo; j++ {
+			if res[j].End > resEnd {
+				resEnd, resAt = res[j].End, res[j].Start
+			}
 		}
+		at, hit := resAt, lo < resEnd
+		if !hit && j < len(res) && res[j].Start < hi {
+			at, hit = res[j].Start, true
+		}
+		if hit {
+			return 0, m.corruptf("%s entry %d: block at %#x overlaps the image metadata at %#x", m.c.TableName, m.blockAt(off), off, at)
+		}
+		if i > 0 && lo < starts[i-1]+needAt(starts[i-1]) {
+			return 0, m.shared(starts[i-1], off)
+		}
+		end = max(end, hi)
 	}
 	return end, nil
+}
+
+// blockAt returns the first block whose storage starts at off, for
+// messages.
+func (m *Map) blockAt(off int64) int64 {
+	for blk := range m.c.Blocks {
+		if e := m.c.Codec.Get(m.table, blk); e.Has() && e.Off == off {
+			return blk
+		}
+	}
+	return -1
 }
 
 // shared names two blocks whose storage overlaps, at a and b.

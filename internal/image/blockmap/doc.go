@@ -1,6 +1,6 @@
 // Package blockmap is the block-mapped core that image formats whose
 // guest disk is cut into fixed-size blocks, each found through a table
-// entry, sit on: vhd and vdi today, vhdx and vmdk next (qcow2, with its
+// entry, sit on: vhd, vdi and vhdx, and vmdk next (qcow2, with its
 // refcounts, L2 cache and snapshots, stays its own).
 //
 // A Map serves the blockdev.Device (with Trimmer, ZeroWriter, Extenter
@@ -62,10 +62,13 @@
 // rewritten in 4 KiB sectors). Place puts a 1 MiB-aligned block at the
 // end; in a differencing disk it returns Partial and BitmapAt returns the
 // block's slice of its chunk's sector-bitmap block (placing that block
-// first when the chunk has none, and recording its BAT entry with Put),
-// with LSBFirst bits and SectorSize the logical sector size. Commit
-// writes nothing (the headers' write GUIDs are the format's business
-// before the first change, through a hook of its own around WriteAt).
+// first when the chunk has none, and naming that entry in
+// Placement.Also so its BAT sector is written with the block's), with
+// LSBFirst bits and SectorSize the logical sector size; the bitmap
+// blocks are Reserved spans, which New checks the payload blocks against
+// (the format checks them against each other). Commit writes nothing;
+// the headers' new write GUIDs before the first change come from
+// Config.BeforeWrite.
 //
 // VMDK: one Map per extent, over that extent's File, and the image's
 // loop over extents hands each piece to its extent's Map. A flat

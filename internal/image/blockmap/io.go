@@ -10,7 +10,8 @@ import (
 	"vdisk/internal/image"
 )
 
-// guard refuses calls after Close and ranges outside the disk.
+// guard refuses calls after Close and ranges outside the disk, and
+// writes to a read-only Map; before a write it calls BeforeWrite.
 func (m *Map) guard(off, n int64, write bool) error {
 	m.mu.Lock()
 	closed := m.closed
@@ -21,8 +22,14 @@ func (m *Map) guard(off, n int64, write bool) error {
 	if err := blockdev.CheckRange(off, n, m.c.Size); err != nil {
 		return err
 	}
-	if write && m.c.ReadOnly {
+	if !write {
+		return nil
+	}
+	if m.c.ReadOnly {
 		return blockdev.ErrReadOnly
+	}
+	if m.c.BeforeWrite != nil {
+		return m.c.BeforeWrite()
 	}
 	return nil
 }
@@ -337,6 +344,9 @@ func (m *Map) allocate(blk int64) (Entry, error) {
 		m.meta = append(m.meta, pl)
 	}
 	m.put(blk, e)
+	for _, off := range pl.Also {
+		m.dirty[off/m.c.Unit] = true
+	}
 	m.end, m.grown = pl.End, true
 	return e, nil
 }
@@ -388,19 +398,43 @@ type osFile interface{ OS() *os.File }
 
 // zeroFile makes n bytes of the file at off read as zeroes.
 func (m *Map) zeroFile(off, n int64, mayTrim bool) error {
-	var err error
-	switch o, ok := m.f.(osFile); {
-	case ok:
-		err = blockdev.ZeroFileRange(o.OS(), off, n, mayTrim)
-	case mayTrim:
-		err = image.Punch(m.f, off, n)
-	default:
-		err = image.Punch(struct{ image.File }{m.f}, off, n) // writes zeroes
-	}
-	if err != nil {
+	if err := ZeroFile(m.f, off, n, mayTrim); err != nil {
 		return fmt.Errorf("%s: zero at %#x: %w", m.c.Name, off, noSpace(err))
 	}
 	return nil
+}
+
+// ZeroFile makes n bytes of f at off read as zeroes: a local file's range
+// is punched (mayTrim) or zeroed in place (blockdev.ZeroFileRange);
+// another File's is punched when it can and may, else written with
+// zeroes.
+func ZeroFile(f image.File, off, n int64, mayTrim bool) error {
+	if o, ok := f.(osFile); ok {
+		return blockdev.ZeroFileRange(o.OS(), off, n, mayTrim)
+	}
+	if p, ok := f.(image.Puncher); ok && mayTrim {
+		return p.Punch(off, n)
+	}
+	for end := off + n; off < end; off += int64(len(zeroes)) {
+		if _, err := f.WriteAt(zeroes[:min(end-off, int64(len(zeroes)))], off); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// zeroes is what ZeroFile writes (never written to).
+var zeroes = make([]byte, 256<<10)
+
+// FileExtents adds the extents of the range [off, off+n) of f, at guest
+// offset guest: a local file's holes read as zeroes
+// (blockdev.FileExtents); another File's range is data.
+func FileExtents(f image.File, off, n, guest int64, add func(o, l int64, fl blockdev.ExtentFlags)) {
+	if o, ok := f.(osFile); ok {
+		blockdev.FileExtents(o.OS(), off, n, guest, add)
+		return
+	}
+	add(guest, n, 0)
 }
 
 // Extents describes [off, off+n): Data blocks are data but for the holes
@@ -426,17 +460,13 @@ func (m *Map) Extents(off, n int64) ([]blockdev.Extent, error) {
 		m.mu.Unlock()
 		switch e.State {
 		case Data:
-			if o, ok := m.f.(osFile); ok {
-				blockdev.FileExtents(o.OS(), e.Off+pos-blk*m.c.BlockSize, c, pos, add)
-			} else {
-				add(pos, c, 0)
-			}
+			FileExtents(m.f, e.Off+pos-blk*m.c.BlockSize, c, pos, add)
 		case Partial:
 			add(pos, c, 0)
 		case Zero:
 			add(pos, c, blockdev.ExtentHole|blockdev.ExtentZero)
 		default:
-			return m.parentExtents(pos, c, add)
+			return ParentExtents(m.parent, pos, c, add)
 		}
 		return nil
 	})
@@ -446,13 +476,14 @@ func (m *Map) Extents(off, n int64) ([]blockdev.Extent, error) {
 	return out, nil
 }
 
-// parentExtents adds the parent's extents of [off, off+n), marked as
-// holes of this image, and holes that read as zeroes past its end.
-func (m *Map) parentExtents(off, n int64, add func(o, l int64, f blockdev.ExtentFlags)) error {
+// ParentExtents adds the extents of parent (nil: none) in [off, off+n),
+// marked as holes of the layer above, and holes that read as zeroes past
+// its end.
+func ParentExtents(parent blockdev.Device, off, n int64, add func(o, l int64, f blockdev.ExtentFlags)) error {
 	end := off + n
-	if m.parent != nil {
-		for pend := min(end, m.parent.Size()); off < pend; {
-			ext, err := blockdev.Extents(m.parent, off, pend-off)
+	if parent != nil {
+		for pend := min(end, parent.Size()); off < pend; {
+			ext, err := blockdev.Extents(parent, off, pend-off)
 			if err != nil {
 				return err
 			}
