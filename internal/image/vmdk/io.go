@@ -3,10 +3,10 @@ package vmdk
 import (
 	"errors"
 	"fmt"
-	"os"
 
 	"vdisk/internal/blockdev"
 	"vdisk/internal/image"
+	"vdisk/internal/image/blockmap"
 )
 
 // Bounds of one Extents call: the extents it returns and the grains it
@@ -25,9 +25,11 @@ func (img *Image) check(off, n int64) error {
 }
 
 // pieces calls fn for each part of [off, off+n) inside one extent and, for
-// sparse extents, one grain.
-func (img *Image) pieces(off, n int64, fn func(e *extent, pos, c int64) error) error {
-	for end := off + n; off < end; {
+// sparse extents, one grain, in order, and returns how many bytes from off
+// the parts that succeeded cover (the blockmap core's contract for n on
+// error).
+func (img *Image) pieces(off, n int64, fn func(e *extent, pos, c int64) error) (int64, error) {
+	for start, end := off, off+n; off < end; {
 		e := img.extents[img.find(off)]
 		c := min(end, (e.start+e.sectors)*sectorSize) - off
 		if e.sp != nil {
@@ -36,25 +38,23 @@ func (img *Image) pieces(off, n int64, fn func(e *extent, pos, c int64) error) e
 			c = min(c, gb-in%gb)
 		}
 		if err := fn(e, off, c); err != nil {
-			return err
+			return off - start, err
 		}
 		off += c
 	}
-	return nil
+	return n, nil
 }
 
-// ReadAt reads len(p) bytes at off.
+// ReadAt reads len(p) bytes at off; on error n is the length of the
+// prefix of p that was filled.
 func (img *Image) ReadAt(p []byte, off int64) (int, error) {
 	if err := img.check(off, int64(len(p))); err != nil {
 		return 0, err
 	}
-	err := img.pieces(off, int64(len(p)), func(e *extent, pos, c int64) error {
+	n, err := img.pieces(off, int64(len(p)), func(e *extent, pos, c int64) error {
 		return img.read(p[pos-off:pos-off+c], e, pos)
 	})
-	if err != nil {
-		return 0, err
-	}
-	return len(p), nil
+	return int(n), err
 }
 
 // read fills b from guest offset pos inside extent e (and one grain).
@@ -106,7 +106,8 @@ func (img *Image) readParent(b []byte, off int64) error {
 	return nil
 }
 
-// WriteAt writes len(p) bytes at off, allocating grains as needed.
+// WriteAt writes len(p) bytes at off, allocating grains as needed; on
+// error n is the length of the prefix of p that was written.
 func (img *Image) WriteAt(p []byte, off int64) (int, error) {
 	if err := img.check(off, int64(len(p))); err != nil {
 		return 0, err
@@ -117,13 +118,10 @@ func (img *Image) WriteAt(p []byte, off int64) (int, error) {
 	if err := img.changeCID(); err != nil {
 		return 0, err
 	}
-	err := img.pieces(off, int64(len(p)), func(e *extent, pos, c int64) error {
+	n, err := img.pieces(off, int64(len(p)), func(e *extent, pos, c int64) error {
 		return img.write(p[pos-off:pos-off+c], e, pos)
 	})
-	if err != nil {
-		return 0, err
-	}
-	return len(p), nil
+	return int(n), err
 }
 
 // write stores b at guest offset pos inside extent e (and one grain).
@@ -188,17 +186,6 @@ func pwrite(f image.File, b []byte, off int64) error {
 	return nil
 }
 
-// fileExtents adds the extents of the file range [off, off+n) at guest
-// offset guest: a local file's holes read as zeroes
-// (blockdev.FileExtents); another File's range is data.
-func fileExtents(f image.File, off, n, guest int64, add func(o, l int64, fl blockdev.ExtentFlags)) {
-	if lf, ok := f.(interface{ OS() *os.File }); ok {
-		blockdev.FileExtents(lf.OS(), off, n, guest, add)
-		return
-	}
-	add(guest, n, 0)
-}
-
 // Extents describes [off, off+n): ZERO extents, zeroed grains,
 // unallocated grains without a parent and holes of flat extent files are
 // holes that read as zeroes;
@@ -212,7 +199,7 @@ func (img *Image) Extents(off, n int64) ([]blockdev.Extent, error) {
 	add := func(o, l int64, f blockdev.ExtentFlags) { out = blockdev.AppendExtent(out, o, l, f) }
 	seen := 0
 	errStop := errors.New("stop")
-	err := img.pieces(off, n, func(e *extent, pos, c int64) error {
+	_, err := img.pieces(off, n, func(e *extent, pos, c int64) error {
 		if len(out) >= maxReportExtents || seen >= maxExtentGrains {
 			return errStop
 		}
@@ -222,7 +209,7 @@ func (img *Image) Extents(off, n int64) ([]blockdev.Extent, error) {
 			add(pos, c, blockdev.ExtentHole|blockdev.ExtentZero)
 			return nil
 		case e.sp == nil:
-			fileExtents(e.file, e.fileOff+pos-e.start*sectorSize, c, pos, add)
+			blockmap.FileExtents(e.file, e.fileOff+pos-e.start*sectorSize, c, pos, add)
 			return nil
 		}
 		s := e.sp
@@ -235,10 +222,10 @@ func (img *Image) Extents(off, n int64) ([]blockdev.Extent, error) {
 		switch {
 		case state == grainData || state == grainCompressed:
 			add(pos, c, 0)
-		case state == grainZero || img.parent == nil:
+		case state == grainZero:
 			add(pos, c, blockdev.ExtentHole|blockdev.ExtentZero)
 		default:
-			return img.parentExtents(pos, c, add)
+			return blockmap.ParentExtents(img.parent, pos, c, add)
 		}
 		return nil
 	})
@@ -246,24 +233,4 @@ func (img *Image) Extents(off, n int64) ([]blockdev.Extent, error) {
 		return nil, err
 	}
 	return out, nil
-}
-
-// parentExtents adds the parent's extents of [off, off+n), marked as holes
-// of this image.
-func (img *Image) parentExtents(off, n int64, add func(o, l int64, f blockdev.ExtentFlags)) error {
-	end := off + n
-	for pend := min(end, img.parent.Size()); off < pend; {
-		ext, err := blockdev.Extents(img.parent, off, pend-off)
-		if err != nil {
-			return err
-		}
-		for _, e := range ext {
-			add(e.Off, e.Len, e.Flags|blockdev.ExtentHole)
-			off = e.Off + e.Len
-		}
-	}
-	if off < end {
-		add(off, end-off, blockdev.ExtentHole|blockdev.ExtentZero)
-	}
-	return nil
 }
