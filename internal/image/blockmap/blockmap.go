@@ -78,6 +78,13 @@ type Bitmapper interface {
 	BitmapAt(blk int64, e Entry) (int64, error)
 }
 
+// Loader is the Codec of a Lazy Map: Load fills b with table unit u
+// (zeroes when the unit lies nowhere yet) and checks its entries against
+// end, the end of what is allocated.
+type Loader interface {
+	Load(u int64, b []byte, end int64) error
+}
+
 // Locator is a Codec whose table is not one run of the file: TableAt
 // returns the file offsets (one, or a redundant copy too) of the table's
 // unit u, which Place has placed. (vmdk's grain tables; see the package
@@ -136,6 +143,20 @@ type Config struct {
 	// Blocks is the number of entries the table holds (at least the
 	// blocks of Size).
 	Blocks int64
+	// Lazy Maps hold no Table: the units are loaded when first needed
+	// through the Codec's Loader (which checks their entries; New checks
+	// none) and the clean ones dropped when there are too many. Codec.Get
+	// and Put then see one unit and the entry's index in it; EntrySize is
+	// the bytes of an entry. (vmdk's grain tables: see the package
+	// comment.)
+	Lazy      bool
+	EntrySize int64
+	// ParentOff is where this Map's byte 0 lies in the parent (a vmdk
+	// extent's start).
+	ParentOff int64
+	// Borrowed: Close leaves the File and the Parent open (their owner
+	// closes them).
+	Borrowed bool
 }
 
 // MaxTable is the largest table a Map holds in memory (8 Mi entries of 4
@@ -149,6 +170,7 @@ const (
 	maxExtents      = 4096
 	maxExtentBlocks = 1 << 16
 	maxBitmaps      = 4096
+	maxUnits        = 4096
 )
 
 // Map is an open block-mapped image. See the package comment.
@@ -161,7 +183,8 @@ type Map struct {
 	mu      sync.Mutex
 	closed  bool
 	table   []byte
-	dirty   map[int64]bool // table units to write
+	units   map[int64][]byte // the loaded units of a Lazy Map
+	dirty   map[int64]bool   // table units to write
 	bitmaps map[int64]*bitmap
 	meta    []Placement // bytes to write with new blocks
 	end     int64
@@ -207,8 +230,11 @@ func New(c Config) (*Map, error) {
 	if c.BlockSize <= 0 || c.Size < 0 || c.Blocks < (c.Size+c.BlockSize-1)/c.BlockSize {
 		return nil, fmt.Errorf("%s: %d blocks of %d bytes do not hold a disk of %d bytes: %w", c.Name, c.Blocks, c.BlockSize, c.Size, blockdev.ErrCorrupt)
 	}
+	if _, ok := c.Codec.(Loader); c.Lazy && (!ok || c.EntrySize <= 0 || c.Unit%c.EntrySize != 0) {
+		return nil, fmt.Errorf("%s: a lazy table needs a Loader and units of whole entries", c.Name)
+	}
 	m := &Map{c: c, f: c.File, parent: c.Parent, ss: c.SectorSize, table: c.Table,
-		dirty: map[int64]bool{}, bitmaps: map[int64]*bitmap{}}
+		units: map[int64][]byte{}, dirty: map[int64]bool{}, bitmaps: map[int64]*bitmap{}}
 	end, err := m.check()
 	if err != nil {
 		return nil, err
@@ -238,6 +264,9 @@ func (m *Map) check() (int64, error) {
 	tail := m.c.Size - lastBlk*bs
 	var starts []int64
 	for blk := range m.c.Blocks {
+		if m.c.Lazy {
+			break
+		}
 		e := m.c.Codec.Get(m.table, blk)
 		if !e.Has() {
 			continue
@@ -326,18 +355,59 @@ func (m *Map) End() int64 {
 }
 
 // Lookup returns block blk's entry.
-func (m *Map) Lookup(blk int64) Entry {
+func (m *Map) Lookup(blk int64) (Entry, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return m.c.Codec.Get(m.table, blk)
+	return m.entry(blk)
 }
 
-// AllocatedBlocks counts the blocks with storage.
+// entry returns block blk's entry, loading its unit of a Lazy Map.
+// Called with mu held.
+func (m *Map) entry(blk int64) (Entry, error) {
+	if !m.c.Lazy {
+		return m.c.Codec.Get(m.table, blk), nil
+	}
+	t, i, err := m.unit(blk)
+	if err != nil {
+		return Entry{}, err
+	}
+	return m.c.Codec.Get(t, i), nil
+}
+
+// unit returns the unit of a Lazy Map that holds block blk's entry, and
+// the entry's index in it, loading it (and dropping the clean units when
+// there are too many). Called with mu held.
+func (m *Map) unit(blk int64) ([]byte, int64, error) {
+	per := m.c.Unit / m.c.EntrySize
+	u := blk / per
+	t, ok := m.units[u]
+	if !ok {
+		if len(m.units) >= maxUnits {
+			for k := range m.units {
+				if !m.dirty[k] {
+					delete(m.units, k)
+				}
+			}
+		}
+		t = make([]byte, m.c.Unit)
+		if err := m.c.Codec.(Loader).Load(u, t, m.end); err != nil {
+			return nil, 0, err
+		}
+		m.units[u] = t
+	}
+	return t, blk - u*per, nil
+}
+
+// AllocatedBlocks counts the blocks with storage (0 for a Lazy Map,
+// whose units are walked with Lookup).
 func (m *Map) AllocatedBlocks() int64 {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	var n int64
 	for blk := range m.c.Blocks {
+		if m.c.Lazy {
+			break
+		}
 		if m.c.Codec.Get(m.table, blk).Has() {
 			n++
 		}

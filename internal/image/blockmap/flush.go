@@ -66,7 +66,12 @@ func (m *Map) Flush() error {
 // writeUnit writes table unit u where it lives. Called with mu held.
 func (m *Map) writeUnit(u int64) error {
 	lo := u * m.c.Unit
-	b := m.table[lo:min(lo+m.c.Unit, int64(len(m.table)))]
+	var b []byte
+	if m.c.Lazy {
+		b = m.units[u]
+	} else {
+		b = m.table[lo:min(lo+m.c.Unit, int64(len(m.table)))]
+	}
 	offs := []int64{m.c.TableOff + lo}
 	if l, ok := m.c.Codec.(Locator); ok {
 		var err error
@@ -105,6 +110,9 @@ func (m *Map) Close() error {
 	m.mu.Lock()
 	m.closed = true
 	m.mu.Unlock()
+	if m.c.Borrowed {
+		return err
+	}
 	if m.parent != nil {
 		m.parent.Close()
 	}

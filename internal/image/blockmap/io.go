@@ -75,13 +75,15 @@ func (m *Map) rw(p []byte, off int64, write bool) (int, error) {
 // read fills b from guest offset pos inside block blk.
 func (m *Map) read(b []byte, blk, pos int64) error {
 	m.mu.Lock()
-	e := m.c.Codec.Get(m.table, blk)
+	e, err := m.entry(blk)
 	var rs []run
-	var err error
-	if e.State == Partial {
+	if err == nil && e.State == Partial {
 		rs, err = m.runs(blk, e, pos, int64(len(b)))
 	}
 	m.mu.Unlock()
+	if err != nil {
+		return err
+	}
 	in := pos - blk*m.c.BlockSize
 	switch e.State {
 	case Data:
@@ -91,9 +93,6 @@ func (m *Map) read(b []byte, blk, pos int64) error {
 		return nil
 	case Unallocated:
 		return m.readParent(b, pos)
-	}
-	if err != nil {
-		return err
 	}
 	for _, r := range rs {
 		part := b[r.pos-pos : r.pos-pos+r.n]
@@ -119,7 +118,7 @@ func (m *Map) readFile(b []byte, off int64) error {
 
 // readParent fills b with the parent's bytes at guest offset off.
 func (m *Map) readParent(b []byte, off int64) error {
-	if err := image.ReadParent(m.parent, b, off); err != nil {
+	if err := image.ReadParent(m.parent, b, off+m.c.ParentOff); err != nil {
 		return fmt.Errorf("%s: %w", m.c.Name, err)
 	}
 	return nil
@@ -207,15 +206,17 @@ func (m *Map) evict() {
 func (m *Map) write(b []byte, blk, pos int64) error {
 	in := pos - blk*m.c.BlockSize
 	m.mu.Lock()
-	e := m.c.Codec.Get(m.table, blk)
-	if e.State == Data {
+	e, err := m.entry(blk)
+	if err != nil || e.State == Data {
 		m.mu.Unlock()
+		if err != nil {
+			return err
+		}
 		return m.writeFile(b, e.Off+in)
 	}
 	defer m.mu.Unlock()
 	if !e.Has() {
 		copyUp := e.State == Unallocated && m.parent != nil
-		var err error
 		if e, err = m.allocate(blk); err != nil {
 			return err
 		}
@@ -343,7 +344,9 @@ func (m *Map) allocate(blk int64) (Entry, error) {
 	if pl.Meta != nil {
 		m.meta = append(m.meta, pl)
 	}
-	m.put(blk, e)
+	if err := m.put(blk, e); err != nil {
+		return Entry{}, err
+	}
 	for _, off := range pl.Also {
 		m.dirty[off/m.c.Unit] = true
 	}
@@ -353,8 +356,18 @@ func (m *Map) allocate(blk int64) (Entry, error) {
 
 // put records block blk's entry and marks its table unit. Called with mu
 // held.
-func (m *Map) put(blk int64, e Entry) {
-	m.dirty[m.c.Codec.Put(m.table, blk, e)/m.c.Unit] = true
+func (m *Map) put(blk int64, e Entry) error {
+	if !m.c.Lazy {
+		m.dirty[m.c.Codec.Put(m.table, blk, e)/m.c.Unit] = true
+		return nil
+	}
+	t, i, err := m.unit(blk)
+	if err != nil {
+		return err
+	}
+	m.c.Codec.Put(t, i, e)
+	m.dirty[blk/(m.c.Unit/m.c.EntrySize)] = true
+	return nil
 }
 
 // Trim makes [off, off+n) read as zeroes, releasing the storage of the
@@ -372,9 +385,11 @@ func (m *Map) WriteZeroes(off, n int64, mayTrim bool) error {
 	}
 	_, err := m.each(off, n, func(blk, pos, c int64) error {
 		m.mu.Lock()
-		e := m.c.Codec.Get(m.table, blk)
+		e, err := m.entry(blk)
 		m.mu.Unlock()
 		switch {
+		case err != nil:
+			return err
 		case e.State == Data:
 			return m.zeroFile(e.Off+pos-blk*m.c.BlockSize, c, mayTrim)
 		case e.State == Zero || e.State == Unallocated && !m.c.Layered:
@@ -456,8 +471,11 @@ func (m *Map) Extents(off, n int64) ([]blockdev.Extent, error) {
 		}
 		seen++
 		m.mu.Lock()
-		e := m.c.Codec.Get(m.table, blk)
+		e, err := m.entry(blk)
 		m.mu.Unlock()
+		if err != nil {
+			return err
+		}
 		switch e.State {
 		case Data:
 			FileExtents(m.f, e.Off+pos-blk*m.c.BlockSize, c, pos, add)
@@ -466,7 +484,8 @@ func (m *Map) Extents(off, n int64) ([]blockdev.Extent, error) {
 		case Zero:
 			add(pos, c, blockdev.ExtentHole|blockdev.ExtentZero)
 		default:
-			return ParentExtents(m.parent, pos, c, add)
+			po := m.c.ParentOff
+			return ParentExtents(m.parent, pos+po, c, func(o, l int64, f blockdev.ExtentFlags) { add(o-po, l, f) })
 		}
 		return nil
 	})

@@ -48,7 +48,7 @@ func TestLogReplay(t *testing.T) {
 				t.Fatal(err)
 			}
 			img := loadPath(t, p)
-			blockOff := func(b int64) int64 { return img.Lookup(b).Off }
+			blockOff := func(b int64) int64 { e, _ := img.Lookup(b); return e.Off }
 			st, _ := os.Stat(p)
 			fsize := st.Size()
 
