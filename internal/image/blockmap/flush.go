@@ -41,6 +41,14 @@ func (m *Map) Flush() error {
 	}
 	m.meta = nil
 	if m.grown {
+		if n, err := m.f.Size(); err != nil || n < m.end {
+			if err == nil {
+				err = m.f.Truncate(m.end)
+			}
+			if err != nil {
+				return fmt.Errorf("%s: extend the file to %d: %w", m.c.Name, m.end, noSpace(err))
+			}
+		}
 		if err := m.c.Codec.Commit(m.end); err != nil {
 			return err
 		}

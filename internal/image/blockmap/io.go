@@ -322,10 +322,17 @@ func (m *Map) allocate(blk int64) (Entry, error) {
 		return Entry{}, err
 	}
 	e := pl.Entry
+	for _, off := range pl.Also {
+		m.dirty[off/m.c.Unit] = true
+	}
 	// Whatever lies past the end (a crash's leftovers, the old footer) is
-	// cut, and the new space is extended as zeroes.
+	// cut, and the new space is extended as zeroes. When that fails the
+	// placement still stands (Place may have placed the format's own
+	// metadata there): the space is not given again, and Flush extends
+	// the file over it before any table points at it.
 	for _, n := range []int64{m.end, max(pl.End, e.Off+m.c.BlockSize)} {
 		if err := m.f.Truncate(n); err != nil {
+			m.end, m.grown = max(m.end, pl.End, e.Off+m.c.BlockSize), true
 			return Entry{}, fmt.Errorf("%s: allocate block %d: %w", m.c.Name, blk, noSpace(err))
 		}
 	}
@@ -344,13 +351,10 @@ func (m *Map) allocate(blk int64) (Entry, error) {
 	if pl.Meta != nil {
 		m.meta = append(m.meta, pl)
 	}
+	m.end, m.grown = pl.End, true
 	if err := m.put(blk, e); err != nil {
 		return Entry{}, err
 	}
-	for _, off := range pl.Also {
-		m.dirty[off/m.c.Unit] = true
-	}
-	m.end, m.grown = pl.End, true
 	return e, nil
 }
 
