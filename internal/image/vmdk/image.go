@@ -11,14 +11,16 @@
 // the options, the one trust policy: so a single-file VMDK works over any
 // File, and a descriptor that names files works where Names allows it.
 //
-// An Image serves reads and writes from many goroutines at once. Each
-// sparse extent has a mutex guarding its grain directory, grain tables and
-// allocator; data of allocated grains and of flat extents moves outside
-// it. A grain allocated in a disk with a parent is filled from the parent
-// under the mutex, so no reader sees it half made. Flush syncs the data,
-// then writes the grain tables, syncs, writes the grain directories that
-// reach new tables and syncs again: a crash before a Flush loses unflushed
-// writes and leaves at most unreferenced space at the end of an extent.
+// Each sparse extent is served by the blockmap core, one Map over its
+// grain tables (loaded when first needed, the clean ones dropped when
+// there are many): reads and writes from many goroutines at once, a new
+// grain (after its grain table when the directory has none) taken from
+// the end of the extent, filled from the parent under the Map's mutex,
+// and at Flush the data synced, then the grain directories, then the
+// grain tables: a crash before a Flush loses unflushed writes and leaves
+// at most unreferenced space at the end of an extent. Compressed grains
+// (streamOptimized, read-only) are read by the package's own path; flat
+// and ZERO extents need no map.
 package vmdk
 
 import (
@@ -250,6 +252,13 @@ func (img *Image) open(opt image.OpenOptions) error {
 			return fmt.Errorf("vmdk: %w", err)
 		}
 	}
+	for _, e := range img.extents {
+		if e.sp != nil {
+			if err := e.sp.serve(e.start*sectorSize, img.parent, img.desc.parentCID != noParent, opt.ReadOnly || e.readOnly); err != nil {
+				return err
+			}
+		}
+	}
 	return nil
 }
 
@@ -376,7 +385,7 @@ func (img *Image) Flush() error {
 	}
 	for _, e := range img.extents {
 		if e.sp != nil {
-			if err := e.sp.flush(); err != nil {
+			if err := e.sp.m.Flush(); err != nil {
 				return err
 			}
 		}

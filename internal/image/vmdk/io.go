@@ -25,14 +25,14 @@ func (img *Image) check(off, n int64) error {
 }
 
 // pieces calls fn for each part of [off, off+n) inside one extent and, for
-// sparse extents, one grain, in order, and returns how many bytes from off
+// compressed extents, one grain, in order, and returns how many bytes from off
 // the parts that succeeded cover (the blockmap core's contract for n on
 // error).
 func (img *Image) pieces(off, n int64, fn func(e *extent, pos, c int64) error) (int64, error) {
 	for start, end := off, off+n; off < end; {
 		e := img.extents[img.find(off)]
 		c := min(end, (e.start+e.sectors)*sectorSize) - off
-		if e.sp != nil {
+		if e.sp != nil && e.sp.compressed {
 			gb := e.sp.grainBytes
 			in := off - e.start*sectorSize
 			c = min(c, gb-in%gb)
@@ -69,32 +69,30 @@ func (img *Image) read(b []byte, e *extent, pos int64) error {
 			return fmt.Errorf("vmdk: read %s at %#x: %w", e.file.Name(), e.fileOff+in, err)
 		}
 		return nil
+	case !e.sp.compressed:
+		_, err := e.sp.m.ReadAt(b, in)
+		return err
 	}
 	s := e.sp
 	g := in / s.grainBytes
-	s.mu.Lock()
-	state, fo, err := s.lookup(g)
-	if err == nil && state == grainCompressed {
-		var data []byte
-		if data, err = s.readCompressed(g, fo); err == nil {
-			copy(b, data[in%s.grainBytes:])
-		}
-	}
-	s.mu.Unlock()
+	ge, err := s.m.Lookup(g)
 	if err != nil {
 		return err
 	}
-	switch state {
-	case grainUnallocated:
+	switch ge.State {
+	case blockmap.Unallocated:
 		return img.readParent(b, pos)
-	case grainZero:
+	case blockmap.Zero:
 		clear(b)
-	case grainData:
-		if _, err := s.f.ReadAt(b, fo+in%s.grainBytes); err != nil {
-			return fmt.Errorf("vmdk: read %s at %#x: %w", s.f.Name(), fo+in%s.grainBytes, err)
-		}
+		return nil
 	}
-	return nil
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	data, err := s.readCompressed(g, ge.Off)
+	if err == nil {
+		copy(b, data[in%s.grainBytes:])
+	}
+	return err
 }
 
 // readParent fills b with the parent's bytes at off (zeroes without a
@@ -135,47 +133,8 @@ func (img *Image) write(b []byte, e *extent, pos int64) error {
 	case e.sp == nil:
 		return pwrite(e.file, b, e.fileOff+in)
 	}
-	s := e.sp
-	g := in / s.grainBytes
-	s.mu.Lock()
-	state, fo, err := s.lookup(g)
-	if err != nil {
-		s.mu.Unlock()
-		return err
-	}
-	if state == grainData {
-		s.mu.Unlock()
-		return pwrite(s.f, b, fo+in%s.grainBytes)
-	}
-	defer s.mu.Unlock()
-	gi := g / s.h.gtes
-	t, err := s.table(gi)
-	if err == nil && t == nil {
-		t, err = s.allocTable(gi)
-	}
-	if err != nil {
-		return err
-	}
-	if err := s.grow(s.grainBytes); err != nil {
-		return err
-	}
-	fo = s.fileEnd - s.grainBytes
-	if state == grainUnallocated && img.parent != nil && int64(len(b)) < s.grainBytes {
-		// Fill the new grain from the parent before it becomes visible.
-		buf := make([]byte, s.grainBytes)
-		gstart := pos - in%s.grainBytes
-		if err := img.readParent(buf, gstart); err != nil {
-			return err
-		}
-		copy(buf[in%s.grainBytes:], b)
-		b, in = buf, g*s.grainBytes
-	}
-	if err := pwrite(s.f, b, fo+in%s.grainBytes); err != nil {
-		return err
-	}
-	t.e[g%s.h.gtes] = uint32(fo / sectorSize)
-	t.dirty = true
-	return nil
+	_, err := e.sp.m.WriteAt(b, in)
+	return err
 }
 
 // pwrite writes b at off in f.
@@ -212,17 +171,21 @@ func (img *Image) Extents(off, n int64) ([]blockdev.Extent, error) {
 			blockmap.FileExtents(e.file, e.fileOff+pos-e.start*sectorSize, c, pos, add)
 			return nil
 		}
-		s := e.sp
-		s.mu.Lock()
-		state, _, err := s.lookup((pos - e.start*sectorSize) / s.grainBytes)
-		s.mu.Unlock()
-		if err != nil {
+		in := pos - e.start*sectorSize
+		if !e.sp.compressed {
+			ext, err := e.sp.m.Extents(in, c)
+			for _, x := range ext {
+				add(x.Off+e.start*sectorSize, x.Len, x.Flags)
+			}
 			return err
 		}
+		ge, err := e.sp.m.Lookup(in / e.sp.grainBytes)
 		switch {
-		case state == grainData || state == grainCompressed:
+		case err != nil:
+			return err
+		case ge.State == blockmap.Data:
 			add(pos, c, 0)
-		case state == grainZero:
+		case ge.State == blockmap.Zero:
 			add(pos, c, blockdev.ExtentHole|blockdev.ExtentZero)
 		default:
 			return blockmap.ParentExtents(img.parent, pos, c, add)

@@ -2,6 +2,7 @@ package vmdk
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"path/filepath"
 	"sync"
@@ -244,5 +245,56 @@ func TestCIDChanges(t *testing.T) {
 				t.Fatal("qemu does not read the write")
 			}
 		})
+	}
+}
+
+// TestWriteChildTwoGb writes into the later extents of a
+// twoGbMaxExtentSparse child: a new grain is filled from the parent at
+// the grain's offset in the disk, not in the extent, and the extents of
+// unallocated grains are the parent's, where the disk has them.
+func TestWriteChildTwoGb(t *testing.T) {
+	dir := t.TempDir()
+	base := filepath.Join(dir, "base.vmdk")
+	if err := createPath(base, image.CreateOptions{Format: Name, Size: 5 << 30}); err != nil {
+		t.Fatal(err)
+	}
+	pd, err := openPath(base, image.OpenOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pattern := bytes.Repeat([]byte("parent!"), 20000)
+	at := []int64{2<<30 + 100, 4<<30 + 300<<10}
+	for _, off := range at {
+		if _, err := pd.WriteAt(pattern, off); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := pd.Close(); err != nil {
+		t.Fatal(err)
+	}
+	child := filepath.Join(dir, "child.vmdk")
+	if err := createPath(child, image.CreateOptions{Format: Name, BackingFile: "base.vmdk", Options: map[string]string{"subformat": TwoGbMaxExtentSparse}}); err != nil {
+		t.Fatal(err)
+	}
+	d, err := openPath(child, image.OpenOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	ext, err := blockdev.Extents(d, 4<<30, 1<<20)
+	if err != nil || len(ext) < 2 || ext[0].Flags&blockdev.ExtentZero == 0 || ext[1].Off != at[1] || ext[1].Flags != blockdev.ExtentHole {
+		t.Fatalf("extents of the child at 4 GiB: %+v, %v (want zeroes, then the parent's data at %d)", ext, err, at[1])
+	}
+	for _, off := range at {
+		if _, err := d.WriteAt([]byte{'X'}, off+5); err != nil {
+			t.Fatal(err)
+		}
+		want := bytes.Clone(pattern)
+		want[5] = 'X'
+		got := make([]byte, len(pattern))
+		if _, err := d.ReadAt(got, off); err != nil {
+			t.Fatal(err)
+		}
+		imagetest.MustEqual(t, fmt.Sprintf("child at %d", off), got, want)
 	}
 }
