@@ -24,10 +24,10 @@ func (img *Image) check(off, n int64) error {
 	return blockdev.CheckRange(off, n, img.size)
 }
 
-// pieces calls fn for each part of [off, off+n) inside one extent and, for
-// compressed extents, one grain, in order, and returns how many bytes from off
-// the parts that succeeded cover (the blockmap core's contract for n on
-// error).
+// pieces calls fn for each part of [off, off+n) inside one extent and,
+// for compressed extents, one grain, in order, and returns how many bytes
+// from off the parts that succeeded cover (the blockmap core's contract
+// for n on error).
 func (img *Image) pieces(off, n int64, fn func(e *extent, pos, c int64) error) (int64, error) {
 	for start, end := off, off+n; off < end; {
 		e := img.extents[img.find(off)]
@@ -174,8 +174,13 @@ func (img *Image) Extents(off, n int64) ([]blockdev.Extent, error) {
 		in := pos - e.start*sectorSize
 		if !e.sp.compressed {
 			ext, err := e.sp.m.Extents(in, c)
+			covered := in
 			for _, x := range ext {
 				add(x.Off+e.start*sectorSize, x.Len, x.Flags)
+				covered = x.Off + x.Len
+			}
+			if err == nil && covered < in+c {
+				return errStop // the Map's bounds cut it short
 			}
 			return err
 		}
