@@ -36,6 +36,7 @@ import (
 
 	"vdisk/internal/blockdev"
 	"vdisk/internal/image"
+	"vdisk/internal/image/blockmap"
 )
 
 // Name is the format's name in the image registry.
@@ -94,6 +95,7 @@ type extent struct {
 	file           image.File // flat extents
 	fileOff        int64      // bytes, flat extents
 	sp             *sparse    // sparse extents
+	m              *blockmap.Map
 }
 
 // Image is an open VMDK. See the package comment for its concurrency
@@ -253,13 +255,51 @@ func (img *Image) open(opt image.OpenOptions) error {
 		}
 	}
 	for _, e := range img.extents {
-		if e.sp != nil {
-			if err := e.sp.serve(e.start*sectorSize, img.parent, img.desc.parentCID != noParent, opt.ReadOnly || e.readOnly); err != nil {
-				return err
-			}
+		if err := img.serve(e, opt.ReadOnly || e.readOnly); err != nil {
+			return err
 		}
 	}
 	return nil
+}
+
+// serve puts extent e on the blockmap core: a sparse extent's Map over
+// its grain tables, loaded when first needed; a flat extent's of one
+// block where the descriptor puts it; a ZERO extent's of one zero block.
+func (img *Image) serve(e *extent, readOnly bool) error {
+	c := blockmap.Config{Name: "vmdk", Size: e.sectors * sectorSize, Parent: img.parent, ParentOff: e.start * sectorSize,
+		Layered: img.desc.parentCID != noParent, ReadOnly: readOnly, Borrowed: true}
+	if s := e.sp; s != nil {
+		c.File, c.BlockSize, c.Blocks, c.Codec = s.f, s.grainBytes, (s.sectors+s.h.grain-1)/s.h.grain, s
+		c.Lazy, c.Unit, c.EntrySize, c.TableName = true, 4*s.h.gtes, 4, "grain table"
+		c.End, c.ReadOnly = (s.fsize+sectorSize-1)&^(sectorSize-1), readOnly || s.compressed
+	} else {
+		c.File, c.BlockSize, c.Blocks, c.Codec = e.file, max(c.Size, 1), 1, flatCodec{e.fileOff, e.kind == kindZero}
+		if e.kind == kindZero {
+			c.File = img.f
+		}
+	}
+	var err error
+	e.m, err = blockmap.New(c)
+	return err
+}
+
+// flatCodec maps a flat extent, one block at off in its file, or a ZERO
+// extent.
+type flatCodec struct {
+	off  int64
+	zero bool
+}
+
+func (c flatCodec) Get([]byte, int64) blockmap.Entry {
+	if c.zero {
+		return blockmap.Entry{State: blockmap.Zero}
+	}
+	return blockmap.Entry{State: blockmap.Data, Off: c.off}
+}
+func (flatCodec) Put([]byte, int64, blockmap.Entry) int64 { return 0 }
+func (flatCodec) Commit(int64) error                      { return nil }
+func (flatCodec) Place(int64, int64) (blockmap.Placement, error) {
+	return blockmap.Placement{}, fmt.Errorf("vmdk: a ZERO extent cannot store data: %w", blockdev.ErrReadOnly)
 }
 
 // openExtents opens every extent the descriptor names, through
@@ -347,9 +387,6 @@ func (img *Image) release() {
 	}
 }
 
-// files are every file of the image: f and the extents it names.
-func (img *Image) files() []image.File { return append([]image.File{img.f}, img.named...) }
-
 // Size returns the virtual disk size.
 func (img *Image) Size() int64 { return img.size }
 
@@ -378,16 +415,9 @@ func (img *Image) Flush() error {
 	if img.readOnly {
 		return nil
 	}
-	for _, f := range img.files() {
-		if err := f.Sync(); err != nil {
-			return fmt.Errorf("vmdk: sync %s: %w", f.Name(), err)
-		}
-	}
 	for _, e := range img.extents {
-		if e.sp != nil {
-			if err := e.sp.m.Flush(); err != nil {
-				return err
-			}
+		if err := e.m.Flush(); err != nil {
+			return err
 		}
 	}
 	return nil

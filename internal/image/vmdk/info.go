@@ -63,7 +63,7 @@ func check(f image.File, opt image.CheckOptions) (*image.CheckResult, error) {
 		if n, err := s.f.Size(); err == nil {
 			r.ImageEndOffset = max(r.ImageEndOffset, n)
 		}
-		if err := s.count(grains, r); err != nil {
+		if err := s.count(e.m, grains, r); err != nil {
 			return corrupt(fmt.Errorf("%w (in %s)", err, f.Name()))
 		}
 	}
@@ -72,13 +72,13 @@ func check(f image.File, opt image.CheckOptions) (*image.CheckResult, error) {
 
 // count adds the allocated and compressed grains among the first grains
 // of the extent to r, reading every grain table the directory has.
-func (s *sparse) count(grains int64, r *image.CheckResult) error {
+func (s *sparse) count(m *blockmap.Map, grains int64, r *image.CheckResult) error {
 	for g := int64(0); g < grains; g += s.h.gtes {
 		if s.gd[g/s.h.gtes] == 0 {
 			continue
 		}
 		for j := g; j < min(grains, g+s.h.gtes); j++ {
-			e, err := s.m.Lookup(j)
+			e, err := m.Lookup(j)
 			if err != nil {
 				return err
 			}

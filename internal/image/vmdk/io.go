@@ -60,22 +60,13 @@ func (img *Image) ReadAt(p []byte, off int64) (int, error) {
 // read fills b from guest offset pos inside extent e (and one grain).
 func (img *Image) read(b []byte, e *extent, pos int64) error {
 	in := pos - e.start*sectorSize
-	switch {
-	case e.kind == kindZero:
-		clear(b)
-		return nil
-	case e.sp == nil:
-		if _, err := e.file.ReadAt(b, e.fileOff+in); err != nil {
-			return fmt.Errorf("vmdk: read %s at %#x: %w", e.file.Name(), e.fileOff+in, err)
-		}
-		return nil
-	case !e.sp.compressed:
-		_, err := e.sp.m.ReadAt(b, in)
+	if e.sp == nil || !e.sp.compressed {
+		_, err := e.m.ReadAt(b, in)
 		return err
 	}
 	s := e.sp
 	g := in / s.grainBytes
-	ge, err := s.m.Lookup(g)
+	ge, err := e.m.Lookup(g)
 	if err != nil {
 		return err
 	}
@@ -130,19 +121,9 @@ func (img *Image) write(b []byte, e *extent, pos int64) error {
 		return fmt.Errorf("vmdk: extent is RDONLY: %w", blockdev.ErrReadOnly)
 	case e.kind == kindZero:
 		return fmt.Errorf("vmdk: a ZERO extent cannot store data: %w", blockdev.ErrReadOnly)
-	case e.sp == nil:
-		return pwrite(e.file, b, e.fileOff+in)
 	}
-	_, err := e.sp.m.WriteAt(b, in)
+	_, err := e.m.WriteAt(b, in)
 	return err
-}
-
-// pwrite writes b at off in f.
-func pwrite(f image.File, b []byte, off int64) error {
-	if _, err := f.WriteAt(b, off); err != nil {
-		return fmt.Errorf("vmdk: write %s at %#x: %w", f.Name(), off, err)
-	}
-	return nil
 }
 
 // Extents describes [off, off+n): ZERO extents, zeroed grains,
@@ -163,17 +144,9 @@ func (img *Image) Extents(off, n int64) ([]blockdev.Extent, error) {
 			return errStop
 		}
 		seen++
-		switch {
-		case e.kind == kindZero:
-			add(pos, c, blockdev.ExtentHole|blockdev.ExtentZero)
-			return nil
-		case e.sp == nil:
-			blockmap.FileExtents(e.file, e.fileOff+pos-e.start*sectorSize, c, pos, add)
-			return nil
-		}
 		in := pos - e.start*sectorSize
-		if !e.sp.compressed {
-			ext, err := e.sp.m.Extents(in, c)
+		if e.sp == nil || !e.sp.compressed {
+			ext, err := e.m.Extents(in, c)
 			covered := in
 			for _, x := range ext {
 				add(x.Off+e.start*sectorSize, x.Len, x.Flags)
@@ -184,7 +157,7 @@ func (img *Image) Extents(off, n int64) ([]blockdev.Extent, error) {
 			}
 			return err
 		}
-		ge, err := e.sp.m.Lookup(in / e.sp.grainBytes)
+		ge, err := e.m.Lookup(in / e.sp.grainBytes)
 		switch {
 		case err != nil:
 			return err

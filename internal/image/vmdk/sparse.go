@@ -117,10 +117,10 @@ func (h *sparseHeader) encode() []byte {
 	return b
 }
 
-// sparse is an open sparse extent: its grain directories, and the
-// blockmap core over its grain tables (see the Codec methods below), set
-// up by serve. Compressed grains are read through its own path
-// (readCompressed) from the entries the core looks up.
+// sparse is an open sparse extent: its header and grain directories,
+// and the Codec of the blockmap core over its grain tables (Image.serve).
+// Compressed grains are read through its own path (readCompressed) from
+// the entries the core looks up.
 type sparse struct {
 	f          image.File
 	h          *sparseHeader
@@ -131,8 +131,8 @@ type sparse struct {
 	fsize      int64
 	minData    int64 // grains must start here or later (the metadata's end)
 
-	m *blockmap.Map
-	// Guarded by m's mutex (the Codec's methods are called under it).
+	// Guarded by the Map's mutex (the Codec's methods are called under
+	// it).
 	gd, rgd []uint32 // rgd nil without a redundant directory
 	gdDirty bool
 
@@ -224,18 +224,6 @@ func (s *sparse) readDirectory(what string, off, n, fsize int64) ([]uint32, erro
 		}
 	}
 	return gd, nil
-}
-
-// serve puts the extent on the blockmap core: one Map over its grain
-// tables, loaded when first needed, at byte start of a disk over parent
-// (layered: the disk has a parent, opened or not).
-func (s *sparse) serve(start int64, parent blockdev.Device, layered, readOnly bool) error {
-	var err error
-	s.m, err = blockmap.New(blockmap.Config{Name: "vmdk", File: s.f, Size: s.sectors * sectorSize, BlockSize: s.grainBytes,
-		Unit: 4 * s.h.gtes, TableName: "grain table", Codec: s, Lazy: true, EntrySize: 4,
-		End: (s.fsize + sectorSize - 1) &^ (sectorSize - 1), Blocks: (s.sectors + s.h.grain - 1) / s.h.grain,
-		Parent: parent, ParentOff: start, Layered: layered, ReadOnly: readOnly || s.compressed, Borrowed: true})
-	return err
 }
 
 // Get decodes a grain table entry: 0 is unallocated, 1 (with the
