@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 
 	"vdisk/internal/blockdev"
@@ -306,6 +307,45 @@ func TestCrashBeforeFlush(t *testing.T) {
 	}
 	if e, _ := m2.Lookup(7); e.Off != o.dataStart()+o.bs {
 		t.Fatalf("new block at %#x, want the unreferenced one at %#x", e.Off, o.dataStart()+o.bs)
+	}
+}
+
+// failingTruncate is a File whose Truncate fails while fail is set.
+type failingTruncate struct {
+	image.File
+	fail bool
+}
+
+func (f *failingTruncate) Truncate(n int64) error {
+	if f.fail {
+		return fmt.Errorf("truncate: %w", syscall.ENOSPC)
+	}
+	return f.File.Truncate(n)
+}
+
+// TestFailedAllocation checks that an allocation whose file cannot grow
+// fails with ErrNoSpace, its space is not given again, and Flush extends
+// the file over it before the table is written.
+func TestFailedAllocation(t *testing.T) {
+	o := toyOpts{size: 1 << 20, bs: 64 << 10}
+	f := &failingTruncate{File: memFile()}
+	m, _ := openToy(t, f, o)
+	f.fail = true
+	if _, err := m.WriteAt([]byte("x"), 0); !errors.Is(err, blockdev.ErrNoSpace) {
+		t.Fatalf("write: %v", err)
+	}
+	f.fail = false
+	if _, err := m.WriteAt([]byte("y"), o.bs); err != nil {
+		t.Fatal(err)
+	}
+	if e, _ := m.Lookup(1); e.Off != o.dataStart()+o.bs {
+		t.Fatalf("block 1 at %#x, want %#x, past the failed one", e.Off, o.dataStart()+o.bs)
+	}
+	if err := m.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := f.Size(); n < o.dataStart()+2*o.bs {
+		t.Fatalf("file of %d bytes", n)
 	}
 }
 

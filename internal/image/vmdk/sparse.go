@@ -279,8 +279,12 @@ func (s *sparse) Load(u int64, b []byte, end int64) error {
 		clear(b)
 		return nil
 	}
-	if _, err := s.f.ReadAt(b, int64(s.gd[u])*sectorSize); err != nil {
-		return fmt.Errorf("vmdk: read grain table %d: %w", u, err)
+	at := int64(s.gd[u]) * sectorSize
+	if n, err := s.f.ReadAt(b, at); err != nil {
+		if !errors.Is(err, io.EOF) || at < s.fsize {
+			return fmt.Errorf("vmdk: read grain table %d: %w", u, err)
+		}
+		clear(b[n:]) // placed this session where a failed allocation left the file short
 	}
 	need := s.grainBytes
 	if s.compressed {
