@@ -152,9 +152,11 @@ func (img *Image) changeCID() error {
 }
 
 var (
-	_ blockdev.Device    = (*Image)(nil)
-	_ blockdev.Extenter  = (*Image)(nil)
-	_ blockdev.Describer = (*Image)(nil)
+	_ blockdev.Device     = (*Image)(nil)
+	_ blockdev.Trimmer    = (*Image)(nil)
+	_ blockdev.ZeroWriter = (*Image)(nil)
+	_ blockdev.Extenter   = (*Image)(nil)
+	_ blockdev.Describer  = (*Image)(nil)
 )
 
 // openFile opens the VMDK whose descriptor (or single sparse file) is f

@@ -126,6 +126,36 @@ func (img *Image) write(b []byte, e *extent, pos int64) error {
 	return err
 }
 
+// Trim makes [off, off+n) read as zeroes, releasing the storage of the
+// allocated part (see WriteZeroes).
+func (img *Image) Trim(off, n int64) error { return img.WriteZeroes(off, n, true) }
+
+// WriteZeroes makes [off, off+n) read as zeroes, extent by extent through
+// their Maps: allocated grains and flat extents are punched (mayTrim) or
+// zeroed in place, unallocated grains of a disk with a parent get zeroes
+// written; ZERO extents already read as zeroes.
+func (img *Image) WriteZeroes(off, n int64, mayTrim bool) error {
+	if err := img.check(off, n); err != nil {
+		return err
+	}
+	if img.readOnly {
+		return blockdev.ErrReadOnly
+	}
+	if err := img.changeCID(); err != nil {
+		return err
+	}
+	_, err := img.pieces(off, n, func(e *extent, pos, c int64) error {
+		switch {
+		case e.kind == kindZero:
+			return nil
+		case e.readOnly:
+			return fmt.Errorf("vmdk: extent is RDONLY: %w", blockdev.ErrReadOnly)
+		}
+		return e.m.WriteZeroes(pos-e.start*sectorSize, c, mayTrim)
+	})
+	return err
+}
+
 // Extents describes [off, off+n): ZERO extents, zeroed grains,
 // unallocated grains without a parent and holes of flat extent files are
 // holes that read as zeroes;

@@ -298,3 +298,52 @@ func TestWriteChildTwoGb(t *testing.T) {
 		imagetest.MustEqual(t, fmt.Sprintf("child at %d", off), got, want)
 	}
 }
+
+// TestZeroesMatchQemu zeroes and trims ranges of a written disk, of each
+// writable subformat, and of a child over its parent: qemu-img check finds
+// them consistent and qemu reads the zeroes.
+func TestZeroesMatchQemu(t *testing.T) {
+	imagetest.NeedTool(t, "qemu-img")
+	dir := t.TempDir()
+	const size = 8 << 20
+	base := filepath.Join(dir, "base.vmdk")
+	for _, sub := range []string{MonolithicSparse, MonolithicFlat, TwoGbMaxExtentSparse, "child"} {
+		t.Run(sub, func(t *testing.T) {
+			p, opt := filepath.Join(dir, sub+".vmdk"), image.CreateOptions{Format: Name, Size: size}
+			if sub == "child" {
+				opt.BackingFile = "base.vmdk"
+			} else {
+				opt.Options = map[string]string{"subformat": sub}
+			}
+			if err := createPath(p, opt); err != nil {
+				t.Fatal(err)
+			}
+			d, err := openPath(p, image.OpenOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ref := make([]byte, size)
+			if sub == "child" {
+				ref = imagetest.QemuRaw(t, base, "vmdk")
+			}
+			imagetest.RandomWrites(t, d, ref, 5, 20, 300<<10)
+			for i, r := range [][2]int64{{1000, 200 << 10}, {3 << 20, 1 << 20}, {6<<20 + 512, 70 << 10}} {
+				if err := d.WriteZeroes(r[0], r[1], i%2 == 0); err != nil {
+					t.Fatal(err)
+				}
+				clear(ref[r[0] : r[0]+r[1]])
+			}
+			imagetest.MustEqual(t, "vdisk", imagetest.ReadAll(t, d), ref)
+			if err := d.Close(); err != nil {
+				t.Fatal(err)
+			}
+			imagetest.Run(t, "qemu-img", "check", p)
+			imagetest.MustEqual(t, "qemu", imagetest.QemuRaw(t, p, "vmdk"), ref)
+			if sub == MonolithicSparse { // the parent of the child
+				if err := os.Rename(p, base); err != nil {
+					t.Fatal(err)
+				}
+			}
+		})
+	}
+}
