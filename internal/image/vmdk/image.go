@@ -26,7 +26,6 @@ package vmdk
 import (
 	"encoding/binary"
 	"fmt"
-	"log/slog"
 	"path/filepath"
 	"regexp"
 	"sort"
@@ -108,7 +107,6 @@ type Image struct {
 	size     int64
 	readOnly bool
 	parent   blockdev.Device
-	log      *slog.Logger
 	closed   atomic.Bool
 
 	// The descriptor's CID changes before the first write, as VMware
@@ -175,7 +173,7 @@ func open(f image.File, opt image.OpenOptions) (*Image, error) {
 	if opt.Names == nil {
 		opt.Names = image.LocalNames{NoLock: opt.NoLock}
 	}
-	img := &Image{f: f, readOnly: opt.ReadOnly, log: opt.Log}
+	img := &Image{f: f, readOnly: opt.ReadOnly}
 	err := img.open(opt)
 	if err != nil {
 		img.release()
