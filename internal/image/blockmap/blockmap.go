@@ -1,6 +1,7 @@
 package blockmap
 
 import (
+	"cmp"
 	"fmt"
 	"slices"
 	"sync"
@@ -46,6 +47,10 @@ type Placement struct {
 	// the table entry (VHD's all-ones sector bitmap of a dynamic disk).
 	Meta    []byte
 	MetaOff int64
+	// Also are the offsets in the table of further entries Place
+	// changed (vhdx's sector bitmap entry of a new bitmap block): their
+	// units are written with the block's entry.
+	Also []int64
 }
 
 // Codec is what a format tells the Map about its table and its blocks.
@@ -71,6 +76,13 @@ type Codec interface {
 // sector bitmap lies in the file. Config.BitmapSize bytes are read there.
 type Bitmapper interface {
 	BitmapAt(blk int64, e Entry) (int64, error)
+}
+
+// Loader is the Codec of a Lazy Map: Load fills b with table unit u
+// (zeroes when the unit lies nowhere yet) and checks its entries against
+// end, the end of what is allocated.
+type Loader interface {
+	Load(u int64, b []byte, end int64) error
 }
 
 // Locator is a Codec whose table is not one run of the file: TableAt
@@ -124,9 +136,27 @@ type Config struct {
 	Layered bool
 	// ReadOnly refuses writes.
 	ReadOnly bool
+	// BeforeWrite, when set, is called before each write, zeroing or
+	// trim is served (after its range is checked): vhdx gives its headers
+	// new write GUIDs before the first change.
+	BeforeWrite func() error
 	// Blocks is the number of entries the table holds (at least the
 	// blocks of Size).
 	Blocks int64
+	// Lazy Maps hold no Table: the units are loaded when first needed
+	// through the Codec's Loader (which checks their entries; New checks
+	// none) and the clean ones dropped when there are too many. Codec.Get
+	// and Put then see one unit and the entry's index in it; EntrySize is
+	// the bytes of an entry. (vmdk's grain tables: see the package
+	// comment.)
+	Lazy      bool
+	EntrySize int64
+	// ParentOff is where this Map's byte 0 lies in the parent (a vmdk
+	// extent's start).
+	ParentOff int64
+	// Borrowed: Close leaves the File and the Parent open (their owner
+	// closes them).
+	Borrowed bool
 }
 
 // MaxTable is the largest table a Map holds in memory (8 Mi entries of 4
@@ -140,6 +170,7 @@ const (
 	maxExtents      = 4096
 	maxExtentBlocks = 1 << 16
 	maxBitmaps      = 4096
+	maxUnits        = 4096
 )
 
 // Map is an open block-mapped image. See the package comment.
@@ -152,7 +183,8 @@ type Map struct {
 	mu      sync.Mutex
 	closed  bool
 	table   []byte
-	dirty   map[int64]bool // table units to write
+	units   map[int64][]byte // the loaded units of a Lazy Map
+	dirty   map[int64]bool   // table units to write
 	bitmaps map[int64]*bitmap
 	meta    []Placement // bytes to write with new blocks
 	end     int64
@@ -198,8 +230,11 @@ func New(c Config) (*Map, error) {
 	if c.BlockSize <= 0 || c.Size < 0 || c.Blocks < (c.Size+c.BlockSize-1)/c.BlockSize {
 		return nil, fmt.Errorf("%s: %d blocks of %d bytes do not hold a disk of %d bytes: %w", c.Name, c.Blocks, c.BlockSize, c.Size, blockdev.ErrCorrupt)
 	}
+	if _, ok := c.Codec.(Loader); c.Lazy && (!ok || c.EntrySize <= 0 || c.Unit%c.EntrySize != 0) {
+		return nil, fmt.Errorf("%s: a lazy table needs a Loader and units of whole entries", c.Name)
+	}
 	m := &Map{c: c, f: c.File, parent: c.Parent, ss: c.SectorSize, table: c.Table,
-		dirty: map[int64]bool{}, bitmaps: map[int64]*bitmap{}}
+		units: map[int64][]byte{}, dirty: map[int64]bool{}, bitmaps: map[int64]*bitmap{}}
 	end, err := m.check()
 	if err != nil {
 		return nil, err
@@ -209,14 +244,18 @@ func New(c Config) (*Map, error) {
 }
 
 // check verifies the entries and returns the end of the last block or
-// reserved span. It holds 8 bytes per allocated block.
+// reserved span. It holds 8 bytes per allocated block; the reserved spans
+// may be many (vhdx's sector bitmap blocks): blocks and spans are both
+// sorted and walked once.
 func (m *Map) check() (int64, error) {
 	fsize, err := m.f.Size()
 	if err != nil {
 		return 0, fmt.Errorf("%s: %w", m.c.Name, err)
 	}
+	res := slices.Clone(m.c.Reserved)
+	slices.SortFunc(res, func(a, b Span) int { return cmp.Compare(a.Start, b.Start) })
 	var end int64
-	for _, r := range m.c.Reserved {
+	for _, r := range res {
 		end = max(end, r.End)
 	}
 	// The last block of the disk needs storage only for what is in it.
@@ -225,6 +264,9 @@ func (m *Map) check() (int64, error) {
 	tail := m.c.Size - lastBlk*bs
 	var starts []int64
 	for blk := range m.c.Blocks {
+		if m.c.Lazy {
+			break
+		}
 		e := m.c.Codec.Get(m.table, blk)
 		if !e.Has() {
 			continue
@@ -236,25 +278,49 @@ func (m *Map) check() (int64, error) {
 		if e.Off-m.c.Lead < 0 || e.Off > fsize-need {
 			return 0, m.corruptf("%s entry %d: block at %#x past the end of the file of %d bytes: truncated", m.c.TableName, blk, e.Off, fsize)
 		}
-		for _, r := range m.c.Reserved {
-			if e.Off-m.c.Lead < r.End && r.Start < e.Off+need {
-				return 0, m.corruptf("%s entry %d: block at %#x overlaps the image metadata at %#x", m.c.TableName, blk, e.Off, r.Start)
-			}
-		}
 		starts = append(starts, e.Off)
-		end = max(end, e.Off+need)
 	}
 	slices.Sort(starts)
-	for i := 1; i < len(starts); i++ {
-		need := bs
-		if starts[i-1] == lastOff {
-			need = tail
+	needAt := func(off int64) int64 {
+		if off == lastOff {
+			return tail
 		}
-		if starts[i]-m.c.Lead < starts[i-1]+need {
-			return 0, m.shared(starts[i-1], starts[i])
+		return bs
+	}
+	// resEnd is the largest end of the reserved spans res[:j], those that
+	// start at or before the block's span; res[j] is the next one.
+	j, resEnd, resAt := 0, int64(-1), int64(0)
+	for i, off := range starts {
+		lo, hi := off-m.c.Lead, off+needAt(off)
+		for ; j < len(res) && res[j].Start <= lo; j++ {
+			if res[j].End > resEnd {
+				resEnd, resAt = res[j].End, res[j].Start
+			}
 		}
+		at, hit := resAt, lo < resEnd
+		if !hit && j < len(res) && res[j].Start < hi {
+			at, hit = res[j].Start, true
+		}
+		if hit {
+			return 0, m.corruptf("%s entry %d: block at %#x overlaps the image metadata at %#x", m.c.TableName, m.blockAt(off), off, at)
+		}
+		if i > 0 && lo < starts[i-1]+needAt(starts[i-1]) {
+			return 0, m.shared(starts[i-1], off)
+		}
+		end = max(end, hi)
 	}
 	return end, nil
+}
+
+// blockAt returns the first block whose storage starts at off, for
+// messages.
+func (m *Map) blockAt(off int64) int64 {
+	for blk := range m.c.Blocks {
+		if e := m.c.Codec.Get(m.table, blk); e.Has() && e.Off == off {
+			return blk
+		}
+	}
+	return -1
 }
 
 // shared names two blocks whose storage overlaps, at a and b.
@@ -289,18 +355,59 @@ func (m *Map) End() int64 {
 }
 
 // Lookup returns block blk's entry.
-func (m *Map) Lookup(blk int64) Entry {
+func (m *Map) Lookup(blk int64) (Entry, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return m.c.Codec.Get(m.table, blk)
+	return m.entry(blk)
 }
 
-// AllocatedBlocks counts the blocks with storage.
+// entry returns block blk's entry, loading its unit of a Lazy Map.
+// Called with mu held.
+func (m *Map) entry(blk int64) (Entry, error) {
+	if !m.c.Lazy {
+		return m.c.Codec.Get(m.table, blk), nil
+	}
+	t, i, err := m.unit(blk)
+	if err != nil {
+		return Entry{}, err
+	}
+	return m.c.Codec.Get(t, i), nil
+}
+
+// unit returns the unit of a Lazy Map that holds block blk's entry, and
+// the entry's index in it, loading it (and dropping the clean units when
+// there are too many). Called with mu held.
+func (m *Map) unit(blk int64) ([]byte, int64, error) {
+	per := m.c.Unit / m.c.EntrySize
+	u := blk / per
+	t, ok := m.units[u]
+	if !ok {
+		if len(m.units) >= maxUnits {
+			for k := range m.units {
+				if !m.dirty[k] {
+					delete(m.units, k)
+				}
+			}
+		}
+		t = make([]byte, m.c.Unit)
+		if err := m.c.Codec.(Loader).Load(u, t, m.end); err != nil {
+			return nil, 0, err
+		}
+		m.units[u] = t
+	}
+	return t, blk - u*per, nil
+}
+
+// AllocatedBlocks counts the blocks with storage (0 for a Lazy Map,
+// whose units are walked with Lookup).
 func (m *Map) AllocatedBlocks() int64 {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	var n int64
 	for blk := range m.c.Blocks {
+		if m.c.Lazy {
+			break
+		}
 		if m.c.Codec.Get(m.table, blk).Has() {
 			n++
 		}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 
 	"vdisk/internal/blockdev"
@@ -71,6 +72,12 @@ func (c *toy) Place(blk, end int64) (Placement, error) {
 
 func (c *toy) BitmapAt(blk int64, e Entry) (int64, error) { return e.Off - c.lead, nil }
 
+// Load reads unit u of the table (a Lazy toy).
+func (c *toy) Load(u int64, b []byte, end int64) error {
+	_, err := c.f.ReadAt(b, toyTable+u*int64(len(b)))
+	return err
+}
+
 func (c *toy) Commit(end int64) error {
 	c.commits++
 	_, err := c.f.WriteAt([]byte("toy!"), 0)
@@ -84,6 +91,7 @@ type toyOpts struct {
 	parent   blockdev.Device
 	layered  bool
 	readOnly bool
+	lazy     bool
 }
 
 func (o toyOpts) blocks() int64 { return (o.size + o.bs - 1) / o.bs }
@@ -110,6 +118,9 @@ func openToy(t testing.TB, f image.File, o toyOpts) (*Map, *toy) {
 	cfg := Config{Name: "toy", File: f, Size: o.size, BlockSize: o.bs, Blocks: o.blocks(),
 		Table: table, TableOff: toyTable, TableName: "toy table", Codec: c,
 		Reserved: []Span{{0, o.dataStart()}}, Parent: o.parent, Layered: o.layered || o.parent != nil, ReadOnly: o.readOnly}
+	if o.lazy {
+		cfg.Table, cfg.Lazy, cfg.EntrySize = nil, true, 4
+	}
 	if o.partial {
 		c.lead = (o.bs/512/8 + 511) &^ 511
 		cfg.Lead, cfg.BitmapSize = c.lead, c.lead
@@ -142,16 +153,19 @@ func TestConformance(t *testing.T) {
 		partial  bool
 		parent   bool
 		readOnly bool
+		lazy     bool
 	}{
-		{"plain", 64 << 10, false, false, false},
-		{"read-only", 64 << 10, false, false, true},
-		{"copy-up", 64 << 10, false, true, false},
-		{"partial", 32 << 10, true, true, false},
-		{"partial-no-parent", 4 << 10, true, false, false},
+		{"plain", 64 << 10, false, false, false, false},
+		{"read-only", 64 << 10, false, false, true, false},
+		{"copy-up", 64 << 10, false, true, false, false},
+		{"partial", 32 << 10, true, true, false, false},
+		{"partial-no-parent", 4 << 10, true, false, false, false},
+		{"lazy", 4 << 10, false, false, false, true},
+		{"lazy-copy-up", 4 << 10, false, true, false, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			blockdevtest.Run(t, func(t *testing.T, size int64) blockdev.Device {
-				o := toyOpts{size: size, bs: tc.bs, partial: tc.partial, readOnly: tc.readOnly, layered: tc.partial}
+				o := toyOpts{size: size, bs: tc.bs, partial: tc.partial, readOnly: tc.readOnly, layered: tc.partial, lazy: tc.lazy}
 				if tc.parent {
 					o.parent, _ = parentDev(size - 5000) // shorter: its end reads as zeroes
 				}
@@ -291,8 +305,47 @@ func TestCrashBeforeFlush(t *testing.T) {
 	if _, err := m2.WriteAt([]byte("again"), 7*o.bs); err != nil {
 		t.Fatal(err)
 	}
-	if e := m2.Lookup(7); e.Off != o.dataStart()+o.bs {
+	if e, _ := m2.Lookup(7); e.Off != o.dataStart()+o.bs {
 		t.Fatalf("new block at %#x, want the unreferenced one at %#x", e.Off, o.dataStart()+o.bs)
+	}
+}
+
+// failingTruncate is a File whose Truncate fails while fail is set.
+type failingTruncate struct {
+	image.File
+	fail bool
+}
+
+func (f *failingTruncate) Truncate(n int64) error {
+	if f.fail {
+		return fmt.Errorf("truncate: %w", syscall.ENOSPC)
+	}
+	return f.File.Truncate(n)
+}
+
+// TestFailedAllocation checks that an allocation whose file cannot grow
+// fails with ErrNoSpace, its space is not given again, and Flush extends
+// the file over it before the table is written.
+func TestFailedAllocation(t *testing.T) {
+	o := toyOpts{size: 1 << 20, bs: 64 << 10}
+	f := &failingTruncate{File: memFile()}
+	m, _ := openToy(t, f, o)
+	f.fail = true
+	if _, err := m.WriteAt([]byte("x"), 0); !errors.Is(err, blockdev.ErrNoSpace) {
+		t.Fatalf("write: %v", err)
+	}
+	f.fail = false
+	if _, err := m.WriteAt([]byte("y"), o.bs); err != nil {
+		t.Fatal(err)
+	}
+	if e, _ := m.Lookup(1); e.Off != o.dataStart()+o.bs {
+		t.Fatalf("block 1 at %#x, want %#x, past the failed one", e.Off, o.dataStart()+o.bs)
+	}
+	if err := m.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := f.Size(); n < o.dataStart()+2*o.bs {
+		t.Fatalf("file of %d bytes", n)
 	}
 }
 

@@ -1,7 +1,7 @@
 // Package blockmap is the block-mapped core that image formats whose
 // guest disk is cut into fixed-size blocks, each found through a table
-// entry, sit on: vhd and vdi today, vhdx and vmdk next (qcow2, with its
-// refcounts, L2 cache and snapshots, stays its own).
+// entry, sit on: vhd, vdi, vhdx and vmdk (qcow2, with its refcounts, L2
+// cache and snapshots, stays its own).
 //
 // A Map serves the blockdev.Device (with Trimmer, ZeroWriter, Extenter
 // and Describer) over an image.File. The format reads and checks its
@@ -62,29 +62,35 @@
 // rewritten in 4 KiB sectors). Place puts a 1 MiB-aligned block at the
 // end; in a differencing disk it returns Partial and BitmapAt returns the
 // block's slice of its chunk's sector-bitmap block (placing that block
-// first when the chunk has none, and recording its BAT entry with Put),
-// with LSBFirst bits and SectorSize the logical sector size. Commit
-// writes nothing (the headers' write GUIDs are the format's business
-// before the first change, through a hook of its own around WriteAt).
+// first when the chunk has none, and naming that entry in
+// Placement.Also so its BAT sector is written with the block's), with
+// LSBFirst bits and SectorSize the logical sector size; the bitmap
+// blocks are Reserved spans, which New checks the payload blocks against
+// (the format checks them against each other). Commit writes nothing;
+// the headers' new write GUIDs before the first change come from
+// Config.BeforeWrite.
 //
-// VMDK: one Map per extent, over that extent's File, and the image's
-// loop over extents hands each piece to its extent's Map. A flat
-// extent's Codec says Data at its offset in the file (as vhd's fixed
-// disks do), a ZERO extent's Zero everywhere. A sparse extent's table is
-// its grain tables side by side in guest order, Unit one grain table;
-// Get decodes 0 as Unallocated, 1 (with the zeroed-grain flag) as Zero
-// and a sector as Data (SectorSize is the grain, so no Partial blocks);
-// with a parent the extent is Layered and new grains are copied up. What
-// vmdk needs beyond vhd and vdi is a table whose units lie anywhere in
-// the file and may not exist yet: its Codec implements Locator, whose
-// TableAt gives a unit's file offsets (the grain directory's entry and
-// the redundant directory's), and Place, when the grain's table does not
-// exist, puts the new grain table (and its copy) at end and the grain
-// after it, recording them in the directory that Commit writes. A new
-// table reads as zeroes until Flush writes it (everything the core
-// allocates does), so a directory that reaches the file first points at
-// a table of unallocated grains. Units that lie nowhere are loaded as
-// zeroes, without reading. Compressed grains (streamOptimized extents,
-// read-only) stay outside the core, served by the format's own read
-// path.
+// VMDK: one Map per sparse extent, over that extent's File (Borrowed:
+// the image closes the files and the parent), and the image's loop over
+// extents hands each piece to its extent's Map; ParentOff is the
+// extent's start, so reads from the parent and its extents land where
+// the disk has them. Flat and ZERO extents need no map. A sparse
+// extent's table is its grain tables side by side in guest order, Unit
+// one grain table, and Lazy: a table of 64 TiB of 64 KiB grains is 4 GiB,
+// so units are loaded when first needed through the Codec's Loader (which
+// checks that their grains lie in the data area), and clean ones dropped
+// past maxUnits; New checks no entries then. Get decodes 0 as
+// Unallocated, 1 (with the zeroed-grain flag) as Zero and a sector as
+// Data (SectorSize is the grain, so no Partial blocks); with a parent
+// the extent is Layered and new grains are copied up. Its Codec
+// implements Locator, whose TableAt gives a unit's file offsets (the
+// grain directory's entry and the redundant directory's), and Place,
+// when the grain's table does not exist, puts the new grain table (and
+// its copy) at end and the grain after it, recording them in the
+// directories that Commit writes. A new table reads as zeroes until
+// Flush writes it (everything the core allocates does), so a directory
+// that reaches the file first points at a table of unallocated grains.
+// Compressed grains (streamOptimized extents, read-only) stay outside
+// the core: the format looks their entries up through the Map (Lookup)
+// and decompresses them itself.
 package blockmap

@@ -41,6 +41,14 @@ func (m *Map) Flush() error {
 	}
 	m.meta = nil
 	if m.grown {
+		if n, err := m.f.Size(); err != nil || n < m.end {
+			if err == nil {
+				err = m.f.Truncate(m.end)
+			}
+			if err != nil {
+				return fmt.Errorf("%s: extend the file to %d: %w", m.c.Name, m.end, noSpace(err))
+			}
+		}
 		if err := m.c.Codec.Commit(m.end); err != nil {
 			return err
 		}
@@ -66,7 +74,12 @@ func (m *Map) Flush() error {
 // writeUnit writes table unit u where it lives. Called with mu held.
 func (m *Map) writeUnit(u int64) error {
 	lo := u * m.c.Unit
-	b := m.table[lo:min(lo+m.c.Unit, int64(len(m.table)))]
+	var b []byte
+	if m.c.Lazy {
+		b = m.units[u]
+	} else {
+		b = m.table[lo:min(lo+m.c.Unit, int64(len(m.table)))]
+	}
 	offs := []int64{m.c.TableOff + lo}
 	if l, ok := m.c.Codec.(Locator); ok {
 		var err error
@@ -105,6 +118,9 @@ func (m *Map) Close() error {
 	m.mu.Lock()
 	m.closed = true
 	m.mu.Unlock()
+	if m.c.Borrowed {
+		return err
+	}
 	if m.parent != nil {
 		m.parent.Close()
 	}

@@ -10,7 +10,8 @@ import (
 	"vdisk/internal/image"
 )
 
-// guard refuses calls after Close and ranges outside the disk.
+// guard refuses calls after Close and ranges outside the disk, and
+// writes to a read-only Map; before a write it calls BeforeWrite.
 func (m *Map) guard(off, n int64, write bool) error {
 	m.mu.Lock()
 	closed := m.closed
@@ -21,8 +22,14 @@ func (m *Map) guard(off, n int64, write bool) error {
 	if err := blockdev.CheckRange(off, n, m.c.Size); err != nil {
 		return err
 	}
-	if write && m.c.ReadOnly {
+	if !write {
+		return nil
+	}
+	if m.c.ReadOnly {
 		return blockdev.ErrReadOnly
+	}
+	if m.c.BeforeWrite != nil {
+		return m.c.BeforeWrite()
 	}
 	return nil
 }
@@ -68,13 +75,15 @@ func (m *Map) rw(p []byte, off int64, write bool) (int, error) {
 // read fills b from guest offset pos inside block blk.
 func (m *Map) read(b []byte, blk, pos int64) error {
 	m.mu.Lock()
-	e := m.c.Codec.Get(m.table, blk)
+	e, err := m.entry(blk)
 	var rs []run
-	var err error
-	if e.State == Partial {
+	if err == nil && e.State == Partial {
 		rs, err = m.runs(blk, e, pos, int64(len(b)))
 	}
 	m.mu.Unlock()
+	if err != nil {
+		return err
+	}
 	in := pos - blk*m.c.BlockSize
 	switch e.State {
 	case Data:
@@ -84,9 +93,6 @@ func (m *Map) read(b []byte, blk, pos int64) error {
 		return nil
 	case Unallocated:
 		return m.readParent(b, pos)
-	}
-	if err != nil {
-		return err
 	}
 	for _, r := range rs {
 		part := b[r.pos-pos : r.pos-pos+r.n]
@@ -112,7 +118,7 @@ func (m *Map) readFile(b []byte, off int64) error {
 
 // readParent fills b with the parent's bytes at guest offset off.
 func (m *Map) readParent(b []byte, off int64) error {
-	if err := image.ReadParent(m.parent, b, off); err != nil {
+	if err := image.ReadParent(m.parent, b, off+m.c.ParentOff); err != nil {
 		return fmt.Errorf("%s: %w", m.c.Name, err)
 	}
 	return nil
@@ -200,15 +206,17 @@ func (m *Map) evict() {
 func (m *Map) write(b []byte, blk, pos int64) error {
 	in := pos - blk*m.c.BlockSize
 	m.mu.Lock()
-	e := m.c.Codec.Get(m.table, blk)
-	if e.State == Data {
+	e, err := m.entry(blk)
+	if err != nil || e.State == Data {
 		m.mu.Unlock()
+		if err != nil {
+			return err
+		}
 		return m.writeFile(b, e.Off+in)
 	}
 	defer m.mu.Unlock()
 	if !e.Has() {
 		copyUp := e.State == Unallocated && m.parent != nil
-		var err error
 		if e, err = m.allocate(blk); err != nil {
 			return err
 		}
@@ -314,10 +322,17 @@ func (m *Map) allocate(blk int64) (Entry, error) {
 		return Entry{}, err
 	}
 	e := pl.Entry
+	for _, off := range pl.Also {
+		m.dirty[off/m.c.Unit] = true
+	}
 	// Whatever lies past the end (a crash's leftovers, the old footer) is
-	// cut, and the new space is extended as zeroes.
+	// cut, and the new space is extended as zeroes. When that fails the
+	// placement still stands (Place may have placed the format's own
+	// metadata there): the space is not given again, and Flush extends
+	// the file over it before any table points at it.
 	for _, n := range []int64{m.end, max(pl.End, e.Off+m.c.BlockSize)} {
 		if err := m.f.Truncate(n); err != nil {
+			m.end, m.grown = max(m.end, pl.End, e.Off+m.c.BlockSize), true
 			return Entry{}, fmt.Errorf("%s: allocate block %d: %w", m.c.Name, blk, noSpace(err))
 		}
 	}
@@ -336,15 +351,27 @@ func (m *Map) allocate(blk int64) (Entry, error) {
 	if pl.Meta != nil {
 		m.meta = append(m.meta, pl)
 	}
-	m.put(blk, e)
 	m.end, m.grown = pl.End, true
+	if err := m.put(blk, e); err != nil {
+		return Entry{}, err
+	}
 	return e, nil
 }
 
 // put records block blk's entry and marks its table unit. Called with mu
 // held.
-func (m *Map) put(blk int64, e Entry) {
-	m.dirty[m.c.Codec.Put(m.table, blk, e)/m.c.Unit] = true
+func (m *Map) put(blk int64, e Entry) error {
+	if !m.c.Lazy {
+		m.dirty[m.c.Codec.Put(m.table, blk, e)/m.c.Unit] = true
+		return nil
+	}
+	t, i, err := m.unit(blk)
+	if err != nil {
+		return err
+	}
+	m.c.Codec.Put(t, i, e)
+	m.dirty[blk/(m.c.Unit/m.c.EntrySize)] = true
+	return nil
 }
 
 // Trim makes [off, off+n) read as zeroes, releasing the storage of the
@@ -362,9 +389,11 @@ func (m *Map) WriteZeroes(off, n int64, mayTrim bool) error {
 	}
 	_, err := m.each(off, n, func(blk, pos, c int64) error {
 		m.mu.Lock()
-		e := m.c.Codec.Get(m.table, blk)
+		e, err := m.entry(blk)
 		m.mu.Unlock()
 		switch {
+		case err != nil:
+			return err
 		case e.State == Data:
 			return m.zeroFile(e.Off+pos-blk*m.c.BlockSize, c, mayTrim)
 		case e.State == Zero || e.State == Unallocated && !m.c.Layered:
@@ -388,19 +417,43 @@ type osFile interface{ OS() *os.File }
 
 // zeroFile makes n bytes of the file at off read as zeroes.
 func (m *Map) zeroFile(off, n int64, mayTrim bool) error {
-	var err error
-	switch o, ok := m.f.(osFile); {
-	case ok:
-		err = blockdev.ZeroFileRange(o.OS(), off, n, mayTrim)
-	case mayTrim:
-		err = image.Punch(m.f, off, n)
-	default:
-		err = image.Punch(struct{ image.File }{m.f}, off, n) // writes zeroes
-	}
-	if err != nil {
+	if err := ZeroFile(m.f, off, n, mayTrim); err != nil {
 		return fmt.Errorf("%s: zero at %#x: %w", m.c.Name, off, noSpace(err))
 	}
 	return nil
+}
+
+// ZeroFile makes n bytes of f at off read as zeroes: a local file's range
+// is punched (mayTrim) or zeroed in place (blockdev.ZeroFileRange);
+// another File's is punched when it can and may, else written with
+// zeroes.
+func ZeroFile(f image.File, off, n int64, mayTrim bool) error {
+	if o, ok := f.(osFile); ok {
+		return blockdev.ZeroFileRange(o.OS(), off, n, mayTrim)
+	}
+	if p, ok := f.(image.Puncher); ok && mayTrim {
+		return p.Punch(off, n)
+	}
+	for end := off + n; off < end; off += int64(len(zeroes)) {
+		if _, err := f.WriteAt(zeroes[:min(end-off, int64(len(zeroes)))], off); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// zeroes is what ZeroFile writes (never written to).
+var zeroes = make([]byte, 256<<10)
+
+// FileExtents adds the extents of the range [off, off+n) of f, at guest
+// offset guest: a local file's holes read as zeroes
+// (blockdev.FileExtents); another File's range is data.
+func FileExtents(f image.File, off, n, guest int64, add func(o, l int64, fl blockdev.ExtentFlags)) {
+	if o, ok := f.(osFile); ok {
+		blockdev.FileExtents(o.OS(), off, n, guest, add)
+		return
+	}
+	add(guest, n, 0)
 }
 
 // Extents describes [off, off+n): Data blocks are data but for the holes
@@ -422,21 +475,21 @@ func (m *Map) Extents(off, n int64) ([]blockdev.Extent, error) {
 		}
 		seen++
 		m.mu.Lock()
-		e := m.c.Codec.Get(m.table, blk)
+		e, err := m.entry(blk)
 		m.mu.Unlock()
+		if err != nil {
+			return err
+		}
 		switch e.State {
 		case Data:
-			if o, ok := m.f.(osFile); ok {
-				blockdev.FileExtents(o.OS(), e.Off+pos-blk*m.c.BlockSize, c, pos, add)
-			} else {
-				add(pos, c, 0)
-			}
+			FileExtents(m.f, e.Off+pos-blk*m.c.BlockSize, c, pos, add)
 		case Partial:
 			add(pos, c, 0)
 		case Zero:
 			add(pos, c, blockdev.ExtentHole|blockdev.ExtentZero)
 		default:
-			return m.parentExtents(pos, c, add)
+			po := m.c.ParentOff
+			return ParentExtents(m.parent, pos+po, c, func(o, l int64, f blockdev.ExtentFlags) { add(o-po, l, f) })
 		}
 		return nil
 	})
@@ -446,13 +499,14 @@ func (m *Map) Extents(off, n int64) ([]blockdev.Extent, error) {
 	return out, nil
 }
 
-// parentExtents adds the parent's extents of [off, off+n), marked as
-// holes of this image, and holes that read as zeroes past its end.
-func (m *Map) parentExtents(off, n int64, add func(o, l int64, f blockdev.ExtentFlags)) error {
+// ParentExtents adds the extents of parent (nil: none) in [off, off+n),
+// marked as holes of the layer above, and holes that read as zeroes past
+// its end.
+func ParentExtents(parent blockdev.Device, off, n int64, add func(o, l int64, f blockdev.ExtentFlags)) error {
 	end := off + n
-	if m.parent != nil {
-		for pend := min(end, m.parent.Size()); off < pend; {
-			ext, err := blockdev.Extents(m.parent, off, pend-off)
+	if parent != nil {
+		for pend := min(end, parent.Size()); off < pend; {
+			ext, err := blockdev.Extents(parent, off, pend-off)
 			if err != nil {
 				return err
 			}

@@ -1,6 +1,7 @@
 package vhdx
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"math/rand/v2"
@@ -301,4 +302,59 @@ func TestDifferencingConformance(t *testing.T) {
 		}
 		return d
 	})
+}
+
+// TestHostileBitmaps refuses differencing disks whose sector bitmap
+// entries are damaged: outside the file, of a bad state, over the
+// metadata or a payload block; a partially present block whose chunk
+// has no bitmap fails at the read that meets it.
+func TestHostileBitmaps(t *testing.T) {
+	dir := t.TempDir()
+	parent := filepath.Join(dir, "parent.vhdx")
+	child := filepath.Join(dir, "child.vhdx")
+	for _, p := range []string{parent, child} {
+		if err := createPath(p, image.CreateOptions{Format: Name, Size: 9 << 20, ClusterSize: mib}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	makeDiff(t, child, parent, make([]byte, 9<<20))
+	img := loadPath(t, child)
+	orig, err := os.ReadFile(child)
+	if err != nil {
+		t.Fatal(err)
+	}
+	le := binary.LittleEndian
+	at := img.batReg.off + 8*img.cr
+	block0, _ := img.Lookup(0)
+	for _, tc := range []struct {
+		name   string
+		entry  uint64
+		want   string
+		atRead bool
+	}{
+		{"outside", 4000<<batOffsetShift | stateBitmapHere, "sector bitmap entry 4096 points at", false},
+		{"state", le.Uint64(orig[at:])&^7 | 3, "sector bitmap entry 4096 has state 3", false},
+		{"on-metadata", uint64(img.metaReg.off/mib)<<batOffsetShift | stateBitmapHere, "overlap", false},
+		{"on-block", uint64(block0.Off/mib)<<batOffsetShift | stateBitmapHere, "overlaps the image metadata", false},
+		{"absent", stateBitmapAbsent, "has no sector bitmap", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b := bytes.Clone(orig)
+			le.PutUint64(b[at:], tc.entry)
+			d, err := image.OpenFile(newMemFile(b), image.OpenOptions{Format: Name, ReadOnly: true, NoBacking: true, Names: image.NoNames{Why: "test"}})
+			if tc.atRead {
+				if err != nil {
+					t.Fatalf("open: %v", err)
+				}
+				_, err = d.ReadAt(make([]byte, 4096), 0)
+				d.Close()
+			} else if err == nil {
+				d.Close()
+				t.Fatal("opened")
+			}
+			if !errors.Is(err, blockdev.ErrCorrupt) || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error %v; want %q", err, tc.want)
+			}
+		})
+	}
 }

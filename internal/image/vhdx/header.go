@@ -26,9 +26,6 @@ const (
 	maxMetaItem  = 1 << 20
 	// maxSize is the largest virtual disk: 64 TiB.
 	maxSize = 64 << 40
-	// maxBAT bounds the BAT region (a 64 TiB disk of 1 MiB blocks needs
-	// 512 MiB; we refuse more than that).
-	maxBAT = 512 << 20
 
 	sigHeader = 0x64616568 // "head"
 	sigRegion = 0x69676572 // "regi"

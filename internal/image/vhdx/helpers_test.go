@@ -43,7 +43,10 @@ func loadPath(t testing.TB, path string) *Image {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	img, err := load(f, true)
+	img, bat, err := load(f, true)
+	if err == nil {
+		err = img.serve(bat, true, nil)
+	}
 	if err != nil {
 		t.Fatal(err)
 	}

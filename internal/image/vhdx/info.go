@@ -51,7 +51,10 @@ func info(f image.File) (*image.Facts, error) {
 // replayed). A problem is counted as a corruption and named in Messages.
 func check(f image.File, opt image.CheckOptions) (*image.CheckResult, error) {
 	r := &image.CheckResult{Filename: f.Name(), Format: Name}
-	img, err := load(f, true)
+	img, bat, err := load(f, true)
+	if err == nil {
+		err = img.serve(bat, true, nil)
+	}
 	if err != nil {
 		if !errors.Is(err, blockdev.ErrCorrupt) && !errors.Is(err, ErrNotVHDX) && !errors.Is(err, ErrDirtyLog) {
 			return nil, err
@@ -60,15 +63,7 @@ func check(f image.File, opt image.CheckOptions) (*image.CheckResult, error) {
 		r.Messages = append(r.Messages, err.Error())
 		return r, nil
 	}
-	for i, e := range img.bat {
-		if img.isBitmap(int64(i)) {
-			continue
-		}
-		r.TotalClusters++
-		if st := e & 7; st == stateFullPresent || st == statePartPresent {
-			r.AllocatedClusters++
-		}
-	}
-	r.ImageEndOffset = img.fileEnd
+	r.TotalClusters, r.AllocatedClusters = img.payloadEntries(), img.AllocatedBlocks()
+	r.ImageEndOffset = img.End()
 	return r, nil
 }

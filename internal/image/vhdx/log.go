@@ -7,6 +7,7 @@ import (
 	"sort"
 
 	"vdisk/internal/image"
+	"vdisk/internal/image/blockmap"
 )
 
 // Log layout (MS-VHDX "Log").
@@ -204,7 +205,7 @@ func replay(f image.File, fsize int64, h *header) (int64, error) {
 				if budget -= z; budget < 0 {
 					return corruptf("log entries zero more than %d bytes, four times the file and the log", 4*(fsize+h.logLen))
 				}
-				err = zeroRange(f, off, z, false)
+				err = blockmap.ZeroFile(f, off, z, false)
 			}
 			if err != nil {
 				return fmt.Errorf("vhdx: replay log entry %d at %#x: %w", e.seq, off, err)

@@ -48,7 +48,7 @@ func TestLogReplay(t *testing.T) {
 				t.Fatal(err)
 			}
 			img := loadPath(t, p)
-			blockOff := func(b int64) int64 { return int64(img.bat[img.payloadIndex(b)]>>batOffsetShift) * mib }
+			blockOff := func(b int64) int64 { e, _ := img.Lookup(b); return e.Off }
 			st, _ := os.Stat(p)
 			fsize := st.Size()
 
@@ -68,7 +68,7 @@ func TestLogReplay(t *testing.T) {
 			rf, _ := os.Open(p)
 			rf.ReadAt(bat, img.batReg.off)
 			rf.Close()
-			binary.LittleEndian.PutUint64(bat[8*img.payloadIndex(7):], uint64(newOff/mib)<<batOffsetShift|stateFullPresent)
+			binary.LittleEndian.PutUint64(bat[8*(7+7/img.cr):], uint64(newOff/mib)<<batOffsetShift|stateFullPresent)
 			bdata := bytes.Repeat([]byte{0xb2}, logSector)
 			e2 := encodeLogEntry(6, 0, mustGUID("11111111-2222-4333-8444-555555555555"), newOff+bs, newOff+bs, []testDesc{
 				{off: img.batReg.off, data: bat},

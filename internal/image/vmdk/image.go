@@ -11,20 +11,21 @@
 // the options, the one trust policy: so a single-file VMDK works over any
 // File, and a descriptor that names files works where Names allows it.
 //
-// An Image serves reads and writes from many goroutines at once. Each
-// sparse extent has a mutex guarding its grain directory, grain tables and
-// allocator; data of allocated grains and of flat extents moves outside
-// it. A grain allocated in a disk with a parent is filled from the parent
-// under the mutex, so no reader sees it half made. Flush syncs the data,
-// then writes the grain tables, syncs, writes the grain directories that
-// reach new tables and syncs again: a crash before a Flush loses unflushed
-// writes and leaves at most unreferenced space at the end of an extent.
+// Each sparse extent is served by the blockmap core, one Map over its
+// grain tables (loaded when first needed, the clean ones dropped when
+// there are many): reads and writes from many goroutines at once, a new
+// grain (after its grain table when the directory has none) taken from
+// the end of the extent, filled from the parent under the Map's mutex,
+// and at Flush the data synced, then the grain directories, then the
+// grain tables: a crash before a Flush loses unflushed writes and leaves
+// at most unreferenced space at the end of an extent. Compressed grains
+// (streamOptimized, read-only) are read by the package's own path; flat
+// and ZERO extents need no map.
 package vmdk
 
 import (
 	"encoding/binary"
 	"fmt"
-	"log/slog"
 	"path/filepath"
 	"regexp"
 	"sort"
@@ -34,6 +35,7 @@ import (
 
 	"vdisk/internal/blockdev"
 	"vdisk/internal/image"
+	"vdisk/internal/image/blockmap"
 )
 
 // Name is the format's name in the image registry.
@@ -92,6 +94,7 @@ type extent struct {
 	file           image.File // flat extents
 	fileOff        int64      // bytes, flat extents
 	sp             *sparse    // sparse extents
+	m              *blockmap.Map
 }
 
 // Image is an open VMDK. See the package comment for its concurrency
@@ -104,7 +107,6 @@ type Image struct {
 	size     int64
 	readOnly bool
 	parent   blockdev.Device
-	log      *slog.Logger
 	closed   atomic.Bool
 
 	// The descriptor's CID changes before the first write, as VMware
@@ -148,9 +150,11 @@ func (img *Image) changeCID() error {
 }
 
 var (
-	_ blockdev.Device    = (*Image)(nil)
-	_ blockdev.Extenter  = (*Image)(nil)
-	_ blockdev.Describer = (*Image)(nil)
+	_ blockdev.Device     = (*Image)(nil)
+	_ blockdev.Trimmer    = (*Image)(nil)
+	_ blockdev.ZeroWriter = (*Image)(nil)
+	_ blockdev.Extenter   = (*Image)(nil)
+	_ blockdev.Describer  = (*Image)(nil)
 )
 
 // openFile opens the VMDK whose descriptor (or single sparse file) is f
@@ -169,7 +173,7 @@ func open(f image.File, opt image.OpenOptions) (*Image, error) {
 	if opt.Names == nil {
 		opt.Names = image.LocalNames{NoLock: opt.NoLock}
 	}
-	img := &Image{f: f, readOnly: opt.ReadOnly, log: opt.Log}
+	img := &Image{f: f, readOnly: opt.ReadOnly}
 	err := img.open(opt)
 	if err != nil {
 		img.release()
@@ -250,7 +254,52 @@ func (img *Image) open(opt image.OpenOptions) error {
 			return fmt.Errorf("vmdk: %w", err)
 		}
 	}
+	for _, e := range img.extents {
+		if err := img.serve(e, opt.ReadOnly || e.readOnly); err != nil {
+			return err
+		}
+	}
 	return nil
+}
+
+// serve puts extent e on the blockmap core: a sparse extent's Map over
+// its grain tables, loaded when first needed; a flat extent's of one
+// block where the descriptor puts it; a ZERO extent's of one zero block.
+func (img *Image) serve(e *extent, readOnly bool) error {
+	c := blockmap.Config{Name: "vmdk", Size: e.sectors * sectorSize, Parent: img.parent, ParentOff: e.start * sectorSize,
+		Layered: img.desc.parentCID != noParent, ReadOnly: readOnly, Borrowed: true}
+	if s := e.sp; s != nil {
+		c.File, c.BlockSize, c.Blocks, c.Codec = s.f, s.grainBytes, (s.sectors+s.h.grain-1)/s.h.grain, s
+		c.Lazy, c.Unit, c.EntrySize, c.TableName = true, 4*s.h.gtes, 4, "grain table"
+		c.End, c.ReadOnly = (s.fsize+sectorSize-1)&^(sectorSize-1), readOnly || s.compressed
+	} else {
+		c.File, c.BlockSize, c.Blocks, c.Codec = e.file, max(c.Size, 1), 1, flatCodec{e.fileOff, e.kind == kindZero}
+		if e.kind == kindZero {
+			c.File = img.f
+		}
+	}
+	var err error
+	e.m, err = blockmap.New(c)
+	return err
+}
+
+// flatCodec maps a flat extent, one block at off in its file, or a ZERO
+// extent.
+type flatCodec struct {
+	off  int64
+	zero bool
+}
+
+func (c flatCodec) Get([]byte, int64) blockmap.Entry {
+	if c.zero {
+		return blockmap.Entry{State: blockmap.Zero}
+	}
+	return blockmap.Entry{State: blockmap.Data, Off: c.off}
+}
+func (flatCodec) Put([]byte, int64, blockmap.Entry) int64 { return 0 }
+func (flatCodec) Commit(int64) error                      { return nil }
+func (flatCodec) Place(int64, int64) (blockmap.Placement, error) {
+	return blockmap.Placement{}, fmt.Errorf("vmdk: a ZERO extent cannot store data: %w", blockdev.ErrReadOnly)
 }
 
 // openExtents opens every extent the descriptor names, through
@@ -338,9 +387,6 @@ func (img *Image) release() {
 	}
 }
 
-// files are every file of the image: f and the extents it names.
-func (img *Image) files() []image.File { return append([]image.File{img.f}, img.named...) }
-
 // Size returns the virtual disk size.
 func (img *Image) Size() int64 { return img.size }
 
@@ -369,16 +415,9 @@ func (img *Image) Flush() error {
 	if img.readOnly {
 		return nil
 	}
-	for _, f := range img.files() {
-		if err := f.Sync(); err != nil {
-			return fmt.Errorf("vmdk: sync %s: %w", f.Name(), err)
-		}
-	}
 	for _, e := range img.extents {
-		if e.sp != nil {
-			if err := e.sp.flush(); err != nil {
-				return err
-			}
+		if err := e.m.Flush(); err != nil {
+			return err
 		}
 	}
 	return nil

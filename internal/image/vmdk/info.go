@@ -6,6 +6,7 @@ import (
 
 	"vdisk/internal/blockdev"
 	"vdisk/internal/image"
+	"vdisk/internal/image/blockmap"
 )
 
 // info reads the facts `vdisk info` shows from the VMDK in f (the
@@ -62,10 +63,7 @@ func check(f image.File, opt image.CheckOptions) (*image.CheckResult, error) {
 		if n, err := s.f.Size(); err == nil {
 			r.ImageEndOffset = max(r.ImageEndOffset, n)
 		}
-		s.mu.Lock()
-		err := s.count(grains, r)
-		s.mu.Unlock()
-		if err != nil {
+		if err := s.count(e.m, grains, r); err != nil {
 			return corrupt(fmt.Errorf("%w (in %s)", err, f.Name()))
 		}
 	}
@@ -73,28 +71,20 @@ func check(f image.File, opt image.CheckOptions) (*image.CheckResult, error) {
 }
 
 // count adds the allocated and compressed grains among the first grains
-// of the extent to r, reading every grain table (and skipping the ones
-// the directory lacks). Called with mu held.
-func (s *sparse) count(grains int64, r *image.CheckResult) error {
+// of the extent to r, reading every grain table the directory has.
+func (s *sparse) count(m *blockmap.Map, grains int64, r *image.CheckResult) error {
 	for g := int64(0); g < grains; g += s.h.gtes {
-		if len(s.gts) >= maxCachedGTs/2 {
-			clear(s.gts)
-		}
-		t, err := s.table(g / s.h.gtes)
-		if err != nil {
-			return err
-		}
-		if t == nil {
+		if s.gd[g/s.h.gtes] == 0 {
 			continue
 		}
 		for j := g; j < min(grains, g+s.h.gtes); j++ {
-			st, _, err := s.lookup(j)
+			e, err := m.Lookup(j)
 			if err != nil {
 				return err
 			}
-			if st == grainData || st == grainCompressed {
+			if e.State == blockmap.Data {
 				r.AllocatedClusters++
-				if st == grainCompressed {
+				if s.compressed {
 					r.CompressedClusters++
 				}
 			}

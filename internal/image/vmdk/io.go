@@ -3,10 +3,10 @@ package vmdk
 import (
 	"errors"
 	"fmt"
-	"os"
 
 	"vdisk/internal/blockdev"
 	"vdisk/internal/image"
+	"vdisk/internal/image/blockmap"
 )
 
 // Bounds of one Extents call: the extents it returns and the grains it
@@ -24,77 +24,66 @@ func (img *Image) check(off, n int64) error {
 	return blockdev.CheckRange(off, n, img.size)
 }
 
-// pieces calls fn for each part of [off, off+n) inside one extent and, for
-// sparse extents, one grain.
-func (img *Image) pieces(off, n int64, fn func(e *extent, pos, c int64) error) error {
-	for end := off + n; off < end; {
+// pieces calls fn for each part of [off, off+n) inside one extent and,
+// for compressed extents, one grain, in order, and returns how many bytes
+// from off the parts that succeeded cover (the blockmap core's contract
+// for n on error).
+func (img *Image) pieces(off, n int64, fn func(e *extent, pos, c int64) error) (int64, error) {
+	for start, end := off, off+n; off < end; {
 		e := img.extents[img.find(off)]
 		c := min(end, (e.start+e.sectors)*sectorSize) - off
-		if e.sp != nil {
+		if e.sp != nil && e.sp.compressed {
 			gb := e.sp.grainBytes
 			in := off - e.start*sectorSize
 			c = min(c, gb-in%gb)
 		}
 		if err := fn(e, off, c); err != nil {
-			return err
+			return off - start, err
 		}
 		off += c
 	}
-	return nil
+	return n, nil
 }
 
-// ReadAt reads len(p) bytes at off.
+// ReadAt reads len(p) bytes at off; on error n is the length of the
+// prefix of p that was filled.
 func (img *Image) ReadAt(p []byte, off int64) (int, error) {
 	if err := img.check(off, int64(len(p))); err != nil {
 		return 0, err
 	}
-	err := img.pieces(off, int64(len(p)), func(e *extent, pos, c int64) error {
+	n, err := img.pieces(off, int64(len(p)), func(e *extent, pos, c int64) error {
 		return img.read(p[pos-off:pos-off+c], e, pos)
 	})
-	if err != nil {
-		return 0, err
-	}
-	return len(p), nil
+	return int(n), err
 }
 
 // read fills b from guest offset pos inside extent e (and one grain).
 func (img *Image) read(b []byte, e *extent, pos int64) error {
 	in := pos - e.start*sectorSize
-	switch {
-	case e.kind == kindZero:
-		clear(b)
-		return nil
-	case e.sp == nil:
-		if _, err := e.file.ReadAt(b, e.fileOff+in); err != nil {
-			return fmt.Errorf("vmdk: read %s at %#x: %w", e.file.Name(), e.fileOff+in, err)
-		}
-		return nil
+	if e.sp == nil || !e.sp.compressed {
+		_, err := e.m.ReadAt(b, in)
+		return err
 	}
 	s := e.sp
 	g := in / s.grainBytes
-	s.mu.Lock()
-	state, fo, err := s.lookup(g)
-	if err == nil && state == grainCompressed {
-		var data []byte
-		if data, err = s.readCompressed(g, fo); err == nil {
-			copy(b, data[in%s.grainBytes:])
-		}
-	}
-	s.mu.Unlock()
+	ge, err := e.m.Lookup(g)
 	if err != nil {
 		return err
 	}
-	switch state {
-	case grainUnallocated:
+	switch ge.State {
+	case blockmap.Unallocated:
 		return img.readParent(b, pos)
-	case grainZero:
+	case blockmap.Zero:
 		clear(b)
-	case grainData:
-		if _, err := s.f.ReadAt(b, fo+in%s.grainBytes); err != nil {
-			return fmt.Errorf("vmdk: read %s at %#x: %w", s.f.Name(), fo+in%s.grainBytes, err)
-		}
+		return nil
 	}
-	return nil
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	data, err := s.readCompressed(g, ge.Off)
+	if err == nil {
+		copy(b, data[in%s.grainBytes:])
+	}
+	return err
 }
 
 // readParent fills b with the parent's bytes at off (zeroes without a
@@ -106,7 +95,8 @@ func (img *Image) readParent(b []byte, off int64) error {
 	return nil
 }
 
-// WriteAt writes len(p) bytes at off, allocating grains as needed.
+// WriteAt writes len(p) bytes at off, allocating grains as needed; on
+// error n is the length of the prefix of p that was written.
 func (img *Image) WriteAt(p []byte, off int64) (int, error) {
 	if err := img.check(off, int64(len(p))); err != nil {
 		return 0, err
@@ -117,13 +107,10 @@ func (img *Image) WriteAt(p []byte, off int64) (int, error) {
 	if err := img.changeCID(); err != nil {
 		return 0, err
 	}
-	err := img.pieces(off, int64(len(p)), func(e *extent, pos, c int64) error {
+	n, err := img.pieces(off, int64(len(p)), func(e *extent, pos, c int64) error {
 		return img.write(p[pos-off:pos-off+c], e, pos)
 	})
-	if err != nil {
-		return 0, err
-	}
-	return len(p), nil
+	return int(n), err
 }
 
 // write stores b at guest offset pos inside extent e (and one grain).
@@ -134,69 +121,39 @@ func (img *Image) write(b []byte, e *extent, pos int64) error {
 		return fmt.Errorf("vmdk: extent is RDONLY: %w", blockdev.ErrReadOnly)
 	case e.kind == kindZero:
 		return fmt.Errorf("vmdk: a ZERO extent cannot store data: %w", blockdev.ErrReadOnly)
-	case e.sp == nil:
-		return pwrite(e.file, b, e.fileOff+in)
 	}
-	s := e.sp
-	g := in / s.grainBytes
-	s.mu.Lock()
-	state, fo, err := s.lookup(g)
-	if err != nil {
-		s.mu.Unlock()
+	_, err := e.m.WriteAt(b, in)
+	return err
+}
+
+// Trim makes [off, off+n) read as zeroes, releasing the storage of the
+// allocated part (see WriteZeroes).
+func (img *Image) Trim(off, n int64) error { return img.WriteZeroes(off, n, true) }
+
+// WriteZeroes makes [off, off+n) read as zeroes, extent by extent through
+// their Maps: allocated grains and flat extents are punched (mayTrim) or
+// zeroed in place, unallocated grains of a disk with a parent get zeroes
+// written; ZERO extents already read as zeroes.
+func (img *Image) WriteZeroes(off, n int64, mayTrim bool) error {
+	if err := img.check(off, n); err != nil {
 		return err
 	}
-	if state == grainData {
-		s.mu.Unlock()
-		return pwrite(s.f, b, fo+in%s.grainBytes)
+	if img.readOnly {
+		return blockdev.ErrReadOnly
 	}
-	defer s.mu.Unlock()
-	gi := g / s.h.gtes
-	t, err := s.table(gi)
-	if err == nil && t == nil {
-		t, err = s.allocTable(gi)
-	}
-	if err != nil {
+	if err := img.changeCID(); err != nil {
 		return err
 	}
-	if err := s.grow(s.grainBytes); err != nil {
-		return err
-	}
-	fo = s.fileEnd - s.grainBytes
-	if state == grainUnallocated && img.parent != nil && int64(len(b)) < s.grainBytes {
-		// Fill the new grain from the parent before it becomes visible.
-		buf := make([]byte, s.grainBytes)
-		gstart := pos - in%s.grainBytes
-		if err := img.readParent(buf, gstart); err != nil {
-			return err
+	_, err := img.pieces(off, n, func(e *extent, pos, c int64) error {
+		switch {
+		case e.kind == kindZero:
+			return nil
+		case e.readOnly:
+			return fmt.Errorf("vmdk: extent is RDONLY: %w", blockdev.ErrReadOnly)
 		}
-		copy(buf[in%s.grainBytes:], b)
-		b, in = buf, g*s.grainBytes
-	}
-	if err := pwrite(s.f, b, fo+in%s.grainBytes); err != nil {
-		return err
-	}
-	t.e[g%s.h.gtes] = uint32(fo / sectorSize)
-	t.dirty = true
-	return nil
-}
-
-// pwrite writes b at off in f.
-func pwrite(f image.File, b []byte, off int64) error {
-	if _, err := f.WriteAt(b, off); err != nil {
-		return fmt.Errorf("vmdk: write %s at %#x: %w", f.Name(), off, err)
-	}
-	return nil
-}
-
-// fileExtents adds the extents of the file range [off, off+n) at guest
-// offset guest: a local file's holes read as zeroes
-// (blockdev.FileExtents); another File's range is data.
-func fileExtents(f image.File, off, n, guest int64, add func(o, l int64, fl blockdev.ExtentFlags)) {
-	if lf, ok := f.(interface{ OS() *os.File }); ok {
-		blockdev.FileExtents(lf.OS(), off, n, guest, add)
-		return
-	}
-	add(guest, n, 0)
+		return e.m.WriteZeroes(pos-e.start*sectorSize, c, mayTrim)
+	})
+	return err
 }
 
 // Extents describes [off, off+n): ZERO extents, zeroed grains,
@@ -212,33 +169,34 @@ func (img *Image) Extents(off, n int64) ([]blockdev.Extent, error) {
 	add := func(o, l int64, f blockdev.ExtentFlags) { out = blockdev.AppendExtent(out, o, l, f) }
 	seen := 0
 	errStop := errors.New("stop")
-	err := img.pieces(off, n, func(e *extent, pos, c int64) error {
+	_, err := img.pieces(off, n, func(e *extent, pos, c int64) error {
 		if len(out) >= maxReportExtents || seen >= maxExtentGrains {
 			return errStop
 		}
 		seen++
-		switch {
-		case e.kind == kindZero:
-			add(pos, c, blockdev.ExtentHole|blockdev.ExtentZero)
-			return nil
-		case e.sp == nil:
-			fileExtents(e.file, e.fileOff+pos-e.start*sectorSize, c, pos, add)
-			return nil
-		}
-		s := e.sp
-		s.mu.Lock()
-		state, _, err := s.lookup((pos - e.start*sectorSize) / s.grainBytes)
-		s.mu.Unlock()
-		if err != nil {
+		in := pos - e.start*sectorSize
+		if e.sp == nil || !e.sp.compressed {
+			ext, err := e.m.Extents(in, c)
+			covered := in
+			for _, x := range ext {
+				add(x.Off+e.start*sectorSize, x.Len, x.Flags)
+				covered = x.Off + x.Len
+			}
+			if err == nil && covered < in+c {
+				return errStop // the Map's bounds cut it short
+			}
 			return err
 		}
+		ge, err := e.m.Lookup(in / e.sp.grainBytes)
 		switch {
-		case state == grainData || state == grainCompressed:
+		case err != nil:
+			return err
+		case ge.State == blockmap.Data:
 			add(pos, c, 0)
-		case state == grainZero || img.parent == nil:
+		case ge.State == blockmap.Zero:
 			add(pos, c, blockdev.ExtentHole|blockdev.ExtentZero)
 		default:
-			return img.parentExtents(pos, c, add)
+			return blockmap.ParentExtents(img.parent, pos, c, add)
 		}
 		return nil
 	})
@@ -246,24 +204,4 @@ func (img *Image) Extents(off, n int64) ([]blockdev.Extent, error) {
 		return nil, err
 	}
 	return out, nil
-}
-
-// parentExtents adds the parent's extents of [off, off+n), marked as holes
-// of this image.
-func (img *Image) parentExtents(off, n int64, add func(o, l int64, f blockdev.ExtentFlags)) error {
-	end := off + n
-	for pend := min(end, img.parent.Size()); off < pend; {
-		ext, err := blockdev.Extents(img.parent, off, pend-off)
-		if err != nil {
-			return err
-		}
-		for _, e := range ext {
-			add(e.Off, e.Len, e.Flags|blockdev.ExtentHole)
-			off = e.Off + e.Len
-		}
-	}
-	if off < end {
-		add(off, end-off, blockdev.ExtentHole|blockdev.ExtentZero)
-	}
-	return nil
 }

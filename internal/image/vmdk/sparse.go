@@ -10,10 +10,9 @@ import (
 	"slices"
 	"sync"
 
-	"golang.org/x/sys/unix"
-
 	"vdisk/internal/blockdev"
 	"vdisk/internal/image"
+	"vdisk/internal/image/blockmap"
 )
 
 // Sparse extent layout (VMware Virtual Disk Format 5.0, "Hosted Sparse
@@ -41,8 +40,6 @@ const (
 	maxCompressedGrain = 1 << 20
 	// maxGTEs bounds the entries of one grain table (VMware uses 512).
 	maxGTEs = 512
-	// maxCachedGTs bounds the clean grain tables an extent keeps.
-	maxCachedGTs = 4096
 )
 
 // sparseHeader is the header of a sparse extent.
@@ -120,8 +117,10 @@ func (h *sparseHeader) encode() []byte {
 	return b
 }
 
-// sparse is an open sparse extent. Its mutex guards the grain directory,
-// the grain table cache and the allocator.
+// sparse is an open sparse extent: its header and grain directories,
+// and the Codec of the blockmap core over its grain tables (Image.serve).
+// Compressed grains are read through its own path (readCompressed) from
+// the entries the core looks up.
 type sparse struct {
 	f          image.File
 	h          *sparseHeader
@@ -129,33 +128,20 @@ type sparse struct {
 	grainBytes int64
 	compressed bool
 	zeroGrain  bool
+	fsize      int64
+	minData    int64 // grains must start here or later (the metadata's end)
 
-	mu      sync.Mutex
-	gd      []uint32
-	rgd     []uint32 // nil without a redundant directory
-	gts     map[int64]*grainTable
+	// Guarded by the Map's mutex (the Codec's methods are called under
+	// it).
+	gd, rgd []uint32 // rgd nil without a redundant directory
 	gdDirty bool
-	fileEnd int64
-	minData int64 // grains must start here or later (the metadata's end)
-	last    struct {
+
+	mu   sync.Mutex // guards last
+	last struct {
 		g    int64 // guest grain of the cached decompressed grain; -1 none
 		data []byte
 	}
 }
-
-// grainTable is a cached grain table.
-type grainTable struct {
-	e     []uint32
-	dirty bool
-}
-
-// Grain states lookup reports.
-const (
-	grainUnallocated = iota
-	grainZero
-	grainData
-	grainCompressed
-)
 
 // openSparse reads the header and grain directory of the sparse extent in
 // f, which serves sectors sectors of the disk.
@@ -188,8 +174,7 @@ func openSparse(f image.File, h *sparseHeader, sectors int64) (*sparse, error) {
 		f: f, h: h, sectors: sectors, grainBytes: h.grain * sectorSize,
 		compressed: h.flags&flagCompressed != 0,
 		zeroGrain:  h.flags&flagZeroGrain != 0,
-		gts:        map[int64]*grainTable{},
-		fileEnd:    (fsize + sectorSize - 1) &^ (sectorSize - 1),
+		fsize:      fsize,
 	}
 	s.last.g = -1
 	span := h.gtes * h.grain
@@ -241,68 +226,119 @@ func (s *sparse) readDirectory(what string, off, n, fsize int64) ([]uint32, erro
 	return gd, nil
 }
 
-// table returns grain table i, reading it when it is not cached; nil when
-// the directory has none. Called with mu held.
-func (s *sparse) table(i int64) (*grainTable, error) {
-	if t, ok := s.gts[i]; ok {
-		return t, nil
+// Get decodes a grain table entry: 0 is unallocated, 1 (with the
+// zeroed-grain flag) a zeroed grain, else the grain's sector (of a
+// compressed grain, its marker's).
+func (s *sparse) Get(t []byte, i int64) blockmap.Entry {
+	switch e := binary.LittleEndian.Uint32(t[4*i:]); {
+	case e == 0:
+		return blockmap.Entry{}
+	case e == gteZero && s.zeroGrain:
+		return blockmap.Entry{State: blockmap.Zero}
+	default:
+		return blockmap.Entry{State: blockmap.Data, Off: int64(e) * sectorSize}
 	}
-	if s.gd[i] == 0 {
-		return nil, nil
-	}
-	if len(s.gts) >= maxCachedGTs {
-		for k, t := range s.gts {
-			if !t.dirty {
-				delete(s.gts, k)
-			}
-		}
-	}
-	raw := make([]byte, 4*s.h.gtes)
-	if _, err := s.f.ReadAt(raw, int64(s.gd[i])*sectorSize); err != nil {
-		return nil, fmt.Errorf("vmdk: read grain table %d: %w", i, err)
-	}
-	t := &grainTable{e: make([]uint32, s.h.gtes)}
-	for j := range t.e {
-		e := binary.LittleEndian.Uint32(raw[4*j:])
-		t.e[j] = e
-		if e == 0 || (e == gteZero && s.zeroGrain) {
-			continue
-		}
-		off := int64(e) * sectorSize
-		need := s.grainBytes
-		if s.compressed {
-			need = 12
-		}
-		if off < s.minData || off+need > s.fileEnd {
-			return nil, corruptf("grain table %d entry %d (sector %d) outside the data area of %s [%d, %d)", i, j, e, s.f.Name(), s.minData, s.fileEnd)
-		}
-	}
-	s.gts[i] = t
-	return t, nil
 }
 
-// lookup returns the state of guest grain g (counted from the extent's
-// start) and its file offset. Called with mu held.
-func (s *sparse) lookup(g int64) (int, int64, error) {
-	t, err := s.table(g / s.h.gtes)
-	if err != nil || t == nil {
-		return grainUnallocated, 0, err
+func (s *sparse) Put(t []byte, i int64, e blockmap.Entry) int64 {
+	binary.LittleEndian.PutUint32(t[4*i:], uint32(e.Off/sectorSize))
+	return 4 * i
+}
+
+// gtBytes is the file space of one grain table.
+func (s *sparse) gtBytes() int64 { return (4*s.h.gtes + sectorSize - 1) &^ (sectorSize - 1) }
+
+// Place puts the grain at end, after its grain table (and the table's
+// redundant copy) when the directory has none: the directories reach the
+// file at Commit, the new table (zeroes until the core writes it) after.
+func (s *sparse) Place(blk, end int64) (blockmap.Placement, error) {
+	off, u := (end+sectorSize-1)&^(sectorSize-1), blk/s.h.gtes
+	copies := int64(0)
+	if s.gd[u] == 0 {
+		copies = 1
+		if s.rgd != nil {
+			copies = 2
+		}
 	}
-	e := t.e[g%s.h.gtes]
-	switch {
-	case e == 0:
-		return grainUnallocated, 0, nil
-	case e == gteZero && s.zeroGrain:
-		return grainZero, 0, nil
-	case s.compressed:
-		return grainCompressed, int64(e) * sectorSize, nil
+	pl := blockmap.Placement{End: off + copies*s.gtBytes() + s.grainBytes}
+	if pl.End/sectorSize > 0xffffffff {
+		return pl, fmt.Errorf("vmdk: extent %s would outgrow the 2 TiB its tables can address: %w", s.f.Name(), blockdev.ErrNoSpace)
 	}
-	return grainData, int64(e) * sectorSize, nil
+	for c, d := range [][]uint32{s.gd, s.rgd}[:copies] {
+		d[u] = uint32((off + int64(c)*s.gtBytes()) / sectorSize)
+		s.gdDirty = true
+	}
+	pl.Entry = blockmap.Entry{State: blockmap.Data, Off: pl.End - s.grainBytes}
+	return pl, nil
+}
+
+// Load reads grain table u (zeroes when the directory has none) and
+// checks that its grains lie in the data area, before end.
+func (s *sparse) Load(u int64, b []byte, end int64) error {
+	if s.gd[u] == 0 {
+		clear(b)
+		return nil
+	}
+	at := int64(s.gd[u]) * sectorSize
+	if n, err := s.f.ReadAt(b, at); err != nil {
+		if !errors.Is(err, io.EOF) || at < s.fsize {
+			return fmt.Errorf("vmdk: read grain table %d: %w", u, err)
+		}
+		clear(b[n:]) // placed this session where a failed allocation left the file short
+	}
+	need := s.grainBytes
+	if s.compressed {
+		need = 12
+	}
+	for j := range int64(len(b) / 4) {
+		e := binary.LittleEndian.Uint32(b[4*j:])
+		if off := int64(e) * sectorSize; e != 0 && (e != gteZero || !s.zeroGrain) && (off < s.minData || off+need > end) {
+			return corruptf("grain table %d entry %d (sector %d) outside the data area of %s [%d, %d)", u, j, e, s.f.Name(), s.minData, end)
+		}
+	}
+	return nil
+}
+
+// TableAt is where grain table u and its redundant copy lie.
+func (s *sparse) TableAt(u int64) ([]int64, error) {
+	if s.gd[u] == 0 {
+		return nil, fmt.Errorf("vmdk: grain table %d has no place in the directory", u)
+	}
+	offs := []int64{int64(s.gd[u]) * sectorSize}
+	if s.rgd != nil && s.rgd[u] != 0 {
+		offs = append(offs, int64(s.rgd[u])*sectorSize)
+	}
+	return offs, nil
+}
+
+// Commit writes the grain directories that reach new grain tables.
+func (s *sparse) Commit(int64) error {
+	if !s.gdDirty {
+		return nil
+	}
+	for _, d := range []struct {
+		gd  []uint32
+		off int64
+	}{{s.gd, int64(s.h.gdOff)}, {s.rgd, s.h.rgdOff}} {
+		if d.gd == nil {
+			continue
+		}
+		raw := make([]byte, 4*len(d.gd))
+		for j, e := range d.gd {
+			binary.LittleEndian.PutUint32(raw[4*j:], e)
+		}
+		if _, err := s.f.WriteAt(raw, d.off*sectorSize); err != nil {
+			return fmt.Errorf("vmdk: write grain directory: %w", err)
+		}
+	}
+	s.gdDirty = false
+	return nil
 }
 
 // readCompressed returns the decompressed guest grain g stored at off.
 // Called with mu held (it uses the one-grain cache).
 func (s *sparse) readCompressed(g, off int64) ([]byte, error) {
+	end := (s.fsize + sectorSize - 1) &^ (sectorSize - 1)
 	if s.last.g == g {
 		return s.last.data, nil
 	}
@@ -311,7 +347,7 @@ func (s *sparse) readCompressed(g, off int64) ([]byte, error) {
 		return nil, fmt.Errorf("vmdk: read compressed grain marker at %#x: %w", off, err)
 	}
 	n := int64(binary.LittleEndian.Uint32(hdr[8:]))
-	if n == 0 || n > s.grainBytes+s.grainBytes/16+1024 || off+12+n > s.fileEnd {
+	if n == 0 || n > s.grainBytes+s.grainBytes/16+1024 || off+12+n > end {
 		return nil, corruptf("compressed grain at %#x claims %d bytes", off, n)
 	}
 	comp := make([]byte, n)
@@ -330,93 +366,4 @@ func (s *sparse) readCompressed(g, off int64) ([]byte, error) {
 	clear(data[m:])
 	s.last.g, s.last.data = g, data
 	return data, nil
-}
-
-// allocTable gives grain table i space at the end of the file (and its
-// redundant copy). Called with mu held.
-func (s *sparse) allocTable(i int64) (*grainTable, error) {
-	size := (4*s.h.gtes + sectorSize - 1) &^ (sectorSize - 1)
-	need := size
-	if s.rgd != nil {
-		need *= 2
-	}
-	if err := s.grow(need); err != nil {
-		return nil, err
-	}
-	s.gd[i] = uint32((s.fileEnd - need) / sectorSize)
-	if s.rgd != nil {
-		s.rgd[i] = uint32((s.fileEnd - size) / sectorSize)
-	}
-	s.gdDirty = true
-	t := &grainTable{e: make([]uint32, s.h.gtes), dirty: true}
-	s.gts[i] = t
-	return t, nil
-}
-
-// grow extends the file by n zero bytes at fileEnd. Called with mu held.
-func (s *sparse) grow(n int64) error {
-	if (s.fileEnd+n)/sectorSize > 0xffffffff {
-		return fmt.Errorf("vmdk: extent %s would outgrow the 2 TiB its tables can address: %w", s.f.Name(), blockdev.ErrNoSpace)
-	}
-	if err := s.f.Truncate(s.fileEnd + n); err != nil {
-		if errors.Is(err, unix.ENOSPC) {
-			return fmt.Errorf("vmdk: grow %s: %w", s.f.Name(), blockdev.ErrNoSpace)
-		}
-		return fmt.Errorf("vmdk: grow %s: %w", s.f.Name(), err)
-	}
-	s.fileEnd += n
-	return nil
-}
-
-// flush writes the dirty grain tables, then (after a sync) the grain
-// directories that reach new tables. The caller has synced the data.
-func (s *sparse) flush() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	wrote := false
-	for i, t := range s.gts {
-		if !t.dirty {
-			continue
-		}
-		raw := make([]byte, 4*len(t.e))
-		for j, e := range t.e {
-			binary.LittleEndian.PutUint32(raw[4*j:], e)
-		}
-		if _, err := s.f.WriteAt(raw, int64(s.gd[i])*sectorSize); err != nil {
-			return fmt.Errorf("vmdk: write grain table %d: %w", i, err)
-		}
-		if s.rgd != nil {
-			if _, err := s.f.WriteAt(raw, int64(s.rgd[i])*sectorSize); err != nil {
-				return fmt.Errorf("vmdk: write redundant grain table %d: %w", i, err)
-			}
-		}
-		t.dirty, wrote = false, true
-	}
-	if s.gdDirty {
-		if err := s.f.Sync(); err != nil {
-			return fmt.Errorf("vmdk: sync %s: %w", s.f.Name(), err)
-		}
-		for _, d := range []struct {
-			gd  []uint32
-			off int64
-		}{{s.gd, int64(s.h.gdOff)}, {s.rgd, s.h.rgdOff}} {
-			if d.gd == nil {
-				continue
-			}
-			raw := make([]byte, 4*len(d.gd))
-			for j, e := range d.gd {
-				binary.LittleEndian.PutUint32(raw[4*j:], e)
-			}
-			if _, err := s.f.WriteAt(raw, d.off*sectorSize); err != nil {
-				return fmt.Errorf("vmdk: write grain directory: %w", err)
-			}
-		}
-		s.gdDirty, wrote = false, true
-	}
-	if wrote {
-		if err := s.f.Sync(); err != nil {
-			return fmt.Errorf("vmdk: sync %s: %w", s.f.Name(), err)
-		}
-	}
-	return nil
 }

@@ -2,6 +2,7 @@ package vmdk
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"path/filepath"
 	"sync"
@@ -242,6 +243,106 @@ func TestCIDChanges(t *testing.T) {
 			imagetest.Run(t, "qemu-img", "check", p)
 			if got := imagetest.QemuRaw(t, p, "vmdk"); got[0] != 'x' {
 				t.Fatal("qemu does not read the write")
+			}
+		})
+	}
+}
+
+// TestWriteChildTwoGb writes into the later extents of a
+// twoGbMaxExtentSparse child: a new grain is filled from the parent at
+// the grain's offset in the disk, not in the extent, and the extents of
+// unallocated grains are the parent's, where the disk has them.
+func TestWriteChildTwoGb(t *testing.T) {
+	dir := t.TempDir()
+	base := filepath.Join(dir, "base.vmdk")
+	if err := createPath(base, image.CreateOptions{Format: Name, Size: 5 << 30}); err != nil {
+		t.Fatal(err)
+	}
+	pd, err := openPath(base, image.OpenOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pattern := bytes.Repeat([]byte("parent!"), 20000)
+	at := []int64{2<<30 + 100, 4<<30 + 300<<10}
+	for _, off := range at {
+		if _, err := pd.WriteAt(pattern, off); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := pd.Close(); err != nil {
+		t.Fatal(err)
+	}
+	child := filepath.Join(dir, "child.vmdk")
+	if err := createPath(child, image.CreateOptions{Format: Name, BackingFile: "base.vmdk", Options: map[string]string{"subformat": TwoGbMaxExtentSparse}}); err != nil {
+		t.Fatal(err)
+	}
+	d, err := openPath(child, image.OpenOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	ext, err := blockdev.Extents(d, 4<<30, 1<<20)
+	if err != nil || len(ext) < 2 || ext[0].Flags&blockdev.ExtentZero == 0 || ext[1].Off != at[1] || ext[1].Flags != blockdev.ExtentHole {
+		t.Fatalf("extents of the child at 4 GiB: %+v, %v (want zeroes, then the parent's data at %d)", ext, err, at[1])
+	}
+	for _, off := range at {
+		if _, err := d.WriteAt([]byte{'X'}, off+5); err != nil {
+			t.Fatal(err)
+		}
+		want := bytes.Clone(pattern)
+		want[5] = 'X'
+		got := make([]byte, len(pattern))
+		if _, err := d.ReadAt(got, off); err != nil {
+			t.Fatal(err)
+		}
+		imagetest.MustEqual(t, fmt.Sprintf("child at %d", off), got, want)
+	}
+}
+
+// TestZeroesMatchQemu zeroes and trims ranges of a written disk, of each
+// writable subformat, and of a child over its parent: qemu-img check finds
+// them consistent and qemu reads the zeroes.
+func TestZeroesMatchQemu(t *testing.T) {
+	imagetest.NeedTool(t, "qemu-img")
+	dir := t.TempDir()
+	const size = 8 << 20
+	base := filepath.Join(dir, "base.vmdk")
+	for _, sub := range []string{MonolithicSparse, MonolithicFlat, TwoGbMaxExtentSparse, "child"} {
+		t.Run(sub, func(t *testing.T) {
+			p, opt := filepath.Join(dir, sub+".vmdk"), image.CreateOptions{Format: Name, Size: size}
+			if sub == "child" {
+				opt.BackingFile = "base.vmdk"
+			} else {
+				opt.Options = map[string]string{"subformat": sub}
+			}
+			if err := createPath(p, opt); err != nil {
+				t.Fatal(err)
+			}
+			d, err := openPath(p, image.OpenOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ref := make([]byte, size)
+			if sub == "child" {
+				ref = imagetest.QemuRaw(t, base, "vmdk")
+			}
+			imagetest.RandomWrites(t, d, ref, 5, 20, 300<<10)
+			for i, r := range [][2]int64{{1000, 200 << 10}, {3 << 20, 1 << 20}, {6<<20 + 512, 70 << 10}} {
+				if err := d.WriteZeroes(r[0], r[1], i%2 == 0); err != nil {
+					t.Fatal(err)
+				}
+				clear(ref[r[0] : r[0]+r[1]])
+			}
+			imagetest.MustEqual(t, "vdisk", imagetest.ReadAll(t, d), ref)
+			if err := d.Close(); err != nil {
+				t.Fatal(err)
+			}
+			imagetest.Run(t, "qemu-img", "check", p)
+			imagetest.MustEqual(t, "qemu", imagetest.QemuRaw(t, p, "vmdk"), ref)
+			if sub == MonolithicSparse { // the parent of the child
+				if err := os.Rename(p, base); err != nil {
+					t.Fatal(err)
+				}
 			}
 		})
 	}
