@@ -475,30 +475,17 @@ func StreamIn(f File, src blockdev.Device, opt CreateOptions) (handled bool, err
 // Info describes the image at path (format "" probes); it opens no file
 // the image names.
 func Info(path, format string) (*Facts, error) {
-	f, err := resolve(path, format)
-	if err != nil {
-		return nil, err
-	}
-	if f.InfoFile == nil {
-		return nil, fmt.Errorf("image: info %s (%s): %w", path, f.Name, ErrUnsupported)
-	}
 	lf, err := OpenLocal(path, LocalOptions{ReadOnly: true, NoLock: true})
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", f.Name, err)
+		return nil, fmt.Errorf("image: info: %w", err)
 	}
 	defer lf.Close()
-	return f.InfoFile(lf)
+	return InfoOf(lf, format)
 }
 
 // InfoOf describes the image in f (format "" probes); it does not close f.
 func InfoOf(f File, format string) (*Facts, error) {
-	if format == "" {
-		var err error
-		if format, err = ProbeFile(f); err != nil {
-			return nil, err
-		}
-	}
-	fm, err := Lookup(format)
+	fm, err := formatOf(f, format)
 	if err != nil {
 		return nil, err
 	}
@@ -511,18 +498,11 @@ func InfoOf(f File, format string) (*Facts, error) {
 // Check verifies the image at path (format "" probes); repairing takes
 // the image's lock, checking shares it.
 func Check(path, format string, opt CheckOptions) (*CheckResult, error) {
-	f, err := resolve(path, format)
+	lf, err := OpenLocal(path, LocalOptions{ReadOnly: !opt.RepairLeaks && !opt.RepairAll})
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("image: check: %w", err)
 	}
-	if f.CheckFile == nil {
-		return nil, fmt.Errorf("image: check %s (%s): %w", path, f.Name, ErrNoCheck)
-	}
-	lf, err := OpenLocal(path, LocalOptions{ReadOnly: !opt.RepairLeaks && !opt.RepairAll, RegularOnly: false})
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", f.Name, err)
-	}
-	res, err := f.CheckFile(lf, opt)
+	res, err := CheckOf(lf, format, opt)
 	if cerr := lf.Close(); err == nil && cerr != nil {
 		err = cerr
 	}
@@ -531,13 +511,7 @@ func Check(path, format string, opt CheckOptions) (*CheckResult, error) {
 
 // CheckOf verifies the image in f (format "" probes); it does not close f.
 func CheckOf(f File, format string, opt CheckOptions) (*CheckResult, error) {
-	if format == "" {
-		var err error
-		if format, err = ProbeFile(f); err != nil {
-			return nil, err
-		}
-	}
-	fm, err := Lookup(format)
+	fm, err := formatOf(f, format)
 	if err != nil {
 		return nil, err
 	}
@@ -545,4 +519,16 @@ func CheckOf(f File, format string, opt CheckOptions) (*CheckResult, error) {
 		return nil, fmt.Errorf("image: check %s (%s): %w", f.Name(), fm.Name, ErrNoCheck)
 	}
 	return fm.CheckFile(f, opt)
+}
+
+// formatOf is the format named format, or the one f holds when format is
+// "".
+func formatOf(f File, format string) (*Format, error) {
+	if format == "" {
+		var err error
+		if format, err = ProbeFile(f); err != nil {
+			return nil, err
+		}
+	}
+	return Lookup(format)
 }
