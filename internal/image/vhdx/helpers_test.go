@@ -1,12 +1,11 @@
 package vhdx
 
 import (
-	"io"
-	"sync"
 	"testing"
 
 	"vdisk/internal/blockdev"
 	"vdisk/internal/image"
+	"vdisk/internal/image/imagetest"
 )
 
 // blockdev0 returns d as a blockdev.Device (for helpers that take one).
@@ -53,54 +52,5 @@ func loadPath(t testing.TB, path string) *Image {
 	return img
 }
 
-// memFile is an image.File in memory.
-type memFile struct {
-	mu   sync.Mutex
-	b    []byte
-	name string
-}
-
-func newMemFile(b []byte) *memFile { return &memFile{b: b, name: "mem.vhdx"} }
-
-func (m *memFile) ReadAt(p []byte, off int64) (int, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if off >= int64(len(m.b)) {
-		return 0, io.EOF
-	}
-	n := copy(p, m.b[off:])
-	if n < len(p) {
-		return n, io.EOF
-	}
-	return n, nil
-}
-
-func (m *memFile) WriteAt(p []byte, off int64) (int, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if end := off + int64(len(p)); end > int64(len(m.b)) {
-		m.b = append(m.b, make([]byte, end-int64(len(m.b)))...)
-	}
-	return copy(m.b[off:], p), nil
-}
-
-func (m *memFile) Size() (int64, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return int64(len(m.b)), nil
-}
-
-func (m *memFile) Truncate(n int64) error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if n <= int64(len(m.b)) {
-		m.b = m.b[:n]
-	} else {
-		m.b = append(m.b, make([]byte, n-int64(len(m.b)))...)
-	}
-	return nil
-}
-
-func (m *memFile) Sync() error  { return nil }
-func (m *memFile) Close() error { return nil }
-func (m *memFile) Name() string { return m.name }
+// newMemFile is an in-memory image.File holding b.
+func newMemFile(b []byte) *imagetest.MemFile { return imagetest.NewMemFile("mem.vhdx", b) }

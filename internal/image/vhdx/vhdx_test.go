@@ -181,13 +181,13 @@ func TestMemFile(t *testing.T) {
 	if err := d.Close(); err != nil {
 		t.Fatal(err)
 	}
-	d, err = image.OpenFile(m, image.OpenOptions{Format: Name, ReadOnly: true})
+	d, err = image.OpenFile(m.Reopen(), image.OpenOptions{Format: Name, ReadOnly: true})
 	if err != nil {
 		t.Fatal(err)
 	}
 	imagetest.MustEqual(t, "reopened", imagetest.ReadAll(t, d), ref)
 	d.Close()
-	if fa, err := image.InfoOf(m, Name); err != nil || fa.VirtualSize != 5<<20 || fa.DiskSize != int64(len(m.b)) {
+	if fa, err := image.InfoOf(m.Reopen(), Name); err != nil || fa.VirtualSize != 5<<20 || fa.DiskSize != int64(len(m.Bytes())) {
 		t.Fatalf("Info %+v, %v", fa, err)
 	}
 	err = image.CreateIn(newMemFile(nil), image.CreateOptions{Format: Name, BackingFile: "parent.vhdx",

@@ -8,6 +8,7 @@ import (
 
 	"vdisk/internal/blockdev"
 	"vdisk/internal/image"
+	"vdisk/internal/image/imagetest"
 )
 
 // fuzzReadLimit bounds how much of an opened image FuzzOpen reads.
@@ -28,9 +29,9 @@ func FuzzOpen(f *testing.F) {
 	}
 	f.Add(smallImage(f))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		names := memNames{"f.raw": newMemFile("f.raw", make([]byte, 1<<20))}
-		image.InfoOf(newMemFile("f.vmdk", bytes.Clone(b)), Name)
-		d, err := image.OpenFile(newMemFile("f.vmdk", b), image.OpenOptions{Format: Name, ReadOnly: true, NoBacking: true, Names: names})
+		names := imagetest.NewMemNames(imagetest.NewMemFile("f.raw", make([]byte, 1<<20)))
+		image.InfoOf(imagetest.NewMemFile("f.vmdk", bytes.Clone(b)), Name)
+		d, err := image.OpenFile(imagetest.NewMemFile("f.vmdk", b), image.OpenOptions{Format: Name, ReadOnly: true, NoBacking: true, Names: names})
 		if err != nil {
 			return
 		}

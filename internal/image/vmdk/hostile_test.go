@@ -12,6 +12,7 @@ import (
 
 	"vdisk/internal/blockdev"
 	"vdisk/internal/image"
+	"vdisk/internal/image/imagetest"
 )
 
 // smallImage returns the bytes of a 1 MiB monolithicSparse VMDK with 4 KiB
@@ -98,7 +99,7 @@ func TestHostileSparse(t *testing.T) {
 			b := tc.mutate(bytes.Clone(orig))
 			var before, after runtime.MemStats
 			runtime.ReadMemStats(&before)
-			d, err := image.OpenFile(newMemFile("bad.vmdk", bytes.Clone(b)), image.OpenOptions{Format: Name, ReadOnly: true, Names: image.NoNames{Why: "test"}})
+			d, err := image.OpenFile(imagetest.NewMemFile("bad.vmdk", bytes.Clone(b)), image.OpenOptions{Format: Name, ReadOnly: true, Names: image.NoNames{Why: "test"}})
 			if tc.atRead {
 				if err != nil {
 					t.Fatalf("open: %v", err)
@@ -119,7 +120,7 @@ func TestHostileSparse(t *testing.T) {
 			if n := after.TotalAlloc - before.TotalAlloc; n > 64<<20 {
 				t.Errorf("open allocated %d bytes", n)
 			}
-			if r, err := image.CheckOf(newMemFile("bad.vmdk", b), Name, image.CheckOptions{}); err == nil && r.Clean() {
+			if r, err := image.CheckOf(imagetest.NewMemFile("bad.vmdk", b), Name, image.CheckOptions{}); err == nil && r.Clean() {
 				t.Errorf("Check found it clean")
 			}
 		})

@@ -131,7 +131,7 @@ func TestHostileStream(t *testing.T) {
 // and which Names that have it open.
 func TestMemFile(t *testing.T) {
 	noNames := image.NoNames{Why: "images in an object store name no files"}
-	m := newMemFile("sparse.vmdk", nil)
+	m := imagetest.NewMemFile("sparse.vmdk", nil)
 	if err := image.CreateIn(m, image.CreateOptions{Format: Name, Size: 3 << 20, ClusterSize: 4096, Names: noNames}); err != nil {
 		t.Fatal(err)
 	}
@@ -144,11 +144,11 @@ func TestMemFile(t *testing.T) {
 	if err := d.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if r, err := image.CheckOf(m, Name, image.CheckOptions{}); err != nil || !r.Clean() || r.AllocatedClusters == 0 {
+	if r, err := image.CheckOf(m.Reopen(), Name, image.CheckOptions{}); err != nil || !r.Clean() || r.AllocatedClusters == 0 {
 		t.Fatalf("Check %+v, %v", r, err)
 	}
-	s := newMemFile("stream.vmdk", nil)
-	src, err := image.OpenFile(m, image.OpenOptions{Format: Name, ReadOnly: true, Names: noNames})
+	s := imagetest.NewMemFile("stream.vmdk", nil)
+	src, err := image.OpenFile(m.Reopen(), image.OpenOptions{Format: Name, ReadOnly: true, Names: noNames})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -156,37 +156,37 @@ func TestMemFile(t *testing.T) {
 		t.Fatalf("stream: %v, %v", handled, err)
 	}
 	src.Close()
-	for _, f := range []*memFile{m, s} {
-		d, err := image.OpenFile(f, image.OpenOptions{Format: Name, ReadOnly: true, Names: noNames})
+	for _, f := range []*imagetest.MemFile{m, s} {
+		d, err := image.OpenFile(f.Reopen(), image.OpenOptions{Format: Name, ReadOnly: true, Names: noNames})
 		if err != nil {
 			t.Fatal(err)
 		}
 		imagetest.MustEqual(t, f.Name(), imagetest.ReadAll(t, d), ref)
 		d.Close()
-		if fa, err := image.InfoOf(f, Name); err != nil || fa.VirtualSize != 3<<20 {
+		if fa, err := image.InfoOf(f.Reopen(), Name); err != nil || fa.VirtualSize != 3<<20 {
 			t.Fatalf("Info %+v, %v", fa, err)
 		}
 	}
 
-	flat := newMemFile("flat.vmdk", nil)
+	flat := imagetest.NewMemFile("flat.vmdk", nil)
 	opt := image.CreateOptions{Format: Name, Size: 1 << 20, Options: map[string]string{"subformat": MonolithicFlat}}
 	opt.Names = noNames
 	if err := image.CreateIn(flat, opt); !errors.Is(err, image.ErrBackingRefused) || !strings.Contains(err.Error(), noNames.Why) {
 		t.Fatalf("create monolithicFlat with NoNames: %v", err)
 	}
-	names := memNames{}
+	names := imagetest.NewMemNames()
 	opt.Names = names
 	if err := image.CreateIn(flat, opt); err != nil {
 		t.Fatal(err)
 	}
-	if _, ok := names["flat-flat.vmdk"]; !ok {
+	if _, ok := names.Files["flat-flat.vmdk"]; !ok {
 		t.Fatalf("extents made: %v", names)
 	}
-	_, err = image.OpenFile(flat, image.OpenOptions{Format: Name, Names: noNames})
+	_, err = image.OpenFile(flat.Reopen(), image.OpenOptions{Format: Name, Names: noNames})
 	if !errors.Is(err, image.ErrBackingRefused) || !strings.Contains(err.Error(), noNames.Why) || !strings.Contains(err.Error(), "flat-flat.vmdk") {
 		t.Fatalf("open monolithicFlat with NoNames: %v", err)
 	}
-	d, err = image.OpenFile(flat, image.OpenOptions{Format: Name, Names: names})
+	d, err = image.OpenFile(flat.Reopen(), image.OpenOptions{Format: Name, Names: names})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -194,7 +194,7 @@ func TestMemFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	d.Close()
-	if got := string(names["flat-flat.vmdk"].b[1000:1004]); got != "flat" {
+	if got := string(names.Files["flat-flat.vmdk"].Bytes()[1000:1004]); got != "flat" {
 		t.Fatalf("extent holds %q", got)
 	}
 }
