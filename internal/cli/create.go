@@ -67,6 +67,9 @@ an object store, --cluster-size being its chunk size (default 4M).`,
 			if opt.Options, err = parseOptions(options); err != nil {
 				return fmt.Errorf("create: %w", err)
 			}
+			if format == stack.LUKS && encrypt == "" {
+				encrypt = "luks2" // qemu-img create -f luks: LUKS on a raw file
+			}
 			if encrypt != "" {
 				if encrypt != "luks2" && encrypt != "luks1" {
 					return fmt.Errorf("create: --encrypt %q: want luks2 or luks1", encrypt)
@@ -100,7 +103,7 @@ an object store, --cluster-size being its chunk size (default 4M).`,
 		},
 	}
 	fl := cmd.Flags()
-	fl.StringVarP(&format, "format", "f", image.Raw, "image format: "+strings.Join(image.Formats(), ", "))
+	fl.StringVarP(&format, "format", "f", image.Raw, "image format: "+strings.Join(image.Formats(), ", ")+", or luks (qemu's name for LUKS on raw)")
 	fl.StringVar(&size, "size", "", "virtual size (e.g. 100M, 10G; a bare number means MiB)")
 	fl.StringVarP(&backing, "backing", "b", "", "backing file (qcow2)")
 	fl.StringVarP(&backingFmt, "backing-format", "F", "", "format of the backing file (default: probe)")

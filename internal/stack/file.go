@@ -113,6 +113,9 @@ func openFormat(name string, s *source, o Options) (blockdev.Device, string, err
 // Info reads the facts of the image name (format "" probes) without
 // opening any file it names. An s3:// image is read without its lease.
 func Info(ctx context.Context, name, format string, o S3Options) (*image.Facts, error) {
+	if format == LUKS {
+		format = image.Raw
+	}
 	s, err := openSource(ctx, name, Options{Format: format, ReadOnly: true, NoLock: true, S3: o})
 	if err != nil {
 		return nil, err

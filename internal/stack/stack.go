@@ -81,6 +81,13 @@ type Disk struct {
 // Open opens the image named by name (a file path, or s3://bucket/prefix)
 // as a Device stack. ctx bounds the opening only, not the Device's life.
 func Open(ctx context.Context, name string, o Options) (*Disk, error) {
+	wantLUKS := o.Format == LUKS
+	if wantLUKS {
+		o.Format = image.Raw // qemu's "luks" format: LUKS on a raw file
+		if o.Create && o.Encrypt.Type == "" {
+			o.Encrypt.Type = "luks2"
+		}
+	}
 	if o.Format != "" {
 		f, err := image.Lookup(o.Format)
 		if err != nil {
@@ -104,6 +111,10 @@ func Open(ctx context.Context, name string, o Options) (*Disk, error) {
 		}
 	}
 	d, err := open(ctx, name, o)
+	if err == nil && wantLUKS && !d.Encrypted && !IsLUKS(d.Device) {
+		d.Device.Close()
+		err = fmt.Errorf("%s: --format luks, but the image holds no LUKS header", name)
+	}
 	if err != nil {
 		if created {
 			Remove(name, o.S3)
@@ -113,6 +124,10 @@ func Open(ctx context.Context, name string, o Options) (*Disk, error) {
 	d.Created = created
 	return d, nil
 }
+
+// LUKS is qemu's name for a LUKS volume in a raw file ("-f luks"), which
+// vdisk accepts wherever a format is named: raw underneath, LUKS on top.
+const LUKS = "luks"
 
 // open opens the stack of an existing image.
 func open(ctx context.Context, name string, o Options) (*Disk, error) {
@@ -193,6 +208,12 @@ type CreateOptions struct {
 
 // Create makes a new image named name; it fails if one exists.
 func Create(ctx context.Context, name string, o CreateOptions) error {
+	if o.Format == LUKS {
+		o.Format = image.Raw
+		if o.Encrypt.Type == "" {
+			o.Encrypt.Type = "luks2"
+		}
+	}
 	if o.Format == "" {
 		o.Format = image.Raw
 	}

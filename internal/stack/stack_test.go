@@ -119,3 +119,31 @@ func TestEncryptedRawAndQcow2(t *testing.T) {
 		})
 	}
 }
+
+// TestFormatLUKS: qemu's "-f luks" is a LUKS volume in a raw file: it
+// creates one, opens one, and refuses a raw file without a LUKS header.
+func TestFormatLUKS(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	img := filepath.Join(dir, "v.luks")
+	err := Create(ctx, img, CreateOptions{Format: LUKS, Size: 4 << 20,
+		Encrypt: EncryptOptions{Passphrase: []byte("pw"), LUKS: cheapKDF}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := Open(ctx, img, Options{Format: LUKS, Passphrase: pass("pw")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !d.Encrypted || d.Format != "raw" || d.Device.Size() != 4<<20 {
+		t.Fatalf("opened -f luks: encrypted %v, format %s, size %d", d.Encrypted, d.Format, d.Device.Size())
+	}
+	d.Device.Close()
+	plain := filepath.Join(dir, "plain.img")
+	if err := os.WriteFile(plain, make([]byte, 1<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Open(ctx, plain, Options{Format: LUKS}); err == nil || !strings.Contains(err.Error(), "no LUKS header") {
+		t.Fatalf("-f luks on a plain raw file: %v", err)
+	}
+}
