@@ -133,7 +133,7 @@ func pipeline(c *client, first uint64, n int, blockLen int) error {
 		var buf []byte
 		for i := first; i < first+uint64(n); i++ {
 			var h [wire.RequestSize]byte
-			wire.PutRequest(&h, wire.Request{Type: wire.CmdWrite, Cookie: i + 1, Offset: i * uint64(blockLen), Length: uint32(blockLen)})
+			wire.PutRequest(&h, wire.Request{Type: wire.CmdWrite, Cookie: i + 1, Offset: i * uint64(blockLen), Length: uint64(blockLen)})
 			buf = append(append(buf[:0], h[:]...), block(i)...)
 			if _, err := c.nc.Write(buf); err != nil {
 				sendErr = err
@@ -158,7 +158,7 @@ func pipeline(c *client, first uint64, n int, blockLen int) error {
 	}
 	for i := first; i < first+uint64(n); i++ {
 		var h [wire.RequestSize]byte
-		wire.PutRequest(&h, wire.Request{Type: wire.CmdRead, Cookie: i + 1, Offset: i * uint64(blockLen), Length: uint32(blockLen)})
+		wire.PutRequest(&h, wire.Request{Type: wire.CmdRead, Cookie: i + 1, Offset: i * uint64(blockLen), Length: uint64(blockLen)})
 		if _, err := c.nc.Write(h[:]); err != nil {
 			return err
 		}
