@@ -23,7 +23,7 @@ type request struct {
 	ids      []uint32 // BLOCK_STATUS payload: the contexts to answer for
 	hasIDs   bool
 	hdr      [wire.MaxOffsetHoleSize]byte // one reply header
-	ext      []byte                    // multi-chunk headers, block status, error chunks
+	ext      []byte                       // multi-chunk headers, block status, error chunks
 	parts    [][]byte
 	spans    []span
 }
