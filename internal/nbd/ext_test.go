@@ -102,8 +102,8 @@ func TestExtendedPayloads(t *testing.T) {
 		{[]uint32{allocationDepthID}, []uint32{allocationDepthID}},
 		{[]uint32{allocationDepthID, baseAllocationID}, []uint32{baseAllocationID, allocationDepthID}},
 		{[]uint32{baseAllocationID, baseAllocationID}, nil}, // repeated
-		{[]uint32{7}, nil},  // unknown
-		{[]uint32{}, nil},   // none
+		{[]uint32{7}, nil}, // unknown
+		{[]uint32{}, nil},  // none
 	} {
 		r := status(tc.ids...)
 		if tc.want == nil {

@@ -155,7 +155,10 @@ func TestMetaContextSelection(t *testing.T) {
 		status bool // BLOCK_STATUS answered
 	}{
 		{func(c *client) { set(c, "disk", wire.MetaContextBaseAllocation) }, true},
-		{func(c *client) { set(c, "disk", wire.MetaContextBaseAllocation); set(c, "nope", wire.MetaContextBaseAllocation) }, false},
+		{func(c *client) {
+			set(c, "disk", wire.MetaContextBaseAllocation)
+			set(c, "nope", wire.MetaContextBaseAllocation)
+		}, false},
 		{func(c *client) { set(c, "disk", wire.MetaContextBaseAllocation); set(c, "disk", "bad") }, false},
 		{func(c *client) { set(c, "disk", wire.MetaContextBaseAllocation); set(c, "disk") }, false},
 		{func(c *client) { set(c, "disk", "base:"); set(c, "disk", wire.MetaContextBaseAllocation) }, true},
