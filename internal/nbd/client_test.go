@@ -56,6 +56,8 @@ type client struct {
 	reqOff map[uint64]uint64
 	// ext: extended headers were negotiated (see openExt).
 	ext bool
+	// ids are the meta context ids SET_META_CONTEXT gave (openExt).
+	ids map[string]uint32
 }
 
 func dial(t testing.TB, sock string) *client {
@@ -157,6 +159,14 @@ func (c *client) openExt(name string, queries ...string) (size uint64, flags wir
 		reps := c.optAll(wire.OptSetMetaContext, wire.AppendMetaContextRequest(nil, wire.MetaContextRequest{Name: name, Queries: queries}))
 		if reps[len(reps)-1].Type != wire.RepAck {
 			c.t.Fatalf("SET_META_CONTEXT replies %+v", reps)
+		}
+		c.ids = map[string]uint32{}
+		for _, r := range reps[:len(reps)-1] {
+			id, name, err := wire.DecodeMetaContext(r.Data)
+			if err != nil {
+				c.t.Fatal(err)
+			}
+			c.ids[name] = id
 		}
 	}
 	return c.goExport(name)

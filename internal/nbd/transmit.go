@@ -93,16 +93,16 @@ func (c *conn) dispatch(req wire.Request) error {
 	maxPayload := uint64(c.srv.maxPayload)
 	payload := req.Type == wire.CmdWrite
 	if c.ext {
-		payload = req.Flags&wire.CmdFlagPayloadLen != 0
+		// A WRITE always carries its data. The spec says its request
+		// MUST set NBD_CMD_FLAG_PAYLOAD_LEN, but qemu 9 and 10 do not
+		// (their server does not require it either), so the flag is
+		// optional for WRITE and means a payload for every other command.
+		payload = payload || req.Flags&wire.CmdFlagPayloadLen != 0
 		r.Flags &^= wire.CmdFlagPayloadLen
 		switch {
 		case payload && req.Length > maxPayload:
 			r.finish()
 			return fmt.Errorf("%w: payload of %d bytes exceeds the maximum of %d", errProtocol, req.Length, maxPayload)
-		case req.Type == wire.CmdWrite && !payload:
-			c.replyError(r, wire.EINVAL, "with extended headers a write must carry NBD_CMD_FLAG_PAYLOAD_LEN")
-			r.finish()
-			return nil
 		case payload && req.Type == wire.CmdBlockStatus:
 			return c.blockStatusPayload(r)
 		case payload && req.Type != wire.CmdWrite:
