@@ -5,6 +5,8 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/json"
+	"errors"
+	"io"
 	"fmt"
 	"net"
 	"os"
@@ -270,5 +272,91 @@ func TestServeAllocationDepth(t *testing.T) {
 	}
 	if !strings.Contains(ours, "backing depth 3") {
 		t.Fatalf("no range from the base image in the map:\n%s", ours)
+	}
+}
+
+// TestServeConnectionBound: by default serve greets 16 clients at once; a
+// 17th waits in the backlog until one leaves. nbdcopy's four connections
+// fit in the default bound.
+func TestServeConnectionBound(t *testing.T) {
+	needTools(t, "nbdcopy")
+	img := filepath.Join(t.TempDir(), "disk.img")
+	uri, _ := serving(t, "--create", "--size", "8M", img)
+	sock := strings.TrimPrefix(uri, "nbd+unix:///?socket=")
+	greet := func(c net.Conn, wait time.Duration) error {
+		c.SetReadDeadline(time.Now().Add(wait))
+		var b [18]byte
+		_, err := io.ReadFull(c, b[:])
+		return err
+	}
+	var conns []net.Conn
+	for i := range defaultMaxConns + 1 {
+		c, err := net.Dial("unix", sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		conns = append(conns, c)
+		if i < defaultMaxConns {
+			if err := greet(c, time.Minute); err != nil {
+				t.Fatalf("client %d not greeted: %v", i, err)
+			}
+		}
+	}
+	last := conns[defaultMaxConns]
+	if err := greet(last, 300*time.Millisecond); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("client %d beyond the bound: %v, want no greeting", defaultMaxConns+1, err)
+	}
+	conns[0].Close()
+	if err := greet(last, time.Minute); err != nil {
+		t.Fatalf("waiting client not greeted after one left: %v", err)
+	}
+	for _, c := range conns {
+		c.Close()
+	}
+	out := filepath.Join(t.TempDir(), "copy.raw")
+	runTool(t, "nbdcopy", "--connections=4", uri, out)
+}
+
+// TestServeTricklingClient: a client that sends its handshake a byte at a
+// time is dropped when --handshake-timeout runs out, though it keeps
+// sending.
+func TestServeTricklingClient(t *testing.T) {
+	img := filepath.Join(t.TempDir(), "disk.img")
+	uri, _ := serving(t, "--create", "--size", "1M", "--handshake-timeout", "300ms", img)
+	c, err := net.Dial("unix", strings.TrimPrefix(uri, "nbd+unix:///?socket="))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(time.Minute))
+	closed := make(chan error, 1)
+	go func() {
+		_, err := io.Copy(io.Discard, c)
+		closed <- err
+	}()
+	// Fixed newstyle flags, then NBD_OPT_LIST over and over.
+	stream := []byte{0, 0, 0, 1}
+	for range 10000 {
+		stream = append(stream, "IHAVEOPT\x00\x00\x00\x03\x00\x00\x00\x00"...)
+	}
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for i := 0; ; i++ {
+		select {
+		case err := <-closed:
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Fatal("the test's deadline passed before the server dropped the client")
+			}
+			return
+		case <-tick.C:
+			if i == len(stream) {
+				t.Fatal("the whole trickled stream was accepted")
+			}
+			if _, err := c.Write(stream[i : i+1]); err != nil {
+				<-closed
+				return
+			}
+		}
 	}
 }
