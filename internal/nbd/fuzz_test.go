@@ -40,6 +40,24 @@ func FuzzServeConn(f *testing.F) {
 	f.Add(cat(hello, wire.AppendOption(nil, wire.OptList, nil), wire.AppendOption(nil, wire.OptExportName, []byte("disk")),
 		req(wire.Request{Type: wire.CmdWrite, Length: 1 << 30})))
 	f.Add(cat(hello, wire.AppendOption(nil, 77, []byte("x")), wire.AppendOption(nil, wire.OptAbort, nil)))
+	// Extended headers: 64-bit effect lengths and payloads.
+	eh := wire.AppendOption(nil, wire.OptExtendedHeaders, nil)
+	ext := func(r wire.Request, payload ...byte) []byte {
+		var b [wire.ExtRequestSize]byte
+		wire.PutExtRequest(&b, r)
+		return append(b[:], payload...)
+	}
+	f.Add(cat(hello, eh, meta, goDisk,
+		ext(wire.Request{Type: wire.CmdWrite, Flags: wire.CmdFlagPayloadLen, Cookie: 1, Offset: 10, Length: 3}, 1, 2, 3),
+		ext(wire.Request{Type: wire.CmdWrite, Cookie: 2, Offset: 10, Length: 2}, 4, 5),
+		ext(wire.Request{Type: wire.CmdBlockStatus, Cookie: 3, Length: 1 << 40}),
+		ext(wire.Request{Type: wire.CmdBlockStatus, Flags: wire.CmdFlagPayloadLen, Cookie: 4, Length: 12}, wire.AppendBlockStatusPayload(nil, 1<<20, []uint32{1})...),
+		ext(wire.Request{Type: wire.CmdTrim, Flags: wire.CmdFlagPayloadLen, Cookie: 5, Length: 2}, 9, 9),
+		ext(wire.Request{Type: wire.CmdWriteZeroes, Cookie: 6, Length: 5 << 30}),
+		ext(wire.Request{Type: wire.CmdRead, Cookie: 7, Length: 100}),
+		ext(wire.Request{Type: wire.CmdDisc})))
+	f.Add(cat(hello, sr, eh, wire.AppendOption(nil, wire.OptListMetaContext, wire.AppendMetaContextRequest(nil, wire.MetaContextRequest{Name: "disk", Queries: []string{"base:", "qemu:", "x-a:b"}})),
+		wire.AppendOption(nil, wire.OptExportName, []byte("disk"))))
 	m := blockdev.NewMem(1 << 20)
 	srv := &Server{Exports: []Export{{Name: "disk", Device: m}}, MaxPayload: 1 << 20}
 	f.Fuzz(func(t *testing.T, in []byte) {
