@@ -12,10 +12,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"vdisk/internal/nbd/nbdtest"
 )
 
 // needTools skips the test when a peer tool is missing (never in CI, where
@@ -358,5 +361,50 @@ func TestServeTricklingClient(t *testing.T) {
 				return
 			}
 		}
+	}
+}
+
+// TestServeQemu10ExtendedHeaders: qemu-io and qemu-img 10 against `vdisk
+// serve` negotiate extended headers (the debug log says so), send a 5 GiB
+// write-zeroes as one request, and map and compare the image.
+func TestServeQemu10ExtendedHeaders(t *testing.T) {
+	q := nbdtest.Qemu10(t)
+	img := filepath.Join(t.TempDir(), "disk.img")
+	uri, stop := serving(t, "--log-level", "debug", "-f", "raw", "--create", "--size", "8G", img)
+	// qemu-io's trace (on stderr) shows the requests; -u -n: one
+	// write-zeroes of 5 GiB that may punch holes.
+	b, err := exec.Command(filepath.Join(q, "qemu-io"), "-f", "raw", "--trace", "nbd_send_request",
+		"-c", "write -P 0xab 0 1M", "-c", "write -z -u -n 1M 5G", "-c", "write -P 0xcd 7G 64k",
+		"-c", "discard 4G 1M", "-c", "flush", "-c", "read -P 0xab 0 1M", "-c", "read -P 0 1M 1M", "-c", "read -P 0xcd 7G 64k", uri).CombinedOutput()
+	out := string(b)
+	if err != nil || strings.Contains(out, "Pattern verification failed") || strings.Contains(out, "failed") {
+		t.Fatalf("qemu-io: %v\n%s", err, out)
+	}
+	if !regexp.MustCompile(`\.from = 1048576, \.len = 5368709120, .*type = 6 \(write zeroes\)`).MatchString(out) {
+		t.Fatalf("the 5 GiB write-zeroes was not one request:\n%s", out)
+	}
+	m := runTool(t, filepath.Join(q, "qemu-img"), "map", "--output=json", "-f", "raw", uri)
+	if !strings.Contains(m, `"start": 7516192768, "length": 65536`) {
+		t.Fatalf("qemu-img map: %s", m)
+	}
+	local := filepath.Join(t.TempDir(), "local.raw")
+	f, err := os.Create(local)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	f.Truncate(8 << 30)
+	f.WriteAt(bytes.Repeat([]byte{0xab}, 1<<20), 0)
+	f.WriteAt(bytes.Repeat([]byte{0xcd}, 64<<10), 7<<30)
+	f.Close()
+	if c := runTool(t, filepath.Join(q, "qemu-img"), "compare", "-f", "raw", "-F", "raw", local, uri); !strings.Contains(c, "Images are identical") {
+		t.Fatalf("qemu-img compare: %s", c)
+	}
+	code, errs := stop()
+	if code != 0 {
+		t.Fatalf("serve exited %d: %s", code, errs)
+	}
+	if !strings.Contains(errs, "extended headers negotiated") || !strings.Contains(errs, "extended_headers=true") {
+		t.Fatalf("serve's debug log does not show extended headers:\n%s", errs)
 	}
 }
