@@ -95,4 +95,3 @@ func unpackQemu10() (string, error) {
 	}
 	return bin, nil
 }
-
