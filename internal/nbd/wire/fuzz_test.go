@@ -2,6 +2,8 @@ package wire
 
 import (
 	"bytes"
+	"os"
+	"path/filepath"
 	"testing"
 )
 
@@ -147,6 +149,19 @@ func FuzzReadReply(f *testing.F) {
 		f.Add(append(append([]byte(nil), hb[:PutOffsetDataHeader(hb[:], h, 0, 1)]...), 'x'))
 		f.Add(append([]byte(nil), hb[:PutNone(hb[:], h)]...))
 	}
+	// Extended reply chunks qemu-nbd 10 sent to qemu-io 10 (NONE,
+	// OFFSET_DATA, OFFSET_HOLE, BLOCK_STATUS_EXT).
+	names, _ := filepath.Glob("testdata/qemu-nbd10-reply-*.bin")
+	if len(names) == 0 {
+		f.Fatal("no recorded replies in testdata")
+	}
+	for _, name := range names {
+		b, err := os.ReadFile(name)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		rep, err := ReadReply(bytes.NewReader(b), 1<<16)
 		if err != nil || rep.Simple {
@@ -202,6 +217,18 @@ func FuzzDecodeExtRequest(f *testing.F) {
 	f.Add(b[:])
 	PutExtRequest(&b, Request{Type: CmdBlockStatus, Flags: CmdFlagPayloadLen, Cookie: 2, Length: 12})
 	f.Add(append(b[:], AppendBlockStatusPayload(nil, 1<<33, []uint32{1})...))
+	// The request headers qemu-io 10 sent to vdisk serve.
+	names, _ := filepath.Glob("testdata/qemu10-request-*.bin")
+	if len(names) == 0 {
+		f.Fatal("no recorded requests in testdata")
+	}
+	for _, name := range names {
+		b, err := os.ReadFile(name)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
 	f.Fuzz(func(t *testing.T, in []byte) {
 		var hb [ExtRequestSize]byte
 		r := bytes.NewReader(in)
