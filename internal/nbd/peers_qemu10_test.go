@@ -235,3 +235,40 @@ func TestQemuNbd10Server(t *testing.T) {
 		t.Fatalf("read back %q", r.data)
 	}
 }
+
+// TestLibnbd114Compact: the system's libnbd 1.14 (nbdinfo, nbdcopy, nbdsh)
+// predates extended headers; it keeps working with structured replies,
+// and the server's log shows no connection with extended headers.
+func TestLibnbd114Compact(t *testing.T) {
+	for _, tool := range []string{"nbdinfo", "nbdcopy", "nbdsh"} {
+		need(t, tool)
+	}
+	m := blockdev.NewMem(8 << 20)
+	m.WriteAt(randBytes(1<<20), 2<<20)
+	var log syncBuffer
+	sock := startServer(t, &Server{
+		Exports: []Export{{Name: "disk", Device: m}},
+		Logger:  slog.New(slog.NewTextHandler(&log, &slog.HandlerOptions{Level: slog.LevelDebug})),
+	})
+	u := uri(sock, "disk")
+	out := run(t, "nbdinfo", "--map", u)
+	if !regexp.MustCompile(`(?m)^\s+2097152\s+1048576\s+0\s+data`).MatchString(out) {
+		t.Fatalf("nbdinfo --map:\n%s", out)
+	}
+	dst := filepath.Join(t.TempDir(), "copy.raw")
+	run(t, "nbdcopy", u, dst)
+	got, err := os.ReadFile(dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := make([]byte, 8<<20)
+	m.ReadAt(want, 0)
+	if !bytes.Equal(got, want) {
+		t.Fatal("nbdcopy copy differs")
+	}
+	run(t, "nbdsh", "-u", u, "-c", "h.pwrite(b'x' * 512, 0); h.flush(); assert h.pread(512, 0) == b'x' * 512")
+	l := log.String()
+	if strings.Contains(l, "extended headers negotiated") || strings.Contains(l, "extended_headers=true") || !strings.Contains(l, "structured=true extended_headers=false") {
+		t.Fatalf("server log:\n%s", l)
+	}
+}
