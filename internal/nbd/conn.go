@@ -195,7 +195,9 @@ func (c *conn) awaitOption() error {
 	if err == nil || !c.isClosing() {
 		return err
 	}
+	c.mu.Lock()
 	c.raw.SetReadDeadline(time.Now().Add(optionShutdownGrace))
+	c.mu.Unlock()
 	if _, err := c.br.Peek(16); err != nil {
 		return err
 	}
