@@ -21,6 +21,15 @@ import (
 	"vdisk/internal/stack"
 )
 
+// defaultMaxConns is serve's default connection bound. qemu-nbd serves one
+// client unless told --shared; vdisk advertises multi-conn, and libnbd's
+// nbdcopy opens four connections to one server (more would wait in the
+// backlog while the first is held: nbdcopy hangs with a bound of 1), so 16
+// lets four such clients at once. What each holds is bounded anyway: at
+// most --max-buffered of request payloads over all connections, plus about
+// 128 KiB of fixed buffers per connection.
+const defaultMaxConns = 16
+
 // shutdownGrace bounds how long serve waits for in-flight requests after
 // SIGINT/SIGTERM before it closes connections.
 const shutdownGrace = 30 * time.Second
@@ -39,6 +48,8 @@ type serveOptions struct {
 	tlsCA       string
 	maxInFlight int
 	maxConns    int
+	maxBuffered string
+	handshake   time.Duration
 	noBacking   bool
 	backingDirs []string
 	s3          api.S3Options
@@ -86,7 +97,9 @@ serves.`,
 	f.StringVar(&o.tlsKey, "tls-key", "", "TLS private key (PEM)")
 	f.StringVar(&o.tlsCA, "tls-ca", "", "CA bundle (PEM) to verify client certificates; clients must present one")
 	f.IntVar(&o.maxInFlight, "max-in-flight", 0, "requests served at once per connection (0: server default)")
-	f.IntVarP(&o.maxConns, "shared", "e", 0, "clients served at once (like qemu-nbd --shared); more wait their turn (0: no bound)")
+	f.IntVarP(&o.maxConns, "shared", "e", defaultMaxConns, "clients served at once (like qemu-nbd --shared); more wait in the listen backlog for their turn (0: no bound). The default lets multi-connection clients such as nbdcopy (4 connections) work while memory stays bounded by --max-buffered")
+	f.StringVar(&o.maxBuffered, "max-buffered", "256M", "bound on the request payloads buffered over all connections (K, M, G; bare number = MiB); a client's next request waits for room")
+	f.DurationVar(&o.handshake, "handshake-timeout", nbd.DefaultHandshakeTimeout, "drop a client that has not chosen an export this long after connecting (like qemu-nbd --handshake-limit)")
 	return c
 }
 
@@ -108,7 +121,24 @@ func runServe(ctx context.Context, e *env, o serveOptions, images []string) erro
 		}
 	}
 
-	srv := &nbd.Server{TLSConfig: tlsConf, Logger: e.log, MaxInFlight: o.maxInFlight, MaxConnections: o.maxConns}
+	if o.maxConns < 0 {
+		return fmt.Errorf("serve: --shared %d is negative", o.maxConns)
+	}
+	maxBuffered, err := parseSize(o.maxBuffered)
+	if err != nil {
+		return fmt.Errorf("serve: --max-buffered: %w", err)
+	}
+	if o.handshake <= 0 {
+		return fmt.Errorf("serve: --handshake-timeout %v is not positive", o.handshake)
+	}
+	srv := &nbd.Server{
+		TLSConfig:        tlsConf,
+		Logger:           e.log,
+		MaxInFlight:      o.maxInFlight,
+		MaxConnections:   o.maxConns,
+		MaxBufferedBytes: maxBuffered,
+		HandshakeTimeout: o.handshake,
+	}
 	seen := map[string]bool{}
 	defer func() {
 		for _, ex := range srv.Exports {

@@ -5,15 +5,20 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"vdisk/internal/nbd/nbdtest"
 )
 
 // needTools skips the test when a peer tool is missing (never in CI, where
@@ -270,5 +275,136 @@ func TestServeAllocationDepth(t *testing.T) {
 	}
 	if !strings.Contains(ours, "backing depth 3") {
 		t.Fatalf("no range from the base image in the map:\n%s", ours)
+	}
+}
+
+// TestServeConnectionBound: by default serve greets 16 clients at once; a
+// 17th waits in the backlog until one leaves. nbdcopy's four connections
+// fit in the default bound.
+func TestServeConnectionBound(t *testing.T) {
+	needTools(t, "nbdcopy")
+	img := filepath.Join(t.TempDir(), "disk.img")
+	uri, _ := serving(t, "--create", "--size", "8M", img)
+	sock := strings.TrimPrefix(uri, "nbd+unix:///?socket=")
+	greet := func(c net.Conn, wait time.Duration) error {
+		c.SetReadDeadline(time.Now().Add(wait))
+		var b [18]byte
+		_, err := io.ReadFull(c, b[:])
+		return err
+	}
+	var conns []net.Conn
+	for i := range defaultMaxConns + 1 {
+		c, err := net.Dial("unix", sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		conns = append(conns, c)
+		if i < defaultMaxConns {
+			if err := greet(c, time.Minute); err != nil {
+				t.Fatalf("client %d not greeted: %v", i, err)
+			}
+		}
+	}
+	last := conns[defaultMaxConns]
+	if err := greet(last, 300*time.Millisecond); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("client %d beyond the bound: %v, want no greeting", defaultMaxConns+1, err)
+	}
+	conns[0].Close()
+	if err := greet(last, time.Minute); err != nil {
+		t.Fatalf("waiting client not greeted after one left: %v", err)
+	}
+	for _, c := range conns {
+		c.Close()
+	}
+	out := filepath.Join(t.TempDir(), "copy.raw")
+	runTool(t, "nbdcopy", "--connections=4", uri, out)
+}
+
+// TestServeTricklingClient: a client that sends its handshake a byte at a
+// time is dropped when --handshake-timeout runs out, though it keeps
+// sending.
+func TestServeTricklingClient(t *testing.T) {
+	img := filepath.Join(t.TempDir(), "disk.img")
+	uri, _ := serving(t, "--create", "--size", "1M", "--handshake-timeout", "300ms", img)
+	c, err := net.Dial("unix", strings.TrimPrefix(uri, "nbd+unix:///?socket="))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(time.Minute))
+	closed := make(chan error, 1)
+	go func() {
+		_, err := io.Copy(io.Discard, c)
+		closed <- err
+	}()
+	// Fixed newstyle flags, then NBD_OPT_LIST over and over.
+	stream := []byte{0, 0, 0, 1}
+	for range 10000 {
+		stream = append(stream, "IHAVEOPT\x00\x00\x00\x03\x00\x00\x00\x00"...)
+	}
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for i := 0; ; i++ {
+		select {
+		case err := <-closed:
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Fatal("the test's deadline passed before the server dropped the client")
+			}
+			return
+		case <-tick.C:
+			if i == len(stream) {
+				t.Fatal("the whole trickled stream was accepted")
+			}
+			if _, err := c.Write(stream[i : i+1]); err != nil {
+				<-closed
+				return
+			}
+		}
+	}
+}
+
+// TestServeQemu10ExtendedHeaders: qemu-io and qemu-img 10 against `vdisk
+// serve` negotiate extended headers (the debug log says so), send a 5 GiB
+// write-zeroes as one request, and map and compare the image.
+func TestServeQemu10ExtendedHeaders(t *testing.T) {
+	q := nbdtest.Qemu10(t)
+	img := filepath.Join(t.TempDir(), "disk.img")
+	uri, stop := serving(t, "--log-level", "debug", "-f", "raw", "--create", "--size", "8G", img)
+	// qemu-io's trace (on stderr) shows the requests; -u -n: one
+	// write-zeroes of 5 GiB that may punch holes.
+	b, err := exec.Command(filepath.Join(q, "qemu-io"), "-f", "raw", "--trace", "nbd_send_request",
+		"-c", "write -P 0xab 0 1M", "-c", "write -z -u -n 1M 5G", "-c", "write -P 0xcd 7G 64k",
+		"-c", "discard 4G 1M", "-c", "flush", "-c", "read -P 0xab 0 1M", "-c", "read -P 0 1M 1M", "-c", "read -P 0xcd 7G 64k", uri).CombinedOutput()
+	out := string(b)
+	if err != nil || strings.Contains(out, "Pattern verification failed") || strings.Contains(out, "failed") {
+		t.Fatalf("qemu-io: %v\n%s", err, out)
+	}
+	if !regexp.MustCompile(`\.from = 1048576, \.len = 5368709120, .*type = 6 \(write zeroes\)`).MatchString(out) {
+		t.Fatalf("the 5 GiB write-zeroes was not one request:\n%s", out)
+	}
+	m := runTool(t, filepath.Join(q, "qemu-img"), "map", "--output=json", "-f", "raw", uri)
+	if !strings.Contains(m, `"start": 7516192768, "length": 65536`) {
+		t.Fatalf("qemu-img map: %s", m)
+	}
+	local := filepath.Join(t.TempDir(), "local.raw")
+	f, err := os.Create(local)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	f.Truncate(8 << 30)
+	f.WriteAt(bytes.Repeat([]byte{0xab}, 1<<20), 0)
+	f.WriteAt(bytes.Repeat([]byte{0xcd}, 64<<10), 7<<30)
+	f.Close()
+	if c := runTool(t, filepath.Join(q, "qemu-img"), "compare", "-f", "raw", "-F", "raw", local, uri); !strings.Contains(c, "Images are identical") {
+		t.Fatalf("qemu-img compare: %s", c)
+	}
+	code, errs := stop()
+	if code != 0 {
+		t.Fatalf("serve exited %d: %s", code, errs)
+	}
+	if !strings.Contains(errs, "extended headers negotiated") || !strings.Contains(errs, "extended_headers=true") {
+		t.Fatalf("serve's debug log does not show extended headers:\n%s", errs)
 	}
 }

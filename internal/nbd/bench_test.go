@@ -26,7 +26,7 @@ func benchRead4k(b *testing.B, noInline bool) {
 	for i := range reqs {
 		wire.PutRequest(&reqs[i], wire.Request{Type: wire.CmdRead, Cookie: uint64(i + 1), Offset: uint64(i) * 4096 * 7, Length: 4096})
 	}
-	payload := make([]byte, wire.OffsetDataHeaderSize+4096)
+	payload := make([]byte, wire.ChunkHeaderSize+8+4096)
 	b.SetBytes(4096)
 	b.ReportAllocs()
 	b.ResetTimer()

@@ -54,6 +54,10 @@ type client struct {
 	br *bufio.Reader
 	// reqOff records the offset of each READ cookie, for fill.
 	reqOff map[uint64]uint64
+	// ext: extended headers were negotiated (see openExt).
+	ext bool
+	// ids are the meta context ids SET_META_CONTEXT gave (openExt).
+	ids map[string]uint32
 }
 
 func dial(t testing.TB, sock string) *client {
@@ -144,6 +148,30 @@ func (c *client) open(name string, structured bool) (size uint64, flags wire.Tra
 	return c.goExport(name)
 }
 
+// openExt does the handshake of a current client: fixed newstyle,
+// extended headers, the given meta context queries, then GO.
+func (c *client) openExt(name string, queries ...string) (size uint64, flags wire.TransmissionFlags) {
+	c.t.Helper()
+	c.greet(wire.ClientFixedNewstyle | wire.ClientNoZeroes)
+	c.expectRep(wire.OptExtendedHeaders, nil, wire.RepAck)
+	c.ext = true
+	if len(queries) > 0 {
+		reps := c.optAll(wire.OptSetMetaContext, wire.AppendMetaContextRequest(nil, wire.MetaContextRequest{Name: name, Queries: queries}))
+		if reps[len(reps)-1].Type != wire.RepAck {
+			c.t.Fatalf("SET_META_CONTEXT replies %+v", reps)
+		}
+		c.ids = map[string]uint32{}
+		for _, r := range reps[:len(reps)-1] {
+			id, name, err := wire.DecodeMetaContext(r.Data)
+			if err != nil {
+				c.t.Fatal(err)
+			}
+			c.ids[name] = id
+		}
+	}
+	return c.goExport(name)
+}
+
 func (c *client) goExport(name string) (uint64, wire.TransmissionFlags) {
 	c.t.Helper()
 	var size uint64
@@ -166,8 +194,20 @@ func (c *client) goExport(name string) (uint64, wire.TransmissionFlags) {
 	return size, flags
 }
 
+// send sends a request and its payload. With extended headers a payload
+// gets NBD_CMD_FLAG_PAYLOAD_LEN and its length.
 func (c *client) send(req wire.Request, payload []byte) {
 	c.t.Helper()
+	if c.ext {
+		if len(payload) > 0 {
+			req.Flags |= wire.CmdFlagPayloadLen
+			req.Length = uint64(len(payload))
+		}
+		var b [wire.ExtRequestSize]byte
+		wire.PutExtRequest(&b, req)
+		c.write(append(b[:], payload...))
+		return
+	}
 	var b [wire.RequestSize]byte
 	wire.PutRequest(&b, req)
 	c.write(append(b[:], payload...))
@@ -181,6 +221,8 @@ type result struct {
 	data   []byte
 	chunks []wire.ReplyType
 	descs  []wire.BlockDescriptor
+	// byID holds the descriptors of every block status chunk by context.
+	byID map[uint32][]wire.BlockDescriptor
 }
 
 // recv reads one whole reply. readLen gives, for simple replies, the
@@ -193,6 +235,12 @@ func (c *client) recv(readLen map[uint64]uint32) result {
 		rep, err := wire.ReadReply(c.br, 64<<20)
 		if err != nil {
 			c.t.Fatalf("read reply: %v", err)
+		}
+		if rep.Simple && c.ext {
+			c.t.Fatalf("simple reply to cookie %d with extended headers", rep.Cookie)
+		}
+		if !rep.Simple && rep.Chunk.Extended != c.ext {
+			c.t.Fatalf("chunk with extended header %v, negotiated %v", rep.Chunk.Extended, c.ext)
 		}
 		if res.cookie != 0 && rep.Cookie != res.cookie {
 			c.t.Fatalf("chunk for cookie %d inside the reply to %d", rep.Cookie, res.cookie)
@@ -215,12 +263,25 @@ func (c *client) recv(readLen map[uint64]uint32) result {
 				res.data = make([]byte, readLen[rep.Cookie])
 			}
 			c.fill(res.data, rep)
-		case t == wire.ReplyBlockStatus:
-			id, descs, err := wire.DecodeBlockStatus(rep.Payload)
-			if err != nil || id != baseAllocationID {
+		case t == wire.ReplyBlockStatus || t == wire.ReplyBlockStatusExt:
+			decode := wire.DecodeBlockStatus
+			if c.ext {
+				decode = wire.DecodeBlockStatusExt
+			}
+			if (t == wire.ReplyBlockStatusExt) != c.ext {
+				c.t.Fatalf("block status chunk of type %d, extended headers %v", t, c.ext)
+			}
+			id, descs, err := decode(rep.Payload)
+			if err != nil {
 				c.t.Fatalf("block status chunk: id %d, %v", id, err)
 			}
-			res.descs = descs
+			if res.byID == nil {
+				res.byID = map[uint32][]wire.BlockDescriptor{}
+			}
+			res.byID[id] = descs
+			if id == baseAllocationID {
+				res.descs = descs
+			}
 		case t.IsError():
 			ce, err := wire.DecodeError(t, rep.Payload)
 			if err != nil {
@@ -264,7 +325,7 @@ func (c *client) do(req wire.Request, payload []byte) result {
 	c.send(req, payload)
 	n := map[uint64]uint32{}
 	if req.Type == wire.CmdRead {
-		n[req.Cookie] = req.Length
+		n[req.Cookie] = uint32(req.Length)
 	}
 	res := c.recv(n)
 	if res.cookie != req.Cookie {

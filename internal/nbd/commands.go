@@ -1,7 +1,9 @@
 package nbd
 
 import (
+	"context"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"vdisk/internal/blockdev"
@@ -40,7 +42,7 @@ func (c *conn) handle(r *request) {
 		c.replyError(r, wire.EINVAL, fmt.Sprintf("unknown command %d", r.Type))
 		return
 	}
-	if !c.sr {
+	if !c.structured() {
 		allowed &^= wire.CmdFlagDF
 	}
 	if r.Flags&^allowed != 0 {
@@ -52,7 +54,7 @@ func (c *conn) handle(r *request) {
 	// The device's size now, not at the handshake: a disk the daemon grew
 	// under the kernel's nbd client takes requests past its old end.
 	size := x.dev.Size()
-	inside := r.Offset <= uint64(size) && uint64(r.Length) <= uint64(size)-r.Offset
+	inside := r.Offset <= uint64(size) && r.Length <= uint64(size)-r.Offset
 	writes := r.Type == wire.CmdWrite || r.Type == wire.CmdTrim || r.Type == wire.CmdWriteZeroes
 	switch {
 	case writes && x.readOnly:
@@ -126,7 +128,8 @@ func (c *conn) cache(off, n int64) error {
 	return nil
 }
 
-// cmdBlockStatus answers with a chunk for each negotiated context:
+// cmdBlockStatus answers with a chunk for each negotiated context (or,
+// with an extended request's payload, for each context it names):
 // base:allocation's hole and zero flags, then qemu:allocation-depth's
 // layer depths.
 func (c *conn) cmdBlockStatus(r *request) {
@@ -138,13 +141,32 @@ func (c *conn) cmdBlockStatus(r *request) {
 		c.replyError(r, wire.EINVAL, "block status of an empty range")
 		return
 	}
+	base, depth := c.baseOK, c.depthOK
+	if r.hasIDs {
+		base, depth = false, false
+		for _, id := range r.ids {
+			switch {
+			case id == baseAllocationID && c.baseOK && !base:
+				base = true
+			case id == allocationDepthID && c.depthOK && !depth:
+				depth = true
+			default:
+				c.replyError(r, wire.EINVAL, fmt.Sprintf("block status payload names context id %d, which is unknown or repeated", id))
+				return
+			}
+		}
+		if !base && !depth {
+			c.replyError(r, wire.EINVAL, "block status payload names no context")
+			return
+		}
+	}
 	one := r.Flags&wire.CmdFlagReqOne != 0
 	type answer struct {
 		id    uint32
 		descs []wire.BlockDescriptor
 	}
 	var answers []answer
-	if c.baseOK {
+	if base {
 		descs, err := c.statusDescriptors(r, one, c.baseExtents)
 		if err != nil {
 			c.replyError(r, errnoOf(err), "block status: "+err.Error())
@@ -152,7 +174,7 @@ func (c *conn) cmdBlockStatus(r *request) {
 		}
 		answers = append(answers, answer{baseAllocationID, descs})
 	}
-	if c.depthOK {
+	if depth {
 		descs, err := c.statusDescriptors(r, one, c.depthExtents)
 		if err != nil {
 			c.replyError(r, errnoOf(err), "block status: "+err.Error())
@@ -166,7 +188,14 @@ func (c *conn) cmdBlockStatus(r *request) {
 		if i == len(answers)-1 {
 			flags = wire.ReplyFlagDone
 		}
-		r.ext = wire.AppendBlockStatus(r.ext, flags, r.Cookie, a.id, a.descs)
+		r.ext = wire.AppendBlockStatus(r.ext, c.chunk(r, flags), a.id, a.descs)
+		if c.ext && c.log.Enabled(context.Background(), slog.LevelDebug) {
+			var total uint64
+			for _, d := range a.descs {
+				total += d.Length
+			}
+			c.log.Debug("nbd: block status", "context", a.id, "offset", r.Offset, "length", r.Length, "descriptors", len(a.descs), "described", total)
+		}
 	}
 	c.send(r.ext)
 }
@@ -233,13 +262,15 @@ scan:
 				break
 			}
 			l := min(e.len, end-pos)
-			if k := len(descs) - 1; k >= 0 && descs[k].Flags == e.value {
-				descs[k].Length += uint32(l) // sum stays within the u32 request length
+			if k := len(descs) - 1; k >= 0 && descs[k].Flags == uint64(e.value) {
+				// The sum stays within the request's length: 32 bits
+				// unless extended headers were negotiated.
+				descs[k].Length += uint64(l)
 			} else {
 				if (one && len(descs) == 1) || len(descs) == maxDescriptors {
 					break scan
 				}
-				descs = append(descs, wire.BlockDescriptor{Length: uint32(l), Flags: e.value})
+				descs = append(descs, wire.BlockDescriptor{Length: uint64(l), Flags: uint64(e.value)})
 			}
 			pos += l
 			progress = true

@@ -33,8 +33,8 @@ func TestCommands(t *testing.T) {
 				}
 			}
 			data := randBytes(300 << 10)
-			ok("write", c.do(wire.Request{Type: wire.CmdWrite, Offset: 4096, Length: uint32(len(data))}, data))
-			r := c.do(wire.Request{Type: wire.CmdRead, Offset: 4096, Length: uint32(len(data))}, nil)
+			ok("write", c.do(wire.Request{Type: wire.CmdWrite, Offset: 4096, Length: uint64(len(data))}, data))
+			r := c.do(wire.Request{Type: wire.CmdRead, Offset: 4096, Length: uint64(len(data))}, nil)
 			ok("read", r)
 			if !bytes.Equal(r.data, data) {
 				t.Fatal("read back differs")
@@ -56,7 +56,7 @@ func TestCommands(t *testing.T) {
 			clear(want[0:4096])
 			clear(want[(64<<10)-4096 : (192<<10)-4096])
 			clear(want[(200<<10)-4096 : (208<<10)-4096])
-			r = c.do(wire.Request{Type: wire.CmdRead, Offset: 4096, Length: uint32(len(data))}, nil)
+			r = c.do(wire.Request{Type: wire.CmdRead, Offset: 4096, Length: uint64(len(data))}, nil)
 			ok("read after zeroing", r)
 			if !bytes.Equal(r.data, want) {
 				t.Fatal("read after trim/zero differs")
@@ -95,7 +95,7 @@ func TestCommands(t *testing.T) {
 }
 
 func desc(length, flags uint32) wire.BlockDescriptor {
-	return wire.BlockDescriptor{Length: length, Flags: flags}
+	return wire.BlockDescriptor{Length: uint64(length), Flags: uint64(flags)}
 }
 
 func TestBlockStatus(t *testing.T) {

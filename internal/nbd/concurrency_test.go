@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -133,7 +134,7 @@ func pipeline(c *client, first uint64, n int, blockLen int) error {
 		var buf []byte
 		for i := first; i < first+uint64(n); i++ {
 			var h [wire.RequestSize]byte
-			wire.PutRequest(&h, wire.Request{Type: wire.CmdWrite, Cookie: i + 1, Offset: i * uint64(blockLen), Length: uint32(blockLen)})
+			wire.PutRequest(&h, wire.Request{Type: wire.CmdWrite, Cookie: i + 1, Offset: i * uint64(blockLen), Length: uint64(blockLen)})
 			buf = append(append(buf[:0], h[:]...), block(i)...)
 			if _, err := c.nc.Write(buf); err != nil {
 				sendErr = err
@@ -158,7 +159,7 @@ func pipeline(c *client, first uint64, n int, blockLen int) error {
 	}
 	for i := first; i < first+uint64(n); i++ {
 		var h [wire.RequestSize]byte
-		wire.PutRequest(&h, wire.Request{Type: wire.CmdRead, Cookie: i + 1, Offset: i * uint64(blockLen), Length: uint32(blockLen)})
+		wire.PutRequest(&h, wire.Request{Type: wire.CmdRead, Cookie: i + 1, Offset: i * uint64(blockLen), Length: uint64(blockLen)})
 		if _, err := c.nc.Write(h[:]); err != nil {
 			return err
 		}
@@ -201,12 +202,29 @@ func TestShutdownCompletesInFlight(t *testing.T) {
 	c.open("disk", false)
 	idle := dial(t, sock) // still negotiating when the server shuts down
 	idle.greet(wire.ClientFixedNewstyle)
+	half := dial(t, sock) // in the middle of sending an option
+	half.greet(wire.ClientFixedNewstyle)
+	list := wire.AppendOption(nil, wire.OptList, nil)
+	half.write(list[:5])
+	aborting := dial(t, sock)
+	aborting.greet(wire.ClientFixedNewstyle)
 
 	c.send(wire.Request{Type: wire.CmdWrite, Cookie: 9, Offset: 8192, Length: 4}, []byte("abcd"))
 	<-d.entered
 	shut := make(chan error, 1)
 	go func() { shut <- srv.Shutdown(context.Background()) }()
-	idle.expectClosed() // negotiating connections are closed at once
+	waitShutdown(t, srv)
+	// Negotiating clients get NBD_REP_ERR_SHUTDOWN for their next option
+	// (an ACK for NBD_OPT_ABORT), then the connection ends.
+	idle.expectRep(wire.OptInfo, wire.AppendInfoRequest(nil, wire.InfoRequest{Name: "disk"}), wire.RepErrShutdown)
+	idle.expectClosed()
+	half.write(list[5:])
+	if r := half.optReply(); r.Opt != wire.OptList || r.Type != wire.RepErrShutdown {
+		t.Fatalf("option completed after shutdown: reply %+v", r)
+	}
+	half.expectClosed()
+	aborting.expectRep(wire.OptAbort, nil, wire.RepAck)
+	aborting.expectClosed()
 	select {
 	case err := <-shut:
 		t.Fatalf("Shutdown returned %v with a request in flight", err)
@@ -238,6 +256,19 @@ func TestShutdownCompletesInFlight(t *testing.T) {
 	defer c2.Close()
 	if err := srv.ServeConn(context.Background(), c1); !errors.Is(err, ErrServerClosed) {
 		t.Fatalf("ServeConn after Shutdown = %v", err)
+	}
+}
+
+// waitShutdown waits until Shutdown has begun (it has then told every
+// connection to stop).
+func waitShutdown(t *testing.T, srv *Server) {
+	t.Helper()
+	deadline := time.Now().Add(testTimeout)
+	for !srv.isShutdown() {
+		if time.Now().After(deadline) {
+			t.Fatal("Shutdown did not begin")
+		}
+		runtime.Gosched()
 	}
 }
 

@@ -31,6 +31,7 @@ type conn struct {
 	noZeroes  bool
 	tlsDone   bool
 	sr        bool    // structured replies
+	ext       bool    // extended headers (which imply structured replies)
 	metaExp   *export // export the meta contexts were set for
 	metaBase  bool    // base:allocation selected for metaExp
 	metaDepth bool    // qemu:allocation-depth selected for metaExp
@@ -107,10 +108,14 @@ func (c *conn) close() {
 	c.raw.Close()
 }
 
+// structured reports whether replies are chunks: structured replies or
+// extended headers were negotiated.
+func (c *conn) structured() bool { return c.sr || c.ext }
+
 // serve runs the handshake and the transmission phase.
 func (c *conn) serve() error {
 	c.log.Debug("nbd: connection opened")
-	c.setDeadline(time.Now().Add(handshakeTimeout))
+	c.setDeadline(time.Now().Add(c.srv.handshakeTimeout))
 	ok, err := c.handshake()
 	if err != nil || !ok {
 		if c.isClosing() {
@@ -119,7 +124,7 @@ func (c *conn) serve() error {
 		return err
 	}
 	c.setDeadline(time.Time{})
-	c.log.Debug("nbd: transmission", "export", c.exp.name, "structured", c.sr)
+	c.log.Debug("nbd: transmission", "export", c.exp.name, "structured", c.structured(), "extended_headers", c.ext)
 	return c.transmit()
 }
 
@@ -141,6 +146,12 @@ func (c *conn) handshake() (bool, error) {
 	}
 	c.noZeroes = cf&wire.ClientNoZeroes != 0
 	for range maxOptions {
+		if err := c.awaitOption(); err != nil {
+			if errors.Is(err, io.EOF) {
+				return false, fmt.Errorf("nbd: client hung up during negotiation: %w", err)
+			}
+			return false, err
+		}
 		h, err := wire.ReadOptionHeader(c.br)
 		if err != nil {
 			if errors.Is(err, io.EOF) {
@@ -164,12 +175,47 @@ func (c *conn) handshake() (bool, error) {
 		if _, err := io.ReadFull(c.br, data); err != nil {
 			return false, fmt.Errorf("nbd: read option %d data: %w", h.Opt, err)
 		}
+		if c.isClosing() {
+			return false, c.refuseShutdown(h.Opt)
+		}
 		done, err := c.option(h.Opt, data)
 		if err != nil || done {
 			return err == nil && c.exp != nil, err
 		}
 	}
 	return false, fmt.Errorf("%w: more than %d options", errProtocol, maxOptions)
+}
+
+// awaitOption waits until an option header is buffered. When the server
+// shuts down meanwhile, the client gets optionShutdownGrace more to send the
+// option it may be in the middle of, which is then answered
+// NBD_REP_ERR_SHUTDOWN.
+func (c *conn) awaitOption() error {
+	_, err := c.br.Peek(16)
+	if err == nil || !c.isClosing() {
+		return err
+	}
+	c.mu.Lock()
+	c.raw.SetReadDeadline(time.Now().Add(optionShutdownGrace))
+	c.mu.Unlock()
+	if _, err := c.br.Peek(16); err != nil {
+		return err
+	}
+	return nil
+}
+
+// refuseShutdown answers an option received while the server shuts down:
+// NBD_REP_ERR_SHUTDOWN (an ACK for NBD_OPT_ABORT; nothing for
+// NBD_OPT_EXPORT_NAME, which has no error reply), then negotiation ends.
+func (c *conn) refuseShutdown(opt wire.Opt) error {
+	switch opt {
+	case wire.OptAbort:
+		c.reply(opt, wire.RepAck, nil)
+	case wire.OptExportName:
+	default:
+		c.replyErr(opt, wire.RepErrShutdown, "the server is shutting down")
+	}
+	return nil
 }
 
 // option answers one option. done means negotiation is over: the client
@@ -197,10 +243,23 @@ func (c *conn) option(opt wire.Opt, data []byte) (done bool, err error) {
 	case wire.OptInfo, wire.OptGo:
 		return c.optInfo(opt, data)
 	case wire.OptStructuredReply:
-		if len(data) != 0 {
+		switch {
+		case len(data) != 0:
 			return false, c.replyErr(opt, wire.RepErrInvalid, "NBD_OPT_STRUCTURED_REPLY takes no data")
+		case c.ext:
+			return false, c.replyErr(opt, wire.RepErrExtHeaderReqd, "extended headers are negotiated already and take precedence")
 		}
 		c.sr = true
+		return false, c.reply(opt, wire.RepAck, nil)
+	case wire.OptExtendedHeaders:
+		switch {
+		case len(data) != 0:
+			return false, c.replyErr(opt, wire.RepErrInvalid, "NBD_OPT_EXTENDED_HEADERS takes no data")
+		case c.ext:
+			return false, c.replyErr(opt, wire.RepErrInvalid, "extended headers are negotiated already")
+		}
+		c.ext = true
+		c.log.Debug("nbd: extended headers negotiated")
 		return false, c.reply(opt, wire.RepAck, nil)
 	case wire.OptListMetaContext, wire.OptSetMetaContext:
 		return false, c.optMetaContext(opt, data)
@@ -240,7 +299,7 @@ func (c *conn) upgradeTLS() error {
 	c.br.Reset(tc)
 	c.tlsDone = true
 	// Nothing negotiated in clear text carries over.
-	c.sr, c.metaExp, c.metaBase, c.metaDepth = false, nil, false, false
+	c.sr, c.ext, c.metaExp, c.metaBase, c.metaDepth = false, false, nil, false, false
 	c.log.Debug("nbd: TLS established", "version", tc.ConnectionState().Version)
 	return nil
 }

@@ -7,24 +7,34 @@
 //
 // The server speaks fixed newstyle negotiation only. Options: EXPORT_NAME,
 // ABORT, LIST, INFO and GO (INFO_EXPORT, INFO_NAME, INFO_DESCRIPTION,
-// INFO_BLOCK_SIZE), STRUCTURED_REPLY, LIST_META_CONTEXT and SET_META_CONTEXT
-// with base:allocation and qemu:allocation-depth (the layer of a backing
-// chain that holds each range: blockdev.Depther), and STARTTLS. Any other
-// option gets
-// NBD_REP_ERR_UNSUP and negotiation continues. With a TLSConfig the server
-// runs in FORCEDTLS mode: before STARTTLS only STARTTLS and ABORT are served.
+// INFO_BLOCK_SIZE), STRUCTURED_REPLY, EXTENDED_HEADERS, LIST_META_CONTEXT
+// and SET_META_CONTEXT with base:allocation and qemu:allocation-depth (the
+// layer of a backing chain that holds each range: blockdev.Depther), and
+// STARTTLS. Any other option gets NBD_REP_ERR_UNSUP and negotiation
+// continues. With a TLSConfig the server runs in FORCEDTLS mode: before
+// STARTTLS only STARTTLS and ABORT are served. Meta-context queries follow
+// the spec in full (see options.go): LIST is answered in any state, SET
+// needs structured replies or extended headers. A client still
+// negotiating when the server shuts down has its next option answered
+// NBD_REP_ERR_SHUTDOWN. The whole negotiation must end within
+// HandshakeTimeout.
 //
 // In the transmission phase every command of the specification is served:
 // READ (DF), WRITE (FUA), DISC, FLUSH, TRIM, CACHE, WRITE_ZEROES (NO_HOLE,
-// FAST_ZERO) and BLOCK_STATUS (REQ_ONE), with structured replies when the
-// client negotiated them and simple replies otherwise. The transmission
+// FAST_ZERO) and BLOCK_STATUS (REQ_ONE), with simple replies, structured
+// replies, or, when the client negotiated extended headers, 32-byte
+// extended requests and replies only: 64-bit effect lengths for
+// WRITE_ZEROES, TRIM, CACHE and BLOCK_STATUS, BLOCK_STATUS_EXT replies, and
+// BLOCK_STATUS with a payload naming the contexts to answer for
+// (NBD_FLAG_BLOCK_STATUS_PAYLOAD). The transmission
 // flags tell the truth about the Device: SEND_TRIM only for a
 // blockdev.Trimmer, SEND_FAST_ZERO only for a blockdev.ZeroWriter.
 // CAN_MULTI_CONN is always set, because every connection to an export
 // shares one Device whose Flush covers every completed write.
 //
 // Requests of one connection run concurrently, at most MaxInFlight at a
-// time and at most maxInFlightBytes of payload buffers, and are answered
+// time and at most maxInFlightBytes of payload buffers (and all
+// connections together at most MaxBufferedBytes), and are answered
 // out of order, each reply only after its operation finished. While the
 // Device answers in microseconds (the page cache), the request reader runs
 // small READs and WRITEs itself instead of paying for a goroutine handoff;

@@ -64,7 +64,7 @@ func TestOptions(t *testing.T) {
 			}
 		}},
 		{"unknown options", func(t *testing.T, c *client) {
-			for _, o := range []wire.Opt{wire.OptPeekExport, wire.OptExtendedHeaders, 99, 1 << 31} {
+			for _, o := range []wire.Opt{wire.OptPeekExport, 12, 99, 1 << 31} {
 				c.expectRep(o, []byte("junk"), wire.RepErrUnsup)
 			}
 			if size, _ := c.goExport("disk"); size != 1<<20 {
@@ -88,7 +88,7 @@ func TestOptions(t *testing.T) {
 			req := func(name string, q ...string) []byte {
 				return wire.AppendMetaContextRequest(nil, wire.MetaContextRequest{Name: name, Queries: q})
 			}
-			c.expectRep(wire.OptListMetaContext, req("disk"), wire.RepErrInvalid) // before STRUCTURED_REPLY
+			c.expectRep(wire.OptSetMetaContext, req("disk", "base:allocation"), wire.RepErrInvalid) // before STRUCTURED_REPLY
 			c.expectRep(wire.OptStructuredReply, nil, wire.RepAck)
 			for _, tc := range []struct {
 				q    []string

@@ -12,13 +12,19 @@ func (c *conn) lookup(name string) *export { return c.srv.byName[name] }
 // exportFlags are x's transmission flags on this connection.
 func (c *conn) exportFlags(x *export) wire.TransmissionFlags {
 	f := x.flags
-	if c.sr {
+	if c.structured() {
 		f |= wire.FlagSendDF
+	}
+	if c.ext && c.metaExp == x && (c.metaBase || c.metaDepth) {
+		f |= wire.FlagBlockStatusPayload
 	}
 	return f
 }
 
 func (c *conn) optExportName(data []byte) (bool, error) {
+	if c.ext {
+		return true, fmt.Errorf("%w: NBD_OPT_EXPORT_NAME after extended headers were negotiated", errProtocol)
+	}
 	name, err := wire.DecodeExportName(data)
 	if err != nil {
 		return true, fmt.Errorf("%w: %v", errProtocol, err)
@@ -39,7 +45,7 @@ func (c *conn) optExportName(data []byte) (bool, error) {
 func (c *conn) enter(x *export) {
 	c.exp = x
 	c.flags = c.exportFlags(x)
-	mine := c.sr && c.metaExp == x
+	mine := c.structured() && c.metaExp == x
 	c.baseOK, c.depthOK = mine && c.metaBase, mine && c.metaDepth
 }
 
@@ -108,9 +114,23 @@ func (c *conn) optInfo(opt wire.Opt, data []byte) (bool, error) {
 	return false, nil
 }
 
+// Meta contexts. Two are served: base:allocation and qemu:allocation-depth,
+// both with 32-bit values (so neither needs extended headers). Queries
+// follow the spec and qemu-nbd:
+//
+//   - LIST with no query lists every context; SET with none selects none.
+//   - "base:" and "qemu:" (a namespace with an empty leaf) list every
+//     context of that namespace; SET ignores them.
+//   - A full name lists or selects that context; an unknown leaf of a
+//     known namespace and any query of an unknown namespace are ignored.
+//   - A query without a colon is refused with NBD_REP_ERR_INVALID.
+//   - LIST is answered whether or not structured replies or extended
+//     headers were negotiated (the spec allows it, qemu-nbd does it);
+//     SET needs one of them first.
+//   - SET replaces the selection even when it fails.
+
 // matchContexts returns the contexts a list (or, with set, a set) query
-// selects: base:allocation and qemu:allocation-depth by name, and, for
-// listing, every context of a namespace by "base:" or "qemu:".
+// selects.
 func matchContexts(q string, set bool) (base, depth bool) {
 	base = q == wire.MetaContextBaseAllocation || !set && q == "base:"
 	depth = q == wire.MetaContextAllocationDepth || !set && q == "qemu:"
@@ -118,23 +138,26 @@ func matchContexts(q string, set bool) (base, depth bool) {
 }
 
 func (c *conn) optMetaContext(opt wire.Opt, data []byte) error {
-	if !c.sr {
-		return c.replyErr(opt, wire.RepErrInvalid, "negotiate NBD_OPT_STRUCTURED_REPLY first")
+	set := opt == wire.OptSetMetaContext
+	if set {
+		c.metaExp, c.metaBase, c.metaDepth = nil, false, false
+		if !c.structured() {
+			return c.replyErr(opt, wire.RepErrInvalid, "negotiate NBD_OPT_STRUCTURED_REPLY or NBD_OPT_EXTENDED_HEADERS first")
+		}
 	}
 	req, err := wire.DecodeMetaContextRequest(data)
 	if err != nil {
 		return c.replyErr(opt, wire.RepErrInvalid, "%v", err)
 	}
 	for _, q := range req.Queries {
-		if !strings.Contains(q, ":") {
-			return c.replyErr(opt, wire.RepErrInvalid, "query %q has no namespace", q)
+		if i := strings.IndexByte(q, ':'); i <= 0 {
+			return c.replyErr(opt, wire.RepErrInvalid, "query %q does not start with a namespace and a colon", q)
 		}
 	}
 	x := c.lookup(req.Name)
 	if x == nil {
 		return c.replyErr(opt, wire.RepErrUnknown, "no export named %q", req.Name)
 	}
-	set := opt == wire.OptSetMetaContext
 	all := !set && len(req.Queries) == 0
 	base, depth := all, all
 	for _, q := range req.Queries {

@@ -16,10 +16,13 @@ import (
 // Tests against the real NBD clients of Debian: libnbd's nbdinfo, nbdcopy
 // and nbdsh, qemu-io, qemu-img and fio.
 
-// need skips the test when tool is not installed.
+// need skips the test when tool is not installed, and fails it under CI.
 func need(t *testing.T, tool string) {
 	t.Helper()
 	if _, err := exec.LookPath(tool); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("%s is missing; scripts/deps.sh installs it", tool)
+		}
 		t.Skipf("%s is not installed (scripts/deps.sh installs it)", tool)
 	}
 }

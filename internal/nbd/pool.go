@@ -49,6 +49,7 @@ func putBuf(b *[]byte) {
 // The reader acquires before reading a request's payload; the worker
 // releases after its reply is written.
 type budget struct {
+	waiting  int // acquirers waiting (tests watch it)
 	mu       sync.Mutex
 	cond     sync.Cond
 	n        int
@@ -66,7 +67,9 @@ func (b *budget) init(maxN int, maxBytes int64) {
 func (b *budget) acquire(size int64) {
 	b.mu.Lock()
 	for b.n >= b.maxN || (b.bytes > 0 && b.bytes+size > b.maxBytes) {
+		b.waiting++
 		b.cond.Wait()
+		b.waiting--
 	}
 	b.n++
 	b.bytes += size
@@ -79,5 +82,12 @@ func (b *budget) release(size int64) {
 	b.n--
 	b.bytes -= size
 	b.mu.Unlock()
-	b.cond.Signal()
+	b.cond.Broadcast()
+}
+
+// waiters returns how many acquirers wait.
+func (b *budget) waiters() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.waiting
 }

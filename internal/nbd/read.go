@@ -23,10 +23,9 @@ type span struct {
 // A failed read sends what was read and an ERROR_OFFSET where it failed.
 func (c *conn) cmdRead(r *request) {
 	if r.Length == 0 {
-		if c.sr {
-			h := (*[wire.ChunkHeaderSize]byte)(r.hdr[:wire.ChunkHeaderSize])
-			wire.PutNone(h, r.Cookie)
-			c.send(h[:])
+		if c.structured() {
+			n := wire.PutNone(r.hdr[:], c.chunk(r, wire.ReplyFlagDone))
+			c.send(r.hdr[:n])
 		} else {
 			c.replyOK(r)
 		}
@@ -41,34 +40,32 @@ func (c *conn) cmdRead(r *request) {
 		c.readFailed(r, n, err)
 		return
 	}
-	if !c.sr {
+	if !c.structured() {
 		h := (*[wire.SimpleReplySize]byte)(r.hdr[:wire.SimpleReplySize])
 		wire.PutSimpleReply(h, 0, r.Cookie)
 		c.send(h[:], data)
 		return
 	}
 	if r.Flags&wire.CmdFlagDF != 0 || len(data) < holeGranule || !c.sparse(r, data) {
-		h := (*[wire.OffsetDataHeaderSize]byte)(r.hdr[:wire.OffsetDataHeaderSize])
-		wire.PutOffsetDataHeader(h, wire.ReplyFlagDone, r.Cookie, r.Offset, r.Length)
-		c.send(h[:], data)
+		n := wire.PutOffsetDataHeader(r.hdr[:], c.chunk(r, wire.ReplyFlagDone), r.Offset, uint32(r.Length))
+		c.send(r.hdr[:n], data)
 	}
 }
 
 // readFailed answers a READ whose first n bytes were read before err.
 func (c *conn) readFailed(r *request, n int, err error) {
 	e, msg := errnoOf(err), "read: "+err.Error()
-	if !c.sr {
+	if !c.structured() {
 		c.replyError(r, e, msg)
 		return
 	}
 	n = max(0, min(n, int(r.Length)-1)) // the error offset lies inside the request
 	var parts [][]byte
 	if n > 0 {
-		h := (*[wire.OffsetDataHeaderSize]byte)(r.hdr[:wire.OffsetDataHeaderSize])
-		wire.PutOffsetDataHeader(h, 0, r.Cookie, r.Offset, uint32(n))
-		parts = append(parts, h[:], (*r.buf)[:n])
+		k := wire.PutOffsetDataHeader(r.hdr[:], c.chunk(r, 0), r.Offset, uint32(n))
+		parts = append(parts, r.hdr[:k], (*r.buf)[:n])
 	}
-	r.ext = wire.AppendErrorOffset(r.ext[:0], wire.ReplyFlagDone, r.Cookie, e, msg, r.Offset+uint64(n))
+	r.ext = wire.AppendErrorOffset(r.ext[:0], c.chunk(r, wire.ReplyFlagDone), e, msg, r.Offset+uint64(n))
 	c.send(append(parts, r.ext)...)
 }
 
@@ -90,12 +87,13 @@ func (c *conn) sparse(r *request, data []byte) bool {
 	if len(spans) == 1 && !spans[0].zero {
 		return false
 	}
+	hs := c.chunk(r, 0).Size()
 	need := 0
 	for _, s := range spans {
 		if s.zero {
-			need += wire.OffsetHoleSize
+			need += hs + 12
 		} else {
-			need += wire.OffsetDataHeaderSize
+			need += hs + 8
 		}
 	}
 	if cap(r.ext) < need {
@@ -110,15 +108,13 @@ func (c *conn) sparse(r *request, data []byte) bool {
 		}
 		off := r.Offset + uint64(s.start)
 		if s.zero {
-			h := (*[wire.OffsetHoleSize]byte)(hdrs[:wire.OffsetHoleSize])
-			wire.PutOffsetHole(h, flags, r.Cookie, off, uint32(s.end-s.start))
-			parts = append(parts, h[:])
-			hdrs = hdrs[wire.OffsetHoleSize:]
+			k := wire.PutOffsetHole(hdrs, c.chunk(r, flags), off, uint32(s.end-s.start))
+			parts = append(parts, hdrs[:k])
+			hdrs = hdrs[k:]
 		} else {
-			h := (*[wire.OffsetDataHeaderSize]byte)(hdrs[:wire.OffsetDataHeaderSize])
-			wire.PutOffsetDataHeader(h, flags, r.Cookie, off, uint32(s.end-s.start))
-			parts = append(parts, h[:], data[s.start:s.end])
-			hdrs = hdrs[wire.OffsetDataHeaderSize:]
+			k := wire.PutOffsetDataHeader(hdrs, c.chunk(r, flags), off, uint32(s.end-s.start))
+			parts = append(parts, hdrs[:k], data[s.start:s.end])
+			hdrs = hdrs[k:]
 		}
 	}
 	r.parts = parts

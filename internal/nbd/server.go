@@ -31,8 +31,18 @@ const (
 	// in-flight requests (a single request larger than this still runs,
 	// alone).
 	maxInFlightBytes = 64 << 20
-	// handshakeTimeout bounds the whole option haggling of a connection.
-	handshakeTimeout = 60 * time.Second
+	// DefaultHandshakeTimeout bounds the whole option haggling of a
+	// connection when Server.HandshakeTimeout is 0 (qemu-nbd's
+	// --handshake-limit defaults to 10 s too): a client that trickles its
+	// handshake a byte at a time is dropped when it runs out.
+	DefaultHandshakeTimeout = 10 * time.Second
+	// DefaultMaxBufferedBytes bounds the payload buffers of all
+	// connections together when Server.MaxBufferedBytes is 0.
+	DefaultMaxBufferedBytes = 256 << 20
+	// optionShutdownGrace is how long a connection still negotiating when
+	// the server shuts down may take to send the option it is in the
+	// middle of, to be answered NBD_REP_ERR_SHUTDOWN.
+	optionShutdownGrace = 5 * time.Second
 	// maxOptions bounds the options one connection may send.
 	maxOptions = 1024
 	// readBufSize is the buffered reader on each connection.
@@ -79,21 +89,32 @@ type Server struct {
 	// all its listeners), like qemu-nbd --shared: a further client waits
 	// in the listener's backlog until one ends. 0 means no bound.
 	MaxConnections int
+	// MaxBufferedBytes bounds the READ and WRITE payload buffers of all
+	// connections together (each connection also holds at most 64 MiB); a
+	// connection's reader waits for room before it takes a request's
+	// payload. A single request larger than the bound still runs, alone.
+	// 0 means DefaultMaxBufferedBytes.
+	MaxBufferedBytes int64
+	// HandshakeTimeout bounds a connection's whole negotiation, from the
+	// greeting to the choice of an export; 0 means DefaultHandshakeTimeout.
+	HandshakeTimeout time.Duration
 
 	// noInline makes every request run on its own goroutine (tests that
 	// need a blocked request not to hold up the reader set it).
 	noInline bool
 
-	initOnce    sync.Once
-	initErr     error
-	exports     []*export
-	byName      map[string]*export
-	tlsConfig   *tls.Config
-	log         *slog.Logger
-	maxInFlight int
-	maxPayload  int
-	slots       chan struct{} // one per connection Serve has open; nil: no bound
-	closing     chan struct{} // closed by Shutdown
+	initOnce         sync.Once
+	initErr          error
+	exports          []*export
+	byName           map[string]*export
+	tlsConfig        *tls.Config
+	log              *slog.Logger
+	maxInFlight      int
+	maxPayload       int
+	handshakeTimeout time.Duration
+	buffered         budget        // payload bytes of all connections
+	slots            chan struct{} // one per connection Serve has open; nil: no bound
+	closing          chan struct{} // closed by Shutdown
 
 	mu        sync.Mutex
 	shutdown  bool
@@ -134,6 +155,15 @@ func (s *Server) setup() error {
 	if s.maxInFlight <= 0 {
 		s.maxInFlight = DefaultMaxInFlight
 	}
+	s.handshakeTimeout = s.HandshakeTimeout
+	if s.handshakeTimeout <= 0 {
+		s.handshakeTimeout = DefaultHandshakeTimeout
+	}
+	maxBuffered := s.MaxBufferedBytes
+	if maxBuffered <= 0 {
+		maxBuffered = DefaultMaxBufferedBytes
+	}
+	s.buffered.init(1<<31, maxBuffered)
 	s.maxPayload = s.MaxPayload
 	if s.maxPayload == 0 {
 		s.maxPayload = DefaultMaxPayload
@@ -332,8 +362,9 @@ func (s *Server) isShutdown() bool {
 }
 
 // Shutdown stops the server gracefully: it closes the listeners, stops
-// reading new requests on every connection (connections still negotiating
-// are closed), waits for the requests in flight to finish and be answered,
+// reading new requests on every connection (a connection still
+// negotiating has its next option, if it comes within a few seconds,
+// answered NBD_REP_ERR_SHUTDOWN and is then closed), waits for the requests in flight to finish and be answered,
 // closes the connections, and then flushes every export's Device. If ctx
 // ends first, every connection is closed at once; Shutdown still waits for
 // operations already inside a Device to return, then returns ctx.Err().

@@ -145,10 +145,10 @@ func TestStartTLS(t *testing.T) {
 	c.expectRep(wire.OptStructuredReply, nil, wire.RepAck)
 	c.goExport("disk")
 	data := randBytes(64 << 10)
-	if r := c.do(wire.Request{Type: wire.CmdWrite, Offset: 4096, Length: uint32(len(data))}, data); r.errno != 0 {
+	if r := c.do(wire.Request{Type: wire.CmdWrite, Offset: 4096, Length: uint64(len(data))}, data); r.errno != 0 {
 		t.Fatalf("write over TLS: %d", r.errno)
 	}
-	r := c.do(wire.Request{Type: wire.CmdRead, Offset: 4096, Length: uint32(len(data))}, nil)
+	r := c.do(wire.Request{Type: wire.CmdRead, Offset: 4096, Length: uint64(len(data))}, nil)
 	if r.errno != 0 || string(r.data) != string(data) {
 		t.Fatalf("read over TLS: errno %d", r.errno)
 	}

@@ -24,6 +24,10 @@ const (
 	SimpleReplyMagic uint32 = 0x67446698
 	// StructuredReplyMagic is NBD_STRUCTURED_REPLY_MAGIC.
 	StructuredReplyMagic uint32 = 0x668e33ef
+	// ExtendedRequestMagic is NBD_EXTENDED_REQUEST_MAGIC (extended headers).
+	ExtendedRequestMagic uint32 = 0x21e41c71
+	// ExtendedReplyMagic is NBD_EXTENDED_REPLY_MAGIC (extended headers).
+	ExtendedReplyMagic uint32 = 0x6e8a278c
 )
 
 // Bounds on what the decoders accept.
@@ -48,17 +52,22 @@ const (
 
 // Fixed sizes of wire messages.
 const (
-	// RequestSize is the size of a (compact) request header.
+	// RequestSize is the size of a compact request header.
 	RequestSize = 28
+	// ExtRequestSize is the size of an extended request header.
+	ExtRequestSize = 32
 	// SimpleReplySize is the size of a simple reply header.
 	SimpleReplySize = 16
 	// ChunkHeaderSize is the size of a structured reply chunk header.
 	ChunkHeaderSize = 20
-	// OffsetDataHeaderSize is a chunk header plus the offset of an
-	// NBD_REPLY_TYPE_OFFSET_DATA chunk: what precedes the data.
-	OffsetDataHeaderSize = ChunkHeaderSize + 8
-	// OffsetHoleSize is the full size of an NBD_REPLY_TYPE_OFFSET_HOLE chunk.
-	OffsetHoleSize = ChunkHeaderSize + 12
+	// ExtChunkHeaderSize is the size of an extended reply chunk header.
+	ExtChunkHeaderSize = 32
+	// MaxOffsetDataHeaderSize is the most that precedes the data of an
+	// NBD_REPLY_TYPE_OFFSET_DATA chunk: an extended header and the offset.
+	MaxOffsetDataHeaderSize = ExtChunkHeaderSize + 8
+	// MaxOffsetHoleSize is the largest NBD_REPLY_TYPE_OFFSET_HOLE chunk
+	// (with an extended header).
+	MaxOffsetHoleSize = ExtChunkHeaderSize + 12
 	// GreetingSize is NBDMAGIC, IHAVEOPT and the handshake flags.
 	GreetingSize = 18
 	// ExportNameReplyZeroes is the reserved zero padding after the reply
@@ -114,6 +123,9 @@ const (
 	FlagSendCache TransmissionFlags = 1 << 10
 	// FlagSendFastZero is NBD_FLAG_SEND_FAST_ZERO.
 	FlagSendFastZero TransmissionFlags = 1 << 11
+	// FlagBlockStatusPayload is NBD_FLAG_BLOCK_STATUS_PAYLOAD (extended
+	// headers): BLOCK_STATUS may carry a payload naming the context ids.
+	FlagBlockStatusPayload TransmissionFlags = 1 << 12
 )
 
 // Opt is an option code (NBD_OPT_*).
@@ -176,6 +188,8 @@ const (
 	RepErrBlockSizeReqd = repErr + 8
 	// RepErrTooBig is NBD_REP_ERR_TOO_BIG.
 	RepErrTooBig = repErr + 9
+	// RepErrExtHeaderReqd is NBD_REP_ERR_EXT_HEADER_REQD.
+	RepErrExtHeaderReqd = repErr + 10
 )
 
 // IsError reports whether r is an error reply.
@@ -233,6 +247,9 @@ const (
 	CmdFlagReqOne CmdFlags = 1 << 3
 	// CmdFlagFastZero is NBD_CMD_FLAG_FAST_ZERO.
 	CmdFlagFastZero CmdFlags = 1 << 4
+	// CmdFlagPayloadLen is NBD_CMD_FLAG_PAYLOAD_LEN (extended headers):
+	// the length is that of a payload following the header.
+	CmdFlagPayloadLen CmdFlags = 1 << 5
 )
 
 // ReplyFlags are structured reply chunk flags.
@@ -253,6 +270,8 @@ const (
 	ReplyOffsetHole ReplyType = 2
 	// ReplyBlockStatus is NBD_REPLY_TYPE_BLOCK_STATUS.
 	ReplyBlockStatus ReplyType = 5
+	// ReplyBlockStatusExt is NBD_REPLY_TYPE_BLOCK_STATUS_EXT (extended headers).
+	ReplyBlockStatusExt ReplyType = 6
 	// ReplyError is NBD_REPLY_TYPE_ERROR.
 	ReplyError ReplyType = 1<<15 + 1
 	// ReplyErrorOffset is NBD_REPLY_TYPE_ERROR_OFFSET.

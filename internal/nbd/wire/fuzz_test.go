@@ -2,6 +2,8 @@ package wire
 
 import (
 	"bytes"
+	"os"
+	"path/filepath"
 	"testing"
 )
 
@@ -137,51 +139,125 @@ func FuzzReadReply(f *testing.F) {
 	var s [SimpleReplySize]byte
 	PutSimpleReply(&s, EIO, 9)
 	f.Add(s[:])
-	var oh [OffsetHoleSize]byte
-	PutOffsetHole(&oh, ReplyFlagDone, 1, 0, 4096)
-	f.Add(oh[:])
-	f.Add(AppendBlockStatus(nil, ReplyFlagDone, 1, 1, []BlockDescriptor{{4096, 3}}))
-	f.Add(AppendError(nil, ReplyFlagDone, 1, EINVAL, "bad"))
-	f.Add(AppendErrorOffset(nil, ReplyFlagDone, 1, EIO, "bad", 512))
-	var od [OffsetDataHeaderSize]byte
-	PutOffsetDataHeader(&od, ReplyFlagDone, 1, 0, 1)
-	f.Add(append(od[:], 'x'))
+	for _, ext := range []bool{false, true} {
+		h := ChunkHeader{Extended: ext, Flags: ReplyFlagDone, Cookie: 1, Offset: 512}
+		var hb [MaxOffsetHoleSize]byte
+		f.Add(append([]byte(nil), hb[:PutOffsetHole(hb[:], h, 0, 4096)]...))
+		f.Add(AppendBlockStatus(nil, h, 1, []BlockDescriptor{{4096, 3}}))
+		f.Add(AppendError(nil, h, EINVAL, "bad"))
+		f.Add(AppendErrorOffset(nil, h, EIO, "bad", 512))
+		f.Add(append(append([]byte(nil), hb[:PutOffsetDataHeader(hb[:], h, 0, 1)]...), 'x'))
+		f.Add(append([]byte(nil), hb[:PutNone(hb[:], h)]...))
+	}
+	// Extended reply chunks qemu-nbd 10 sent to qemu-io 10 (NONE,
+	// OFFSET_DATA, OFFSET_HOLE, BLOCK_STATUS_EXT).
+	names, _ := filepath.Glob("testdata/qemu-nbd10-reply-*.bin")
+	if len(names) == 0 {
+		f.Fatal("no recorded replies in testdata")
+	}
+	for _, name := range names {
+		b, err := os.ReadFile(name)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		rep, err := ReadReply(bytes.NewReader(b), 1<<16)
 		if err != nil || rep.Simple {
 			return
 		}
 		p := rep.Payload
-		switch rep.Chunk.Type {
+		h := rep.Chunk
+		n := h.Size() + len(p)
+		var enc []byte
+		var hb [MaxOffsetHoleSize]byte
+		switch h.Type {
 		case ReplyOffsetData:
 			if off, data, err := DecodeOffsetData(p); err == nil {
-				var h [OffsetDataHeaderSize]byte
-				PutOffsetDataHeader(&h, rep.Chunk.Flags, rep.Cookie, off, uint32(len(data)))
-				if !bytes.Equal(append(h[:], data...), b[:len(h)+len(data)]) {
-					t.Fatalf("offset data round trip differs")
-				}
+				enc = append(hb[:PutOffsetDataHeader(hb[:], h, off, uint32(len(data)))], data...)
 			}
 		case ReplyOffsetHole:
 			if off, size, err := DecodeOffsetHole(p); err == nil {
-				var h [OffsetHoleSize]byte
-				PutOffsetHole(&h, rep.Chunk.Flags, rep.Cookie, off, size)
-				if !bytes.Equal(h[:], b[:OffsetHoleSize]) {
-					t.Fatalf("offset hole round trip differs")
-				}
+				enc = hb[:PutOffsetHole(hb[:], h, off, size)]
 			}
 		case ReplyBlockStatus:
-			if id, descs, err := DecodeBlockStatus(p); err == nil {
-				enc := AppendBlockStatus(nil, rep.Chunk.Flags, rep.Cookie, id, descs)
-				if !bytes.Equal(enc, b[:len(enc)]) {
-					t.Fatalf("block status round trip differs")
+			if id, descs, err := DecodeBlockStatus(p); err == nil && !h.Extended {
+				enc = AppendBlockStatus(nil, h, id, descs)
+			}
+		case ReplyBlockStatusExt:
+			if id, descs, err := DecodeBlockStatusExt(p); err == nil {
+				if len(descs) == 0 {
+					t.Fatalf("accepted an empty extended block status")
+				}
+				if h.Extended {
+					enc = AppendBlockStatus(nil, h, id, descs)
 				}
 			}
+		case ReplyNone:
+			if len(p) == 0 && h.Flags&ReplyFlagDone != 0 {
+				enc = hb[:PutNone(hb[:], h)]
+			}
 		default:
-			if rep.Chunk.Type.IsError() {
-				if ce, err := DecodeError(rep.Chunk.Type, p); err == nil && ce.Errno == 0 {
+			if h.Type.IsError() {
+				if ce, err := DecodeError(h.Type, p); err == nil && ce.Errno == 0 {
 					t.Fatalf("accepted error 0")
 				}
 			}
+		}
+		if enc != nil && !bytes.Equal(enc, b[:n]) {
+			t.Fatalf("chunk type %d round trip differs:\n%x\n%x", h.Type, enc, b[:n])
+		}
+	})
+}
+
+func FuzzDecodeExtRequest(f *testing.F) {
+	var b [ExtRequestSize]byte
+	PutExtRequest(&b, Request{Type: CmdWriteZeroes, Cookie: 1, Offset: 512, Length: 5 << 30})
+	f.Add(b[:])
+	PutExtRequest(&b, Request{Type: CmdBlockStatus, Flags: CmdFlagPayloadLen, Cookie: 2, Length: 12})
+	f.Add(append(b[:], AppendBlockStatusPayload(nil, 1<<33, []uint32{1})...))
+	// The request headers qemu-io 10 sent to vdisk serve.
+	names, _ := filepath.Glob("testdata/qemu10-request-*.bin")
+	if len(names) == 0 {
+		f.Fatal("no recorded requests in testdata")
+	}
+	for _, name := range names {
+		b, err := os.ReadFile(name)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, in []byte) {
+		var hb [ExtRequestSize]byte
+		r := bytes.NewReader(in)
+		req, err := ReadExtRequest(r, &hb)
+		if err != nil {
+			return
+		}
+		var out [ExtRequestSize]byte
+		PutExtRequest(&out, req)
+		if !bytes.Equal(out[:], in[:ExtRequestSize]) {
+			t.Fatalf("round trip differs")
+		}
+	})
+}
+
+func FuzzDecodeBlockStatusPayload(f *testing.F) {
+	f.Add(AppendBlockStatusPayload(nil, 1<<33, []uint32{1, 2}))
+	f.Add(AppendBlockStatusPayload(nil, 0, nil))
+	f.Add([]byte{1, 2, 3})
+	f.Fuzz(func(t *testing.T, p []byte) {
+		effect, ids, err := DecodeBlockStatusPayload(p)
+		if err != nil {
+			return
+		}
+		if len(ids) > MaxQueries {
+			t.Fatalf("accepted %d ids", len(ids))
+		}
+		if !bytes.Equal(AppendBlockStatusPayload(nil, effect, ids), p) {
+			t.Fatalf("round trip differs")
 		}
 	})
 }

@@ -5,17 +5,19 @@ import (
 	"io"
 )
 
-// Request is a (compact) transmission request header. For CmdWrite, Length
-// bytes of payload follow it on the wire.
+// Request is a transmission request header, compact or extended. For a
+// compact CmdWrite, and for an extended request with CmdFlagPayloadLen,
+// Length bytes of payload follow it on the wire; otherwise Length is the
+// effect length (at most 32 bits in a compact request).
 type Request struct {
 	Flags  CmdFlags
 	Type   Cmd
 	Cookie uint64 // the "handle" echoed in the reply
 	Offset uint64
-	Length uint32
+	Length uint64
 }
 
-// DecodeRequest decodes a request header from its RequestSize bytes.
+// DecodeRequest decodes a compact request header from its RequestSize bytes.
 func DecodeRequest(b *[RequestSize]byte) (Request, error) {
 	if be.Uint32(b[0:]) != RequestMagic {
 		return Request{}, fmt.Errorf("nbd: request: %w", ErrBadMagic)
@@ -25,13 +27,29 @@ func DecodeRequest(b *[RequestSize]byte) (Request, error) {
 		Type:   Cmd(be.Uint16(b[6:])),
 		Cookie: be.Uint64(b[8:]),
 		Offset: be.Uint64(b[16:]),
-		Length: be.Uint32(b[24:]),
+		Length: uint64(be.Uint32(b[24:])),
 	}, nil
 }
 
-// ReadRequest reads one request header into buf and decodes it. It reads no
-// payload. A stream that ends cleanly before the first byte returns io.EOF;
-// one that ends inside the header returns io.ErrUnexpectedEOF.
+// DecodeExtRequest decodes an extended request header from its
+// ExtRequestSize bytes.
+func DecodeExtRequest(b *[ExtRequestSize]byte) (Request, error) {
+	if be.Uint32(b[0:]) != ExtendedRequestMagic {
+		return Request{}, fmt.Errorf("nbd: extended request: %w", ErrBadMagic)
+	}
+	return Request{
+		Flags:  CmdFlags(be.Uint16(b[4:])),
+		Type:   Cmd(be.Uint16(b[6:])),
+		Cookie: be.Uint64(b[8:]),
+		Offset: be.Uint64(b[16:]),
+		Length: be.Uint64(b[24:]),
+	}, nil
+}
+
+// ReadRequest reads one compact request header into buf and decodes it. It
+// reads no payload. A stream that ends cleanly before the first byte
+// returns io.EOF; one that ends inside the header returns
+// io.ErrUnexpectedEOF.
 func ReadRequest(r io.Reader, buf *[RequestSize]byte) (Request, error) {
 	if _, err := io.ReadFull(r, buf[:]); err != nil {
 		return Request{}, err
@@ -39,14 +57,33 @@ func ReadRequest(r io.Reader, buf *[RequestSize]byte) (Request, error) {
 	return DecodeRequest(buf)
 }
 
-// PutRequest encodes req into b.
+// ReadExtRequest is ReadRequest for an extended request header.
+func ReadExtRequest(r io.Reader, buf *[ExtRequestSize]byte) (Request, error) {
+	if _, err := io.ReadFull(r, buf[:]); err != nil {
+		return Request{}, err
+	}
+	return DecodeExtRequest(buf)
+}
+
+// PutRequest encodes req as a compact request header into b; its Length
+// must fit in 32 bits.
 func PutRequest(b *[RequestSize]byte, req Request) {
 	be.PutUint32(b[0:], RequestMagic)
 	be.PutUint16(b[4:], uint16(req.Flags))
 	be.PutUint16(b[6:], uint16(req.Type))
 	be.PutUint64(b[8:], req.Cookie)
 	be.PutUint64(b[16:], req.Offset)
-	be.PutUint32(b[24:], req.Length)
+	be.PutUint32(b[24:], uint32(req.Length))
+}
+
+// PutExtRequest encodes req as an extended request header into b.
+func PutExtRequest(b *[ExtRequestSize]byte, req Request) {
+	be.PutUint32(b[0:], ExtendedRequestMagic)
+	be.PutUint16(b[4:], uint16(req.Flags))
+	be.PutUint16(b[6:], uint16(req.Type))
+	be.PutUint64(b[8:], req.Cookie)
+	be.PutUint64(b[16:], req.Offset)
+	be.PutUint64(b[24:], req.Length)
 }
 
 // PutSimpleReply encodes a simple reply header into b.
@@ -56,87 +93,165 @@ func PutSimpleReply(b *[SimpleReplySize]byte, errno Errno, cookie uint64) {
 	be.PutUint64(b[8:], cookie)
 }
 
-// ChunkHeader is the header of a structured reply chunk; Length bytes of
-// payload follow it.
+// ChunkHeader is the header of a structured or (Extended) extended reply
+// chunk; Length bytes of payload follow it. Offset, the offset of the
+// request answered, is carried by extended headers only. The chunk
+// builders below take a ChunkHeader as a template: they use its Extended,
+// Flags, Cookie and Offset and set Type and Length themselves.
 type ChunkHeader struct {
-	Flags  ReplyFlags
-	Type   ReplyType
-	Cookie uint64
-	Length uint32
+	Extended bool
+	Flags    ReplyFlags
+	Type     ReplyType
+	Cookie   uint64
+	Offset   uint64
+	Length   uint32
 }
 
-// PutChunkHeader encodes a structured reply chunk header into b, which must
-// hold ChunkHeaderSize bytes.
-func PutChunkHeader(b []byte, h ChunkHeader) {
+// Size is the encoded size of the header: ChunkHeaderSize or
+// ExtChunkHeaderSize.
+func (h ChunkHeader) Size() int {
+	if h.Extended {
+		return ExtChunkHeaderSize
+	}
+	return ChunkHeaderSize
+}
+
+// PutChunkHeader encodes a chunk header into b, which must hold h.Size()
+// bytes, and returns h.Size().
+func PutChunkHeader(b []byte, h ChunkHeader) int {
+	if h.Extended {
+		_ = b[ExtChunkHeaderSize-1]
+		be.PutUint32(b[0:], ExtendedReplyMagic)
+		be.PutUint16(b[4:], uint16(h.Flags))
+		be.PutUint16(b[6:], uint16(h.Type))
+		be.PutUint64(b[8:], h.Cookie)
+		be.PutUint64(b[16:], h.Offset)
+		be.PutUint64(b[24:], uint64(h.Length))
+		return ExtChunkHeaderSize
+	}
 	_ = b[ChunkHeaderSize-1]
 	be.PutUint32(b[0:], StructuredReplyMagic)
 	be.PutUint16(b[4:], uint16(h.Flags))
 	be.PutUint16(b[6:], uint16(h.Type))
 	be.PutUint64(b[8:], h.Cookie)
 	be.PutUint32(b[16:], h.Length)
+	return ChunkHeaderSize
 }
 
-// PutOffsetDataHeader encodes the header of an OFFSET_DATA chunk carrying
-// dataLen bytes at offset into b (OffsetDataHeaderSize bytes); the data
-// follows on the wire.
-func PutOffsetDataHeader(b *[OffsetDataHeaderSize]byte, flags ReplyFlags, cookie, offset uint64, dataLen uint32) {
-	PutChunkHeader(b[:], ChunkHeader{Flags: flags, Type: ReplyOffsetData, Cookie: cookie, Length: 8 + dataLen})
-	be.PutUint64(b[ChunkHeaderSize:], offset)
+// appendChunkHeader appends the header h with type t and payload length n.
+func appendChunkHeader(b []byte, h ChunkHeader, t ReplyType, n int) []byte {
+	h.Type, h.Length = t, uint32(n)
+	var hb [ExtChunkHeaderSize]byte
+	k := PutChunkHeader(hb[:], h)
+	return append(b, hb[:k]...)
 }
 
-// PutOffsetHole encodes a whole OFFSET_HOLE chunk into b.
-func PutOffsetHole(b *[OffsetHoleSize]byte, flags ReplyFlags, cookie, offset uint64, size uint32) {
-	PutChunkHeader(b[:], ChunkHeader{Flags: flags, Type: ReplyOffsetHole, Cookie: cookie, Length: 12})
-	be.PutUint64(b[ChunkHeaderSize:], offset)
-	be.PutUint32(b[ChunkHeaderSize+8:], size)
+// PutOffsetDataHeader encodes into b the header of an OFFSET_DATA chunk
+// carrying dataLen bytes at offset (h.Size()+8 bytes) and returns its
+// size; the data follows on the wire.
+func PutOffsetDataHeader(b []byte, h ChunkHeader, offset uint64, dataLen uint32) int {
+	h.Type, h.Length = ReplyOffsetData, 8+dataLen
+	n := PutChunkHeader(b, h)
+	be.PutUint64(b[n:], offset)
+	return n + 8
 }
 
-// PutNone encodes a NONE chunk (always with ReplyFlagDone) into b.
-func PutNone(b *[ChunkHeaderSize]byte, cookie uint64) {
-	PutChunkHeader(b[:], ChunkHeader{Flags: ReplyFlagDone, Type: ReplyNone, Cookie: cookie})
+// PutOffsetHole encodes a whole OFFSET_HOLE chunk into b (h.Size()+12
+// bytes) and returns its size.
+func PutOffsetHole(b []byte, h ChunkHeader, offset uint64, size uint32) int {
+	h.Type, h.Length = ReplyOffsetHole, 12
+	n := PutChunkHeader(b, h)
+	be.PutUint64(b[n:], offset)
+	be.PutUint32(b[n+8:], size)
+	return n + 12
 }
 
-// BlockDescriptor is one extent of an NBD_REPLY_TYPE_BLOCK_STATUS chunk.
+// PutNone encodes a NONE chunk (always with ReplyFlagDone) into b and
+// returns its size.
+func PutNone(b []byte, h ChunkHeader) int {
+	h.Type, h.Length, h.Flags = ReplyNone, 0, h.Flags|ReplyFlagDone
+	return PutChunkHeader(b, h)
+}
+
+// BlockDescriptor is one extent of a block status chunk. In an
+// NBD_REPLY_TYPE_BLOCK_STATUS chunk (compact) both fields are 32 bits.
 type BlockDescriptor struct {
-	Length uint32
-	Flags  uint32
+	Length uint64
+	Flags  uint64
 }
 
-// AppendBlockStatus appends a whole BLOCK_STATUS chunk.
-func AppendBlockStatus(b []byte, flags ReplyFlags, cookie uint64, contextID uint32, descs []BlockDescriptor) []byte {
-	var h [ChunkHeaderSize]byte
-	PutChunkHeader(h[:], ChunkHeader{Flags: flags, Type: ReplyBlockStatus, Cookie: cookie, Length: uint32(4 + 8*len(descs))})
-	b = append(b, h[:]...)
+// AppendBlockStatus appends a whole block status chunk: BLOCK_STATUS_EXT
+// (u32 context id, u32 count, 64-bit descriptors) with an extended header,
+// BLOCK_STATUS (u32 context id, 32-bit descriptors) otherwise, where every
+// field must fit in 32 bits.
+func AppendBlockStatus(b []byte, h ChunkHeader, contextID uint32, descs []BlockDescriptor) []byte {
+	if h.Extended {
+		b = appendChunkHeader(b, h, ReplyBlockStatusExt, 8+16*len(descs))
+		b = be.AppendUint32(b, contextID)
+		b = be.AppendUint32(b, uint32(len(descs)))
+		for _, d := range descs {
+			b = be.AppendUint64(b, d.Length)
+			b = be.AppendUint64(b, d.Flags)
+		}
+		return b
+	}
+	b = appendChunkHeader(b, h, ReplyBlockStatus, 4+8*len(descs))
 	b = be.AppendUint32(b, contextID)
 	for _, d := range descs {
-		b = be.AppendUint32(b, d.Length)
-		b = be.AppendUint32(b, d.Flags)
+		b = be.AppendUint32(b, uint32(d.Length))
+		b = be.AppendUint32(b, uint32(d.Flags))
 	}
 	return b
 }
 
 // AppendError appends a whole ERROR chunk. A message longer than
 // MaxStringLen is cut.
-func AppendError(b []byte, flags ReplyFlags, cookie uint64, errno Errno, msg string) []byte {
+func AppendError(b []byte, h ChunkHeader, errno Errno, msg string) []byte {
 	msg = clip(msg)
-	var h [ChunkHeaderSize]byte
-	PutChunkHeader(h[:], ChunkHeader{Flags: flags, Type: ReplyError, Cookie: cookie, Length: uint32(6 + len(msg))})
-	b = append(b, h[:]...)
+	b = appendChunkHeader(b, h, ReplyError, 6+len(msg))
 	b = be.AppendUint32(b, uint32(errno))
 	b = be.AppendUint16(b, uint16(len(msg)))
 	return append(b, msg...)
 }
 
 // AppendErrorOffset appends a whole ERROR_OFFSET chunk.
-func AppendErrorOffset(b []byte, flags ReplyFlags, cookie uint64, errno Errno, msg string, offset uint64) []byte {
+func AppendErrorOffset(b []byte, h ChunkHeader, errno Errno, msg string, offset uint64) []byte {
 	msg = clip(msg)
-	var h [ChunkHeaderSize]byte
-	PutChunkHeader(h[:], ChunkHeader{Flags: flags, Type: ReplyErrorOffset, Cookie: cookie, Length: uint32(14 + len(msg))})
-	b = append(b, h[:]...)
+	b = appendChunkHeader(b, h, ReplyErrorOffset, 14+len(msg))
 	b = be.AppendUint32(b, uint32(errno))
 	b = be.AppendUint16(b, uint16(len(msg)))
 	b = append(b, msg...)
 	return be.AppendUint64(b, offset)
+}
+
+// AppendBlockStatusPayload appends the payload of an extended
+// NBD_CMD_BLOCK_STATUS with CmdFlagPayloadLen: the effect length and the
+// context ids to answer for.
+func AppendBlockStatusPayload(b []byte, effect uint64, ids []uint32) []byte {
+	b = be.AppendUint64(b, effect)
+	for _, id := range ids {
+		b = be.AppendUint32(b, id)
+	}
+	return b
+}
+
+// DecodeBlockStatusPayload decodes the payload of a BLOCK_STATUS request
+// (8 + 4n bytes). At most MaxQueries ids are accepted: a server never has
+// more contexts selected.
+func DecodeBlockStatusPayload(p []byte) (effect uint64, ids []uint32, err error) {
+	if len(p) < 8 || (len(p)-8)%4 != 0 {
+		return 0, nil, fmt.Errorf("nbd: block status payload of %d bytes: %w", len(p), ErrMalformed)
+	}
+	n := (len(p) - 8) / 4
+	if n > MaxQueries {
+		return 0, nil, fmt.Errorf("nbd: block status payload with %d context ids: %w", n, ErrTooLong)
+	}
+	effect = be.Uint64(p)
+	ids = make([]uint32, n)
+	for i := range ids {
+		ids[i] = be.Uint32(p[8+4*i:])
+	}
+	return effect, ids, nil
 }
 
 // clip cuts s to MaxStringLen bytes without splitting a UTF-8 sequence.
@@ -152,7 +267,7 @@ func clip(s string) string {
 }
 
 // Reply is one reply message read by a client: a simple reply (Simple set,
-// Errno and Cookie) or one structured chunk (Chunk and Payload).
+// Errno and Cookie) or one structured or extended chunk (Chunk and Payload).
 type Reply struct {
 	Simple  bool
 	Errno   Errno
@@ -161,14 +276,18 @@ type Reply struct {
 	Payload []byte
 }
 
-// ReadReply reads one reply message (the client's side). A simple reply's
-// data, if any, is not read: only the client knows whether it follows. A
-// chunk payload larger than maxPayload+8 is refused with ErrTooLong.
+// ReadReply reads one reply message (the client's side): simple,
+// structured or extended, whichever its magic says; the caller checks that
+// it is the kind negotiated. A simple reply's data, if any, is not read:
+// only the client knows whether it follows. A chunk payload larger than
+// maxPayload+8 is refused with ErrTooLong.
 func ReadReply(r io.Reader, maxPayload uint32) (Reply, error) {
-	var b [ChunkHeaderSize]byte
+	var b [ExtChunkHeaderSize]byte
 	if _, err := io.ReadFull(r, b[:4]); err != nil {
 		return Reply{}, err
 	}
+	var h ChunkHeader
+	var length uint64
 	switch be.Uint32(b[:]) {
 	case SimpleReplyMagic:
 		if _, err := io.ReadFull(r, b[4:SimpleReplySize]); err != nil {
@@ -176,25 +295,32 @@ func ReadReply(r io.Reader, maxPayload uint32) (Reply, error) {
 		}
 		return Reply{Simple: true, Errno: Errno(be.Uint32(b[4:])), Cookie: be.Uint64(b[8:])}, nil
 	case StructuredReplyMagic:
-		if _, err := io.ReadFull(r, b[4:]); err != nil {
+		if _, err := io.ReadFull(r, b[4:ChunkHeaderSize]); err != nil {
 			return Reply{}, fmt.Errorf("nbd: read chunk header: %w", err)
 		}
-		h := ChunkHeader{
-			Flags:  ReplyFlags(be.Uint16(b[4:])),
-			Type:   ReplyType(be.Uint16(b[6:])),
-			Cookie: be.Uint64(b[8:]),
-			Length: be.Uint32(b[16:]),
+		length = uint64(be.Uint32(b[16:]))
+	case ExtendedReplyMagic:
+		if _, err := io.ReadFull(r, b[4:]); err != nil {
+			return Reply{}, fmt.Errorf("nbd: read extended chunk header: %w", err)
 		}
-		if uint64(h.Length) > uint64(maxPayload)+8 {
-			return Reply{}, fmt.Errorf("nbd: chunk of %d bytes: %w", h.Length, ErrTooLong)
-		}
-		p := make([]byte, h.Length)
-		if _, err := io.ReadFull(r, p); err != nil {
-			return Reply{}, fmt.Errorf("nbd: read chunk payload: %w", err)
-		}
-		return Reply{Cookie: h.Cookie, Chunk: h, Payload: p}, nil
+		h.Extended = true
+		h.Offset = be.Uint64(b[16:])
+		length = be.Uint64(b[24:])
+	default:
+		return Reply{}, fmt.Errorf("nbd: reply: %w", ErrBadMagic)
 	}
-	return Reply{}, fmt.Errorf("nbd: reply: %w", ErrBadMagic)
+	h.Flags = ReplyFlags(be.Uint16(b[4:]))
+	h.Type = ReplyType(be.Uint16(b[6:]))
+	h.Cookie = be.Uint64(b[8:])
+	if length > uint64(maxPayload)+8 {
+		return Reply{}, fmt.Errorf("nbd: chunk of %d bytes: %w", length, ErrTooLong)
+	}
+	h.Length = uint32(length)
+	p := make([]byte, length)
+	if _, err := io.ReadFull(r, p); err != nil {
+		return Reply{}, fmt.Errorf("nbd: read chunk payload: %w", err)
+	}
+	return Reply{Cookie: h.Cookie, Chunk: h, Payload: p}, nil
 }
 
 // DecodeOffsetData splits an OFFSET_DATA payload into offset and data.
@@ -217,7 +343,7 @@ func DecodeOffsetHole(p []byte) (offset uint64, size uint32, err error) {
 	return be.Uint64(p), size, nil
 }
 
-// DecodeBlockStatus decodes a BLOCK_STATUS payload.
+// DecodeBlockStatus decodes a BLOCK_STATUS payload (32-bit descriptors).
 func DecodeBlockStatus(p []byte) (contextID uint32, descs []BlockDescriptor, err error) {
 	if len(p) < 12 || (len(p)-4)%8 != 0 || len(p) > MaxChunkPayload {
 		return 0, nil, fmt.Errorf("nbd: block status chunk of %d bytes: %w", len(p), ErrMalformed)
@@ -225,7 +351,26 @@ func DecodeBlockStatus(p []byte) (contextID uint32, descs []BlockDescriptor, err
 	contextID = be.Uint32(p)
 	descs = make([]BlockDescriptor, (len(p)-4)/8)
 	for i := range descs {
-		descs[i] = BlockDescriptor{Length: be.Uint32(p[4+8*i:]), Flags: be.Uint32(p[8+8*i:])}
+		descs[i] = BlockDescriptor{Length: uint64(be.Uint32(p[4+8*i:])), Flags: uint64(be.Uint32(p[8+8*i:]))}
+	}
+	return contextID, descs, nil
+}
+
+// DecodeBlockStatusExt decodes a BLOCK_STATUS_EXT payload (u32 context
+// id, u32 descriptor count, 64-bit descriptors). The count must match the
+// length and be nonzero.
+func DecodeBlockStatusExt(p []byte) (contextID uint32, descs []BlockDescriptor, err error) {
+	if len(p) < 24 || (len(p)-8)%16 != 0 || len(p) > MaxChunkPayload {
+		return 0, nil, fmt.Errorf("nbd: extended block status chunk of %d bytes: %w", len(p), ErrMalformed)
+	}
+	contextID = be.Uint32(p)
+	n := (len(p) - 8) / 16
+	if c := be.Uint32(p[4:]); uint64(c) != uint64(n) {
+		return 0, nil, fmt.Errorf("nbd: extended block status chunk counts %d descriptors in room for %d: %w", c, n, ErrMalformed)
+	}
+	descs = make([]BlockDescriptor, n)
+	for i := range descs {
+		descs[i] = BlockDescriptor{Length: be.Uint64(p[8+16*i:]), Flags: be.Uint64(p[16+16*i:])}
 	}
 	return contextID, descs, nil
 }

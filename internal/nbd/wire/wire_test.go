@@ -185,24 +185,59 @@ func TestRequestRoundTrip(t *testing.T) {
 	}
 }
 
+func TestExtRequestRoundTrip(t *testing.T) {
+	req := Request{Flags: CmdFlagFastZero, Type: CmdWriteZeroes, Cookie: 7, Offset: 1 << 33, Length: 5 << 30}
+	var b [ExtRequestSize]byte
+	PutExtRequest(&b, req)
+	got, err := ReadExtRequest(bytes.NewReader(b[:]), new([ExtRequestSize]byte))
+	if err != nil || got != req {
+		t.Fatalf("ReadExtRequest = %+v, %v", got, err)
+	}
+	var c [RequestSize]byte
+	copy(c[:], b[:])
+	if _, err := DecodeRequest(&c); !errors.Is(err, ErrBadMagic) {
+		t.Fatalf("extended magic accepted as compact: %v", err)
+	}
+	effect, ids, err := DecodeBlockStatusPayload(AppendBlockStatusPayload(nil, 1<<40, []uint32{2, 1}))
+	if err != nil || effect != 1<<40 || !reflect.DeepEqual(ids, []uint32{2, 1}) {
+		t.Fatalf("block status payload = %d %v %v", effect, ids, err)
+	}
+	for _, bad := range [][]byte{nil, make([]byte, 7), make([]byte, 10)} {
+		if _, _, err := DecodeBlockStatusPayload(bad); !errors.Is(err, ErrMalformed) {
+			t.Fatalf("payload of %d bytes: %v", len(bad), err)
+		}
+	}
+}
+
 func TestReplies(t *testing.T) {
+	for _, ext := range []bool{false, true} {
+		t.Run(map[bool]string{false: "structured", true: "extended"}[ext], func(t *testing.T) { testReplies(t, ext) })
+	}
+}
+
+func testReplies(t *testing.T, ext bool) {
 	var buf bytes.Buffer
 	var s [SimpleReplySize]byte
 	PutSimpleReply(&s, EPERM, 1)
 	buf.Write(s[:])
-	var od [OffsetDataHeaderSize]byte
-	PutOffsetDataHeader(&od, 0, 2, 4096, 3)
-	buf.Write(od[:])
+	h := func(cookie uint64, flags ReplyFlags) ChunkHeader {
+		return ChunkHeader{Extended: ext, Cookie: cookie, Flags: flags, Offset: 4096}
+	}
+	var hb [MaxOffsetHoleSize]byte
+	n := PutOffsetDataHeader(hb[:], h(2, 0), 4096, 3)
+	buf.Write(hb[:n])
 	buf.WriteString("abc")
-	var oh [OffsetHoleSize]byte
-	PutOffsetHole(&oh, 0, 2, 8192, 512)
-	buf.Write(oh[:])
-	buf.Write(AppendBlockStatus(nil, ReplyFlagDone, 3, 1, []BlockDescriptor{{512, StateHole | StateZero}, {1024, 0}}))
-	buf.Write(AppendError(nil, 0, 4, EIO, "boom"))
-	buf.Write(AppendErrorOffset(nil, ReplyFlagDone, 4, EIO, "bad sector", 4608))
-	var none [ChunkHeaderSize]byte
-	PutNone(&none, 5)
-	buf.Write(none[:])
+	n = PutOffsetHole(hb[:], h(2, 0), 8192, 512)
+	buf.Write(hb[:n])
+	big := uint64(1)
+	if ext {
+		big = 5 << 30
+	}
+	buf.Write(AppendBlockStatus(nil, h(3, ReplyFlagDone), 1, []BlockDescriptor{{512, uint64(StateHole | StateZero)}, {1024 * big, 0}}))
+	buf.Write(AppendError(nil, h(4, 0), EIO, "boom"))
+	buf.Write(AppendErrorOffset(nil, h(4, ReplyFlagDone), EIO, "bad sector", 4608))
+	n = PutNone(hb[:], h(5, 0))
+	buf.Write(hb[:n])
 
 	r := &buf
 	rep, err := ReadReply(r, 1<<20)
@@ -211,8 +246,11 @@ func TestReplies(t *testing.T) {
 	}
 	rep, _ = ReadReply(r, 1<<20)
 	off, data, err := DecodeOffsetData(rep.Payload)
-	if err != nil || rep.Chunk.Type != ReplyOffsetData || off != 4096 || string(data) != "abc" {
+	if err != nil || rep.Chunk.Type != ReplyOffsetData || off != 4096 || string(data) != "abc" || rep.Chunk.Extended != ext {
 		t.Fatalf("offset data = %+v %d %q %v", rep.Chunk, off, data, err)
+	}
+	if ext && rep.Chunk.Offset != 4096 {
+		t.Fatalf("extended header offset %d", rep.Chunk.Offset)
 	}
 	rep, _ = ReadReply(r, 1<<20)
 	hoff, hsize, err := DecodeOffsetHole(rep.Payload)
@@ -220,8 +258,12 @@ func TestReplies(t *testing.T) {
 		t.Fatalf("offset hole = %d %d %v", hoff, hsize, err)
 	}
 	rep, _ = ReadReply(r, 1<<20)
-	id, descs, err := DecodeBlockStatus(rep.Payload)
-	if err != nil || id != 1 || rep.Chunk.Flags != ReplyFlagDone || !reflect.DeepEqual(descs, []BlockDescriptor{{512, 3}, {1024, 0}}) {
+	decode, wantType := DecodeBlockStatus, ReplyBlockStatus
+	if ext {
+		decode, wantType = DecodeBlockStatusExt, ReplyBlockStatusExt
+	}
+	id, descs, err := decode(rep.Payload)
+	if err != nil || id != 1 || rep.Chunk.Type != wantType || rep.Chunk.Flags != ReplyFlagDone || !reflect.DeepEqual(descs, []BlockDescriptor{{512, 3}, {1024 * big, 0}}) {
 		t.Fatalf("block status = %d %v %v", id, descs, err)
 	}
 	rep, _ = ReadReply(r, 1<<20)
@@ -242,7 +284,7 @@ func TestReplies(t *testing.T) {
 
 func TestErrorMessageClipped(t *testing.T) {
 	long := strings.Repeat("é", MaxStringLen)
-	b := AppendError(nil, ReplyFlagDone, 1, EIO, long)
+	b := AppendError(nil, ChunkHeader{Flags: ReplyFlagDone, Cookie: 1}, EIO, long)
 	rep, err := ReadReply(bytes.NewReader(b), 1<<20)
 	if err != nil {
 		t.Fatal(err)
