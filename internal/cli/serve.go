@@ -43,6 +43,7 @@ type serveOptions struct {
 	backingDirs []string
 	s3          api.S3Options
 	crypt       cryptFlags
+	metrics     string
 }
 
 func init() { register(newServeCmd) }
@@ -87,6 +88,7 @@ serves.`,
 	f.StringVar(&o.tlsCA, "tls-ca", "", "CA bundle (PEM) to verify client certificates; clients must present one")
 	f.IntVar(&o.maxInFlight, "max-in-flight", 0, "requests served at once per connection (0: server default)")
 	f.IntVarP(&o.maxConns, "shared", "e", 0, "clients served at once (like qemu-nbd --shared); more wait their turn (0: no bound)")
+	addServeMetricsFlag(f, &o.metrics)
 	return c
 }
 
@@ -108,6 +110,11 @@ func runServe(ctx context.Context, e *env, o serveOptions, images []string) erro
 		}
 	}
 
+	sm, err := startServeMetrics(e, o.metrics)
+	if err != nil {
+		return fmt.Errorf("serve: %w", err)
+	}
+	defer sm.close()
 	srv := &nbd.Server{TLSConfig: tlsConf, Logger: e.log, MaxInFlight: o.maxInFlight, MaxConnections: o.maxConns}
 	seen := map[string]bool{}
 	defer func() {
@@ -133,7 +140,7 @@ func runServe(ctx context.Context, e *env, o serveOptions, images []string) erro
 		srv.Exports = append(srv.Exports, nbd.Export{
 			Name:        name,
 			Description: o.description,
-			Device:      dev,
+			Device:      sm.device(dev, name),
 			ReadOnly:    o.readOnly,
 		})
 	}
