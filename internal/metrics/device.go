@@ -21,10 +21,10 @@ type opMetrics struct {
 // counted is the decorator: every request is counted, timed, and its
 // error mapped to the errno a client sees (blockdev.Errno).
 type counted struct {
-	inner    blockdev.Device
-	r        *Registry
-	values   []string
-	inFlight prometheus.Gauge
+	inner                          blockdev.Device
+	r                              *Registry
+	values                         []string
+	inFlight                       prometheus.Gauge
 	read, write, flush, trim, zero opMetrics
 }
 
