@@ -192,7 +192,9 @@ func Run(ctx context.Context, opt Options) error {
 		return err
 	}
 	ln := opt.Listener
-	if ln == nil {
+	if ln != nil {
+		d.log.Info("serving the control socket systemd passed (socket activation)", "socket", ln.Addr().String())
+	} else {
 		l, unlock, err := listenGroup(d.opt.Socket, d.opt.AllowGroup)
 		if err != nil {
 			return err
