@@ -151,7 +151,7 @@ func runServe(ctx context.Context, e *env, o serveOptions, images []string) erro
 	}
 	errc := make(chan error, len(lns))
 	for _, ln := range lns {
-		go func() { errc <- srv.Serve(ctx, ln) }()
+		go func() { errc <- srv.Serve(ctx, sm.listener(ln)) }()
 		e.log.Info("serving", "addr", ln.Addr().String(), "exports", len(srv.Exports))
 	}
 	if _, err := sddaemon.SdNotify(false, sddaemon.SdNotifyReady); err != nil {

@@ -1,6 +1,8 @@
 package cli
 
 import (
+	"net"
+
 	"github.com/spf13/pflag"
 
 	"vdisk/internal/blockdev"
@@ -38,6 +40,15 @@ func (m *serveMetrics) device(dev blockdev.Device, name string) blockdev.Device 
 		return dev
 	}
 	return m.reg.Device(dev, name)
+}
+
+// listener returns ln with its connections counted (ln itself without
+// metrics).
+func (m *serveMetrics) listener(ln net.Listener) net.Listener {
+	if m == nil {
+		return ln
+	}
+	return m.reg.Listener(ln)
 }
 
 // close stops serving the metrics.

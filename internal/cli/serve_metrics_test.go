@@ -95,10 +95,14 @@ func TestServeMetrics(t *testing.T) {
 		t.Errorf("read bytes %v, want at least %d", got, 4<<20)
 	}
 	for _, name := range []string{"vdisk_disk_requests_total", "vdisk_disk_request_duration_seconds",
-		"vdisk_disk_requests_in_flight", "go_goroutines", "process_resident_memory_bytes"} {
+		"vdisk_disk_requests_in_flight", "vdisk_nbd_connections_total", "vdisk_nbd_connections_open",
+		"go_goroutines", "process_resident_memory_bytes"} {
 		if after[name] == nil {
 			t.Errorf("no %s in /metrics", name)
 		}
+	}
+	if got := counter(after, "vdisk_nbd_connections_total", nil); got < 1 {
+		t.Errorf("vdisk_nbd_connections_total %v after qemu-io connected", got)
 	}
 	cmd := exec.Command("promtool", "check", "metrics")
 	cmd.Stdin = strings.NewReader(text)

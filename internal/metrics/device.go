@@ -1,7 +1,10 @@
 package metrics
 
 import (
+	"math/bits"
 	"strconv"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -10,39 +13,73 @@ import (
 	"vdisk/internal/blockdev"
 )
 
-// opMetrics are one operation's series of one disk, looked up once.
-type opMetrics struct {
-	op       string
-	requests prometheus.Counter
-	bytes    prometheus.Counter
-	latency  prometheus.Observer
+// The latency histogram's buckets: upper bounds of 10 µs * 4^i, i <
+// nBuckets (10 µs to about 42 s), then +Inf. bucketOf finds a duration's
+// bucket without a search.
+const (
+	nBuckets   = 12
+	firstBound = 10 * time.Microsecond
+)
+
+var bucketBounds = func() []float64 {
+	b := make([]float64, nBuckets)
+	for i := range b {
+		b[i] = (firstBound * time.Duration(1<<(2*i))).Seconds()
+	}
+	return b
+}()
+
+// bucketOf returns the index of the first bucket whose bound is >= d
+// (nBuckets: above every bound).
+func bucketOf(d time.Duration) int {
+	if d <= firstBound {
+		return 0
+	}
+	// The smallest i with 10µs*4^i >= d: ceil(log4(d/10µs)).
+	q := uint64((d - 1) / firstBound) // d/10µs rounded up, minus one
+	i := (bits.Len64(q) + 1) / 2
+	return min(i, nBuckets)
+}
+
+// opStats are one operation's figures for one disk: plain atomic
+// integers, read at scrape time, so that a request costs a handful of
+// uncontended-in-the-common-case adds and no floating point CAS loops.
+type opStats struct {
+	buckets  [nBuckets + 1]atomic.Uint64 // the last one is +Inf
+	sumNanos atomic.Uint64
+	bytes    atomic.Uint64
+	_        [64]byte // keep the next op's figures off this cache line
 }
 
 // counted is the decorator: every request is counted, timed, and its
 // error mapped to the errno a client sees (blockdev.Errno).
 type counted struct {
-	inner                          blockdev.Device
-	r                              *Registry
-	values                         []string
-	inFlight                       prometheus.Gauge
-	read, write, flush, trim, zero opMetrics
+	inner   blockdev.Device
+	r       *Registry
+	values  []string
+	started atomic.Uint64
+	_       [56]byte
+	stats   [len(ops)]opStats
 }
 
-func (r *Registry) opMetrics(values []string, op string) opMetrics {
-	lv := append(append([]string(nil), values...), op)
-	return opMetrics{op: op, requests: r.requests.WithLabelValues(lv...), bytes: r.bytes.WithLabelValues(lv...),
-		latency: r.latency.WithLabelValues(lv...)}
-}
+// Indexes of ops.
+const (
+	iRead = iota
+	iWrite
+	iFlush
+	iTrim
+	iZero
+)
 
 // Device returns d counted under the label values (one per label name the
 // registry was made with). The result has the optional capabilities d has
 // (Trimmer, ZeroWriter, Extenter), and answers Info and Depth as d does;
 // it is not a Resizer: resize the device underneath. Closing it closes d
-// (call Forget to drop the series).
+// (call Forget to drop the series). Wrapping a second device under the
+// same label values replaces the first in the metrics.
 func (r *Registry) Device(d blockdev.Device, values ...string) blockdev.Device {
-	c := &counted{inner: d, r: r, values: append([]string(nil), values...), inFlight: r.inFlight.WithLabelValues(values...)}
-	c.read, c.write, c.flush = r.opMetrics(values, OpRead), r.opMetrics(values, OpWrite), r.opMetrics(values, OpFlush)
-	c.trim, c.zero = r.opMetrics(values, OpTrim), r.opMetrics(values, OpWriteZeroes)
+	c := &counted{inner: d, r: r, values: append([]string(nil), values...)}
+	r.devices.add(c)
 	_, t := d.(blockdev.Trimmer)
 	_, z := d.(blockdev.ZeroWriter)
 	_, e := d.(blockdev.Extenter)
@@ -93,20 +130,22 @@ func (r *Registry) Device(d blockdev.Device, values ...string) blockdev.Device {
 
 // begin marks a request in flight and returns its start.
 func (c *counted) begin() time.Time {
-	c.inFlight.Inc()
+	c.started.Add(1)
 	return time.Now()
 }
 
-// end counts a request of n bytes that began at start.
-func (c *counted) end(m *opMetrics, start time.Time, n int64, err error) {
-	m.latency.Observe(time.Since(start).Seconds())
-	c.inFlight.Dec()
-	m.requests.Inc()
+// end counts a request of op, of n bytes, that began at start. A request
+// is in flight from begin until its bucket is counted here.
+func (c *counted) end(op int, start time.Time, n int64, err error) {
+	d := time.Since(start)
+	s := &c.stats[op]
 	if n > 0 {
-		m.bytes.Add(float64(n))
+		s.bytes.Add(uint64(n))
 	}
+	s.sumNanos.Add(uint64(d))
+	s.buckets[bucketOf(d)].Add(1)
 	if err != nil {
-		c.fail(m.op, err)
+		c.fail(ops[op], err)
 	}
 }
 
@@ -120,21 +159,21 @@ func (c *counted) fail(op string, err error) {
 func (c *counted) ReadAt(p []byte, off int64) (int, error) {
 	start := c.begin()
 	n, err := c.inner.ReadAt(p, off)
-	c.end(&c.read, start, int64(n), err)
+	c.end(iRead, start, int64(n), err)
 	return n, err
 }
 
 func (c *counted) WriteAt(p []byte, off int64) (int, error) {
 	start := c.begin()
 	n, err := c.inner.WriteAt(p, off)
-	c.end(&c.write, start, int64(n), err)
+	c.end(iWrite, start, int64(n), err)
 	return n, err
 }
 
 func (c *counted) Flush() error {
 	start := c.begin()
 	err := c.inner.Flush()
-	c.end(&c.flush, start, 0, err)
+	c.end(iFlush, start, 0, err)
 	return err
 }
 
@@ -161,7 +200,7 @@ func (t trimmer) Trim(off, n int64) error {
 	if err != nil {
 		done = 0
 	}
-	t.c.end(&t.c.trim, start, done, err)
+	t.c.end(iTrim, start, done, err)
 	return err
 }
 
@@ -174,7 +213,7 @@ func (z zeroWriter) WriteZeroes(off, n int64, mayTrim bool) error {
 	if err != nil {
 		done = 0
 	}
-	z.c.end(&z.c.zero, start, done, err)
+	z.c.end(iZero, start, done, err)
 	return err
 }
 
@@ -182,6 +221,81 @@ type extenter struct{ c *counted }
 
 func (e extenter) Extents(off, n int64) ([]blockdev.Extent, error) {
 	return e.c.inner.(blockdev.Extenter).Extents(off, n)
+}
+
+// deviceCollector reports the counted devices' figures at scrape time.
+type deviceCollector struct {
+	requests, bytes, latency, inFlight *prometheus.Desc
+
+	mu   sync.Mutex
+	devs map[string]*counted // by the joined label values
+}
+
+func newDeviceCollector(labels []string) *deviceCollector {
+	withOp := append(append([]string(nil), labels...), "op")
+	return &deviceCollector{
+		requests: prometheus.NewDesc("vdisk_disk_requests_total",
+			"I/O requests a disk served, by operation (errors included).", withOp, nil),
+		bytes: prometheus.NewDesc("vdisk_disk_bytes_total",
+			"Bytes a disk's requests covered, by operation (read, write, trim, write_zeroes).", withOp, nil),
+		latency: prometheus.NewDesc("vdisk_disk_request_duration_seconds",
+			"How long a disk took to serve a request, by operation.", withOp, nil),
+		inFlight: prometheus.NewDesc("vdisk_disk_requests_in_flight",
+			"Requests a disk is serving now.", labels, nil),
+		devs: map[string]*counted{},
+	}
+}
+
+func (dc *deviceCollector) add(c *counted) {
+	dc.mu.Lock()
+	defer dc.mu.Unlock()
+	dc.devs[key(c.values)] = c
+}
+
+func (dc *deviceCollector) remove(values []string) {
+	dc.mu.Lock()
+	defer dc.mu.Unlock()
+	delete(dc.devs, key(values))
+}
+
+func (dc *deviceCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- dc.requests
+	ch <- dc.bytes
+	ch <- dc.latency
+	ch <- dc.inFlight
+}
+
+func (dc *deviceCollector) Collect(ch chan<- prometheus.Metric) {
+	dc.mu.Lock()
+	devs := make([]*counted, 0, len(dc.devs))
+	for _, c := range dc.devs {
+		devs = append(devs, c)
+	}
+	dc.mu.Unlock()
+	for _, c := range devs {
+		var finished uint64
+		for i, op := range ops {
+			s := &c.stats[i]
+			lv := append(append([]string(nil), c.values...), op)
+			buckets := make(map[float64]uint64, nBuckets)
+			var cum uint64
+			for b := range nBuckets {
+				cum += s.buckets[b].Load()
+				buckets[bucketBounds[b]] = cum
+			}
+			count := cum + s.buckets[nBuckets].Load()
+			finished += count
+			ch <- prometheus.MustNewConstMetric(dc.requests, prometheus.CounterValue, float64(count), lv...)
+			if op != OpFlush {
+				ch <- prometheus.MustNewConstMetric(dc.bytes, prometheus.CounterValue, float64(s.bytes.Load()), lv...)
+			}
+			ch <- prometheus.MustNewConstHistogram(dc.latency, count, float64(s.sumNanos.Load())/1e9, buckets, lv...)
+		}
+		// Read after the finished counts: a request is counted started
+		// before it is counted finished, so this is never negative.
+		started := c.started.Load()
+		ch <- prometheus.MustNewConstMetric(dc.inFlight, prometheus.GaugeValue, float64(started-min(finished, started)), c.values...)
+	}
 }
 
 // errnoName is the symbolic name of an errno, for the errno label.

@@ -8,8 +8,8 @@
 // A Registry is made with the names of the labels that identify a disk
 // (the daemon: id, format, via; vdisk serve: export, format), and every
 // disk's series carry those labels. Counting costs a few atomic adds and
-// two clock reads per request: the children of the metric vectors are
-// looked up once, when a disk is wrapped.
+// two clock reads per request: each disk keeps its figures in atomic
+// integers of its own, turned into metrics only when scraped.
 package metrics
 
 import (
@@ -34,24 +34,19 @@ const (
 
 var ops = [...]string{OpRead, OpWrite, OpFlush, OpTrim, OpWriteZeroes}
 
-// latencyBuckets span 10 µs to about 42 s, by fours.
-var latencyBuckets = prometheus.ExponentialBuckets(10e-6, 4, 12)
-
 // Registry holds vdisk's metrics. Its methods are safe for concurrent use.
 type Registry struct {
 	reg    *prometheus.Registry
 	labels []string
 
-	requests *prometheus.CounterVec
-	bytes    *prometheus.CounterVec
-	latency  *prometheus.HistogramVec
-	inFlight *prometheus.GaugeVec
-	errors   *prometheus.CounterVec
+	devices *deviceCollector
+	errors  *prometheus.CounterVec
 
 	storeRequests *prometheus.CounterVec
 	storeBytes    *prometheus.CounterVec
 
 	disks *diskCollector
+	conns connMetrics
 }
 
 // New returns a registry whose disks are identified by labels (label
@@ -60,23 +55,7 @@ type Registry struct {
 func New(labels ...string) *Registry {
 	r := &Registry{reg: prometheus.NewRegistry(), labels: append([]string(nil), labels...)}
 	withOp := append(append([]string(nil), labels...), "op")
-	r.requests = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "vdisk_disk_requests_total",
-		Help: "I/O requests served by a disk, by operation (errors included).",
-	}, withOp)
-	r.bytes = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "vdisk_disk_bytes_total",
-		Help: "Bytes a disk's requests covered, by operation (read, write, trim, write_zeroes).",
-	}, withOp)
-	r.latency = prometheus.NewHistogramVec(prometheus.HistogramOpts{
-		Name:    "vdisk_disk_request_duration_seconds",
-		Help:    "How long a disk took to serve a request, by operation.",
-		Buckets: latencyBuckets,
-	}, withOp)
-	r.inFlight = prometheus.NewGaugeVec(prometheus.GaugeOpts{
-		Name: "vdisk_disk_requests_in_flight",
-		Help: "Requests a disk is serving now.",
-	}, labels)
+	r.devices = newDeviceCollector(labels)
 	r.errors = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "vdisk_disk_errors_total",
 		Help: "Requests that failed, by operation and the errno the client was given.",
@@ -90,7 +69,7 @@ func New(labels ...string) *Registry {
 		Help: "Object payload bytes moved, by direction (read: GET, written: PUT).",
 	}, []string{"direction"})
 	r.disks = newDiskCollector(labels)
-	r.reg.MustRegister(r.requests, r.bytes, r.latency, r.inFlight, r.errors,
+	r.reg.MustRegister(r.devices, r.errors,
 		r.storeRequests, r.storeBytes, r.disks,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -109,13 +88,7 @@ func (r *Registry) Handler() http.Handler {
 // when the disk is closed. Counters of a disk opened again start from zero,
 // which Prometheus's rate() reads as a reset.
 func (r *Registry) Forget(values ...string) {
-	r.inFlight.DeleteLabelValues(values...)
-	for _, op := range ops {
-		lv := append(append([]string(nil), values...), op)
-		r.requests.DeleteLabelValues(lv...)
-		r.bytes.DeleteLabelValues(lv...)
-		r.latency.DeleteLabelValues(lv...)
-	}
+	r.devices.remove(values)
 	r.errors.DeletePartialMatch(r.match(values))
 	r.disks.remove(values)
 }

@@ -7,6 +7,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
@@ -54,27 +55,31 @@ func TestDeviceCounts(t *testing.T) {
 	}
 	want := map[string]float64{"read": 2, "write": 3, "trim": 1, "write_zeroes": 1, "flush": 1}
 	for op, n := range want {
-		if got := testutil.ToFloat64(r.requests.WithLabelValues("d1", "raw", "nbd", op)); got != n {
+		lv := map[string]string{"id": "d1", "format": "raw", "via": "nbd", "op": op}
+		if got := value(t, r, "vdisk_disk_requests_total", lv); got != n {
 			t.Errorf("%s requests %v, want %v", op, got, n)
+		}
+		if got := value(t, r, "vdisk_disk_request_duration_seconds", lv); got != n {
+			t.Errorf("%s latency count %v, want %v", op, got, n)
 		}
 	}
 	bytes := map[string]float64{"read": 4096, "write": 3 * 4096, "trim": 65536, "write_zeroes": 512}
 	for op, n := range bytes {
-		if got := testutil.ToFloat64(r.bytes.WithLabelValues("d1", "raw", "nbd", op)); got != n {
+		if got := value(t, r, "vdisk_disk_bytes_total", map[string]string{"id": "d1", "op": op}); got != n {
 			t.Errorf("%s bytes %v, want %v", op, got, n)
 		}
 	}
 	if got := testutil.ToFloat64(r.errors.WithLabelValues("d1", "raw", "nbd", "read", "EINVAL")); got != 1 {
 		t.Errorf("read EINVAL errors %v, want 1", got)
 	}
-	if got := testutil.ToFloat64(r.inFlight.WithLabelValues("d1", "raw", "nbd")); got != 0 {
+	if got := value(t, r, "vdisk_disk_requests_in_flight", map[string]string{"id": "d1"}); got != 0 {
 		t.Errorf("in flight %v after every request returned", got)
 	}
 	if problems, err := testutil.GatherAndLint(r.reg); err != nil || len(problems) > 0 {
 		t.Errorf("lint: %v %+v", err, problems)
 	}
 	r.Forget("d1", "raw", "nbd")
-	if n := testutil.CollectAndCount(r.requests); n != 0 {
+	if n := testutil.CollectAndCount(r.devices); n != 0 {
 		t.Errorf("%d request series left after Forget", n)
 	}
 	if n := testutil.CollectAndCount(r.errors); n != 0 {
@@ -150,5 +155,64 @@ func TestStoreAndDiskGauges(t *testing.T) {
 	r.Forget("s3disk")
 	if body := get(); strings.Contains(body, "s3disk") {
 		t.Errorf("series of a forgotten disk remain")
+	}
+}
+
+// value returns the value of the series name whose labels include want
+// (a histogram's count), or -1 when there is none.
+func value(t *testing.T, r *Registry, name string, want map[string]string) float64 {
+	t.Helper()
+	fams, err := r.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range fams {
+		if f.GetName() != name {
+			continue
+		}
+	next:
+		for _, m := range f.Metric {
+			have := map[string]string{}
+			for _, l := range m.Label {
+				have[l.GetName()] = l.GetValue()
+			}
+			for k, v := range want {
+				if have[k] != v {
+					continue next
+				}
+			}
+			switch {
+			case m.Counter != nil:
+				return m.Counter.GetValue()
+			case m.Gauge != nil:
+				return m.Gauge.GetValue()
+			case m.Histogram != nil:
+				return float64(m.Histogram.GetSampleCount())
+			}
+		}
+	}
+	return -1
+}
+
+func TestBucketOf(t *testing.T) {
+	for _, c := range []struct {
+		d    time.Duration
+		want int
+	}{{0, 0}, {time.Microsecond, 0}, {10 * time.Microsecond, 0}, {10*time.Microsecond + 1, 1},
+		{40 * time.Microsecond, 1}, {40*time.Microsecond + 1, 2}, {160 * time.Microsecond, 2},
+		{time.Millisecond, 4}, {42 * time.Second, 12}, {time.Hour, 12}} {
+		if got := bucketOf(c.d); got != c.want {
+			t.Errorf("bucketOf(%v) = %d, want %d", c.d, got, c.want)
+		}
+	}
+	// Every duration lands in the first bucket whose bound holds it.
+	for d := time.Duration(1); d < 50*time.Second; d = d*3/2 + 1 {
+		i := bucketOf(d)
+		if i < nBuckets && d.Seconds() > bucketBounds[i]*(1+1e-9) {
+			t.Fatalf("bucketOf(%v) = %d, bound %v", d, i, bucketBounds[i])
+		}
+		if i > 0 && d.Seconds() <= bucketBounds[i-1] {
+			t.Fatalf("bucketOf(%v) = %d, but bucket %d (bound %v) holds it", d, i, i-1, bucketBounds[i-1])
+		}
 	}
 }
