@@ -34,13 +34,23 @@ one() { # mode run
 	fi
 	fio --name=rr --ioengine=nbd --uri="nbd+unix:///?socket=$sock" --rw=randread --bs=4k --iodepth=32 \
 		--size="$SIZE" --time_based --runtime="$RUNTIME" --ramp_time=1 --output-format=json \
-		--output="$work/$1-$2.json" >/dev/null
+		--output="$work/$1-$2.json" >/dev/null 2>&1
 	[ -z "$scraper" ] || { kill "$scraper"; wait "$scraper" 2>/dev/null || true; }
+	# The server's CPU time (user + system clock ticks) over its life:
+	# less sensitive than IOPS to what else runs on the machine.
+	awk '{print $14 + $15}' "/proc/$pid/stat" >"$work/$1-$2.ticks"
 	kill "$pid"; wait "$pid" 2>/dev/null || true
 	pid=
 	rm -f "$sock"
-	python3 -c 'import json,sys; print(round(json.load(open(sys.argv[1]))["jobs"][0]["read"]["iops"]))' "$work/$1-$2.json" >"$work/$1-$2.iops"
-	echo "run $2 $1: $(cat "$work/$1-$2.iops") IOPS"
+	python3 - "$work/$1-$2.json" "$work/$1-$2.ticks" "$(getconf CLK_TCK)" "$work/$1-$2" <<'PY'
+import json, sys
+j = json.load(open(sys.argv[1]))["jobs"][0]["read"]
+ios = j["total_ios"]
+cpu = int(open(sys.argv[2]).read()) / int(sys.argv[3])
+open(sys.argv[4] + ".iops", "w").write("%d\n" % round(j["iops"]))
+open(sys.argv[4] + ".cpu", "w").write("%.3f\n" % (cpu / ios * 1e6 if ios else 0))
+PY
+	echo "run $2 $1: $(cat "$work/$1-$2.iops") IOPS, $(cat "$work/$1-$2.cpu") us of server CPU per read"
 }
 for r in $(seq 1 "$RUNS"); do
 	if [ $((r % 2)) = 1 ]; then one plain "$r"; one metrics "$r"; else one metrics "$r"; one plain "$r"; fi
@@ -49,3 +59,6 @@ median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a
 p=$(cat "$work"/plain-*.iops | median)
 m=$(cat "$work"/metrics-*.iops | median)
 echo "median randread 4k QD32: without metrics $p IOPS, with metrics $m IOPS ($(python3 -c "print(f'{($m-$p)/$p*100:+.1f}%')"))"
+pc=$(cat "$work"/plain-*.cpu | median)
+mc=$(cat "$work"/metrics-*.cpu | median)
+echo "median server CPU per read: without metrics $pc us, with metrics $mc us ($(python3 -c "print(f'{($mc-$pc)/$pc*100:+.1f}%')"))"
