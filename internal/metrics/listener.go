@@ -43,16 +43,53 @@ func (l *countedListener) Accept() (net.Conn, error) {
 	}
 	l.m.total.Inc()
 	l.m.open.Inc()
-	return &countedConn{Conn: c, m: l.m}, nil
+	// The wrappers embed the concrete connection types, so that what
+	// package net looks for on them (writev for net.Buffers, splice) is
+	// still there: hiding it behind net.Conn would cost a write system
+	// call per buffer of every reply.
+	switch cc := c.(type) {
+	case *net.UnixConn:
+		return &unixConn{UnixConn: cc, closed: closed{m: l.m}}, nil
+	case *net.TCPConn:
+		return &tcpConn{TCPConn: cc, closed: closed{m: l.m}}, nil
+	}
+	return &otherConn{Conn: c, closed: closed{m: l.m}}, nil
 }
 
-type countedConn struct {
-	net.Conn
+// closed counts a connection closed, once.
+type closed struct {
 	m    *connMetrics
 	once sync.Once
 }
 
-func (c *countedConn) Close() error {
-	c.once.Do(c.m.open.Dec)
+func (c *closed) done() { c.once.Do(c.m.open.Dec) }
+
+type unixConn struct {
+	*net.UnixConn
+	closed closed
+}
+
+func (c *unixConn) Close() error {
+	c.closed.done()
+	return c.UnixConn.Close()
+}
+
+type tcpConn struct {
+	*net.TCPConn
+	closed closed
+}
+
+func (c *tcpConn) Close() error {
+	c.closed.done()
+	return c.TCPConn.Close()
+}
+
+type otherConn struct {
+	net.Conn
+	closed closed
+}
+
+func (c *otherConn) Close() error {
+	c.closed.done()
 	return c.Conn.Close()
 }
