@@ -1,4 +1,4 @@
-.PHONY: build test demo bench
+.PHONY: build test demo bench deb
 build:
 	go build -o bin/vdisk ./cmd/vdisk
 test:
@@ -7,3 +7,5 @@ demo:
 	scripts/demo.sh
 bench:
 	bench/nbd.sh
+deb:
+	scripts/package.sh

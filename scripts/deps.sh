@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 pkgs=(qemu-utils libnbd-bin nbdkit nbd-client fio python3-libnbd cryptsetup-bin
-      e2fsprogs fuse3 util-linux procps genisoimage time)
+      e2fsprogs fuse3 util-linux procps genisoimage time
+      prometheus systemd man-db curl)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -10,15 +10,57 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"runtime/debug"
 	"runtime/pprof"
 	"strings"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/cobra/doc"
 )
 
 // Version is the program's version, set at build time with
-// -ldflags "-X vdisk/internal/cli.Version=...".
+// -ldflags "-X vdisk/internal/cli.Version=..." (scripts/package.sh does).
 var Version = "0.1.0-dev"
+
+// Commit is the commit the binary was built from when Go's build
+// information does not record it (a build from a git worktree, or with
+// -buildvcs=false): set with -ldflags "-X vdisk/internal/cli.Commit=...".
+var Commit = ""
+
+// versionString is what --version prints: the version, and the commit the
+// binary was built from as Go's build information records it (vcs.revision,
+// "+dirty" when the tree had changes), and the Go version.
+func versionString() string {
+	commit, dirty, goVersion := Commit, false, ""
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		goVersion = bi.GoVersion
+		for _, s := range bi.Settings {
+			switch s.Key {
+			case "vcs.revision":
+				commit = s.Value
+			case "vcs.modified":
+				dirty = s.Value == "true"
+			}
+		}
+	}
+	if c, ok := strings.CutSuffix(commit, "+dirty"); ok {
+		commit, dirty = c, true
+	}
+	if commit == "" {
+		commit = "unknown"
+	}
+	if len(commit) > 12 {
+		commit = commit[:12]
+	}
+	if dirty {
+		commit += "+dirty"
+	}
+	v := Version + " (commit " + commit
+	if goVersion != "" {
+		v += ", " + goVersion
+	}
+	return v + ")"
+}
 
 // env is what every command gets: its I/O streams and the logger.
 type env struct {
@@ -58,7 +100,7 @@ func newRoot(e *env) *cobra.Command {
 			"To open a trusted chain that spans directories, name each further directory\n" +
 			"with --backing-dir DIR (repeatable) on open, serve, info and convert, or look\n" +
 			"at the top layer alone with --no-backing.",
-		Version:       Version,
+		Version:       versionString(),
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		Args:          cobra.NoArgs,
@@ -90,6 +132,7 @@ func newRoot(e *env) *cobra.Command {
 			}
 		},
 	}
+	root.SetVersionTemplate("vdisk {{.Version}}\n")
 	root.SetIn(e.stdin)
 	root.SetOut(e.stdout)
 	root.SetErr(e.stderr)
@@ -99,7 +142,28 @@ func newRoot(e *env) *cobra.Command {
 	for _, c := range constructors {
 		root.AddCommand(c(e))
 	}
+	root.AddCommand(newGenManCmd(root))
 	return root
+}
+
+// newGenManCmd is the hidden "gen-man DIR" command that writes a man page
+// per command (vdisk.1, vdisk-open.1, ...) from the command tree, for the
+// package (scripts/package.sh).
+func newGenManCmd(root *cobra.Command) *cobra.Command {
+	return &cobra.Command{
+		Use:    "gen-man DIR",
+		Short:  "Write the man pages of every command into DIR",
+		Hidden: true,
+		Args:   cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := os.MkdirAll(args[0], 0o755); err != nil {
+				return err
+			}
+			root.DisableAutoGenTag = true
+			hdr := &doc.GenManHeader{Title: "VDISK", Section: "1", Source: "vdisk " + Version, Manual: "vdisk manual"}
+			return doc.GenManTree(root, hdr, args[0])
+		},
+	}
 }
 
 // Main runs the command line args and returns the process exit status.

@@ -3,6 +3,8 @@ package cli
 import (
 	"bytes"
 	"context"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -17,8 +19,21 @@ func run(t *testing.T, args ...string) (code int, stdout, stderr string) {
 
 func TestVersion(t *testing.T) {
 	code, out, _ := run(t, "--version")
-	if code != 0 || !strings.Contains(out, Version) {
+	if code != 0 || !strings.HasPrefix(out, "vdisk "+Version+" (commit ") {
 		t.Fatalf("--version: code %d, output %q", code, out)
+	}
+}
+
+func TestGenMan(t *testing.T) {
+	dir := t.TempDir()
+	if code, _, errs := run(t, "gen-man", dir); code != 0 {
+		t.Fatalf("gen-man: %d %s", code, errs)
+	}
+	for _, page := range []string{"vdisk.1", "vdisk-open.1", "vdisk-serve.1", "vdisk-daemon.1"} {
+		b, err := os.ReadFile(filepath.Join(dir, page))
+		if err != nil || !bytes.Contains(b, []byte(".TH")) {
+			t.Errorf("%s: %v", page, err)
+		}
 	}
 }
 

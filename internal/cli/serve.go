@@ -54,6 +54,7 @@ type serveOptions struct {
 	backingDirs []string
 	s3          api.S3Options
 	crypt       cryptFlags
+	metrics     string
 }
 
 func init() { register(newServeCmd) }
@@ -100,6 +101,7 @@ serves.`,
 	f.IntVarP(&o.maxConns, "shared", "e", defaultMaxConns, "clients served at once (like qemu-nbd --shared); more wait in the listen backlog for their turn (0: no bound). The default lets multi-connection clients such as nbdcopy (4 connections) work while memory stays bounded by --max-buffered")
 	f.StringVar(&o.maxBuffered, "max-buffered", "256M", "bound on the request payloads buffered over all connections (K, M, G; bare number = MiB); a client's next request waits for room")
 	f.DurationVar(&o.handshake, "handshake-timeout", nbd.DefaultHandshakeTimeout, "drop a client that has not chosen an export this long after connecting (like qemu-nbd --handshake-limit)")
+	addServeMetricsFlag(f, &o.metrics)
 	return c
 }
 
@@ -121,6 +123,11 @@ func runServe(ctx context.Context, e *env, o serveOptions, images []string) erro
 		}
 	}
 
+	sm, err := startServeMetrics(e, o.metrics)
+	if err != nil {
+		return fmt.Errorf("serve: %w", err)
+	}
+	defer sm.close()
 	if o.maxConns < 0 {
 		return fmt.Errorf("serve: --shared %d is negative", o.maxConns)
 	}
@@ -163,7 +170,7 @@ func runServe(ctx context.Context, e *env, o serveOptions, images []string) erro
 		srv.Exports = append(srv.Exports, nbd.Export{
 			Name:        name,
 			Description: o.description,
-			Device:      dev,
+			Device:      sm.device(dev, name),
 			ReadOnly:    o.readOnly,
 		})
 	}
@@ -174,7 +181,7 @@ func runServe(ctx context.Context, e *env, o serveOptions, images []string) erro
 	}
 	errc := make(chan error, len(lns))
 	for _, ln := range lns {
-		go func() { errc <- srv.Serve(ctx, ln) }()
+		go func() { errc <- srv.Serve(ctx, sm.listener(ln)) }()
 		e.log.Info("serving", "addr", ln.Addr().String(), "exports", len(srv.Exports))
 	}
 	if _, err := sddaemon.SdNotify(false, sddaemon.SdNotifyReady); err != nil {

@@ -13,6 +13,7 @@ import (
 	"vdisk/internal/api"
 	"vdisk/internal/blockdev"
 	"vdisk/internal/loop"
+	"vdisk/internal/metrics"
 )
 
 // attach opens the image of sd as a Device stack and attaches it to the
@@ -68,6 +69,13 @@ func (d *Daemon) attach(ctx context.Context, sd stateDisk, adopt bool, o openOpt
 	// A stack that cannot write (an ISO image) is attached read-only even
 	// when the request did not say so.
 	readOnly := sd.ReadOnly || blockdev.InfoOf(dev).ReadOnly
+	// What the daemon serves itself (FUSE, nbd, ublk) is counted; a loop
+	// device's I/O never passes through the daemon. dk.dev stays the
+	// stack itself (resize, flush at close).
+	counted := dev
+	if via != api.ViaLoop {
+		counted = d.metrics.Device(dev, sd.ID, format, via)
+	}
 	switch via {
 	case api.ViaLoop:
 		f, ok := dev.(*blockdev.File)
@@ -86,7 +94,7 @@ func (d *Daemon) attach(ctx context.Context, sd stateDisk, adopt bool, o openOpt
 		if adopt {
 			d.clearStaleFUSE(sd)
 		}
-		if dk.fuse, dk.loop, err = d.attachFUSE(sd.ID, dev, readOnly); err != nil {
+		if dk.fuse, dk.loop, err = d.attachFUSE(sd.ID, counted, readOnly); err != nil {
 			dev.Close()
 			return nil, err
 		}
@@ -95,7 +103,7 @@ func (d *Daemon) attach(ctx context.Context, sd stateDisk, adopt bool, o openOpt
 		if via == api.ViaUblk {
 			attachKernel = d.attachUblk
 		}
-		if dk.kern, err = attachKernel(ctx, sd, dev, adopt); err != nil {
+		if dk.kern, err = attachKernel(ctx, sd, counted, adopt); err != nil {
 			dev.Close()
 			return nil, err
 		}
@@ -111,6 +119,9 @@ func (d *Daemon) attach(ctx context.Context, sd stateDisk, adopt bool, o openOpt
 		node = statNode(dk.kern.Path())
 	}
 	dk.rec = record(sd, dev, format, via, reason, node)
+	if dk.stats != nil || dk.degraded != nil {
+		d.metrics.Disk(metrics.DiskSource{Stats: dk.stats, Degraded: dk.degraded}, dk.rec.ID, dk.rec.Format, dk.rec.Via)
+	}
 	return dk, nil
 }
 

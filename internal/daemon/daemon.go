@@ -38,10 +38,12 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
-	"syscall"
 	"time"
 
+	sddaemon "github.com/coreos/go-systemd/v22/daemon"
+
 	"vdisk/internal/api"
+	"vdisk/internal/metrics"
 )
 
 // shutdownTimeout bounds how long shutdown waits for API requests in flight.
@@ -71,7 +73,25 @@ type Options struct {
 	// OpenTimeout bounds one open or inspection of an image, and each
 	// disk's restore at start; 0 means DefaultOpenTimeout.
 	OpenTimeout time.Duration
+	// Metrics counts the disks' I/O (labels id, format, via); nil means a
+	// registry of the daemon's own (NewMetrics). It is served at
+	// GET /metrics on the control socket, and on MetricsListen.
+	Metrics *metrics.Registry
+	// MetricsListen, when set, is a TCP address (HOST:PORT) where GET
+	// /metrics is served over plain HTTP.
+	MetricsListen string
+	// Listener, when set, is the control socket already listening (socket
+	// activation: systemd passed it); Run serves it instead of taking
+	// Socket itself.
+	Listener net.Listener
+	// AllowGroup, when set, names a group whose members may use the
+	// control socket besides root (the socket is then mode 0660 and of
+	// that group); empty means root only.
+	AllowGroup string
 }
+
+// NewMetrics returns a metrics registry with the daemon's disk labels.
+func NewMetrics() *metrics.Registry { return metrics.New("id", "format", "via") }
 
 // Validate fills defaults and checks o.
 func (o *Options) Validate() error {
@@ -92,6 +112,9 @@ func (o *Options) Validate() error {
 	}
 	if o.OpenTimeout == 0 {
 		o.OpenTimeout = DefaultOpenTimeout
+	}
+	if o.Metrics == nil {
+		o.Metrics = NewMetrics()
 	}
 	var err error
 	for _, p := range []*string{&o.Socket, &o.StateDir, &o.RunDir} {
@@ -144,6 +167,9 @@ type Daemon struct {
 	// probe reports the kernel's module-backed attach paths; tests
 	// replace it.
 	probe func() kernelPaths
+
+	// metrics counts the I/O of the disks the daemon serves itself.
+	metrics *metrics.Registry
 }
 
 // New returns a daemon with no disks. Run serves it; tests may call
@@ -154,7 +180,7 @@ func New(opt Options) (*Daemon, error) {
 	}
 	life, cancel := context.WithCancel(context.Background())
 	return &Daemon{opt: opt, log: opt.Logger, disks: make(map[string]*disk), locks: make(map[string]*imageLock),
-		life: life, cancelLife: cancel, stop: make(chan struct{}), probe: probeKernel}, nil
+		life: life, cancelLife: cancel, stop: make(chan struct{}), probe: probeKernel, metrics: opt.Metrics}, nil
 }
 
 // Run starts a daemon, serves until ctx is cancelled, then closes every
@@ -165,12 +191,26 @@ func Run(ctx context.Context, opt Options) error {
 	if err != nil {
 		return err
 	}
-	ln, unlock, err := listen(d.opt.Socket)
-	if err != nil {
-		return err
+	ln := opt.Listener
+	if ln != nil {
+		d.log.Info("serving the control socket systemd passed (socket activation)", "socket", ln.Addr().String())
+	} else {
+		l, unlock, err := listenGroup(d.opt.Socket, d.opt.AllowGroup)
+		if err != nil {
+			return err
+		}
+		defer unlock()
+		defer os.Remove(d.opt.Socket)
+		ln = l
 	}
-	defer unlock()
-	defer os.Remove(d.opt.Socket)
+	if d.opt.MetricsListen != "" {
+		stop, err := d.metrics.Serve(d.opt.MetricsListen, d.log)
+		if err != nil {
+			ln.Close()
+			return err
+		}
+		defer stop()
+	}
 	return d.Serve(ctx, ln)
 }
 
@@ -180,7 +220,8 @@ func Run(ctx context.Context, opt Options) error {
 func (d *Daemon) Serve(ctx context.Context, ln net.Listener) error {
 	d.Restore(ctx)
 	srv := &http.Server{
-		Handler:           d.Handler(),
+		Handler:           d.checkPeer(d.Handler()),
+		ConnContext:       withPeer,
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          slog.NewLogLogger(d.log.Handler(), slog.LevelWarn),
 		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
@@ -188,11 +229,13 @@ func (d *Daemon) Serve(ctx context.Context, ln net.Listener) error {
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	d.log.Info("vdisk daemon ready", "socket", d.opt.Socket, "state", d.opt.StateDir, "pid", os.Getpid())
+	notify(d.log, sddaemon.SdNotifyReady)
 	var serveErr error
 	select {
 	case <-ctx.Done():
 	case serveErr = <-errc:
 	}
+	notify(d.log, sddaemon.SdNotifyStopping)
 	// Refuse new operations and cancel those in flight (an open stuck on
 	// an unanswering store) so that the server's shutdown need not wait.
 	d.stopOps()
@@ -209,48 +252,6 @@ func (d *Daemon) Serve(ctx context.Context, ln net.Listener) error {
 		return nil
 	}
 	return serveErr
-}
-
-// listen takes the socket: it locks socket.lock (so that two daemons
-// starting at once cannot both win), refuses if a daemon answers on the
-// socket, removes a stale socket, listens and sets mode 0600. unlock
-// releases the lock.
-func listen(socket string) (ln net.Listener, unlock func(), err error) {
-	if err := os.MkdirAll(filepath.Dir(socket), 0o755); err != nil {
-		return nil, nil, fmt.Errorf("daemon: %w", err)
-	}
-	lock, err := os.OpenFile(socket+".lock", os.O_CREATE|os.O_RDWR|syscall.O_CLOEXEC, 0o600)
-	if err != nil {
-		return nil, nil, fmt.Errorf("daemon: %w", err)
-	}
-	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		lock.Close()
-		if errors.Is(err, syscall.EWOULDBLOCK) {
-			return nil, nil, fmt.Errorf("daemon: %w on %s", ErrRunning, socket)
-		}
-		return nil, nil, fmt.Errorf("daemon: lock %s.lock: %w", socket, err)
-	}
-	unlock = func() { lock.Close() }
-	if c, err := net.DialTimeout("unix", socket, probeTimeout); err == nil {
-		c.Close()
-		unlock()
-		return nil, nil, fmt.Errorf("daemon: %w on %s", ErrRunning, socket)
-	}
-	if err := os.Remove(socket); err != nil && !errors.Is(err, os.ErrNotExist) {
-		unlock()
-		return nil, nil, fmt.Errorf("daemon: remove stale socket: %w", err)
-	}
-	ln, err = net.Listen("unix", socket)
-	if err != nil {
-		unlock()
-		return nil, nil, fmt.Errorf("daemon: %w", err)
-	}
-	if err := os.Chmod(socket, 0o600); err != nil {
-		ln.Close()
-		unlock()
-		return nil, nil, fmt.Errorf("daemon: %w", err)
-	}
-	return ln, unlock, nil
 }
 
 // Shutdown closes every disk: flush, then detach; a busy device is

@@ -407,6 +407,7 @@ func (d *Daemon) closeDisk(dk *disk, force bool) error {
 	d.mu.Lock()
 	delete(d.disks, dk.rec.ID)
 	d.mu.Unlock()
+	d.metrics.Forget(dk.rec.ID, dk.rec.Format, dk.rec.Via)
 	return nil
 }
 

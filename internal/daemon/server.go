@@ -26,6 +26,7 @@ const maxRequest = 1 << 20
 // Handler returns the control API's HTTP handler.
 func (d *Daemon) Handler() http.Handler {
 	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", d.metrics.Handler())
 	mux.HandleFunc("GET "+api.PathVersion, func(w http.ResponseWriter, r *http.Request) {
 		reply(w, http.StatusOK, api.VersionInfo{API: api.Version, Version: d.opt.Version, PID: os.Getpid()})
 	})

@@ -8,7 +8,8 @@
 // Guests run one at a time: Run holds an exclusive flock on CACHEDIR.lock
 // while it prepares and boots, so parallel test binaries queue up.
 //
-// Skips: Run skips (with the reason) when not root, in -short mode, when the
+// Skips: Run skips (with the reason) when VDISK_SKIP_VM=1 (even in CI: an
+// explicit request), when not root, in -short mode, when the
 // cache was never prepared and VMTEST_CACHE is unset, when prepare.sh fails,
 // or when the test needs ublk and the guest kernel has none. With CI=true it
 // never skips: each of those is a test failure, and it prepares the cache
@@ -209,6 +210,10 @@ type env struct {
 func newEnv(t testing.TB) *env {
 	t.Helper()
 	e := &env{ci: os.Getenv("CI") == "true"}
+	if os.Getenv("VDISK_SKIP_VM") == "1" {
+		// The explicit opt-out (scripts/test.sh prints it in its summary).
+		t.Skip("vmtest: VDISK_SKIP_VM=1: VM tests skipped on request")
+	}
 	if testing.Short() && !e.ci {
 		t.Skip("vmtest: VM tests do not run in -short mode")
 	}
