@@ -86,7 +86,7 @@ func TestLeaseLost(t *testing.T) {
 			oa := testOpts()
 			oa.LeaseHolder = "old"
 			oa.WriteBackDelay = 1 << 40 // only Flush uploads
-			oa.zombie = true             // frozen: its lease runs out unseen
+			oa.zombie = true            // frozen: its lease runs out unseen
 			a := create(t, st, p, 4*testChunk, oa)
 			mustWrite(t, a, pattern(100, 1), 0)
 

@@ -65,4 +65,3 @@ func (d *Device) SetLength(n int64) error {
 	}
 	return nil
 }
-
