@@ -423,16 +423,17 @@ func (d *Device) reqCtx() (context.Context, context.CancelFunc) {
 }
 
 // uploadCtx is the context of one chunk upload: besides RequestTimeout,
-// it ends when the lease does unless renewed, so an upload never runs on
-// long past it (the manifest's fence, not this, is what keeps a stale
-// upload out of the image).
+// it ends a sixth of the TTL before the lease does unless renewed (the
+// lease is renewed every third, so an upload has at least half a TTL), so
+// an upload never runs on past the lease (the manifest's fence, not this,
+// is what keeps a stale upload out of the image).
 func (d *Device) uploadCtx() (context.Context, context.CancelFunc) {
 	ctx, cancel := d.reqCtx()
 	d.mu.Lock()
 	l := d.lease
 	var until time.Time
 	if l != nil && !d.opts.zombie {
-		until = l.validUntil
+		until = l.validUntil.Add(-l.ttl / 6)
 	}
 	d.mu.Unlock()
 	if until.IsZero() {

@@ -33,6 +33,11 @@ func TestManifest(t *testing.T) {
 		{"too many chunks", `{"format":"vdisk-chunked","version":1,"size":1125899906842624,"chunk_size":4096}`, false},
 		{"most chunks", `{"format":"vdisk-chunked","version":1,"size":274877906944,"chunk_size":4096}`, true},
 		{"not json", `size=1`, false},
+		{"fenced", `{"format":"vdisk-chunked","version":2,"size":1048576,"chunk_size":65536,"epoch":7,"committed":12,"sealed":[{"epoch":2,"seq":5},{"epoch":6,"seq":1}]}`, true},
+		{"epoch in version 1", `{"format":"vdisk-chunked","version":1,"size":1048576,"chunk_size":65536,"epoch":7}`, false},
+		{"sealed out of order", `{"format":"vdisk-chunked","version":2,"size":1048576,"chunk_size":65536,"epoch":7,"sealed":[{"epoch":6,"seq":5},{"epoch":2,"seq":1}]}`, false},
+		{"sealed current epoch", `{"format":"vdisk-chunked","version":2,"size":1048576,"chunk_size":65536,"epoch":7,"sealed":[{"epoch":7,"seq":5}]}`, false},
+		{"sealed nothing", `{"format":"vdisk-chunked","version":2,"size":1048576,"chunk_size":65536,"epoch":7,"sealed":[{"epoch":3,"seq":0}]}`, false},
 		{"too big", `{"format":"` + strings.Repeat("x", maxManifestBytes) + `"}`, false},
 	}
 	for _, tc := range tests {
