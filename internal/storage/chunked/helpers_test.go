@@ -22,7 +22,7 @@ const testChunk = 64 << 10
 
 // testLeaseTTL keeps takeovers (which watch the holder's lease for its
 // TTL) quick.
-const testLeaseTTL = 2 * time.Second
+const testLeaseTTL = 3 * time.Second
 
 // backend is a store under test: memory or versitygw.
 type backend struct {

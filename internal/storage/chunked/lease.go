@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"vdisk/internal/blockdev"
@@ -35,11 +36,47 @@ type leaseRecord struct {
 // record claims.
 const maxWatch = 10 * time.Minute
 
+// storeTimeSlack covers the store's times being whole seconds (HTTP
+// dates): an age by them may be a second short or long.
+const storeTimeSlack = time.Second
+
+// storeNow returns the store's own clock: the modification time it gives
+// a small object put under kp now. Zero when the store shows no times.
+func storeNow(ctx context.Context, store objstore.Store, key string) (time.Time, error) {
+	if _, err := store.Put(ctx, key, nil, objstore.PutOptions{}); err != nil {
+		return time.Time{}, fmt.Errorf("read the store's clock: %w", unavailable(err))
+	}
+	in, err := store.Head(ctx, key)
+	if derr := store.Delete(ctx, key); derr != nil && err == nil {
+		err = derr
+	}
+	if err != nil {
+		return time.Time{}, fmt.Errorf("read the store's clock: %w", unavailable(err))
+	}
+	return in.ModTime, nil
+}
+
+// quietFor is how long the store says the lease object has not changed
+// (its modification time against the store's clock); 0 when unknown.
+func quietFor(ctx context.Context, store objstore.Store, key string, modTime time.Time) (time.Duration, error) {
+	if modTime.IsZero() {
+		return 0, nil
+	}
+	now, err := storeNow(ctx, store, strings.TrimSuffix(key, leaseName)+clockName)
+	if err != nil || now.IsZero() {
+		return 0, err
+	}
+	return max(now.Sub(modTime)-storeTimeSlack, 0), nil
+}
+
 // watchLease reports whether the lease object at key changes from etag
 // within hold, as measured by this process's monotonic clock: a holder
 // alive renews it (every third of its TTL), a frozen or dead one does not.
 // No wall clock, ours or the holder's, enters the decision.
 func watchLease(ctx context.Context, store objstore.Store, key, etag string, hold time.Duration) (bool, error) {
+	if hold <= 0 {
+		return false, nil
+	}
 	hold = min(hold+hold/8, maxWatch)
 	deadline := time.Now().Add(hold)
 	step := max(min(hold/8, time.Second), 10*time.Millisecond)
@@ -122,7 +159,13 @@ func acquireLease(ctx context.Context, store objstore.Store, key, holder string,
 				if hold <= 0 {
 					hold = max(ttl, DefaultLeaseTTL)
 				}
-				changed, err := watchLease(ctx, store, key, info.ETag, hold)
+				// The store's clock tells how long it has been
+				// quiet already; what remains is watched here.
+				quiet, err := quietFor(ctx, store, key, info.ModTime)
+				if err != nil {
+					return nil, err
+				}
+				changed, err := watchLease(ctx, store, key, info.ETag, hold-quiet)
 				if err != nil {
 					return nil, err
 				}

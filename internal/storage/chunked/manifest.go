@@ -46,6 +46,8 @@ const (
 const (
 	manifestName = "manifest.json"
 	leaseName    = "lease.json"
+	// clockName is the object a takeover puts to read the store's clock.
+	clockName = "lease-clock"
 )
 
 // Manifest describes an image, stored as <prefix>/manifest.json. It is

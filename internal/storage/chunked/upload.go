@@ -50,6 +50,15 @@ func (d *Device) uploadLocked(c *chunk) {
 	d.account(c, -1)
 	c.uploading = true
 	d.account(c, 1)
+	if l := d.lease; l != nil && !d.opts.zombie && d.fenced == nil && time.Until(l.validUntil) < l.ttl/2 {
+		// The lease loop is late (a slow store): renew first rather
+		// than start an upload with too short a deadline, or none.
+		d.mu.Unlock()
+		ctx, cancel := d.reqCtx()
+		d.renewLease(ctx, time.Now().Add(-l.ttl/6))
+		cancel()
+		d.mu.Lock()
+	}
 	err := d.leaseErrLocked()
 	if err == nil && len(c.parts) > 0 {
 		err = d.loadLocked(c)
