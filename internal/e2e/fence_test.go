@@ -209,7 +209,11 @@ func TestS3Fence(t *testing.T) {
 
 	// B takes over once A's lease has not changed for its TTL, writes
 	// chunk 1 and flushes.
+	frozen := time.Now()
 	b, uriB, errB := serve(withS3, "--force-takeover", img)
+	// For the record (never asserted): how long B waited to be sure A
+	// stopped renewing (A's TTL less what the store's clock says passed).
+	t.Logf("B took over %v after A froze", time.Since(frozen).Round(time.Millisecond))
 	sh(t, "qemu-io", "-f", "raw", "-c", "write -P "+pb+" 4M 4M", "-c", "flush", uriB)
 
 	// A's PUTs are delivered now, after B's flush, and A thaws.
