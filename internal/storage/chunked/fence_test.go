@@ -366,3 +366,124 @@ func TestCollect(t *testing.T) {
 		t.Fatalf("%d chunk objects left for 4 chunks: %v", n, objectKeys(t, st, p))
 	}
 }
+
+// lateStore is a store on which chunk idx's PUTs fail (as if the
+// connection broke), the first of them landing later, on land: a request
+// the writer gave up on that the store still carries out.
+type lateStore struct {
+	objstore.Store
+	kp string
+
+	mu      sync.Mutex
+	idx     int64 // -1: none
+	pending *lateput
+	hold    int64 // chunk whose next PUT is held until release; -1: none
+	arrived chan struct{}
+	release chan struct{}
+}
+
+type lateput struct {
+	key  string
+	data []byte
+}
+
+func (s *lateStore) Put(ctx context.Context, key string, data []byte, opts objstore.PutOptions) (objstore.Info, error) {
+	idx, v, ok := parseObjKey(s.kp, key)
+	s.mu.Lock()
+	fail := ok && v.epoch != 0 && idx == s.idx
+	if fail && s.pending == nil {
+		s.pending = &lateput{key, bytes.Clone(data)}
+	}
+	hold := ok && v.epoch != 0 && idx == s.hold
+	if hold {
+		s.hold = -1
+	}
+	s.mu.Unlock()
+	if fail {
+		return objstore.Info{}, errors.New("connection reset (the PUT may still land)")
+	}
+	if hold {
+		s.arrived <- struct{}{}
+		<-s.release
+	}
+	return s.Store.Put(ctx, key, data, opts)
+}
+
+// land stores the PUT that failed first, and lets later ones through.
+func (s *lateStore) land(t *testing.T) {
+	s.mu.Lock()
+	p := s.pending
+	s.idx = -1
+	s.mu.Unlock()
+	if p == nil {
+		t.Fatal("no PUT to land")
+	}
+	if _, err := s.Store.Put(context.Background(), p.key, p.data, objstore.PutOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestFenceFailedPutLandsLate proves a commit never covers an upload that
+// failed and may still land: writer A commits while a PUT of chunk 1 has
+// failed (and keeps failing); B takes over and flushes; the failed PUT
+// then lands. Had A's commit counted it, the image would change under B.
+func TestFenceFailedPutLandsLate(t *testing.T) {
+	for _, b := range backends() {
+		t.Run(b.name, func(t *testing.T) {
+			base := b.store(t)
+			p := newPrefix(t)
+			st := &lateStore{Store: base, kp: keyPrefix(p), idx: -1, hold: -1, arrived: make(chan struct{}, 1), release: make(chan struct{})}
+			const size = 3 * testChunk
+			oa := testOpts()
+			oa.LeaseHolder = "a"
+			oa.WriteBackDelay = 1 << 40
+			oa.zombie = true
+			a := create(t, st, p, size, oa)
+			x := pattern(size, 1)
+			mustWrite(t, a, x, 0)
+			if err := a.Flush(); err != nil {
+				t.Fatal(err)
+			}
+			want := bytes.Clone(x)
+
+			// Flush 1 stores chunk 0, held until chunk 1's PUT failed.
+			st.mu.Lock()
+			st.hold, st.idx = 0, 1
+			st.mu.Unlock()
+			z := pattern(testChunk, 4)
+			mustWrite(t, a, z, 0)
+			copy(want, z)
+			flushed := make(chan error, 1)
+			go func() { flushed <- a.Flush() }()
+			<-st.arrived
+			mustWrite(t, a, pattern(testChunk, 5), testChunk)
+			if err := a.Flush(); err == nil {
+				t.Fatal("flush 2 with chunk 1's PUT failing: nil error")
+			}
+			close(st.release)
+			if err := <-flushed; err != nil {
+				t.Fatalf("flush 1 (chunk 0 only): %v", err)
+			}
+
+			ob := testOpts()
+			ob.LeaseHolder = "b"
+			ob.ForceTakeover = true
+			bd := open(t, base, p, ob)
+			y := pattern(testChunk, 6)
+			mustWrite(t, bd, y, 2*testChunk)
+			copy(want[2*testChunk:], y)
+			if err := bd.Flush(); err != nil {
+				t.Fatal(err)
+			}
+			st.land(t)
+			if got := readerSees(t, base, p); !bytes.Equal(got, want) {
+				for i := range 3 {
+					o := int64(i) * testChunk
+					t.Logf("chunk %d equal: %v", i, bytes.Equal(got[o:o+testChunk], want[o:o+testChunk]))
+				}
+				t.Fatal("a failed PUT that landed late shows through")
+			}
+			a.Close()
+		})
+	}
+}
