@@ -450,7 +450,9 @@ func TestFenceFailedPutLandsLate(t *testing.T) {
 			st.mu.Lock()
 			st.hold, st.idx = 0, 1
 			st.mu.Unlock()
-			z := pattern(testChunk, 4)
+			// Not all of the chunk: a whole one would be uploaded at
+			// once, before flush 1 starts.
+			z := pattern(testChunk-512, 4)
 			mustWrite(t, a, z, 0)
 			copy(want, z)
 			flushed := make(chan error, 1)
