@@ -22,12 +22,14 @@
 //	m, err := chunked.Stat(ctx, st, prefix)          // for info: size, chunk size, created
 //	d, err := chunked.Open(ctx, st, prefix, chunked.Options{LeaseHolder: "host:pid"})
 //	// a *LeaseError (errors.Is ErrLeaseHeld, blockdev.ErrLocked) names the
-//	// holder; retry with ForceTakeover once it has expired.
+//	// holder; retry with ForceTakeover once it has expired. ErrNoFencing:
+//	// the store ignores If-Match (Options.UnsafeNoFencing overrides).
 //	defer d.Close()
 //
 // The daemon reports d.Degraded() (nil when healthy) and d.Stats(); every
 // store failure reaching a caller wraps ErrUnavailable, which
-// blockdev.Errno maps to EIO.
+// blockdev.Errno maps to EIO. A writer that lost the image to another
+// (ErrLeaseLost, also in Degraded) stores nothing more: see fence.go.
 package chunked
 
 import (
@@ -108,7 +110,10 @@ type Options struct {
 	LeaseHolder string
 	// LeaseTTL; 0 means DefaultLeaseTTL.
 	LeaseTTL time.Duration
-	// ForceTakeover takes a lease whose holder let it expire.
+	// ForceTakeover takes a lease whose holder let it expire: one whose
+	// object has not changed for the holder's TTL, by the store's clock
+	// and then by watching its ETag here for the rest. The holder, if
+	// alive after all, is fenced: nothing it stores counts any more.
 	ForceTakeover bool
 	// RequestTimeout; 0 means DefaultRequestTimeout.
 	RequestTimeout time.Duration
