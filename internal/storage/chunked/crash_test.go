@@ -44,7 +44,7 @@ func TestCrash(t *testing.T) {
 				o := testOpts()
 				o.ForceTakeover = true
 				// Each reopen's lease runs from a clock an hour further on.
-				o.now = func() time.Time { return time.Now().Add(time.Duration(round+1) * time.Hour) }
+				o.ClockOffset = time.Duration(round+1) * time.Hour
 				d = open(t, st, p, o)
 				got := readAll(t, d)
 				for i := range got {

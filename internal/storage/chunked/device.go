@@ -1,7 +1,8 @@
 // Package chunked is a block store over an object store: a Device whose
 // bytes live in fixed-size chunk objects <prefix>/<chunk number as 16 hex
-// digits>, described by <prefix>/manifest.json, with one writer at a time
-// enforced by a lease object <prefix>/lease.json.
+// digits>-<epoch>-<seq>, described by <prefix>/manifest.json, with one
+// writer at a time enforced by a lease object <prefix>/lease.json and a
+// writer that lost the lease fenced by the manifest's epoch (fence.go).
 //
 // A chunk that was never written, or was trimmed or written all zeros, has
 // no object and reads as zeros. Writes land in a bounded write-back cache
@@ -21,12 +22,14 @@
 //	m, err := chunked.Stat(ctx, st, prefix)          // for info: size, chunk size, created
 //	d, err := chunked.Open(ctx, st, prefix, chunked.Options{LeaseHolder: "host:pid"})
 //	// a *LeaseError (errors.Is ErrLeaseHeld, blockdev.ErrLocked) names the
-//	// holder; retry with ForceTakeover once it has expired.
+//	// holder; retry with ForceTakeover once it has expired. ErrNoFencing:
+//	// the store ignores If-Match (Options.UnsafeNoFencing overrides).
 //	defer d.Close()
 //
 // The daemon reports d.Degraded() (nil when healthy) and d.Stats(); every
 // store failure reaching a caller wraps ErrUnavailable, which
-// blockdev.Errno maps to EIO.
+// blockdev.Errno maps to EIO. A writer that lost the image to another
+// (ErrLeaseLost, also in Degraded) stores nothing more: see fence.go.
 package chunked
 
 import (
@@ -107,16 +110,31 @@ type Options struct {
 	LeaseHolder string
 	// LeaseTTL; 0 means DefaultLeaseTTL.
 	LeaseTTL time.Duration
-	// ForceTakeover takes a lease whose holder let it expire.
+	// ForceTakeover takes a lease whose holder let it expire: one whose
+	// object has not changed for the holder's TTL, by the store's clock
+	// and then by watching its ETag here for the rest. The holder, if
+	// alive after all, is fenced: nothing it stores counts any more.
 	ForceTakeover bool
 	// RequestTimeout; 0 means DefaultRequestTimeout.
 	RequestTimeout time.Duration
 	// Logger receives warnings (failed uploads, lease trouble); nil
 	// discards.
 	Logger *slog.Logger
+	// UnsafeNoFencing lets a writer open an image on a store that ignores
+	// conditional PUTs (If-Match), where a writer that lost its lease
+	// cannot be fenced and may overwrite its successor's data. Without
+	// it, such an Open fails with ErrNoFencing.
+	UnsafeNoFencing bool
+	// ClockOffset shifts this writer's wall clock, which only the lease's
+	// informational timestamps use (tests show that writers whose clocks
+	// disagree by more than a lease still exclude each other).
+	ClockOffset time.Duration
 
-	// now is the wall clock for lease expiry (tests move it).
+	// now is the wall clock: time.Now shifted by ClockOffset.
 	now func() time.Time
+	// zombie makes a test writer behave as a frozen one thawed: no lease
+	// renewals and no local expiry check, so its uploads reach the store.
+	zombie bool
 }
 
 func (o *Options) validate(chunkSize int64) error {
@@ -162,7 +180,8 @@ func (o *Options) validate(chunkSize int64) error {
 		o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	if o.now == nil {
-		o.now = time.Now
+		off := o.ClockOffset
+		o.now = func() time.Time { return time.Now().Add(off) }
 	}
 	return nil
 }
@@ -219,6 +238,24 @@ type Device struct {
 	lengthStored uint64
 	// manMu serialises manifest writes.
 	manMu sync.Mutex
+
+	// Fencing (fence.go). mf is the manifest as last stored (its
+	// Committed the committed watermark) and manETag its ETag; seq is
+	// the last upload's sequence number in epoch mf.Epoch; unsettled
+	// maps the seq of every upload not known to be stored (running, or
+	// failed and not superseded) to its chunk; vers holds the version
+	// of each chunk's object (data or tombstone) except version 1 ones;
+	// garbage the objects to delete once committed.
+	mf         manifestFile
+	manETag    string
+	epoch      uint64
+	seq        uint64
+	unsettled  map[uint64]int64
+	vers       map[int64]ver
+	garbage    []garbageKey
+	collecting bool
+	pruneSeals bool
+	liveAtOpen map[uint64]bool
 }
 
 var (
@@ -233,20 +270,22 @@ var (
 // image's lease first: a second writer gets a *LeaseError naming the
 // holder. It lists the chunk objects once to know which exist.
 func Open(ctx context.Context, store objstore.Store, prefix string, opts Options) (*Device, error) {
-	m, err := Stat(ctx, store, prefix)
+	kp := keyPrefix(prefix)
+	mf, etag, err := readManifest(ctx, store, kp, prefix)
 	if err != nil {
 		return nil, err
 	}
+	m := mf.Manifest
 	if err := opts.validate(m.ChunkSize); err != nil {
 		return nil, err
 	}
-	kp := keyPrefix(prefix)
 	d := &Device{
 		store: store, kp: kp, man: m, chunkSize: m.ChunkSize,
 		nchunks: (m.Size + m.ChunkSize - 1) / m.ChunkSize,
 		opts:    opts, log: opts.Logger, length: m.Length,
 		chunks: make(map[int64]*chunk), dirty: make(map[int64]*chunk),
 		sem: make(chan struct{}, opts.Parallel),
+		mf:  mf, manETag: etag, vers: make(map[int64]ver), unsettled: make(map[uint64]int64),
 	}
 	d.cond = sync.NewCond(&d.mu)
 	if opts.CacheDir != "" {
@@ -255,32 +294,45 @@ func Open(ctx context.Context, store objstore.Store, prefix string, opts Options
 	d.exists = make([]uint64, (d.nchunks+63)/64)
 	d.pool.New = func() any { b := make([]byte, d.chunkSize); return &b }
 	if !opts.ReadOnly {
+		if err := probeFencing(ctx, store, kp, opts.UnsafeNoFencing); err != nil {
+			return nil, fmt.Errorf("chunked: open %s: %w", prefix, err)
+		}
 		l, err := acquireLease(ctx, store, kp+leaseName, opts.LeaseHolder, opts.LeaseTTL, opts.ForceTakeover, opts.now)
 		if err != nil {
 			return nil, fmt.Errorf("chunked: open %s: %w", prefix, err)
 		}
 		d.lease = l
+		// Fence every earlier writer before looking at the chunks: what
+		// they commit from now on is refused.
+		d.mf, d.manETag, err = takeEpoch(ctx, store, kp, prefix)
+		if err != nil {
+			d.releaseLease(ctx)
+			return nil, err
+		}
 	}
-	err = store.List(ctx, kp, func(in objstore.Info) error {
-		idx, ok := parseChunkKey(kp, in.Key)
-		if !ok {
-			return nil
-		}
-		if idx >= d.nchunks {
-			d.log.Warn("chunked: ignoring a chunk past the end of the image", "key", in.Key)
-			return nil
-		}
-		d.setExists(idx, true)
-		if opts.CacheDir != "" {
-			d.etags[idx] = in.ETag
-		}
-		return nil
-	})
+	d.epoch = d.mf.Epoch
+	vw, err := scan(ctx, store, kp, d.mf, -1)
 	if err != nil {
 		if d.lease != nil {
 			d.releaseLease(ctx)
 		}
 		return nil, fmt.Errorf("chunked: open %s: list chunks: %w", prefix, unavailable(err))
+	}
+	for idx, o := range vw.objs {
+		d.setExists(idx, o.size > 0)
+		if o.v.epoch != 0 {
+			d.vers[idx] = o.v
+		}
+		if opts.CacheDir != "" && o.size > 0 {
+			d.etags[idx] = o.etag
+		}
+	}
+	if !opts.ReadOnly {
+		for _, k := range vw.garbage {
+			d.garbage = append(d.garbage, garbageKey{key: k})
+		}
+		d.liveAtOpen = vw.live
+		d.pruneSeals = len(d.mf.Sealed) > 0
 	}
 	if opts.CacheDir != "" {
 		d.disk, err = openDiskCache(imageCacheDir(opts.CacheDir, kp, m), opts.CacheDirSize, d.etags, d.log)
@@ -375,6 +427,27 @@ func (d *Device) reqCtx() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(d.ctx, d.opts.RequestTimeout)
 }
 
+// uploadCtx is the context of one chunk upload: besides RequestTimeout,
+// it ends a sixth of the TTL before the lease does unless renewed (the
+// lease is renewed every third, so an upload has at least half a TTL), so
+// an upload never runs on past the lease (the manifest's fence, not this,
+// is what keeps a stale upload out of the image).
+func (d *Device) uploadCtx() (context.Context, context.CancelFunc) {
+	ctx, cancel := d.reqCtx()
+	d.mu.Lock()
+	l := d.lease
+	var until time.Time
+	if l != nil && !d.opts.zombie {
+		until = l.validUntil.Add(-l.ttl / 6)
+	}
+	d.mu.Unlock()
+	if until.IsZero() {
+		return ctx, cancel
+	}
+	dctx, dcancel := context.WithDeadline(ctx, until)
+	return dctx, func() { dcancel(); cancel() }
+}
+
 // Close flushes, stops the Device's goroutines and releases the lease. It
 // returns the flush's error, if any, after releasing everything.
 func (d *Device) Close() error {
@@ -394,6 +467,10 @@ func (d *Device) Close() error {
 	d.mu.Lock()
 	fenced := d.fenced
 	d.mu.Unlock()
+	if d.lease != nil && fenced == nil && ferr == nil {
+		// What the last commit left unreferenced goes before the lease.
+		d.collect(context.Background())
+	}
 	if d.lease != nil && fenced == nil {
 		ctx, cancel := context.WithTimeout(context.Background(), d.opts.RequestTimeout)
 		if err := d.releaseLease(ctx); err != nil && ferr == nil {

@@ -47,8 +47,10 @@ type LeaseError struct {
 	Holder string
 	// Expires is when the holder's lease runs out unless renewed.
 	Expires time.Time
-	// Expired is true when Expires has passed: the holder probably died,
-	// and Options.ForceTakeover may take the lease.
+	// Expired is true when Expires has passed by this process's clock:
+	// the holder probably died, and Options.ForceTakeover may take the
+	// lease. It is a hint for people only: a forced takeover judges the
+	// holder gone by the store (fence.go, watchLease), never by clocks.
 	Expired bool
 }
 

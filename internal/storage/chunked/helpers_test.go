@@ -2,8 +2,10 @@ package chunked
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -17,6 +19,10 @@ func TestMain(m *testing.M) { os.Exit(s3test.Main(m)) }
 
 // testChunk keeps tests quick.
 const testChunk = 64 << 10
+
+// testLeaseTTL keeps takeovers (which watch the holder's lease for its
+// TTL) quick.
+const testLeaseTTL = 3 * time.Second
 
 // backend is a store under test: memory or versitygw.
 type backend struct {
@@ -39,7 +45,7 @@ func newPrefix(t *testing.T) string {
 }
 
 func testOpts() Options {
-	return Options{LeaseHolder: "test-writer", MaxDirty: 8 * testChunk, CacheSize: 8 * testChunk, Parallel: 4, RequestTimeout: 30 * time.Second}
+	return Options{LeaseHolder: "test-writer", MaxDirty: 8 * testChunk, CacheSize: 8 * testChunk, Parallel: 4, RequestTimeout: 30 * time.Second, LeaseTTL: testLeaseTTL}
 }
 
 // create makes an image and opens it.
@@ -85,14 +91,39 @@ func readAll(t *testing.T, d blockdev.Device) []byte {
 	return b
 }
 
-// chunkKeys lists the chunk numbers with objects under prefix.
+// chunkKeys lists, in order, the chunk numbers whose committed object a
+// reader takes holds data (not a tombstone).
 func chunkKeys(t *testing.T, st objstore.Store, prefix string) []int64 {
 	t.Helper()
+	kp := keyPrefix(prefix)
+	f, _, err := readManifest(context.Background(), st, kp, prefix)
+	if errors.Is(err, ErrNoImage) {
+		f = manifestFile{Manifest: Manifest{Size: MaxSize, ChunkSize: MinChunkSize}}
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	vw, err := scan(context.Background(), st, kp, f, -1)
+	if err != nil {
+		t.Fatalf("List: %v", err)
+	}
 	var out []int64
+	for idx, o := range vw.objs {
+		if o.size > 0 {
+			out = append(out, idx)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// objectKeys lists every chunk object under prefix, of any version.
+func objectKeys(t *testing.T, st objstore.Store, prefix string) []string {
+	t.Helper()
+	var out []string
 	kp := keyPrefix(prefix)
 	err := st.List(context.Background(), kp, func(in objstore.Info) error {
-		if idx, ok := parseChunkKey(kp, in.Key); ok {
-			out = append(out, idx)
+		if _, _, ok := parseObjKey(kp, in.Key); ok {
+			out = append(out, in.Key)
 		}
 		return nil
 	})
@@ -102,7 +133,5 @@ func chunkKeys(t *testing.T, st objstore.Store, prefix string) []int64 {
 	return out
 }
 
-// later is a clock past every lease taken now.
-func later(ttl time.Duration) func() time.Time {
-	return func() time.Time { return time.Now().Add(ttl + time.Minute) }
-}
+// later is a clock offset past every lease taken now.
+func later(ttl time.Duration) time.Duration { return ttl + time.Minute }

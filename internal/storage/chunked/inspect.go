@@ -12,7 +12,8 @@ import (
 // Report is what Inspect finds of an image without opening it.
 type Report struct {
 	Manifest Manifest
-	// Chunks counts the chunk objects; StoredBytes sums their sizes.
+	// Chunks counts the chunk objects a reader takes (not those left for
+	// collection); StoredBytes sums their sizes.
 	Chunks      int64
 	StoredBytes int64
 	// Holder names the writer holding the lease ("" when none does);
@@ -24,19 +25,19 @@ type Report struct {
 // Inspect reads the image under prefix as `vdisk info` shows it: the
 // manifest, the chunk objects (one listing) and the lease's holder.
 func Inspect(ctx context.Context, store objstore.Store, prefix string) (Report, error) {
-	m, err := Stat(ctx, store, prefix)
+	kp := keyPrefix(prefix)
+	f, _, err := readManifest(ctx, store, kp, prefix)
 	if err != nil {
 		return Report{}, err
 	}
-	r := Report{Manifest: m}
-	kp := keyPrefix(prefix)
-	err = store.List(ctx, kp, func(in objstore.Info) error {
-		if idx, ok := parseChunkKey(kp, in.Key); ok && idx < (m.Size+m.ChunkSize-1)/m.ChunkSize {
+	r := Report{Manifest: f.Manifest}
+	vw, err := scan(ctx, store, kp, f, -1)
+	for _, o := range vw.objs {
+		if o.size > 0 {
 			r.Chunks++
-			r.StoredBytes += in.Size
+			r.StoredBytes += o.size
 		}
-		return nil
-	})
+	}
 	if err != nil {
 		return Report{}, fmt.Errorf("chunked: inspect %s: list chunks: %w", prefix, unavailable(err))
 	}

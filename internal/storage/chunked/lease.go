@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"vdisk/internal/blockdev"
@@ -18,12 +19,89 @@ const maxLeaseBytes = 16 << 10
 // other writers race for the lease.
 const leaseAcquireAttempts = 3
 
-// leaseRecord is the content of <prefix>/lease.json.
+// leaseRecord is the content of <prefix>/lease.json. Its times are the
+// holder's clock, shown to people and never trusted: whether a holder is
+// gone is judged by watching the object (watchLease).
 type leaseRecord struct {
 	Holder   string    `json:"holder"`
 	Acquired time.Time `json:"acquired"`
 	Expires  time.Time `json:"expires"`
 	Released bool      `json:"released"`
+	// TTLMillis is the holder's TTL: it renews (changing the object's
+	// ETag) every third of it.
+	TTLMillis int64 `json:"ttl_ms,omitempty"`
+}
+
+// maxWatch bounds how long a takeover watches a lease, whatever TTL the
+// record claims.
+const maxWatch = 10 * time.Minute
+
+// storeTimeSlack covers the store's times being whole seconds (HTTP
+// dates): an age by them may be a second short or long.
+const storeTimeSlack = time.Second
+
+// storeNow returns the store's own clock: the modification time it gives
+// a small object put under kp now. Zero when the store shows no times.
+func storeNow(ctx context.Context, store objstore.Store, key string) (time.Time, error) {
+	if _, err := store.Put(ctx, key, nil, objstore.PutOptions{}); err != nil {
+		return time.Time{}, fmt.Errorf("read the store's clock: %w", unavailable(err))
+	}
+	in, err := store.Head(ctx, key)
+	if derr := store.Delete(ctx, key); derr != nil && err == nil {
+		err = derr
+	}
+	if err != nil {
+		return time.Time{}, fmt.Errorf("read the store's clock: %w", unavailable(err))
+	}
+	return in.ModTime, nil
+}
+
+// quietFor is how long the store says the lease object has not changed
+// (its modification time against the store's clock); 0 when unknown.
+func quietFor(ctx context.Context, store objstore.Store, key string, modTime time.Time) (time.Duration, error) {
+	if modTime.IsZero() {
+		return 0, nil
+	}
+	now, err := storeNow(ctx, store, strings.TrimSuffix(key, leaseName)+clockName)
+	if err != nil || now.IsZero() {
+		return 0, err
+	}
+	return max(now.Sub(modTime)-storeTimeSlack, 0), nil
+}
+
+// watchLease reports whether the lease object at key changes from etag
+// within hold, as measured by this process's monotonic clock: a holder
+// alive renews it (every third of its TTL), a frozen or dead one does not.
+// No wall clock, ours or the holder's, enters the decision.
+func watchLease(ctx context.Context, store objstore.Store, key, etag string, hold time.Duration) (bool, error) {
+	if hold <= 0 {
+		return false, nil
+	}
+	hold = min(hold+hold/8, maxWatch)
+	deadline := time.Now().Add(hold)
+	step := max(min(hold/8, time.Second), 10*time.Millisecond)
+	for {
+		in, err := store.Head(ctx, key)
+		switch {
+		case errors.Is(err, objstore.ErrNotFound):
+			return true, nil
+		case err != nil:
+			return false, fmt.Errorf("watch lease %s: %w", key, unavailable(err))
+		case in.ETag != etag:
+			return true, nil
+		}
+		left := time.Until(deadline)
+		if left <= 0 {
+			return false, nil
+		}
+		t := time.NewTimer(min(step, left))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return false, ctx.Err()
+		case <-t.C:
+		}
+	}
 }
 
 func parseLease(b []byte) (leaseRecord, error) {
@@ -56,12 +134,6 @@ type lease struct {
 // acquireLease takes the lease at key for holder, or says who holds it.
 func acquireLease(ctx context.Context, store objstore.Store, key, holder string, ttl time.Duration, force bool, now func() time.Time) (*lease, error) {
 	for range leaseAcquireAttempts {
-		start := time.Now()
-		rec := leaseRecord{Holder: holder, Acquired: now().UTC(), Expires: now().Add(ttl).UTC()}
-		b, err := json.Marshal(rec)
-		if err != nil {
-			return nil, err
-		}
 		cur, info, err := store.Get(ctx, key, 0, maxLeaseBytes+1)
 		var opts objstore.PutOptions
 		switch {
@@ -74,12 +146,48 @@ func acquireLease(ctx context.Context, store objstore.Store, key, holder string,
 			if err != nil {
 				return nil, fmt.Errorf("%s: %w", key, err)
 			}
-			expired := !now().Before(old.Expires)
-			if !old.Released && (!expired || !force) {
-				return nil, &LeaseError{Holder: old.Holder, Expires: old.Expires, Expired: expired}
+			if !old.Released {
+				// By the clocks the holder looks expired (a hint for
+				// the message only).
+				expired := !now().Before(old.Expires)
+				if !force {
+					return nil, &LeaseError{Holder: old.Holder, Expires: old.Expires, Expired: expired}
+				}
+				// Forced: the holder is gone if its lease does not
+				// change for a whole TTL of its own, timed here.
+				hold := time.Duration(old.TTLMillis) * time.Millisecond
+				if hold <= 0 {
+					hold = max(ttl, DefaultLeaseTTL)
+				}
+				// The store's clock tells how long it has been
+				// quiet already; what remains is watched here.
+				quiet, err := quietFor(ctx, store, key, info.ModTime)
+				if err != nil {
+					return nil, err
+				}
+				changed, err := watchLease(ctx, store, key, info.ETag, hold-quiet)
+				if err != nil {
+					return nil, err
+				}
+				if changed {
+					// Renewed (or released, or taken) meanwhile: look
+					// again.
+					if cur2, _, err := store.Get(ctx, key, 0, maxLeaseBytes+1); err == nil {
+						if r2, err := parseLease(cur2); err == nil && !r2.Released {
+							return nil, &LeaseError{Holder: r2.Holder, Expires: r2.Expires}
+						}
+					}
+					continue
+				}
 			}
 			opts.IfMatch = info.ETag
 		}
+		rec := leaseRecord{Holder: holder, Acquired: now().UTC(), Expires: now().Add(ttl).UTC(), TTLMillis: ttl.Milliseconds()}
+		b, err := json.Marshal(rec)
+		if err != nil {
+			return nil, err
+		}
+		start := time.Now()
 		pin, err := store.Put(ctx, key, b, opts)
 		if errors.Is(err, objstore.ErrPreconditionFailed) || errors.Is(err, objstore.ErrNotFound) {
 			continue // another writer moved first: look again
@@ -97,7 +205,7 @@ func acquireLease(ctx context.Context, store objstore.Store, key, holder string,
 // holds it now.
 func (l *lease) renew(ctx context.Context, store objstore.Store, etag string, now func() time.Time, released bool) (string, time.Time, error) {
 	start := time.Now()
-	rec := leaseRecord{Holder: l.holder, Acquired: now().UTC(), Expires: now().Add(l.ttl).UTC(), Released: released}
+	rec := leaseRecord{Holder: l.holder, Acquired: now().UTC(), Expires: now().Add(l.ttl).UTC(), Released: released, TTLMillis: l.ttl.Milliseconds()}
 	b, err := json.Marshal(rec)
 	if err != nil {
 		return "", time.Time{}, err
@@ -149,9 +257,7 @@ func (d *Device) renewLease(ctx context.Context, since time.Time) error {
 	case err == nil:
 		d.lease.etag, d.lease.validUntil, d.lease.renewedAt = newTag, valid, start
 	case errors.Is(err, ErrLeaseLost):
-		d.fenced = err
-		d.cond.Broadcast()
-		d.log.Error("chunked: lease lost; refusing further writes", "lease", d.lease.key, "err", err)
+		d.fenceLocked(err)
 	default:
 		d.log.Warn("chunked: lease renewal failed", "lease", d.lease.key, "err", err)
 	}
@@ -167,6 +273,9 @@ func (d *Device) leaseLoop() {
 		case <-d.ctx.Done():
 			return
 		case <-t.C:
+			if d.opts.zombie {
+				continue
+			}
 			ctx, cancel := d.reqCtx()
 			err := d.renewLease(ctx, time.Now())
 			cancel()
@@ -185,7 +294,7 @@ func (d *Device) leaseErrLocked() error {
 	if d.fenced != nil {
 		return d.fenced
 	}
-	if time.Now().After(d.lease.validUntil) {
+	if time.Now().After(d.lease.validUntil) && !d.opts.zombie {
 		return fmt.Errorf("chunked: lease %s not renewed in time: %w", d.lease.key, ErrLeaseLost)
 	}
 	return nil

@@ -53,7 +53,7 @@ func TestLease(t *testing.T) {
 			a.crash()
 
 			ob.ForceTakeover = false
-			ob.now = later(DefaultLeaseTTL)
+			ob.ClockOffset = later(DefaultLeaseTTL)
 			if _, err := Open(ctx, st, p, ob); !errors.As(err, &le) || !le.Expired || le.Holder != "host-a:1" {
 				t.Fatalf("open after expiry without force: %v, want refused as expired", err)
 			}
@@ -86,13 +86,14 @@ func TestLeaseLost(t *testing.T) {
 			oa := testOpts()
 			oa.LeaseHolder = "old"
 			oa.WriteBackDelay = 1 << 40 // only Flush uploads
+			oa.zombie = true            // frozen: its lease runs out unseen
 			a := create(t, st, p, 4*testChunk, oa)
 			mustWrite(t, a, pattern(100, 1), 0)
 
 			ob := testOpts()
 			ob.LeaseHolder = "new"
 			ob.ForceTakeover = true
-			ob.now = later(DefaultLeaseTTL)
+			ob.ClockOffset = later(DefaultLeaseTTL)
 			bd := open(t, st, p, ob)
 
 			if err := a.Flush(); !errors.Is(err, ErrLeaseLost) {

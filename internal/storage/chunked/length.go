@@ -1,24 +1,33 @@
 package chunked
 
 import (
-	"errors"
 	"fmt"
-	"time"
 
 	"vdisk/internal/blockdev"
-	"vdisk/internal/storage/objstore"
 )
 
 // Flush returns when every write, trim and zeroing that completed before
-// the call is stored, and, for a format's file, its length: the chunks go
-// first and the manifest after them, so a stored length never covers data
-// that is not stored. On error the data stays cached and is retried.
+// the call is stored and committed, and, for a format's file, its length:
+// the chunks go first and the manifest after them (one conditional PUT,
+// which fails for a writer that lost the image: fence.go), so a stored
+// length never covers data that is not stored. On error the data stays
+// cached and is retried.
 func (d *Device) Flush() error {
-	asked := time.Now()
 	if err := d.flushChunks(); err != nil {
 		return err
 	}
-	return d.storeLength(asked)
+	d.mu.Lock()
+	ro := d.opts.ReadOnly
+	d.mu.Unlock()
+	if ro {
+		return nil
+	}
+	ctx, cancel := d.reqCtx()
+	defer cancel()
+	if err := d.commit(ctx); err != nil {
+		return fmt.Errorf("chunked: flush: %w", err)
+	}
+	return nil
 }
 
 // Length returns the length of the format's file the chunks hold
@@ -54,34 +63,5 @@ func (d *Device) SetLength(n int64) error {
 		d.length = n
 		d.lengthGen++
 	}
-	return nil
-}
-
-// storeLength rewrites the manifest when the length changed since it was
-// last stored. The lease makes this writer the only one, so the put is
-// unconditional; it is confirmed first unless a renewal started after
-// asked (the chunk flush's) already did.
-func (d *Device) storeLength(asked time.Time) error {
-	d.manMu.Lock()
-	defer d.manMu.Unlock()
-	d.mu.Lock()
-	gen, m := d.lengthGen, d.man
-	m.Length = d.length
-	stored := d.lengthStored
-	d.mu.Unlock()
-	if gen == stored {
-		return nil
-	}
-	ctx, cancel := d.reqCtx()
-	defer cancel()
-	if err := d.renewLease(ctx, asked); errors.Is(err, ErrLeaseLost) {
-		return fmt.Errorf("chunked: flush: %w", err)
-	}
-	if _, err := d.store.Put(ctx, d.kp+manifestName, m.encode(), objstore.PutOptions{}); err != nil {
-		return fmt.Errorf("chunked: flush: store length in the manifest: %w", unavailable(err))
-	}
-	d.mu.Lock()
-	d.lengthStored = gen
-	d.mu.Unlock()
 	return nil
 }

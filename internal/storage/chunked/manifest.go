@@ -14,10 +14,14 @@ import (
 )
 
 // Format identifies a chunked image's manifest; Version is the layout this
-// package writes and reads.
+// package writes. Version 1 images (chunk objects under their bare numbers,
+// no epochs) are still read, and a writer's first open moves them to
+// version 2 (see fence.go).
 const (
-	Format  = "vdisk-chunked"
-	Version = 1
+	Format    = "vdisk-chunked"
+	Version   = 2
+	version1  = 1
+	maxSealed = 1024
 )
 
 // Chunk size bounds and the default.
@@ -34,7 +38,7 @@ const (
 	// existence map) stays small whatever a manifest says: 8 MiB at most.
 	MaxChunks = 1 << 26
 	// maxManifestBytes bounds the manifest object read at open.
-	maxManifestBytes = 64 << 10
+	maxManifestBytes = 128 << 10
 	// chunkKeyLen is the length of a chunk's key suffix: 16 hex digits.
 	chunkKeyLen = 16
 )
@@ -42,6 +46,8 @@ const (
 const (
 	manifestName = "manifest.json"
 	leaseName    = "lease.json"
+	// clockName is the object a takeover puts to read the store's clock.
+	clockName = "lease-clock"
 )
 
 // Manifest describes an image, stored as <prefix>/manifest.json. It is
@@ -70,8 +76,8 @@ func (m Manifest) validate() error {
 	switch {
 	case m.Format != Format:
 		return fmt.Errorf("format %q is not %q", m.Format, Format)
-	case m.Version != Version:
-		return fmt.Errorf("version %d is not supported (only %d)", m.Version, Version)
+	case m.Version != Version && m.Version != version1:
+		return fmt.Errorf("version %d is not supported (only %d and %d)", m.Version, version1, Version)
 	case m.Size <= 0 || m.Size > MaxSize:
 		return fmt.Errorf("size %d outside (0, %d]", m.Size, int64(MaxSize))
 	case m.ChunkSize < MinChunkSize || m.ChunkSize > MaxChunkSize || m.ChunkSize&(m.ChunkSize-1) != 0:
@@ -88,9 +94,16 @@ func (m Manifest) validate() error {
 	return nil
 }
 
+// manifestFile is the manifest object: the Manifest and the fencing state
+// (fence.go), which version 1 manifests lack.
+type manifestFile struct {
+	Manifest
+	fence
+}
+
 // encode returns the manifest object's bytes.
-func (m Manifest) encode() []byte {
-	b, err := json.MarshalIndent(m, "", "  ")
+func (f manifestFile) encode() []byte {
+	b, err := json.MarshalIndent(f, "", "  ")
 	if err != nil {
 		panic(err) // a struct of plain fields always encodes
 	}
@@ -99,17 +112,27 @@ func (m Manifest) encode() []byte {
 
 // parseManifest decodes and checks a manifest object's bytes.
 func parseManifest(b []byte) (Manifest, error) {
-	var m Manifest
+	f, err := parseManifestFile(b)
+	return f.Manifest, err
+}
+
+// parseManifestFile decodes and checks a manifest object's bytes, with
+// its fencing state.
+func parseManifestFile(b []byte) (manifestFile, error) {
+	var f manifestFile
 	if len(b) > maxManifestBytes {
-		return m, fmt.Errorf("manifest of %d bytes exceeds %d: %w", len(b), maxManifestBytes, blockdev.ErrCorrupt)
+		return f, fmt.Errorf("manifest of %d bytes exceeds %d: %w", len(b), maxManifestBytes, blockdev.ErrCorrupt)
 	}
-	if err := json.Unmarshal(b, &m); err != nil {
-		return m, fmt.Errorf("manifest: %v: %w", err, blockdev.ErrCorrupt)
+	if err := json.Unmarshal(b, &f); err != nil {
+		return f, fmt.Errorf("manifest: %v: %w", err, blockdev.ErrCorrupt)
 	}
-	if err := m.validate(); err != nil {
-		return m, fmt.Errorf("manifest: %v: %w", err, blockdev.ErrCorrupt)
+	if err := f.Manifest.validate(); err != nil {
+		return f, fmt.Errorf("manifest: %v: %w", err, blockdev.ErrCorrupt)
 	}
-	return m, nil
+	if err := f.fence.validate(f.Version); err != nil {
+		return f, fmt.Errorf("manifest: %v: %w", err, blockdev.ErrCorrupt)
+	}
+	return f, nil
 }
 
 // keyPrefix turns a user's prefix ("disks/a", "" for the bucket's top) into
@@ -165,7 +188,7 @@ func Create(ctx context.Context, store objstore.Store, prefix string, size int64
 		return Manifest{}, fmt.Errorf("chunked: create %s: %v: %w", prefix, err, ErrBadOptions)
 	}
 	key := keyPrefix(prefix) + manifestName
-	if _, err := store.Put(ctx, key, m.encode(), objstore.PutOptions{IfNoneMatch: true}); err != nil {
+	if _, err := store.Put(ctx, key, manifestFile{Manifest: m}.encode(), objstore.PutOptions{IfNoneMatch: true}); err != nil {
 		if errors.Is(err, objstore.ErrPreconditionFailed) {
 			return Manifest{}, fmt.Errorf("chunked: create %s: %w", prefix, ErrExists)
 		}
@@ -176,17 +199,23 @@ func Create(ctx context.Context, store objstore.Store, prefix string, size int64
 
 // Stat reads the manifest of the image under prefix.
 func Stat(ctx context.Context, store objstore.Store, prefix string) (Manifest, error) {
-	key := keyPrefix(prefix) + manifestName
-	b, _, err := store.Get(ctx, key, 0, maxManifestBytes+1)
+	f, _, err := readManifest(ctx, store, keyPrefix(prefix), prefix)
+	return f.Manifest, err
+}
+
+// readManifest reads the manifest object under kp with its ETag.
+func readManifest(ctx context.Context, store objstore.Store, kp, prefix string) (manifestFile, string, error) {
+	key := kp + manifestName
+	b, info, err := store.Get(ctx, key, 0, maxManifestBytes+1)
 	if errors.Is(err, objstore.ErrNotFound) {
-		return Manifest{}, fmt.Errorf("chunked: %s: %w", prefix, ErrNoImage)
+		return manifestFile{}, "", fmt.Errorf("chunked: %s: %w", prefix, ErrNoImage)
 	}
 	if err != nil {
-		return Manifest{}, fmt.Errorf("chunked: read manifest %s: %w", key, unavailable(err))
+		return manifestFile{}, "", fmt.Errorf("chunked: read manifest %s: %w", key, unavailable(err))
 	}
-	m, err := parseManifest(b)
+	f, err := parseManifestFile(b)
 	if err != nil {
-		return Manifest{}, fmt.Errorf("chunked: %s: %w", key, err)
+		return manifestFile{}, "", fmt.Errorf("chunked: %s: %w", key, err)
 	}
-	return m, nil
+	return f, info.ETag, nil
 }

@@ -20,7 +20,7 @@ func TestManifest(t *testing.T) {
 	}{
 		{"good", `{"format":"vdisk-chunked","version":1,"size":1048576,"chunk_size":65536,"created":"2026-01-01T00:00:00Z"}`, true},
 		{"other format", `{"format":"qcow2","version":1,"size":1048576,"chunk_size":65536}`, false},
-		{"future version", `{"format":"vdisk-chunked","version":2,"size":1048576,"chunk_size":65536}`, false},
+		{"future version", `{"format":"vdisk-chunked","version":3,"size":1048576,"chunk_size":65536}`, false},
 		{"zero size", `{"format":"vdisk-chunked","version":1,"size":0,"chunk_size":65536}`, false},
 		{"huge size", `{"format":"vdisk-chunked","version":1,"size":9223372036854775807,"chunk_size":65536}`, false},
 		{"odd chunk", `{"format":"vdisk-chunked","version":1,"size":1048576,"chunk_size":65537}`, false},
@@ -33,6 +33,11 @@ func TestManifest(t *testing.T) {
 		{"too many chunks", `{"format":"vdisk-chunked","version":1,"size":1125899906842624,"chunk_size":4096}`, false},
 		{"most chunks", `{"format":"vdisk-chunked","version":1,"size":274877906944,"chunk_size":4096}`, true},
 		{"not json", `size=1`, false},
+		{"fenced", `{"format":"vdisk-chunked","version":2,"size":1048576,"chunk_size":65536,"epoch":7,"committed":12,"sealed":[{"epoch":2,"seq":5},{"epoch":6,"seq":1}]}`, true},
+		{"epoch in version 1", `{"format":"vdisk-chunked","version":1,"size":1048576,"chunk_size":65536,"epoch":7}`, false},
+		{"sealed out of order", `{"format":"vdisk-chunked","version":2,"size":1048576,"chunk_size":65536,"epoch":7,"sealed":[{"epoch":6,"seq":5},{"epoch":2,"seq":1}]}`, false},
+		{"sealed current epoch", `{"format":"vdisk-chunked","version":2,"size":1048576,"chunk_size":65536,"epoch":7,"sealed":[{"epoch":7,"seq":5}]}`, false},
+		{"sealed nothing", `{"format":"vdisk-chunked","version":2,"size":1048576,"chunk_size":65536,"epoch":7,"sealed":[{"epoch":3,"seq":0}]}`, false},
 		{"too big", `{"format":"` + strings.Repeat("x", maxManifestBytes) + `"}`, false},
 	}
 	for _, tc := range tests {
@@ -181,10 +186,16 @@ func FuzzParseLease(f *testing.F) {
 func FuzzParseChunkKey(f *testing.F) {
 	f.Add("p/", "p/0000000000000001")
 	f.Add("", "00000000000000zz")
+	f.Add("p/", "p/0000000000000001-0000000000000002-0000000000000003")
+	f.Add("p/", "p/0000000000000001-0000000000000000-0000000000000003")
 	f.Fuzz(func(t *testing.T, kp, key string) {
 		idx, ok := parseChunkKey(kp, key)
 		if ok && (idx < 0 || chunkKey(kp, idx) != key) {
 			t.Fatalf("parseChunkKey(%q, %q) = %d: does not round-trip", kp, key, idx)
+		}
+		idx, v, ok := parseObjKey(kp, key)
+		if ok && (idx < 0 || objKey(kp, idx, v) != key) {
+			t.Fatalf("parseObjKey(%q, %q) = %d, %+v: does not round-trip", kp, key, idx, v)
 		}
 	})
 }

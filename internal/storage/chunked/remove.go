@@ -19,7 +19,7 @@ func Remove(ctx context.Context, store objstore.Store, prefix string) error {
 	}
 	var keys []string
 	err := store.List(ctx, kp, func(in objstore.Info) error {
-		if _, ok := parseChunkKey(kp, in.Key); ok || in.Key == kp+leaseName {
+		if _, _, ok := parseObjKey(kp, in.Key); ok || in.Key == kp+leaseName || in.Key == kp+"fence-probe" || in.Key == kp+clockName {
 			keys = append(keys, in.Key)
 		}
 		return nil

@@ -46,11 +46,18 @@ func Resize(ctx context.Context, store objstore.Store, prefix string, size int64
 	kp := keyPrefix(prefix)
 	cs := m.ChunkSize
 	err = func() error {
+		// Fence any earlier writer first, as a writer's open does.
+		f, etag, err := takeEpoch(ctx, store, kp, prefix)
+		if err != nil {
+			return err
+		}
+		nf := f
+		nf.Size = size
 		if size < old {
 			var gone []string
 			keep := (size + cs - 1) / cs
 			err := store.List(ctx, kp, func(in objstore.Info) error {
-				if idx, ok := parseChunkKey(kp, in.Key); ok && idx >= keep {
+				if idx, _, ok := parseObjKey(kp, in.Key); ok && idx >= keep {
 					gone = append(gone, in.Key)
 				}
 				return nil
@@ -65,24 +72,28 @@ func Resize(ctx context.Context, store objstore.Store, prefix string, size int64
 			}
 		} else if old%cs != 0 {
 			idx := old / cs
-			key := chunkKey(kp, idx)
-			data, _, err := store.Get(ctx, key, 0, old-idx*cs)
-			switch {
-			case errors.Is(err, objstore.ErrNotFound):
-			case err != nil:
+			vw, err := scan(ctx, store, kp, f, idx)
+			if err != nil {
 				return unavailable(err)
-			default:
-				full := make([]byte, min(cs, size-idx*cs))
-				copy(full, data)
-				if _, err := store.Put(ctx, key, full, objstore.PutOptions{}); err != nil {
+			}
+			if o, ok := vw.objs[idx]; ok && o.size > 0 {
+				data, _, err := store.Get(ctx, objKey(kp, idx, o.v), 0, old-idx*cs)
+				if err != nil {
 					return unavailable(err)
 				}
+				full := make([]byte, min(cs, size-idx*cs))
+				copy(full, data)
+				if _, err := store.Put(ctx, objKey(kp, idx, ver{f.Epoch, 1}), full, objstore.PutOptions{}); err != nil {
+					return unavailable(err)
+				}
+				nf.Committed = 1
 			}
 		}
-		if _, err := store.Put(ctx, kp+manifestName, nm.encode(), objstore.PutOptions{}); err != nil {
-			return unavailable(err)
+		_, err = store.Put(ctx, kp+manifestName, nf.encode(), objstore.PutOptions{IfMatch: etag})
+		if errors.Is(err, objstore.ErrPreconditionFailed) || errors.Is(err, objstore.ErrNotFound) {
+			return fmt.Errorf("another writer took the image: %w", ErrLeaseLost)
 		}
-		return nil
+		return unavailable(err)
 	}()
 	if _, _, rerr := l.renew(ctx, store, l.etag, time.Now, true); rerr != nil && err == nil {
 		err = rerr

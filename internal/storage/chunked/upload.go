@@ -43,12 +43,22 @@ func (d *Device) uploader() {
 	}
 }
 
-// uploadLocked stores c's content: a PUT of the whole chunk, or a DELETE
-// when it is all zeros. It unlocks mu around store requests.
+// uploadLocked stores c's content: a PUT of the whole chunk, or of an
+// empty object (a tombstone) when it is all zeros, under a key of this
+// upload's own (fence.go). It unlocks mu around store requests.
 func (d *Device) uploadLocked(c *chunk) {
 	d.account(c, -1)
 	c.uploading = true
 	d.account(c, 1)
+	if l := d.lease; l != nil && !d.opts.zombie && d.fenced == nil && time.Until(l.validUntil) < l.ttl/2 {
+		// The lease loop is late (a slow store): renew first rather
+		// than start an upload with too short a deadline, or none.
+		d.mu.Unlock()
+		ctx, cancel := d.reqCtx()
+		d.renewLease(ctx, time.Now().Add(-l.ttl/6))
+		cancel()
+		d.mu.Lock()
+	}
 	err := d.leaseErrLocked()
 	if err == nil && len(c.parts) > 0 {
 		err = d.loadLocked(c)
@@ -69,22 +79,30 @@ func (d *Device) uploadLocked(c *chunk) {
 		data = c.buf
 		c.upBuf = data
 	}
+	prev, hasPrev := d.vers[c.idx]
+	hasPrev = hasPrev || d.hasObject(c.idx)
 	exists := d.hasObject(c.idx)
+	var seq uint64
+	del := data == nil || blockdev.IsZero(data)
+	if !del || exists {
+		d.seq++
+		seq = d.seq
+		d.unsettled[seq] = c.idx
+	}
 	d.mu.Unlock()
 
-	del := data == nil || blockdev.IsZero(data)
 	err = nil
 	var etag string
-	if !del || exists {
-		ctx, cancel := d.reqCtx()
-		key := chunkKey(d.kp, c.idx)
+	if seq != 0 {
+		ctx, cancel := d.uploadCtx()
+		key := objKey(d.kp, c.idx, ver{d.epoch, seq})
+		body := data
 		if del {
-			err = d.store.Delete(ctx, key)
-		} else {
-			var in objstore.Info
-			in, err = d.store.Put(ctx, key, data, objstore.PutOptions{})
-			etag = in.ETag
+			body = []byte{}
 		}
+		var in objstore.Info
+		in, err = d.store.Put(ctx, key, body, objstore.PutOptions{})
+		etag = in.ETag
 		cancel()
 		err = unavailable(err)
 	}
@@ -100,6 +118,20 @@ func (d *Device) uploadLocked(c *chunk) {
 
 	d.mu.Lock()
 	c.upBuf = nil
+	if seq != 0 && err == nil {
+		// Stored: this upload and the failed ones of the chunk before it
+		// (which it shadows) no longer hold the watermark back, and the
+		// object it replaces goes once it is committed.
+		for s, idx := range d.unsettled {
+			if idx == c.idx && s <= seq {
+				delete(d.unsettled, s)
+			}
+		}
+		if hasPrev {
+			d.garbage = append(d.garbage, garbageKey{key: objKey(d.kp, c.idx, prev), seq: seq})
+		}
+		d.vers[c.idx] = ver{d.epoch, seq}
+	}
 	if d.etags != nil && err == nil {
 		if del {
 			delete(d.etags, c.idx)
@@ -227,16 +259,45 @@ func (d *Device) fetchChunk(idx, off, n int64, pooled bool) ([]byte, error) {
 	}
 	ctx, cancel := d.reqCtx()
 	defer cancel()
-	key := chunkKey(d.kp, idx)
 	var data []byte
 	if pooled {
 		data = (*d.pool.Get().(*[]byte))[:n]
 	} else {
 		data = make([]byte, n)
 	}
-	got, info, err := objstore.GetInto(ctx, d.store, key, off, data)
+	var (
+		key  string
+		got  int
+		info objstore.Info
+		err  error
+	)
+	for range 3 {
+		d.mu.Lock()
+		key = d.objKeyLocked(idx)
+		d.mu.Unlock()
+		got, info, err = objstore.GetInto(ctx, d.store, key, off, data)
+		if !errors.Is(err, objstore.ErrNotFound) || !d.opts.ReadOnly {
+			break
+		}
+		// A writer superseded the object since we looked: look again.
+		changed, rerr := d.refresh(ctx, idx)
+		if rerr != nil {
+			err = rerr
+			break
+		}
+		d.mu.Lock()
+		has := d.hasObject(idx)
+		d.mu.Unlock()
+		if !has {
+			clear(data)
+			return data, nil
+		}
+		if !changed {
+			break
+		}
+	}
 	if errors.Is(err, objstore.ErrNotFound) {
-		// Deleted by the writer since we listed: zeros.
+		// Deleted (a version 1 image's writer trimmed it): zeros.
 		clear(data)
 		return data, nil
 	}
@@ -283,21 +344,8 @@ func (d *Device) flushChunks() error {
 		targets = append(targets, target{c, c.gen})
 	}
 	start := d.failSeq
-	d.mu.Unlock()
-	asked := time.Now()
-
-	// Confirm the lease before storing: a writer that lost it stops here.
-	ctx, cancel := d.reqCtx()
-	err := d.renewLease(ctx, asked)
-	cancel()
-	if errors.Is(err, ErrLeaseLost) {
-		return fmt.Errorf("chunked: flush: %w", err)
-	}
-	// Any other failure: the uploads go ahead while the lease is still
-	// valid by our clock, and fail (degrading the Device) if the store is
-	// really down.
-
-	d.mu.Lock()
+	// No lease check here: the commit after the uploads is what fences
+	// a writer that lost the lease (fence.go).
 	defer d.mu.Unlock()
 	for {
 		pending := 0

@@ -33,6 +33,11 @@ func ParseURL(s string) (bucket, prefix string, err error) {
 	if strings.Contains("/"+prefix, "//") {
 		return "", "", fmt.Errorf("s3: %q: empty path segment in the prefix: %w", s, ErrBadURL)
 	}
+	for _, seg := range strings.Split(strings.TrimSuffix(prefix, "/"), "/") {
+		if seg == "." || seg == ".." {
+			return "", "", fmt.Errorf("s3: %q: a %q segment in the prefix is not allowed (object keys are not paths: name the prefix without dot segments): %w", s, seg, ErrBadURL)
+		}
+	}
 	for _, r := range prefix {
 		if r < 0x20 || r == 0x7f {
 			return "", "", fmt.Errorf("s3: %q: control character in the prefix: %w", s, ErrBadURL)

@@ -27,6 +27,12 @@ func TestParseURL(t *testing.T) {
 		{in: "bucket/p", ok: false},
 		{in: "s3://bucket/p\x00q", ok: false},
 		{in: "", ok: false},
+		{in: "s3://bucket/a/../b", ok: false},
+		{in: "s3://bucket/./b", ok: false},
+		{in: "s3://bucket/a/.", ok: false},
+		{in: "s3://bucket/..", ok: false},
+		{in: "s3://bucket/a/../", ok: false},
+		{in: "s3://bucket/.a/b..c/...", bucket: "bucket", prefix: ".a/b..c/...", ok: true},
 	}
 	for _, tc := range tests {
 		t.Run(tc.in, func(t *testing.T) {
@@ -47,6 +53,15 @@ func TestParseURL(t *testing.T) {
 	}
 }
 
+// TestParseURLDotSegment proves a dot segment is refused with a message
+// that names it.
+func TestParseURLDotSegment(t *testing.T) {
+	_, _, err := ParseURL("s3://bucket/a/../b")
+	if !errors.Is(err, ErrBadURL) || !strings.Contains(err.Error(), `".." segment`) {
+		t.Fatalf("ParseURL of a .. segment: %v, want ErrBadURL naming the segment", err)
+	}
+}
+
 func FuzzParseURL(f *testing.F) {
 	for _, s := range []string{"s3://bucket/prefix", "s3://a.b-c/x/y/", "s3://", "s3://b//", "s3://bkt/\xff"} {
 		f.Add(s)
@@ -61,6 +76,11 @@ func FuzzParseURL(f *testing.F) {
 		}
 		if validBucket(b) != nil || strings.HasPrefix(p, "/") || strings.HasSuffix(p, "/") {
 			t.Fatalf("ParseURL(%q) = %q, %q: invalid result", s, b, p)
+		}
+		for _, seg := range strings.Split(p, "/") {
+			if seg == "." || seg == ".." {
+				t.Fatalf("ParseURL(%q) = prefix %q with a dot segment", s, p)
+			}
 		}
 		if !strings.HasPrefix(s, Scheme+b) {
 			t.Fatalf("ParseURL(%q) = bucket %q not from the input", s, b)
