@@ -320,6 +320,10 @@ type S3Options struct {
 	// ForceTakeover takes the writer's lease from a holder that let it
 	// expire (this open only; it is not remembered).
 	ForceTakeover bool `json:"force_takeover,omitempty"`
+	// UnsafeNoFencing writes to a store that ignores conditional PUTs,
+	// where a writer that lost its lease could overwrite its successor's
+	// chunks (kept in the daemon's state: it is the store's nature).
+	UnsafeNoFencing bool `json:"unsafe_no_fencing,omitempty"`
 }
 
 // ResizeRequest asks the daemon to grow an open disk (POST

@@ -39,7 +39,7 @@ const mod = "vdisk/"
 func under(prefixes ...string) func(string) bool {
 	return func(p string) bool {
 		for _, pre := range prefixes {
-			pre = mod + pre
+			pre = mod + "internal/" + pre
 			if p == pre || strings.HasPrefix(p, pre+"/") {
 				return true
 			}

@@ -20,6 +20,7 @@ func addS3Flags(f *pflag.FlagSet, o *api.S3Options) {
 	f.StringVar(&o.Profile, "s3-profile", "", "profile of the AWS config and credentials files with the s3:// credentials (default $AWS_PROFILE)")
 	f.StringVar(&o.CacheDir, "s3-cache-dir", "", "keep clean chunks of s3:// images in this directory")
 	f.BoolVar(&o.ForceTakeover, "force-takeover", false, "take an s3:// image whose writer's lease has expired")
+	f.BoolVar(&o.UnsafeNoFencing, "s3-unsafe-no-fencing", false, "write s3:// images on a store that ignores conditional PUTs (If-Match); a writer that lost its lease could then overwrite its successor's chunks")
 	f.DurationVar(&o.LeaseTTL, "s3-lease-ttl", 0, "how long an s3:// image stays locked after its writer dies (default 30s, at least 1s)")
 	f.Var(bytesValue{&o.ChunkSize}, "s3-chunk-size", "object size of a new s3:// image, a power of two from 4K to 256M (default 4M)")
 }
@@ -49,7 +50,7 @@ func (v bytesValue) Type() string { return "bytes" }
 // stackS3 is o for a command that opens the image itself.
 func stackS3(o api.S3Options) stack.S3Options {
 	return stack.S3Options{Endpoint: o.Endpoint, Region: o.Region, Profile: o.Profile, CacheDir: o.CacheDir,
-		ForceTakeover: o.ForceTakeover, ChunkSize: o.ChunkSize, LeaseTTL: o.LeaseTTL}
+		ForceTakeover: o.ForceTakeover, ChunkSize: o.ChunkSize, LeaseTTL: o.LeaseTTL, UnsafeNoFencing: o.UnsafeNoFencing}
 }
 
 // s3Request returns the object store options of a request to the daemon:

@@ -55,6 +55,7 @@ type serveOptions struct {
 	s3          api.S3Options
 	crypt       cryptFlags
 	metrics     string
+	s3observe   func(op, status string, read, written int64)
 }
 
 func init() { register(newServeCmd) }
@@ -128,6 +129,7 @@ func runServe(ctx context.Context, e *env, o serveOptions, images []string) erro
 		return fmt.Errorf("serve: %w", err)
 	}
 	defer sm.close()
+	o.s3observe = sm.storeObserver()
 	if o.maxConns < 0 {
 		return fmt.Errorf("serve: --shared %d is negative", o.maxConns)
 	}
@@ -218,7 +220,7 @@ func openServeImage(ctx context.Context, e *env, path string, o serveOptions, cr
 		Size:        createSize,
 		NoBacking:   o.noBacking,
 		BackingDirs: o.backingDirs,
-		S3:          stackS3(o.s3),
+		S3:          o.stackS3(),
 		Log:         e.log,
 
 		Passphrase:    o.crypt.passphrase(e),
@@ -306,4 +308,12 @@ func serverTLS(o serveOptions) (*tls.Config, error) {
 		conf.ClientAuth = tls.RequireAndVerifyClientCert
 	}
 	return conf, nil
+}
+
+// stackS3 is how the served images reach their object store, their
+// requests counted when metrics are on.
+func (o serveOptions) stackS3() stack.S3Options {
+	so := stackS3(o.s3)
+	so.Observe = o.s3observe
+	return so
 }

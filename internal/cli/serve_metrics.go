@@ -51,6 +51,14 @@ func (m *serveMetrics) listener(ln net.Listener) net.Listener {
 	return m.reg.Listener(ln)
 }
 
+// storeObserver counts object-store requests (nil without metrics).
+func (m *serveMetrics) storeObserver() func(op, status string, read, written int64) {
+	if m == nil {
+		return nil
+	}
+	return m.reg.StoreObserver()
+}
+
 // close stops serving the metrics.
 func (m *serveMetrics) close() {
 	if m != nil {

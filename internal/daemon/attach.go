@@ -48,6 +48,9 @@ func (d *Daemon) attach(ctx context.Context, sd stateDisk, adopt bool, o openOpt
 	// An adopted loop device keeps the previous daemon's locked open file:
 	// the lock is ours already.
 	o.noLock = adopted != nil
+	if d.metrics != nil {
+		o.observe = d.metrics.StoreObserver()
+	}
 	sk, err := openImage(ctx, sd, o, d.log)
 	if err != nil {
 		return nil, err
@@ -120,7 +123,14 @@ func (d *Daemon) attach(ctx context.Context, sd stateDisk, adopt bool, o openOpt
 	}
 	dk.rec = record(sd, dev, format, via, reason, node)
 	if dk.stats != nil || dk.degraded != nil {
-		d.metrics.Disk(metrics.DiskSource{Stats: dk.stats, Degraded: dk.degraded}, dk.rec.ID, dk.rec.Format, dk.rec.Via)
+		src := metrics.DiskSource{Degraded: dk.degraded}
+		if stats := dk.stats; stats != nil {
+			src.Stats = func() metrics.CacheFigures {
+				s := stats()
+				return metrics.CacheFigures{DirtyBytes: s.DirtyBytes, CachedBytes: s.CachedBytes, StoredChunks: s.StoredChunks}
+			}
+		}
+		d.metrics.Disk(src, dk.rec.ID, dk.rec.Format, dk.rec.Via)
 	}
 	return dk, nil
 }

@@ -181,7 +181,7 @@ func toAPIError(err error) *api.Error {
 		code = api.CodeRefused
 	case errors.Is(err, image.ErrWrongFormat):
 		code = api.CodeWrongFormat
-	case errors.Is(err, image.ErrUnsupported):
+	case errors.Is(err, image.ErrUnsupported), errors.Is(err, stack.ErrNoFencing):
 		code = api.CodeUnsupported
 	case errors.Is(err, blockdev.ErrCorrupt):
 		code = api.CodeCorrupt

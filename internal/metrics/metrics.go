@@ -20,7 +20,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"vdisk/internal/storage/chunked"
 )
 
 // Operation names, the "op" label of the I/O series.
@@ -116,8 +115,14 @@ type diskCollector struct {
 // why it cannot take writes (Degraded, nil when healthy). Either may be
 // nil.
 type DiskSource struct {
-	Stats    func() chunked.Stats
+	Stats    func() CacheFigures
 	Degraded func() error
+}
+
+// CacheFigures are an object-store disk's cache figures (the stack's
+// StoreStats, copied so that metrics knows no layer).
+type CacheFigures struct {
+	DirtyBytes, CachedBytes, StoredChunks int64
 }
 
 type diskSource struct {

@@ -12,7 +12,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"vdisk/internal/blockdev"
-	"vdisk/internal/storage/chunked"
 	"vdisk/internal/storage/objstore"
 )
 
@@ -103,7 +102,7 @@ func TestDeviceKeepsCapsAbsent(t *testing.T) {
 
 func TestStoreAndDiskGauges(t *testing.T) {
 	r := New("id")
-	st := r.Store(objstore.NewMem())
+	st := objstore.NewObserved(objstore.NewMem(), r.StoreObserver())
 	ctx := context.Background()
 	if _, err := st.Put(ctx, "k", []byte("hello"), objstore.PutOptions{}); err != nil {
 		t.Fatal(err)
@@ -127,7 +126,7 @@ func TestStoreAndDiskGauges(t *testing.T) {
 	}
 	var fail error
 	r.Disk(DiskSource{
-		Stats:    func() chunked.Stats { return chunked.Stats{DirtyBytes: 100, CachedBytes: 200, StoredChunks: 3} },
+		Stats:    func() CacheFigures { return CacheFigures{DirtyBytes: 100, CachedBytes: 200, StoredChunks: 3} },
 		Degraded: func() error { return fail },
 	}, "s3disk")
 	srv := httptest.NewServer(r.Handler())

@@ -45,20 +45,17 @@ func openSource(ctx context.Context, name string, o Options) (*source, error) {
 // openS3Source opens the chunks of an s3:// image: the raw disk itself, or
 // the file of the format recorded in its manifest.
 func openS3Source(ctx context.Context, name string, o Options) (*source, error) {
-	cfg, prefix, err := o.S3.config(name)
-	if err != nil {
-		return nil, err
-	}
-	st, err := s3.New(ctx, cfg)
+	st, prefix, err := o.S3.store(ctx, name)
 	if err != nil {
 		return nil, err
 	}
 	dev, err := chunked.Open(ctx, st, prefix, chunked.Options{
-		LeaseTTL:      o.S3.LeaseTTL,
-		ReadOnly:      o.ReadOnly,
-		CacheDir:      o.S3.CacheDir,
-		ForceTakeover: o.S3.ForceTakeover,
-		Logger:        o.Log,
+		LeaseTTL:        o.S3.LeaseTTL,
+		ReadOnly:        o.ReadOnly,
+		CacheDir:        o.S3.CacheDir,
+		ForceTakeover:   o.S3.ForceTakeover,
+		UnsafeNoFencing: o.S3.UnsafeNoFencing,
+		Logger:          o.Log,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)

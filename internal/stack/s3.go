@@ -10,6 +10,7 @@ import (
 
 	"vdisk/internal/image"
 	"vdisk/internal/storage/chunked"
+	"vdisk/internal/storage/objstore"
 	"vdisk/internal/storage/objstore/s3"
 )
 
@@ -41,6 +42,12 @@ type S3Options struct {
 	// is how long the image stays locked after the writer dies (0:
 	// chunked.DefaultLeaseTTL).
 	LeaseTTL time.Duration
+	// UnsafeNoFencing opens writers on a store that ignores conditional
+	// PUTs (If-Match), where a writer that lost its lease could overwrite
+	// its successor's chunks; without it such a store is refused.
+	UnsafeNoFencing bool
+	// Observe, when set, hears of every request to the store (metrics).
+	Observe func(op, status string, read, written int64)
 }
 
 func (o S3Options) config(name string) (s3.Config, string, error) {
@@ -71,21 +78,20 @@ func existsS3(ctx context.Context, name string, o S3Options) (bool, error) {
 
 // store connects to the object store of the s3:// name and returns it
 // with the image's prefix.
-func (o S3Options) store(ctx context.Context, name string) (*s3.Store, string, error) {
-	cfg, prefix, err := o.config(name)
+func (o S3Options) store(ctx context.Context, name string) (objstore.Store, string, error) {
+	st, prefix, err := o.store(ctx, name)
 	if err != nil {
 		return nil, "", err
 	}
-	st, err := s3.New(ctx, cfg)
-	if err != nil {
-		return nil, "", err
+	if o.Observe != nil {
+		return objstore.NewObserved(st, o.Observe), prefix, nil
 	}
 	return st, prefix, nil
 }
 
 // removeS3 deletes an image this process just created and could not
 // finish or open; log (may be nil) hears when that fails too.
-func removeS3(st *s3.Store, name, prefix string, log *slog.Logger) {
+func removeS3(st objstore.Store, name, prefix string, log *slog.Logger) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	if err := chunked.Remove(ctx, st, prefix); err != nil && log != nil {
@@ -100,13 +106,9 @@ func Remove(name string, o S3Options) error {
 	if !s3.IsURL(name) {
 		return os.Remove(name)
 	}
-	cfg, prefix, err := o.config(name)
-	if err != nil {
-		return err
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	st, err := s3.New(ctx, cfg)
+	st, prefix, err := o.store(ctx, name)
 	if err != nil {
 		return err
 	}
@@ -164,7 +166,7 @@ func createS3Format(ctx context.Context, name string, o CreateOptions, write fun
 		return false, fmt.Errorf("%s: %w", name, err)
 	}
 	handled := false
-	dev, err := chunked.Open(ctx, st, prefix, chunked.Options{ForceTakeover: o.S3.ForceTakeover})
+	dev, err := chunked.Open(ctx, st, prefix, chunked.Options{ForceTakeover: o.S3.ForceTakeover, UnsafeNoFencing: o.S3.UnsafeNoFencing})
 	if err == nil {
 		f := image.NewNamedBackendFile(dev, name)
 		handled, err = write(f)
@@ -184,11 +186,7 @@ func createS3Format(ctx context.Context, name string, o CreateOptions, write fun
 // InspectS3 reads what the object store holds of the s3:// image name:
 // its manifest, chunk objects and lease holder, without opening it.
 func InspectS3(ctx context.Context, name string, o S3Options) (chunked.Report, error) {
-	cfg, prefix, err := o.config(name)
-	if err != nil {
-		return chunked.Report{}, err
-	}
-	st, err := s3.New(ctx, cfg)
+	st, prefix, err := o.store(ctx, name)
 	if err != nil {
 		return chunked.Report{}, err
 	}
@@ -203,11 +201,7 @@ func InspectS3(ctx context.Context, name string, o S3Options) (chunked.Report, e
 // refused, naming the writer, while someone has it open (unless its lease
 // expired and o.ForceTakeover).
 func DeleteS3(ctx context.Context, name string, o S3Options) error {
-	cfg, prefix, err := o.config(name)
-	if err != nil {
-		return err
-	}
-	st, err := s3.New(ctx, cfg)
+	st, prefix, err := o.store(ctx, name)
 	if err != nil {
 		return err
 	}
@@ -221,11 +215,7 @@ func DeleteS3(ctx context.Context, name string, o S3Options) error {
 // one by its manifest (chunked.Resize), a qcow2 one by growing the file's
 // capacity if it needs more, then its virtual size through the format.
 func resizeS3(ctx context.Context, name string, newSize func(old int64) int64, shrink bool, o Options) (int64, error) {
-	cfg, prefix, err := o.S3.config(name)
-	if err != nil {
-		return 0, err
-	}
-	st, err := s3.New(ctx, cfg)
+	st, prefix, err := o.S3.store(ctx, name)
 	if err != nil {
 		return 0, err
 	}
@@ -302,4 +292,7 @@ var (
 	ErrLeaseHeld = chunked.ErrLeaseHeld
 	// ErrNoImage: the store holds no image under that name.
 	ErrNoImage = chunked.ErrNoImage
+	// ErrNoFencing: the store ignores conditional PUTs, so a writer is
+	// refused (S3Options.UnsafeNoFencing overrides).
+	ErrNoFencing = chunked.ErrNoFencing
 )
