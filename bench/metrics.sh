@@ -4,8 +4,8 @@
 # once a second meanwhile, as Prometheus would), alternating ABBA so that
 # neither always runs first; prints every run's IOPS and the medians.
 #
-#   scripts/bench-metrics.sh            # 1 GiB image, 6 runs of each, 10 s
-#   SIZE=2G RUNS=8 RUNTIME=20 scripts/bench-metrics.sh
+#   bench/metrics.sh            # 1 GiB image, 6 runs of each, 10 s
+#   SIZE=2G RUNS=8 RUNTIME=20 bench/metrics.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZE=${SIZE:-1G}
