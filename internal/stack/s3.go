@@ -79,7 +79,11 @@ func existsS3(ctx context.Context, name string, o S3Options) (bool, error) {
 // store connects to the object store of the s3:// name and returns it
 // with the image's prefix.
 func (o S3Options) store(ctx context.Context, name string) (objstore.Store, string, error) {
-	st, prefix, err := o.store(ctx, name)
+	cfg, prefix, err := o.config(name)
+	if err != nil {
+		return nil, "", err
+	}
+	st, err := s3.New(ctx, cfg)
 	if err != nil {
 		return nil, "", err
 	}
