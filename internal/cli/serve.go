@@ -147,6 +147,7 @@ func runServe(ctx context.Context, e *env, o serveOptions, images []string) erro
 		MaxConnections:   o.maxConns,
 		MaxBufferedBytes: maxBuffered,
 		HandshakeTimeout: o.handshake,
+		Observe:          sm.nbdObserver(),
 	}
 	seen := map[string]bool{}
 	defer func() {

@@ -59,6 +59,14 @@ func (m *serveMetrics) storeObserver() func(op, status string, read, written int
 	return m.reg.StoreObserver()
 }
 
+// nbdObserver counts NBD negotiations (nil without metrics).
+func (m *serveMetrics) nbdObserver() func(event string) {
+	if m == nil {
+		return nil
+	}
+	return m.reg.NBDObserver()
+}
+
 // close stops serving the metrics.
 func (m *serveMetrics) close() {
 	if m != nil {

@@ -101,6 +101,9 @@ func TestServeMetrics(t *testing.T) {
 			t.Errorf("no %s in /metrics", name)
 		}
 	}
+	if got := counter(after, "vdisk_nbd_handshakes_total", map[string]string{"result": "ok"}); got < 1 {
+		t.Errorf("vdisk_nbd_handshakes_total{result=ok} %v after qemu-io negotiated", got)
+	}
 	if got := counter(after, "vdisk_nbd_connections_total", nil); got < 1 {
 		t.Errorf("vdisk_nbd_connections_total %v after qemu-io connected", got)
 	}

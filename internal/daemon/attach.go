@@ -127,7 +127,8 @@ func (d *Daemon) attach(ctx context.Context, sd stateDisk, adopt bool, o openOpt
 		if stats := dk.stats; stats != nil {
 			src.Stats = func() metrics.CacheFigures {
 				s := stats()
-				return metrics.CacheFigures{DirtyBytes: s.DirtyBytes, CachedBytes: s.CachedBytes, StoredChunks: s.StoredChunks}
+				return metrics.CacheFigures{DirtyBytes: s.DirtyBytes, CachedBytes: s.CachedBytes, StoredChunks: s.StoredChunks,
+					LeaseRenewals: s.LeaseRenewals, LeaseRenewalFailures: s.LeaseRenewalFailures, LeaseValidUntil: s.LeaseValidUntil}
 			}
 		}
 		d.metrics.Disk(src, dk.rec.ID, dk.rec.Format, dk.rec.Via)

@@ -93,3 +93,40 @@ func (c *otherConn) Close() error {
 	c.closed.done()
 	return c.Conn.Close()
 }
+
+// nbdEvents are the NBD negotiation series, made on first use.
+type nbdEvents struct {
+	once       sync.Once
+	handshakes *prometheus.CounterVec
+	tls        *prometheus.CounterVec
+}
+
+// NBDObserver returns the function an NBD server tells how each
+// negotiation ended (nbd.Server.Observe): vdisk_nbd_handshakes_total by
+// result (ok, abort, failed) and vdisk_nbd_tls_handshakes_total by result
+// (ok, failed).
+func (r *Registry) NBDObserver() func(event string) {
+	r.nbd.once.Do(func() {
+		r.nbd.handshakes = prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vdisk_nbd_handshakes_total", Help: "NBD negotiations by how they ended (ok: an export chosen, abort: the client left, failed: an error or the deadline).",
+		}, []string{"result"})
+		r.nbd.tls = prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vdisk_nbd_tls_handshakes_total", Help: "TLS handshakes of NBD clients, by result.",
+		}, []string{"result"})
+		r.reg.MustRegister(r.nbd.handshakes, r.nbd.tls)
+	})
+	return func(event string) {
+		switch event {
+		case "handshake_ok":
+			r.nbd.handshakes.WithLabelValues("ok").Inc()
+		case "handshake_abort":
+			r.nbd.handshakes.WithLabelValues("abort").Inc()
+		case "handshake_failed":
+			r.nbd.handshakes.WithLabelValues("failed").Inc()
+		case "tls_ok":
+			r.nbd.tls.WithLabelValues("ok").Inc()
+		case "tls_failed":
+			r.nbd.tls.WithLabelValues("failed").Inc()
+		}
+	}
+}

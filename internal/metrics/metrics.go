@@ -14,7 +14,9 @@ package metrics
 
 import (
 	"net/http"
+	"slices"
 	"sync"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -45,6 +47,7 @@ type Registry struct {
 
 	disks *diskCollector
 	conns connMetrics
+	nbd   nbdEvents
 }
 
 // New returns a registry whose disks are identified by labels (label
@@ -104,7 +107,7 @@ func (r *Registry) match(values []string) prometheus.Labels {
 // diskCollector reports the object store figures of the disks that have
 // them, read when scraped.
 type diskCollector struct {
-	dirty, clean, stored, degraded *prometheus.Desc
+	dirty, clean, stored, renewals, expiry, degraded *prometheus.Desc
 
 	mu    sync.Mutex
 	disks map[string]diskSource // by the joined label values
@@ -122,6 +125,11 @@ type DiskSource struct {
 // StoreStats, copied so that metrics knows no layer).
 type CacheFigures struct {
 	DirtyBytes, CachedBytes, StoredChunks int64
+	// LeaseRenewals and LeaseRenewalFailures count the writer's lease
+	// renewals; LeaseValidUntil is when its lease runs out (zero for a
+	// reader).
+	LeaseRenewals, LeaseRenewalFailures int64
+	LeaseValidUntil                     time.Time
 }
 
 type diskSource struct {
@@ -137,6 +145,10 @@ func newDiskCollector(labels []string) *diskCollector {
 			"Memory of clean cached chunk data.", labels, nil),
 		stored: prometheus.NewDesc("vdisk_objstore_chunks",
 			"Chunk objects the image has in the object store.", labels, nil),
+		renewals: prometheus.NewDesc("vdisk_lease_renewals_total",
+			"Renewals of the disk's object-store lease, by result.", append(append([]string(nil), labels...), "result"), nil),
+		expiry: prometheus.NewDesc("vdisk_lease_expiry_seconds",
+			"Seconds until the disk's object-store lease runs out unless renewed.", labels, nil),
 		degraded: prometheus.NewDesc("vdisk_degraded",
 			"1 when the disk's object store cannot take writes now (unreachable, lease lost or fenced), else 0.", labels, nil),
 		disks: map[string]diskSource{},
@@ -167,6 +179,8 @@ func (c *diskCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.dirty
 	ch <- c.clean
 	ch <- c.stored
+	ch <- c.renewals
+	ch <- c.expiry
 	ch <- c.degraded
 }
 
@@ -183,6 +197,11 @@ func (c *diskCollector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(c.dirty, prometheus.GaugeValue, float64(st.DirtyBytes), d.values...)
 			ch <- prometheus.MustNewConstMetric(c.clean, prometheus.GaugeValue, float64(st.CachedBytes), d.values...)
 			ch <- prometheus.MustNewConstMetric(c.stored, prometheus.GaugeValue, float64(st.StoredChunks), d.values...)
+			if !st.LeaseValidUntil.IsZero() {
+				ch <- prometheus.MustNewConstMetric(c.renewals, prometheus.CounterValue, float64(st.LeaseRenewals), slices.Concat(d.values, []string{"ok"})...)
+				ch <- prometheus.MustNewConstMetric(c.renewals, prometheus.CounterValue, float64(st.LeaseRenewalFailures), slices.Concat(d.values, []string{"failed"})...)
+				ch <- prometheus.MustNewConstMetric(c.expiry, prometheus.GaugeValue, time.Until(st.LeaseValidUntil).Seconds(), d.values...)
+			}
 		}
 		if d.Degraded != nil {
 			v := 0.0

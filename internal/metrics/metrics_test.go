@@ -126,7 +126,10 @@ func TestStoreAndDiskGauges(t *testing.T) {
 	}
 	var fail error
 	r.Disk(DiskSource{
-		Stats:    func() CacheFigures { return CacheFigures{DirtyBytes: 100, CachedBytes: 200, StoredChunks: 3} },
+		Stats: func() CacheFigures {
+			return CacheFigures{DirtyBytes: 100, CachedBytes: 200, StoredChunks: 3,
+				LeaseRenewals: 7, LeaseRenewalFailures: 1, LeaseValidUntil: time.Now().Add(time.Hour)}
+		},
 		Degraded: func() error { return fail },
 	}, "s3disk")
 	srv := httptest.NewServer(r.Handler())
@@ -142,10 +145,23 @@ func TestStoreAndDiskGauges(t *testing.T) {
 	}
 	body := get()
 	for _, line := range []string{`vdisk_cache_dirty_bytes{id="s3disk"} 100`, `vdisk_cache_clean_bytes{id="s3disk"} 200`,
-		`vdisk_objstore_chunks{id="s3disk"} 3`, `vdisk_degraded{id="s3disk"} 0`} {
+		`vdisk_objstore_chunks{id="s3disk"} 3`, `vdisk_degraded{id="s3disk"} 0`,
+		`vdisk_lease_renewals_total{id="s3disk",result="ok"} 7`, `vdisk_lease_renewals_total{id="s3disk",result="failed"} 1`} {
 		if !strings.Contains(body, line+"\n") {
 			t.Errorf("no %q in\n%s", line, body)
 		}
+	}
+	if !strings.Contains(body, `vdisk_lease_expiry_seconds{id="s3disk"} 3`) { // 3599.x
+		t.Errorf("no lease expiry of about an hour in\n%s", body)
+	}
+	obs := r.NBDObserver()
+	obs("handshake_ok")
+	obs("handshake_failed")
+	obs("tls_ok")
+	if body := get(); !strings.Contains(body, `vdisk_nbd_handshakes_total{result="ok"} 1`+"\n") ||
+		!strings.Contains(body, `vdisk_nbd_handshakes_total{result="failed"} 1`+"\n") ||
+		!strings.Contains(body, `vdisk_nbd_tls_handshakes_total{result="ok"} 1`+"\n") {
+		t.Errorf("NBD handshake counts missing in\n%s", body)
 	}
 	fail = errors.New("store unreachable")
 	if body := get(); !strings.Contains(body, `vdisk_degraded{id="s3disk"} 1`+"\n") {

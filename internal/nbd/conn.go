@@ -112,11 +112,27 @@ func (c *conn) close() {
 // extended headers were negotiated.
 func (c *conn) structured() bool { return c.sr || c.ext }
 
+// observe tells the server's Observe of event.
+func (c *conn) observe(event string) {
+	if c.srv.Observe != nil {
+		c.srv.Observe(event)
+	}
+}
+
 // serve runs the handshake and the transmission phase.
 func (c *conn) serve() error {
 	c.log.Debug("nbd: connection opened")
 	c.setDeadline(time.Now().Add(c.srv.handshakeTimeout))
 	ok, err := c.handshake()
+	switch {
+	case c.isClosing():
+	case err != nil:
+		c.observe("handshake_failed")
+	case !ok:
+		c.observe("handshake_abort")
+	default:
+		c.observe("handshake_ok")
+	}
 	if err != nil || !ok {
 		if c.isClosing() {
 			return nil
@@ -293,8 +309,10 @@ func (c *conn) upgradeTLS() error {
 	}
 	tc := tls.Server(c.raw, c.srv.tlsConfig)
 	if err := tc.Handshake(); err != nil {
+		c.observe("tls_failed")
 		return fmt.Errorf("nbd: TLS handshake: %w", err)
 	}
+	c.observe("tls_ok")
 	c.nc = tc
 	c.br.Reset(tc)
 	c.tlsDone = true

@@ -98,6 +98,12 @@ type Server struct {
 	// HandshakeTimeout bounds a connection's whole negotiation, from the
 	// greeting to the choice of an export; 0 means DefaultHandshakeTimeout.
 	HandshakeTimeout time.Duration
+	// Observe, when set, hears how each connection's negotiation ended:
+	// "handshake_ok" (an export chosen), "handshake_abort" (the client
+	// left), "handshake_failed" (an error or the deadline), and of each
+	// TLS handshake: "tls_ok", "tls_failed" (metrics). It is called from
+	// the connections' goroutines.
+	Observe func(event string)
 
 	// noInline makes every request run on its own goroutine (tests that
 	// need a blocked request not to hold up the reader set it).

@@ -227,9 +227,11 @@ type Device struct {
 	degraded   error     // last upload failure; nil when the last upload worked
 	fenced     error     // ErrLeaseLost once the lease is gone
 	lease      *lease    // nil when read-only
-	closed     bool
-	seqEnd     int64 // end of the last read, for the read-ahead detector
-	raSize     int64 // current read-ahead
+	// renewals and renewalFailures count lease renewals (Stats).
+	renewals, renewalFailures int64
+	closed                    bool
+	seqEnd                    int64 // end of the last read, for the read-ahead detector
+	raSize                    int64 // current read-ahead
 	// length is the format file's length (Manifest.Length); lengthGen
 	// counts its changes and lengthStored is the lengthGen the stored
 	// manifest has.
@@ -394,6 +396,11 @@ type Stats struct {
 	CachedBytes int64
 	// StoredChunks counts the chunk objects in the store.
 	StoredChunks int64
+	// LeaseRenewals and LeaseRenewalFailures count this writer's lease
+	// renewals that succeeded and failed; LeaseValidUntil is when its
+	// lease runs out unless renewed (zero for a reader).
+	LeaseRenewals, LeaseRenewalFailures int64
+	LeaseValidUntil                     time.Time
 }
 
 // Stats returns a snapshot of the cache's state.
@@ -404,7 +411,12 @@ func (d *Device) Stats() Stats {
 	for _, w := range d.exists {
 		stored += int64(bits.OnesCount64(w))
 	}
-	return Stats{DirtyBytes: d.dirtyBytes, DirtyChunks: len(d.dirty), CachedBytes: d.cleanBytes, StoredChunks: stored}
+	st := Stats{DirtyBytes: d.dirtyBytes, DirtyChunks: len(d.dirty), CachedBytes: d.cleanBytes, StoredChunks: stored,
+		LeaseRenewals: d.renewals, LeaseRenewalFailures: d.renewalFailures}
+	if d.lease != nil {
+		st.LeaseValidUntil = d.lease.validUntil
+	}
+	return st
 }
 
 // chunkLen is the length of chunk idx (the last one may be short).

@@ -253,6 +253,11 @@ func (d *Device) renewLease(ctx context.Context, since time.Time) error {
 	newTag, valid, err := d.lease.renew(ctx, d.store, etag, d.opts.now, false)
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if err == nil {
+		d.renewals++
+	} else {
+		d.renewalFailures++
+	}
 	switch {
 	case err == nil:
 		d.lease.etag, d.lease.validUntil, d.lease.renewedAt = newTag, valid, start
