@@ -93,7 +93,7 @@ for n in "${names[@]}"; do
 	start "$n" || { echo "soak: $n: serve did not start:" >&2; cat "$W/$n.serve.log" >&2; exit 1; }
 done
 for n in "${names[@]}"; do
-	/usr/bin/python3 scripts/soak-driver.py "$W/$n.sock" $size "$W/stop" "$n" >"$W/$n.driver.log" 2>&1 &
+	/usr/bin/python3 -B scripts/soak-driver.py "$W/$n.sock" $size "$W/stop" "$n" >"$W/$n.driver.log" 2>&1 &
 	drivers+=($!)
 done
 
