@@ -13,7 +13,8 @@
 # prints a table (package under internal/, target, executions, exec/s over
 # the whole run, crashers, the 1-minute load average when the target
 # ended: exec/s means little on a busy machine) and the crasher files, and
-# exits 1 if any target failed ("fail" with no crasher: see its log).
+# exits 1 if any target failed ("fail" with no crasher: see its log;
+# "deadline": golang/go#75804, not counted as a failure, see below).
 set -uo pipefail
 
 dur=${1:-10m}
@@ -62,7 +63,13 @@ for p in "${pkgs[@]}"; do
 				n=$((n + 1))
 			done <<<"$new"
 		fi
-		if [ $rc -ne 0 ]; then
+		if [ $rc -ne 0 ] && [ $n -eq 0 ] && grep -q '^    context deadline exceeded$' "$log"; then
+			# No input failed: go's coordinator missed its own deadline at
+			# the end of the run (golang/go#75804; busy machines). Not a
+			# finding; a count limit (DURATION like 100000x) avoids it.
+			n="deadline"
+			echo "   no failing input, the run ended in 'context deadline exceeded'; log: $log" >&2
+		elif [ $rc -ne 0 ]; then
 			failed=1
 			[ $n -gt 0 ] || n="fail"
 			echo "   failed; log: $log" >&2
