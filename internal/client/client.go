@@ -156,6 +156,7 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 		if err != nil {
 			return fmt.Errorf("encode request: %w", err)
 		}
+		defer clear(b) // it may hold a passphrase (api.OpenRequest)
 		body = bytes.NewReader(b)
 	}
 	req, err := http.NewRequestWithContext(ctx, method, "http://vdisk"+path, body)

@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -35,7 +36,9 @@ func (d *Daemon) Handler() http.Handler {
 	})
 	mux.HandleFunc("POST "+api.PathDisks, func(w http.ResponseWriter, r *http.Request) {
 		var req api.OpenRequest
-		if !decode(w, r, &req) {
+		ok := decode(w, r, &req)
+		defer clear(req.Passphrase)
+		if !ok {
 			return
 		}
 		if req.File == "" {
@@ -111,22 +114,54 @@ func (d *Daemon) Handler() http.Handler {
 // decode reads a JSON request body into v, answering the error itself.
 // It reads the body to its end: only then does the server watch the
 // connection, and cancel the request's context when the client hangs up.
+// The body may carry a passphrase (api.OpenRequest): every buffer it was
+// read into is cleared before decode returns (the connection's own
+// bufio.Reader is net/http's and is not).
 func decode(w http.ResponseWriter, r *http.Request, v any) bool {
-	r.Body = http.MaxBytesReader(w, r.Body, maxRequest)
-	dec := json.NewDecoder(r.Body)
-	err := dec.Decode(v)
+	b, err := readBody(http.MaxBytesReader(w, r.Body, maxRequest))
+	defer clear(b)
 	if err == nil {
-		if _, err = dec.Token(); err == io.EOF {
-			err = nil
-		} else if err == nil {
-			err = errors.New("data after the JSON document")
-		}
+		err = decodeBody(b, v)
 	}
 	if err != nil {
 		replyErr(w, api.Errorf(api.CodeBadRequest, "malformed request body: %v", err))
 		return false
 	}
 	return true
+}
+
+// decodeBody decodes one JSON document, and nothing after it, into v: the
+// request decoding of every endpoint that takes a body.
+func decodeBody(b []byte, v any) error {
+	if err := json.Unmarshal(b, v); err != nil {
+		if len(bytes.TrimSpace(b)) == 0 {
+			return io.EOF
+		}
+		return err
+	}
+	return nil
+}
+
+// readBody reads r to its end. Unlike io.ReadAll it clears each buffer it
+// outgrows, so no copy of the body is left behind in freed memory.
+func readBody(r io.Reader) ([]byte, error) {
+	b := make([]byte, 0, 512)
+	for {
+		n, err := r.Read(b[len(b):cap(b)])
+		b = b[:len(b)+n]
+		if err == io.EOF {
+			return b, nil
+		}
+		if err != nil {
+			return b, err
+		}
+		if len(b) == cap(b) {
+			nb := make([]byte, len(b), 2*cap(b))
+			copy(nb, b)
+			clear(b)
+			b = nb
+		}
+	}
 }
 
 // reply writes v as JSON with status.
