@@ -5,9 +5,8 @@
 #   scripts/soak.sh [MINUTES]        default 10
 #
 # Serves five 64 MiB disks at once, each by its own `vdisk serve` on a
-# unix socket: raw, qcow2, vhdx, LUKS2 on qcow2, and a chunked image in an
-# object store (s3://, on a versitygw this script starts; vdisk stores s3://
-# images as raw chunks, so that one is raw). On each, scripts/soak-driver.py
+# unix socket: raw, qcow2, vhdx, LUKS2 on qcow2, and a qcow2 image in an
+# object store (s3://, on a versitygw this script starts). On each, scripts/soak-driver.py
 # keeps 64 commands in flight (reads, writes, trims, write-zeroes, flushes)
 # and checks every read. About every 60 s one server, chosen at random, is
 # killed with SIGKILL and started again; its driver then reads the whole
@@ -50,7 +49,7 @@ qemu-img create -q -f vhdx "$W/vhdx.vhdx" $size
 "$W/vdisk" create -f qcow2 --encrypt luks2 --key-file "$W/key" --pbkdf pbkdf2 \
 	--pbkdf-force-iterations 1000 "$W/luks.qcow2" --size 64M >/dev/null || exit 1
 s3url="s3://$VDISK_S3_BUCKET/soak-$$"
-"$W/vdisk" create --s3-chunk-size 1M "$s3url" --size 64M >/dev/null || exit 1
+"$W/vdisk" create -f qcow2 --s3-chunk-size 1M "$s3url" --size 64M >/dev/null || exit 1
 img=([raw]="$W/raw.img" [qcow2]="$W/qcow2.qcow2" [vhdx]="$W/vhdx.vhdx" [luks2-qcow2]="$W/luks.qcow2" [s3]="$s3url")
 extra=([raw]="" [qcow2]="" [vhdx]="" [luks2-qcow2]="--key-file $W/key --allow-discards" [s3]="--s3-lease-ttl 10s")
 
