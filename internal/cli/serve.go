@@ -56,6 +56,7 @@ type serveOptions struct {
 	crypt       cryptFlags
 	metrics     string
 	s3observe   func(op, status string, read, written int64)
+	s3retry     func()
 }
 
 func init() { register(newServeCmd) }
@@ -129,7 +130,7 @@ func runServe(ctx context.Context, e *env, o serveOptions, images []string) erro
 		return fmt.Errorf("serve: %w", err)
 	}
 	defer sm.close()
-	o.s3observe = sm.storeObserver()
+	o.s3observe, o.s3retry = sm.storeObserver(), sm.storeRetries()
 	if o.maxConns < 0 {
 		return fmt.Errorf("serve: --shared %d is negative", o.maxConns)
 	}
@@ -315,6 +316,6 @@ func serverTLS(o serveOptions) (*tls.Config, error) {
 // requests counted when metrics are on.
 func (o serveOptions) stackS3() stack.S3Options {
 	so := stackS3(o.s3)
-	so.Observe = o.s3observe
+	so.Observe, so.OnRetry = o.s3observe, o.s3retry
 	return so
 }

@@ -59,6 +59,14 @@ func (m *serveMetrics) storeObserver() func(op, status string, read, written int
 	return m.reg.StoreObserver()
 }
 
+// storeRetries counts object-store retries (nil without metrics).
+func (m *serveMetrics) storeRetries() func() {
+	if m == nil {
+		return nil
+	}
+	return m.reg.StoreRetries()
+}
+
 // nbdObserver counts NBD negotiations (nil without metrics).
 func (m *serveMetrics) nbdObserver() func(event string) {
 	if m == nil {

@@ -49,7 +49,7 @@ func (d *Daemon) attach(ctx context.Context, sd stateDisk, adopt bool, o openOpt
 	// the lock is ours already.
 	o.noLock = adopted != nil
 	if d.metrics != nil {
-		o.observe = d.metrics.StoreObserver()
+		o.observe, o.onRetry = d.metrics.StoreObserver(), d.metrics.StoreRetries()
 	}
 	sk, err := openImage(ctx, sd, o, d.log)
 	if err != nil {

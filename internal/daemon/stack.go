@@ -27,6 +27,7 @@ type openOpts struct {
 	chunkSize int64
 	// observe hears of every object-store request (metrics).
 	observe func(op, status string, read, written int64)
+	onRetry func()
 }
 
 // openImage opens the image of sd as a Device stack. An empty sd.Format
@@ -50,7 +51,7 @@ func openImage(ctx context.Context, sd stateDisk, o openOpts, log *slog.Logger) 
 	if sd.S3 != nil {
 		so.S3 = stack.S3Options{Endpoint: sd.S3.Endpoint, Region: sd.S3.Region, Profile: sd.S3.Profile, CacheDir: sd.S3.CacheDir, LeaseTTL: sd.S3.LeaseTTL, UnsafeNoFencing: sd.S3.UnsafeNoFencing}
 	}
-	so.S3.ForceTakeover, so.S3.ChunkSize, so.S3.Observe = o.forceTakeover, o.chunkSize, o.observe
+	so.S3.ForceTakeover, so.S3.ChunkSize, so.S3.Observe, so.S3.OnRetry = o.forceTakeover, o.chunkSize, o.observe, o.onRetry
 	if len(o.passphrase) > 0 {
 		// stack clears what the function returns: hand it a copy, the
 		// caller clears the original.

@@ -43,6 +43,7 @@ type Registry struct {
 	errors  *prometheus.CounterVec
 
 	storeRequests *prometheus.CounterVec
+	storeRetries  prometheus.Counter
 	storeBytes    *prometheus.CounterVec
 
 	disks *diskCollector
@@ -69,9 +70,13 @@ func New(labels ...string) *Registry {
 		Name: "vdisk_objstore_bytes_total",
 		Help: "Object payload bytes moved, by direction (read: GET, written: PUT).",
 	}, []string{"direction"})
+	r.storeRetries = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "vdisk_objstore_retries_total",
+		Help: "Object store requests retried by the client (each retry counted once).",
+	})
 	r.disks = newDiskCollector(labels)
 	r.reg.MustRegister(r.devices, r.errors,
-		r.storeRequests, r.storeBytes, r.disks,
+		r.storeRequests, r.storeBytes, r.storeRetries, r.disks,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return r

@@ -154,6 +154,10 @@ func TestStoreAndDiskGauges(t *testing.T) {
 	if !strings.Contains(body, `vdisk_lease_expiry_seconds{id="s3disk"} 3`) { // 3599.x
 		t.Errorf("no lease expiry of about an hour in\n%s", body)
 	}
+	r.StoreRetries()()
+	if !strings.Contains(get(), "vdisk_objstore_retries_total 1\n") {
+		t.Errorf("a retry is not counted")
+	}
 	obs := r.NBDObserver()
 	obs("handshake_ok")
 	obs("handshake_failed")

@@ -15,3 +15,10 @@ func (r *Registry) StoreObserver() func(op, status string, read, written int64) 
 		}
 	}
 }
+
+// StoreRetries returns the function an object store's client calls on
+// every retry of a request (stack.S3Options.OnRetry), counted as
+// vdisk_objstore_retries_total.
+func (r *Registry) StoreRetries() func() {
+	return r.storeRetries.Inc
+}

@@ -46,8 +46,10 @@ type S3Options struct {
 	// PUTs (If-Match), where a writer that lost its lease could overwrite
 	// its successor's chunks; without it such a store is refused.
 	UnsafeNoFencing bool
-	// Observe, when set, hears of every request to the store (metrics).
+	// Observe, when set, hears of every request to the store (metrics);
+	// OnRetry of every retry of one.
 	Observe func(op, status string, read, written int64)
+	OnRetry func()
 }
 
 func (o S3Options) config(name string) (s3.Config, string, error) {
@@ -56,7 +58,7 @@ func (o S3Options) config(name string) (s3.Config, string, error) {
 		ep = os.Getenv(EnvS3Endpoint)
 	}
 	cfg, prefix, err := s3.FromURL(name, ep)
-	cfg.Region, cfg.Profile = o.Region, o.Profile
+	cfg.Region, cfg.Profile, cfg.OnRetry = o.Region, o.Profile, o.OnRetry
 	return cfg, prefix, err
 }
 

@@ -82,6 +82,9 @@ type Config struct {
 	// MaxBackoff bounds the delay between attempts; 0 means
 	// DefaultMaxBackoff.
 	MaxBackoff time.Duration
+	// OnRetry, when set, is called each time a request is retried
+	// (metrics); from many goroutines at once.
+	OnRetry func()
 }
 
 // Validate checks the config and fills defaults.
@@ -122,7 +125,7 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 		config.WithRequestChecksumCalculation(aws.RequestChecksumCalculationWhenRequired),
 		config.WithResponseChecksumValidation(aws.ResponseChecksumValidationWhenRequired),
 		config.WithRetryer(func() aws.Retryer {
-			return retry.NewStandard(func(o *retry.StandardOptions) {
+			std := retry.NewStandard(func(o *retry.StandardOptions) {
 				o.MaxAttempts = cfg.MaxAttempts
 				o.MaxBackoff = cfg.MaxBackoff
 				o.Backoff = retry.NewExponentialJitterBackoff(cfg.MaxBackoff)
@@ -130,6 +133,10 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 				// request gets its full MaxAttempts.
 				o.RateLimiter = ratelimit.None
 			})
+			if cfg.OnRetry == nil {
+				return std
+			}
+			return countedRetryer{RetryerV2: std, onRetry: cfg.OnRetry}
 		}),
 		config.WithHTTPClient(awshttp.NewBuildableClient().WithTransportOptions(func(tr *http.Transport) {
 			tr.MaxIdleConns = maxConnsPerHost
@@ -333,4 +340,16 @@ func (s *Store) Head(ctx context.Context, key string) (objstore.Info, error) {
 		return objstore.Info{}, fmt.Errorf("s3: head %s: %w", key, mapErr(err))
 	}
 	return objstore.Info{Key: key, Size: aws.ToInt64(out.ContentLength), ETag: aws.ToString(out.ETag), ModTime: aws.ToTime(out.LastModified)}, nil
+}
+
+// countedRetryer tells onRetry of every retry: the SDK asks RetryDelay
+// once before each attempt after the first.
+type countedRetryer struct {
+	aws.RetryerV2
+	onRetry func()
+}
+
+func (r countedRetryer) RetryDelay(attempt int, err error) (time.Duration, error) {
+	r.onRetry()
+	return r.RetryerV2.RetryDelay(attempt, err)
 }

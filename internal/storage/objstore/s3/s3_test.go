@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -26,8 +27,10 @@ func TestUnreachable(t *testing.T) {
 	srv := s3test.Need(t)
 	cfg := srv.Config()
 	cfg.Endpoint = "http://127.0.0.1:1" // nothing listens on port 1
-	cfg.MaxAttempts = 2
+	cfg.MaxAttempts = 3
 	cfg.MaxBackoff = 10 * time.Millisecond
+	var retries atomic.Int64
+	cfg.OnRetry = func() { retries.Add(1) }
 	st, err := s3.New(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -37,6 +40,9 @@ func TestUnreachable(t *testing.T) {
 	_, err = st.Put(ctx, "x", []byte("x"), objstore.PutOptions{})
 	if err == nil || errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("put to a dead endpoint: %v, want a connection error before the deadline", err)
+	}
+	if got := retries.Load(); got != 2 {
+		t.Errorf("OnRetry heard %d retries of a put with 3 attempts, want 2", got)
 	}
 }
 
