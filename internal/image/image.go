@@ -290,19 +290,29 @@ func Open(path string, opt OpenOptions) (blockdev.Device, error) {
 	if err := opt.Validate(); err != nil {
 		return nil, err
 	}
-	f, err := resolve(path, opt.Format)
+	lf, f, err := OpenPath(path, opt)
 	if err != nil {
 		return nil, err
 	}
 	opt.Format = f.Name
+	return OpenFile(lf, opt)
+}
+
+// OpenPath opens the file of the image at path, a file or block device the
+// user named, for its format: opt.Format, else the one the file holds
+// (probed before the file is locked). A format that never writes (iso)
+// gets its file read-only under a shared lock whatever opt says, so that
+// it opens on read-only media and many may serve one image at once.
+func OpenPath(path string, opt OpenOptions) (File, *Format, error) {
+	f, err := resolve(path, opt.Format)
+	if err != nil {
+		return nil, nil, err
+	}
 	lf, err := OpenLocal(path, LocalOptions{ReadOnly: opt.ReadOnly || f.ReadOnly, NoLock: opt.NoLock})
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", f.Name, err)
+		return nil, nil, fmt.Errorf("%s: %w", f.Name, err)
 	}
-	if opt.Names == nil {
-		opt.Names = localNames(opt)
-	}
-	return OpenFile(lf, opt)
+	return lf, f, nil
 }
 
 // localNames is the default policy for opt: LocalNames with its

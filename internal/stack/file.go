@@ -15,8 +15,9 @@ import (
 // format above it needs to know.
 type source struct {
 	f image.File
-	// format is the format the store recorded at create (object stores);
-	// "" for a local file, which is probed.
+	// format is the image's format as its file was opened for it: the one
+	// the store recorded at create, or, for a local file, the one asked
+	// for or probed.
 	format string
 	// names opens the files the image names, under the trust policy.
 	names image.Names
@@ -35,11 +36,11 @@ func openSource(ctx context.Context, name string, o Options) (*source, error) {
 	if s3.IsURL(name) {
 		return openS3Source(ctx, name, o)
 	}
-	f, err := image.OpenLocal(name, image.LocalOptions{ReadOnly: o.ReadOnly, NoLock: o.NoLock})
+	f, fm, err := image.OpenPath(name, image.OpenOptions{Format: o.Format, ReadOnly: o.ReadOnly, NoLock: o.NoLock})
 	if err != nil {
 		return nil, err
 	}
-	return &source{f: f, names: image.LocalNames{Dirs: o.BackingDirs, NoLock: o.NoLock}}, nil
+	return &source{f: f, format: fm.Name, names: image.LocalNames{Dirs: o.BackingDirs, NoLock: o.NoLock}}, nil
 }
 
 // openS3Source opens the chunks of an s3:// image: the raw disk itself, or
@@ -70,23 +71,22 @@ func openS3Source(ctx context.Context, name string, o Options) (*source, error) 
 	return s, nil
 }
 
-// formatOf returns the format to open s as: the one recorded by its
-// store (which an explicit one must match), the explicit one, or the
-// probed one.
+// formatOf returns the image's format, which an explicit one (want, or
+// another name of it: vpc) must be.
 func (s *source) formatOf(name, want string) (string, error) {
-	switch {
-	case s.format != "" && want != "" && want != s.format:
-		return "", fmt.Errorf("%s holds a %s image, not %s", name, s.format, want)
-	case s.format != "":
-		return s.format, nil
-	case want != "":
-		return want, nil
+	if want != "" {
+		f, err := image.Lookup(want)
+		if err != nil {
+			return "", err
+		}
+		if f.Name != s.format {
+			return "", fmt.Errorf("%s holds a %s image, not %s", name, s.format, want)
+		}
 	}
-	return image.ProbeFile(s.f)
+	return s.format, nil
 }
 
-// openFormat opens the format of s (want, or recorded, or probed) as a
-// Device. On error s's file is closed.
+// openFormat opens the format of s as a Device. On error s's file is closed.
 func openFormat(name string, s *source, o Options) (blockdev.Device, string, error) {
 	format, err := s.formatOf(name, o.Format)
 	if err != nil {

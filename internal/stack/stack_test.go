@@ -147,3 +147,38 @@ func TestFormatLUKS(t *testing.T) {
 		t.Fatalf("-f luks on a plain raw file: %v", err)
 	}
 }
+
+// TestISOOpensReadOnlyShared: an ISO is opened read-only under a shared
+// lock whatever the options say, so two disks serve one ISO at once, and
+// one whose file cannot be written still opens.
+func TestISOOpensReadOnlyShared(t *testing.T) {
+	imagetest.NeedTool(t, "genisoimage")
+	dir := t.TempDir()
+	src := filepath.Join(dir, "src")
+	if err := os.Mkdir(src, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(src, "f.txt"), []byte("hello"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	iso := filepath.Join(dir, "cd.iso")
+	imagetest.Run(t, "genisoimage", "-quiet", "-o", iso, src)
+	ctx := context.Background()
+	a, err := Open(ctx, iso, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Device.Close()
+	b, err := Open(ctx, iso, Options{})
+	if err != nil {
+		t.Fatalf("a second open of the ISO: %v", err)
+	}
+	defer b.Device.Close()
+	if a.Format != "iso" || b.Format != "iso" {
+		t.Fatalf("formats %s, %s", a.Format, b.Format)
+	}
+	fa, err := Info(ctx, iso, "", S3Options{})
+	if err != nil || fa.Format != "iso" {
+		t.Fatalf("Info of the open ISO: %+v, %v", fa, err)
+	}
+}
