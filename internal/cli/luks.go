@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 
+	"vdisk/internal/api"
 	"vdisk/internal/blockdev"
 	"vdisk/internal/stack"
 )
@@ -347,7 +348,7 @@ func readPassphrase(e *env, keyFile, prompt string, confirm bool) ([]byte, error
 
 // readKey reads a whole key file, at most maxKeyFileSize bytes.
 func readKey(r io.Reader, name string) ([]byte, error) {
-	b, err := readWiped(io.LimitReader(r, maxKeyFileSize+1))
+	b, err := api.ReadWiped(io.LimitReader(r, maxKeyFileSize+1))
 	if err != nil {
 		clear(b)
 		return nil, fmt.Errorf("key file %s: %w", name, err)
@@ -360,28 +361,6 @@ func readKey(r io.Reader, name string) ([]byte, error) {
 		return nil, fmt.Errorf("key file %s is empty", name)
 	}
 	return b, nil
-}
-
-// readWiped reads r to its end. Unlike io.ReadAll it clears each buffer
-// it outgrows, so no copy of a key is left behind in freed memory.
-func readWiped(r io.Reader) ([]byte, error) {
-	b := make([]byte, 0, 512)
-	for {
-		n, err := r.Read(b[len(b):cap(b)])
-		b = b[:len(b)+n]
-		if err == io.EOF {
-			return b, nil
-		}
-		if err != nil {
-			return b, err
-		}
-		if len(b) == cap(b) {
-			nb := make([]byte, len(b), 2*cap(b))
-			copy(nb, b)
-			clear(b)
-			b = nb
-		}
-	}
 }
 
 // readOldAndNew reads an existing passphrase (asked with prompt) and a new

@@ -118,7 +118,7 @@ func (d *Daemon) Handler() http.Handler {
 // read into is cleared before decode returns (the connection's own
 // bufio.Reader is net/http's and is not).
 func decode(w http.ResponseWriter, r *http.Request, v any) bool {
-	b, err := readBody(http.MaxBytesReader(w, r.Body, maxRequest))
+	b, err := api.ReadWiped(http.MaxBytesReader(w, r.Body, maxRequest))
 	defer clear(b)
 	if err == nil {
 		err = decodeBody(b, v)
@@ -140,28 +140,6 @@ func decodeBody(b []byte, v any) error {
 		return err
 	}
 	return nil
-}
-
-// readBody reads r to its end. Unlike io.ReadAll it clears each buffer it
-// outgrows, so no copy of the body is left behind in freed memory.
-func readBody(r io.Reader) ([]byte, error) {
-	b := make([]byte, 0, 512)
-	for {
-		n, err := r.Read(b[len(b):cap(b)])
-		b = b[:len(b)+n]
-		if err == io.EOF {
-			return b, nil
-		}
-		if err != nil {
-			return b, err
-		}
-		if len(b) == cap(b) {
-			nb := make([]byte, len(b), 2*cap(b))
-			copy(nb, b)
-			clear(b)
-			b = nb
-		}
-	}
 }
 
 // reply writes v as JSON with status.
