@@ -284,10 +284,15 @@ func (d *Daemon) Inspect(ctx context.Context, req api.InspectRequest) (api.Image
 		if sk.Format == formatISO {
 			im.MediaType = api.MediaCDROM
 		}
+		if ins, ok := dev.(image.Inspector); ok {
+			// The opened format has the facts its file holds: no
+			// second open to read them.
+			im.Details = formatDetails(ins.Facts())
+		}
 		dev.Close()
 	}
 	im.Sectors, im.Geometry = api.Sectors(im.Size), api.CHS(im.Size)
-	if im.Format != image.Raw {
+	if im.Format != image.Raw && im.Details == nil {
 		// The format's facts, read from its file wherever it lives.
 		if fa, err := stack.Info(ctx, path, im.Format, inspectS3(req.S3, openS3)); err == nil {
 			im.Details = formatDetails(fa)
