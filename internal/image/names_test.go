@@ -67,6 +67,10 @@ func TestLocalNames(t *testing.T) {
 		{name: "null", want: "character device"},
 		{name: "sub", want: "directory"},
 		{name: "missing.img", want: "does not exist"},
+		// Outside the trusted trees, a missing file is refused as
+		// outside: the image learns nothing of what exists there.
+		{name: "../other/missing.img", want: "outside"},
+		{name: "/nonexistent/dir/x.img", want: "outside"},
 		{name: "json:{\"file.filename\":\"/etc/shadow\"}", want: "json:"},
 		{name: "nbd://127.0.0.1/x", want: "protocol"},
 		{name: "", want: "empty"},
@@ -183,4 +187,26 @@ func FuzzLocalNames(f *testing.F) {
 			t.Fatalf("%q opened the file outside the image's directory", name)
 		}
 	})
+}
+
+// TestFailedCreateRemovesExtents: a VMDK create that fails after making
+// some of its extent files removes them too, and leaves alone a file it
+// did not make.
+func TestFailedCreateRemovesExtents(t *testing.T) {
+	dir := t.TempDir()
+	img := filepath.Join(dir, "x.vmdk")
+	theirs := filepath.Join(dir, "x-s002.vmdk")
+	must(t, os.WriteFile(theirs, []byte("not ours"), 0o600))
+	err := image.Create(img, image.CreateOptions{Format: "vmdk", Size: 3 << 30,
+		Options: map[string]string{"subformat": "twoGbMaxExtentSparse"}})
+	if err == nil {
+		t.Fatal("create over an existing extent name succeeded")
+	}
+	left, _ := filepath.Glob(filepath.Join(dir, "*"))
+	if len(left) != 1 || left[0] != theirs {
+		t.Fatalf("after the failed create the directory holds %v, want only %s", left, theirs)
+	}
+	if b, _ := os.ReadFile(theirs); string(b) != "not ours" {
+		t.Fatalf("the file the create did not make was changed: %q", b)
+	}
 }
