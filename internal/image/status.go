@@ -175,3 +175,48 @@ func AllocatedAbove(top, base blockdev.Device, off, n int64) (bool, int64, error
 	}
 	return false, n, nil
 }
+
+// mergeable reports whether next continues cur as one map entry (the
+// rule of qemu-img map: the same flags, depth and file, and contiguous
+// offsets).
+func mergeable(cur, next MapEntry) bool {
+	if cur.Length == 0 || cur.Start+cur.Length != next.Start {
+		return false
+	}
+	if cur.Zero != next.Zero || cur.Data != next.Data || cur.Compressed != next.Compressed ||
+		cur.Depth != next.Depth || cur.Present != next.Present || cur.HasOffset != next.HasOffset ||
+		cur.File != next.File {
+		return false
+	}
+	return !cur.HasOffset || cur.Offset+cur.Length == next.Offset
+}
+
+// Map calls fn for each entry of dev's map over [off, off+n), adjacent
+// runs merged as qemu-img map merges them.
+func Map(dev blockdev.Device, off, n int64, fn func(MapEntry) error) error {
+	if err := blockdev.CheckRange(off, n, dev.Size()); err != nil {
+		return err
+	}
+	var cur MapEntry
+	for end := off + n; off < end; {
+		e, err := StatusAt(dev, off, end-off)
+		if err != nil {
+			return err
+		}
+		if mergeable(cur, e) {
+			cur.Length += e.Length
+		} else {
+			if cur.Length > 0 {
+				if err := fn(cur); err != nil {
+					return err
+				}
+			}
+			cur = e
+		}
+		off += e.Length
+	}
+	if cur.Length > 0 {
+		return fn(cur)
+	}
+	return nil
+}
