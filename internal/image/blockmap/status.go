@@ -26,13 +26,9 @@ type StatusRules struct {
 	// (qemu's supports_backing: vmdk); with none of OwnZero and Backing
 	// they say nothing of their bytes.
 	Backing bool
-	// Raw: a data block is its file's own status: data where the file
-	// has data, zeroes (not data) over its holes (qemu's BDRV_BLOCK_RAW:
-	// a fixed VHD).
-	Raw bool
 	// Recurse: a data block over a hole of its file reads as zeroes and
-	// stays data (qemu's BDRV_BLOCK_RECURSE: a static VDI, a flat vmdk
-	// extent).
+	// stays data (qemu's BDRV_BLOCK_RECURSE: a fixed VHD, a static VDI,
+	// a flat vmdk extent).
 	Recurse bool
 	// Compressed: data blocks are stored compressed, at no offset (a
 	// streamOptimized vmdk extent).
@@ -106,7 +102,7 @@ func (m *Map) LayerStatus(off, n int64) (image.Status, error) {
 }
 
 // dataStatus fills st for data at file offset off: allocated data there,
-// refined by the file's holes (Raw, Recurse), or compressed.
+// refined by the file's holes (Recurse), or compressed.
 func (m *Map) dataStatus(st *image.Status, off int64) {
 	r := m.c.Status
 	st.Allocated, st.Data = true, true
@@ -115,13 +111,13 @@ func (m *Map) dataStatus(st *image.Status, off int64) {
 		return
 	}
 	st.File, st.Offset = m.f, off
-	if !r.Raw && !r.Recurse {
+	if !r.Recurse {
 		return
 	}
 	if l, hole, ok := fileRun(m.f, off, st.Len); ok {
 		st.Len = l
 		if hole {
-			st.Zero, st.Data = true, !r.Raw
+			st.Zero = true
 		}
 	}
 }

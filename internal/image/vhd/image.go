@@ -191,8 +191,9 @@ func newImage(f image.File, md *meta, readOnly bool, parent blockdev.Device) (*I
 		c.Blocks = (md.size + fixedBlock - 1) / fixedBlock
 		c.Codec = fixedCodec{}
 		c.Reserved = []blockmap.Span{{Start: md.size, End: md.size + footerSize}}
-		// qemu's vpc reports a fixed disk as its file (BDRV_BLOCK_RAW).
-		c.Status.Raw = true
+		// qemu's vpc reports a fixed disk's data over holes of the file
+		// as zeroes (BDRV_BLOCK_RECURSE).
+		c.Status.Recurse = true
 	} else {
 		dh := md.dh
 		bs := int64(dh.blockSize)
