@@ -157,6 +157,9 @@ type Config struct {
 	// Borrowed: Close leaves the File and the Parent open (their owner
 	// closes them).
 	Borrowed bool
+	// Status says how LayerStatus reports the blocks (qemu's block
+	// status of the format).
+	Status StatusRules
 }
 
 // MaxTable is the largest table a Map holds in memory (8 Mi entries of 4

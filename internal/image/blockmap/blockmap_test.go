@@ -92,6 +92,7 @@ type toyOpts struct {
 	layered  bool
 	readOnly bool
 	lazy     bool
+	rules    StatusRules
 }
 
 func (o toyOpts) blocks() int64 { return (o.size + o.bs - 1) / o.bs }
@@ -117,7 +118,7 @@ func openToy(t testing.TB, f image.File, o toyOpts) (*Map, *toy) {
 	c := &toy{f: f, bs: o.bs, partial: o.partial}
 	cfg := Config{Name: "toy", File: f, Size: o.size, BlockSize: o.bs, Blocks: o.blocks(),
 		Table: table, TableOff: toyTable, TableName: "toy table", Codec: c,
-		Reserved: []Span{{0, o.dataStart()}}, Parent: o.parent, Layered: o.layered || o.parent != nil, ReadOnly: o.readOnly}
+		Reserved: []Span{{0, o.dataStart()}}, Parent: o.parent, Layered: o.layered || o.parent != nil, ReadOnly: o.readOnly, Status: o.rules}
 	if o.lazy {
 		cfg.Table, cfg.Lazy, cfg.EntrySize = nil, true, 4
 	}

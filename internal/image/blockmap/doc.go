@@ -93,4 +93,20 @@
 // Compressed grains (streamOptimized extents, read-only) stay outside
 // the core: the format looks their entries up through the Map (Lookup)
 // and decompresses them itself.
+//
+// # Block status
+//
+// A Map is an image.Layer: LayerStatus says what qemu's block status of
+// the format says of a run (so that image.Map equals qemu-img map), by
+// the Config's StatusRules. A call describes blocks of one state (data
+// blocks while they follow each other in the file) or the sectors of a
+// partial block that are all in the file or all not: data at its file
+// offset, zero blocks as allocated zeroes, unallocated blocks as the
+// parent's runs, or, by the rules, as allocated zeroes of the image's own
+// (qemu's vpc and vdi), as zeroes without a parent (vmdk). Recurse
+// refines data over holes of a local file as zeroes that stay data
+// (qemu's BDRV_BLOCK_RECURSE: a fixed VHD, a static VDI, a flat vmdk
+// extent); Compressed data has no offset; Whole reports every run as
+// data at no offset (qemu has no block status for vhdx, whose
+// differencing disks, which qemu cannot open, report their blocks).
 package blockmap

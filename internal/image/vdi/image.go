@@ -84,6 +84,9 @@ func load(f image.File, readOnly bool) (*Image, error) {
 		Reserved: []blockmap.Span{{Start: 0, End: h.dataOff}},
 		End:      h.dataOff + h.allocated*h.blockSize,
 		ReadOnly: readOnly,
+		// qemu's vdi reports free and zero blocks as zeroes of its own,
+		// and a static image's blocks over holes of the file as zeroes.
+		Status: blockmap.StatusRules{OwnZero: true, Recurse: h.imageType == typeStatic},
 	})
 	if err != nil {
 		return nil, err

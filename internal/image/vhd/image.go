@@ -191,6 +191,9 @@ func newImage(f image.File, md *meta, readOnly bool, parent blockdev.Device) (*I
 		c.Blocks = (md.size + fixedBlock - 1) / fixedBlock
 		c.Codec = fixedCodec{}
 		c.Reserved = []blockmap.Span{{Start: md.size, End: md.size + footerSize}}
+		// qemu's vpc reports a fixed disk's data over holes of the file
+		// as zeroes (BDRV_BLOCK_RECURSE).
+		c.Status.Recurse = true
 	} else {
 		dh := md.dh
 		bs := int64(dh.blockSize)
@@ -201,6 +204,10 @@ func newImage(f image.File, md *meta, readOnly bool, parent blockdev.Device) (*I
 		c.Table, c.TableOff = md.bat, int64(dh.tableOffset)
 		c.Lead, c.BitmapSize = bmSize, bmSize
 		c.Parent, c.Layered = parent, md.diff()
+		// qemu's vpc reports an unallocated block of a dynamic disk as
+		// zeroes of its own; a differencing disk's (which qemu does not
+		// open) are its parent's.
+		c.Status.OwnZero = !md.diff()
 		c.Reserved = []blockmap.Span{
 			{Start: 0, End: footerSize},
 			{Start: int64(md.ft.dataOffset), End: int64(md.ft.dataOffset) + dynHeaderSize},

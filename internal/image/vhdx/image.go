@@ -161,7 +161,11 @@ func (img *Image) serve(bat []byte, readOnly bool, parent blockdev.Device) error
 		Reserved: res, End: (fsize + mib - 1) / mib * mib,
 		BitmapSize: cd.slice, SectorSize: m.lss, LSBFirst: true,
 		Parent: parent, Layered: m.hasParent, ReadOnly: readOnly, BeforeWrite: img.touch,
-		Blocks: img.payloadEntries()})
+		Blocks: img.payloadEntries(),
+		// qemu's vhdx has no block status: it reports every run as
+		// allocated data. A differencing disk, which qemu does not open,
+		// reports its blocks, the rest being its parent's.
+		Status: blockmap.StatusRules{Whole: !m.hasParent}})
 	return err
 }
 

@@ -267,11 +267,15 @@ func (img *Image) open(opt image.OpenOptions) error {
 // block where the descriptor puts it; a ZERO extent's of one zero block.
 func (img *Image) serve(e *extent, readOnly bool) error {
 	c := blockmap.Config{Name: "vmdk", Size: e.sectors * sectorSize, Parent: img.parent, ParentOff: e.start * sectorSize,
-		Layered: img.desc.parentCID != noParent, ReadOnly: readOnly, Borrowed: true}
+		Layered: img.desc.parentCID != noParent, ReadOnly: readOnly, Borrowed: true,
+		// qemu's vmdk: unallocated grains read as zeroes without a
+		// parent; flat extents' data over holes of their file as zeroes.
+		Status: blockmap.StatusRules{Backing: true, Recurse: e.sp == nil}}
 	if s := e.sp; s != nil {
 		c.File, c.BlockSize, c.Blocks, c.Codec = s.f, s.grainBytes, (s.sectors+s.h.grain-1)/s.h.grain, s
 		c.Lazy, c.Unit, c.EntrySize, c.TableName = true, 4*s.h.gtes, 4, "grain table"
 		c.End, c.ReadOnly = (s.fsize+sectorSize-1)&^(sectorSize-1), readOnly || s.compressed
+		c.Status.Compressed = s.compressed
 	} else {
 		c.File, c.BlockSize, c.Blocks, c.Codec = e.file, max(c.Size, 1), 1, flatCodec{e.fileOff, e.kind == kindZero}
 		if e.kind == kindZero {

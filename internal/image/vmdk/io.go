@@ -205,3 +205,23 @@ func (img *Image) Extents(off, n int64) ([]blockdev.Extent, error) {
 	}
 	return out, nil
 }
+
+var _ image.Layer = (*Image)(nil)
+
+// LayerStatus describes the run of this image alone at off (qemu's vmdk
+// block status): inside one extent, as its Map reports it (see serve);
+// a ZERO extent is allocated zeroes.
+func (img *Image) LayerStatus(off, n int64) (image.Status, error) {
+	if n <= 0 {
+		return image.Status{}, image.ErrNoStatus
+	}
+	if err := img.check(off, n); err != nil {
+		return image.Status{}, err
+	}
+	e := img.extents[img.find(off)]
+	base := e.start * sectorSize
+	return e.m.LayerStatus(off-base, min(n, base+e.sectors*sectorSize-off))
+}
+
+// BackingDevice returns the opened parent, nil without one.
+func (img *Image) BackingDevice() blockdev.Device { return img.parent }
