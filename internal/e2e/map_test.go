@@ -133,6 +133,28 @@ var mapCases = []mapCase{
 			"driver=luks,key-secret=s0,file.filename="+p)
 		return p
 	}, args: []string{"-f", "raw"}},
+	{name: "iso", make: func(t *testing.T, dir string) string {
+		imagetest.NeedTool(t, "genisoimage")
+		src := filepath.Join(dir, "src")
+		if err := os.MkdirAll(src, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(src, "a.txt"), []byte(strings.Repeat("vdisk map\n", 5000)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		p := filepath.Join(dir, "c.iso")
+		sh(t, "genisoimage", "-quiet", "-o", p, src)
+		return p
+	}},
+	{name: "qcow2 over iso", make: func(t *testing.T, dir string) string {
+		imagetest.NeedTool(t, "genisoimage")
+		src := filepath.Join(dir, "src")
+		if err := os.MkdirAll(src, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		sh(t, "genisoimage", "-quiet", "-o", filepath.Join(dir, "b.iso"), src)
+		return qcow2Img(t, dir, "oi.qcow2", "1M", "backing_file=b.iso,backing_fmt=raw", "write -P 3 0 4k")
+	}},
 	{name: "qcow2 over vhdx", base: "vhdx", make: overBase("vhdx")},
 	{name: "qcow2 over vmdk", base: "vmdk", make: overBase("vmdk")},
 	{name: "qcow2 over vdi", base: "vdi", make: overBase("vdi")},
