@@ -17,7 +17,9 @@ import (
 func init() { register(newMapCmd) }
 
 // errMapUnmappable is what qemu-img map says of a data run it cannot
-// show in its table (compressed clusters have no offset).
+// show in its table (compressed clusters have no offset), in its words.
+//
+//lint:ignore ST1005 qemu-img's message, word for word
 var errMapUnmappable = errors.New("File contains external, encrypted or compressed clusters.")
 
 func newMapCmd(e *env) *cobra.Command {
