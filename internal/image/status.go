@@ -102,13 +102,56 @@ func LayerStatusOf(dev blockdev.Device, off, n int64) (Status, error) {
 		return Status{}, fmt.Errorf("image: no extents at %d", off)
 	}
 	e := es[0]
-	st := Status{Len: min(e.Len, n), Allocated: true}
-	if e.Flags&blockdev.ExtentZero != 0 {
-		st.Zero = true
-	} else {
-		st.Data = true
+	// A raw layer decides every byte: a hole of its storage reads as
+	// zeroes, allocated bytes are data (zero too when the device knows
+	// they are), as qemu's file driver says.
+	return Status{
+		Len:       min(e.Len, n),
+		Allocated: true,
+		Data:      e.Flags&blockdev.ExtentHole == 0,
+		Zero:      e.Flags&blockdev.ExtentZero != 0,
+	}, nil
+}
+
+// FileExtenter is a File that knows its own holes (a local file:
+// SEEK_DATA and SEEK_HOLE). Extents describes [off, off+n) of the file,
+// within its length, as blockdev.Extenter does.
+type FileExtenter interface {
+	Extents(off, n int64) ([]blockdev.Extent, error)
+}
+
+// refine narrows a layer's data run that asked for it (Recurse) by the
+// holes of the file that holds it, as qemu does for BDRV_BLOCK_RECURSE:
+// a run past the file's end, or over a hole that runs to the end, reads
+// as zeroes; otherwise the run stops where the file's first extent does
+// and is zero when that extent is a hole. Errors only leave st as it is:
+// this is extra information, as qemu treats it.
+func refine(st Status) Status {
+	fe, ok := st.File.(FileExtenter)
+	if !ok || !st.Data || st.Zero {
+		return st
 	}
-	return st, nil
+	size, err := st.File.Size()
+	if err != nil {
+		return st
+	}
+	if st.Offset >= size {
+		st.Zero = true
+		return st
+	}
+	es, err := fe.Extents(st.Offset, min(st.Len, size-st.Offset))
+	if err != nil || len(es) == 0 || es[0].Off != st.Offset || es[0].Len <= 0 {
+		return st
+	}
+	e := es[0]
+	hole := e.Flags&blockdev.ExtentZero != 0
+	if hole && st.Offset+e.Len >= size {
+		st.Zero = true
+		return st
+	}
+	st.Len = min(st.Len, e.Len)
+	st.Zero = hole
+	return st
 }
 
 // backingOf returns dev's backing device, nil when it has none.
@@ -129,6 +172,9 @@ func StatusAt(dev blockdev.Device, off, n int64) (MapEntry, error) {
 		if err != nil {
 			return MapEntry{}, err
 		}
+		if st.Recurse && st.File != nil {
+			st = refine(st)
+		}
 		n = st.Len
 		if !st.Allocated {
 			b := backingOf(dev)
@@ -144,15 +190,23 @@ func StatusAt(dev blockdev.Device, off, n int64) (MapEntry, error) {
 		e := MapEntry{Start: off, Length: n, Depth: depth, Present: st.Allocated, Zero: st.Zero, Data: st.Data, Compressed: st.Compressed}
 		if _, ok := dev.(Layer); !ok {
 			// A raw layer: its bytes are at their own offsets.
-			e.HasOffset, e.Offset = true, off
-			if p, ok := dev.(interface{ Path() string }); ok {
-				e.File = p.Path()
-			}
+			e.HasOffset, e.Offset, e.File = true, off, deviceName(dev)
 		} else if st.File != nil {
 			e.HasOffset, e.Offset, e.File = true, st.Offset, st.File.Name()
 		}
 		return e, nil
 	}
+}
+
+// deviceName names the file of a raw layer: its path, or its Name.
+func deviceName(dev blockdev.Device) string {
+	switch d := dev.(type) {
+	case interface{ Path() string }:
+		return d.Path()
+	case interface{ Name() string }:
+		return d.Name()
+	}
+	return ""
 }
 
 // AllocatedAbove reports whether the run of top at off (no longer than
@@ -191,6 +245,9 @@ func mergeable(cur, next MapEntry) bool {
 	return !cur.HasOffset || cur.Offset+cur.Length == next.Offset
 }
 
+// mapProbe is the most Map asks of a chain at once, as qemu-img map.
+const mapProbe = 1 << 30
+
 // Map calls fn for each entry of dev's map over [off, off+n), adjacent
 // runs merged as qemu-img map merges them.
 func Map(dev blockdev.Device, off, n int64, fn func(MapEntry) error) error {
@@ -199,7 +256,8 @@ func Map(dev blockdev.Device, off, n int64, fn func(MapEntry) error) error {
 	}
 	var cur MapEntry
 	for end := off + n; off < end; {
-		e, err := StatusAt(dev, off, end-off)
+		// qemu-img map asks about at most 1 GiB at a time.
+		e, err := StatusAt(dev, off, min(end-off, mapProbe))
 		if err != nil {
 			return err
 		}

@@ -108,11 +108,12 @@ type LocalFile struct {
 }
 
 var (
-	_ File       = (*LocalFile)(nil)
-	_ Puncher    = (*LocalFile)(nil)
-	_ Allocated  = (*LocalFile)(nil)
-	_ Identified = (*LocalFile)(nil)
-	_ RawFile    = (*LocalFile)(nil)
+	_ File         = (*LocalFile)(nil)
+	_ Puncher      = (*LocalFile)(nil)
+	_ Allocated    = (*LocalFile)(nil)
+	_ Identified   = (*LocalFile)(nil)
+	_ RawFile      = (*LocalFile)(nil)
+	_ FileExtenter = (*LocalFile)(nil)
 )
 
 // LocalOptions say how OpenLocal opens a file.
@@ -245,6 +246,24 @@ func (f *LocalFile) Allocated() int64 {
 		return s.Blocks * 512
 	}
 	return st.Size()
+}
+
+// Extents describes the file's bytes in [off, off+n): its holes (from
+// SEEK_DATA and SEEK_HOLE) as blockdev.ExtentHole|ExtentZero, the rest
+// as data; a block device, or a filesystem without SEEK_DATA, is all
+// data. Formats' block status asks it where qemu asks the file driver.
+func (f *LocalFile) Extents(off, n int64) ([]blockdev.Extent, error) {
+	if off < 0 || n < 0 {
+		return nil, fmt.Errorf("extents of %s at %d, %d bytes: %w", f.Name(), off, n, blockdev.ErrOutOfRange)
+	}
+	if f.bf.IsBlockDevice() {
+		return []blockdev.Extent{{Off: off, Len: n}}, nil
+	}
+	var out []blockdev.Extent
+	blockdev.FileExtents(f.bf.OS(), off, n, off, func(o, l int64, fl blockdev.ExtentFlags) {
+		out = blockdev.AppendExtent(out, o, l, fl)
+	})
+	return out, nil
 }
 
 // Identity is the file's device and inode.

@@ -35,6 +35,7 @@ func init() {
 // Image is an open ISO image.
 type Image struct {
 	f        blockdev.Device
+	file     image.File // the file f serves, named in block status
 	fileSize int64
 	size     int64
 	vol      *Volume
@@ -45,6 +46,7 @@ var (
 	_ blockdev.Device    = (*Image)(nil)
 	_ blockdev.Extenter  = (*Image)(nil)
 	_ blockdev.Describer = (*Image)(nil)
+	_ image.Layer        = (*Image)(nil)
 )
 
 // Open opens the ISO image in f, read-only whatever opt.ReadOnly says. On
@@ -62,7 +64,7 @@ func Open(f image.File, opt image.OpenOptions) (*Image, error) {
 	if err != nil {
 		return nil, fmt.Errorf("iso: %w", err)
 	}
-	return &Image{f: dev, fileSize: fsize, size: (fsize + BlockSize - 1) &^ (BlockSize - 1), vol: vol}, nil
+	return &Image{f: dev, file: f, fileSize: fsize, size: (fsize + BlockSize - 1) &^ (BlockSize - 1), vol: vol}, nil
 }
 
 // Volume returns what the primary volume descriptor says.
@@ -167,3 +169,28 @@ func Check(f image.File, opt image.CheckOptions) (*image.CheckResult, error) {
 	r.TotalClusters, r.AllocatedClusters = vol.Blocks, vol.Blocks
 	return r, nil
 }
+
+// LayerStatus describes the run at off as qemu describes an ISO file,
+// which it opens as raw: every byte is the file's own, at its own offset,
+// holes (and the padding past the file's end) reading as zeroes.
+func (img *Image) LayerStatus(off, n int64) (image.Status, error) {
+	es, err := img.Extents(off, n)
+	if err != nil {
+		return image.Status{}, err
+	}
+	if len(es) == 0 || es[0].Off != off || es[0].Len <= 0 {
+		return image.Status{}, fmt.Errorf("iso: no extents at %d", off)
+	}
+	e := es[0]
+	return image.Status{
+		Len:       min(e.Len, n),
+		Allocated: true,
+		Data:      e.Flags&blockdev.ExtentHole == 0,
+		Zero:      e.Flags&blockdev.ExtentZero != 0,
+		File:      img.file,
+		Offset:    off,
+	}, nil
+}
+
+// BackingDevice is nil: an ISO image names no other file.
+func (img *Image) BackingDevice() blockdev.Device { return nil }

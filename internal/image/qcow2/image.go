@@ -62,6 +62,8 @@ type Image struct {
 	fileEnd       int64                   // bytes: max(file size, end of every allocated cluster)
 	markedDirty   bool                    // the header's dirty bit is set by us
 	zNext         int64                   // where the next compressed cluster may go (0: nowhere yet)
+	preallocKnown bool                    // prealloc was decided (status.go)
+	prealloc      bool                    // the image looks preallocated with metadata (status.go)
 }
 
 var (
