@@ -48,7 +48,10 @@ preallocation, backing_file).`,
 			if err != nil {
 				return fmt.Errorf("measure: %w", err)
 			}
-			mo := imageops.MeasureOptions{Format: dstFormat, Options: fopts}
+			mo := imageops.MeasureOptions{Format: dstFormat, Options: fopts,
+				Empty: func(format string, size int64, opts map[string]string) (int64, int64, error) {
+					return stack.EmptyImage(cmd.Context(), format, size, opts)
+				}}
 			var m imageops.Measurement
 			if len(args) == 1 {
 				d, err := stack.Open(cmd.Context(), args[0], stack.Options{Format: srcFormat, ReadOnly: true, BackingDirs: backingDirs, Log: e.log})

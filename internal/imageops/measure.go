@@ -36,6 +36,11 @@ type MeasureOptions struct {
 	Options map[string]string
 	// Size is the disk size without a source.
 	Size int64
+	// Empty makes an empty image of a format, size and options and says
+	// the size of its file and of its disk (stack.EmptyImage): the fixed
+	// part of the layout of the formats qemu-img cannot measure (vdi,
+	// vhd, vhdx), to which measure adds the blocks.
+	Empty func(format string, size int64, opts map[string]string) (fileSize, diskSize int64, err error)
 }
 
 // Measure says how large an image of o.Format would be that holds src's
@@ -60,8 +65,14 @@ func Measure(src blockdev.Device, srcQcow2 bool, o MeasureOptions) (Measurement,
 		m, err = measureRaw(src, opts, o.Size)
 	case "qcow2":
 		m, err = measureQcow2(src, srcQcow2, opts, o.Size)
+	case "vdi", "vhd", "vhdx":
+		if o.Empty == nil {
+			return m, fmt.Errorf("measure: %s: no way to lay out an empty image", f)
+		}
+		m, err = measureBlocks(src, f, opts, o.Size, o.Empty)
+		clear(opts)
 	default:
-		return m, fmt.Errorf("measure: %s: not a format vdisk measures (qcow2 and raw are)", f)
+		return m, fmt.Errorf("measure: %s: not a format vdisk measures (qcow2, raw, vdi, vhd and vhdx are)", f)
 	}
 	if err != nil {
 		return m, err
@@ -82,6 +93,59 @@ func measureRaw(src blockdev.Device, opts map[string]string, size int64) (Measur
 		n = src.Size()
 	}
 	return Measurement{Required: n, FullyAllocated: n}, nil
+}
+
+// measureBlocks measures the formats that store a disk as a header and a
+// table (the empty image) followed by whole blocks, each allocated on
+// the first write into it: vdi (1 MiB blocks), dynamic vhd (2 MiB
+// blocks, each after its 512-byte sector bitmap) and vhdx (32 MiB blocks). Required counts the
+// blocks the source's block status says hold data; a static vdi or a
+// fixed vhd is all allocated when made.
+func measureBlocks(src blockdev.Device, format string, opts map[string]string, size int64, empty func(string, int64, map[string]string) (int64, int64, error)) (Measurement, error) {
+	var m Measurement
+	if src != nil {
+		size = src.Size()
+	}
+	fileSize, diskSize, err := empty(format, size, opts)
+	if err != nil {
+		return m, fmt.Errorf("measure: %w", err)
+	}
+	var bs, perBlock int64
+	switch {
+	case format == "vdi" && (opts["static"] == "on" || opts["static"] == "true" || opts["subformat"] == "static"),
+		format == "vhd" && opts["subformat"] == "fixed",
+		format == "vhdx" && opts["subformat"] == "fixed":
+		return Measurement{Required: fileSize, FullyAllocated: fileSize}, nil
+	case format == "vdi":
+		bs, perBlock = 1<<20, 1<<20
+	case format == "vhdx":
+		bs, perBlock = 32<<20, 32<<20
+	default:
+		bs = 2 << 20
+		perBlock = bs + roundUp(bs/512/8, 512)
+	}
+	blocks := divRoundUp(diskSize, bs)
+	m.FullyAllocated = fileSize + blocks*perBlock
+	m.Required = fileSize
+	if src == nil {
+		return m, nil
+	}
+	ssize := src.Size()
+	for blk := int64(0); blk*bs < ssize; blk++ {
+		end := min((blk+1)*bs, ssize)
+		for off := blk * bs; off < end; {
+			e, err := image.StatusAt(src, off, end-off)
+			if err != nil {
+				return m, fmt.Errorf("measure: block status at %d: %w", off, err)
+			}
+			if !e.Zero && e.Present && e.Data {
+				m.Required += perBlock
+				break
+			}
+			off += e.Length
+		}
+	}
+	return m, nil
 }
 
 // qcow2 options and their defaults, as qemu's qcow2 driver has them.
