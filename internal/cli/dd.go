@@ -49,7 +49,7 @@ seek*bs bytes larger. Numbers take the suffixes k, M, G, T, P, E (powers of
 				num := func(what string) (int64, error) {
 					n, err := imageops.ParseSize(v)
 					if err != nil {
-						return 0, fmt.Errorf("dd: Invalid %s specified: '%s'. You may use k, M, G, T, P or E suffixes.", what, v)
+						return 0, fmt.Errorf("dd: Invalid %s specified: '%s'. you may use k, M, G, T, P or E suffixes", what, v)
 					}
 					return n, nil
 				}
@@ -62,7 +62,7 @@ seek*bs bytes larger. Numbers take the suffixes k, M, G, T, P, E (powers of
 				case "bs":
 					o.BS, err = num("bs")
 					if err == nil && (o.BS < 1 || o.BS > 1<<31-1) {
-						err = fmt.Errorf("dd: Invalid bs specified. Must be between 1 and %d.", 1<<31-1)
+						err = fmt.Errorf("dd: Invalid bs specified. Must be between 1 and %d", 1<<31-1)
 					}
 				case "count":
 					o.Count, err = num("count")

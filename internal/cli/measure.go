@@ -39,10 +39,10 @@ preallocation, backing_file).`,
 				return fmt.Errorf("measure: --output must be used with human or json as argument")
 			}
 			if len(args) == 0 && size == "" {
-				return errors.New("measure: Either --size N or one filename must be specified.")
+				return errors.New("measure: Either --size N or one filename must be specified")
 			}
 			if len(args) == 1 && size != "" {
-				return errors.New("measure: --size N cannot be used together with a filename.")
+				return errors.New("measure: --size N cannot be used together with a filename")
 			}
 			fopts, err := parseOptions(options)
 			if err != nil {

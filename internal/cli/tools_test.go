@@ -73,8 +73,8 @@ func TestMeasureCommand(t *testing.T) {
 		{[]string{"--size", "1000"}, 0, "required size: 1024\nfully allocated size: 1024\n", ""},
 		{[]string{"-O", "qcow2", "--output=json", "--size", "1G"}, 0, "{\n    \"required\": 393216,\n    \"fully-allocated\": 1074135040\n}\n", ""},
 		{[]string{img}, 0, "required size: 4194304\nfully allocated size: 4194304\n", ""},
-		{[]string{}, 1, "", "Either --size N or one filename must be specified."},
-		{[]string{"--size", "1G", img}, 1, "", "--size N cannot be used together with a filename."},
+		{[]string{}, 1, "", "Either --size N or one filename must be specified"},
+		{[]string{"--size", "1G", img}, 1, "", "--size N cannot be used together with a filename"},
 		{[]string{"-O", "vmdk", "--size", "1G"}, 1, "", "not a format vdisk measures"},
 	} {
 		code, out, errs := run(t, append([]string{"measure"}, tc.args...)...)

@@ -39,7 +39,7 @@ type DDPlan struct {
 // output moved Seek blocks on.
 func PlanDD(inSize int64, o DDOptions) (DDPlan, error) {
 	if o.BS < 1 || o.BS > math.MaxInt32 {
-		return DDPlan{}, fmt.Errorf("Invalid bs specified. Must be between 1 and %d.", math.MaxInt32)
+		return DDPlan{}, fmt.Errorf("bs=%d: must be between 1 and %d", o.BS, math.MaxInt32)
 	}
 	if o.Count < 0 || o.Skip < 0 || o.Seek < 0 {
 		return DDPlan{}, fmt.Errorf("dd: negative count, skip or seek")
