@@ -1,6 +1,7 @@
 package imageops
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -343,9 +344,12 @@ func (c *comparer) run(a, b Image, p piece, bufA, bufB []byte) {
 // firstDifferentSector returns the start of the first sector of a and b
 // (of equal length) that differs, or -1.
 func firstDifferentSector(a, b []byte) int64 {
+	if bytes.Equal(a, b) {
+		return -1
+	}
 	for i := 0; i < len(a); i += sector {
 		end := min(i+sector, len(a))
-		if string(a[i:end]) != string(b[i:end]) {
+		if !bytes.Equal(a[i:end], b[i:end]) {
 			return int64(i)
 		}
 	}
