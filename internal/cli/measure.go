@@ -27,7 +27,12 @@ of N bytes) and "fully allocated size" with every cluster allocated, with
 qemu-img measure's numbers. A qcow2 target from a qcow2 source also prints
 "bitmaps size" (persistent bitmaps are not carried: 0). -o takes the target's
 creation options (qcow2: cluster_size, refcount_bits, extended_l2, compat,
-preallocation, backing_file).`,
+preallocation, backing_file).
+
+For vdi, vhd, vhdx and vmdk (monolithicSparse), which qemu-img cannot
+measure, the numbers are those of the files vdisk create and convert write:
+the empty image's header and tables, plus each block (vdi 1 MiB, vhd 2 MiB
+and its bitmap, vhdx 32 MiB, vmdk 64 KiB grains) that holds data in IMAGE.`,
 		Example: `  vdisk measure -O qcow2 disk.img
   vdisk measure -O qcow2 -o cluster_size=2M --size 100G --output=json`,
 		Args: cobra.MaximumNArgs(1),

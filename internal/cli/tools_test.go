@@ -75,7 +75,7 @@ func TestMeasureCommand(t *testing.T) {
 		{[]string{img}, 0, "required size: 4194304\nfully allocated size: 4194304\n", ""},
 		{[]string{}, 1, "", "Either --size N or one filename must be specified"},
 		{[]string{"--size", "1G", img}, 1, "", "--size N cannot be used together with a filename"},
-		{[]string{"-O", "vmdk", "--size", "1G"}, 1, "", "not a format vdisk measures"},
+		{[]string{"-O", "iso", "--size", "1G"}, 1, "", "not a format vdisk measures"},
 	} {
 		code, out, errs := run(t, append([]string{"measure"}, tc.args...)...)
 		if code != tc.code || out != tc.stdout || !strings.Contains(errs, tc.errs) {

@@ -306,10 +306,11 @@ func jsonField(s, name string) string {
 	return rest[:end]
 }
 
-// TestToolsMeasureOwnFormats: for vdi, vhd and vhdx, which qemu-img cannot
-// measure, vdisk measure's required size is the size of the file vdisk
-// convert writes (sparse), and its fully allocated size that of the file
-// convert writes from a source that is data everywhere, to the byte.
+// TestToolsMeasureOwnFormats: for vdi, vhd, vhdx and vmdk, which qemu-img
+// cannot measure, vdisk measure's required size is the size of the file
+// vdisk convert writes (sparse; at least that from a raw file), and its
+// fully allocated size that of the file convert writes from a source that
+// is data everywhere, to the byte.
 func TestToolsMeasureOwnFormats(t *testing.T) {
 	e := newEnv(t)
 	toolImages(t, e.dir)
@@ -320,14 +321,24 @@ func TestToolsMeasureOwnFormats(t *testing.T) {
 		}
 		return fi.Size()
 	}
-	for _, f := range []string{"vdi", "vhd", "vhdx"} {
+	for _, f := range []string{"vdi", "vhd", "vhdx", "vmdk"} {
 		for _, src := range []string{"top.qcow2", "flat.raw", "comp.qcow2", "big.raw", "snap.qcow2"} {
 			m := e.must("measure", "--output=json", "-O", f, filepath.Join(e.dir, src))
 			req, full := jsonField(m, "required"), jsonField(m, "fully-allocated")
 			out := filepath.Join(e.dir, src+"."+f)
 			e.must("convert", "-O", f, filepath.Join(e.dir, src), out)
-			if got := fmt.Sprint(size(out)); got != req {
-				t.Errorf("%s from %s: measure says %s required, convert wrote %s bytes", f, src, req, got)
+			got := size(out)
+			switch {
+			case strings.HasSuffix(src, ".raw"):
+				// A raw file's data extents (the file system's, 4 KiB
+				// blocks) may hold zeroes that convert does not write:
+				// measure, by block status as qemu-img's is, may count
+				// a block more than convert allocates, never less.
+				if got > toolNum(t, req) {
+					t.Errorf("%s from %s: measure says %s required, convert wrote %d bytes", f, src, req, got)
+				}
+			case fmt.Sprint(got) != req:
+				t.Errorf("%s from %s: measure says %s required, convert wrote %d bytes", f, src, req, got)
 			}
 			if r, fa := toolNum(t, req), toolNum(t, full); r > fa {
 				t.Errorf("%s from %s: required %s, more than fully allocated %s", f, src, req, full)

@@ -39,7 +39,7 @@ type MeasureOptions struct {
 	// Empty makes an empty image of a format, size and options and says
 	// the size of its file and of its disk (stack.EmptyImage): the fixed
 	// part of the layout of the formats qemu-img cannot measure (vdi,
-	// vhd, vhdx), to which measure adds the blocks.
+	// vhd, vhdx, vmdk), to which measure adds the blocks.
 	Empty func(format string, size int64, opts map[string]string) (fileSize, diskSize int64, err error)
 }
 
@@ -65,14 +65,14 @@ func Measure(src blockdev.Device, srcQcow2 bool, o MeasureOptions) (Measurement,
 		m, err = measureRaw(src, opts, o.Size)
 	case "qcow2":
 		m, err = measureQcow2(src, srcQcow2, opts, o.Size)
-	case "vdi", "vhd", "vhdx":
+	case "vdi", "vhd", "vhdx", "vmdk":
 		if o.Empty == nil {
 			return m, fmt.Errorf("measure: %s: no way to lay out an empty image", f)
 		}
 		m, err = measureBlocks(src, f, opts, o.Size, o.Empty)
 		clear(opts)
 	default:
-		return m, fmt.Errorf("measure: %s: not a format vdisk measures (qcow2, raw, vdi, vhd and vhdx are)", f)
+		return m, fmt.Errorf("measure: %s: not a format vdisk measures (qcow2, raw, vdi, vhd, vhdx and vmdk are)", f)
 	}
 	if err != nil {
 		return m, err
@@ -98,7 +98,9 @@ func measureRaw(src blockdev.Device, opts map[string]string, size int64) (Measur
 // measureBlocks measures the formats that store a disk as a header and a
 // table (the empty image) followed by whole blocks, each allocated on
 // the first write into it: vdi (1 MiB blocks), dynamic vhd (2 MiB
-// blocks, each after its 512-byte sector bitmap) and vhdx (32 MiB blocks). Required counts the
+// blocks, each after its 512-byte sector bitmap), vhdx (32 MiB blocks)
+// and monolithicSparse vmdk (64 KiB grains; its grain tables are all made
+// with the image). Required counts the
 // blocks the source's block status says hold data; a static vdi or a
 // fixed vhd is all allocated when made.
 func measureBlocks(src blockdev.Device, format string, opts map[string]string, size int64, empty func(string, int64, map[string]string) (int64, int64, error)) (Measurement, error) {
@@ -120,6 +122,11 @@ func measureBlocks(src blockdev.Device, format string, opts map[string]string, s
 		bs, perBlock = 1<<20, 1<<20
 	case format == "vhdx":
 		bs, perBlock = 32<<20, 32<<20
+	case format == "vmdk":
+		if sf := opts["subformat"]; sf != "" && sf != "monolithicSparse" {
+			return m, fmt.Errorf("measure: vmdk: subformat %s: only monolithicSparse is measured", sf)
+		}
+		bs, perBlock = 64<<10, 64<<10
 	default:
 		bs = 2 << 20
 		perBlock = bs + roundUp(bs/512/8, 512)
