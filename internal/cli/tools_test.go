@@ -54,6 +54,10 @@ func TestCompareCommand(t *testing.T) {
 			t.Errorf("compare %v: stderr %q", tc.args, errs)
 		}
 	}
+	// -p: the bar on stderr, the verdict on stdout as without it.
+	if code, out, errs := run(t, "compare", "-p", a, big); code != 0 || out != "Warning: Image size mismatch!\nImages are identical.\n" || !strings.Contains(errs, "compare") {
+		t.Errorf("compare -p: exit %d %q %q", code, out, errs)
+	}
 	code, out, _ := run(t, "compare", "--json", a, c)
 	if code != 1 || !strings.Contains(out, `"offset": 3146752`) || !strings.Contains(out, `"result": "content-mismatch"`) {
 		t.Errorf("compare --json: exit %d %s", code, out)
