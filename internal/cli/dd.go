@@ -9,6 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"vdisk/internal/blockdev"
 	"vdisk/internal/imageops"
 	"vdisk/internal/stack"
 )
@@ -120,6 +121,13 @@ func runDD(cmd *cobra.Command, e *env, in, out, srcFormat, dstFormat string, dst
 	created := false
 	if !(exists && hasSeek) {
 		if exists {
+			// An image in use (a file of the input's chain, or open
+			// elsewhere) holds its lock: refuse as qemu-img does.
+			if d, err := stack.Open(ctx, out, stack.Options{NoBacking: true, KeepEncrypted: true, Log: e.log}); err == nil {
+				d.Device.Close()
+			} else if errors.Is(err, blockdev.ErrLocked) {
+				return fmt.Errorf("dd: %s is in use (by the input's backing chain, or another process): %w", out, err)
+			}
 			// qemu-img dd makes its output anew.
 			if err := stack.Remove(out, stack.S3Options{}); err != nil {
 				return fmt.Errorf("dd: replace %s: %w", out, err)

@@ -94,6 +94,12 @@ func TestDDCommand(t *testing.T) {
 	dir := t.TempDir()
 	in, out := filepath.Join(dir, "in.img"), filepath.Join(dir, "out.img")
 	writeFile(t, in, 4<<20, map[int64]byte{1 << 20: 7, 2<<20 + 5: 8})
+	// A qcow2 over in.img as its backing file: dd from it must not
+	// replace its own backing file.
+	base, top := in, filepath.Join(dir, "top.qcow2")
+	if code, _, errs := run(t, "create", "-f", "qcow2", "-b", "in.img", "-F", "raw", top); code != 0 {
+		t.Fatalf("create: %s", errs)
+	}
 	if code, _, errs := run(t, "dd", "if="+in, "of="+out, "bs=1M", "skip=1", "count=3"); code != 0 {
 		t.Fatalf("dd: %d %s", code, errs)
 	}
@@ -123,6 +129,7 @@ func TestDDCommand(t *testing.T) {
 		{[]string{"if=" + in, "of=" + out, "count=x"}, "Invalid count specified"},
 		{[]string{"if=" + in, "of=" + out, "conv=notrunc"}, "unrecognized operand conv"},
 		{[]string{"if=" + in, "of=" + in}, "same file"},
+		{[]string{"if=" + top, "of=" + base}, "in use"},
 		{[]string{"if=" + in, "of=" + out, "bs=1M", "seek=100"}, "too small"},
 	} {
 		code, _, errs := run(t, append([]string{"dd"}, tc.args...)...)
