@@ -18,7 +18,7 @@ import (
 // toolImages makes the images the tools tests share, with qemu-img and
 // qemu-io, in dir: a qcow2 chain of three (data, overwrites and zero
 // clusters in each layer), its raw copy (sparse), a compressed qcow2, a
-// qcow2 with internal snapshots, vmdk/vdi/vhdx copies, and raw copies
+// qcow2 with internal snapshots, vmdk/vdi/vhdx/vhd copies, and raw copies
 // that differ at chosen offsets or in size.
 func toolImages(t *testing.T, dir string) {
 	t.Helper()
@@ -53,7 +53,7 @@ func toolImages(t *testing.T, dir string) {
 	io("snap.qcow2", "write -P 0x41 2M 64k")
 	q("qemu-img", "snapshot", "-c", "s2", "snap.qcow2")
 	io("snap.qcow2", "write -z 2M 64k")
-	for _, f := range []string{"vmdk", "vdi", "vhdx"} {
+	for _, f := range []string{"vmdk", "vdi", "vhdx", "vpc"} {
 		q("qemu-img", "convert", "-O", f, "top.qcow2", "top."+f)
 	}
 	// Raw copies that differ from flat.raw at one byte each.
@@ -134,6 +134,11 @@ func TestToolsCompareLikeQemu(t *testing.T) {
 		{"-s", "top.qcow2", "comp.qcow2"},
 		{"-s", "flat.raw", "diff0.raw"},
 		{"-f", "qcow2", "-F", "raw", "top.qcow2", "flat.raw"},
+		{"top.qcow2", "top.vpc"},
+		{"-s", "top.qcow2", "top.vpc"},
+		{"-s", "top.qcow2", "top.vmdk"},
+		{"-s", "top.vdi", "top.vmdk"},
+		{"-s", "top.qcow2", "top.vhdx"},
 		{"top.qcow2", "missing.qcow2"},
 	}
 	for _, off := range []int64{0, 1000000, 5<<20 + 7, 8<<20 - 1} {
