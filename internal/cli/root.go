@@ -81,6 +81,9 @@ func register(c func(*env) *cobra.Command) { constructors = append(constructors,
 type exitError struct {
 	code int
 	err  error
+	// quiet says the command has printed all it has to say (as qemu-img
+	// compare does): Main prints nothing more.
+	quiet bool
 }
 
 func (e *exitError) Error() string { return e.err.Error() }
@@ -181,6 +184,10 @@ func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io
 	err := root.ExecuteContext(ctx)
 	if err == nil {
 		return 0
+	}
+	var quiet *exitError
+	if errors.As(err, &quiet) && quiet.quiet {
+		return quiet.code
 	}
 	msg := err.Error()
 	if !strings.HasPrefix(msg, "vdisk") {
