@@ -45,6 +45,9 @@ type FileOptions struct {
 	// value is CacheWriteback. CacheNone and CacheDirectSync fail on a
 	// file system without O_DIRECT.
 	Cache CacheMode
+	// AIO is how reads, writes and flushes are issued; the zero value is
+	// AIOThreads. AIOIOUring fails where io_uring is missing or forbidden.
+	AIO AIOMode
 }
 
 // File is a Device over a raw image: a regular file or a block device.
@@ -68,6 +71,7 @@ type File struct {
 	info  Info
 
 	cache    CacheMode
+	ring     *fileRing // --aio=io_uring; nil for threads
 	rc       syscall.RawConn
 	align    int64 // direct I/O offset alignment; 0 when not direct
 	memAlign int   // direct I/O memory alignment
@@ -151,7 +155,7 @@ func createFile(path string, opt FileOptions) (*File, error) {
 	if err := syscall.Fstat(fd, &st); err != nil {
 		return fail(fmt.Errorf("create %s: stat: %w", path, err))
 	}
-	dio, err := directSetup(fd, path, opt.Cache, false)
+	dio, err := directSetup(fd, path, opt.Cache, opt.AIO, false)
 	if err != nil {
 		return fail(err)
 	}
@@ -236,7 +240,7 @@ func setupFile(fd int, path string, opt FileOptions) (*File, error) {
 			return nil, err
 		}
 	}
-	dio, err := directSetup(fd, path, opt.Cache, block)
+	dio, err := directSetup(fd, path, opt.Cache, opt.AIO, block)
 	if err != nil {
 		return nil, err
 	}

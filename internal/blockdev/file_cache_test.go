@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"testing"
 
 	"vdisk/internal/blockdev"
@@ -19,10 +20,17 @@ import (
 
 // openCached creates a File of size bytes in mode, at the given forced
 // direct alignment (0: the file system's).
-func openCached(t *testing.T, size int64, mode blockdev.CacheMode, align int64) *blockdev.File {
+func openCached(t *testing.T, size int64, mode blockdev.CacheMode, align int64, aio ...blockdev.AIOMode) *blockdev.File {
 	t.Helper()
-	f, err := blockdev.OpenFile(filepath.Join(t.TempDir(), "disk.img"), blockdev.FileOptions{Create: true, Size: size, Cache: mode})
+	opt := blockdev.FileOptions{Create: true, Size: size, Cache: mode}
+	if len(aio) > 0 {
+		opt.AIO = aio[0]
+	}
+	f, err := blockdev.OpenFile(filepath.Join(t.TempDir(), "disk.img"), opt)
 	if err != nil {
+		if errors.Is(err, syscall.ENOSYS) || errors.Is(err, syscall.EPERM) {
+			t.Skipf("no io_uring here: %v", err)
+		}
 		t.Fatal(err)
 	}
 	if align != 0 {
@@ -37,16 +45,21 @@ func TestConformanceCacheModes(t *testing.T) {
 		mode  blockdev.CacheMode
 		align int64
 		size  int64
+		aio   blockdev.AIOMode
 	}{
-		{"none", blockdev.CacheNone, 0, 0},
-		{"directsync", blockdev.CacheDirectSync, 0, 0},
-		{"unsafe", blockdev.CacheUnsafe, 0, 0},
+		{"none", blockdev.CacheNone, 0, 0, 0},
+		{"directsync", blockdev.CacheDirectSync, 0, 0, 0},
+		{"unsafe", blockdev.CacheUnsafe, 0, 0, 0},
 		// A 4096-byte logical block over a file that ends mid-block.
-		{"none 4096 partial tail", blockdev.CacheNone, 4096, blockdevtest.DefaultSize + 512},
+		{"none 4096 partial tail", blockdev.CacheNone, 4096, blockdevtest.DefaultSize + 512, 0},
+		{"io_uring writeback", blockdev.CacheWriteback, 0, 0, blockdev.AIOIOUring},
+		{"io_uring none", blockdev.CacheNone, 0, 0, blockdev.AIOIOUring},
+		{"io_uring directsync", blockdev.CacheDirectSync, 0, 0, blockdev.AIOIOUring},
+		{"io_uring none 4096 partial tail", blockdev.CacheNone, 4096, blockdevtest.DefaultSize + 512, blockdev.AIOIOUring},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			blockdevtest.RunWith(t, blockdevtest.Options{Size: tc.size}, func(t *testing.T, size int64) blockdev.Device {
-				f := openCached(t, size, tc.mode, tc.align)
+				f := openCached(t, size, tc.mode, tc.align, tc.aio)
 				if tc.mode.Direct() && f.DirectAlign() == 0 {
 					t.Fatalf("cache=%v: no direct I/O", tc.mode)
 				}
@@ -106,13 +119,19 @@ func TestParseCacheMode(t *testing.T) {
 // end up as its writer left it (without the range lock, one writer's
 // read-modify-write puts back another's old bytes).
 func TestDirectUnalignedWriteRace(t *testing.T) {
+	for _, aio := range []blockdev.AIOMode{blockdev.AIOThreads, blockdev.AIOIOUring} {
+		t.Run(aio.String(), func(t *testing.T) { testUnalignedWriteRace(t, aio) })
+	}
+}
+
+func testUnalignedWriteRace(t *testing.T, aio blockdev.AIOMode) {
 	const (
 		span    = 64 << 10 // the interleaved region
 		piece   = 37
 		writers = 8
 		rounds  = 3
 	)
-	f := openCached(t, 1<<20, blockdev.CacheNone, 4096)
+	f := openCached(t, 1<<20, blockdev.CacheNone, 4096, aio)
 	defer f.Close()
 	owner := func(off int) int { return off / piece % writers }
 	want := make([]byte, 1<<20)

@@ -97,18 +97,31 @@ func noDirect(fd int, path string, mode CacheMode, err error) error {
 // directInfo is what directSetup learned of a file opened for direct I/O;
 // the zero value means no direct I/O.
 type directInfo struct {
-	align    int64 // offsets and lengths must be multiples of it
-	memAlign int   // memory addresses must be multiples of it
-	flen     int64 // a regular file's length; MaxInt64 for a device
+	align    int64     // offsets and lengths must be multiples of it
+	memAlign int       // memory addresses must be multiples of it
+	flen     int64     // a regular file's length; MaxInt64 for a device
+	ring     *fileRing // --aio=io_uring
 }
 
 // directSetup sets O_DIRECT on fd when mode wants it and learns the
 // alignment direct I/O needs. It runs before the File is made, so that a
 // failure leaves fd to the caller alone.
-func directSetup(fd int, path string, mode CacheMode, block bool) (directInfo, error) {
-	if mode > CacheUnsafe {
-		return directInfo{}, fmt.Errorf("open %s: %v", path, mode)
+func directSetup(fd int, path string, mode CacheMode, aio AIOMode, block bool) (directInfo, error) {
+	if mode > CacheUnsafe || aio > AIOIOUring {
+		return directInfo{}, fmt.Errorf("open %s: cache %v, aio %v", path, mode, aio)
 	}
+	d, err := directFlags(fd, path, mode, block)
+	if err != nil || aio != AIOIOUring {
+		return d, err
+	}
+	if d.ring, err = newFileRing(fd); err != nil {
+		return directInfo{}, fmt.Errorf("open %s with --aio=io_uring: %w; use --aio=threads", path, err)
+	}
+	return d, nil
+}
+
+// directFlags sets O_DIRECT when mode wants it and learns its alignment.
+func directFlags(fd int, path string, mode CacheMode, block bool) (directInfo, error) {
 	if !mode.Direct() {
 		return directInfo{}, nil
 	}
@@ -155,6 +168,7 @@ func directSetup(fd int, path string, mode CacheMode, block bool) (directInfo, e
 // applyCache sets the new File's cache mode and direct I/O state.
 func (f *File) applyCache(mode CacheMode, d directInfo) {
 	f.cache = mode
+	f.ring = d.ring
 	if d.align == 0 {
 		return
 	}
@@ -167,6 +181,14 @@ func (f *File) applyCache(mode CacheMode, d directInfo) {
 
 // Cache returns the File's cache mode.
 func (f *File) Cache() CacheMode { return f.cache }
+
+// AIO returns the File's I/O mode.
+func (f *File) AIO() AIOMode {
+	if f.ring != nil {
+		return AIOIOUring
+	}
+	return AIOThreads
+}
 
 // DirectAlign returns the alignment of offsets and lengths that direct I/O
 // takes without a bounce buffer, 0 when the File is not direct.
@@ -190,6 +212,9 @@ func (f *File) withFd(fn func(fd int) (int, error)) (int, error) {
 
 // rawRead is one pread of b at off.
 func (f *File) rawRead(b []byte, off int64) (int, error) {
+	if f.ring != nil {
+		return f.ring.rw(false, false, b, off)
+	}
 	return f.withFd(func(fd int) (int, error) {
 		for {
 			n, err := unix.Pread(fd, b, off)
@@ -203,6 +228,9 @@ func (f *File) rawRead(b []byte, off int64) (int, error) {
 // rawWrite is one pwrite of b at off (with RWF_DSYNC under
 // CacheDirectSync).
 func (f *File) rawWrite(b []byte, off int64) (int, error) {
+	if f.ring != nil {
+		return f.ring.rw(true, f.cache == CacheDirectSync, b, off)
+	}
 	return f.withFd(func(fd int) (int, error) {
 		for {
 			var n int
@@ -261,6 +289,8 @@ func (f *File) readAt(p []byte, off int64) (int, error) {
 	switch {
 	case f.align != 0:
 		return f.readDirect(p, off)
+	case f.ring != nil:
+		return f.readFull(p, off)
 	}
 	return f.f.ReadAt(p, off)
 }
@@ -270,6 +300,8 @@ func (f *File) writeAt(p []byte, off int64) (int, error) {
 	switch {
 	case f.align != 0:
 		return f.writeDirect(p, off)
+	case f.ring != nil:
+		return f.writeFull(p, off)
 	}
 	return f.f.WriteAt(p, off)
 }

@@ -91,7 +91,12 @@ func (f *File) Flush() error {
 }
 
 func (f *File) datasync() error {
-	err := f.control(func(fd int) error { return syscall.Fdatasync(fd) })
+	var err error
+	if f.ring != nil {
+		err = f.ring.datasync()
+	} else {
+		err = f.control(func(fd int) error { return syscall.Fdatasync(fd) })
+	}
 	if err != nil {
 		return f.ioErr("flush", 0, f.Size(), err)
 	}
@@ -120,6 +125,9 @@ func (f *File) Close() error {
 	var ferr error
 	if !f.ro {
 		ferr = f.datasync()
+	}
+	if f.ring != nil {
+		f.ring.close()
 	}
 	if err := f.f.Close(); err != nil && ferr == nil {
 		ferr = fmt.Errorf("close %s: %w", f.path, err)
