@@ -68,7 +68,6 @@ func TestNewRingBounds(t *testing.T) {
 	}
 }
 
-
 // TestParamsLayout checks the setup structures against the kernel ABI
 // (linux/io_uring.h, stable since 5.1); the SQE and CQE are checked
 // against the installed header by ublk's layout test.
