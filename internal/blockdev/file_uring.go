@@ -30,6 +30,9 @@ const ringEntries = 128
 // pollTag is the user data of the eventfd poll; requests use their slot.
 const pollTag = ^uint64(0)
 
+// maxRingIO bounds one read or write SQE.
+const maxRingIO = 1 << 30
+
 // ringReq is one request waiting for its completion.
 type ringReq struct {
 	op    uint8
@@ -121,6 +124,9 @@ func (fr *fileRing) wake() {
 func (fr *fileRing) rw(write bool, dsync bool, b []byte, off int64) (int, error) {
 	if len(b) == 0 {
 		return 0, nil
+	}
+	if len(b) > maxRingIO {
+		b = b[:maxRingIO] // an SQE's length is 32 bits; callers loop on short counts
 	}
 	req := ringReqPool.Get().(*ringReq)
 	req.op, req.buf, req.off, req.flags = uring.OpRead, b, off, 0
