@@ -80,9 +80,9 @@ func TestImportGraph(t *testing.T) {
 			},
 		},
 		{
-			name: "uring imports only the standard library and x/sys",
-			from: under("uring"),
-			deny: func(p string) bool { return !isStd(p) },
+			name:  "uring imports only the standard library and x/sys",
+			from:  under("uring"),
+			deny:  func(p string) bool { return !isStd(p) },
 			allow: func(p string) bool { return strings.HasPrefix(p, "golang.org/x/sys/") },
 		},
 		{
