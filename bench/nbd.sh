@@ -7,6 +7,10 @@
 #   bench/nbd.sh                  # 1 GiB image, 3 runs of 5 s each
 #   SIZE=2G RUNS=5 RUNTIME=10 bench/nbd.sh
 #   FORMAT=qcow2 bench/nbd.sh     # a qcow2 image (nbdkit has no qcow2 writer: left out)
+#   CACHE=none bench/nbd.sh      # vdisk --cache=none --aio=io_uring against qemu-nbd 10
+#                                 # --cache=none --aio=io_uring and fio io_uring O_DIRECT on
+#                                 # the file itself (the limit; raw only). qemu 10 comes from
+#                                 # QEMU10_DIR, else /work/shared/peers/qemu10.sh.
 #
 # Output: a table on stdout; raw fio JSON under bench/out/.
 set -euo pipefail
@@ -15,7 +19,8 @@ SIZE=${SIZE:-1G}
 RUNS=${RUNS:-3}
 RUNTIME=${RUNTIME:-5}
 FORMAT=${FORMAT:-raw}
-OUT=bench/out/nbd-$FORMAT-$(date +%Y%m%d-%H%M%S)
+CACHE=${CACHE:-}
+OUT=bench/out/nbd-$FORMAT${CACHE:+-cache$CACHE}-$(date +%Y%m%d-%H%M%S)
 mkdir -p "$OUT"
 work=$(mktemp -d /var/tmp/vdisk-bench.XXXXXX)
 pids=()
@@ -37,9 +42,21 @@ if [ "$FORMAT" = qcow2 ]; then
 	img=$work/disk.qcow2
 	servers=(vdisk qemu-wb qemu-none)
 fi
+vdisk_args=()
+if [ "$CACHE" = none ]; then
+	Q10=${QEMU10_DIR:-$(bash /work/shared/peers/qemu10.sh 2>/dev/null || true)}
+	[ -x "$Q10/qemu-nbd" ] || { echo "bench: CACHE=none needs qemu-nbd 10: set QEMU10_DIR" >&2; exit 1; }
+	vdisk_args=(--cache=none --aio=io_uring)
+	servers=(vdisk qemu10-none)
+	[ "$FORMAT" = raw ] && servers+=(file-direct)
+elif [ -n "$CACHE" ]; then
+	echo "bench: CACHE=$CACHE: only none is a mode here" >&2
+	exit 1
+fi
 start_server() { # name sock
 	case $1 in
-	vdisk) exec "$work/vdisk" serve --log-level warn --unix "$2" "$img" ;;
+	vdisk) exec "$work/vdisk" serve --log-level warn "${vdisk_args[@]}" --unix "$2" "$img" ;;
+	qemu10-none) exec "$Q10/qemu-nbd" -f "$FORMAT" --cache=none --aio=io_uring -t -e 16 -k "$2" "$img" ;;
 	qemu-wb) exec qemu-nbd -f "$FORMAT" --cache=writeback -t -e 16 -k "$2" "$img" ;;
 	qemu-none) exec qemu-nbd -f "$FORMAT" --cache=none -t -e 16 -k "$2" "$img" ;;
 	nbdkit) exec nbdkit -f -U "$2" file "$img" ;;
@@ -59,6 +76,19 @@ for run in $(seq 1 "$RUNS"); do
 	# Rotate the order each run, so no server always follows the same one.
 	order=("${servers[@]:run % ${#servers[@]}}" "${servers[@]:0:run % ${#servers[@]}}")
 	for s in "${order[@]}"; do
+		if [ "$s" = file-direct ]; then
+			# No server: fio's own io_uring with O_DIRECT on the image, the
+			# most the file gives.
+			for w in "${workloads[@]}"; do
+				read -r name rw bs qd <<<"$w"
+				fio --name="$name" --ioengine=io_uring --direct=1 --filename="$img" \
+					--rw="$rw" --bs="$bs" --iodepth="$qd" --size="$SIZE" \
+					--time_based --runtime="$RUNTIME" --ramp_time=1 \
+					--output-format=json --output="$OUT/$s-$name-$run.json" >/dev/null
+			done
+			echo 0 >"$OUT/$s-rss-$run.txt"
+			continue
+		fi
 		sync # start every server with no dirty pages left by the one before
 		sock=$work/$s.sock
 		start_server "$s" "$sock" >"$OUT/$s.log" 2>&1 &

@@ -235,6 +235,12 @@ type Disk struct {
 	// NoBacking reports that only the top layer of the image's backing
 	// chain is served (OpenRequest.NoBacking).
 	NoBacking bool `json:"no_backing,omitempty"`
+
+	// CacheMode and AIO are the host cache and I/O modes of the disk's
+	// image files (OpenRequest.CacheMode, OpenRequest.AIO); empty for an
+	// s3:// disk.
+	CacheMode string `json:"cache_mode,omitempty"`
+	AIO       string `json:"aio,omitempty"`
 }
 
 // CacheStats describe the write-back cache of a disk in an object store.
@@ -295,6 +301,14 @@ type OpenRequest struct {
 	// NoBacking serves the top layer of the image alone, without opening
 	// any file it names: what its backing file holds reads as zeroes.
 	NoBacking bool `json:"no_backing,omitempty"`
+
+	// CacheMode is how the image files use the host page cache, as
+	// qemu-nbd --cache: writeback (empty: the default), none, directsync
+	// or unsafe. AIO is how they are read and written: threads (empty:
+	// the default) or io_uring. Local files only; the daemon keeps both
+	// to reopen the disk after a restart.
+	CacheMode string `json:"cache_mode,omitempty"`
+	AIO       string `json:"aio,omitempty"`
 }
 
 // S3Options say how the daemon reaches the object store behind an s3://

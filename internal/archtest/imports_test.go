@@ -72,12 +72,18 @@ func TestImportGraph(t *testing.T) {
 	exports := under("nbd", "fuseexport", "loop", "ublk")
 	rules := []rule{
 		{
-			name: "blockdev imports only the standard library and x/sys",
+			name: "blockdev imports only the standard library, x/sys and uring",
 			from: under("blockdev"),
 			deny: func(p string) bool { return !isStd(p) },
 			allow: func(p string) bool {
-				return strings.HasPrefix(p, "golang.org/x/sys/") || under("blockdev")(p)
+				return strings.HasPrefix(p, "golang.org/x/sys/") || under("blockdev", "uring")(p)
 			},
+		},
+		{
+			name:  "uring imports only the standard library and x/sys",
+			from:  under("uring"),
+			deny:  func(p string) bool { return !isStd(p) },
+			allow: func(p string) bool { return strings.HasPrefix(p, "golang.org/x/sys/") },
 		},
 		{
 			name: "exports import no formats, layers, storage or control plane",

@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"unsafe"
@@ -40,6 +41,13 @@ type FileOptions struct {
 	// RegularOnly refuses block devices too: for files an image names,
 	// which must be plain files.
 	RegularOnly bool
+	// Cache is how the page cache is used and what Flush does; the zero
+	// value is CacheWriteback. CacheNone and CacheDirectSync fail on a
+	// file system without O_DIRECT.
+	Cache CacheMode
+	// AIO is how reads, writes and flushes are issued; the zero value is
+	// AIOThreads. AIOIOUring fails where io_uring is missing or forbidden.
+	AIO AIOMode
 }
 
 // File is a Device over a raw image: a regular file or a block device.
@@ -61,6 +69,15 @@ type File struct {
 	ro    bool
 	block bool // a block device, not a regular file
 	info  Info
+
+	cache    CacheMode
+	ring     *fileRing // --aio=io_uring; nil for threads
+	rc       syscall.RawConn
+	align    int64 // direct I/O offset alignment; 0 when not direct
+	memAlign int   // direct I/O memory alignment
+	locks    *RangeLock
+	extendMu sync.Mutex   // held by direct writes that may grow the file
+	flen     atomic.Int64 // a regular file's length, as direct writes know it
 
 	closed atomic.Bool
 }
@@ -138,7 +155,11 @@ func createFile(path string, opt FileOptions) (*File, error) {
 	if err := syscall.Fstat(fd, &st); err != nil {
 		return fail(fmt.Errorf("create %s: stat: %w", path, err))
 	}
-	return newFile(fd, path, opt.Size, false, false, &st), nil
+	dio, err := directSetup(fd, path, opt.Cache, opt.AIO, false)
+	if err != nil {
+		return fail(err)
+	}
+	return newFile(fd, path, opt.Size, false, false, &st, opt.Cache, dio), nil
 }
 
 // openFile opens an existing image.
@@ -219,7 +240,11 @@ func setupFile(fd int, path string, opt FileOptions) (*File, error) {
 			return nil, err
 		}
 	}
-	return newFile(fd, path, size, opt.ReadOnly, block, &st), nil
+	dio, err := directSetup(fd, path, opt.Cache, opt.AIO, block)
+	if err != nil {
+		return nil, err
+	}
+	return newFile(fd, path, size, opt.ReadOnly, block, &st, opt.Cache, dio), nil
 }
 
 // LockFile takes the image lock on an open file without waiting: flock,
@@ -253,7 +278,7 @@ func lockFd(fd int, path string, shared bool) error {
 	}
 }
 
-func newFile(fd int, path string, size int64, ro, block bool, st *syscall.Stat_t) *File {
+func newFile(fd int, path string, size int64, ro, block bool, st *syscall.Stat_t, cache CacheMode, dio directInfo) *File {
 	f := &File{
 		f:     os.NewFile(uintptr(fd), path),
 		path:  path,
@@ -274,6 +299,8 @@ func newFile(fd int, path string, size int64, ro, block bool, st *syscall.Stat_t
 			f.info.PhysicalBlockSize = f.info.LogicalBlockSize
 		}
 	}
+	f.rc, _ = f.f.SyscallConn() // cannot fail for a file
+	f.applyCache(cache, dio)
 	return f
 }
 
@@ -323,11 +350,16 @@ func (f *File) Reload() error {
 	if f.block {
 		return nil
 	}
+	f.extendMu.Lock()
+	defer f.extendMu.Unlock()
 	st, err := f.f.Stat()
 	if err != nil {
 		return fmt.Errorf("stat %s: %w", f.path, err)
 	}
 	f.size.Store(st.Size())
+	if f.align != 0 {
+		f.flen.Store(st.Size())
+	}
 	return nil
 }
 
@@ -355,9 +387,15 @@ func (f *File) Resize(size int64) error {
 	case size < 0:
 		return fmt.Errorf("resize %s to %d bytes: %w", f.path, size, ErrOutOfRange)
 	}
+	f.extendMu.Lock()
 	if err := f.f.Truncate(size); err != nil {
+		f.extendMu.Unlock()
 		return fmt.Errorf("resize %s: %w", f.path, err)
 	}
+	if f.align != 0 {
+		f.flen.Store(size)
+	}
+	f.extendMu.Unlock()
 	if err := f.Flush(); err != nil {
 		return err
 	}

@@ -53,40 +53,50 @@ func (f *File) check(off, n int64, write bool) error {
 	return nil
 }
 
-// ReadAt reads len(p) bytes at off with pread.
+// ReadAt reads len(p) bytes at off with pread (under direct I/O through a
+// bounce buffer when p or off is not aligned).
 func (f *File) ReadAt(p []byte, off int64) (int, error) {
 	if err := f.check(off, int64(len(p)), false); err != nil {
 		return 0, err
 	}
-	n, err := f.f.ReadAt(p, off)
+	n, err := f.readAt(p, off)
 	if err != nil {
 		return n, f.ioErr("read", off, int64(len(p)), err)
 	}
 	return n, nil
 }
 
-// WriteAt writes p at off with pwrite.
+// WriteAt writes p at off with pwrite (under direct I/O, an unaligned write
+// reads, modifies and writes back its edge blocks).
 func (f *File) WriteAt(p []byte, off int64) (int, error) {
 	if err := f.check(off, int64(len(p)), true); err != nil {
 		return 0, err
 	}
-	n, err := f.f.WriteAt(p, off)
+	n, err := f.writeAt(p, off)
 	if err != nil {
 		return n, f.ioErr("write", off, int64(len(p)), err)
 	}
 	return n, nil
 }
 
-// Flush calls fdatasync.
+// Flush calls fdatasync; under CacheUnsafe it does nothing.
 func (f *File) Flush() error {
 	if f.closed.Load() {
 		return ErrClosed
+	}
+	if f.cache == CacheUnsafe {
+		return nil
 	}
 	return f.datasync()
 }
 
 func (f *File) datasync() error {
-	err := f.control(func(fd int) error { return syscall.Fdatasync(fd) })
+	var err error
+	if f.ring != nil {
+		err = f.ring.datasync()
+	} else {
+		err = f.control(func(fd int) error { return syscall.Fdatasync(fd) })
+	}
 	if err != nil {
 		return f.ioErr("flush", 0, f.Size(), err)
 	}
@@ -115,6 +125,9 @@ func (f *File) Close() error {
 	var ferr error
 	if !f.ro {
 		ferr = f.datasync()
+	}
+	if f.ring != nil {
+		f.ring.close()
 	}
 	if err := f.f.Close(); err != nil && ferr == nil {
 		ferr = fmt.Errorf("close %s: %w", f.path, err)
@@ -231,4 +244,55 @@ func (f *File) Extents(off, n int64) ([]Extent, error) {
 		return nil, f.ioErr("extents", off, n, err)
 	}
 	return out, nil
+}
+
+// ReadFileAt reads the file's bytes like io.ReaderAt, with no check
+// against Size: short with io.EOF at the end of the file. Formats read
+// their image files with it, so direct I/O's alignment is handled here.
+func (f *File) ReadFileAt(p []byte, off int64) (int, error) {
+	if f.closed.Load() {
+		return 0, ErrClosed
+	}
+	return f.readAt(p, off)
+}
+
+// WriteFileAt writes the file's bytes like io.WriterAt, growing a regular
+// file when p reaches past its end; Size is not changed (Reload reads it
+// again). A full filesystem is an error wrapping ErrNoSpace.
+func (f *File) WriteFileAt(p []byte, off int64) (int, error) {
+	if f.closed.Load() {
+		return 0, ErrClosed
+	}
+	if f.ro {
+		return 0, ErrReadOnly
+	}
+	n, err := f.writeAt(p, off)
+	if err != nil {
+		err = mapNoSpace(err)
+	}
+	return n, err
+}
+
+// Sync makes the file's completed writes durable, as Flush does (nothing
+// under CacheUnsafe), for formats writing through WriteFileAt.
+func (f *File) Sync() error { return f.Flush() }
+
+// Truncate sets a regular file's length, for formats growing or shrinking
+// their image files; Size is not changed (Reload reads it again).
+func (f *File) Truncate(n int64) error {
+	if f.closed.Load() {
+		return ErrClosed
+	}
+	if f.block {
+		return fmt.Errorf("truncate %s: a block device: %w", f.path, ErrNotSupported)
+	}
+	f.extendMu.Lock()
+	defer f.extendMu.Unlock()
+	if err := f.f.Truncate(n); err != nil {
+		return err
+	}
+	if f.align != 0 {
+		f.flen.Store(n)
+	}
+	return nil
 }

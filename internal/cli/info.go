@@ -117,6 +117,7 @@ func printDisk(w io.Writer, d *api.Disk) error {
 		{"unique id", d.UniqueID},
 		{"via", d.Via},
 		{"via reason", d.ViaReason},
+		{"host cache", cacheColumn(*d)},
 		{"opened at", d.OpenedAt.Format(time.RFC3339)},
 		{"state", d.State},
 	}

@@ -39,7 +39,7 @@ func newListCmd(e *env) *cobra.Command {
 				return printJSON(e.stdout, api.DiskList{Disks: disks})
 			}
 			tw := tabwriter.NewWriter(e.stdout, 0, 8, 1, ' ', 0)
-			fmt.Fprintln(tw, "ID\tDEVICE\tFILE\tFORMAT\tSIZE\tRO\tVIA")
+			fmt.Fprintln(tw, "ID\tDEVICE\tFILE\tFORMAT\tSIZE\tRO\tVIA\tCACHE")
 			for _, d := range disks {
 				dev := d.Device
 				switch {
@@ -52,7 +52,7 @@ func newListCmd(e *env) *cobra.Command {
 				if d.ReadOnly {
 					ro = "1"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", d.ID, dev, d.File, d.Format, formatSize(d.Size), ro, d.Via)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", d.ID, dev, d.File, d.Format, formatSize(d.Size), ro, d.Via, cacheColumn(d))
 			}
 			if err := tw.Flush(); err != nil {
 				return err
@@ -70,4 +70,21 @@ func newListCmd(e *env) *cobra.Command {
 	f.add(cmd)
 	cmd.Flags().BoolVar(&asJSON, "json", false, `print {"disks": [...]} as JSON`)
 	return cmd
+}
+
+// cacheColumn is a disk's cache mode, with its I/O mode when not the
+// default ("none+io_uring"); "-" for an s3:// disk, which has no local
+// image file.
+func cacheColumn(d api.Disk) string {
+	if api.IsURL(d.File) {
+		return "-"
+	}
+	c := d.CacheMode
+	if c == "" {
+		c = "writeback"
+	}
+	if d.AIO != "" && d.AIO != "threads" {
+		c += "+" + d.AIO
+	}
+	return c
 }

@@ -18,12 +18,12 @@ func TestListTable(t *testing.T) {
 	if len(lines) != 3 {
 		t.Fatalf("list:\n%s", out)
 	}
-	if got := strings.Fields(lines[0]); strings.Join(got, " ") != "ID DEVICE FILE FORMAT SIZE RO VIA" {
+	if got := strings.Fields(lines[0]); strings.Join(got, " ") != "ID DEVICE FILE FORMAT SIZE RO VIA CACHE" {
 		t.Fatalf("header %q", lines[0])
 	}
 	want := [][]string{
-		{api.DiskID(a), devA, a, "raw", "3M", "0", "loop"},
-		{api.DiskID(b), devB, b, "raw", "1G", "0", "loop"},
+		{api.DiskID(a), devA, a, "raw", "3M", "0", "loop", "writeback"},
+		{api.DiskID(b), devB, b, "raw", "1G", "0", "loop", "writeback"},
 	}
 	for i, w := range want {
 		if got := strings.Fields(lines[i+1]); strings.Join(got, " ") != strings.Join(w, " ") {

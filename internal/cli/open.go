@@ -28,6 +28,7 @@ func newOpenCmd(e *env) *cobra.Command {
 		s3o                     api.S3Options
 		backingDirs             []string
 		noBacking               bool
+		cache                   cacheFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "open FILE",
@@ -101,6 +102,12 @@ func newOpenCmd(e *env) *cobra.Command {
 			req.File = path
 			req.AllowDiscards = allowDiscards
 			req.NoBacking = noBacking
+			if cmd.Flags().Changed("cache") {
+				req.CacheMode = cache.cache
+			}
+			if cmd.Flags().Changed("aio") {
+				req.AIO = cache.aio
+			}
 			c, err := f.connect(cmd.Context(), e)
 			if err != nil {
 				return err
@@ -128,6 +135,7 @@ func newOpenCmd(e *env) *cobra.Command {
 	cmd.Flags().BoolVar(&allowDiscards, "allow-discards", false, "pass trims through the encryption (reveals which blocks are unused)")
 	cmd.Flags().StringArrayVar(&backingDirs, "backing-dir", nil, "also follow files the image names (backing files, parents, extents) inside this directory tree; by default only the image's own directory is trusted")
 	cmd.Flags().BoolVar(&noBacking, "no-backing", false, "serve the top layer alone: follow no file the image names (a backing file's data reads as zeroes)")
+	cache.add(cmd.Flags())
 	addS3Flags(cmd.Flags(), &s3o)
 	return cmd
 }

@@ -57,6 +57,8 @@ type serveOptions struct {
 	metrics     string
 	s3observe   func(op, status string, read, written int64)
 	s3retry     func()
+
+	cacheFlags // --cache, --aio
 }
 
 func init() { register(newServeCmd) }
@@ -103,6 +105,7 @@ serves.`,
 	f.IntVarP(&o.maxConns, "shared", "e", defaultMaxConns, "clients served at once (like qemu-nbd --shared); more wait in the listen backlog for their turn (0: no bound). The default lets multi-connection clients such as nbdcopy (4 connections) work while memory stays bounded by --max-buffered")
 	f.StringVar(&o.maxBuffered, "max-buffered", "256M", "bound on the request payloads buffered over all connections (K, M, G; bare number = MiB); a client's next request waits for room")
 	f.DurationVar(&o.handshake, "handshake-timeout", nbd.DefaultHandshakeTimeout, "drop a client that has not chosen an export this long after connecting (like qemu-nbd --handshake-limit)")
+	o.cacheFlags.add(f)
 	addServeMetricsFlag(f, &o.metrics)
 	return c
 }
@@ -176,6 +179,8 @@ func runServe(ctx context.Context, e *env, o serveOptions, images []string) erro
 			Description: o.description,
 			Device:      sm.device(dev, name),
 			ReadOnly:    o.readOnly,
+
+			MinBlockSize: directMinBlock(o.cacheFlags, dev),
 		})
 	}
 
@@ -215,7 +220,14 @@ func runServe(ctx context.Context, e *env, o serveOptions, images []string) erro
 
 // openServeImage opens one image for export.
 func openServeImage(ctx context.Context, e *env, path string, o serveOptions, createSize int64) (blockdev.Device, error) {
+	cache, aio, err := o.modes()
+	if err != nil {
+		return nil, err
+	}
 	d, err := stack.Open(ctx, path, stack.Options{
+		Cache: cache,
+		AIO:   aio,
+
 		Format:      o.format,
 		ReadOnly:    o.readOnly,
 		Create:      o.create,

@@ -56,7 +56,7 @@ type device struct {
 	size     int64
 	ivOffset uint64
 	info     blockdev.Info
-	locks    *rangeLock
+	locks    *blockdev.RangeLock
 	bufs     sync.Pool // *[]byte of chunkSize
 
 	// closeMu is held shared by every request and exclusively by Close, so
@@ -117,7 +117,7 @@ func newDevice(inner blockdev.Device, cfg Config) (*device, error) {
 	in.PhysicalBlockSize = max(in.PhysicalBlockSize, uint32(ss))
 	d := &device{
 		inner: inner, c: cfg.Cipher, ss: ss, off: cfg.Offset, size: size,
-		ivOffset: cfg.IVOffset, info: in, locks: newRangeLock(),
+		ivOffset: cfg.IVOffset, info: in, locks: blockdev.NewRangeLock(),
 	}
 	d.bufs.New = func() any { b := make([]byte, chunkSize); return &b }
 	return d, nil
@@ -182,8 +182,8 @@ func (d *device) ReadAt(p []byte, off int64) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	lk := d.locks.lock(start, end, false)
-	defer d.locks.unlock(lk)
+	lk := d.locks.Lock(start, end, false)
+	defer d.locks.Unlock(lk)
 	if start == off && end == off+int64(len(p)) {
 		if err := d.readSectors(p, off); err != nil {
 			return 0, err
@@ -214,8 +214,8 @@ func (d *device) WriteAt(p []byte, off int64) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	lk := d.locks.lock(start, end, true)
-	defer d.locks.unlock(lk)
+	lk := d.locks.Lock(start, end, true)
+	defer d.locks.Unlock(lk)
 	bp := d.bufs.Get().(*[]byte)
 	defer d.bufs.Put(bp)
 	pend := off + int64(len(p))
@@ -310,8 +310,8 @@ func (d discarder) Trim(off, n int64) error {
 		return err
 	}
 	defer d.closeMu.RUnlock()
-	lk := d.locks.lock(start, end, true)
-	defer d.locks.unlock(lk)
+	lk := d.locks.Lock(start, end, true)
+	defer d.locks.Unlock(lk)
 	if err := d.inner.(blockdev.Trimmer).Trim(d.off+start, end-start); err != nil {
 		return fmt.Errorf("crypt: discard [%d, +%d): %w", start, end-start, err)
 	}

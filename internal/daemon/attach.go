@@ -232,6 +232,8 @@ func record(sd stateDisk, dev blockdev.Device, format, via, reason string, node 
 		Encrypted:         sd.Encrypted,
 		BackingDirs:       sd.BackingDirs,
 		NoBacking:         sd.NoBacking,
+		CacheMode:         sd.CacheMode,
+		AIO:               sd.AIO,
 	}
 	if node.path != "" {
 		r.Device = node.path

@@ -131,6 +131,9 @@ func (d *Daemon) Open(ctx context.Context, req api.OpenRequest) (api.Disk, bool,
 	if err != nil {
 		return api.Disk{}, false, err
 	}
+	if err := checkCacheModes(req, url); err != nil {
+		return api.Disk{}, false, err
+	}
 	ctx, end, err := d.beginOp(ctx)
 	if err != nil {
 		return api.Disk{}, false, err
@@ -192,6 +195,7 @@ func (d *Daemon) Open(ctx context.Context, req api.OpenRequest) (api.Disk, bool,
 	}
 	sd := stateDisk{ID: id, File: path, Format: req.Format, ReadOnly: req.ReadOnly, Via: req.Via, AllowDiscards: req.AllowDiscards,
 		BackingDirs: dirs, NoBacking: req.NoBacking, OpenedAt: time.Now().UTC().Truncate(time.Second)}
+	sd.CacheMode, sd.AIO = req.CacheMode, req.AIO
 	o := openOpts{passphrase: req.Passphrase}
 	if url {
 		o.create, o.size = req.Create, req.Size
@@ -216,6 +220,9 @@ func (d *Daemon) Open(ctx context.Context, req api.OpenRequest) (api.Disk, bool,
 		sd.AllowDiscards = sd.AllowDiscards || old.allowDiscards
 		if len(req.BackingDirs) == 0 && !req.NoBacking {
 			sd.BackingDirs, sd.NoBacking = oldRec.BackingDirs, oldRec.NoBacking
+		}
+		if req.CacheMode == "" && req.AIO == "" {
+			sd.CacheMode, sd.AIO = oldRec.CacheMode, oldRec.AIO
 		}
 	}
 	dk, err := d.attach(ctx, sd, adopt, o)
@@ -444,6 +451,7 @@ func (d *Daemon) save() {
 			Via: dk.rec.Via, ViaReason: dk.rec.ViaReason, Device: dk.rec.Device, OpenedAt: dk.rec.OpenedAt,
 			Index: dk.index, Encrypted: dk.rec.Encrypted, AllowDiscards: dk.allowDiscards, S3: dk.s3,
 			BackingDirs: dk.rec.BackingDirs, NoBacking: dk.rec.NoBacking,
+			CacheMode: dk.rec.CacheMode, AIO: dk.rec.AIO,
 		}
 		if dk.kern != nil {
 			i := dk.kern.Index()

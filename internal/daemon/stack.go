@@ -48,6 +48,10 @@ func openImage(ctx context.Context, sd stateDisk, o openOpts, log *slog.Logger) 
 		NoBacking:     sd.NoBacking,
 		Log:           log,
 	}
+	var err error
+	if so.Cache, so.AIO, err = cacheModes(sd.CacheMode, sd.AIO); err != nil {
+		return nil, err
+	}
 	if sd.S3 != nil {
 		so.S3 = stack.S3Options{Endpoint: sd.S3.Endpoint, Region: sd.S3.Region, Profile: sd.S3.Profile, CacheDir: sd.S3.CacheDir, LeaseTTL: sd.S3.LeaseTTL, UnsafeNoFencing: sd.S3.UnsafeNoFencing}
 	}

@@ -50,6 +50,11 @@ type stateDisk struct {
 	// files the image names (api.OpenRequest): a restore trusts no more.
 	BackingDirs []string `json:"backing_dirs,omitempty"`
 	NoBacking   bool     `json:"no_backing,omitempty"`
+
+	// CacheMode and AIO are the cache and I/O modes the open request
+	// asked for (api.OpenRequest), kept for a restore.
+	CacheMode string `json:"cache_mode,omitempty"`
+	AIO       string `json:"aio,omitempty"`
 }
 
 // stateDoc is the state file.

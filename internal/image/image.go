@@ -115,6 +115,10 @@ type OpenOptions struct {
 	CacheSize int64
 	// NoLock skips the advisory lock on the file.
 	NoLock bool
+	// Cache and AIO say how local files (the image's and those it names)
+	// use the page cache and issue their I/O (blockdev.FileOptions).
+	Cache blockdev.CacheMode
+	AIO   blockdev.AIOMode
 	// Chain lists the canonical paths of the images above this one while a
 	// backing chain is being opened; formats use it to detect loops.
 	// Callers leave it nil.
@@ -308,7 +312,7 @@ func OpenPath(path string, opt OpenOptions) (File, *Format, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	lf, err := OpenLocal(path, LocalOptions{ReadOnly: opt.ReadOnly || f.ReadOnly, NoLock: opt.NoLock})
+	lf, err := OpenLocal(path, LocalOptions{ReadOnly: opt.ReadOnly || f.ReadOnly, NoLock: opt.NoLock, Cache: opt.Cache, AIO: opt.AIO})
 	if err != nil {
 		return nil, nil, fmt.Errorf("%s: %w", f.Name, err)
 	}
@@ -318,7 +322,7 @@ func OpenPath(path string, opt OpenOptions) (File, *Format, error) {
 // localNames is the default policy for opt: LocalNames with its
 // BackingDir.
 func localNames(opt OpenOptions) Names {
-	n := LocalNames{NoLock: opt.NoLock}
+	n := LocalNames{NoLock: opt.NoLock, Cache: opt.Cache, AIO: opt.AIO}
 	if opt.BackingDir != "" {
 		n.Dirs = []string{opt.BackingDir}
 	}

@@ -50,6 +50,9 @@ type LocalNames struct {
 	Dirs []string
 	// NoLock skips the image lock on the files opened.
 	NoLock bool
+	// Cache and AIO are the cache and I/O modes of the files opened.
+	Cache blockdev.CacheMode
+	AIO   blockdev.AIOMode
 }
 
 // protocolName matches qemu's "protocol:rest" filenames (nbd:, http:,
@@ -126,7 +129,7 @@ func (n LocalNames) Open(from File, name string, readOnly bool) (File, error) {
 				if err != nil || !filepath.IsLocal(rel) && rel != "." {
 					continue
 				}
-				f, err := openBeneath(rc, rel, c, readOnly, n.NoLock)
+				f, err := openBeneath(rc, rel, c, readOnly, n)
 				if errors.Is(err, syscall.EXDEV) {
 					continue // a symlink leads out of this root
 				}
@@ -170,7 +173,7 @@ func evalOr(p string) string {
 // openBeneath opens rel beneath the directory root, refusing (EXDEV) any
 // path that leaves it, and checks that it is a regular file. path names
 // it in messages.
-func openBeneath(root, rel, path string, readOnly, noLock bool) (File, error) {
+func openBeneath(root, rel, path string, readOnly bool, n LocalNames) (File, error) {
 	dfd, err := unix.Open(root, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("open directory %s: %w", root, err)
@@ -213,7 +216,7 @@ func openBeneath(root, rel, path string, readOnly, noLock bool) (File, error) {
 	case err != nil:
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
-	bf, err := blockdev.FromFD(fd, path, blockdev.FileOptions{ReadOnly: readOnly, NoLock: noLock, RegularOnly: true})
+	bf, err := blockdev.FromFD(fd, path, blockdev.FileOptions{ReadOnly: readOnly, NoLock: n.NoLock, RegularOnly: true, Cache: n.Cache, AIO: n.AIO})
 	if err != nil {
 		unix.Close(fd)
 		return nil, err
@@ -285,7 +288,7 @@ func OpenBacking(from File, b Backing, opt OpenOptions) (blockdev.Device, error)
 	}
 	names := opt.Names
 	if names == nil {
-		names = LocalNames{NoLock: opt.NoLock}
+		names = LocalNames{NoLock: opt.NoLock, Cache: opt.Cache, AIO: opt.AIO}
 	}
 	f, err := names.Open(from, b.Name, true)
 	if err != nil {

@@ -124,6 +124,9 @@ type LocalOptions struct {
 	NoLock bool
 	// RegularOnly refuses block devices (for files an image names).
 	RegularOnly bool
+	// Cache and AIO are the file's cache and I/O modes.
+	Cache blockdev.CacheMode
+	AIO   blockdev.AIOMode
 }
 
 // OpenLocal opens the image file at path. It never blocks: the open is
@@ -131,7 +134,7 @@ type LocalOptions struct {
 // so a FIFO, socket, character device or directory is refused with a
 // message naming it; so is a block device with RegularOnly.
 func OpenLocal(path string, o LocalOptions) (*LocalFile, error) {
-	bf, err := blockdev.OpenFile(path, blockdev.FileOptions{ReadOnly: o.ReadOnly, NoLock: o.NoLock, RegularOnly: o.RegularOnly})
+	bf, err := blockdev.OpenFile(path, blockdev.FileOptions{ReadOnly: o.ReadOnly, NoLock: o.NoLock, RegularOnly: o.RegularOnly, Cache: o.Cache, AIO: o.AIO})
 	if err != nil {
 		return nil, err
 	}
@@ -180,16 +183,13 @@ func SyncDir(dir string) error {
 	return nil
 }
 
-// ReadAt reads like os.File.ReadAt.
-func (f *LocalFile) ReadAt(p []byte, off int64) (int, error) { return f.bf.OS().ReadAt(p, off) }
+// ReadAt reads like os.File.ReadAt (through the File, which handles direct
+// I/O's alignment).
+func (f *LocalFile) ReadAt(p []byte, off int64) (int, error) { return f.bf.ReadFileAt(p, off) }
 
 // WriteAt writes like os.File.WriteAt, extending the file.
 func (f *LocalFile) WriteAt(p []byte, off int64) (int, error) {
-	n, err := f.bf.OS().WriteAt(p, off)
-	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
-		err = fmt.Errorf("%w: %w", blockdev.ErrNoSpace, err)
-	}
-	return n, err
+	return f.bf.WriteFileAt(p, off)
 }
 
 // Size returns the file's length (a block device's size).
@@ -209,11 +209,11 @@ func (f *LocalFile) Truncate(n int64) error {
 	if f.bf.IsBlockDevice() {
 		return fmt.Errorf("truncate %s: a block device: %w", f.Name(), blockdev.ErrNotSupported)
 	}
-	return f.bf.OS().Truncate(n)
+	return f.bf.Truncate(n)
 }
 
-// Sync calls fdatasync.
-func (f *LocalFile) Sync() error { return unix.Fdatasync(int(f.bf.Fd())) }
+// Sync calls fdatasync (nothing under --cache=unsafe).
+func (f *LocalFile) Sync() error { return f.bf.Sync() }
 
 // Close closes the file and releases its lock.
 func (f *LocalFile) Close() error { return f.bf.Close() }

@@ -3,6 +3,8 @@ package nbd
 import (
 	"math/bits"
 	"sync"
+
+	"vdisk/internal/blockdev"
 )
 
 // Buffer pooling. Buffers come in power-of-two classes from minBufSize up;
@@ -32,7 +34,9 @@ func getBuf(n int) *[]byte {
 		*p = (*p)[:n]
 		return p
 	}
-	b := make([]byte, n, 1<<(c+minBufShift))
+	// Page-aligned, so that a file opened for direct I/O takes the
+	// buffer without a bounce.
+	b := blockdev.AlignedBuffer(1<<(c+minBufShift), minBufSize)[:n]
 	return &b
 }
 

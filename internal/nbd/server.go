@@ -63,6 +63,12 @@ type Export struct {
 	// ReadOnly refuses writes with EPERM. It is also in effect when
 	// blockdev.InfoOf(Device).ReadOnly.
 	ReadOnly bool
+	// MinBlockSize, when set, is the minimum block size advertised
+	// (NBD_INFO_BLOCK_SIZE): a power of two up to 64 KiB, the unit in which
+	// requests are served best (a file opened for direct I/O, whose
+	// logical block it is). Requests of any alignment still work. Zero
+	// advertises 1.
+	MinBlockSize uint32
 }
 
 // Server serves Exports over NBD. Its fields must be set before the first
@@ -138,6 +144,7 @@ type export struct {
 	zeroWriter bool
 	flags      wire.TransmissionFlags // without SEND_DF, which depends on the connection
 	preferred  uint32
+	minBlock   uint32 // advertised minimum block size
 }
 
 func (s *Server) init() error {
@@ -197,6 +204,9 @@ func (s *Server) setup() error {
 		if err := wire.CheckString(e.Description); err != nil {
 			return fmt.Errorf("%w: description of %q: %v", ErrBadExport, e.Name, err)
 		}
+		if m := e.MinBlockSize; m > 64<<10 || m&(m-1) != 0 {
+			return fmt.Errorf("%w: %q: minimum block size %d is not a power of two up to 64 KiB", ErrBadExport, e.Name, m)
+		}
 		if _, dup := s.byName[e.Name]; dup {
 			return fmt.Errorf("%w: duplicate name %q", ErrBadExport, e.Name)
 		}
@@ -238,14 +248,17 @@ func newExport(e Export) *export {
 		x.flags |= wire.FlagRotational
 	}
 	x.preferred = max(info.PhysicalBlockSize, 512)
+	x.minBlock = max(e.MinBlockSize, 1)
+	x.preferred = max(x.preferred, x.minBlock)
 	return x
 }
 
 // blockSize is what the server advertises in NBD_INFO_BLOCK_SIZE: any
-// alignment works (Devices follow io.ReaderAt), the device's physical
-// block size is preferred, and MaxPayload is the largest request.
+// alignment works (Devices follow io.ReaderAt); the minimum is the
+// export's MinBlockSize (1 unless set), the device's physical block size
+// is preferred, and MaxPayload is the largest request.
 func (s *Server) blockSize(x *export) wire.BlockSize {
-	return wire.BlockSize{Min: 1, Preferred: min(x.preferred, uint32(s.maxPayload)), Max: uint32(s.maxPayload)}
+	return wire.BlockSize{Min: x.minBlock, Preferred: min(x.preferred, uint32(s.maxPayload)), Max: uint32(s.maxPayload)}
 }
 
 // Serve accepts connections on ln and serves each in its own goroutine

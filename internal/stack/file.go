@@ -36,11 +36,11 @@ func openSource(ctx context.Context, name string, o Options) (*source, error) {
 	if s3.IsURL(name) {
 		return openS3Source(ctx, name, o)
 	}
-	f, fm, err := image.OpenPath(name, image.OpenOptions{Format: o.Format, ReadOnly: o.ReadOnly, NoLock: o.NoLock})
+	f, fm, err := image.OpenPath(name, image.OpenOptions{Format: o.Format, ReadOnly: o.ReadOnly, NoLock: o.NoLock, Cache: o.Cache, AIO: o.AIO})
 	if err != nil {
 		return nil, err
 	}
-	return &source{f: f, format: fm.Name, names: image.LocalNames{Dirs: o.BackingDirs, NoLock: o.NoLock}}, nil
+	return &source{f: f, format: fm.Name, names: image.LocalNames{Dirs: o.BackingDirs, NoLock: o.NoLock, Cache: o.Cache, AIO: o.AIO}}, nil
 }
 
 // openS3Source opens the chunks of an s3:// image: the raw disk itself, or

@@ -38,6 +38,10 @@ type Options struct {
 	NoLock bool
 	// NoBacking serves the top layer of a backing chain alone.
 	NoBacking bool
+	// Cache and AIO are the cache and I/O modes of local image files (and
+	// the files they name), as qemu-nbd --cache and --aio mean them.
+	Cache blockdev.CacheMode
+	AIO   blockdev.AIOMode
 	// BackingDirs are directory trees, beside each image's own, that the
 	// files an image names (backing files, parents, extents) may lie in:
 	// by default nothing outside the image's directory is followed.

@@ -9,6 +9,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"vdisk/internal/uring"
 )
 
 // controlPath is the ublk driver's control device.
@@ -20,7 +22,7 @@ type control struct {
 	f *os.File
 
 	mu      sync.Mutex
-	r       *ring
+	r       *uring.Ring
 	encoded bool // use the ioctl-encoded opcodes (UBLK_F_CMD_IOCTL_ENCODE)
 }
 
@@ -32,7 +34,7 @@ func openControl() (*control, error) {
 		}
 		return nil, fmt.Errorf("ublk: %w", err)
 	}
-	r, err := newRing(4)
+	r, err := uring.New(4, uring.SetupSQE128)
 	if err != nil {
 		f.Close()
 		return nil, fmt.Errorf("ublk: control ring: %w", err)
@@ -43,7 +45,7 @@ func openControl() (*control, error) {
 func (c *control) close() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	err := c.r.close()
+	err := c.r.Close()
 	return errors.Join(err, c.f.Close())
 }
 
@@ -57,24 +59,24 @@ func (c *control) cmd(nr uint32, id uint32, buf unsafe.Pointer, n uintptr, data 
 	// on the submitting thread.
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
-	s, err := c.r.getSQE()
+	s, err := c.r.GetSQE()
 	if err != nil {
 		return 0, err
 	}
-	s.opcode = iouringOpURingCmd
-	s.fd = int32(c.f.Fd())
-	s.cmdOp = ctrlOp(nr, c.encoded || nr == cmdGetFeatures)
-	s.userData = uint64(nr)
-	cc := (*ctrlCmd)(unsafe.Pointer(&s.cmd[0]))
+	s.Opcode = uring.OpURingCmd
+	s.Fd = int32(c.f.Fd())
+	s.Off = uint64(ctrlOp(nr, c.encoded || nr == cmdGetFeatures))
+	s.UserData = uint64(nr)
+	cc := (*ctrlCmd)(c.r.Cmd(s))
 	*cc = ctrlCmd{devID: id, queueID: queueIDNone, len: uint16(n), addr: uint64(uintptr(buf)), data: data}
-	if err := c.r.submit(1); err != nil {
+	if err := c.r.Submit(1); err != nil {
 		return 0, err
 	}
 	var res int32
 	got := false
-	c.r.reap(func(e cqe) {
-		if e.userData == uint64(nr) {
-			res, got = e.res, true
+	c.r.Reap(func(e uring.CQE) {
+		if e.UserData == uint64(nr) {
+			res, got = e.Res, true
 		}
 	})
 	runtime.KeepAlive(buf)

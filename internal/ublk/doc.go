@@ -14,6 +14,6 @@
 // write-zeroes map to the Device. Only features GET_FEATURES offers are
 // used (today: the ioctl-encoded opcodes).
 //
-// The io_uring code is written here over golang.org/x/sys/unix; its
-// structures are checked against the installed UAPI headers by a test.
+// The io_uring is internal/uring; its SQE and CQE, and the ublk
+// structures, are checked against the installed UAPI headers by a test.
 package ublk

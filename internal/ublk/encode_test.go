@@ -9,6 +9,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"vdisk/internal/uring"
 )
 
 // TestControlSQE sends a control command through a real io_uring to a file
@@ -16,7 +18,7 @@ import (
 // and the SQE it read is checked byte by byte against struct io_uring_sqe
 // and struct ublksrv_ctrl_cmd.
 func TestControlSQE(t *testing.T) {
-	r, err := newRing(4)
+	r, err := uring.New(4, uring.SetupSQE128)
 	if err != nil {
 		t.Skipf("no io_uring: %v", err)
 	}
@@ -31,14 +33,14 @@ func TestControlSQE(t *testing.T) {
 	if !errors.Is(err, unix.EOPNOTSUPP) {
 		t.Fatalf("uring_cmd on a regular file = %v, want EOPNOTSUPP from the kernel", err)
 	}
-	b := unsafe.Slice((*byte)(unsafe.Pointer(&r.sqes[0])), sqeSize)
+	b := r.Slot(0)
 	le := binary.LittleEndian
 	checks := []struct {
 		name string
 		got  uint64
 		want uint64
 	}{
-		{"opcode", uint64(b[0]), iouringOpURingCmd},
+		{"opcode", uint64(b[0]), uring.OpURingCmd},
 		{"fd", uint64(le.Uint32(b[4:])), uint64(f.Fd())},
 		{"cmd_op", uint64(le.Uint32(b[8:])), 0xc0207504}, // UBLK_U_CMD_ADD_DEV
 		{"user_data", le.Uint64(b[32:]), cmdAddDev},
@@ -58,24 +60,24 @@ func TestControlSQE(t *testing.T) {
 // TestIOCommandSQE checks COMMIT_AND_FETCH_REQ's SQE: opcode, the encoded
 // command, and struct ublksrv_io_cmd with the tag's buffer address.
 func TestIOCommandSQE(t *testing.T) {
-	r, err := newRing(4)
+	r, err := uring.New(4, uring.SetupSQE128)
 	if err != nil {
 		t.Skipf("no io_uring: %v", err)
 	}
-	defer r.close()
+	defer r.Close()
 	const bufSize = 4096
 	q := &queue{id: 3, depth: 2, bufSize: bufSize, cdev: os.Stdin, r: r, bufs: make([]byte, 2*bufSize), encoded: true}
 	if err := q.prep(ioCommitAndFetch, 1, -5); err != nil {
 		t.Fatal(err)
 	}
-	b := unsafe.Slice((*byte)(unsafe.Pointer(&r.sqes[0])), sqeSize)
+	b := r.Slot(0)
 	le := binary.LittleEndian
 	checks := []struct {
 		name string
 		got  uint64
 		want uint64
 	}{
-		{"opcode", uint64(b[0]), iouringOpURingCmd},
+		{"opcode", uint64(b[0]), uring.OpURingCmd},
 		{"cmd_op", uint64(le.Uint32(b[8:])), 0xc0107521}, // UBLK_U_IO_COMMIT_AND_FETCH_REQ
 		{"user_data", le.Uint64(b[32:]), 1},
 		{"q_id", uint64(le.Uint16(b[48:])), 3},
@@ -88,7 +90,7 @@ func TestIOCommandSQE(t *testing.T) {
 			t.Errorf("%s = %#x, want %#x", ck.name, ck.got, ck.want)
 		}
 	}
-	if r.unsubmitted() != 1 {
-		t.Errorf("%d SQEs pending, want 1", r.unsubmitted())
+	if r.Unsubmitted() != 1 {
+		t.Errorf("%d SQEs pending, want 1", r.Unsubmitted())
 	}
 }

@@ -11,6 +11,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"vdisk/internal/uring"
+
 	"vdisk/internal/blockdev"
 )
 
@@ -35,7 +37,7 @@ type queue struct {
 	workers int // goroutines handling this queue's requests
 	log     *slog.Logger
 
-	r     *ring
+	r     *uring.Ring
 	descs []byte // mmap'd ublksrv_io_desc array
 	bufs  []byte // depth * bufSize bytes
 	live  int    // tags the driver holds a command for
@@ -56,7 +58,7 @@ func (q *queue) setup() error {
 	if err != nil {
 		return fmt.Errorf("ublk: queue %d: allocate buffers: %w", q.id, err)
 	}
-	if q.r, err = newRing(uint32(q.depth + 2)); err != nil {
+	if q.r, err = uring.New(uint32(q.depth+2), uring.SetupSQE128); err != nil {
 		return fmt.Errorf("ublk: queue %d: %w", q.id, err)
 	}
 	if q.pool, err = newPool(q.workers, q.depth, q.handle); err != nil {
@@ -73,7 +75,7 @@ func (q *queue) setup() error {
 			return err
 		}
 	}
-	if err := q.r.submit(0); err != nil {
+	if err := q.r.Submit(0); err != nil {
 		return fmt.Errorf("ublk: queue %d: fetch: %w", q.id, err)
 	}
 	q.live = q.depth
@@ -82,35 +84,35 @@ func (q *queue) setup() error {
 
 // poll queues a one-shot POLL_ADD for fd becoming readable.
 func (q *queue) poll(fd int, tag uint64) error {
-	s, err := q.r.getSQE()
+	s, err := q.r.GetSQE()
 	if err != nil {
 		return err
 	}
-	s.opcode = iouringOpPollAdd
-	s.fd = int32(fd)
-	s.opFlags = unix.POLLIN
-	s.userData = tag
+	s.Opcode = uring.OpPollAdd
+	s.Fd = int32(fd)
+	s.OpFlags = unix.POLLIN
+	s.UserData = tag
 	return nil
 }
 
 // prep queues an I/O command for tag: FETCH_REQ, or COMMIT_AND_FETCH_REQ
 // with result.
 func (q *queue) prep(nr uint32, tag uint16, result int32) error {
-	s, err := q.r.getSQE()
-	if errors.Is(err, errRingFull) {
-		if err := q.r.submit(0); err != nil {
+	s, err := q.r.GetSQE()
+	if errors.Is(err, uring.ErrFull) {
+		if err := q.r.Submit(0); err != nil {
 			return err
 		}
-		s, err = q.r.getSQE()
+		s, err = q.r.GetSQE()
 	}
 	if err != nil {
 		return err
 	}
-	s.opcode = iouringOpURingCmd
-	s.fd = int32(q.cdev.Fd())
-	s.cmdOp = ioOp(nr, q.encoded)
-	s.userData = uint64(tag)
-	c := (*ioCmd)(unsafe.Pointer(&s.cmd[0]))
+	s.Opcode = uring.OpURingCmd
+	s.Fd = int32(q.cdev.Fd())
+	s.Off = uint64(ioOp(nr, q.encoded))
+	s.UserData = uint64(tag)
+	c := (*ioCmd)(q.r.Cmd(s))
 	*c = ioCmd{qID: q.id, tag: tag, result: result, addr: uint64(uintptr(unsafe.Pointer(&q.bufs[int(tag)*q.bufSize])))}
 	return nil
 }
@@ -124,7 +126,7 @@ func (q *queue) serve() error {
 	defer q.pool.close()
 	stop := false
 	for !stop && q.live > 0 {
-		if err := q.r.submit(1); err != nil {
+		if err := q.r.Submit(1); err != nil {
 			return fmt.Errorf("ublk: queue %d: %w", q.id, err)
 		}
 		var ferr error
@@ -133,8 +135,8 @@ func (q *queue) serve() error {
 				ferr = err
 			}
 		}
-		q.r.reap(func(e cqe) {
-			switch e.userData {
+		q.r.Reap(func(e uring.CQE) {
+			switch e.UserData {
 			case stopTag:
 				stop = true
 				return
@@ -145,15 +147,15 @@ func (q *queue) serve() error {
 				keep(q.poll(q.pool.doneFD, doneTag))
 				return
 			}
-			tag := uint16(e.userData)
-			switch e.res {
+			tag := uint16(e.UserData)
+			switch e.Res {
 			case ioResOK:
 				q.pool.submit(tag)
 			case ioResAbort:
 				q.live--
 			default:
 				q.live--
-				q.log.Error("ublk: io command failed", "queue", q.id, "tag", tag, "err", syscall.Errno(-e.res))
+				q.log.Error("ublk: io command failed", "queue", q.id, "tag", tag, "err", syscall.Errno(-e.Res))
 			}
 		})
 		if ferr != nil {
@@ -161,8 +163,8 @@ func (q *queue) serve() error {
 		}
 	}
 	// Commit what was handled in the last batch before leaving.
-	if q.r.unsubmitted() > 0 {
-		if err := q.r.submit(0); err != nil {
+	if q.r.Unsubmitted() > 0 {
+		if err := q.r.Submit(0); err != nil {
 			return fmt.Errorf("ublk: queue %d: %w", q.id, err)
 		}
 	}
@@ -216,7 +218,7 @@ func (q *queue) close() {
 		q.pool.close()
 	}
 	if q.r != nil {
-		q.r.close()
+		q.r.Close()
 	}
 	if q.descs != nil {
 		unix.Munmap(q.descs)

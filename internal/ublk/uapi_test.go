@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"unsafe"
+
+	"vdisk/internal/uring"
 )
 
 // layoutProgram prints, for each struct field and constant the package
@@ -29,11 +31,9 @@ int main(void) {
 	S(io_uring_sqe) O(io_uring_sqe, cmd_op) O(io_uring_sqe, addr) O(io_uring_sqe, len)
 	O(io_uring_sqe, poll32_events) O(io_uring_sqe, user_data) O(io_uring_sqe, cmd)
 	S(io_uring_cqe) O(io_uring_cqe, res) O(io_uring_cqe, flags)
-	S(io_uring_params) O(io_uring_params, features) O(io_uring_params, sq_off) O(io_uring_params, cq_off)
-	S(io_sqring_offsets) O(io_sqring_offsets, array) S(io_cqring_offsets) O(io_cqring_offsets, cqes)
-	C(IORING_SETUP_SQE128) C(IORING_FEAT_SINGLE_MMAP) C(IORING_ENTER_GETEVENTS)
-	C(IORING_OFF_SQ_RING) C(IORING_OFF_CQ_RING) C(IORING_OFF_SQES)
-	C(IORING_OP_NOP) C(IORING_OP_POLL_ADD) C(IORING_OP_URING_CMD)
+	O(io_uring_sqe, off) O(io_uring_sqe, rw_flags) O(io_uring_sqe, fsync_flags)
+	C(IORING_SETUP_SQE128) C(IORING_OP_NOP) C(IORING_OP_POLL_ADD) C(IORING_OP_URING_CMD)
+	C(IORING_OP_READ) C(IORING_OP_WRITE) C(IORING_OP_FSYNC) C(IORING_FSYNC_DATASYNC)
 	S(ublksrv_ctrl_cmd) O(ublksrv_ctrl_cmd, queue_id) O(ublksrv_ctrl_cmd, len) O(ublksrv_ctrl_cmd, addr) O(ublksrv_ctrl_cmd, data)
 	S(ublksrv_ctrl_dev_info) O(ublksrv_ctrl_dev_info, max_io_buf_bytes) O(ublksrv_ctrl_dev_info, dev_id)
 	O(ublksrv_ctrl_dev_info, ublksrv_pid) O(ublksrv_ctrl_dev_info, flags)
@@ -73,9 +73,8 @@ int main(void) {
 // goLayout is what the package uses, under the names layoutProgram prints.
 func goLayout() map[string]int64 {
 	var (
-		s  sqe
-		c  cqe
-		p  uringParams
+		s  uring.SQE
+		c  uring.CQE
 		cc ctrlCmd
 		di devInfo
 		d  ioDesc
@@ -85,19 +84,16 @@ func goLayout() map[string]int64 {
 		pp params
 	)
 	return map[string]int64{
-		// io_uring_sqe is 64 bytes; SQE128 doubles it, and cmd starts at 48.
-		"sizeof_io_uring_sqe": int64(unsafe.Offsetof(s.cmd)) + 16, "offsetof_io_uring_sqe_cmd_op": int64(unsafe.Offsetof(s.cmdOp)),
-		"offsetof_io_uring_sqe_addr": int64(unsafe.Offsetof(s.addr)), "offsetof_io_uring_sqe_len": int64(unsafe.Offsetof(s.len)),
-		"offsetof_io_uring_sqe_poll32_events": int64(unsafe.Offsetof(s.opFlags)), "offsetof_io_uring_sqe_user_data": int64(unsafe.Offsetof(s.userData)),
-		"offsetof_io_uring_sqe_cmd": int64(unsafe.Offsetof(s.cmd)),
-		"sizeof_io_uring_cqe":       int64(unsafe.Sizeof(c)), "offsetof_io_uring_cqe_res": int64(unsafe.Offsetof(c.res)), "offsetof_io_uring_cqe_flags": int64(unsafe.Offsetof(c.flags)),
-		"sizeof_io_uring_params": int64(unsafe.Sizeof(p)), "offsetof_io_uring_params_features": int64(unsafe.Offsetof(p.features)),
-		"offsetof_io_uring_params_sq_off": int64(unsafe.Offsetof(p.sqOff)), "offsetof_io_uring_params_cq_off": int64(unsafe.Offsetof(p.cqOff)),
-		"sizeof_io_sqring_offsets": int64(unsafe.Sizeof(p.sqOff)), "offsetof_io_sqring_offsets_array": int64(unsafe.Offsetof(p.sqOff.array)),
-		"sizeof_io_cqring_offsets": int64(unsafe.Sizeof(p.cqOff)), "offsetof_io_cqring_offsets_cqes": int64(unsafe.Offsetof(p.cqOff.cqes)),
-		"IORING_SETUP_SQE128": iouringSetupSQE128, "IORING_FEAT_SINGLE_MMAP": iouringFeatSingleMap, "IORING_ENTER_GETEVENTS": iouringEnterGetEvent,
-		"IORING_OFF_SQ_RING": iouringOffSQRing, "IORING_OFF_CQ_RING": iouringOffCQRing, "IORING_OFF_SQES": iouringOffSQEs,
-		"IORING_OP_NOP": iouringOpNop, "IORING_OP_POLL_ADD": iouringOpPollAdd, "IORING_OP_URING_CMD": iouringOpURingCmd,
+		// The header's io_uring_sqe is the 64-byte one; SQE128 doubles it.
+		"sizeof_io_uring_sqe": int64(unsafe.Sizeof(s)), "offsetof_io_uring_sqe_cmd_op": int64(unsafe.Offsetof(s.Off)),
+		"offsetof_io_uring_sqe_off": int64(unsafe.Offsetof(s.Off)), "offsetof_io_uring_sqe_rw_flags": int64(unsafe.Offsetof(s.OpFlags)),
+		"offsetof_io_uring_sqe_fsync_flags": int64(unsafe.Offsetof(s.OpFlags)),
+		"offsetof_io_uring_sqe_addr":        int64(unsafe.Offsetof(s.Addr)), "offsetof_io_uring_sqe_len": int64(unsafe.Offsetof(s.Len)),
+		"offsetof_io_uring_sqe_poll32_events": int64(unsafe.Offsetof(s.OpFlags)), "offsetof_io_uring_sqe_user_data": int64(unsafe.Offsetof(s.UserData)),
+		"offsetof_io_uring_sqe_cmd": int64(unsafe.Offsetof(s.Addr3)),
+		"sizeof_io_uring_cqe":       int64(unsafe.Sizeof(c)), "offsetof_io_uring_cqe_res": int64(unsafe.Offsetof(c.Res)), "offsetof_io_uring_cqe_flags": int64(unsafe.Offsetof(c.Flags)),
+		"IORING_SETUP_SQE128": uring.SetupSQE128, "IORING_OP_NOP": uring.OpNop, "IORING_OP_POLL_ADD": uring.OpPollAdd, "IORING_OP_URING_CMD": uring.OpURingCmd,
+		"IORING_OP_READ": uring.OpRead, "IORING_OP_WRITE": uring.OpWrite, "IORING_OP_FSYNC": uring.OpFsync, "IORING_FSYNC_DATASYNC": uring.FsyncDatasync,
 
 		"sizeof_ublksrv_ctrl_cmd": int64(unsafe.Sizeof(cc)), "offsetof_ublksrv_ctrl_cmd_queue_id": int64(unsafe.Offsetof(cc.queueID)),
 		"offsetof_ublksrv_ctrl_cmd_len": int64(unsafe.Offsetof(cc.len)), "offsetof_ublksrv_ctrl_cmd_addr": int64(unsafe.Offsetof(cc.addr)),
@@ -175,19 +171,11 @@ func TestLayoutMatchesUAPI(t *testing.T) {
 			continue
 		}
 		seen++
-		// The header's io_uring_sqe is the 64-byte one; ours is the
-		// SQE128 slot, checked above through the offset of cmd.
 		if g != c {
 			t.Errorf("%s: Go %d, C %d", name, g, c)
 		}
 	}
 	if need := len(want) - 3; seen < need { // the three UBLK_F_/FEATURES names may predate the header
 		t.Fatalf("compared %d names, want at least %d", seen, need)
-	}
-	if got := unsafe.Sizeof(sqe{}); got != sqeSize {
-		t.Errorf("sizeof(sqe) = %d, want %d", got, sqeSize)
-	}
-	if got := unsafe.Sizeof(cqe{}); got != cqeSize {
-		t.Errorf("sizeof(cqe) = %d, want %d", got, cqeSize)
 	}
 }

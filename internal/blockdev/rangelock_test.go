@@ -1,4 +1,4 @@
-package crypt
+package blockdev
 
 import (
 	"testing"
@@ -17,14 +17,14 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 }
 
 func TestRangeLock(t *testing.T) {
-	l := newRangeLock()
-	a := l.lock(0, 4096, true)
-	b := l.lock(4096, 8192, true) // disjoint: granted at once (a deadlock would hang here)
-	r := l.lock(8192, 12288, false)
-	r2 := l.lock(8192, 12288, false) // readers share
+	l := NewRangeLock()
+	a := l.Lock(0, 4096, true)
+	b := l.Lock(4096, 8192, true) // disjoint: granted at once (a deadlock would hang here)
+	r := l.Lock(8192, 12288, false)
+	r2 := l.Lock(8192, 12288, false) // readers share
 
-	granted := make(chan *lockReq)
-	go func() { granted <- l.lock(2048, 6144, true) }() // overlaps a and b
+	granted := make(chan *RangeHandle)
+	go func() { granted <- l.Lock(2048, 6144, true) }() // overlaps a and b
 	queued := func() bool {
 		l.mu.Lock()
 		defer l.mu.Unlock()
@@ -37,22 +37,22 @@ func TestRangeLock(t *testing.T) {
 	if !blocked {
 		t.Fatal("a writer overlapping held ranges is not blocked")
 	}
-	l.unlock(a)
+	l.Unlock(a)
 	select {
 	case <-granted:
 		t.Fatal("granted while b still overlaps")
 	default:
 	}
-	l.unlock(b)
-	var w *lockReq
+	l.Unlock(b)
+	var w *RangeHandle
 	select {
 	case w = <-granted:
 	case <-time.After(10 * time.Second):
 		t.Fatal("writer not granted after both overlapping ranges were released")
 	}
-	l.unlock(r)
-	l.unlock(r2)
-	l.unlock(w)
+	l.Unlock(r)
+	l.Unlock(r2)
+	l.Unlock(w)
 	if len(l.reqs) != 0 {
 		t.Fatalf("%d requests left", len(l.reqs))
 	}
