@@ -235,6 +235,11 @@ type Disk struct {
 	// NoBacking reports that only the top layer of the image's backing
 	// chain is served (OpenRequest.NoBacking).
 	NoBacking bool `json:"no_backing,omitempty"`
+
+	// Snapshot, SnapshotDir and Base are as in OpenRequest.
+	Snapshot    bool   `json:"snapshot,omitempty"`
+	SnapshotDir string `json:"snapshot_dir,omitempty"`
+	Base        string `json:"base,omitempty"`
 }
 
 // CacheStats describe the write-back cache of a disk in an object store.
@@ -295,6 +300,20 @@ type OpenRequest struct {
 	// NoBacking serves the top layer of the image alone, without opening
 	// any file it names: what its backing file holds reads as zeroes.
 	NoBacking bool `json:"no_backing,omitempty"`
+
+	// Snapshot throws the disk's writes away: File, which must exist, is
+	// opened read-only under a temporary qcow2 overlay in SnapshotDir (an
+	// absolute directory; "" is the daemon's $TMPDIR), unlinked from birth
+	// and encrypted with a random key above a LUKS volume. The overlay
+	// lives as long as the daemon's open: a daemon restarted after a crash
+	// drops the disk (its overlay is gone) and frees its device.
+	Snapshot    bool   `json:"snapshot,omitempty"`
+	SnapshotDir string `json:"snapshot_dir,omitempty"`
+	// Base makes File a qcow2 overlay over Base (an absolute path or an
+	// s3:// URL; S3 then says how to reach it), created when missing with
+	// Base recorded as its backing file. An existing File must record Base
+	// (CodeBadRequest otherwise).
+	Base string `json:"base,omitempty"`
 }
 
 // S3Options say how the daemon reaches the object store behind an s3://

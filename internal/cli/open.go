@@ -28,6 +28,8 @@ func newOpenCmd(e *env) *cobra.Command {
 		s3o                     api.S3Options
 		backingDirs             []string
 		noBacking               bool
+		snapshot                bool
+		snapshotDir, overlay    string
 	)
 	cmd := &cobra.Command{
 		Use:   "open FILE",
@@ -101,6 +103,9 @@ func newOpenCmd(e *env) *cobra.Command {
 			req.File = path
 			req.AllowDiscards = allowDiscards
 			req.NoBacking = noBacking
+			if err := snapshotRequest(&req, snapshot, snapshotDir, overlay); err != nil {
+				return err
+			}
 			c, err := f.connect(cmd.Context(), e)
 			if err != nil {
 				return err
@@ -129,7 +134,48 @@ func newOpenCmd(e *env) *cobra.Command {
 	cmd.Flags().StringArrayVar(&backingDirs, "backing-dir", nil, "also follow files the image names (backing files, parents, extents) inside this directory tree; by default only the image's own directory is trusted")
 	cmd.Flags().BoolVar(&noBacking, "no-backing", false, "serve the top layer alone: follow no file the image names (a backing file's data reads as zeroes)")
 	addS3Flags(cmd.Flags(), &s3o)
+	cmd.Flags().BoolVar(&snapshot, "snapshot", false, "throw writes away (like qemu-nbd -s): FILE is opened read-only under a temporary qcow2 overlay, gone when the disk closes or the daemon stops (a daemon restarted after a crash drops the disk); above an encrypted image the overlay is encrypted with a random key")
+	cmd.Flags().StringVar(&snapshotDir, "snapshot-dir", "", "directory of --snapshot's temporary overlay (default: the daemon's $TMPDIR, else /tmp)")
+	cmd.Flags().StringVar(&overlay, "overlay", "", "open this qcow2 overlay over FILE, its base (any format, or s3://), creating it when missing with FILE recorded as its backing file; an existing overlay must record FILE")
 	return cmd
+}
+
+// snapshotRequest fills in --snapshot, --snapshot-dir and --overlay: an
+// overlay is the disk, over req.File as its base.
+func snapshotRequest(req *api.OpenRequest, snapshot bool, dir, overlay string) error {
+	switch {
+	case dir != "" && !snapshot:
+		return errors.New("--snapshot-dir goes with --snapshot")
+	case snapshot && overlay != "":
+		return errors.New("--snapshot and --overlay exclude each other")
+	}
+	req.Snapshot = snapshot
+	if dir != "" {
+		abs, err := filepath.Abs(dir)
+		if err != nil {
+			return fmt.Errorf("--snapshot-dir: %w", err)
+		}
+		if fi, err := os.Stat(abs); err != nil || !fi.IsDir() {
+			return fmt.Errorf("--snapshot-dir %s is not a directory", dir)
+		}
+		req.SnapshotDir = abs
+	}
+	if snapshot {
+		req.Create = false // a snapshot serves an image that exists
+		if !api.IsURL(req.File) {
+			if _, err := os.Stat(req.File); err != nil {
+				return fmt.Errorf("--snapshot: %w", err)
+			}
+		}
+	}
+	if overlay != "" {
+		top, err := resolveFile(overlay)
+		if err != nil {
+			return err
+		}
+		req.Base, req.File = req.File, top // made when missing, of the base's size
+	}
+	return nil
 }
 
 // resolveBackingDirs returns the absolute paths of --backing-dir

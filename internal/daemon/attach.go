@@ -232,6 +232,9 @@ func record(sd stateDisk, dev blockdev.Device, format, via, reason string, node 
 		Encrypted:         sd.Encrypted,
 		BackingDirs:       sd.BackingDirs,
 		NoBacking:         sd.NoBacking,
+		Snapshot:          sd.Snapshot,
+		SnapshotDir:       sd.SnapshotDir,
+		Base:              sd.Base,
 	}
 	if node.path != "" {
 		r.Device = node.path

@@ -39,9 +39,14 @@ func (d *Daemon) Restore(ctx context.Context) {
 		return
 	}
 	defer end()
+	d.sweepSnapshots(sds)
 	var wg sync.WaitGroup
 	for _, sd := range sds {
 		sd.ID = api.DiskID(sd.File)
+		if sd.Snapshot {
+			wg.Go(func() { d.dropSnapshot(sd) })
+			continue
+		}
 		wg.Go(func() { d.restoreLocked(ctx, sd) })
 	}
 	wg.Wait()
@@ -86,6 +91,7 @@ func (d *Daemon) restoreOne(ctx context.Context, sd stateDisk) (*disk, error) {
 			ID: sd.ID, File: sd.File, Format: sd.Format, ReadOnly: sd.ReadOnly, Writable: !sd.ReadOnly,
 			Via: sd.Via, ViaReason: sd.ViaReason, UniqueID: api.UniqueID(sd.File), OpenedAt: sd.OpenedAt, Hotplug: true,
 			MediaType: api.MediaFixed, State: state, Error: err.Error(), BackingDirs: sd.BackingDirs, NoBacking: sd.NoBacking,
+			Snapshot: sd.Snapshot, SnapshotDir: sd.SnapshotDir, Base: sd.Base,
 		}}, err
 	}
 	if !api.IsURL(sd.File) {

@@ -47,6 +47,9 @@ func openImage(ctx context.Context, sd stateDisk, o openOpts, log *slog.Logger) 
 		BackingDirs:   sd.BackingDirs,
 		NoBacking:     sd.NoBacking,
 		Log:           log,
+		Snapshot:      sd.Snapshot,
+		SnapshotDir:   sd.SnapshotDir,
+		Base:          sd.Base,
 	}
 	if sd.S3 != nil {
 		so.S3 = stack.S3Options{Endpoint: sd.S3.Endpoint, Region: sd.S3.Region, Profile: sd.S3.Profile, CacheDir: sd.S3.CacheDir, LeaseTTL: sd.S3.LeaseTTL, UnsafeNoFencing: sd.S3.UnsafeNoFencing}

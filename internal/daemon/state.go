@@ -50,6 +50,12 @@ type stateDisk struct {
 	// files the image names (api.OpenRequest): a restore trusts no more.
 	BackingDirs []string `json:"backing_dirs,omitempty"`
 	NoBacking   bool     `json:"no_backing,omitempty"`
+	// Snapshot marks a disk whose writes went to a throw-away overlay
+	// (api.OpenRequest.Snapshot): gone with the daemon that had it, so a
+	// restart drops the disk. Base is an overlay's base image.
+	Snapshot    bool   `json:"snapshot,omitempty"`
+	SnapshotDir string `json:"snapshot_dir,omitempty"`
+	Base        string `json:"base,omitempty"`
 }
 
 // stateDoc is the state file.
