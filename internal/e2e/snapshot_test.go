@@ -199,7 +199,6 @@ func TestSnapshotServeS3(t *testing.T) {
 	imagetest.NeedTool(t, "fio")
 	imagetest.NeedTool(t, "qemu-io")
 	srv := s3test.Need(t)
-	t.Cleanup(func() { srv.Stop() })
 	e := newEnv(t)
 	withS3 := s3Env(srv)
 	url := fmt.Sprintf("s3://%s/e2e-snap-%d", srv.Bucket, time.Now().UnixNano())
