@@ -222,6 +222,30 @@ func TestSnapshotServeS3(t *testing.T) {
 	if sum256(t, before) != sum256(t, after) {
 		t.Fatal("the snapshot wrote its s3:// image")
 	}
+
+	// A local overlay over the s3:// image: the URL is recorded (qemu
+	// cannot follow it; vdisk checks it on reopen), the base unchanged.
+	top := filepath.Join(e.dir, "top.qcow2")
+	s = startServe(t, withS3, "--overlay", top, url)
+	fioVerify(t, s.uri, "16M")
+	s.stop(t)
+	var info struct {
+		Backing string `json:"backing-filename"`
+		Format  string `json:"backing-filename-format"`
+	}
+	if err := json.Unmarshal([]byte(sh(t, "qemu-img", "info", "--output=json", top)), &info); err != nil {
+		t.Fatal(err)
+	}
+	if info.Backing != url || info.Format != "raw" {
+		t.Fatalf("qemu-img info of the overlay over %s: %+v", url, info)
+	}
+	s = startServe(t, withS3, "--overlay", top, "--read-only", url)
+	sh(t, "qemu-io", "-f", "raw", "-r", "-c", "read -P 0x3c 60M 4M", s.uri)
+	s.stop(t)
+	e.mustWith(withS3, "convert", "-O", "raw", url, after+".2")
+	if sum256(t, before) != sum256(t, after+".2") {
+		t.Fatal("the overlay wrote its s3:// base")
+	}
 }
 
 // TestSnapshotDaemon: `vdisk open --snapshot` through the daemon (via
