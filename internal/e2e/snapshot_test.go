@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"vdisk/internal/image/imagetest"
+	"vdisk/internal/nbd/nbdtest"
 	"vdisk/internal/storage/objstore/s3/s3test"
 )
 
@@ -339,13 +340,15 @@ func TestOverlayServe(t *testing.T) {
 		Backing string `json:"backing-filename"`
 		Format  string `json:"backing-filename-format"`
 	}
-	if err := json.Unmarshal([]byte(sh(t, "qemu-img", "info", "--output=json", top)), &info); err != nil {
-		t.Fatal(err)
+	for _, qemuImg := range []string{"qemu-img", filepath.Join(nbdtest.Qemu10(t), "qemu-img")} {
+		if err := json.Unmarshal([]byte(sh(t, qemuImg, "info", "--output=json", top)), &info); err != nil {
+			t.Fatal(err)
+		}
+		if info.Backing != "base.vhdx" || info.Format != "vhdx" {
+			t.Fatalf("%s info: %+v", qemuImg, info)
+		}
+		sh(t, qemuImg, "check", top)
 	}
-	if info.Backing != "base.vhdx" || info.Format != "vhdx" {
-		t.Fatalf("qemu-img info: %+v", info)
-	}
-	sh(t, "qemu-img", "check", top)
 	s = startServe(t, nil, "--overlay", top, "--read-only", base)
 	s.stop(t)
 
