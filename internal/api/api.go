@@ -236,10 +236,12 @@ type Disk struct {
 	// chain is served (OpenRequest.NoBacking).
 	NoBacking bool `json:"no_backing,omitempty"`
 
-	// Snapshot, SnapshotDir and Base are as in OpenRequest.
+	// Snapshot, SnapshotDir and Base are as in OpenRequest; BaseFormat is
+	// the base's format as the request gave it (its Format: "" probed).
 	Snapshot    bool   `json:"snapshot,omitempty"`
 	SnapshotDir string `json:"snapshot_dir,omitempty"`
 	Base        string `json:"base,omitempty"`
+	BaseFormat  string `json:"base_format,omitempty"`
 }
 
 // CacheStats describe the write-back cache of a disk in an object store.
@@ -312,7 +314,7 @@ type OpenRequest struct {
 	// Base makes File a qcow2 overlay over Base (an absolute path or an
 	// s3:// URL; S3 then says how to reach it), created when missing with
 	// Base recorded as its backing file. An existing File must record Base
-	// (CodeBadRequest otherwise).
+	// (CodeBadRequest otherwise). Format is then the base's format.
 	Base string `json:"base,omitempty"`
 }
 

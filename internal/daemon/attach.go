@@ -235,6 +235,7 @@ func record(sd stateDisk, dev blockdev.Device, format, via, reason string, node 
 		Snapshot:          sd.Snapshot,
 		SnapshotDir:       sd.SnapshotDir,
 		Base:              sd.Base,
+		BaseFormat:        sd.BaseFormat,
 	}
 	if node.path != "" {
 		r.Device = node.path

@@ -196,6 +196,9 @@ func (d *Daemon) Open(ctx context.Context, req api.OpenRequest) (api.Disk, bool,
 	sd := stateDisk{ID: id, File: path, Format: req.Format, ReadOnly: req.ReadOnly, Via: req.Via, AllowDiscards: req.AllowDiscards,
 		BackingDirs: dirs, NoBacking: req.NoBacking, OpenedAt: time.Now().UTC().Truncate(time.Second),
 		Snapshot: req.Snapshot && !req.ReadOnly, SnapshotDir: req.SnapshotDir, Base: req.Base}
+	if req.Base != "" {
+		sd.BaseFormat = req.Format
+	}
 	o := openOpts{passphrase: req.Passphrase}
 	if url || api.IsURL(req.Base) {
 		o.create, o.size = req.Create, req.Size
@@ -448,7 +451,7 @@ func (d *Daemon) save() {
 			Via: dk.rec.Via, ViaReason: dk.rec.ViaReason, Device: dk.rec.Device, OpenedAt: dk.rec.OpenedAt,
 			Index: dk.index, Encrypted: dk.rec.Encrypted, AllowDiscards: dk.allowDiscards, S3: dk.s3,
 			BackingDirs: dk.rec.BackingDirs, NoBacking: dk.rec.NoBacking,
-			Snapshot: dk.rec.Snapshot, SnapshotDir: dk.rec.SnapshotDir, Base: dk.rec.Base,
+			Snapshot: dk.rec.Snapshot, SnapshotDir: dk.rec.SnapshotDir, Base: dk.rec.Base, BaseFormat: dk.rec.BaseFormat,
 		}
 		if dk.kern != nil {
 			i := dk.kern.Index()

@@ -91,7 +91,7 @@ func (d *Daemon) restoreOne(ctx context.Context, sd stateDisk) (*disk, error) {
 			ID: sd.ID, File: sd.File, Format: sd.Format, ReadOnly: sd.ReadOnly, Writable: !sd.ReadOnly,
 			Via: sd.Via, ViaReason: sd.ViaReason, UniqueID: api.UniqueID(sd.File), OpenedAt: sd.OpenedAt, Hotplug: true,
 			MediaType: api.MediaFixed, State: state, Error: err.Error(), BackingDirs: sd.BackingDirs, NoBacking: sd.NoBacking,
-			Snapshot: sd.Snapshot, SnapshotDir: sd.SnapshotDir, Base: sd.Base,
+			Snapshot: sd.Snapshot, SnapshotDir: sd.SnapshotDir, Base: sd.Base, BaseFormat: sd.BaseFormat,
 		}}, err
 	}
 	if !api.IsURL(sd.File) {

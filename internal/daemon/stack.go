@@ -51,6 +51,9 @@ func openImage(ctx context.Context, sd stateDisk, o openOpts, log *slog.Logger) 
 		SnapshotDir:   sd.SnapshotDir,
 		Base:          sd.Base,
 	}
+	if sd.Base != "" {
+		so.Format = sd.BaseFormat // Format is the overlay's: qcow2
+	}
 	if sd.S3 != nil {
 		so.S3 = stack.S3Options{Endpoint: sd.S3.Endpoint, Region: sd.S3.Region, Profile: sd.S3.Profile, CacheDir: sd.S3.CacheDir, LeaseTTL: sd.S3.LeaseTTL, UnsafeNoFencing: sd.S3.UnsafeNoFencing}
 	}

@@ -56,6 +56,7 @@ type stateDisk struct {
 	Snapshot    bool   `json:"snapshot,omitempty"`
 	SnapshotDir string `json:"snapshot_dir,omitempty"`
 	Base        string `json:"base,omitempty"`
+	BaseFormat  string `json:"base_format,omitempty"`
 }
 
 // stateDoc is the state file.

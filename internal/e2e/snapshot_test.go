@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"vdisk/internal/api"
 	"vdisk/internal/image/imagetest"
 	"vdisk/internal/nbd/nbdtest"
 	"vdisk/internal/storage/objstore/s3/s3test"
@@ -393,7 +394,7 @@ func TestOverlayOpen(t *testing.T) {
 	if !bytes.Equal(got, want) {
 		t.Fatal("qemu reads another disk through the overlay")
 	}
-	dev, id = e.open("--overlay", top, "--format", "raw", "--via", "fuse", base)
+	dev, _ = e.open("--overlay", top, "--format", "raw", "--via", "fuse", base)
 	f, err = os.Open(dev)
 	if err != nil {
 		t.Fatal(err)
@@ -403,7 +404,13 @@ func TestOverlayOpen(t *testing.T) {
 		t.Fatalf("reopened overlay: %v, %#x", err, b[0])
 	}
 	f.Close()
-	e.must("close", id)
+	// A daemon killed and restarted reopens the overlay over its base.
+	e.stopDaemon(e.daemonPID(), syscall.SIGKILL)
+	l = listDisks(t, e)
+	if len(l) != 1 || l[0].State != api.StateOpen || l[0].Base != base || l[0].File != top {
+		t.Fatalf("after kill -9 and restart: %+v", l)
+	}
+	e.must("close", l[0].ID)
 	other := filepath.Join(e.dir, "other.raw")
 	if err := os.WriteFile(other, make([]byte, 16<<20), 0o600); err != nil {
 		t.Fatal(err)

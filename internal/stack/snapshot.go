@@ -332,9 +332,7 @@ func openOverlay(ctx context.Context, name string, o Options) (*Disk, error) {
 		if baseName, err = filepath.Abs(baseName); err != nil {
 			return nil, err
 		}
-		if inTree(filepath.Dir(top), baseName) {
-			// nothing to say: a backing file beside the overlay
-		} else if o.Log != nil {
+		if !inTree(filepath.Dir(top), baseName) && o.Log != nil {
 			o.Log.Info("the base lies outside the overlay's directory; it is trusted because you named it", "overlay", top, "base", baseName)
 		}
 	}
