@@ -52,10 +52,20 @@ func newOpenCmd(e *env) *cobra.Command {
 			"The files an image names (a qcow2 or VHD backing file, a VMDK's extents) are\n" +
 			"followed only inside the image's own directory tree, as regular files; name\n" +
 			"more trusted trees with --backing-dir, or serve the top layer alone with\n" +
-			"--no-backing. The daemon keeps both to reopen the disk after a restart.",
+			"--no-backing. The daemon keeps both to reopen the disk after a restart.\n\n" +
+			"--snapshot throws the disk's writes away (qemu-nbd -s): FILE is opened read-only\n" +
+			"under a temporary qcow2 overlay that never has a name in --snapshot-dir (O_TMPFILE)\n" +
+			"and is encrypted with a random in-memory key above a LUKS volume. It is gone when\n" +
+			"the disk closes or the daemon stops; a daemon restarted after a crash drops the\n" +
+			"disk (its writes are gone; FILE was never written) and frees its device.\n" +
+			"--overlay TOP opens the qcow2 overlay TOP over FILE, its base (any format vdisk\n" +
+			"reads, or s3://), creating TOP when missing with FILE recorded as its backing file\n" +
+			"(relative to TOP's directory when inside it; an s3:// URL as it is, which qemu\n" +
+			"cannot follow). --format is the base's; a TOP that records another base is refused.",
 		Example: "  vdisk open disk.img --size 10G\n  vdisk open disk.qcow2 --via nbd\n  vdisk open disk.img --via fuse --json\n" +
 			"  vdisk open overlay.qcow2 --backing-dir /srv/base-images\n" +
-			"  vdisk open secret.img --key-file key.txt\n  vdisk open s3://bucket/disk1 --s3-endpoint http://127.0.0.1:7070 --size 10G",
+			"  vdisk open secret.img --key-file key.txt\n  vdisk open s3://bucket/disk1 --s3-endpoint http://127.0.0.1:7070 --size 10G\n" +
+			"  vdisk open --snapshot golden.qcow2\n  vdisk open --overlay work.qcow2 golden.vmdk",
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := needRoot(); err != nil {

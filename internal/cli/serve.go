@@ -81,7 +81,9 @@ localhost:10809), or on the sockets systemd passes (LISTEN_FDS), so that
 serves.`,
 		Example: `  vdisk serve disk.img
   vdisk serve --unix /tmp/nbd.sock --read-only disk.img
-  vdisk serve --create --size 1G --listen 127.0.0.1:10809 new.img`,
+  vdisk serve --create --size 1G --listen 127.0.0.1:10809 new.img
+  vdisk serve --snapshot --unix /tmp/nbd.sock golden.qcow2
+  vdisk serve --overlay work.qcow2 golden.vhdx`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runServe(cmd.Context(), e, o, args)
