@@ -241,6 +241,12 @@ type Disk struct {
 	// s3:// disk.
 	CacheMode string `json:"cache_mode,omitempty"`
 	AIO       string `json:"aio,omitempty"`
+	// Snapshot, SnapshotDir and Base are as in OpenRequest; BaseFormat is
+	// the base's format as the request gave it (its Format: "" probed).
+	Snapshot    bool   `json:"snapshot,omitempty"`
+	SnapshotDir string `json:"snapshot_dir,omitempty"`
+	Base        string `json:"base,omitempty"`
+	BaseFormat  string `json:"base_format,omitempty"`
 }
 
 // CacheStats describe the write-back cache of a disk in an object store.
@@ -309,6 +315,19 @@ type OpenRequest struct {
 	// to reopen the disk after a restart.
 	CacheMode string `json:"cache_mode,omitempty"`
 	AIO       string `json:"aio,omitempty"`
+	// Snapshot throws the disk's writes away: File, which must exist, is
+	// opened read-only under a temporary qcow2 overlay in SnapshotDir (an
+	// absolute directory; "" is the daemon's $TMPDIR), unlinked from birth
+	// and encrypted with a random key above a LUKS volume. The overlay
+	// lives as long as the daemon's open: a daemon restarted after a crash
+	// drops the disk (its overlay is gone) and frees its device.
+	Snapshot    bool   `json:"snapshot,omitempty"`
+	SnapshotDir string `json:"snapshot_dir,omitempty"`
+	// Base makes File a qcow2 overlay over Base (an absolute path or an
+	// s3:// URL; S3 then says how to reach it), created when missing with
+	// Base recorded as its backing file. An existing File must record Base
+	// (CodeBadRequest otherwise). Format is then the base's format.
+	Base string `json:"base,omitempty"`
 }
 
 // S3Options say how the daemon reaches the object store behind an s3://

@@ -29,6 +29,8 @@ func newOpenCmd(e *env) *cobra.Command {
 		backingDirs             []string
 		noBacking               bool
 		cache                   cacheFlags
+		snapshot                bool
+		snapshotDir, overlay    string
 	)
 	cmd := &cobra.Command{
 		Use:   "open FILE",
@@ -51,10 +53,20 @@ func newOpenCmd(e *env) *cobra.Command {
 			"The files an image names (a qcow2 or VHD backing file, a VMDK's extents) are\n" +
 			"followed only inside the image's own directory tree, as regular files; name\n" +
 			"more trusted trees with --backing-dir, or serve the top layer alone with\n" +
-			"--no-backing. The daemon keeps both to reopen the disk after a restart.",
+			"--no-backing. The daemon keeps both to reopen the disk after a restart.\n\n" +
+			"--snapshot throws the disk's writes away (qemu-nbd -s): FILE is opened read-only\n" +
+			"under a temporary qcow2 overlay that never has a name in --snapshot-dir (O_TMPFILE)\n" +
+			"and is encrypted with a random in-memory key above a LUKS volume. It is gone when\n" +
+			"the disk closes or the daemon stops; a daemon restarted after a crash drops the\n" +
+			"disk (its writes are gone; FILE was never written) and frees its device.\n" +
+			"--overlay TOP opens the qcow2 overlay TOP over FILE, its base (any format vdisk\n" +
+			"reads, or s3://), creating TOP when missing with FILE recorded as its backing file\n" +
+			"(relative to TOP's directory when inside it; an s3:// URL as it is, which qemu\n" +
+			"cannot follow). --format is the base's; a TOP that records another base is refused.",
 		Example: "  vdisk open disk.img --size 10G\n  vdisk open disk.qcow2 --via nbd\n  vdisk open disk.img --via fuse --json\n" +
 			"  vdisk open overlay.qcow2 --backing-dir /srv/base-images\n" +
-			"  vdisk open secret.img --key-file key.txt\n  vdisk open s3://bucket/disk1 --s3-endpoint http://127.0.0.1:7070 --size 10G",
+			"  vdisk open secret.img --key-file key.txt\n  vdisk open s3://bucket/disk1 --s3-endpoint http://127.0.0.1:7070 --size 10G\n" +
+			"  vdisk open --snapshot golden.qcow2\n  vdisk open --overlay work.qcow2 golden.vmdk",
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := needRoot(); err != nil {
@@ -108,6 +120,9 @@ func newOpenCmd(e *env) *cobra.Command {
 			if cmd.Flags().Changed("aio") {
 				req.AIO = cache.aio
 			}
+			if err := snapshotRequest(&req, snapshot, snapshotDir, overlay); err != nil {
+				return err
+			}
 			c, err := f.connect(cmd.Context(), e)
 			if err != nil {
 				return err
@@ -137,7 +152,48 @@ func newOpenCmd(e *env) *cobra.Command {
 	cmd.Flags().BoolVar(&noBacking, "no-backing", false, "serve the top layer alone: follow no file the image names (a backing file's data reads as zeroes)")
 	cache.add(cmd.Flags())
 	addS3Flags(cmd.Flags(), &s3o)
+	cmd.Flags().BoolVar(&snapshot, "snapshot", false, "throw writes away (like qemu-nbd -s): FILE is opened read-only under a temporary qcow2 overlay, gone when the disk closes or the daemon stops (a daemon restarted after a crash drops the disk); above an encrypted image the overlay is encrypted with a random key")
+	cmd.Flags().StringVar(&snapshotDir, "snapshot-dir", "", "directory of --snapshot's temporary overlay (default: the daemon's $TMPDIR, else /tmp)")
+	cmd.Flags().StringVar(&overlay, "overlay", "", "open this qcow2 overlay over FILE, its base (any format, or s3://), creating it when missing with FILE recorded as its backing file; an existing overlay must record FILE")
 	return cmd
+}
+
+// snapshotRequest fills in --snapshot, --snapshot-dir and --overlay: an
+// overlay is the disk, over req.File as its base.
+func snapshotRequest(req *api.OpenRequest, snapshot bool, dir, overlay string) error {
+	switch {
+	case dir != "" && !snapshot:
+		return errors.New("--snapshot-dir goes with --snapshot")
+	case snapshot && overlay != "":
+		return errors.New("--snapshot and --overlay exclude each other")
+	}
+	req.Snapshot = snapshot
+	if dir != "" {
+		abs, err := filepath.Abs(dir)
+		if err != nil {
+			return fmt.Errorf("--snapshot-dir: %w", err)
+		}
+		if fi, err := os.Stat(abs); err != nil || !fi.IsDir() {
+			return fmt.Errorf("--snapshot-dir %s is not a directory", dir)
+		}
+		req.SnapshotDir = abs
+	}
+	if snapshot {
+		req.Create = false // a snapshot serves an image that exists
+		if !api.IsURL(req.File) {
+			if _, err := os.Stat(req.File); err != nil {
+				return fmt.Errorf("--snapshot: %w", err)
+			}
+		}
+	}
+	if overlay != "" {
+		top, err := resolveFile(overlay)
+		if err != nil {
+			return err
+		}
+		req.Base, req.File = req.File, top // made when missing, of the base's size
+	}
+	return nil
 }
 
 // resolveBackingDirs returns the absolute paths of --backing-dir

@@ -58,7 +58,10 @@ type serveOptions struct {
 	s3observe   func(op, status string, read, written int64)
 	s3retry     func()
 
-	cacheFlags // --cache, --aio
+	cacheFlags  // --cache, --aio
+	snapshot    bool
+	snapshotDir string
+	overlay     string
 }
 
 func init() { register(newServeCmd) }
@@ -79,7 +82,9 @@ localhost:10809), or on the sockets systemd passes (LISTEN_FDS), so that
 serves.`,
 		Example: `  vdisk serve disk.img
   vdisk serve --unix /tmp/nbd.sock --read-only disk.img
-  vdisk serve --create --size 1G --listen 127.0.0.1:10809 new.img`,
+  vdisk serve --create --size 1G --listen 127.0.0.1:10809 new.img
+  vdisk serve --snapshot --unix /tmp/nbd.sock golden.qcow2
+  vdisk serve --overlay work.qcow2 golden.vhdx`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runServe(cmd.Context(), e, o, args)
@@ -107,6 +112,9 @@ serves.`,
 	f.DurationVar(&o.handshake, "handshake-timeout", nbd.DefaultHandshakeTimeout, "drop a client that has not chosen an export this long after connecting (like qemu-nbd --handshake-limit)")
 	o.cacheFlags.add(f)
 	addServeMetricsFlag(f, &o.metrics)
+	f.BoolVarP(&o.snapshot, "snapshot", "s", false, "throw writes away (like qemu-nbd -s): the image is opened read-only under a temporary qcow2 overlay that reads see and that is gone when serve ends; above an encrypted image the overlay is encrypted with a random key")
+	f.StringVar(&o.snapshotDir, "snapshot-dir", "", "directory of --snapshot's temporary overlay (default $TMPDIR, else /tmp); it never holds a name for it where the file system has O_TMPFILE")
+	f.StringVar(&o.overlay, "overlay", "", "serve this qcow2 overlay over IMAGE, its base (of any format, or s3://), creating it when missing with IMAGE recorded as its backing file; an existing overlay must record IMAGE")
 	return c
 }
 
@@ -116,6 +124,16 @@ func runServe(ctx context.Context, e *env, o serveOptions, images []string) erro
 	}
 	if len(o.exportNames) > len(images) {
 		return fmt.Errorf("serve: %d --export-name flags for %d images", len(o.exportNames), len(images))
+	}
+	switch {
+	case o.snapshotDir != "" && !o.snapshot:
+		return errors.New("serve: --snapshot-dir goes with --snapshot")
+	case o.snapshot && o.overlay != "":
+		return errors.New("serve: --snapshot and --overlay exclude each other")
+	case o.overlay != "" && len(images) != 1:
+		return errors.New("serve: --overlay puts one overlay over one IMAGE")
+	case o.overlay != "" && o.create:
+		return errors.New("serve: --overlay makes the overlay when missing; --create does not apply (its base must exist)")
 	}
 	tlsConf, err := serverTLS(o)
 	if err != nil {
@@ -163,6 +181,9 @@ func runServe(ctx context.Context, e *env, o serveOptions, images []string) erro
 	}()
 	for i, img := range images {
 		name := filepath.Base(img)
+		if o.overlay != "" {
+			name = filepath.Base(o.overlay)
+		}
 		if i < len(o.exportNames) {
 			name = o.exportNames[i]
 		}
@@ -224,10 +245,13 @@ func openServeImage(ctx context.Context, e *env, path string, o serveOptions, cr
 	if err != nil {
 		return nil, err
 	}
-	d, err := stack.Open(ctx, path, stack.Options{
-		Cache: cache,
-		AIO:   aio,
-
+	open, base := path, ""
+	if o.overlay != "" {
+		open, base = o.overlay, path
+	}
+	d, err := stack.Open(ctx, open, stack.Options{
+		Cache:       cache,
+		AIO:         aio,
 		Format:      o.format,
 		ReadOnly:    o.readOnly,
 		Create:      o.create,
@@ -240,9 +264,20 @@ func openServeImage(ctx context.Context, e *env, path string, o serveOptions, cr
 		Passphrase:    o.crypt.passphrase(e),
 		KeepEncrypted: o.crypt.noDecrypt,
 		AllowDiscards: o.crypt.allowDiscards,
+
+		Snapshot:    o.snapshot,
+		SnapshotDir: o.snapshotDir,
+		Base:        base,
 	})
 	if err != nil {
 		return nil, err
+	}
+	if o.snapshot && !o.readOnly {
+		e.log.Info("serving a snapshot: writes are thrown away", "path", path, "overlay dir", stack.SnapshotDir(o.snapshotDir))
+	}
+	if d.Created && base != "" {
+		e.log.Info("created overlay", "path", open, "base", base)
+		d.Created = false
 	}
 	if d.Encrypted {
 		e.log.Info("unlocked encrypted image", "path", path)

@@ -234,6 +234,10 @@ func record(sd stateDisk, dev blockdev.Device, format, via, reason string, node 
 		NoBacking:         sd.NoBacking,
 		CacheMode:         sd.CacheMode,
 		AIO:               sd.AIO,
+		Snapshot:          sd.Snapshot,
+		SnapshotDir:       sd.SnapshotDir,
+		Base:              sd.Base,
+		BaseFormat:        sd.BaseFormat,
 	}
 	if node.path != "" {
 		r.Device = node.path

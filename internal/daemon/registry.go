@@ -124,7 +124,10 @@ func (d *Daemon) Open(ctx context.Context, req api.OpenRequest) (api.Disk, bool,
 	if req.Via != "" && !api.IsVia(req.Via) {
 		return api.Disk{}, false, api.Errorf(api.CodeBadVia, "unknown attach path %q: want ublk, nbd, loop or fuse", req.Via)
 	}
-	if req.S3 != nil && !url {
+	if err := checkSnapshot(req); err != nil {
+		return api.Disk{}, false, err
+	}
+	if req.S3 != nil && !url && !api.IsURL(req.Base) {
 		return api.Disk{}, false, api.Errorf(api.CodeBadRequest, "%s is not an s3:// image: object store options do not apply", path)
 	}
 	dirs, err := backingDirs(path, req.BackingDirs)
@@ -180,7 +183,7 @@ func (d *Daemon) Open(ctx context.Context, req api.OpenRequest) (api.Disk, bool,
 		}
 	}
 	created := false
-	if _, err := os.Stat(path); !url && errors.Is(err, fs.ErrNotExist) {
+	if _, err := os.Stat(path); !url && !req.Snapshot && req.Base == "" && errors.Is(err, fs.ErrNotExist) {
 		size := req.Size
 		if size == 0 {
 			size = api.DefaultSize
@@ -194,10 +197,14 @@ func (d *Daemon) Open(ctx context.Context, req api.OpenRequest) (api.Disk, bool,
 		created = true
 	}
 	sd := stateDisk{ID: id, File: path, Format: req.Format, ReadOnly: req.ReadOnly, Via: req.Via, AllowDiscards: req.AllowDiscards,
-		BackingDirs: dirs, NoBacking: req.NoBacking, OpenedAt: time.Now().UTC().Truncate(time.Second)}
+		BackingDirs: dirs, NoBacking: req.NoBacking, OpenedAt: time.Now().UTC().Truncate(time.Second),
+		Snapshot: req.Snapshot && !req.ReadOnly, SnapshotDir: req.SnapshotDir, Base: req.Base}
 	sd.CacheMode, sd.AIO = req.CacheMode, req.AIO
+	if req.Base != "" {
+		sd.BaseFormat = req.Format
+	}
 	o := openOpts{passphrase: req.Passphrase}
-	if url {
+	if url || api.IsURL(req.Base) {
 		o.create, o.size = req.Create, req.Size
 		if req.S3 != nil {
 			o.forceTakeover, o.chunkSize = req.S3.ForceTakeover, req.S3.ChunkSize
@@ -452,6 +459,7 @@ func (d *Daemon) save() {
 			Index: dk.index, Encrypted: dk.rec.Encrypted, AllowDiscards: dk.allowDiscards, S3: dk.s3,
 			BackingDirs: dk.rec.BackingDirs, NoBacking: dk.rec.NoBacking,
 			CacheMode: dk.rec.CacheMode, AIO: dk.rec.AIO,
+			Snapshot: dk.rec.Snapshot, SnapshotDir: dk.rec.SnapshotDir, Base: dk.rec.Base, BaseFormat: dk.rec.BaseFormat,
 		}
 		if dk.kern != nil {
 			i := dk.kern.Index()

@@ -39,9 +39,14 @@ func (d *Daemon) Restore(ctx context.Context) {
 		return
 	}
 	defer end()
+	d.sweepSnapshots(sds)
 	var wg sync.WaitGroup
 	for _, sd := range sds {
 		sd.ID = api.DiskID(sd.File)
+		if sd.Snapshot {
+			wg.Go(func() { d.dropSnapshot(sd) })
+			continue
+		}
 		wg.Go(func() { d.restoreLocked(ctx, sd) })
 	}
 	wg.Wait()
@@ -87,6 +92,7 @@ func (d *Daemon) restoreOne(ctx context.Context, sd stateDisk) (*disk, error) {
 			Via: sd.Via, ViaReason: sd.ViaReason, UniqueID: api.UniqueID(sd.File), OpenedAt: sd.OpenedAt, Hotplug: true,
 			MediaType: api.MediaFixed, State: state, Error: err.Error(), BackingDirs: sd.BackingDirs, NoBacking: sd.NoBacking,
 			CacheMode: sd.CacheMode, AIO: sd.AIO,
+			Snapshot: sd.Snapshot, SnapshotDir: sd.SnapshotDir, Base: sd.Base, BaseFormat: sd.BaseFormat,
 		}}, err
 	}
 	if !api.IsURL(sd.File) {

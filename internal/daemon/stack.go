@@ -47,6 +47,12 @@ func openImage(ctx context.Context, sd stateDisk, o openOpts, log *slog.Logger) 
 		BackingDirs:   sd.BackingDirs,
 		NoBacking:     sd.NoBacking,
 		Log:           log,
+		Snapshot:      sd.Snapshot,
+		SnapshotDir:   sd.SnapshotDir,
+		Base:          sd.Base,
+	}
+	if sd.Base != "" {
+		so.Format = sd.BaseFormat // Format is the overlay's: qcow2
 	}
 	var err error
 	if so.Cache, so.AIO, err = cacheModes(sd.CacheMode, sd.AIO); err != nil {

@@ -55,6 +55,13 @@ type stateDisk struct {
 	// asked for (api.OpenRequest), kept for a restore.
 	CacheMode string `json:"cache_mode,omitempty"`
 	AIO       string `json:"aio,omitempty"`
+	// Snapshot marks a disk whose writes went to a throw-away overlay
+	// (api.OpenRequest.Snapshot): gone with the daemon that had it, so a
+	// restart drops the disk. Base is an overlay's base image.
+	Snapshot    bool   `json:"snapshot,omitempty"`
+	SnapshotDir string `json:"snapshot_dir,omitempty"`
+	Base        string `json:"base,omitempty"`
+	BaseFormat  string `json:"base_format,omitempty"`
 }
 
 // stateDoc is the state file.

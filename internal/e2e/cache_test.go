@@ -2,52 +2,12 @@ package e2e
 
 import (
 	"fmt"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
-	"time"
 
 	"vdisk/internal/image/imagetest"
 )
-
-// startServe runs vdisk serve on a unix socket in dir with args and
-// returns the server and its NBD URI once it listens.
-func startServe(t *testing.T, dir string, args ...string) (*exec.Cmd, string) {
-	t.Helper()
-	sock := filepath.Join(dir, "nbd.sock")
-	os.Remove(sock)
-	cmd := exec.Command(bin, append([]string{"serve", "--unix", sock}, args...)...)
-	stderr := &syncBuffer{}
-	cmd.Stderr = stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-	})
-	for i := 0; ; i++ {
-		if _, err := os.Stat(sock); err == nil {
-			return cmd, "nbd+unix:///?socket=" + sock
-		}
-		if i > 1500 || cmd.ProcessState != nil {
-			t.Fatalf("vdisk serve %v did not listen: %s", args, stderr.String())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-// stopServe ends a server gracefully (it flushes and closes its images).
-func stopServe(t *testing.T, cmd *exec.Cmd) {
-	t.Helper()
-	cmd.Process.Signal(syscall.SIGTERM)
-	if err := cmd.Wait(); err != nil {
-		t.Fatalf("vdisk serve: %v", err)
-	}
-}
 
 // TestServeCacheModes writes and verifies with fio through vdisk serve in
 // every cache mode and I/O mode, raw and qcow2, with block sizes from 512
@@ -65,16 +25,16 @@ func TestServeCacheModes(t *testing.T) {
 				t.Run(format+"/"+cache+"/"+aio, func(t *testing.T) {
 					dir := t.TempDir()
 					img := filepath.Join(dir, "disk."+format)
-					srv, uri := startServe(t, dir, "--create", "--size", "16M", "-f", format, "--cache", cache, "--aio", aio, img)
-					job := []string{"--name=verify", "--ioengine=nbd", "--uri=" + uri, "--size=16M",
+					srv := startServe(t, nil, "--create", "--size", "16M", "-f", format, "--cache", cache, "--aio", aio, img)
+					job := []string{"--name=verify", "--ioengine=nbd", "--uri=" + srv.uri, "--size=16M",
 						"--rw=randwrite", "--bsrange=512-64k", "--iodepth=16", "--verify=crc32c", "--verify_fatal=1",
 						"--randseed=" + fmt.Sprint(len(cache)+len(aio)), "--output-format=terse"}
 					sh(t, "fio", append(job, "--do_verify=1")...)
-					stopServe(t, srv)
-					srv, uri = startServe(t, dir, "-f", format, img)
-					job[2] = "--uri=" + uri
+					srv.stop(t)
+					srv = startServe(t, nil, "-f", format, img)
+					job[2] = "--uri=" + srv.uri
 					sh(t, "fio", append(job, "--verify_only")...)
-					stopServe(t, srv)
+					srv.stop(t)
 				})
 			}
 		}
@@ -93,14 +53,13 @@ func TestServeCacheNoneCrash(t *testing.T) {
 			t.Run(format+"/"+aio, func(t *testing.T) {
 				dir := t.TempDir()
 				img := filepath.Join(dir, "disk."+format)
-				srv, uri := startServe(t, dir, "--create", "--size", "32M", "-f", format, "--cache", "none", "--aio", aio, img)
+				srv := startServe(t, nil, "--create", "--size", "32M", "-f", format, "--cache", "none", "--aio", aio, img)
 				sh(t, "qemu-io", "-f", "raw",
 					"-c", "write -P 0xab 0 4M",
 					"-c", "write -P 0xcd 5000 3000", // unaligned: the server's bounce path
 					"-c", "write -P 0xef 20M 1M",
-					"-c", "flush", uri)
-				srv.Process.Signal(syscall.SIGKILL)
-				srv.Wait()
+					"-c", "flush", srv.uri)
+				srv.kill()
 				out := sh(t, "qemu-io", "-f", format, "-r",
 					"-c", "read -P 0xab 0 5000",
 					"-c", "read -P 0xcd 5000 3000",

@@ -125,6 +125,15 @@ type OpenOptions struct {
 	Chain []string
 	// Log receives warnings (nil discards them).
 	Log *slog.Logger
+
+	// Backing, when set, is the opened backing Device of an image whose
+	// format has one (qcow2): it is used in place of any backing file the
+	// header names, which is then neither opened nor checked (a throw-away
+	// overlay names none; an overlay over an image the stack opened, such
+	// as an s3:// one, need not be one a file name can reach). On success
+	// the image owns it (closes it on Close); on error the caller still
+	// does. NoBacking wins over it.
+	Backing blockdev.Device
 }
 
 // Validate fills defaults and checks the options.

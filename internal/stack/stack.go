@@ -61,6 +61,18 @@ type Options struct {
 	Encrypt EncryptOptions
 	// Log receives warnings; nil discards them.
 	Log *slog.Logger
+
+	// Snapshot opens the image read-only under a throw-away qcow2
+	// overlay in an unlinked file of SnapshotDir ("": $TMPDIR): reads see
+	// the writes, the image is never written, and the overlay is gone when
+	// the Device closes or the process dies (snapshot.go).
+	Snapshot    bool
+	SnapshotDir string
+	// Base makes the image a qcow2 overlay over Base (a path or an s3://
+	// URL, opened read-only through the stack as Format says), created
+	// when missing with Base recorded as its backing file; an existing
+	// overlay must record Base (snapshot.go).
+	Base string
 }
 
 // Disk is an opened stack.
@@ -85,6 +97,15 @@ type Disk struct {
 // Open opens the image named by name (a file path, or s3://bucket/prefix)
 // as a Device stack. ctx bounds the opening only, not the Device's life.
 func Open(ctx context.Context, name string, o Options) (*Disk, error) {
+	switch {
+	case o.Snapshot && o.Base != "":
+		return nil, fmt.Errorf("%s: a snapshot and an overlay exclude each other", name)
+	case o.Snapshot && !o.ReadOnly:
+		return openSnapshot(ctx, name, o)
+	case o.Base != "":
+		return openOverlay(ctx, name, o)
+	}
+	o.Snapshot = false // read-only: nothing to throw away
 	wantLUKS := o.Format == LUKS
 	if wantLUKS {
 		o.Format = image.Raw // qemu's "luks" format: LUKS on a raw file

@@ -39,6 +39,9 @@ type Image struct {
 
 	backing     blockdev.Device // nil without one (or with NoBacking)
 	backingSize int64
+	// backingGiven: backing came from OpenOptions.Backing, which the
+	// caller still owns if the open fails.
+	backingGiven bool
 
 	zc zcache // recently decompressed clusters
 
@@ -173,7 +176,12 @@ func open(f image.File, opt image.OpenOptions) (*Image, error) {
 			return nil, corruptf("refcount table entry %d (%#x) invalid", i, e)
 		}
 	}
-	if !opt.NoBacking && h.backingFile != "" {
+	switch {
+	case opt.NoBacking:
+	case opt.Backing != nil:
+		img.backing, img.backingSize = opt.Backing, opt.Backing.Size()
+		img.backingGiven = true
+	case h.backingFile != "":
 		b := image.Backing{Name: h.backingFile, Format: h.backingFormat}
 		if img.backing, err = image.OpenBacking(f, b, opt); err != nil {
 			return nil, fmt.Errorf("qcow2: %w", err)
@@ -182,7 +190,9 @@ func open(f image.File, opt image.OpenOptions) (*Image, error) {
 	}
 	if !opt.ReadOnly && h.autoclear != 0 {
 		if err := img.invalidateBitmaps(); err != nil {
-			img.closeBacking()
+			if !img.backingGiven {
+				img.closeBacking()
+			}
 			return nil, err
 		}
 	}
