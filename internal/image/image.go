@@ -121,6 +121,12 @@ type OpenOptions struct {
 	Chain []string
 	// Log receives warnings (nil discards them).
 	Log *slog.Logger
+	// Backing, when set, is handed each backing file of the chain that
+	// OpenBacking opened under the trust policy, and opens its image
+	// (BackingRequest.Open): read-only, as without it, or read-write for
+	// the one layer an operation writes into below the top (vdisk commit).
+	// It learns which file each layer is, so nothing opens a file twice.
+	Backing func(r *BackingRequest) (blockdev.Device, error)
 }
 
 // Validate fills defaults and checks the options.
