@@ -66,7 +66,8 @@ clusters); run the commit again.`,
 // oneImage is qemu-img's check of the arguments of commit and rebase.
 func oneImage(cmd *cobra.Command, args []string) error {
 	if len(args) != 1 {
-		return errors.New("Expecting one image file name") //nolint:staticcheck // qemu-img's message
+		//lint:ignore ST1005 qemu-img's message, word for word
+		return errors.New("Expecting one image file name")
 	}
 	return nil
 }

@@ -49,7 +49,8 @@ directory. As with qemu-img, -F is required with a NEWBASE.`,
 		Args: oneImage,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if !cmd.Flags().Changed("backing") && !o.unsafe {
-				return errors.New("Must specify backing file (-b) or use unsafe mode (-u)") //nolint:staticcheck // qemu-img's message
+				//lint:ignore ST1005 qemu-img's message, word for word
+				return errors.New("Must specify backing file (-b) or use unsafe mode (-u)")
 			}
 			return runRebase(cmd.Context(), e, o, args[0])
 		},
@@ -71,14 +72,16 @@ func runRebase(ctx context.Context, e *env, o rebaseOptions, name string) (err e
 	if o.backingFormat != "" {
 		fm, err := image.Lookup(o.backingFormat)
 		if err != nil {
-			return fmt.Errorf("Invalid format name: '%s'", o.backingFormat) //nolint:staticcheck // qemu-img's message
+			//lint:ignore ST1005 qemu-img's message, word for word
+			return fmt.Errorf("Invalid format name: '%s'", o.backingFormat)
 		}
 		o.backingFormat = fm.Name
 	}
 	if o.backing == "" {
 		o.backingFormat = "" // qemu-img: no backing file, no format
 	} else if o.backingFormat == "" {
-		return fmt.Errorf("Could not change the backing file to '%s': backing format must be specified", o.backing) //nolint:staticcheck // qemu-img's message
+		//lint:ignore ST1005 qemu-img's message, word for word
+		return fmt.Errorf("Could not change the backing file to '%s': backing format must be specified", o.backing)
 	}
 	ch, err := stack.OpenChain(ctx, name, stack.ChainOptions{Format: o.format, NoBacking: o.unsafe, BackingDirs: o.backingDirs, Log: e.log})
 	if err != nil {
@@ -91,13 +94,15 @@ func runRebase(ctx context.Context, e *env, o rebaseOptions, name string) (err e
 	}()
 	setter, ok := ch.Top.(imageops.BackingSetter)
 	if !ok {
-		return fmt.Errorf("Could not change the backing file to '%s': %s (%s images)", o.backing, syscall.ENOTSUP, ch.Format) //nolint:staticcheck // qemu-img's message
+		//lint:ignore ST1005 qemu-img's message, word for word
+		return fmt.Errorf("Could not change the backing file to '%s': %s (%s images)", o.backing, syscall.ENOTSUP, ch.Format)
 	}
 	if !o.unsafe {
 		var nb blockdev.Device
 		if o.backing != "" {
 			if nb, err = ch.OpenNewBacking(o.backing, o.backingFormat); err != nil {
-				return fmt.Errorf("Could not open new backing file '%s': %w", o.backing, err) //nolint:staticcheck // qemu-img's message
+				//lint:ignore ST1005 qemu-img's message, word for word
+				return fmt.Errorf("Could not open new backing file '%s': %w", o.backing, err)
 			}
 			defer nb.Close()
 		}
@@ -115,9 +120,11 @@ func runRebase(ctx context.Context, e *env, o rebaseOptions, name string) (err e
 	}
 	if err := setter.SetBacking(o.backing, o.backingFormat); err != nil {
 		if errors.Is(err, syscall.ENOSPC) {
-			return fmt.Errorf("Could not change the backing file to '%s': No space left in the file header", o.backing) //nolint:staticcheck // qemu-img's message
+			//lint:ignore ST1005 qemu-img's message, word for word
+			return fmt.Errorf("Could not change the backing file to '%s': No space left in the file header", o.backing)
 		}
-		return fmt.Errorf("Could not change the backing file to '%s': %w", o.backing, err) //nolint:staticcheck // qemu-img's message
+		//lint:ignore ST1005 qemu-img's message, word for word
+		return fmt.Errorf("Could not change the backing file to '%s': %w", o.backing, err)
 	}
 	return nil
 }

@@ -18,7 +18,8 @@ type CommitOptions struct {
 	Drop bool
 	// Workers is the number of copies in flight (0: DefaultWorkers).
 	Workers int
-	// Progress, when set, is called with the bytes of the disk done.
+	// Progress, when set, is called with the bytes of the disk done (one
+	// call at a time).
 	Progress func(n int64)
 }
 
@@ -90,6 +91,14 @@ func Commit(ctx context.Context, top, base blockdev.Device, o CommitOptions) (Co
 		data     atomic.Int64
 		zero     atomic.Int64
 	)
+	var progressMu sync.Mutex
+	progress := func(n int64) {
+		if o.Progress != nil {
+			progressMu.Lock()
+			o.Progress(n)
+			progressMu.Unlock()
+		}
+	}
 	fail := func(err error) {
 		errOnce.Do(func() { firstErr = err; cancel() })
 	}
@@ -114,9 +123,7 @@ func Commit(ctx context.Context, top, base blockdev.Device, o CommitOptions) (Co
 					fail(err)
 					continue
 				}
-				if o.Progress != nil {
-					o.Progress(j.n)
-				}
+				progress(j.n)
 			}
 		}()
 	}
@@ -141,8 +148,8 @@ func Commit(ctx context.Context, top, base blockdev.Device, o CommitOptions) (Co
 				case <-ctx.Done():
 					return ctx.Err()
 				}
-			} else if o.Progress != nil {
-				o.Progress(n)
+			} else {
+				progress(n)
 			}
 			off += n
 		}

@@ -53,11 +53,9 @@ type Chain struct {
 
 // ErrNoBacking is OpenChain's error when WriteBase finds no backing file
 // (qemu-img's message).
-var ErrNoBacking = errors.New("Image does not have a backing file") //nolint:staticcheck // qemu-img's message, capitalised
-
-// ErrBaseNotFound is OpenChain's error when the Base it was asked for is
-// not in the chain.
-var ErrBaseNotFound = errors.New("not in the backing chain")
+//
+//lint:ignore ST1005 qemu-img's message, word for word
+var ErrNoBacking = errors.New("Image does not have a backing file")
 
 // OpenChain opens the local image name read-write with its backing chain
 // under the trust policy. Every layer is opened once: with WriteBase,
@@ -105,7 +103,8 @@ func OpenChain(ctx context.Context, name string, o ChainOptions) (*Chain, error)
 		if o.Base == "" || calls == 0 {
 			return nil, ErrNoBacking
 		}
-		return nil, fmt.Errorf("Did not find '%s' in the backing chain of '%s': %w", o.Base, name, ErrBaseNotFound) //nolint:staticcheck // qemu-img's message
+		//lint:ignore ST1005 qemu-img's message, word for word
+		return nil, fmt.Errorf("Did not find '%s' in the backing chain of '%s'", o.Base, name)
 	}
 	return c, nil
 }
