@@ -103,19 +103,24 @@ func runCommit(ctx context.Context, e *env, o commitOptions, name string) (err e
 }
 
 // newBar is the progress bar of commit and rebase (nil when not asked
-// for), as convert's.
+// for), as convert's; on a terminal it is redrawn at most ten times a
+// second, elsewhere at every step (a few hundred per GiB).
 func newBar(e *env, want bool, size int64, desc string) *progressbar.ProgressBar {
 	if !want {
 		return nil
 	}
 	var w io.Writer = e.stderr
-	return progressbar.NewOptions64(size,
+	opts := []progressbar.Option{
 		progressbar.OptionSetWriter(w),
 		progressbar.OptionSetDescription(desc),
 		progressbar.OptionShowBytes(true),
 		progressbar.OptionUseIECUnits(true),
 		progressbar.OptionSetPredictTime(true),
-		progressbar.OptionThrottle(100*time.Millisecond),
 		progressbar.OptionOnCompletion(func() { fmt.Fprintln(w) }),
-	)
+	}
+	if isTerminal(w) {
+		// Not into a pipe or file: there every step is a line to read.
+		opts = append(opts, progressbar.OptionThrottle(100*time.Millisecond))
+	}
+	return progressbar.NewOptions64(size, opts...)
 }

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -12,6 +13,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"golang.org/x/sys/unix"
 
 	"vdisk/internal/image/imagetest"
 	"vdisk/internal/nbd/nbdtest"
@@ -291,7 +294,8 @@ func backingOf(t *testing.T, q, dir string) string {
 }
 
 // TestCommitCrash kills vdisk commit with SIGKILL at random points of its
-// progress: every time, the base passes qemu-img check (leaked clusters
+// progress, and once right after the copy (while the base is flushed and
+// the top emptied): every time, the base passes qemu-img check (leaked clusters
 // allowed, exit 3), each of its 4 KiB blocks holds the old bytes or the
 // new ones, and the top reads as it did. A commit run again then
 // finishes.
@@ -309,34 +313,54 @@ qemu-io -c 'write -P 0x61 0 %[1]d' base.qcow2
 qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 top.qcow2
 qemu-io -c 'write -P 0x62 0 %[1]d' top.qcow2
 `, size), "", "")
-	for round := range 4 {
+	for round := range 6 {
 		dir := cloneDir(t, ref)
-		kills := 1 + rand.IntN(8) // kill at the kills-th progress update
-		cmd := exec.Command(bin, "commit", "-p", "top.qcow2")
-		cmd.Dir = dir
-		stderr, err := cmd.StderrPipe()
+		// Kill at the kills-th progress update. In odd rounds the test
+		// stops reading there: the progress output fills the pipe (4 KiB,
+		// a few dozen updates of the 128 the copy makes), and the commit
+		// stalls mid-way whatever the machine's speed. In even rounds it
+		// keeps reading, and the kill lands wherever the commit is then.
+		// The last round kills after the copy, while the base is flushed
+		// and the top emptied.
+		kills, delim, stall := 1+rand.IntN(60), byte('\r'), round%2 == 1
+		if round == 5 {
+			kills, delim, stall = 1, '\n', false
+		}
+		pr, pw, err := os.Pipe()
 		if err != nil {
 			t.Fatal(err)
 		}
+		if _, err := unix.FcntlInt(pw.Fd(), unix.F_SETPIPE_SZ, 4096); err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command(bin, "commit", "-p", "top.qcow2")
+		cmd.Dir = dir
+		cmd.Stderr = pw
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
-		r := bufio.NewReader(stderr)
+		pw.Close()
+		r := bufio.NewReader(pr)
 		seen := 0
 		for seen < kills {
-			if _, err := r.ReadString('\r'); err != nil {
+			if _, err := r.ReadString(delim); err != nil {
 				break // finished before
 			}
 			seen++
 		}
+		if !stall {
+			go func() { _, _ = r.WriteTo(io.Discard) }()
+		}
 		cmd.Process.Signal(syscall.SIGKILL)
-		go func() { _, _ = r.WriteTo(new(bytes.Buffer)) }()
 		werr := cmd.Wait()
-		t.Logf("round %d: killed after %d progress updates (%v)", round, seen, werr)
+		pr.Close()
+		t.Logf("round %d: killed after %d progress updates, stall %v (%v)", round, seen, stall, werr)
 
-		if out, code := qemu(t, dir, "", "qemu-img", "check", "base.qcow2"); code != 0 && code != 3 {
+		out, code := qemu(t, dir, "", "qemu-img", "check", "base.qcow2")
+		if code != 0 && code != 3 {
 			t.Fatalf("round %d: base: qemu-img check exit %d\n%s", round, code, out)
 		}
+		t.Logf("round %d: qemu-img check of the base: exit %d", round, code)
 		raw := filepath.Join(dir, "base.raw")
 		if out, code := qemu(t, dir, "", "qemu-img", "convert", "-O", "raw", "base.qcow2", raw); code != 0 {
 			t.Fatalf("convert: %s", out)
