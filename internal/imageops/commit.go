@@ -48,7 +48,8 @@ const chunk = 2 << 20
 // Commit copies into base, a layer of top's backing chain opened
 // read-write, every run of top that a layer above base holds
 // (image.AllocatedAbove, qemu's bdrv_is_allocated_above): data as data,
-// zero clusters as zeroes (blockdev.WriteZeroes). It grows base first if
+// zero clusters as zeroes (blockdev.WriteZeroes, keeping the base's
+// storage: no cluster is freed, or punched one at a time). It grows base first if
 // it is smaller than top. Then it flushes base and, unless o.Drop, empties
 // top (an Emptier; a top that is not one is left as it is, as qemu-img
 // does), so that top reads through to base again.
@@ -113,7 +114,7 @@ func Commit(ctx context.Context, top, base blockdev.Device, o CommitOptions) (Co
 				}
 				var err error
 				if j.zero {
-					err = blockdev.WriteZeroes(base, j.off, j.n, true)
+					err = blockdev.WriteZeroes(base, j.off, j.n, false)
 					zero.Add(j.n)
 				} else {
 					err = copyRun(top, base, buf[:j.n], j.off)
