@@ -83,3 +83,29 @@ func TestRebase(t *testing.T) {
 		t.Fatalf("rebase without -b: exit %d, %q", code, errs)
 	}
 }
+
+// The base of a commit is a backing file like any other: outside the
+// top's directory it is refused unless --backing-dir trusts its
+// directory, and then it is written.
+func TestCommitBackingDir(t *testing.T) {
+	needTools(t, "qemu-img", "qemu-io")
+	bdir, tdir := t.TempDir(), t.TempDir()
+	base := filepath.Join(bdir, "base.qcow2")
+	qemuIn(t, bdir, "qemu-img", "create", "-q", "-f", "qcow2", base, "1M")
+	qemuIn(t, tdir, "qemu-img", "create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2", "top.qcow2")
+	qemuIn(t, tdir, "qemu-io", "-c", "write -P 0x33 0 64k", "top.qcow2")
+	code, _, errs := inDir(t, tdir, "commit", "top.qcow2")
+	if code == 0 || !strings.Contains(errs, "--backing-dir") {
+		t.Fatalf("commit into a base outside the trusted trees: exit %d, %q", code, errs)
+	}
+	if out := qemuIn(t, bdir, "qemu-io", "-c", "read -P 0 0 64k", base); !strings.Contains(out, "read 65536/65536") {
+		t.Fatalf("the refused commit wrote the base: %s", out)
+	}
+	code, _, errs = inDir(t, tdir, "commit", "--backing-dir", bdir, "top.qcow2")
+	if code != 0 {
+		t.Fatalf("commit --backing-dir: exit %d, %q", code, errs)
+	}
+	if out := qemuIn(t, bdir, "qemu-io", "-c", "read -P 0x33 0 64k", base); !strings.Contains(out, "read 65536/65536") {
+		t.Fatalf("the base after commit: %s", out)
+	}
+}
