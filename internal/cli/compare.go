@@ -2,7 +2,6 @@ package cli
 
 import (
 	"fmt"
-	"time"
 
 	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
@@ -66,7 +65,7 @@ block status query failed, 4 a read failed.`,
 			opt := imageops.CompareOptions{Strict: strict}
 			var bar *progressbar.ProgressBar
 			if progress {
-				bar = newBar(e, max(da.Device.Size(), db.Device.Size()), "compare")
+				bar = newBar(e, true, max(da.Device.Size(), db.Device.Size()), "compare")
 				opt.Progress = func(n int64) { _ = bar.Add64(n) }
 			}
 			res, err := imageops.Compare(ctx, imageops.Image{Name: args[0], Device: da.Device}, imageops.Image{Name: args[1], Device: db.Device}, opt)
@@ -130,16 +129,4 @@ func compareRecord(r imageops.CompareResult) compareJSON {
 		j.Result, j.Offset = "status-mismatch", &r.Offset
 	}
 	return j
-}
-
-// newBar is the progress bar of a long command, on stderr.
-func newBar(e *env, total int64, what string) *progressbar.ProgressBar {
-	return progressbar.NewOptions64(total,
-		progressbar.OptionSetWriter(e.stderr),
-		progressbar.OptionSetDescription(what),
-		progressbar.OptionShowBytes(true),
-		progressbar.OptionUseIECUnits(true),
-		progressbar.OptionThrottle(100*time.Millisecond),
-		progressbar.OptionOnCompletion(func() { fmt.Fprintln(e.stderr) }),
-	)
 }

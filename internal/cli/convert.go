@@ -147,15 +147,7 @@ func runConvert(ctx context.Context, e *env, o convertOptions, srcPath, dstPath 
 	opt := convert.Options{Workers: o.workers, Writers: o.writers, Sparse: o.sparse, DstZeroed: created, Compress: o.compress}
 	var bar *progressbar.ProgressBar
 	if o.progress || isTerminal(e.stderr) {
-		bar = progressbar.NewOptions64(size,
-			progressbar.OptionSetWriter(e.stderr),
-			progressbar.OptionSetDescription(fmt.Sprintf("%s → %s", srcPath, dstPath)),
-			progressbar.OptionShowBytes(true),
-			progressbar.OptionUseIECUnits(true),
-			progressbar.OptionSetPredictTime(true),
-			progressbar.OptionThrottle(100*time.Millisecond),
-			progressbar.OptionOnCompletion(func() { fmt.Fprintln(e.stderr) }),
-		)
+		bar = newBar(e, true, size, fmt.Sprintf("%s → %s", srcPath, dstPath))
 		opt.Progress = func(n int64) { _ = bar.Add64(n) }
 	}
 	start := time.Now()

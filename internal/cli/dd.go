@@ -158,7 +158,7 @@ func runDD(cmd *cobra.Command, e *env, in, out, srcFormat, dstFormat string, dst
 	}()
 	var prog func(int64)
 	if progress {
-		bar := newBar(e, plan.Len, "dd")
+		bar := newBar(e, true, plan.Len, "dd")
 		prog = func(n int64) { _ = bar.Add64(n) }
 		defer func() { _ = bar.Finish() }()
 	}

@@ -134,6 +134,12 @@ type OpenOptions struct {
 	// the image owns it (closes it on Close); on error the caller still
 	// does. NoBacking wins over it.
 	Backing blockdev.Device
+	// BackingOpener, when set, is handed each backing file of the chain that
+	// OpenBacking opened under the trust policy, and opens its image
+	// (BackingRequest.Open): read-only, as without it, or read-write for
+	// the one layer an operation writes into below the top (vdisk commit).
+	// It learns which file each layer is, so nothing opens a file twice.
+	BackingOpener func(r *BackingRequest) (blockdev.Device, error)
 }
 
 // Validate fills defaults and checks the options.

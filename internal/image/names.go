@@ -320,10 +320,63 @@ func OpenBacking(from File, b Backing, opt OpenOptions) (blockdev.Device, error)
 		NoLock:        opt.NoLock,
 		Chain:         chain,
 		Log:           opt.Log,
+		BackingOpener: opt.BackingOpener,
 	}
-	d, err := OpenFile(f, bopt)
+	b.Format = format
+	r := &BackingRequest{From: from, Backing: b, File: f, names: names, opt: bopt}
+	if opt.BackingOpener == nil {
+		return r.Open(true)
+	}
+	d, err := opt.BackingOpener(r)
+	if !r.opened {
+		f.Close()
+	}
+	return d, err
+}
+
+// BackingRequest is a backing file that OpenBacking opened, read-only and
+// under the trust policy, and whose image OpenOptions.BackingOpener opens.
+type BackingRequest struct {
+	// From is the image file that names the backing file.
+	From File
+	// Backing is the name and format recorded in From (the format probed
+	// when none is recorded).
+	Backing Backing
+	// File is the backing file as opened, read-only; Open takes it over.
+	File File
+
+	names  Names
+	opt    OpenOptions
+	opened bool
+}
+
+// Open opens the backing image, with its own backing chain, and is called
+// at most once. readOnly false opens it read-write: the name is opened
+// again, read-write, through the same trust policy, and must still be the
+// same file (its identity) as File, which is closed first so that the
+// two opens never hold the image's lock at once.
+func (r *BackingRequest) Open(readOnly bool) (blockdev.Device, error) {
+	if r.opened {
+		return nil, fmt.Errorf("%s %q of %s: opened twice", r.Backing.What, r.Backing.Name, r.From.Name())
+	}
+	r.opened = true
+	f := r.File
+	if !readOnly {
+		id := identity(f)
+		f.Close()
+		var err error
+		if f, err = r.names.Open(r.From, r.Backing.Name, false); err != nil {
+			return nil, fmt.Errorf("%s of %s, read-write: %w", r.Backing.What, r.From.Name(), err)
+		}
+		if identity(f) != id {
+			f.Close()
+			return nil, fmt.Errorf("%s %q of %s changed while it was being opened: %w", r.Backing.What, r.Backing.Name, r.From.Name(), ErrBackingRefused)
+		}
+		r.opt.ReadOnly = false
+	}
+	d, err := OpenFile(f, r.opt)
 	if err != nil {
-		return nil, fmt.Errorf("open %s %s: %w", b.What, f.Name(), err)
+		return nil, fmt.Errorf("open %s %s: %w", r.Backing.What, f.Name(), err)
 	}
 	return d, nil
 }
