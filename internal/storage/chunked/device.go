@@ -221,12 +221,13 @@ type Device struct {
 	disk       *diskCache // nil without Options.CacheDir
 	dirtyBytes int64
 	cleanBytes int64
-	lru        list.List // clean chunks with data, most recently used first
-	queue      []*chunk  // chunks for the upload workers
-	failSeq    uint64    // counts failed uploads
-	degraded   error     // last upload failure; nil when the last upload worked
-	fenced     error     // ErrLeaseLost once the lease is gone
-	lease      *lease    // nil when read-only
+	lru        list.List // clean chunks with data and pages, most recently used first
+	pg         pageState
+	queue      []*chunk // chunks for the upload workers
+	failSeq    uint64   // counts failed uploads
+	degraded   error    // last upload failure; nil when the last upload worked
+	fenced     error    // ErrLeaseLost once the lease is gone
+	lease      *lease   // nil when read-only
 	// renewals and renewalFailures count lease renewals (Stats).
 	renewals, renewalFailures int64
 	closed                    bool

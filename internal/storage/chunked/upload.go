@@ -144,6 +144,7 @@ func (d *Device) uploadLocked(c *chunk) {
 
 // uploadDoneLocked records the end of c's upload of generation gen.
 func (d *Device) uploadDoneLocked(c *chunk, gen uint64, deleted bool, err error) {
+	d.invalidatePagesLocked(c.idx)
 	d.account(c, -1)
 	c.uploading = false
 	if err != nil {

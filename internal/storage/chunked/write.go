@@ -37,7 +37,11 @@ func (d *Device) evictLocked() {
 		if e == nil {
 			return
 		}
-		c := e.Value.(*chunk)
+		c, ok := e.Value.(*chunk)
+		if !ok {
+			d.dropPageLocked(e.Value.(*page))
+			continue
+		}
 		d.account(c, -1)
 		d.dropWinLocked(c)
 		c.buf, c.parts = nil, nil
@@ -122,6 +126,7 @@ func (d *Device) keepUploadersBusyLocked() {
 // markDirtyLocked records a modification of c (account(c, -1) was called
 // before the change).
 func (d *Device) markDirtyLocked(c *chunk) {
+	d.invalidatePagesLocked(c.idx)
 	c.gen++
 	if !c.dirty {
 		c.dirty = true
