@@ -316,8 +316,12 @@ func (d *Device) fetchChunk(idx, off, n int64, pooled bool) ([]byte, error) {
 		}
 		return nil, err
 	}
-	if d.disk != nil && off == 0 && n == info.Size {
+	switch {
+	case d.disk == nil:
+	case off == 0 && n == info.Size:
 		d.disk.put(idx, info.ETag, data)
+	case off%diskPage == 0:
+		d.disk.putPages(idx, info.ETag, (d.chunkLen(idx)+diskPage-1)/diskPage, off, data)
 	}
 	return data, nil
 }
