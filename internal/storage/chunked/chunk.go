@@ -67,11 +67,13 @@ func (c *chunk) cost() int64 {
 
 func (c *chunk) busy() bool { return c.dirty || c.uploading }
 
-// ownBuf makes buf safe to modify: a copy of it when an upload is sending
-// it.
-func (c *chunk) ownBuf() {
+// ownBuf makes buf safe to modify: a copy of it (into memory from alloc)
+// when an upload is sending it.
+func (c *chunk) ownBuf(alloc func(n, capacity int64) []byte) {
 	if len(c.buf) > 0 && len(c.upBuf) > 0 && &c.buf[0] == &c.upBuf[0] {
-		c.buf = slices.Clone(c.buf)
+		b := alloc(int64(len(c.buf)), int64(len(c.buf)))
+		copy(b, c.buf)
+		c.buf = b
 	}
 }
 

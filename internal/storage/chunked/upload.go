@@ -117,6 +117,11 @@ func (d *Device) uploadLocked(c *chunk) {
 	}
 
 	d.mu.Lock()
+	if len(c.upBuf) > 0 && (len(c.buf) == 0 || &c.buf[0] != &c.upBuf[0]) {
+		// Copied by a write during the upload (or dropped): nobody
+		// else has it.
+		d.release(c.upBuf)
+	}
 	c.upBuf = nil
 	if seq != 0 && err == nil {
 		// Stored: this upload and the failed ones of the chunk before it
@@ -203,7 +208,8 @@ func (d *Device) loadLocked(c *chunk) error {
 		ch, seq := make(chan struct{}), c.baseSeq
 		c.fetching = ch
 		d.mu.Unlock()
-		data, err := d.getChunk(c.idx, 0, d.chunkLen(c.idx))
+		n := d.chunkLen(c.idx)
+		data, err := d.fetchChunk(c.idx, 0, n, n == d.chunkSize)
 		d.mu.Lock()
 		c.fetching = nil
 		close(ch)
@@ -215,6 +221,8 @@ func (d *Device) loadLocked(c *chunk) error {
 			c.parts.overlay(data)
 			c.buf, c.parts = data, nil
 			d.account(c, 1)
+		} else {
+			d.release(data)
 		}
 	}
 	return nil

@@ -205,7 +205,7 @@ func (d *Device) writeChunk(idx, co int64, p []byte) error {
 	}
 	d.account(c, -1)
 	if useBuf(c) {
-		c.ownBuf()
+		c.ownBuf(d.allocBuf)
 		copy(c.buf[co:], p)
 	} else {
 		if len(c.parts) == 0 {
