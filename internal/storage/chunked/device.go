@@ -66,6 +66,10 @@ const (
 	DefaultLeaseTTL = 30 * time.Second
 	// DefaultRequestTimeout bounds one store request with its retries.
 	DefaultRequestTimeout = 2 * time.Minute
+	// poolBytes bounds the free chunk buffers kept for reuse: a
+	// sync.Pool keeps all that were freed since the last GC, which
+	// at a GiB/s of reads was most of the process's memory.
+	poolBytes = 32 << 20
 	// minReadAhead is the first read-ahead of a sequential run.
 	minReadAhead = 128 << 10
 	// zeroEntryCost is what a pending delete counts against MaxDirty.
@@ -203,7 +207,7 @@ type Device struct {
 	ctx    context.Context // lifetime, cancelled by Close
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
-	pool   sync.Pool // *[]byte of chunkSize: read-ahead windows
+	pool   chan []byte // free chunk buffers (bufPool)
 	sem    chan struct{}
 	// renewMu serialises lease renewals.
 	renewMu sync.Mutex
@@ -295,7 +299,7 @@ func Open(ctx context.Context, store objstore.Store, prefix string, opts Options
 		d.etags = make(map[int64]string)
 	}
 	d.exists = make([]uint64, (d.nchunks+63)/64)
-	d.pool.New = func() any { b := make([]byte, d.chunkSize); return &b }
+	d.pool = make(chan []byte, max(2, poolBytes/d.chunkSize))
 	if !opts.ReadOnly {
 		if err := probeFencing(ctx, store, kp, opts.UnsafeNoFencing); err != nil {
 			return nil, fmt.Errorf("chunked: open %s: %w", prefix, err)

@@ -7,7 +7,6 @@ import (
 	"encoding/hex"
 	"fmt"
 	"hash/crc32"
-	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -191,9 +190,10 @@ func (c *diskCache) dropLocked(e *diskEntry) {
 	os.Remove(c.path(e.idx, e.tag))
 }
 
-// get reads [off, off+n) of chunk idx if the cache holds the object with
-// this etag.
-func (c *diskCache) get(idx int64, etag string, off, n int64) ([]byte, bool) {
+// get reads len(b) bytes at off of chunk idx into b if the cache holds the
+// object with this etag.
+func (c *diskCache) get(idx int64, etag string, off int64, b []byte) bool {
+	n := int64(len(b))
 	tag := diskTag(etag)
 	c.mu.Lock()
 	e := c.entries[idx]
@@ -204,27 +204,26 @@ func (c *diskCache) get(idx int64, etag string, off, n int64) ([]byte, bool) {
 		}
 		c.mu.Unlock()
 		if want == nil {
-			return nil, false
+			return false
 		}
-		return c.getPages(idx, tag, off, n, want)
+		return c.getPages(idx, tag, off, b, want)
 	}
 	if e == nil || e.tag != tag || off+n > e.size {
 		c.mu.Unlock()
-		return nil, false
+		return false
 	}
 	c.lru.MoveToFront(e.elem)
 	c.mu.Unlock()
 	f, err := os.Open(c.path(idx, tag))
 	if err != nil {
-		return nil, false
+		return false
 	}
 	defer f.Close()
-	b := make([]byte, n)
-	if _, err := f.ReadAt(b, off); err != nil && err != io.EOF {
+	if got, err := f.ReadAt(b, off); got != len(b) {
 		c.log.Warn("chunked: cache read failed", "chunk", idx, "err", err)
-		return nil, false
+		return false
 	}
-	return b, true
+	return true
 }
 
 // put stores data as chunk idx's object with this etag, replacing any
@@ -302,31 +301,30 @@ func pagesCovering(pages []uint32, off, n int64) []uint32 {
 
 // getPages reads [off, off+n) from a partial entry whose pages from off
 // have the lengths want, checking each page's CRC32C.
-func (c *diskCache) getPages(idx int64, tag string, off, n int64, want []uint32) ([]byte, bool) {
+func (c *diskCache) getPages(idx int64, tag string, off int64, b []byte, want []uint32) bool {
 	base := c.path(idx, tag)
 	f, err := os.Open(base + ".p")
 	if err != nil {
-		return nil, false
+		return false
 	}
 	defer f.Close()
 	mf, err := os.Open(base + ".m")
 	if err != nil {
-		return nil, false
+		return false
 	}
 	defer mf.Close()
 	slots := make([]byte, len(want)*diskSlot)
 	if _, err := mf.ReadAt(slots, off/diskPage*diskSlot); err != nil {
-		return nil, false
+		return false
 	}
-	b := make([]byte, n)
-	if _, err := f.ReadAt(b, off); err != nil && err != io.EOF {
-		return nil, false
+	if got, _ := f.ReadAt(b, off); got != len(b) {
+		return false
 	}
 	for i, l := range want {
 		s := int64(i) * diskPage
 		if binary.LittleEndian.Uint32(slots[i*diskSlot:]) != l ||
 			crc32.Checksum(b[s:s+int64(l)], castagnoli) != binary.LittleEndian.Uint32(slots[i*diskSlot+4:]) {
-			return nil, false
+			return false
 		}
 	}
 	c.mu.Lock()
@@ -334,7 +332,7 @@ func (c *diskCache) getPages(idx int64, tag string, off, n int64, want []uint32)
 		c.lru.MoveToFront(e.elem)
 	}
 	c.mu.Unlock()
-	return b, true
+	return true
 }
 
 // putPages keeps data, the pages from off (a page boundary) of chunk idx's

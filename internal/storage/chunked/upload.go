@@ -242,8 +242,10 @@ func (d *Device) getWindow(idx, off, n int64) ([]byte, error) {
 // release gives a window's buffer back to the pool, if it came from there.
 func (d *Device) release(b []byte) {
 	if int64(cap(b)) >= d.chunkSize {
-		b = b[:cap(b)]
-		d.pool.Put(&b)
+		select {
+		case d.pool <- b[:cap(b)]:
+		default:
+		}
 	}
 }
 
@@ -256,24 +258,22 @@ func (d *Device) dropWinLocked(c *chunk) {
 }
 
 func (d *Device) fetchChunk(idx, off, n int64, pooled bool) ([]byte, error) {
+	var data []byte
+	if pooled {
+		data = d.getBuf()[:n]
+	} else {
+		data = make([]byte, n)
+	}
 	if d.disk != nil {
 		d.mu.Lock()
 		etag := d.etags[idx]
 		d.mu.Unlock()
-		if etag != "" {
-			if b, ok := d.disk.get(idx, etag, off, n); ok {
-				return b, nil
-			}
+		if etag != "" && d.disk.get(idx, etag, off, data) {
+			return data, nil
 		}
 	}
 	ctx, cancel := d.reqCtx()
 	defer cancel()
-	var data []byte
-	if pooled {
-		data = (*d.pool.Get().(*[]byte))[:n]
-	} else {
-		data = make([]byte, n)
-	}
 	var (
 		key  string
 		got  int

@@ -56,9 +56,19 @@ func (d *Device) evictLocked() {
 // pool of chunk buffers when capacity is a chunk.
 func (d *Device) allocBuf(n, capacity int64) []byte {
 	if capacity == d.chunkSize {
-		return (*d.pool.Get().(*[]byte))[:n]
+		return d.getBuf()[:n]
 	}
 	return make([]byte, n, capacity)
+}
+
+// getBuf returns a chunk buffer, not cleared: a free one if there is one.
+func (d *Device) getBuf() []byte {
+	select {
+	case b := <-d.pool:
+		return b
+	default:
+		return make([]byte, d.chunkSize)
+	}
 }
 
 // dropBufLocked forgets c's buf, giving it to the pool unless an upload
