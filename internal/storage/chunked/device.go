@@ -91,16 +91,17 @@ type Options struct {
 	// MaxDirty caps the bytes of written data not yet stored; writers
 	// block while it is full. 0 means DefaultMaxDirty; at least one chunk.
 	MaxDirty int64
-	// CacheSize caps clean cached data; 0 means DefaultCacheSize.
+	// CacheSize caps clean cached data (chunks, read windows and pages);
+	// 0 means DefaultCacheSize.
 	CacheSize int64
 	// Parallel bounds uploads in flight; 0 means DefaultParallel.
 	Parallel int
 	// ReadAhead is the largest read-ahead; 0 means DefaultReadAhead, < 0
 	// turns it off.
 	ReadAhead int64
-	// CacheDir, when set, keeps clean chunks in files under this
-	// directory (a subdirectory per image, so images may share it), so a
-	// reopened image reads them locally. Entries are checked against the
+	// CacheDir, when set, keeps clean chunks, and the pages random reads
+	// fetched, in files under this directory (a subdirectory per image,
+	// so images may share it), so a reopened image reads them locally. Entries are checked against the
 	// chunk objects' ETags at open. Dirty data is never kept there: a
 	// write is durable only once Flush stored it in the object store.
 	CacheDir string
