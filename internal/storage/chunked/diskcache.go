@@ -104,6 +104,7 @@ func openDiskCache(dir string, max int64, etags map[int64]string, log *slog.Logg
 	}
 	var keep []found
 	var partials []string
+	seen := make(map[string]bool)
 	for _, de := range des {
 		name := de.Name()
 		idx, tag, kind, ok := parseCacheName(name)
@@ -112,8 +113,14 @@ func openDiskCache(dir string, max int64, etags map[int64]string, log *slog.Logg
 			os.Remove(filepath.Join(dir, name))
 			continue
 		}
-		if kind == "m" {
-			partials = append(partials, name)
+		if kind != "" {
+			// Either file of a partial entry: both are looked at below,
+			// once, and both removed unless both are there.
+			base := strings.TrimSuffix(strings.TrimSuffix(name, ".m"), ".p")
+			if !seen[base] {
+				seen[base] = true
+				partials = append(partials, base)
+			}
 		}
 		if kind != "" {
 			continue
@@ -124,7 +131,7 @@ func openDiskCache(dir string, max int64, etags map[int64]string, log *slog.Logg
 	}
 	for _, name := range partials {
 		idx, tag, _, _ := parseCacheName(name)
-		base := filepath.Join(dir, strings.TrimSuffix(name, ".m"))
+		base := filepath.Join(dir, name)
 		m, err := os.ReadFile(base + ".m")
 		info, serr := os.Stat(base + ".p")
 		if c.entries[idx] != nil || err != nil || serr != nil {

@@ -175,6 +175,25 @@ func TestCacheDirPages(t *testing.T) {
 	}
 	d.Close()
 
+	// A page file without its map (or the other way round) is removed.
+	orphan := ""
+	for _, path := range cacheFilePaths(t, dir) {
+		if strings.HasPrefix(filepath.Base(path), "0000000000000003.") && strings.HasSuffix(path, ".m") {
+			orphan = strings.TrimSuffix(path, ".m") + ".p"
+			if err := os.Remove(path); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if orphan == "" {
+		t.Fatal("no map of chunk 3's pages")
+	}
+	d = open(t, c, p, o)
+	d.Close()
+	if _, err := os.Stat(orphan); !os.IsNotExist(err) {
+		t.Fatalf("a page file without its map was kept: %v", err)
+	}
+
 	// Damage chunk 1's cached pages: they are fetched again, right.
 	var damaged int
 	err := filepath.WalkDir(dir, func(path string, de os.DirEntry, err error) error {
@@ -190,7 +209,22 @@ func TestCacheDirPages(t *testing.T) {
 	d = open(t, c, p, o)
 	before = c.Counts()
 	read(d)
-	if delta := c.Counts().Sub(before); delta.Get != 2 {
-		t.Fatalf("reads of 2 damaged cached pages made %d GETs, want 2", delta.Get)
+	if delta := c.Counts().Sub(before); delta.Get != 3 {
+		t.Fatalf("reads of 2 damaged cached pages and one dropped made %d GETs, want 3", delta.Get)
 	}
+}
+
+func cacheFilePaths(t *testing.T, root string) []string {
+	t.Helper()
+	var out []string
+	err := filepath.WalkDir(root, func(p string, de os.DirEntry, err error) error {
+		if err == nil && !de.IsDir() {
+			out = append(out, p)
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
 }
