@@ -50,6 +50,7 @@ fi
 
 work=$(mktemp -d /var/tmp/vdisk-bench-s3.XXXXXX)
 srv_pid=
+fuse_pid=
 hosts_saved=
 cleanup() {
 	stop_target || true
@@ -93,10 +94,14 @@ start_target() {
 	s3backer)
 		mkdir -p "$mnt"
 		[ "$cold" = 1 ] && rm -f "$work/s3backer.cache"
-		s3backer --accessId="$AWS_ACCESS_KEY_ID" --accessKey="$AWS_SECRET_ACCESS_KEY" --authVersion=aws4 \
+		# In the foreground (-f) so that stop_target can wait for it;
+		# --force: the mount token of the previous run may still be set.
+		s3backer -f --force --accessId="$AWS_ACCESS_KEY_ID" --accessKey="$AWS_SECRET_ACCESS_KEY" --authVersion=aws4 \
 			--baseURL="http://localhost:${ADDR##*:}/" --region=us-east-1 --prefix=s3backer/ \
 			--blockSize=64K --size="$bytes" --listBlocks --blockCacheFile="$work/s3backer.cache" \
-			"$bucket" "$mnt"
+			"$bucket" "$mnt" 2>>"$work/s3backer.log" &
+		fuse_pid=$!
+		for _ in $(seq 1 300); do mountpoint -q "$mnt" && [ -e "$mnt/file" ] && break; sleep 0.1; done
 		nbdkit -f -U "$sock" file file="$mnt/file" & ;;
 	esac
 	srv_pid=$!
@@ -117,6 +122,10 @@ stop_target() {
 		srv_pid=
 	fi
 	if mountpoint -q "$mnt" 2>/dev/null; then fusermount -u "$mnt"; fi
+	if [ -n "$fuse_pid" ]; then
+		wait "$fuse_pid" 2>/dev/null || true
+		fuse_pid=
+	fi
 }
 
 fio_run() { # name rw bs qd out [extra...]
