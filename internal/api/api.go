@@ -331,7 +331,7 @@ type OpenRequest struct {
 }
 
 // S3Options say how the daemon reaches the object store behind an s3://
-// File. The daemon keeps Endpoint, Region, Profile, CacheDir and LeaseTTL in its state file
+// File. The daemon keeps Endpoint, Region, Profile, CacheDir, CacheSize and LeaseTTL in its state file
 // to reopen the disk after a restart.
 type S3Options struct {
 	// Endpoint is the store's URL; "" means the daemon's
@@ -344,6 +344,8 @@ type S3Options struct {
 	Profile string `json:"profile,omitempty"`
 	// CacheDir keeps clean chunks locally across opens.
 	CacheDir string `json:"cache_dir,omitempty"`
+	// CacheSize caps the memory of clean cached data (0: the default).
+	CacheSize int64 `json:"cache_size,omitempty"`
 	// ChunkSize is the object size of an image this open creates (0: the
 	// default); it is not remembered.
 	ChunkSize int64 `json:"chunk_size,omitempty"`

@@ -19,6 +19,7 @@ func addS3Flags(f *pflag.FlagSet, o *api.S3Options) {
 	f.StringVar(&o.Region, "s3-region", "", "region of the object store (default the AWS configuration's, else us-east-1)")
 	f.StringVar(&o.Profile, "s3-profile", "", "profile of the AWS config and credentials files with the s3:// credentials (default $AWS_PROFILE)")
 	f.StringVar(&o.CacheDir, "s3-cache-dir", "", "keep clean chunks of s3:// images in this directory")
+	f.Var(bytesValue{&o.CacheSize}, "s3-cache-size", "memory for clean cached data of an s3:// image, like 64M (default 64M)")
 	f.BoolVar(&o.ForceTakeover, "force-takeover", false, "take an s3:// image whose writer's lease has expired")
 	f.BoolVar(&o.UnsafeNoFencing, "s3-unsafe-no-fencing", false, "write s3:// images on a store that ignores conditional PUTs (If-Match); a writer that lost its lease could then overwrite its successor's chunks")
 	f.DurationVar(&o.LeaseTTL, "s3-lease-ttl", 0, "how long an s3:// image stays locked after its writer dies (default 30s, at least 1s)")
@@ -49,7 +50,7 @@ func (v bytesValue) Type() string { return "bytes" }
 
 // stackS3 is o for a command that opens the image itself.
 func stackS3(o api.S3Options) stack.S3Options {
-	return stack.S3Options{Endpoint: o.Endpoint, Region: o.Region, Profile: o.Profile, CacheDir: o.CacheDir,
+	return stack.S3Options{Endpoint: o.Endpoint, Region: o.Region, Profile: o.Profile, CacheDir: o.CacheDir, CacheSize: o.CacheSize,
 		ForceTakeover: o.ForceTakeover, ChunkSize: o.ChunkSize, LeaseTTL: o.LeaseTTL, UnsafeNoFencing: o.UnsafeNoFencing}
 }
 

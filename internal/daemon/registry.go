@@ -208,7 +208,7 @@ func (d *Daemon) Open(ctx context.Context, req api.OpenRequest) (api.Disk, bool,
 		o.create, o.size = req.Create, req.Size
 		if req.S3 != nil {
 			o.forceTakeover, o.chunkSize = req.S3.ForceTakeover, req.S3.ChunkSize
-			sd.S3 = &api.S3Options{Endpoint: req.S3.Endpoint, Region: req.S3.Region, Profile: req.S3.Profile, CacheDir: req.S3.CacheDir, LeaseTTL: req.S3.LeaseTTL, UnsafeNoFencing: req.S3.UnsafeNoFencing}
+			sd.S3 = &api.S3Options{Endpoint: req.S3.Endpoint, Region: req.S3.Region, Profile: req.S3.Profile, CacheDir: req.S3.CacheDir, CacheSize: req.S3.CacheSize, LeaseTTL: req.S3.LeaseTTL, UnsafeNoFencing: req.S3.UnsafeNoFencing}
 		}
 	}
 	// A disk the daemon had and could not restore (locked, failed) is

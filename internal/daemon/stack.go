@@ -59,7 +59,7 @@ func openImage(ctx context.Context, sd stateDisk, o openOpts, log *slog.Logger) 
 		return nil, err
 	}
 	if sd.S3 != nil {
-		so.S3 = stack.S3Options{Endpoint: sd.S3.Endpoint, Region: sd.S3.Region, Profile: sd.S3.Profile, CacheDir: sd.S3.CacheDir, LeaseTTL: sd.S3.LeaseTTL, UnsafeNoFencing: sd.S3.UnsafeNoFencing}
+		so.S3 = stack.S3Options{Endpoint: sd.S3.Endpoint, Region: sd.S3.Region, Profile: sd.S3.Profile, CacheDir: sd.S3.CacheDir, CacheSize: sd.S3.CacheSize, LeaseTTL: sd.S3.LeaseTTL, UnsafeNoFencing: sd.S3.UnsafeNoFencing}
 	}
 	so.S3.ForceTakeover, so.S3.ChunkSize, so.S3.Observe, so.S3.OnRetry = o.forceTakeover, o.chunkSize, o.observe, o.onRetry
 	if len(o.passphrase) > 0 {

@@ -54,6 +54,7 @@ func openS3Source(ctx context.Context, name string, o Options) (*source, error) 
 		LeaseTTL:        o.S3.LeaseTTL,
 		ReadOnly:        o.ReadOnly,
 		CacheDir:        o.S3.CacheDir,
+		CacheSize:       o.S3.CacheSize,
 		ForceTakeover:   o.S3.ForceTakeover,
 		UnsafeNoFencing: o.S3.UnsafeNoFencing,
 		Logger:          o.Log,

@@ -32,6 +32,9 @@ type S3Options struct {
 	Profile string
 	// CacheDir keeps clean chunks locally across opens.
 	CacheDir string
+	// CacheSize caps the memory of clean cached data of an open image (0:
+	// chunked.DefaultCacheSize).
+	CacheSize int64
 	// ForceTakeover takes the writer's lease from a holder that let it
 	// expire.
 	ForceTakeover bool

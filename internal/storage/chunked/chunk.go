@@ -67,11 +67,13 @@ func (c *chunk) cost() int64 {
 
 func (c *chunk) busy() bool { return c.dirty || c.uploading }
 
-// ownBuf makes buf safe to modify: a copy of it when an upload is sending
-// it.
-func (c *chunk) ownBuf() {
+// ownBuf makes buf safe to modify: a copy of it (into memory from alloc)
+// when an upload is sending it.
+func (c *chunk) ownBuf(alloc func(n, capacity int64) []byte) {
 	if len(c.buf) > 0 && len(c.upBuf) > 0 && &c.buf[0] == &c.upBuf[0] {
-		c.buf = slices.Clone(c.buf)
+		b := alloc(int64(len(c.buf)), int64(len(c.buf)))
+		copy(b, c.buf)
+		c.buf = b
 	}
 }
 
@@ -188,18 +190,23 @@ func (ps parts) growth(off, end, limit int64) int64 {
 }
 
 // write merges b written at off into ps, with the parts it overlaps or
-// touches (see plan).
-func (ps parts) write(off int64, b []byte, limit int64) parts {
+// touches (see plan). A new part's memory comes from alloc (nil: make),
+// which may return memory that is not cleared: every byte of a part is
+// written before it is read.
+func (ps parts) write(off int64, b []byte, limit int64, alloc func(n, capacity int64) []byte) parts {
+	if alloc == nil {
+		alloc = func(n, capacity int64) []byte { return make([]byte, n, capacity) }
+	}
 	end := off + int64(len(b))
 	i, j, start, n, capacity := ps.plan(off, end, limit)
 	var data []byte
 	switch {
 	case i == j:
-		data = make([]byte, n, capacity)
+		data = alloc(n, capacity)
 	case ps[i].off == start && int64(cap(ps[i].data)) >= n:
 		data = ps[i].data[:n]
 	default:
-		data = make([]byte, n, capacity)
+		data = alloc(n, capacity)
 		copy(data[ps[i].off-start:], ps[i].data)
 	}
 	if i < j {

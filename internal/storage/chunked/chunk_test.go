@@ -31,7 +31,7 @@ func TestPartsWrite(t *testing.T) {
 				}
 				b = b[:l]
 			}
-			ps = ps.write(off, b, n)
+			ps = ps.write(off, b, n, nil)
 			copy(ref[off:], b)
 			written = written.add(off, off+l)
 		}

@@ -66,6 +66,10 @@ const (
 	DefaultLeaseTTL = 30 * time.Second
 	// DefaultRequestTimeout bounds one store request with its retries.
 	DefaultRequestTimeout = 2 * time.Minute
+	// poolBytes bounds the free chunk buffers kept for reuse: a
+	// sync.Pool keeps all that were freed since the last GC, which
+	// at a GiB/s of reads was most of the process's memory.
+	poolBytes = 32 << 20
 	// minReadAhead is the first read-ahead of a sequential run.
 	minReadAhead = 128 << 10
 	// zeroEntryCost is what a pending delete counts against MaxDirty.
@@ -87,16 +91,17 @@ type Options struct {
 	// MaxDirty caps the bytes of written data not yet stored; writers
 	// block while it is full. 0 means DefaultMaxDirty; at least one chunk.
 	MaxDirty int64
-	// CacheSize caps clean cached data; 0 means DefaultCacheSize.
+	// CacheSize caps clean cached data (chunks, read windows and pages);
+	// 0 means DefaultCacheSize.
 	CacheSize int64
 	// Parallel bounds uploads in flight; 0 means DefaultParallel.
 	Parallel int
 	// ReadAhead is the largest read-ahead; 0 means DefaultReadAhead, < 0
 	// turns it off.
 	ReadAhead int64
-	// CacheDir, when set, keeps clean chunks in files under this
-	// directory (a subdirectory per image, so images may share it), so a
-	// reopened image reads them locally. Entries are checked against the
+	// CacheDir, when set, keeps clean chunks, and the pages random reads
+	// fetched, in files under this directory (a subdirectory per image,
+	// so images may share it), so a reopened image reads them locally. Entries are checked against the
 	// chunk objects' ETags at open. Dirty data is never kept there: a
 	// write is durable only once Flush stored it in the object store.
 	CacheDir string
@@ -203,7 +208,7 @@ type Device struct {
 	ctx    context.Context // lifetime, cancelled by Close
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
-	pool   sync.Pool // *[]byte of chunkSize: read-ahead windows
+	pool   chan []byte // free chunk buffers (bufPool)
 	sem    chan struct{}
 	// renewMu serialises lease renewals.
 	renewMu sync.Mutex
@@ -221,12 +226,13 @@ type Device struct {
 	disk       *diskCache // nil without Options.CacheDir
 	dirtyBytes int64
 	cleanBytes int64
-	lru        list.List // clean chunks with data, most recently used first
-	queue      []*chunk  // chunks for the upload workers
-	failSeq    uint64    // counts failed uploads
-	degraded   error     // last upload failure; nil when the last upload worked
-	fenced     error     // ErrLeaseLost once the lease is gone
-	lease      *lease    // nil when read-only
+	lru        list.List // clean chunks with data and pages, most recently used first
+	pg         pageState
+	queue      []*chunk // chunks for the upload workers
+	failSeq    uint64   // counts failed uploads
+	degraded   error    // last upload failure; nil when the last upload worked
+	fenced     error    // ErrLeaseLost once the lease is gone
+	lease      *lease   // nil when read-only
 	// renewals and renewalFailures count lease renewals (Stats).
 	renewals, renewalFailures int64
 	closed                    bool
@@ -294,7 +300,7 @@ func Open(ctx context.Context, store objstore.Store, prefix string, opts Options
 		d.etags = make(map[int64]string)
 	}
 	d.exists = make([]uint64, (d.nchunks+63)/64)
-	d.pool.New = func() any { b := make([]byte, d.chunkSize); return &b }
+	d.pool = make(chan []byte, max(2, poolBytes/d.chunkSize))
 	if !opts.ReadOnly {
 		if err := probeFencing(ctx, store, kp, opts.UnsafeNoFencing); err != nil {
 			return nil, fmt.Errorf("chunked: open %s: %w", prefix, err)

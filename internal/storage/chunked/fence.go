@@ -397,6 +397,9 @@ func (d *Device) refresh(ctx context.Context, idx int64) (bool, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	old, had := d.vers[idx]
+	if had != ok || old != o.v {
+		d.invalidatePagesLocked(idx)
+	}
 	d.setExists(idx, ok && o.size > 0)
 	if ok {
 		d.vers[idx] = o.v

@@ -122,6 +122,13 @@ func (d *Device) readChunk(idx, co int64, p []byte, ra int64) error {
 			clear(p)
 			return nil
 		}
+		if ra == 0 {
+			// Not sequential: just the pages it needs.
+			if ok, err := d.readPagesLocked(idx, co, p); ok {
+				return err
+			}
+			continue
+		}
 		if c == nil {
 			c = &chunk{idx: idx}
 			d.chunks[idx] = c

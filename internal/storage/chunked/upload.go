@@ -117,6 +117,11 @@ func (d *Device) uploadLocked(c *chunk) {
 	}
 
 	d.mu.Lock()
+	if len(c.upBuf) > 0 && (len(c.buf) == 0 || &c.buf[0] != &c.upBuf[0]) {
+		// Copied by a write during the upload (or dropped): nobody
+		// else has it.
+		d.release(c.upBuf)
+	}
 	c.upBuf = nil
 	if seq != 0 && err == nil {
 		// Stored: this upload and the failed ones of the chunk before it
@@ -144,6 +149,7 @@ func (d *Device) uploadLocked(c *chunk) {
 
 // uploadDoneLocked records the end of c's upload of generation gen.
 func (d *Device) uploadDoneLocked(c *chunk, gen uint64, deleted bool, err error) {
+	d.invalidatePagesLocked(c.idx)
 	d.account(c, -1)
 	c.uploading = false
 	if err != nil {
@@ -202,7 +208,8 @@ func (d *Device) loadLocked(c *chunk) error {
 		ch, seq := make(chan struct{}), c.baseSeq
 		c.fetching = ch
 		d.mu.Unlock()
-		data, err := d.getChunk(c.idx, 0, d.chunkLen(c.idx))
+		n := d.chunkLen(c.idx)
+		data, err := d.fetchChunk(c.idx, 0, n, n == d.chunkSize)
 		d.mu.Lock()
 		c.fetching = nil
 		close(ch)
@@ -214,6 +221,8 @@ func (d *Device) loadLocked(c *chunk) error {
 			c.parts.overlay(data)
 			c.buf, c.parts = data, nil
 			d.account(c, 1)
+		} else {
+			d.release(data)
 		}
 	}
 	return nil
@@ -233,8 +242,10 @@ func (d *Device) getWindow(idx, off, n int64) ([]byte, error) {
 // release gives a window's buffer back to the pool, if it came from there.
 func (d *Device) release(b []byte) {
 	if int64(cap(b)) >= d.chunkSize {
-		b = b[:cap(b)]
-		d.pool.Put(&b)
+		select {
+		case d.pool <- b[:cap(b)]:
+		default:
+		}
 	}
 }
 
@@ -247,24 +258,22 @@ func (d *Device) dropWinLocked(c *chunk) {
 }
 
 func (d *Device) fetchChunk(idx, off, n int64, pooled bool) ([]byte, error) {
+	var data []byte
+	if pooled {
+		data = d.getBuf()[:n]
+	} else {
+		data = make([]byte, n)
+	}
 	if d.disk != nil {
 		d.mu.Lock()
 		etag := d.etags[idx]
 		d.mu.Unlock()
-		if etag != "" {
-			if b, ok := d.disk.get(idx, etag, off, n); ok {
-				return b, nil
-			}
+		if etag != "" && d.disk.get(idx, etag, off, data) {
+			return data, nil
 		}
 	}
 	ctx, cancel := d.reqCtx()
 	defer cancel()
-	var data []byte
-	if pooled {
-		data = (*d.pool.Get().(*[]byte))[:n]
-	} else {
-		data = make([]byte, n)
-	}
 	var (
 		key  string
 		got  int
@@ -315,8 +324,12 @@ func (d *Device) fetchChunk(idx, off, n int64, pooled bool) ([]byte, error) {
 		}
 		return nil, err
 	}
-	if d.disk != nil && off == 0 && n == info.Size {
+	switch {
+	case d.disk == nil:
+	case off == 0 && n == info.Size:
 		d.disk.put(idx, info.ETag, data)
+	case off%diskPage == 0:
+		d.disk.putPages(idx, info.ETag, (d.chunkLen(idx)+diskPage-1)/diskPage, off, data)
 	}
 	return data, nil
 }

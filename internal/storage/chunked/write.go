@@ -37,14 +37,47 @@ func (d *Device) evictLocked() {
 		if e == nil {
 			return
 		}
-		c := e.Value.(*chunk)
+		c, ok := e.Value.(*chunk)
+		if !ok {
+			d.dropPageLocked(e.Value.(*page))
+			continue
+		}
 		d.account(c, -1)
 		d.dropWinLocked(c)
-		c.buf, c.parts = nil, nil
+		d.dropBufLocked(c)
+		c.parts = nil
 		if c.fetching == nil {
 			delete(d.chunks, c.idx)
 		}
 	}
+}
+
+// allocBuf returns n bytes with room for capacity, not cleared: from the
+// pool of chunk buffers when capacity is a chunk.
+func (d *Device) allocBuf(n, capacity int64) []byte {
+	if capacity == d.chunkSize {
+		return d.getBuf()[:n]
+	}
+	return make([]byte, n, capacity)
+}
+
+// getBuf returns a chunk buffer, not cleared: a free one if there is one.
+func (d *Device) getBuf() []byte {
+	select {
+	case b := <-d.pool:
+		return b
+	default:
+		return make([]byte, d.chunkSize)
+	}
+}
+
+// dropBufLocked forgets c's buf, giving it to the pool unless an upload
+// is sending it.
+func (d *Device) dropBufLocked(c *chunk) {
+	if c.buf != nil && (len(c.upBuf) == 0 || &c.buf[0] != &c.upBuf[0]) {
+		d.release(c.buf)
+	}
+	c.buf = nil
 }
 
 func (d *Device) touch(c *chunk) {
@@ -122,6 +155,7 @@ func (d *Device) keepUploadersBusyLocked() {
 // markDirtyLocked records a modification of c (account(c, -1) was called
 // before the change).
 func (d *Device) markDirtyLocked(c *chunk) {
+	d.invalidatePagesLocked(c.idx)
 	c.gen++
 	if !c.dirty {
 		c.dirty = true
@@ -181,7 +215,7 @@ func (d *Device) writeChunk(idx, co int64, p []byte) error {
 	}
 	d.account(c, -1)
 	if useBuf(c) {
-		c.ownBuf()
+		c.ownBuf(d.allocBuf)
 		copy(c.buf[co:], p)
 	} else {
 		if len(c.parts) == 0 {
@@ -190,10 +224,11 @@ func (d *Device) writeChunk(idx, co int64, p []byte) error {
 			// copy of the object is dropped: no room to dirty all of it.
 			c.zeroBase = c.zero || !d.hasObject(idx)
 			c.baseSeq++
-			c.buf, c.zero = nil, false
+			d.dropBufLocked(c)
+			c.zero = false
 		}
 		d.dropWinLocked(c)
-		c.parts = c.parts.write(co, p, cl)
+		c.parts = c.parts.write(co, p, cl, d.allocBuf)
 		if pt := c.parts[0]; len(c.parts) == 1 && pt.off == 0 && int64(len(pt.data)) == cl {
 			// Written over in full: no need for the stored object.
 			c.buf, c.parts = pt.data, nil
