@@ -2,6 +2,8 @@ package chunked
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -30,6 +32,11 @@ type leaseRecord struct {
 	// TTLMillis is the holder's TTL: it renews (changing the object's
 	// ETag) every third of it.
 	TTLMillis int64 `json:"ttl_ms,omitempty"`
+	// Token is random, chosen by the holder when it took the lease and
+	// kept in every renewal: a record with our token is one we wrote, so
+	// a renewal whose answer was lost (it landed, the store's reply did
+	// not reach us) is told from a takeover.
+	Token string `json:"token,omitempty"`
 }
 
 // maxWatch bounds how long a takeover watches a lease, whatever TTL the
@@ -116,10 +123,11 @@ func parseLease(b []byte) (leaseRecord, error) {
 }
 
 // lease is a held lease. Its fields are guarded by the Device's mu, except
-// key, holder and ttl which never change.
+// key, holder, token and ttl which never change.
 type lease struct {
 	key    string
 	holder string
+	token  string // leaseRecord.Token
 	ttl    time.Duration
 	// etag is the ETag of our current lease object; renewals are
 	// conditional on it.
@@ -182,7 +190,8 @@ func acquireLease(ctx context.Context, store objstore.Store, key, holder string,
 			}
 			opts.IfMatch = info.ETag
 		}
-		rec := leaseRecord{Holder: holder, Acquired: now().UTC(), Expires: now().Add(ttl).UTC(), TTLMillis: ttl.Milliseconds()}
+		token := newLeaseToken()
+		rec := leaseRecord{Holder: holder, Acquired: now().UTC(), Expires: now().Add(ttl).UTC(), TTLMillis: ttl.Milliseconds(), Token: token}
 		b, err := json.Marshal(rec)
 		if err != nil {
 			return nil, err
@@ -195,7 +204,7 @@ func acquireLease(ctx context.Context, store objstore.Store, key, holder string,
 		if err != nil {
 			return nil, fmt.Errorf("write lease %s: %w", key, unavailable(err))
 		}
-		return &lease{key: key, holder: holder, ttl: ttl, etag: pin.ETag, validUntil: start.Add(ttl)}, nil
+		return &lease{key: key, holder: holder, token: token, ttl: ttl, etag: pin.ETag, validUntil: start.Add(ttl)}, nil
 	}
 	return nil, fmt.Errorf("lease %s: other writers keep changing it: %w", key, ErrLeaseHeld)
 }
@@ -205,12 +214,23 @@ func acquireLease(ctx context.Context, store objstore.Store, key, holder string,
 // holds it now.
 func (l *lease) renew(ctx context.Context, store objstore.Store, etag string, now func() time.Time, released bool) (string, time.Time, error) {
 	start := time.Now()
-	rec := leaseRecord{Holder: l.holder, Acquired: now().UTC(), Expires: now().Add(l.ttl).UTC(), Released: released, TTLMillis: l.ttl.Milliseconds()}
+	rec := leaseRecord{Holder: l.holder, Acquired: now().UTC(), Expires: now().Add(l.ttl).UTC(), Released: released, TTLMillis: l.ttl.Milliseconds(), Token: l.token}
 	b, err := json.Marshal(rec)
 	if err != nil {
 		return "", time.Time{}, err
 	}
 	in, err := store.Put(ctx, l.key, b, objstore.PutOptions{IfMatch: etag})
+	if errors.Is(err, objstore.ErrPreconditionFailed) {
+		// A renewal of ours may have landed without its answer reaching
+		// us (the store went away mid-request, a timeout): then the
+		// object still holds our token and nobody else has written
+		// since, since every write is conditional on the last ETag.
+		if tag, ours, gerr := l.stillOurs(ctx, store); gerr != nil {
+			return "", time.Time{}, fmt.Errorf("renew lease %s: %w", l.key, unavailable(gerr))
+		} else if ours {
+			in, err = store.Put(ctx, l.key, b, objstore.PutOptions{IfMatch: tag})
+		}
+	}
 	if errors.Is(err, objstore.ErrPreconditionFailed) || errors.Is(err, objstore.ErrNotFound) {
 		return "", time.Time{}, fmt.Errorf("renew lease %s: %w", l.key, ErrLeaseLost)
 	}
@@ -218,6 +238,33 @@ func (l *lease) renew(ctx context.Context, store objstore.Store, etag string, no
 		return "", time.Time{}, fmt.Errorf("renew lease %s: %w", l.key, unavailable(err))
 	}
 	return in.ETag, start.Add(l.ttl), nil
+}
+
+// stillOurs reads the lease object: whether it is still ours (our token,
+// not released), and its ETag.
+func (l *lease) stillOurs(ctx context.Context, store objstore.Store) (string, bool, error) {
+	if l.token == "" {
+		return "", false, nil
+	}
+	b, info, err := store.Get(ctx, l.key, 0, maxLeaseBytes+1)
+	if errors.Is(err, objstore.ErrNotFound) {
+		return "", false, nil
+	}
+	if err != nil {
+		return "", false, err
+	}
+	rec, err := parseLease(b)
+	if err != nil {
+		return "", false, nil
+	}
+	return info.ETag, rec.Token == l.token && !rec.Released, nil
+}
+
+// newLeaseToken returns a random token for a lease record.
+func newLeaseToken() string {
+	var b [16]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
 }
 
 func (d *Device) releaseLease(ctx context.Context) error {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -167,4 +168,65 @@ func TestLeaseRenewed(t *testing.T) {
 	if _, err := Open(ctx, st, p, Options{LeaseTTL: time.Millisecond}); !errors.Is(err, ErrBadOptions) {
 		t.Fatalf("open with a 1ms lease TTL: %v, want ErrBadOptions", err)
 	}
+}
+
+// lostAnswerStore applies a PUT of the lease object and then answers it
+// with an error, once armed: the store went away after storing it.
+type lostAnswerStore struct {
+	objstore.Store
+	armed atomic.Bool
+}
+
+func (s *lostAnswerStore) Put(ctx context.Context, key string, data []byte, opts objstore.PutOptions) (objstore.Info, error) {
+	info, err := s.Store.Put(ctx, key, data, opts)
+	if err == nil && strings.HasSuffix(key, leaseName) && s.armed.CompareAndSwap(true, false) {
+		return objstore.Info{}, errors.New("connection reset by peer")
+	}
+	return info, err
+}
+
+// TestLeaseRenewalAnswerLost: a renewal that landed but whose answer was
+// lost does not cost the writer its lease (the next renewal and the
+// release find our token in the object), while a takeover after it still
+// fences the old writer.
+func TestLeaseRenewalAnswerLost(t *testing.T) {
+	st := &lostAnswerStore{Store: objstore.NewMem()}
+	p := newPrefix(t)
+	o := testOpts()
+	o.WriteBackDelay = 1 << 40
+	d := create(t, st, p, 4*testChunk, o)
+	ctx := context.Background()
+	st.armed.Store(true)
+	if err := d.renewLease(ctx, time.Now()); err == nil || errors.Is(err, ErrLeaseLost) {
+		t.Fatalf("renewal whose answer is lost: %v, want an unavailable store", err)
+	}
+	if err := d.renewLease(ctx, time.Now()); err != nil {
+		t.Fatalf("next renewal: %v, want the lease still ours", err)
+	}
+	mustWrite(t, d, pattern(100, 1), 0)
+	if err := d.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	st.armed.Store(true)
+	d.renewLease(ctx, time.Now())
+	if err := d.Close(); err != nil {
+		t.Fatalf("close after a renewal whose answer was lost: %v", err)
+	}
+
+	// A takeover after a lost answer: the old writer is fenced.
+	oz := o
+	oz.zombie = true // its lease runs out unseen
+	a := open(t, st, p, oz)
+	st.armed.Store(true)
+	a.renewLease(ctx, time.Now())
+	ob := testOpts()
+	ob.LeaseHolder = "new"
+	ob.ForceTakeover = true
+	ob.ClockOffset = later(DefaultLeaseTTL)
+	b := open(t, st, p, ob)
+	if err := a.renewLease(ctx, time.Now()); !errors.Is(err, ErrLeaseLost) {
+		t.Fatalf("old writer's renewal after a takeover: %v, want ErrLeaseLost", err)
+	}
+	a.Close()
+	b.Close()
 }
