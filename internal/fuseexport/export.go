@@ -10,6 +10,12 @@
 // file cannot be truncated; Export.Resize follows a Device that changed
 // size.
 //
+// A Device that is a raw image's file may name that file
+// (Options.Passthrough): where the kernel has FUSE passthrough, reads and
+// writes then go from the kernel to the file directly, as a loop device
+// on the file itself would do them, and only the rest (fsync, fallocate,
+// lseek, getattr) comes to the server.
+//
 // Deadlock freedom, when the same process serves the file and a loop device
 // sits on it: the file is opened with FOPEN_DIRECT_IO, so there is no FUSE
 // page cache whose writeback could need the server; requests are served on
