@@ -97,7 +97,7 @@ func (d *Daemon) attach(ctx context.Context, sd stateDisk, adopt bool, o openOpt
 		if adopt {
 			d.clearStaleFUSE(sd)
 		}
-		if dk.fuse, dk.loop, err = d.attachFUSE(sd.ID, counted, readOnly); err != nil {
+		if dk.fuse, dk.loop, err = d.attachFUSE(sd.ID, counted, passthroughFile(dev), readOnly); err != nil {
 			dev.Close()
 			return nil, err
 		}
