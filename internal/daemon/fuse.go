@@ -108,8 +108,10 @@ func (d *Daemon) attachFUSE(id string, dev blockdev.Device, backing *os.File, re
 }
 
 // clearStaleFUSE clears what a dead daemon left of the FUSE disk sd: its
-// loop device (over a file nobody serves any more) and its mount.
-func (d *Daemon) clearStaleFUSE(sd stateDisk) {
+// loop device (over a file nobody serves any more) and its mount. It
+// reports whether it found either.
+func (d *Daemon) clearStaleFUSE(sd stateDisk) bool {
+	found := false
 	dir := d.mountDir(sd.ID)
 	file := filepath.Join(dir, fuseFileName)
 	devs, err := loop.FindByBackingFile(file)
@@ -117,6 +119,7 @@ func (d *Daemon) clearStaleFUSE(sd stateDisk) {
 		d.log.Warn("find stale loop devices", "file", file, "err", err)
 	}
 	for _, l := range devs {
+		found = true
 		if err := l.DetachLazy(); err != nil && !errors.Is(err, loop.ErrNotAttached) {
 			d.log.Warn("detach stale loop device", "device", l.Path, "err", err)
 		} else {
@@ -124,8 +127,10 @@ func (d *Daemon) clearStaleFUSE(sd stateDisk) {
 		}
 	}
 	if err := unix.Unmount(dir, unix.MNT_DETACH); err == nil {
+		found = true
 		d.log.Info("unmounted stale FUSE mount", "dir", dir)
 	} else if !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
 		d.log.Warn("unmount stale FUSE mount", "dir", dir, "err", err)
 	}
+	return found
 }
