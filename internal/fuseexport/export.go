@@ -14,11 +14,15 @@
 // (Options.Passthrough): where the kernel has FUSE passthrough, reads and
 // writes then go from the kernel to the file directly, as a loop device
 // on the file itself would do them, and only the rest (fsync, fallocate,
-// lseek, getattr) comes to the server.
+// lseek, getattr) comes to the server. Such I/O goes on after the server
+// is gone (a crash): the kernel holds the image file, and the lock on it
+// when it is the Device's own open file, until the file is released.
 //
 // Deadlock freedom, when the same process serves the file and a loop device
-// sits on it: the file is opened with FOPEN_DIRECT_IO, so there is no FUSE
-// page cache whose writeback could need the server; requests are served on
+// sits on it: the file is opened with FOPEN_DIRECT_IO (or passed through,
+// where only the image file's own page cache is, which the kernel writes
+// back without the server), so there is no FUSE page cache whose writeback
+// could need the server; requests are served on
 // their own goroutines, so a thread blocked on the loop device never stops
 // the serving; the serving process should call SetIOFlusher once, so that
 // memory reclaim and dirty throttling never make it wait for the loop
