@@ -9,11 +9,13 @@
 #
 #   bench/attach.sh                          # 1 GiB image, 3 runs of 5 s each
 #   PATHS="fuse losetup" IOENGINE=io_uring bench/attach.sh
+#   CACHE=warm bench/attach.sh               # images in the page cache
 #   VDISK=/path/to/vdisk bench/attach.sh     # another build
 #
 # The images' page cache is dropped (fadvise DONTNEED) before each path, so
-# every path starts cold: otherwise the paths through the daemon, which read
-# the image buffered, would race the direct-I/O ones from memory.
+# every path starts cold: otherwise the paths through the daemon that read
+# the image buffered (a qcow2 image's) would race the direct-I/O ones from
+# memory. CACHE=warm reads the images into the page cache instead.
 #
 # Profiling the daemon while it serves (PROFILE=1): a perf record of the
 # daemon per path and run (needs perf), under bench/out/.
@@ -25,6 +27,7 @@ RUNTIME=${RUNTIME:-5}
 IOENGINE=${IOENGINE:-libaio}
 PATHS=${PATHS:-loop fuse fuse-qcow2 losetup}
 PROFILE=${PROFILE:-0}
+CACHE=${CACHE:-cold}
 OUT=bench/out/attach-$(date +%Y%m%d-%H%M%S)
 mkdir -p "$OUT"
 for t in fio python3 losetup qemu-img; do
@@ -49,14 +52,19 @@ case " $PATHS " in *" fuse-qcow2 "*) qemu-img convert -f raw -O qcow2 -o preallo
 sync
 
 read -r -a paths <<<"$PATHS"
-# uncache drops the images' pages from the page cache.
-uncache() {
-	python3 - "$@" <<'PY'
+# cache drops the images' pages from the page cache (CACHE=cold) or reads
+# them in (CACHE=warm).
+cache() {
+	python3 - "$CACHE" "$@" <<'PY'
 import os, sys
-for p in sys.argv[1:]:
+for p in sys.argv[2:]:
     if os.path.exists(p):
         fd = os.open(p, os.O_RDONLY)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        if sys.argv[1] == "warm":
+            while os.read(fd, 1 << 20):
+                pass
+        else:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         os.close(fd)
 PY
 }
@@ -80,7 +88,7 @@ for run in $(seq 1 "$RUNS"); do
 	order=("${paths[@]:run % n}" "${paths[@]:0:run % n}")
 	for p in "${order[@]}"; do
 		sync
-		uncache "$img" "$qcow"
+		cache "$img" "$qcow"
 		dev=$(attach "$p")
 		perf=""
 		if [ "$PROFILE" = 1 ] && [ "$p" != losetup ]; then
