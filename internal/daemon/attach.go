@@ -2,11 +2,13 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -14,6 +16,14 @@ import (
 	"vdisk/internal/blockdev"
 	"vdisk/internal/loop"
 	"vdisk/internal/metrics"
+)
+
+// How often, and how long apart, attach tries again to open an image that
+// a stale FUSE disk's loop device (passed through to the image file) kept
+// locked after it was detached: up to 5 s in all.
+const (
+	staleLockTries = 100
+	staleLockWait  = 50 * time.Millisecond
 )
 
 // attach opens the image of sd as a Device stack and attaches it to the
@@ -51,7 +61,21 @@ func (d *Daemon) attach(ctx context.Context, sd stateDisk, adopt bool, o openOpt
 	if d.metrics != nil {
 		o.observe, o.onRetry = d.metrics.StoreObserver(), d.metrics.StoreRetries()
 	}
+	// A FUSE disk's stale loop device and mount go before the image is
+	// opened: under FUSE passthrough the kernel keeps the previous
+	// daemon's open image file (and its lock) for as long as they live,
+	// and they still write the image.
+	var staleFUSE bool
+	if adopt && (sd.Via == "" || sd.Via == api.ViaFUSE) {
+		staleFUSE = d.clearStaleFUSE(sd)
+	}
 	sk, err := openImage(ctx, sd, o, d.log)
+	// The kernel lets go of the file when the last user of the stale
+	// loop device does; an idle one soon after the lazy detach.
+	for i := 0; staleFUSE && errors.Is(err, blockdev.ErrLocked) && i < staleLockTries && ctx.Err() == nil; i++ {
+		time.Sleep(staleLockWait)
+		sk, err = openImage(ctx, sd, o, d.log)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -94,10 +118,7 @@ func (d *Daemon) attach(ctx context.Context, sd stateDisk, adopt bool, o openOpt
 			return nil, err
 		}
 	case api.ViaFUSE:
-		if adopt {
-			d.clearStaleFUSE(sd)
-		}
-		if dk.fuse, dk.loop, err = d.attachFUSE(sd.ID, counted, readOnly); err != nil {
+		if dk.fuse, dk.loop, err = d.attachFUSE(sd.ID, counted, passthroughFile(dev), readOnly); err != nil {
 			dev.Close()
 			return nil, err
 		}

@@ -53,9 +53,22 @@ func checkFUSE() error {
 	return nil
 }
 
+// passthroughFile returns the image file of a plain raw image (the stack
+// is the file itself), for FUSE passthrough; nil for every other stack.
+func passthroughFile(dev blockdev.Device) *os.File {
+	if f, ok := dev.(*blockdev.File); ok && !f.IsBlockDevice() {
+		return f.OS()
+	}
+	return nil
+}
+
 // attachFUSE exports dev as one file in a FUSE mount under the run
 // directory and attaches a loop device to that file with direct I/O.
-func (d *Daemon) attachFUSE(id string, dev blockdev.Device, readOnly bool) (fuseExport, *loop.Device, error) {
+// backing, when not nil, is the raw image file that dev's bytes are: where
+// the kernel has FUSE passthrough it serves the loop device's reads and
+// writes itself (they are then not in the disk's I/O metrics; flushes and
+// discards still are).
+func (d *Daemon) attachFUSE(id string, dev blockdev.Device, backing *os.File, readOnly bool) (fuseExport, *loop.Device, error) {
 	if err := checkFUSE(); err != nil {
 		return nil, nil, err
 	}
@@ -63,10 +76,13 @@ func (d *Daemon) attachFUSE(id string, dev blockdev.Device, readOnly bool) (fuse
 	if err := os.MkdirAll(dir, mountDirMode); err != nil {
 		return nil, nil, fmt.Errorf("create mount point: %w", err)
 	}
-	exp, err := fuseexport.Mount(dir, dev, fuseexport.Options{Name: fuseFileName, ReadOnly: readOnly, Logger: d.log.With("export", id)})
+	exp, err := fuseexport.Mount(dir, dev, fuseexport.Options{Name: fuseFileName, ReadOnly: readOnly, Logger: d.log.With("export", id), Passthrough: backing})
 	if err != nil {
 		os.Remove(dir)
 		return nil, nil, err
+	}
+	if backing != nil {
+		d.log.Info("fuse passthrough", "export", id, "on", exp.Passthrough())
 	}
 	flag := os.O_RDWR
 	if readOnly {
@@ -92,8 +108,10 @@ func (d *Daemon) attachFUSE(id string, dev blockdev.Device, readOnly bool) (fuse
 }
 
 // clearStaleFUSE clears what a dead daemon left of the FUSE disk sd: its
-// loop device (over a file nobody serves any more) and its mount.
-func (d *Daemon) clearStaleFUSE(sd stateDisk) {
+// loop device (over a file nobody serves any more) and its mount. It
+// reports whether it found either.
+func (d *Daemon) clearStaleFUSE(sd stateDisk) bool {
+	found := false
 	dir := d.mountDir(sd.ID)
 	file := filepath.Join(dir, fuseFileName)
 	devs, err := loop.FindByBackingFile(file)
@@ -101,6 +119,7 @@ func (d *Daemon) clearStaleFUSE(sd stateDisk) {
 		d.log.Warn("find stale loop devices", "file", file, "err", err)
 	}
 	for _, l := range devs {
+		found = true
 		if err := l.DetachLazy(); err != nil && !errors.Is(err, loop.ErrNotAttached) {
 			d.log.Warn("detach stale loop device", "device", l.Path, "err", err)
 		} else {
@@ -108,8 +127,10 @@ func (d *Daemon) clearStaleFUSE(sd stateDisk) {
 		}
 	}
 	if err := unix.Unmount(dir, unix.MNT_DETACH); err == nil {
+		found = true
 		d.log.Info("unmounted stale FUSE mount", "dir", dir)
 	} else if !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
 		d.log.Warn("unmount stale FUSE mount", "dir", dir, "err", err)
 	}
+	return found
 }

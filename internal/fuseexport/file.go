@@ -3,6 +3,7 @@ package fuseexport
 import (
 	"context"
 	"log/slog"
+	"os"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -40,6 +41,12 @@ type diskFile struct {
 	blksize  uint32
 	log      *slog.Logger
 	mtime    time.Time
+	// backing is the file the kernel passes reads and writes through
+	// to, once usePassthrough found that it can; nil until then.
+	backing atomic.Pointer[os.File]
+	// strayIO is set at the first READ or WRITE that reached the server
+	// on a passthrough handle (the kernel refused the backing file).
+	strayIO atomic.Bool
 }
 
 var (
@@ -93,6 +100,10 @@ func (f *diskFile) Setattr(ctx context.Context, _ fs.FileHandle, in *fuse.SetAtt
 }
 
 // Open allows reading always and writing unless the export is read-only.
+// With passthrough on, the open gets a handle naming the backing file
+// (go-fuse registers it with the kernel and adds FOPEN_PASSTHROUGH) and
+// no FOPEN_DIRECT_IO, which would override the passthrough; the kernel
+// wants every open of an inode passed through once one is.
 func (f *diskFile) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
 	if f.readOnly && flags&syscall.O_ACCMODE != syscall.O_RDONLY {
 		return nil, 0, syscall.EROFS
@@ -100,11 +111,25 @@ func (f *diskFile) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint3
 	if flags&syscall.O_TRUNC != 0 && f.size.Load() != 0 {
 		return nil, 0, syscall.EPERM
 	}
+	if b := f.backing.Load(); b != nil {
+		return &backingHandle{file: b}, 0, 0
+	}
 	return nil, openFlags, 0
 }
 
+// stray notes a READ or WRITE that reached the server on a handle meant
+// to be passed through. It is served all the same (the open is then an
+// ordinary cached FUSE open), but it should not happen: the backing file
+// was accepted by the kernel when the export was mounted.
+func (f *diskFile) stray(fh fs.FileHandle) {
+	if _, ok := fh.(*backingHandle); ok && !f.strayIO.Swap(true) {
+		f.log.Warn("fuse passthrough: the kernel sends reads and writes to the server after all")
+	}
+}
+
 // Read reads from the device; a read at or past the end returns no bytes.
-func (f *diskFile) Read(ctx context.Context, _ fs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+func (f *diskFile) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	f.stray(fh)
 	if off < 0 {
 		return nil, syscall.EINVAL
 	}
@@ -123,7 +148,8 @@ func (f *diskFile) Read(ctx context.Context, _ fs.FileHandle, dest []byte, off i
 // Write writes to the device. A write that starts at or past the end
 // fails with ENOSPC, as on a block device; one that crosses the end is
 // cut short there.
-func (f *diskFile) Write(ctx context.Context, _ fs.FileHandle, data []byte, off int64) (uint32, syscall.Errno) {
+func (f *diskFile) Write(ctx context.Context, fh fs.FileHandle, data []byte, off int64) (uint32, syscall.Errno) {
+	f.stray(fh)
 	if f.readOnly {
 		return 0, syscall.EROFS
 	}
