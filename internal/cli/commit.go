@@ -18,7 +18,17 @@ type commitOptions struct {
 	drop        bool
 	progress    bool
 	quiet       bool
+	asJSON      bool
 	backingDirs []string
+}
+
+// commitRecord is what commit --json prints.
+type commitRecord struct {
+	Image   string `json:"image"`
+	Base    string `json:"base"`
+	Data    int64  `json:"data_bytes"`
+	Zero    int64  `json:"zero_bytes"`
+	Emptied bool   `json:"emptied"`
 }
 
 func init() { register(newCommitCmd) }
@@ -56,6 +66,7 @@ clusters); run the commit again.`,
 	f.BoolVarP(&o.drop, "drop", "d", false, "leave TOP as it is instead of emptying it")
 	f.BoolVarP(&o.progress, "progress", "p", false, "show a progress bar")
 	f.BoolVarP(&o.quiet, "quiet", "q", false, "print nothing but errors")
+	f.BoolVar(&o.asJSON, "json", false, `print what was done as JSON ({"image", "base", "data_bytes", "zero_bytes", "emptied"}) instead of "Image committed."`)
 	f.StringArrayVar(&o.backingDirs, "backing-dir", nil, "also follow backing files inside this directory tree (repeatable); by default only each image's own directory is trusted")
 	return c
 }
@@ -87,13 +98,17 @@ func runCommit(ctx context.Context, e *env, o commitOptions, name string) (err e
 	if bar != nil {
 		opt.Progress = func(n int64) { _ = bar.Add64(n) }
 	}
-	if _, err := imageops.Commit(ctx, ch.Top, ch.Base, opt); err != nil {
+	st, err := imageops.Commit(ctx, ch.Top, ch.Base, opt)
+	if err != nil {
 		return err
 	}
 	if bar != nil {
 		_ = bar.Finish()
 	}
-	if !o.quiet {
+	switch {
+	case o.asJSON:
+		return printJSON(e.stdout, commitRecord{Image: name, Base: ch.BaseName, Data: st.Data, Zero: st.Zero, Emptied: st.Emptied})
+	case !o.quiet:
 		fmt.Fprintln(e.stdout, "Image committed.")
 	}
 	return nil

@@ -19,7 +19,7 @@ func init() { register(newDDCmd) }
 func newDDCmd(e *env) *cobra.Command {
 	var (
 		srcFormat, dstFormat string
-		progress             bool
+		progress, asJSON     bool
 		backingDirs          []string
 	)
 	cmd := &cobra.Command{
@@ -83,18 +83,29 @@ seek*bs bytes larger. Numbers take the suffixes k, M, G, T, P, E (powers of
 			if in == "" || out == "" {
 				return errors.New("dd: Must specify both input and output files")
 			}
-			return runDD(cmd, e, in, out, srcFormat, dstFormat, cmd.Flags().Changed("output-format"), hasSeek, progress, backingDirs, o)
+			return runDD(cmd, e, in, out, srcFormat, dstFormat, cmd.Flags().Changed("output-format"), hasSeek, progress, asJSON, backingDirs, o)
 		},
 	}
 	f := cmd.Flags()
 	f.StringVarP(&srcFormat, "format", "f", "", "format of IN (default: probe)")
 	f.StringVarP(&dstFormat, "output-format", "O", "raw", "format of OUT")
 	f.BoolVarP(&progress, "progress", "p", false, "show a progress bar")
+	f.BoolVar(&asJSON, "json", false, `print what was copied as JSON ({"in", "out", "in_offset", "out_offset", "bytes", "created"})`)
 	f.StringArrayVar(&backingDirs, "backing-dir", nil, "also follow files IN names inside this directory tree (repeatable)")
 	return cmd
 }
 
-func runDD(cmd *cobra.Command, e *env, in, out, srcFormat, dstFormat string, dstFormatSet, hasSeek, progress bool, backingDirs []string, o imageops.DDOptions) (err error) {
+// ddRecord is what dd --json prints.
+type ddRecord struct {
+	In        string `json:"in"`
+	Out       string `json:"out"`
+	InOffset  int64  `json:"in_offset"`
+	OutOffset int64  `json:"out_offset"`
+	Bytes     int64  `json:"bytes"`
+	Created   bool   `json:"created"`
+}
+
+func runDD(cmd *cobra.Command, e *env, in, out, srcFormat, dstFormat string, dstFormatSet, hasSeek, progress, asJSON bool, backingDirs []string, o imageops.DDOptions) (err error) {
 	ctx := cmd.Context()
 	src, err := stack.Open(ctx, in, stack.Options{Format: srcFormat, ReadOnly: true, BackingDirs: backingDirs, Log: e.log})
 	if err != nil {
@@ -162,5 +173,11 @@ func runDD(cmd *cobra.Command, e *env, in, out, srcFormat, dstFormat string, dst
 		prog = func(n int64) { _ = bar.Add64(n) }
 		defer func() { _ = bar.Finish() }()
 	}
-	return imageops.DD(ctx, dst.Device, src.Device, plan, created, prog)
+	if err := imageops.DD(ctx, dst.Device, src.Device, plan, created, prog); err != nil {
+		return err
+	}
+	if asJSON {
+		return printJSON(e.stdout, ddRecord{In: in, Out: out, InOffset: plan.In, OutOffset: plan.Out, Bytes: plan.Len, Created: created})
+	}
+	return nil
 }

@@ -25,6 +25,7 @@ var errMapUnmappable = errors.New("File contains external, encrypted or compress
 func newMapCmd(e *env) *cobra.Command {
 	var (
 		output, format      string
+		asJSON              bool
 		startOpt, lengthOpt string
 		backingDirs         []string
 		s3o                 api.S3Options
@@ -48,6 +49,9 @@ too.`,
   vdisk map --start-offset 1G --max-length 64M disk.qcow2`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if asJSON {
+				output = "json"
+			}
 			if output != "human" && output != "json" {
 				return fmt.Errorf("map: --output %q: want human or json", output)
 			}
@@ -91,6 +95,7 @@ too.`,
 	}
 	f := cmd.Flags()
 	f.StringVar(&output, "output", "human", "output format: human (qemu-img map's table) or json")
+	f.BoolVar(&asJSON, "json", false, "print JSON (--output=json)")
 	f.StringVarP(&format, "format", "f", "", "image format (default: probe)")
 	f.StringVarP(&startOpt, "start-offset", "s", "", "first byte of the disk to map")
 	f.StringVarP(&lengthOpt, "max-length", "l", "", "map at most this many bytes")

@@ -23,7 +23,18 @@ type rebaseOptions struct {
 	unsafe        bool
 	progress      bool
 	quiet         bool
+	asJSON        bool
 	backingDirs   []string
+}
+
+// rebaseRecord is what rebase --json prints.
+type rebaseRecord struct {
+	Image         string `json:"image"`
+	Backing       string `json:"backing"`
+	BackingFormat string `json:"backing_format,omitempty"`
+	Unsafe        bool   `json:"unsafe"`
+	Data          int64  `json:"data_bytes"`
+	Zero          int64  `json:"zero_bytes"`
 }
 
 func init() { register(newRebaseCmd) }
@@ -64,6 +75,7 @@ directory. As with qemu-img, -F is required with a NEWBASE.`,
 	f.BoolVarP(&o.unsafe, "backing-unsafe", "u", false, "only rewrite the header (unsafe: TOP reads differently unless the files hold the same)")
 	f.BoolVarP(&o.progress, "progress", "p", false, "show a progress bar")
 	f.BoolVarP(&o.quiet, "quiet", "q", false, "print nothing but errors")
+	f.BoolVar(&o.asJSON, "json", false, `print what was done as JSON ({"image", "backing", "backing_format", "unsafe", "data_bytes", "zero_bytes"}: the bytes copied into the image)`)
 	f.StringArrayVar(&o.backingDirs, "backing-dir", nil, "also follow backing files inside this directory tree (repeatable); by default only each image's own directory is trusted")
 	return c
 }
@@ -92,6 +104,7 @@ func runRebase(ctx context.Context, e *env, o rebaseOptions, name string) (err e
 			err = cerr
 		}
 	}()
+	var st imageops.RebaseStats
 	setter, ok := ch.Top.(imageops.BackingSetter)
 	if !ok {
 		//lint:ignore ST1005 qemu-img's message, word for word
@@ -111,7 +124,7 @@ func runRebase(ctx context.Context, e *env, o rebaseOptions, name string) (err e
 		if bar != nil {
 			opt.Progress = func(n int64) { _ = bar.Add64(n) }
 		}
-		if _, err := imageops.Rebase(ctx, ch.Top, nb, opt); err != nil {
+		if st, err = imageops.Rebase(ctx, ch.Top, nb, opt); err != nil {
 			return err
 		}
 		if bar != nil {
@@ -125,6 +138,9 @@ func runRebase(ctx context.Context, e *env, o rebaseOptions, name string) (err e
 		}
 		//lint:ignore ST1005 qemu-img's message, word for word
 		return fmt.Errorf("Could not change the backing file to '%s': %w", o.backing, err)
+	}
+	if o.asJSON {
+		return printJSON(e.stdout, rebaseRecord{Image: name, Backing: o.backing, BackingFormat: o.backingFormat, Unsafe: o.unsafe, Data: st.Data, Zero: st.Zero})
 	}
 	return nil
 }

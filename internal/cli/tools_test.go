@@ -130,11 +130,21 @@ func TestDDCommand(t *testing.T) {
 		{[]string{"if=" + in, "of=" + out, "conv=notrunc"}, "unrecognized operand conv"},
 		{[]string{"if=" + in, "of=" + in}, "same file"},
 		{[]string{"if=" + top, "of=" + base}, "in use"},
-		{[]string{"if=" + in, "of=" + out, "bs=1M", "seek=100"}, "too small"},
 	} {
 		code, _, errs := run(t, append([]string{"dd"}, tc.args...)...)
 		if code == 0 || !strings.Contains(errs, tc.errs) {
 			t.Errorf("dd %v: exit %d %q, want %q", tc.args, code, errs, tc.errs)
 		}
+	}
+	// seek= past the end of an existing output grows it, as GNU dd does.
+	fi, err := os.Stat(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code, _, errs := run(t, "dd", "if="+in, "of="+out, "bs=1M", "seek=100"); code != 0 {
+		t.Fatalf("dd seek=100: exit %d: %s", code, errs)
+	}
+	if fo, err := os.Stat(out); err != nil || fo.Size() != 100<<20+fi.Size() {
+		t.Fatalf("dd seek=100 past the end: output %v (%v), want %d bytes", fo.Size(), err, 100<<20+fi.Size())
 	}
 }

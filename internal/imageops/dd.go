@@ -66,7 +66,9 @@ func PlanDD(inSize int64, o DDOptions) (DDPlan, error) {
 
 // DD copies p.Len bytes of src at p.In to dst at p.Out: zero runs of the
 // source are skipped when dstZeroed (a new output), and written as zeroes
-// otherwise; the copy runs in parallel. It flushes dst.
+// otherwise; the copy runs in parallel. An existing output too small for
+// the copy grows to p.OutSize when its format can (as GNU dd extends a
+// file); it flushes dst.
 func DD(ctx context.Context, dst, src blockdev.Device, p DDPlan, dstZeroed bool, progress func(int64)) error {
 	if p.Len == 0 {
 		return dst.Flush()
@@ -74,8 +76,14 @@ func DD(ctx context.Context, dst, src blockdev.Device, p DDPlan, dstZeroed bool,
 	if err := blockdev.CheckRange(p.In, p.Len, src.Size()); err != nil {
 		return fmt.Errorf("dd: input: %w", err)
 	}
-	if err := blockdev.CheckRange(p.Out, p.Len, dst.Size()); err != nil {
-		return fmt.Errorf("dd: the output is %d bytes, too small for %d bytes at %d", dst.Size(), p.Len, p.Out)
+	if dst.Size() < p.Out+p.Len {
+		r, ok := dst.(blockdev.Resizer)
+		if !ok {
+			return fmt.Errorf("dd: the output is %d bytes, too small for %d bytes at %d, and its format cannot grow", dst.Size(), p.Len, p.Out)
+		}
+		if err := r.Resize(p.Out + p.Len); err != nil {
+			return fmt.Errorf("dd: grow the output to %d bytes: %w", p.Out+p.Len, err)
+		}
 	}
 	_, err := convert.Copy(ctx, &window{d: dst, base: p.Out, n: p.Len}, &window{d: src, base: p.In, n: p.Len},
 		convert.Options{Sparse: true, DstZeroed: dstZeroed, Progress: progress})
