@@ -5,7 +5,12 @@
 #                                   syntax; default 10m)
 #
 # Environment: FUZZ_PKGS limits the packages (go package patterns, default
-# ./...); FUZZ_MATCH is a regexp on the target names (default: all).
+# ./...); FUZZ_MATCH is a regexp on the target names (default: all);
+# FUZZ_MINIMIZE is -fuzzminimizetime (default 0: new interesting inputs are
+# kept as found. Go's default, 60s, makes a worker minimise each one for up
+# to a minute while the run counts no executions: vhdx FuzzLog ran 1,560
+# inputs in 10 s with it and 260,257 without; qcow2 FuzzOpen 12 and
+# 116,693. A crasher is then kept unminimised, which is still a seed).
 # Targets are found with `go test -list '^Fuzz'` in every package that has
 # a _test.go file declaring one. A crasher stays where go writes it,
 # testdata/fuzz/<Target>/<hash> in the package's directory: from then on it
@@ -41,7 +46,7 @@ for p in "${pkgs[@]}"; do
 		log="$logdir/$(echo "$ip" | tr / _)-$t.log"
 		before=$(ls "$dir/testdata/fuzz/$t" 2>/dev/null | sort)
 		echo "== $ip $t ($dur)" >&2
-		go test -run '^$' -fuzz "^$t\$" -fuzztime "$dur" "$ip" >"$log" 2>&1
+		go test -run '^$' -fuzz "^$t\$" -fuzztime "$dur" -fuzzminimizetime "${FUZZ_MINIMIZE:-0}" "$ip" >"$log" 2>&1
 		rc=$?
 		# The last progress line: "fuzz: elapsed: 20s, execs: 12345 (617/sec), ..."
 		last=$(grep -E '^fuzz: elapsed: .*execs: [0-9]+' "$log" | tail -1)

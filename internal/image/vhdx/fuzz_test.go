@@ -7,6 +7,7 @@ import (
 
 	"vdisk/internal/blockdev"
 	"vdisk/internal/image"
+	"vdisk/internal/image/imagetest"
 )
 
 // FuzzLog searches arbitrary bytes, taken as a log, for its active
@@ -47,19 +48,24 @@ func FuzzOpen(f *testing.F) {
 	f.Add([]byte{0, 0, 0x20, 0, 8, 0, 0, 0x50, 0, 0, 0, 0, 6})      // BAT entry 0 moved
 	f.Add([]byte{0, 0x01, 0, 0x30, 4, 0, 0, 0x30, 0})               // block size
 	f.Add([]byte{0, 0, 0x10, 0, 8, 'l', 'o', 'g', 'e', 0, 0, 0, 0}) // a log entry signature
-	f.Fuzz(func(t *testing.T, patches []byte) {
-		b := bytes.Clone(tmpl)
+	// Each input's image is the template under its patches, in a
+	// copy-on-write file: the 5 MiB template is never copied.
+	patched := func(patches []byte) *imagetest.COWFile {
+		f := imagetest.NewCOWFile("mem.vhdx", tmpl)
 		for len(patches) >= 5 {
 			off := int(binary.BigEndian.Uint32(patches)) % (5 * mib)
 			n := int(patches[4])
 			patches = patches[5:]
-			n = min(n, len(patches), len(b)-off)
-			copy(b[off:], patches[:n])
+			n = min(n, len(patches), len(tmpl)-off)
+			f.WriteAt(patches[:n], int64(off))
 			patches = patches[n:]
 		}
-		image.InfoOf(newMemFile(bytes.Clone(b)), Name)
-		image.CheckOf(newMemFile(bytes.Clone(b)), Name, image.CheckOptions{})
-		d, err := image.OpenFile(newMemFile(b), image.OpenOptions{Format: Name, NoBacking: true})
+		return f
+	}
+	f.Fuzz(func(t *testing.T, patches []byte) {
+		image.InfoOf(patched(patches), Name)
+		image.CheckOf(patched(patches), Name, image.CheckOptions{})
+		d, err := image.OpenFile(patched(patches), image.OpenOptions{Format: Name, NoBacking: true})
 		if err != nil {
 			return
 		}
