@@ -63,14 +63,8 @@ func (img *Image) release(cls []int64) error {
 		}
 	}
 	for _, cl := range cls {
-		rc, err := img.refcount(cl)
+		rc, err := img.decRef(cl)
 		if err != nil {
-			return err
-		}
-		if rc == 0 {
-			return corruptf("freeing cluster %d whose refcount is already 0", cl)
-		}
-		if err := img.setRefcount(cl, rc-1); err != nil {
 			return err
 		}
 		if rc > 1 {

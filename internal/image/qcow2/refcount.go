@@ -310,17 +310,24 @@ func (img *Image) findFree(from, n int64) (int64, error) {
 	return start, nil
 }
 
+// decRef drops one reference to host cluster cl and returns its refcount
+// before; a cluster with none is corruption.
+func (img *Image) decRef(cl int64) (uint64, error) {
+	rc, err := img.refcount(cl)
+	if err != nil {
+		return 0, err
+	}
+	if rc == 0 {
+		return 0, corruptf("freeing cluster %d whose refcount is already 0", cl)
+	}
+	return rc, img.setRefcount(cl, rc-1)
+}
+
 // unref drops one reference to host cluster cl, punching it out of the
 // file when it becomes free. Only applyFrees calls it.
 func (img *Image) unref(cl int64) error {
-	rc, err := img.refcount(cl)
+	rc, err := img.decRef(cl)
 	if err != nil {
-		return err
-	}
-	if rc == 0 {
-		return corruptf("freeing cluster %d whose refcount is already 0", cl)
-	}
-	if err := img.setRefcount(cl, rc-1); err != nil {
 		return err
 	}
 	if rc == 1 {
