@@ -118,7 +118,14 @@ func (d *Daemon) attach(ctx context.Context, sd stateDisk, adopt bool, o openOpt
 			return nil, err
 		}
 	case api.ViaFUSE:
-		if dk.fuse, dk.loop, err = d.attachFUSE(sd.ID, counted, passthroughFile(dev), readOnly); err != nil {
+		// Passed-through reads and writes never reach the daemon, so a
+		// daemon asked to export metrics (--metrics-listen) serves every
+		// request itself rather than report a busy disk as idle.
+		var backing *os.File
+		if d.opt.MetricsListen == "" {
+			backing = passthroughFile(dev)
+		}
+		if dk.fuse, dk.loop, err = d.attachFUSE(sd.ID, counted, backing, readOnly); err != nil {
 			dev.Close()
 			return nil, err
 		}

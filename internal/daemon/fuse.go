@@ -67,7 +67,8 @@ func passthroughFile(dev blockdev.Device) *os.File {
 // backing, when not nil, is the raw image file that dev's bytes are: where
 // the kernel has FUSE passthrough it serves the loop device's reads and
 // writes itself (they are then not in the disk's I/O metrics; flushes and
-// discards still are).
+// discards still are), so the caller passes none when the daemon exports
+// metrics (--metrics-listen).
 func (d *Daemon) attachFUSE(id string, dev blockdev.Device, backing *os.File, readOnly bool) (fuseExport, *loop.Device, error) {
 	if err := checkFUSE(); err != nil {
 		return nil, nil, err

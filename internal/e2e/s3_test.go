@@ -44,14 +44,7 @@ func TestS3(t *testing.T) {
 	if skipReason != "" {
 		t.Skip(skipReason)
 	}
-	srv := s3test.Need(t)
-	// TestMain (main_test.go) does not call s3test.Main: stop the server
-	// here, after the subtests.
-	t.Cleanup(func() {
-		if err := srv.Stop(); err != nil {
-			t.Logf("stop versitygw: %v", err)
-		}
-	})
+	srv := s3test.Need(t) // shared: TestMain's s3test.Main stops it at the end
 	t.Run("open", func(t *testing.T) { testS3Open(t, srv) })
 	t.Run("restart", func(t *testing.T) { testS3Restart(t, srv) })
 	t.Run("qcow2", func(t *testing.T) { testS3Qcow2(t, srv) })

@@ -137,7 +137,7 @@ else
 	vopen $I/default.img --size 16M
 	want_via ublk "ublk: /dev/ublk-control present"
 fi
-$V list | grep -q "$ID .*$VIA\$" || fail "list: $($V list)"
+$V list | grep -q "$ID .* $VIA " || fail "list: $($V list)"
 $V list --json | grep -q '"via_reason": "'"$(echo "$info" | sed -n 's/^via reason: *//p')"'"' || fail "list --json lacks the reason: $($V list --json)"
 $V close $I/default.img || fail "close the default disk by its file"
 gone $DEV
