@@ -54,7 +54,8 @@ const fuzzReadLimit = 1 << 20
 // FuzzFormat fuzzes the format's parsers over in-memory files, seeded
 // from the files glob matches and from seeds: describing, checking and
 // opening arbitrary bytes must never panic, hang or allocate without
-// bound, and what opens must read and describe its extents.
+// bound, and what opens must read, describe its extents and map (block
+// status) its first and last bytes.
 func FuzzFormat(f *testing.F, format, glob string, seeds ...[]byte) {
 	paths, _ := filepath.Glob(glob)
 	for _, p := range paths {
@@ -86,5 +87,25 @@ func FuzzFormat(f *testing.F, format, glob string, seeds ...[]byte) {
 		if _, err := blockdev.Extents(d, 0, d.Size()); err != nil {
 			t.Fatalf("extents of an opened image: %v", err)
 		}
+		CheckMap(t, d, 0, n)
+		CheckMap(t, d, d.Size()-n, n)
 	})
+}
+
+// CheckMap maps [off, off+n) of d (image.Map: vdisk map, commit, compare
+// -s) and fails t unless the entries tile the range; an error (a corrupt
+// table found on the way) is fine.
+func CheckMap(t testing.TB, d blockdev.Device, off, n int64) {
+	t.Helper()
+	next := off
+	err := image.Map(d, off, n, func(e image.MapEntry) error {
+		if e.Start != next || e.Length <= 0 {
+			t.Fatalf("map entry %+v after %d", e, next)
+		}
+		next = e.Start + e.Length
+		return nil
+	})
+	if err == nil && next != off+n {
+		t.Fatalf("map of [%d, %d) ended at %d", off, off+n, next)
+	}
 }

@@ -57,6 +57,7 @@ func FuzzOpen(f *testing.F) {
 			if off >= 0 && off+int64(len(buf)) <= img.Size() {
 				img.ReadAt(buf, off)
 				img.Extents(off, int64(len(buf)))
+				imagetest.CheckMap(t, img, off, int64(len(buf)))
 			}
 		}
 	})

@@ -73,5 +73,6 @@ func FuzzOpen(f *testing.F) {
 		n := min(d.Size(), 1<<20)
 		d.ReadAt(make([]byte, n), 0)
 		blockdev.Extents(d, 0, d.Size())
+		imagetest.CheckMap(t, d, 0, n)
 	})
 }

@@ -39,6 +39,7 @@ func FuzzOpen(f *testing.F) {
 		n := min(d.Size(), fuzzReadLimit)
 		d.ReadAt(make([]byte, n), 0)
 		blockdev.Extents(d, 0, d.Size())
+		imagetest.CheckMap(t, d, 0, n)
 	})
 }
 
